@@ -15,8 +15,9 @@ Test data is handed to the cocotb module through a JSON file whose path is put i
 variable (:func:`write_test_data` / :func:`read_test_data`, variable ``VITACCEL_TB_DATA``).
 
 Waveforms: pass ``waves=True`` or set ``VITACCEL_WAVES=1`` (``WAVES=1`` also works) in the
-environment; the design is then built with ``--trace-fst`` (a separate cached build) and every run
-writes ``dump.fst`` into its run directory, whose path is logged and kept.
+environment; the design is then built with tracing (a separate cached build) and every run
+writes ``dump.fst`` (``--trace-fst``; needs the lz4 and zlib headers, which Verilator's FST writer
+includes) or else ``dump.vcd`` into its run directory, whose path is printed and kept.
 
 Example
 -------
@@ -183,6 +184,12 @@ def _ensure_verilator_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def _fst_supported() -> bool:
+    """Verilator's FST writer needs the lz4 (and zlib) headers; fall back to VCD without them."""
+    dirs = [Path("/usr/include"), Path("/usr/local/include"), Path(sys.prefix) / "include"]
+    return any((d / "lz4.h").exists() for d in dirs) and any((d / "zlib.h").exists() for d in dirs)
+
+
 def waves_requested(waves: bool | None = None) -> bool:
     """``waves`` if given, else the ``VITACCEL_WAVES`` / ``WAVES`` environment variables."""
     if waves is not None:
@@ -263,7 +270,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
     seed : int, optional
         cocotb random seed (default 1, reproducible).
     waves : bool, optional
-        Record ``dump.fst``; default from ``VITACCEL_WAVES`` / ``WAVES``.
+        Record ``dump.fst`` (or ``dump.vcd`` without lz4 headers); default from ``VITACCEL_WAVES`` / ``WAVES``.
     build_args : iterable of str
         Extra Verilator options (added to :data:`DEFAULT_BUILD_ARGS`).
     run_name : str, optional
@@ -292,7 +299,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
         if not s.exists():
             raise FileNotFoundError(f"run_cocotb: Verilog source {s} does not exist")
     args = list(DEFAULT_BUILD_ARGS) + list(build_args)
-    if waves:
+    if waves and _fst_supported():
         args.append("--trace-fst")
     params = dict(parameters or {})
     design_key = _digest(toplevel, [s.read_text() for s in sources], args, params, waves)
@@ -350,5 +357,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
         raise AssertionError(f"{len(failures)} of {n} cocotb tests failed in {test_module}:\n  "
                              + "\n  ".join(failures) + f"\nlog {log}:\n{_tail(log)}")
     if waves:
-        print(f"waveform: {test_dir / 'dump.fst'}", file=sys.stderr)
+        for wave in ("dump.fst", "dump.vcd"):
+            if (test_dir / wave).exists():
+                print(f"waveform: {test_dir / wave}", file=sys.stderr)
     return test_dir

@@ -1,0 +1,138 @@
+"""Per-channel symmetric weight quantizer with optional AdaRound (spec section 3, ``sym`` codes).
+
+Codes ``b in [-(2^(k-1)-1), 2^(k-1)-1]`` (the code ``-2^(k-1)`` is never produced), one scale per
+output channel (axis 0 of the weight; for ``nn.Linear`` that is column ``c`` of ``W^T``, the B operand
+of the GEMM). Nearest rounding is ``floor(w / s + 0.5)``.
+
+AdaRound (Nagel et al. 2020) replaces nearest rounding by ``floor(w / s) + h(V)`` with the rectified
+sigmoid ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``, ``zeta = 1.1``, ``gamma = -0.1``;
+the regulariser is ``sum(1 - |2 h(V) - 1| ** beta)``. After optimisation (``soft = False``) the
+rounding is hard, ``floor(w / s) + (h(V) >= 0.5)``, so codes stay on the same integer grid.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Quantizer, QuantizerError, check_finite, floor_ste, round_half_up, round_ste, safe_scale
+
+ZETA = 1.1
+GAMMA = -0.1
+
+
+class PerChannelWeightQuantizer(Quantizer):
+    """Symmetric per-output-channel weight quantizer (``sym`` format), AdaRound-capable.
+
+    Parameters
+    ----------
+    bits : int
+        Code width (4, 6 or 8).
+    search : {"minmax", "mse"}
+        Range choice per channel: the absolute maximum, or the clipping ratio (from 1.0 down to
+        0.5) that minimises the squared error of that channel.
+
+    ``export()`` keys: ``fmt="sym"``, ``bits``, ``scale`` (float32, one per output channel),
+    ``codes`` (int8, the weight's shape).
+    """
+
+    fmt = "sym"
+
+    def __init__(self, bits: int = 8, search: str = "mse", name: str = ""):
+        super().__init__(bits, name)
+        if search not in ("minmax", "mse"):
+            raise QuantizerError(f"unknown weight range search {search!r} (use 'minmax' or 'mse')")
+        self.search = search
+        self.qmax = 2 ** (self.bits - 1) - 1
+        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
+        self.alpha = None  # AdaRound V, created by init_adaround()
+        self.soft = False
+
+    # -- calibration ---------------------------------------------------------------------------
+    def observe(self, w: torch.Tensor) -> None:
+        self._w = w.detach().float()
+
+    def finalize(self) -> None:
+        w = self._w
+        del self._w
+        check_finite(w, f"weights of {self.name or 'layer'}")
+        flat = w.reshape(w.shape[0], -1)
+        absmax = flat.abs().amax(dim=1)
+        if self.search == "mse":
+            best_err = torch.full_like(absmax, float("inf"))
+            best = absmax.clone()
+            for ratio in torch.linspace(1.0, 0.5, 26):
+                s = safe_scale(absmax * ratio / self.qmax)
+                q = torch.clamp(round_half_up(flat / s[:, None]), -self.qmax, self.qmax)
+                err = ((q * s[:, None] - flat) ** 2).sum(dim=1)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best = torch.where(better, absmax * ratio, best)
+            absmax = best
+        scale = safe_scale(absmax / self.qmax)  # zero channels get MIN_SCALE, never 0 or NaN
+        self.scale = nn.Parameter(scale, requires_grad=False)
+        self.calibrated = True
+
+    # -- AdaRound ------------------------------------------------------------------------------
+    def init_adaround(self, w: torch.Tensor) -> None:
+        """Create ``V`` so that ``h(V)`` equals the fractional part of ``w / s`` (start = nearest)."""
+        x = w.detach().float() / self._bscale(w)
+        rest = (x - torch.floor(x)).clamp(1e-4, 1 - 1e-4)
+        v = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
+        self.alpha = nn.Parameter(v)
+        self.soft = True
+
+    def h(self) -> torch.Tensor:
+        """The rectified sigmoid ``h(V)``."""
+        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def rounding_parameters(self) -> list[torch.Tensor]:
+        return [self.alpha] if self.alpha is not None else []
+
+    def scale_parameters(self) -> list[torch.Tensor]:
+        return [self.scale]
+
+    def rounding_loss(self, beta: float) -> torch.Tensor:
+        if self.alpha is None:
+            return torch.zeros(())
+        return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
+
+    # -- quantization --------------------------------------------------------------------------
+    def _bscale(self, w: torch.Tensor) -> torch.Tensor:
+        return self.scale.reshape((-1,) + (1,) * (w.dim() - 1))
+
+    def _int(self, w: torch.Tensor, ste: bool) -> torch.Tensor:
+        x = w / self._bscale(w)
+        if self.alpha is not None:
+            hard = (self.h() >= 0.5).to(x.dtype)
+            up = self.h() if (ste and self.soft) else hard
+            q = (floor_ste(x) if ste else torch.floor(x)) + up
+        else:
+            q = round_ste(x) if ste else round_half_up(x)
+        return torch.clamp(q, -self.qmax, self.qmax)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._int(w, ste=False).to(torch.int64)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes.to(self.scale.dtype) * self._bscale(codes)
+
+    def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
+        return self._int(w, ste=True) * self._bscale(w)
+
+    def harden(self) -> None:
+        """End AdaRound optimisation: hard rounding from now on."""
+        self.soft = False
+
+    def export_with(self, w: torch.Tensor) -> dict:
+        """``export()`` for weight ``w`` (weights are not stored in the quantizer)."""
+        codes = self.quantize(w).cpu().numpy()
+        if np.abs(codes).max(initial=0) > self.qmax:
+            raise QuantizerError("weight code outside the sym range")
+        return {"fmt": "sym", "bits": self.bits,
+                "scale": self.scale.detach().cpu().numpy().astype(np.float32),
+                "codes": codes.astype(np.int8)}
+
+    def export(self) -> dict:
+        raise QuantizerError("weight quantizers export through export_with(weight) (the owning layer calls it)")
