@@ -295,14 +295,21 @@ def accumulate(d, b, za, fo: int = 0, outliers=None):
         raise DatapathError(f"accumulate: shapes {d.shape} and {b.shape} do not chain")
     m, k = d.shape
     za = np.broadcast_to(_i64(za).reshape(-1), (m,)) if np.size(za) != m else _i64(za).reshape(m)
-    # Python-int matmul keeps this exact whatever the magnitudes (object dtype), then back to int64.
-    acc_raw = (d.astype(object) @ b.astype(object))
-    cs = b.astype(object).sum(axis=0)
-    acc_d = acc_raw - za.astype(object)[:, None] * cs[None, :]
-    acc = acc_d * (1 << fo)
     o = check_outliers(outliers if outliers is not None else np.zeros((0, 3), I64), m, k)
+    dmax = int(np.abs(d).max()) if d.size else 0
+    bmax = int(np.abs(b).max()) if b.size else 0
+    zmax = int(np.abs(za).max()) if za.size else 0
+    vmax = int(np.abs(o[:, 2]).max()) if len(o) else 0
+    # int64 arithmetic is exact when this bound (section 6 with the actual maxima) is below 2^62;
+    # otherwise fall back to Python integers (object arrays), which never overflow.
+    exact64 = ((1 << fo) * k * (dmax + zmax) * bmax + len(o) * vmax * bmax) < (1 << 62)
+    dt = I64 if exact64 else object
+    acc_raw = d.astype(dt) @ b.astype(dt)
+    cs = b.astype(dt).sum(axis=0)
+    acc_d = acc_raw - za.astype(dt)[:, None] * cs[None, :]
+    acc = acc_d * (1 << fo)
     for row, col, val in o.tolist():
-        acc[row, :] += val * b[col, :].astype(object)
+        acc[row, :] += val * b[col, :].astype(dt)
     for name, a in (("acc_raw", acc_raw), ("acc_d", acc_d), ("acc", acc)):
         if a.size and max(abs(int(a.max())), abs(int(a.min()))) >= (1 << 62):
             raise AccumulatorOverflowError(f"{name} exceeds 2^62")

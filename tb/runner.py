@@ -315,7 +315,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
                 log = build_dir / "build.log"
                 t0 = time.monotonic()
                 try:
-                    runner.build(verilog_sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
                                  build_args=args, parameters=params, waves=waves, timescale=timescale,
                                  log_file=log)
                 except (RuntimeError, SystemExit) as exc:

@@ -102,7 +102,8 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED) -> dict[str, np.nd
     Returns
     -------
     dict
-        ``{"train": idx, "calib": idx, "test": idx}``, each sorted ascending, disjoint, covering all.
+        ``{"train": idx, "calib": idx, "test": idx}``: disjoint, covering all samples, each ordered
+        by class, then by sample index (the order of the exported image folder).
     """
     rng = np.random.Generator(np.random.PCG64(seed))
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -111,10 +112,10 @@ def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED) -> dict[str, np.nd
         idx = idx[rng.permutation(len(idx))]
         n_test = int(round(TEST_FRACTION * len(idx)))
         n_cal = int(round(CALIB_FRACTION * len(idx)))
-        parts["test"].append(idx[:n_test])
-        parts["calib"].append(idx[n_test:n_test + n_cal])
-        parts["train"].append(idx[n_test + n_cal:])
-    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}
+        parts["test"].append(np.sort(idx[:n_test]))
+        parts["calib"].append(np.sort(idx[n_test:n_test + n_cal]))
+        parts["train"].append(np.sort(idx[n_test + n_cal:]))
+    return {s: np.concatenate(p) for s, p in parts.items()}
 
 
 def load_digits_split(split: str, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -38,7 +38,7 @@ def _random_shift(x, gen, max_shift: int = 1):
     return out
 
 
-def train(epochs: int = 60, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.05,
+def train(epochs: int = 150, batch_size: int = 32, lr: float = 2e-3, weight_decay: float = 0.05,
           seed: int = 0, threads: int = 1, progress: bool = True):
     """Train the model from scratch.
 
@@ -104,8 +104,8 @@ def train(epochs: int = 60, batch_size: int = 64, lr: float = 2e-3, weight_decay
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m golden.embedded.train_digits", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, default=CHECKPOINT, help="checkpoint path (default: the committed one)")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)

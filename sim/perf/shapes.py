@@ -274,10 +274,13 @@ def trace_gemms(model: str, batch: int = 1, bits: str | tuple[int, int] = "w8a8"
         if raw.what == "attn":
             s, d, h = raw.tokens, raw.head_dim, raw.heads
             cnt = raw.rows * h
-            out.append(Gemm(f"{raw.name}.qk", "qk", "qk", s, d, s, cnt, ab, ab, "uniform", False, True,
-                            "fixed16", 16, block=block))
-            out.append(Gemm(f"{raw.name}.av", "av", "av", s, s, d, cnt, ab, ab, "log2", False, False,
-                            "ucode", ab, block=block))
+            pair = [Gemm(f"{raw.name}.qk", "qk", "qk", s, d, s, cnt, ab, ab, "uniform", False, True,
+                         "fixed16", 16, block=block),
+                    Gemm(f"{raw.name}.av", "av", "av", s, s, d, cnt, ab, ab, "log2", False, False,
+                         "ucode", ab, block=block)]
+            # the module hook fires after its proj layer ran: put the products before proj
+            at = next((i for i, g in enumerate(out) if g.name == f"{raw.name}.proj"), len(out))
+            out[at:at] = pair
             continue
         kind = _kind_of_linear(raw.name, raw.what)
         if raw.name.endswith(".qkv") or raw.name == "qkv":

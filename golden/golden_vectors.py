@@ -1,0 +1,171 @@
+"""Golden vectors: per-layer integer inputs and expected outputs for the RTL testbenches (``tb/``).
+
+Produced by running the integer simulator (``sim.layer`` numba API, or the numpy reference) on an
+exported program for N images. Directory layout (``format_version`` 1, see
+``docs/program-format.md``):
+
+* ``golden.json`` — ``format`` = ``"vitaccel-golden"``, ``format_version``, ``n_images``, ``labels``,
+  ``backend``, ``layers`` (record name -> program layer name; attention heads are recorded as
+  ``LAYER.hJ``), ``encoders`` (record name -> program encoder name);
+* ``program/`` — the program the vectors belong to (``manifest.json`` + ``tensors.npz``);
+* ``vectors.npz`` — for each layer record ``R``: ``R/a_codes`` ``(n, M, K)``, ``R/acc`` and ``R/out``
+  ``(n, M, N)``, ``R/outliers`` ``(total, 4)`` rows ``[image, row, col, val]``, and for run-time B
+  operands (``q @ k^T``, ``attn @ v``) ``R/b`` ``(n, K, N)``; for each encoder record ``E``:
+  ``enc:E/x_fx``, ``enc:E/codes``, ``enc:E/outliers``.
+
+:func:`load_golden` returns ``{record: {"spec": LayerSpec, "a_codes", "outliers", "b", "acc", "out"}}``
+where ``outliers`` is a list of ``(k, 3)`` arrays, one per image.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import torch
+
+from .cli import UserError
+from .int_eval import ProgramRunner
+from .program import Program, load_program, save_program
+
+FORMAT = "vitaccel-golden"
+FORMAT_VERSION = 1
+
+
+class GoldenError(UserError):
+    """A golden-vector directory is malformed, truncated or of another version."""
+
+
+def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str = "auto",
+                 progress: bool = True) -> dict:
+    """Run ``images`` through the simulator and write the golden vectors to ``out_dir``."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    runner = ProgramRunner(prog, backend=backend, trace=True)
+    per_layer: dict = {}
+    per_enc: dict = {}
+    images = list(images)
+    if not images:
+        raise GoldenError("export-golden needs at least one image")
+    for i, img in enumerate(tqdm(images, desc="golden", disable=not progress, leave=False)):
+        runner.records, runner.enc_records = {}, {}
+        runner.run_image(img)
+        for name, rec in runner.records.items():
+            d = per_layer.setdefault(name, {"a_codes": [], "acc": [], "out": [], "b": [], "outliers": []})
+            d["a_codes"].append(rec["a_codes"])
+            d["acc"].append(rec["acc"])
+            d["out"].append(rec["out"])
+            if rec["b"] is not None:
+                d["b"].append(rec["b"])
+            o = np.asarray(rec["outliers"]).reshape(-1, 3)
+            d["outliers"].append(np.concatenate([np.full((len(o), 1), i, np.int64), o], axis=1))
+        for name, rec in runner.enc_records.items():
+            d = per_enc.setdefault(name, {"x_fx": [], "codes": [], "outliers": []})
+            d["x_fx"].append(rec["x_fx"])
+            d["codes"].append(rec["codes"])
+            o = rec["outliers"]
+            d["outliers"].append(np.concatenate([np.full((len(o), 1), i, np.int64), o], axis=1))
+    arrays = {}
+    for name, d in per_layer.items():
+        arrays[f"{name}/a_codes"] = np.stack(d["a_codes"]).astype(np.int16)
+        arrays[f"{name}/acc"] = np.stack(d["acc"]).astype(np.int64)
+        arrays[f"{name}/out"] = np.stack(d["out"]).astype(np.int64)
+        arrays[f"{name}/outliers"] = np.concatenate(d["outliers"]).astype(np.int64)
+        if d["b"]:
+            arrays[f"{name}/b"] = np.stack(d["b"]).astype(np.int8)
+    for name, d in per_enc.items():
+        arrays[f"enc:{name}/x_fx"] = np.stack(d["x_fx"]).astype(np.int64)
+        arrays[f"enc:{name}/codes"] = np.stack(d["codes"]).astype(np.int16)
+        arrays[f"enc:{name}/outliers"] = np.concatenate(d["outliers"]).astype(np.int64)
+    os.makedirs(out_dir, exist_ok=True)
+    pdir = os.path.join(out_dir, "program")
+    if os.path.isdir(pdir):
+        shutil.rmtree(pdir)
+    save_program(prog, pdir)
+    np.savez_compressed(os.path.join(out_dir, "vectors.npz"), **arrays)
+
+    def base(rec):
+        head = rec.rsplit(".h", 1)
+        return head[0] if len(head) == 2 and head[1].isdigit() else rec
+    man = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_images": len(images),
+           "labels": None if labels is None else [int(x) for x in labels], "backend": backend,
+           "layers": {r: base(r) for r in per_layer}, "encoders": {r: base(r) for r in per_enc}}
+    with open(os.path.join(out_dir, "golden.json"), "w") as f:
+        json.dump(man, f, indent=1)
+    return man
+
+
+def _open(path: str):
+    mpath = os.path.join(path, "golden.json")
+    vpath = os.path.join(path, "vectors.npz")
+    if not os.path.isdir(path) or not os.path.isfile(mpath) or not os.path.isfile(vpath):
+        raise GoldenError(f"{path} is not a golden-vector directory (needs golden.json, vectors.npz, program/)")
+    try:
+        with open(mpath) as f:
+            man = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GoldenError(f"{mpath} is malformed or truncated: {exc}") from None
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        raise GoldenError(f"{mpath} is not a vitaccel golden-vector manifest")
+    if man.get("format_version") != FORMAT_VERSION:
+        raise GoldenError(f"golden vectors {path} have format_version {man.get('format_version')!r}; "
+                          f"this vitaccel reads version {FORMAT_VERSION}")
+    for key in ("n_images", "layers", "encoders"):
+        if key not in man:
+            raise GoldenError(f"{mpath} lacks {key!r}")
+    try:
+        with np.load(vpath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise GoldenError(f"{vpath} is malformed or truncated: {exc}") from None
+    prog = load_program(os.path.join(path, "program"))
+    return man, arrays, prog
+
+
+def _split_outliers(o: np.ndarray, n: int) -> list:
+    o = np.asarray(o).reshape(-1, 4)
+    return [o[o[:, 0] == i, 1:] for i in range(n)]
+
+
+def load_golden(path: str) -> dict:
+    """``{record: {"spec", "a_codes", "outliers", "b", "acc", "out"}}`` (arrays with a leading image axis)."""
+    man, arrays, prog = _open(path)
+    n = int(man["n_images"])
+    out = {}
+    for rec, layer in man["layers"].items():
+        try:
+            a, acc, o = arrays[f"{rec}/a_codes"], arrays[f"{rec}/acc"], arrays[f"{rec}/out"]
+            outl = arrays[f"{rec}/outliers"]
+        except KeyError as exc:
+            raise GoldenError(f"golden vectors {path}: array {exc} is missing") from None
+        if a.shape[0] != n or acc.shape[0] != n or o.shape[0] != n or acc.shape != o.shape:
+            raise GoldenError(f"golden vectors {path}: inconsistent shapes for {rec}")
+        spec = prog.layer_spec(layer)
+        spec.name = rec
+        b = arrays.get(f"{rec}/b")
+        out[rec] = {"spec": spec, "a_codes": a.astype(np.int64), "outliers": _split_outliers(outl, n),
+                    "b": None if b is None else b.astype(np.int64), "acc": acc, "out": o}
+    return out
+
+
+def load_golden_encoders(path: str) -> dict:
+    """``{record: {"spec": EncoderSpec, "x_fx", "codes", "outliers"}}``."""
+    man, arrays, prog = _open(path)
+    n = int(man["n_images"])
+    out = {}
+    for rec, enc in man["encoders"].items():
+        try:
+            out[rec] = {"spec": prog.encoder_spec(enc), "x_fx": arrays[f"enc:{rec}/x_fx"],
+                        "codes": arrays[f"enc:{rec}/codes"].astype(np.int64),
+                        "outliers": _split_outliers(arrays[f"enc:{rec}/outliers"], n)}
+        except KeyError as exc:
+            raise GoldenError(f"golden vectors {path}: array {exc} is missing") from None
+    return out
+
+
+def export_golden(program_path: str, images: torch.Tensor, out_dir: str, labels=None, backend: str = "auto",
+                  progress: bool = True) -> dict:
+    """Load ``program_path`` and write golden vectors of ``images`` to ``out_dir``."""
+    return write_golden(load_program(program_path), images, out_dir, labels, backend, progress)

@@ -1,0 +1,142 @@
+"""Method presets: which quantizer sits at each GEMM operand, and the calibration steps.
+
+========  ==================================================================================
+preset    components
+========  ==================================================================================
+baseline  per-tensor uniform activations everywhere (MSE range), log2 post-softmax, per-channel
+          weights (nearest rounding, MSE range); no reconstruction.
+adfq      ADFQ-ViT: POQ (per-patch + outliers, alpha_qkv = 5, alpha_fc1 = 10) on the q/k/v and
+          FC1 inputs, SLQ (shift-log2) on the FC2 input, AMO (block reconstruction of
+          rounding + activation scales, ``golden.reconstruct``) when available.
+mptq      MPTQ-ViT: SQ-b (SmoothQuant with bias, ``golden.smoothquant``), OPT-m three-region
+          FC2 input (``golden.quantizers.three_region``), greedy mixed precision
+          (``golden.mixed_precision``).
+========  ==================================================================================
+
+Every component is a switch of :class:`QuantConfig` (ablation rows: ``--no-poq``, ``--no-slq``,
+``--no-amo``, ``--no-sq``, ``--no-three-region``, ``--no-mp``). Bits are given as ``w4a4``,
+``w6a6``, ``w8a8``; patch embedding and head default to 8 bits.
+
+Operand roles (``build_quantizer(config, role, bits, name)``):
+``qkv_in``, ``fc1_in`` (post-LayerNorm), ``fc2_in`` (post-GELU), ``proj_in`` (attn @ v output),
+``q`` (A of q @ k^T), ``k`` / ``v`` (B operands), ``softmax`` (A of attn @ v), ``embed_in``, ``head_in``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+
+from .quantizers import (Log2Quantizer, PerPatchOutlierQuantizer, QuantizerError, ShiftLog2Quantizer,
+                         SymmetricQuantizer, UniformQuantizer, check_bits)
+
+METHODS = ("baseline", "adfq", "mptq")
+
+
+@dataclass
+class QuantConfig:
+    """Everything that decides the quantized model (serialised into the program manifest)."""
+
+    method: str = "baseline"
+    w_bits: int = 4
+    a_bits: int = 4
+    embed_bits: int = 8
+    head_bits: int = 8
+    act_method: str = "mse"           # per-tensor range search: minmax | percentile | mse
+    weight_search: str = "mse"        # per-channel weight range: minmax | mse
+    poq: bool = False                 # ADFQ POQ on qkv / fc1 inputs
+    alpha_qkv: float | None = 5.0
+    alpha_fc1: float | None = 10.0
+    fc2: str = "uniform"              # uniform | slq | three_region
+    slq_base: str | None = None       # "2" | "sqrt2" | None (2 at 4 bits, sqrt2 above)
+    amo: bool = False                 # ADFQ AMO block reconstruction (golden.reconstruct)
+    adaround: bool = False            # rounding optimisation inside reconstruction
+    amo_iters: int | None = None      # AMO overrides (None: golden.reconstruct.AMOConfig defaults)
+    amo_num_samples: int | None = None
+    amo_batch_size: int | None = None
+    smoothquant: bool = False         # MPTQ SQ-b
+    sq_alpha: float = 0.5
+    mixed_precision: bool = False     # MPTQ greedy mixed precision
+    mp_target_bits: float | None = None
+    layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
+
+    def __post_init__(self):
+        for b in (self.w_bits, self.a_bits, self.embed_bits, self.head_bits):
+            check_bits(b)
+        if self.method not in METHODS:
+            raise QuantizerError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.fc2 not in ("uniform", "slq", "three_region"):
+            raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
+
+    def bits_for(self, layer: str, which: str) -> int:
+        """Bits of ``which`` ("w" or "a") for ``layer`` (mixed-precision overrides first)."""
+        over = self.layer_bits.get(layer, {})
+        if which in over:
+            return int(over[which])
+        return self.w_bits if which == "w" else self.a_bits
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        return cls(**d)
+
+
+def parse_bits(text: str) -> tuple[int, int]:
+    """``"w4a4"`` -> ``(4, 4)``; raises :class:`QuantizerError` for other spellings or widths."""
+    m = re.fullmatch(r"w(\d+)a(\d+)", str(text).strip().lower())
+    if not m:
+        raise QuantizerError(f"bits must look like w4a4, w6a6 or w8a8, got {text!r}")
+    w, a = int(m.group(1)), int(m.group(2))
+    check_bits(w)
+    check_bits(a)
+    return w, a
+
+
+def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:
+    """The :class:`QuantConfig` of a method preset, with keyword overrides (ablations)."""
+    w, a = parse_bits(bits)
+    if method == "baseline":
+        cfg = QuantConfig(method=method, w_bits=w, a_bits=a)
+    elif method == "adfq":
+        cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, fc2="slq", amo=True, adaround=True)
+    elif method == "mptq":
+        cfg = QuantConfig(method=method, w_bits=w, a_bits=a, smoothquant=True, fc2="three_region",
+                          mixed_precision=True)
+    else:
+        raise QuantizerError(f"unknown method {method!r}; choose one of {METHODS}")
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def build_quantizer(cfg: QuantConfig, role: str, bits: int, name: str = ""):
+    """The activation quantizer for operand ``role`` (see the module docstring)."""
+    if role in ("qkv_in", "fc1_in"):
+        if cfg.poq:
+            alpha = cfg.alpha_qkv if role == "qkv_in" else cfg.alpha_fc1
+            return PerPatchOutlierQuantizer(bits, alpha=alpha, name=name)
+        return UniformQuantizer(bits, method=cfg.act_method, name=name)
+    if role == "fc2_in":
+        if cfg.fc2 == "slq":
+            return ShiftLog2Quantizer(bits, base=cfg.slq_base, name=name)
+        if cfg.fc2 == "three_region":
+            from .quantizers.three_region import ThreeRegionQuantizer  # noqa: PLC0415 (written by H3)
+            return ThreeRegionQuantizer(bits, name=name)
+        return UniformQuantizer(bits, method=cfg.act_method, name=name)
+    if role in ("proj_in", "q", "embed_in", "head_in"):
+        return UniformQuantizer(bits, method=cfg.act_method, name=name)
+    if role in ("k", "v"):
+        return SymmetricQuantizer(bits, method=cfg.act_method, name=name)
+    if role == "softmax":
+        return Log2Quantizer(bits, name=name)
+    raise QuantizerError(f"unknown operand role {role!r}")
+
+
+#: Ablation switches: CLI flag -> QuantConfig override.
+ABLATIONS = {
+    "no_poq": {"poq": False},
+    "no_slq": {"fc2": "uniform"},
+    "no_amo": {"amo": False, "adaround": False},
+    "no_sq": {"smoothquant": False},
+    "no_three_region": {"fc2": "uniform"},
+    "no_mp": {"mixed_precision": False},
+}

@@ -1,0 +1,327 @@
+"""The quantized (fake-quant) ViT: quantized layers and :class:`QuantViT`.
+
+A timm model is converted in place (:func:`quantize_model`):
+
+* every transformer block's ``nn.Linear`` (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``)
+  becomes a :class:`QuantLinear` (``.weight_quantizer``: per-channel ``sym``; ``.input_quantizer``:
+  the A-operand quantizer of the GEMM, e.g. POQ for qkv/FC1, SLQ or three-region for FC2);
+* the attention module (timm ``Attention`` of ViT/DeiT, ``WindowAttention`` of Swin; both use fused
+  SDPA in timm 1.x) is replaced by :class:`QuantAttention` / :class:`QuantWindowAttention`, an
+  explicit ``q @ k^T -> softmax -> attn @ v`` with two :class:`QuantMatMul` (``.qk``: Q ``uniform``
+  x K ``sym``; ``.av``: softmax ``log2`` x V ``sym``); the ``1/sqrt(d)`` scale multiplies the
+  *output* of ``q @ k^T`` (it is folded into ``Mc`` in the integer program);
+* the patch embedding convolution becomes :class:`QuantConv2d` and the classifier a
+  :class:`QuantLinear` (8 bits by default, spec section "Bit widths").
+
+Host operations (LayerNorm, softmax, GELU, residual adds, embeddings) stay in float32 exactly as
+timm computes them.
+
+Quantizers are built by :func:`golden.presets.build_quantizer` from a
+:class:`golden.presets.QuantConfig`; any quantizer can be swapped afterwards, e.g.
+``qvit.set_input_quantizer("blocks.3.mlp.fc2", ThreeRegionQuantizer(4))`` or for all FC2 layers
+``qvit.replace_fc2_input_quantizers(lambda name, bits: ThreeRegionQuantizer(bits, name=name))``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizers.base import Quantizer
+from .quantizers.weight import PerChannelWeightQuantizer
+
+
+class UnsupportedModelError(ValueError):
+    """The model contains a module the quantized wrapper cannot convert."""
+
+
+class QuantLinear(nn.Module):
+    """``nn.Linear`` with a per-channel weight quantizer and an A-operand (input) quantizer.
+
+    The weight and bias are the wrapped layer's own parameters (shared, not copied).
+    The outlier path of POQ lives inside the input quantizer (``PerPatchOutlierQuantizer``).
+    """
+
+    def __init__(self, linear: nn.Linear, w_bits: int, input_quantizer: Quantizer, name: str = "",
+                 weight_search: str = "mse"):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.name = name
+        self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
+        self.input_quantizer = input_quantizer
+        input_quantizer.name = input_quantizer.name or name + ".input"
+
+    def calibrate_weight(self) -> None:
+        self.weight_quantizer.calibrate(self.weight.detach())
+
+    def qweight(self) -> torch.Tensor:
+        wq = self.weight_quantizer
+        if not wq.enabled or wq.observing:
+            return self.weight
+        if not wq.calibrated:
+            self.calibrate_weight()
+        return wq.fake_quant(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.qweight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.name}: in={self.in_features}, out={self.out_features}"
+
+
+class QuantConv2d(QuantLinear):
+    """Patch-embedding convolution (kernel = stride = patch) as a quantized GEMM over patches."""
+
+    def __init__(self, conv: nn.Conv2d, w_bits: int, input_quantizer: Quantizer, name: str = "",
+                 weight_search: str = "mse"):
+        nn.Module.__init__(self)
+        if conv.kernel_size != conv.stride or conv.padding not in (0, (0, 0)) or conv.groups != 1:
+            raise UnsupportedModelError(f"{name}: only non-overlapping patch convolutions are supported")
+        self.in_features = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        self.out_features = conv.out_channels
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride = conv.stride
+        self.name = name
+        self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
+        self.input_quantizer = input_quantizer
+        input_quantizer.name = input_quantizer.name or name + ".input"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.input_quantizer(x), self.qweight(), self.bias, stride=self.stride)
+
+
+class QuantMatMul(nn.Module):
+    """Activation x activation GEMM ``quant_a(a) @ quant_b(b)`` (``q @ k^T`` and ``attn @ v``)."""
+
+    def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, name: str = ""):
+        super().__init__()
+        self.name = name
+        self.a_quantizer = a_quantizer
+        self.b_quantizer = b_quantizer
+        a_quantizer.name = a_quantizer.name or name + ".a"
+        b_quantizer.name = b_quantizer.name or name + ".b"
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.a_quantizer(a) @ self.b_quantizer(b)
+
+
+class QuantAttention(nn.Module):
+    """Explicit multi-head attention with quantized q/k/v/proj linears and both matmuls."""
+
+    def __init__(self, attn: nn.Module, qkv: QuantLinear, proj: QuantLinear, qk: QuantMatMul, av: QuantMatMul,
+                 name: str = ""):
+        super().__init__()
+        if getattr(attn, "gate", None) is not None:
+            raise UnsupportedModelError(f"{name}: gated attention is not supported")
+        self.name = name
+        self.num_heads = attn.num_heads
+        self.head_dim = getattr(attn, "head_dim", qkv.out_features // 3 // attn.num_heads)
+        self.scale = attn.scale
+        self.qkv, self.proj, self.qk, self.av = qkv, proj, qk, av
+        self.q_norm = getattr(attn, "q_norm", nn.Identity())
+        self.k_norm = getattr(attn, "k_norm", nn.Identity())
+        self.norm = getattr(attn, "norm", nn.Identity())
+
+    def attention(self, q, k, v, bias=None):
+        attn = self.qk(q, k.transpose(-2, -1)) * self.scale
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        return self.av(attn, v)
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise UnsupportedModelError("attention masks are not supported by the quantized ViT")
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        o = self.attention(q, k, v)
+        o = o.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
+        return self.proj(self.norm(o))
+
+
+class QuantWindowAttention(QuantAttention):
+    """Swin ``WindowAttention`` with relative position bias and shifted-window mask."""
+
+    def __init__(self, attn: nn.Module, *args, **kw):
+        super().__init__(attn, *args, **kw)
+        self.head_dim = attn.qkv.out_features // 3 // attn.num_heads
+        self.relative_position_bias_table = attn.relative_position_bias_table
+        self.register_buffer("relative_position_index", attn.relative_position_index, persistent=False)
+        self.window_area = attn.window_area
+
+    def _rel_bias(self):
+        t = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return t.view(self.window_area, self.window_area, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self._rel_bias()
+        if mask is not None:
+            nw = mask.shape[0]
+            bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(b // nw, -1, -1, -1, -1)
+            bias = bias.reshape(b, self.num_heads, n, n)
+        o = self.attention(q, k, v, bias)
+        o = o.transpose(1, 2).reshape(b, n, -1)
+        return self.proj(o)
+
+
+def _is_attention(m: nn.Module) -> str | None:
+    name = type(m).__name__
+    if name == "WindowAttention":
+        return "window"
+    if name == "Attention" and hasattr(m, "qkv") and hasattr(m, "proj"):
+        return "mhsa"
+    return None
+
+
+class QuantViT(nn.Module):
+    """A timm ViT/DeiT/Swin with quantized GEMMs (built by :func:`quantize_model`).
+
+    Attributes
+    ----------
+    model : nn.Module
+        The converted timm model (its forward is timm's own).
+    config : golden.presets.QuantConfig
+    model_name : str
+    """
+
+    def __init__(self, model: nn.Module, config, model_name: str = ""):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.model_name = model_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- access ---------------------------------------------------------------------------------
+    def quant_layers(self) -> dict[str, QuantLinear]:
+        """Every :class:`QuantLinear` / :class:`QuantConv2d`, by module name."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLinear)}
+
+    def matmuls(self) -> dict[str, QuantMatMul]:
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantMatMul)}
+
+    def attentions(self) -> dict[str, QuantAttention]:
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantAttention)}
+
+    def quantizers(self) -> Iterator[tuple[str, Quantizer]]:
+        """``(name, quantizer)`` for every quantizer (weights and activations)."""
+        for n, m in self.model.named_modules():
+            if isinstance(m, Quantizer):
+                yield n, m
+
+    def activation_quantizers(self) -> Iterator[tuple[str, Quantizer]]:
+        for n, q in self.quantizers():
+            if not isinstance(q, PerChannelWeightQuantizer):
+                yield n, q
+
+    def weight_quantizers(self) -> Iterator[tuple[str, PerChannelWeightQuantizer]]:
+        for n, q in self.quantizers():
+            if isinstance(q, PerChannelWeightQuantizer):
+                yield n, q
+
+    # -- switches -------------------------------------------------------------------------------
+    def set_quant(self, weights: bool = True, activations: bool = True) -> "QuantViT":
+        """Enable/disable weight and activation fake quantization (False = full precision)."""
+        for _, q in self.quantizers():
+            q.enabled = weights if isinstance(q, PerChannelWeightQuantizer) else activations
+        return self
+
+    def set_observing(self, flag: bool) -> None:
+        for _, q in self.activation_quantizers():
+            q.observing = flag
+
+    def calibrate_weights(self) -> None:
+        for layer in self.quant_layers().values():
+            layer.calibrate_weight()
+
+    # -- replacing quantizers ------------------------------------------------------------------
+    def set_input_quantizer(self, layer_name: str, quantizer: Quantizer) -> None:
+        """Replace the A-operand quantizer of the linear layer ``layer_name``."""
+        layer = self.quant_layers().get(layer_name)
+        if layer is None:
+            raise KeyError(f"no quantized linear layer {layer_name!r}")
+        quantizer.name = quantizer.name or layer_name + ".input"
+        layer.input_quantizer = quantizer
+
+    def fc2_layers(self) -> dict[str, QuantLinear]:
+        return {n: m for n, m in self.quant_layers().items() if n.endswith("mlp.fc2")}
+
+    def replace_fc2_input_quantizers(self, factory: Callable[[str, int], Quantizer]) -> None:
+        """``factory(layer_name, bits)`` builds the new quantizer of every FC2 input (post-GELU)."""
+        for n, layer in self.fc2_layers().items():
+            self.set_input_quantizer(n, factory(n, layer.input_quantizer.bits))
+
+    def outlier_report(self) -> dict[str, dict]:
+        """Outlier statistics of every POQ input quantizer (layer name -> report)."""
+        out = {}
+        for n, layer in self.quant_layers().items():
+            rep = getattr(layer.input_quantizer, "outlier_report", None)
+            if rep is not None and getattr(layer.input_quantizer, "alpha", None) is not None:
+                out[n] = rep()
+        return out
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, new)
+
+
+def quantize_model(model: nn.Module, config, model_name: str = "") -> QuantViT:
+    """Convert a timm ViT/DeiT/Swin to a :class:`QuantViT` (in place) with quantizers from ``config``.
+
+    Raises :class:`UnsupportedModelError` if the model has no transformer blocks this wrapper knows.
+    """
+    from .presets import build_quantizer  # noqa: PLC0415 (import cycle)
+
+    model.eval()
+    b = config.bits_for
+    n_attn = 0
+    for name, m in list(model.named_modules()):
+        kind = _is_attention(m)
+        if kind is None:
+            continue
+        n_attn += 1
+        qkv = QuantLinear(m.qkv, b(f"{name}.qkv", "w"), build_quantizer(config, "qkv_in", b(f"{name}.qkv", "a"), f"{name}.qkv.input"),
+                          f"{name}.qkv", config.weight_search)
+        proj = QuantLinear(m.proj, b(f"{name}.proj", "w"), build_quantizer(config, "proj_in", b(f"{name}.proj", "a"), f"{name}.proj.input"),
+                           f"{name}.proj", config.weight_search)
+        abits = b(f"{name}.qk", "a")
+        qk = QuantMatMul(build_quantizer(config, "q", abits, f"{name}.qk.a"),
+                         build_quantizer(config, "k", abits, f"{name}.qk.b"), f"{name}.qk")
+        abits = b(f"{name}.av", "a")
+        av = QuantMatMul(build_quantizer(config, "softmax", abits, f"{name}.av.a"),
+                         build_quantizer(config, "v", abits, f"{name}.av.b"), f"{name}.av")
+        cls = QuantWindowAttention if kind == "window" else QuantAttention
+        _set_module(model, name, cls(m, qkv, proj, qk, av, name))
+    if n_attn == 0:
+        raise UnsupportedModelError("no timm Attention/WindowAttention modules found: not a ViT/DeiT/Swin model")
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.Linear) and (name.endswith("mlp.fc1") or name.endswith("mlp.fc2")):
+            role = "fc1_in" if name.endswith("fc1") else "fc2_in"
+            _set_module(model, name, QuantLinear(m, b(name, "w"), build_quantizer(config, role, b(name, "a"), f"{name}.input"),
+                                                 name, config.weight_search))
+    pe = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(pe, nn.Conv2d):
+        _set_module(model, "patch_embed.proj",
+                    QuantConv2d(pe, config.embed_bits, build_quantizer(config, "embed_in", config.embed_bits, "patch_embed.proj.input"),
+                                "patch_embed.proj", config.weight_search))
+    head = getattr(model, "head", None)
+    head_name = "head"
+    if head is not None and not isinstance(head, nn.Linear):
+        head = getattr(head, "fc", None)
+        head_name = "head.fc"
+    if isinstance(head, nn.Linear):
+        _set_module(model, head_name,
+                    QuantLinear(head, config.head_bits, build_quantizer(config, "head_in", config.head_bits, f"{head_name}.input"),
+                                head_name, config.weight_search))
+    return QuantViT(model, config, model_name)

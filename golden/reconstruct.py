@@ -1,0 +1,552 @@
+"""AMO: Attention-score enhanced Module-wise Optimization (ADFQ-ViT).
+
+The MHA (``blocks.i.attn``) and MLP (``blocks.i.mlp``) modules of every transformer block are
+reconstructed one after the other, in model order:
+
+* **inputs** are what the *quantized* model feeds the module (computed after all earlier modules
+  were reconstructed, so their remaining error propagates);
+* **targets** are the outputs of the floating-point module on the floating-point model's own inputs
+  (the same model with every quantizer disabled, or a separate FP model);
+* the optimised variables are the AdaRound variables ``V`` of the module's weight quantizers (Adam,
+  ``lr_round = 3e-3``) and the scales of its activation quantizers (Adam, ``lr_scale = 4e-5``);
+  weight scales stay fixed;
+* the loss is
+
+  .. math::
+
+     L = \\frac{\\lVert \\hat y - y\\rVert^2}{\\lVert y \\rVert^2}
+         + \\lambda \\, \\overline{\\textstyle\\sum (1 - |2 h(V) - 1|^{\\beta})}
+         + \\kappa \\, \\mathrm{KL}(P_{\\text{FP}} \\,\\Vert\\, P_{\\text{Q}})
+
+  the output MSE normalised by the mean target power over the calibration set (a constant, so it
+  is the output MSE up to a scale that makes ``lambda`` and ``kappa`` model independent); the
+  AdaRound regulariser averaged over all rounding variables, switched on after a warm-up
+  (``warmup`` fraction of the iterations) with ``beta`` annealed linearly from ``beta_start = 10``
+  to ``beta_end = 2``; and, for MHA modules, the KL divergence between the FP and the quantized
+  attention probabilities (the softmax output entering ``attn @ v``; rows summed, averaged over
+  batch, heads and query tokens).
+
+At the end of each module the rounding is made hard (``V`` set to ``+-8`` according to the
+decision ``h(V) >= 0.5`` and the quantizer switched to hard rounding), so the exported integer
+weights are deterministic. If the hard-rounded module is worse than before reconstruction (output
+MSE on the calibration set) the module is restored to its initial state (nearest rounding, initial
+scales) and the report says so.
+
+Works on :class:`golden.qmodel.QuantViT` (attention probabilities are captured at the input of the
+``attn @ v`` :class:`golden.qmodel.QuantMatMul`, ``.av``) and on any model whose blocks have
+``attn`` and ``mlp`` children with quantized layers that expose ``weight`` + ``weight_quantizer``
+(AdaRound protocol of :class:`golden.quantizers.weight.PerChannelWeightQuantizer`); for a plain
+timm ``Attention`` the probabilities are taken at its ``attn_drop`` (``fused_attn`` is switched off
+during reconstruction).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .quantizers.base import Quantizer, QuantizerError
+
+__all__ = ["AMOConfig", "UnitReport", "find_amo_units", "reconstruct_amo", "resolve_device"]
+
+#: ``V`` after hardening: ``h(+-8)`` is exactly 1 / 0 with the rectified sigmoid (zeta 1.1, gamma -0.1).
+HARD_V = 8.0
+
+
+@dataclass
+class AMOConfig:
+    """Settings of :func:`reconstruct_amo` (defaults: DeiT-tiny W4A4 within ~30 min on 2 CPU cores).
+
+    Attributes
+    ----------
+    iters : int
+        Adam iterations per module.
+    batch_size : int
+        Images per iteration.
+    num_samples : int or None
+        Calibration images used (``None``: all given).
+    lr_round, lr_scale : float
+        Adam learning rates of the AdaRound variables and of the activation scales.
+    round_weight : float
+        ``lambda``, weight of the (mean) AdaRound regulariser.
+    beta_start, beta_end, warmup : float
+        AdaRound temperature schedule and warm-up fraction without regulariser.
+    kl_weight : float
+        ``kappa``, weight of the attention KL term (MHA modules; 0 disables it).
+    adaround : bool
+        Optimise rounding (otherwise only activation scales).
+    learn_scales : bool
+        Optimise activation-quantizer scales.
+    forward_batch : int
+        Images per forward pass when collecting inputs/targets.
+    revert_if_worse : bool
+        Restore a module whose final MSE is above its initial MSE.
+    device : str
+        ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
+    seed : int
+        Mini-batch sampling seed.
+    progress : bool
+        tqdm progress bars.
+    """
+
+    iters: int = 200
+    batch_size: int = 16
+    num_samples: int | None = 64
+    lr_round: float = 3e-3
+    lr_scale: float = 4e-5
+    round_weight: float = 0.01
+    beta_start: float = 10.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    kl_weight: float = 1.0
+    adaround: bool = True
+    learn_scales: bool = True
+    forward_batch: int = 32
+    revert_if_worse: bool = True
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.iters < 0 or self.batch_size < 1 or self.forward_batch < 1:
+            raise ValueError("iters must be >= 0, batch_size and forward_batch >= 1")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1 or None")
+        if not 0.0 <= self.warmup <= 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1], got {self.warmup}")
+        if self.beta_start < self.beta_end or self.beta_end <= 0:
+            raise ValueError("need beta_start >= beta_end > 0")
+
+
+@dataclass
+class UnitReport:
+    """What happened to one module."""
+
+    name: str
+    kind: str  #: "mha" or "mlp"
+    mse_before: float
+    mse_after: float
+    kl_before: float | None = None
+    kl_after: float | None = None
+    loss_first: float | None = None
+    loss_last: float | None = None
+    rounding_soft_fraction: float | None = None  #: fraction of h(V) in (0.01, 0.99) before hardening
+    reverted: bool = False
+    seconds: float = 0.0  #: total time of this module (collection, evaluation, optimisation)
+    seconds_optimize: float = 0.0  #: time of the Adam iterations
+    losses: list = field(default_factory=list, repr=False)  #: total loss per iteration
+    rec_losses: list = field(default_factory=list, repr=False)  #: MSE (+ KL) part per iteration
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("losses")
+        d.pop("rec_losses")
+        return d
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> cuda when available, else cpu."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return dev
+
+
+def _root(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(model, "quant_layers") else model
+
+
+def find_amo_units(model: nn.Module) -> list[tuple[str, str]]:
+    """``[(module_name, kind)]`` of the MHA (``"mha"``) and MLP (``"mlp"``) modules, in model order.
+
+    Names are relative to the timm model (``QuantViT.model`` for a QuantViT).
+    """
+    units = []
+    for name, mod in _root(model).named_modules():
+        attn, mlp = getattr(mod, "attn", None), getattr(mod, "mlp", None)
+        if isinstance(attn, nn.Module) and isinstance(mlp, nn.Module):
+            prefix = f"{name}." if name else ""
+            units.append((f"{prefix}attn", "mha"))
+            units.append((f"{prefix}mlp", "mlp"))
+    return units
+
+
+def _calib_tensor(calib, num_samples: int | None) -> torch.Tensor:
+    if isinstance(calib, torch.Tensor):
+        x = calib
+    else:
+        parts, n = [], 0
+        for item in calib:
+            if isinstance(item, (tuple, list)):
+                item = item[0]
+            if not isinstance(item, torch.Tensor):
+                raise TypeError(f"calibration batches must be tensors, got {type(item).__name__}")
+            parts.append(item)
+            n += item.shape[0]
+            if num_samples is not None and n >= num_samples:
+                break
+        if not parts:
+            raise ValueError("calibration data is empty")
+        x = torch.cat(parts)
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError("calibration data is empty")
+    return x[:num_samples] if num_samples is not None else x
+
+
+def _probs_site(unit: nn.Module):
+    """``(module, how)``: where the attention probabilities of ``unit`` can be observed."""
+    av = getattr(unit, "av", None)
+    if isinstance(av, nn.Module):
+        return av, "input0"
+    drop = getattr(unit, "attn_drop", None)
+    if isinstance(drop, nn.Module):
+        return drop, "output"
+    return None, None
+
+
+class _Capture:
+    """Run a model until ``unit`` has run (or was entered) and record what it saw."""
+
+    def __init__(self, unit: nn.Module, want_input: bool, want_output: bool, want_probs: bool,
+                 keep_grad: bool = False):
+        self.unit = unit
+        self.want_input, self.want_output, self.want_probs = want_input, want_output, want_probs
+        self.keep_grad = keep_grad
+        self.args = self.kwargs = self.output = None
+        self.probs: list[torch.Tensor] = []
+        self.handles = []
+
+    def __enter__(self):
+        u = self.unit
+        if self.want_input:
+            def pre(_m, args, kwargs):
+                self.args, self.kwargs = args, kwargs
+                if not self.want_output:
+                    raise _Stop
+            self.handles.append(u.register_forward_pre_hook(pre, with_kwargs=True))
+        if self.want_output:
+            def post(_m, _args, output):
+                self.output = output
+                raise _Stop
+            self.handles.append(u.register_forward_hook(post))
+        if self.want_probs:
+            site, how = _probs_site(u)
+            if site is None:
+                raise QuantizerError(f"cannot observe the attention probabilities of {type(u).__name__}")
+            if getattr(u, "fused_attn", False):
+                u.fused_attn = False
+                self.handles.append(_Restore(u, "fused_attn", True))
+            if how == "input0":
+                self.handles.append(site.register_forward_pre_hook(
+                    lambda _m, args: self.probs.append(args[0] if self.keep_grad else args[0].detach())))
+            else:
+                self.handles.append(site.register_forward_hook(
+                    lambda _m, _a, out: self.probs.append(out if self.keep_grad else out.detach())))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+class _Restore:
+    def __init__(self, obj, attr, value):
+        self.obj, self.attr, self.value = obj, attr, value
+
+    def remove(self):
+        setattr(self.obj, self.attr, self.value)
+
+
+def _run_until(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except _Stop:
+        return
+    raise RuntimeError("the module to reconstruct was not called by the model's forward pass")
+
+
+class _UnitData:
+    """Per-image tensors of one module: inputs (positional args), kwargs, targets, FP probs."""
+
+    def __init__(self):
+        self.args: list[list[torch.Tensor]] = []
+        self.kwargs = None
+        self.targets: list[torch.Tensor] = []
+        self.probs: list[torch.Tensor] = []
+        self.rows = None  # rows of dim 0 per image
+
+    @staticmethod
+    def _split(t: torch.Tensor, n_img: int) -> list[torch.Tensor]:
+        if t.shape[0] % n_img:
+            raise RuntimeError(f"batch dimension {t.shape[0]} is not a multiple of {n_img} images")
+        return list(t.detach().split(t.shape[0] // n_img))
+
+    def add_inputs(self, args, kwargs, n_img):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if len(tensors) != len(args):
+            raise RuntimeError("module inputs must be tensors")
+        per = [self._split(a, n_img) for a in tensors]
+        self.args.extend(list(z) for z in zip(*per))
+        self.kwargs = kwargs
+        self.rows = tensors[0].shape[0] // n_img
+
+    def batch(self, idx, device):
+        args = [torch.cat([self.args[i][j] for i in idx]).to(device) for j in range(len(self.args[0]))]
+        tgt = torch.cat([self.targets[i] for i in idx]).to(device)
+        probs = torch.cat([self.probs[i] for i in idx]).to(device) if self.probs else None
+        return args, tgt, probs
+
+
+def _kl(p_fp: torch.Tensor, p_q: torch.Tensor) -> torch.Tensor:
+    tiny = 1e-12
+    return (p_fp * (torch.log(p_fp.clamp_min(tiny)) - torch.log(p_q.clamp_min(tiny)))).sum(-1).mean()
+
+
+def _weight_layers(unit: nn.Module) -> list[nn.Module]:
+    return [m for m in unit.modules() if isinstance(getattr(m, "weight_quantizer", None), Quantizer)
+            and isinstance(getattr(m, "weight", None), torch.Tensor)]
+
+
+def _set_enabled(model: nn.Module, flag: bool | None, saved: dict | None = None) -> dict:
+    """Enable/disable every quantizer; with ``saved`` restore the previous flags instead."""
+    out = {}
+    for m in model.modules():
+        if isinstance(m, Quantizer):
+            out[m] = m.enabled
+            m.enabled = saved[m] if saved is not None else flag
+    return out
+
+
+def reconstruct_amo(
+    qmodel: nn.Module,
+    calib: torch.Tensor | Iterable,
+    fp_model: nn.Module | None = None,
+    config: AMOConfig | None = None,
+    units: list[tuple[str, str]] | None = None,
+    **overrides,
+) -> list[UnitReport]:
+    """Reconstruct every MHA and MLP module of a calibrated fake-quant ViT in place (AMO).
+
+    Parameters
+    ----------
+    qmodel : torch.nn.Module
+        The quantized model (:class:`golden.qmodel.QuantViT`), quantizers calibrated.
+    calib : torch.Tensor or iterable
+        Calibration images ``(N, 3, H, W)`` or batches / ``(images, labels)``; the first
+        ``config.num_samples`` images are used.
+    fp_model : torch.nn.Module, optional
+        Floating-point reference with the same module names. Default: ``qmodel`` itself with every
+        quantizer disabled (the FP path of the fake-quant model).
+    config : AMOConfig, optional
+        Settings; keyword ``overrides`` replace single fields (``iters=50``, ``device="cpu"``, ...).
+    units : list of (name, kind), optional
+        Modules to reconstruct; default :func:`find_amo_units`.
+
+    Returns
+    -------
+    list of UnitReport
+        One entry per module: initial/final MSE (and KL for MHA), losses, time, reverted flag.
+    """
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    cfg = replace(config or AMOConfig(), **overrides) if overrides else (config or AMOConfig())
+    device = resolve_device(cfg.device)
+    x_all = _calib_tensor(calib, cfg.num_samples)
+    n_img = x_all.shape[0]
+    units = units if units is not None else find_amo_units(qmodel)
+    if not units:
+        raise ValueError("no MHA / MLP modules found (blocks with 'attn' and 'mlp' children)")
+    qroot = _root(qmodel)
+    fp_ref = fp_model if fp_model is not None else qmodel
+    fproot = _root(fp_ref)
+    qmods, fpmods = dict(qroot.named_modules()), dict(fproot.named_modules())
+    for name, kind in units:
+        if name not in qmods or name not in fpmods:
+            raise ValueError(f"module {name!r} not found in the quantized and FP models")
+        if kind not in ("mha", "mlp"):
+            raise ValueError(f"unit kind must be 'mha' or 'mlp', got {kind!r}")
+    lazy = {id(l.weight_quantizer) for l in _weight_layers(qroot)}  # calibrate from their weight
+    for m in qroot.modules():
+        if isinstance(m, Quantizer) and m.enabled and id(m) not in lazy and (m.observing or not m.calibrated):
+            raise QuantizerError(
+                f"quantizer {m.name or type(m).__name__} is not calibrated: calibrate the model before AMO"
+            )
+    qmodel.to(device).eval()
+    fp_ref.to(device).eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    chunks = list(torch.split(x_all, cfg.forward_batch))
+    reports: list[UnitReport] = []
+    outer = tqdm(units, desc="AMO", disable=not cfg.progress)
+    for name, kind in outer:
+        t0 = time.time()
+        qunit, fpunit = qmods[name], fpmods[name]
+        use_kl = kind == "mha" and cfg.kl_weight > 0
+        data = _UnitData()
+        # -- collect: quantized inputs, FP targets (+ FP attention probabilities) ---------------
+        with torch.no_grad():
+            for xb in chunks:
+                xb = xb.to(device)
+                with _Capture(qunit, True, False, False) as cap:
+                    _run_until(qmodel, xb)
+                data.add_inputs(cap.args, cap.kwargs, xb.shape[0])
+                saved = _set_enabled(fp_ref, False) if fp_model is None else None
+                try:
+                    with _Capture(fpunit, False, True, use_kl) as cap:
+                        _run_until(fp_ref, xb)
+                finally:
+                    if saved is not None:
+                        _set_enabled(fp_ref, None, saved)
+                data.targets.extend(t.cpu() for t in data._split(cap.output, xb.shape[0]))
+                if use_kl:
+                    data.probs.extend(p.cpu() for p in data._split(torch.cat(cap.probs), xb.shape[0]))
+        power = float(torch.stack([(t.double() ** 2).mean() for t in data.targets]).mean())
+        power = power if power > 0 else 1.0
+
+        def evaluate() -> tuple[float, float | None]:
+            se, kl_sum, count = 0.0, 0.0, 0
+            with torch.no_grad():
+                for start in range(0, n_img, cfg.forward_batch):
+                    idx = list(range(start, min(n_img, start + cfg.forward_batch)))
+                    args, tgt, probs = data.batch(idx, device)
+                    with _Capture(qunit, False, False, use_kl, keep_grad=False) as cap:
+                        out = qunit(*args, **(data.kwargs or {}))
+                    se += float(((out - tgt).double() ** 2).mean()) * len(idx)
+                    if use_kl:
+                        kl_sum += float(_kl(probs, torch.cat(cap.probs))) * len(idx)
+                    count += len(idx)
+            return se / count, (kl_sum / count if use_kl else None)
+
+        layers = _weight_layers(qunit)
+        wquants = {id(l.weight_quantizer) for l in layers}
+        for l in layers:
+            if not l.weight_quantizer.calibrated:
+                l.weight_quantizer.calibrate(l.weight.detach())
+        act_quants = [m for m in qunit.modules()
+                      if isinstance(m, Quantizer) and id(m) not in wquants and m.enabled]
+        mse0, kl0 = evaluate()
+        t_opt = time.time()
+        # snapshot for revert
+        scale_params = []
+        if cfg.learn_scales:
+            seen = set()
+            for q in act_quants:
+                for p in q.scale_parameters():
+                    if isinstance(p, torch.Tensor) and p.is_floating_point() and id(p) not in seen:
+                        seen.add(id(p))
+                        scale_params.append(p)
+        scale_backup = [p.detach().clone() for p in scale_params]
+        round_params = []
+        if cfg.adaround:
+            for l in layers:
+                wq = l.weight_quantizer
+                if not wq.enabled or not hasattr(wq, "init_adaround"):
+                    continue
+                if not wq.rounding_parameters():
+                    wq.init_adaround(l.weight.detach())
+                round_params.extend(wq.rounding_parameters())
+        for p in scale_params + round_params:
+            p.requires_grad_(True)
+        groups = []
+        if round_params:
+            groups.append({"params": round_params, "lr": cfg.lr_round})
+        if scale_params:
+            groups.append({"params": scale_params, "lr": cfg.lr_scale})
+        report = UnitReport(name, kind, mse0, mse0, kl0, kl0)
+        n_round = sum(p.numel() for p in round_params)
+        warm = int(cfg.warmup * cfg.iters)
+        if groups and cfg.iters > 0:
+            opt = torch.optim.Adam(groups)
+            inner = tqdm(range(cfg.iters), desc=f"  {name}", leave=False, disable=not cfg.progress)
+            for it in inner:
+                idx = torch.randint(0, n_img, (min(cfg.batch_size, n_img),), generator=gen).tolist()
+                args, tgt, probs = data.batch(idx, device)
+                with _Capture(qunit, False, False, use_kl, keep_grad=True) as cap:
+                    out = qunit(*args, **(data.kwargs or {}))
+                loss = ((out - tgt) ** 2).mean() / power
+                if use_kl:
+                    loss = loss + cfg.kl_weight * _kl(probs, torch.cat(cap.probs))
+                report.rec_losses.append(loss.item())
+                if n_round and it >= warm and cfg.round_weight > 0:
+                    rel = (it - warm) / max(1, cfg.iters - warm)
+                    beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1.0 - rel)
+                    reg = sum(l.weight_quantizer.rounding_loss(beta) for l in layers
+                              if l.weight_quantizer.rounding_parameters())
+                    loss = loss + cfg.round_weight * reg / n_round
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():  # scales stay positive
+                    for p in scale_params:
+                        p.clamp_(min=1e-8)
+                report.losses.append(loss.item())
+                if it % 20 == 0:
+                    inner.set_postfix(loss=f"{report.losses[-1]:.4g}")
+            report.loss_first, report.loss_last = report.losses[0], report.losses[-1]
+        report.seconds_optimize = time.time() - t_opt
+        # -- harden -------------------------------------------------------------------------------
+        soft = []
+        for l in layers:
+            wq = l.weight_quantizer
+            if wq.rounding_parameters():
+                h = wq.h().detach()
+                soft.append(((h > 0.01) & (h < 0.99)).float().sum())
+                with torch.no_grad():
+                    for v in wq.rounding_parameters():
+                        v.copy_(torch.where(h >= 0.5, torch.full_like(v, HARD_V), torch.full_like(v, -HARD_V)))
+                wq.harden()
+        if soft and n_round:
+            report.rounding_soft_fraction = float(sum(soft)) / n_round
+        for p in scale_params + round_params:
+            p.requires_grad_(False)
+        report.mse_after, report.kl_after = evaluate()
+        if cfg.revert_if_worse and report.mse_after > report.mse_before:
+            with torch.no_grad():
+                for p, b in zip(scale_params, scale_backup):
+                    p.copy_(b)
+            for l in layers:
+                wq = l.weight_quantizer
+                if getattr(wq, "alpha", None) is not None:
+                    wq.alpha = None
+                    wq.soft = False
+            report.mse_after, report.kl_after = evaluate()
+            report.reverted = True
+        report.seconds = time.time() - t0
+        reports.append(report)
+        outer.set_postfix(mse=f"{report.mse_before:.3g}->{report.mse_after:.3g}")
+    return reports
+
+
+def reconstruct(qvit: nn.Module, images: torch.Tensor | Iterable, config=None, progress: bool = True,
+                **amo_overrides) -> list[UnitReport]:
+    """AMO entry point for :func:`golden.calibrate.calibrate_model`.
+
+    ``config`` is the :class:`golden.presets.QuantConfig` (or ``None``); its ``adaround`` switch
+    selects rounding optimisation; optional ``amo_*`` attributes (``amo_iters``,
+    ``amo_batch_size``, ``amo_num_samples``, ``amo_device``) and keyword ``amo_overrides``
+    (any :class:`AMOConfig` field) replace the defaults.
+    """
+    from dataclasses import fields
+
+    kw = {"progress": progress}
+    if config is not None:
+        kw["adaround"] = bool(getattr(config, "adaround", True))
+        for f in fields(AMOConfig):
+            v = getattr(config, f"amo_{f.name}", None)
+            if v is not None:
+                kw[f.name] = v
+    kw.update(amo_overrides)
+    return reconstruct_amo(qvit, images, config=AMOConfig(**kw))

@@ -1,0 +1,148 @@
+"""Building blocks shared by the vitaccel datapath units (docs/datapath.md sections 1, 7, 8).
+
+Everything here is a plain function that returns Amaranth expressions (combinational logic) or adds
+statements to a given :class:`amaranth.hdl.Module`; the components in :mod:`hw.decoders`,
+:mod:`hw.requantiser` and :mod:`hw.encoders` are built from them.
+
+* :func:`round_half` / :func:`round_shift` -- the spec's one rounding rule, ``(x + 2^(s-1)) >> s``.
+* :func:`saturate` -- clamp with a "was clamped" flag (every saturation is counted).
+* :func:`partial_products` -- split a wide product into chunks that fit an 18x18 DSP block, so a
+  multiplier can be registered after the partial products and summed in the next stage.
+* :func:`leading_one` -- priority encoder (``bit_length(v) - 1``) used by the log encoders.
+* :class:`CodeFormat`, :class:`OutFormat` -- run-time format selectors (config ports).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import enum
+
+__all__ = ["CodeFormat", "OutFormat", "LogBase", "round_half", "round_shift", "saturate",
+           "partial_products", "sum_products", "leading_one", "bits_select", "BITS"]
+
+#: Code widths every unit supports at run time (``sim.formats.BITS``).
+BITS = (4, 6, 8)
+
+
+class CodeFormat(enum.Enum, shape=3):
+    """A-operand code format (section 4), the ``fmt`` config port of :class:`hw.decoders.OperandDecoder`."""
+
+    UNIFORM = 0            #: 4.1 ``uniform``
+    LOG2 = 1               #: 4.2 ``log2`` (post-softmax)
+    SHIFTLOG2_BASE2 = 2    #: 4.3 ``shiftlog2`` base 2
+    SHIFTLOG2_SQRT2 = 3    #: 4.3 ``shiftlog2`` base sqrt(2)
+    THREE_REGION = 4       #: 4.4 ``three_region``
+
+
+class OutFormat(enum.Enum, shape=2):
+    """Requantiser output format (section 7), the ``out_fmt`` config port."""
+
+    UCODE = 0    #: k-bit unsigned code plus ``z_out``
+    SCODE = 1    #: k-bit signed symmetric code
+    FIXED16 = 2  #: int16 fixed point
+    FIXED32 = 3  #: int32 fixed point
+
+
+class LogBase(enum.Enum, shape=1):
+    """Log base of a ``shiftlog2`` encoder (section 8.2)."""
+
+    BASE2 = 0
+    SQRT2 = 1
+
+
+def round_half(s: Value, width: int) -> Value:
+    """``2^(s-1)`` for ``s >= 1`` and 0 for ``s == 0`` (the rounding constant of ``round_shift``).
+
+    Parameters
+    ----------
+    s : Value
+        Unsigned shift amount.
+    width : int
+        Width of the result (must hold ``2^(max s - 1)``).
+    """
+    return ((Const(1, width + 1) << s) >> 1)[:width]
+
+
+def round_shift(x: Value, s: Value) -> Value:
+    """``round_shift(x, s) = (x + 2^(s-1)) >> s`` (ties toward +infinity), combinational.
+
+    ``x`` is widened by one bit before the add, so the result never wraps.
+    """
+    w = len(x) + 1
+    return (x + round_half(s, w - 1)) >> s
+
+
+def saturate(x: Value, lo, hi) -> tuple[Value, Value]:
+    """Clamp ``x`` to ``[lo, hi]``; return ``(clamped, clamped_flag)``.
+
+    ``lo`` / ``hi`` may be Python ints or Amaranth values.  The clamped value has the shape of
+    ``x`` widened to hold ``lo`` and ``hi``.
+    """
+    below = x < lo
+    above = x > hi
+    return Mux(below, lo, Mux(above, hi, x)), below | above
+
+
+def _chunks(v: Value, chunk: int) -> list[tuple[Value, int]]:
+    """Split ``v`` into ``chunk``-bit pieces (LSB first); only the top piece keeps ``v``'s sign."""
+    n = len(v)
+    if n <= chunk + 1:  # fits one DSP input as is
+        return [(v, 0)]
+    pieces = []
+    for lsb in range(0, n, chunk):
+        top = lsb + chunk >= n
+        piece = v[lsb:min(n, lsb + chunk)]
+        if top and v.shape().signed:
+            piece = piece.as_signed()
+        pieces.append((piece, lsb))
+    return pieces
+
+
+def partial_products(a: Value, b: Value, chunk: int = 17) -> list[tuple[Value, int]]:
+    """Split ``a * b`` into partial products that each fit an 18x18 signed DSP multiplier.
+
+    Returns a list of ``(product, shift)`` with ``a * b == sum(product << shift)``.  Lower chunks are
+    unsigned ``chunk``-bit slices, the top chunk of a signed operand is signed, so each factor fits
+    18 signed bits when ``chunk = 17``.  Register the products in one pipeline stage and add them
+    with :func:`sum_products` in the next.
+    """
+    return [(pa * pb, sa + sb) for pa, sa in _chunks(a, chunk) for pb, sb in _chunks(b, chunk)]
+
+
+def sum_products(products: list[Value], shifts: list[int], extra: Value | int = 0) -> Value:
+    """``sum(p << s) + extra`` (exact: Amaranth widens every add)."""
+    acc = extra
+    for p, s in zip(products, shifts):
+        acc = acc + (p << s) if s else acc + p
+    return acc
+
+
+def leading_one(v: Value) -> Value:
+    """Index of the most significant set bit of unsigned ``v`` (``bit_length(v) - 1``); 0 for ``v == 0``.
+
+    A balanced binary search (``log2(len(v))`` levels of muxes), used by ``round_log2``.
+    """
+    n = len(v)
+    levels = max(1, (n - 1).bit_length())
+    width = 1 << levels
+    cur = v if n == width else Cat(v, Const(0, width - n))
+    bits = []
+    for level in reversed(range(levels)):
+        half = 1 << level
+        # cur has 2*half bits: is there a one in the upper half?
+        hi_nonzero = cur[half:2 * half].any()
+        bits.append(hi_nonzero)
+        cur = Mux(hi_nonzero, cur[half:2 * half], cur[:half])
+    # bits are MSB first
+    return Cat(*reversed(bits))
+
+
+def bits_select(m: Module, bits: Value, per_width: dict[int, Value | int], width, default=0) -> Signal:
+    """A signal equal to ``per_width[k]`` when the run-time code width ``bits == k``, else ``default``."""
+    out = Signal(width)
+    with m.Switch(bits):
+        for k, val in per_width.items():
+            with m.Case(k):
+                m.d.comb += out.eq(val)
+        with m.Default():
+            m.d.comb += out.eq(default)
+    return out

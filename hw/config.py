@@ -1,0 +1,225 @@
+"""Configuration of the layer engine (:mod:`hw.engine`) and its validation.
+
+:class:`EngineConfig` holds the *build-time* parameters of one engine instance (array size, maximal
+operand widths, accumulator width, outlier unit size, on-chip buffer depth).  Everything else (the
+layer shape ``M x K x N``, the A code format and its run-time width, ``FO``, the requantiser
+parameters) is *run-time* configuration written through the engine's command port, so one build
+covers every format and every width up to ``a_bits`` / ``b_bits``.
+
+The pipeline latencies below are part of the engine's contract: :mod:`hw.schedule` (the exact cycle
+model) and :mod:`hw.engine` (the RTL) both use them, and the RTL tests check that the cycle counter of
+the RTL equals the model.
+
+Bad configurations raise :class:`ConfigError` (a ``ValueError``) with a message naming the field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from sim import formats as F
+
+__all__ = [
+    "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
+    "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
+]
+
+#: Register stages from issuing operand column ``k`` (A beat consumed, B row read address) to the PE
+#: accumulator: decoder register, product register, accumulator (or shadow) register.
+MAC_LATENCY = 3
+#: Window cycle at which the drain of the previous tile starts: the last product of a tile is in
+#: the shadow registers ``MAC_LATENCY - 1`` cycles after the window that issued it ends.
+DRAIN_OFFSET = MAC_LATENCY - 1
+#: Register stages after an outlier beat is issued (B row read / entry register, product register,
+#: correction register) minus one: the window must last ``OUTLIER_LATENCY`` cycles after the last
+#: outlier beat so that the next drain sees every correction.
+OUTLIER_LATENCY = 2
+#: Drain stages before the requantiser: row select, zero-point product, ``(acc_d << FO) + corr``.
+PRE_REQUANT_LATENCY = 3
+#: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
+REQUANT_LATENCY = 7
+#: Width of the run-time shape fields ``M``, ``K``, ``N`` and of outlier row/column indices.
+DIM_BITS = 16
+
+
+class ConfigError(ValueError):
+    """An invalid engine configuration or a layer that the configured engine cannot run."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Build-time parameters of the layer engine.
+
+    Attributes
+    ----------
+    rows, cols : int
+        MAC array size ``R x C`` (output tile ``R x C``), 1..64 each.
+    a_bits : int
+        Widest A code the engine accepts (4, 6 or 8); narrower widths are selected at run time.
+    b_bits : int
+        Widest B (``sym``) code (4, 6 or 8); narrower codes are sign-extended by the host.
+    acc_bits : int
+        PE accumulator / drain width (signed), at most 48.  Must satisfy the bound of
+        docs/datapath.md section 6 for every layer run (:func:`check_layer_acc`).
+    outlier_capacity : int
+        Outliers per row tile the sparse outlier unit is sized for (``CAP`` of section 5); a tile
+        announcing more raises the unit's ``overflow`` flag.  0 builds the engine without an
+        outlier unit.
+    outlier_lanes : int
+        Outlier entries consumed per cycle (1, 2, 4 or 8).
+    max_k : int
+        Depth of the on-chip B buffer (each of its two banks): the largest ``K`` the engine runs.
+    """
+
+    rows: int = 16
+    cols: int = 16
+    a_bits: int = 8
+    b_bits: int = 8
+    acc_bits: int = 32
+    outlier_capacity: int = 32
+    outlier_lanes: int = 1
+    max_k: int = 1024
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"engine config: {f.name} must be an integer, got {v!r}")
+        if not 1 <= self.rows <= 64:
+            raise ConfigError(f"engine config: rows must be in 1..64, got {self.rows}")
+        if not 1 <= self.cols <= 64:
+            raise ConfigError(f"engine config: cols must be in 1..64, got {self.cols}")
+        for name in ("a_bits", "b_bits"):
+            if getattr(self, name) not in F.BITS:
+                raise ConfigError(f"engine config: {name} must be one of {F.BITS}, got {getattr(self, name)}")
+        if not 1 <= self.max_k <= (1 << DIM_BITS) - 1:
+            raise ConfigError(f"engine config: max_k must be in 1..{(1 << DIM_BITS) - 1}, got {self.max_k}")
+        if not 0 <= self.outlier_capacity <= 4096:
+            raise ConfigError(f"engine config: outlier_capacity must be in 0..4096, got {self.outlier_capacity}")
+        if self.outlier_lanes not in (1, 2, 4, 8):
+            raise ConfigError(f"engine config: outlier_lanes must be 1, 2, 4 or 8, got {self.outlier_lanes}")
+        if self.acc_bits > F.ACC_BITS_MAX:
+            raise ConfigError(f"engine config: acc_bits must be at most {F.ACC_BITS_MAX}, got {self.acc_bits}")
+        need = self.min_acc_bits
+        if self.acc_bits < need:
+            raise ConfigError(
+                f"engine config: acc_bits = {self.acc_bits} cannot hold even one product of a "
+                f"{self.a_bits}-bit A operand and a {self.b_bits}-bit B code ({need} bits needed)")
+
+    # ----------------------------------------------------------------------------------- derived
+    @property
+    def min_acc_bits(self) -> int:
+        """Smallest accumulator that holds one product ``|D| * Bmax`` of the widest formats (K = 1)."""
+        dmax = max(_dmax(kind, self.a_bits) for kind in ("uniform", "log2", "shiftlog2", "three_region"))
+        return ((dmax + (1 << self.a_bits)) * ((1 << (self.b_bits - 1)) - 1)).bit_length() + 1
+
+    @property
+    def has_outliers(self) -> bool:
+        """Whether the engine has a sparse outlier unit."""
+        return self.outlier_capacity > 0
+
+    @property
+    def mag_bits(self) -> int:
+        """Width of a decoded magnitude (section 4: at most 9 bits, ``C = 256``)."""
+        return 9
+
+    @property
+    def sh_bits(self) -> int:
+        """Width of a decoded shift (at most 15)."""
+        return 4
+
+    @property
+    def colsum_bits(self) -> int:
+        """Signed width of a column sum ``sum_k b[k, c]`` over at most ``max_k`` rows."""
+        return ((1 << (self.b_bits - 1)) * self.max_k).bit_length() + 1
+
+    @property
+    def corr_bits(self) -> int:
+        """Signed width of an outlier correction ``sum val * b`` over at most ``CAP`` entries."""
+        cap = max(1, self.outlier_capacity)
+        return (cap * (1 << 15) * ((1 << (self.b_bits - 1)) - 1)).bit_length() + 1
+
+    @property
+    def k_bits(self) -> int:
+        """Width of a B buffer address."""
+        return max(1, (self.max_k - 1).bit_length())
+
+    @property
+    def requant_latency(self) -> int:
+        """Pipeline stages of the requantiser on the drain path."""
+        return REQUANT_LATENCY
+
+    @property
+    def drain_latency(self) -> int:
+        """Cycles from a drain issue until the output row enters the output FIFO."""
+        return PRE_REQUANT_LATENCY + self.requant_latency
+
+    # ----------------------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"engine config: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "EngineConfig":
+        """Read a JSON file holding a subset of the fields."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read engine config {path}: {exc}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"engine config {path}: expected a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **kw) -> "EngineConfig":
+        return replace(self, **kw)
+
+
+def _dmax(kind: str, bits: int) -> int:
+    from sim import reference as ref
+    return ref.format_dmax(kind, bits, base="sqrt2" if kind == "shiftlog2" else "2", m0=15, m1=15)
+
+
+def check_layer_shape(cfg: EngineConfig, m: int, k: int, n: int) -> None:
+    """Raise :class:`ConfigError` unless the engine can run an ``m x k x n`` GEMM."""
+    for name, v in (("M", m), ("K", k), ("N", n)):
+        if isinstance(v, bool) or int(v) != v:
+            raise ConfigError(f"layer shape: {name} must be an integer, got {v!r}")
+        if not 1 <= v <= (1 << DIM_BITS) - 1:
+            raise ConfigError(f"layer shape: {name} must be in 1..{(1 << DIM_BITS) - 1}, got {v}")
+    if k > cfg.max_k:
+        raise ConfigError(f"layer shape: K = {k} exceeds the engine's B buffer depth max_k = {cfg.max_k}")
+
+
+def check_layer_acc(cfg: EngineConfig, k: int, a_kind: str, a_bits: int, b_bits: int, zmax: int,
+                    fo: int, *, a_base: str = "2", m0: int = 0, m1: int = 0) -> int:
+    """Check the accumulator bound of section 6 for a layer; return the required width.
+
+    Raises
+    ------
+    ConfigError
+        If the layer's widths exceed the engine's, or ``acc_bits`` is narrower than
+        ``acc_bits_required`` (with ``CAP = outlier_capacity`` when ``fo > 0``).
+    """
+    from sim import reference as ref
+    if a_bits > cfg.a_bits:
+        raise ConfigError(f"layer: A codes of {a_bits} bits exceed the engine's a_bits = {cfg.a_bits}")
+    if b_bits > cfg.b_bits:
+        raise ConfigError(f"layer: B codes of {b_bits} bits exceed the engine's b_bits = {cfg.b_bits}")
+    if fo and not cfg.has_outliers:
+        raise ConfigError("layer: FO > 0 (outlier path) but the engine has no outlier unit (capacity 0)")
+    dmax = ref.format_dmax(a_kind, a_bits, base=a_base, m0=m0, m1=m1)
+    cap = cfg.outlier_capacity if fo else 0
+    need = ref.acc_bits_required(k, dmax, zmax, b_bits, fo, cap)
+    if need > cfg.acc_bits:
+        raise ConfigError(
+            f"layer: K = {k} with {a_bits}-bit {a_kind} A codes, {b_bits}-bit B, FO = {fo} needs a "
+            f"{need}-bit accumulator (docs/datapath.md section 6); the engine has acc_bits = {cfg.acc_bits}")
+    return need

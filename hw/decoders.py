@@ -1,0 +1,209 @@
+"""A-operand decoder: code -> decode triple ``(neg, mag, sh)`` and ``D`` (docs/datapath.md section 4).
+
+The decoder sits at the edge of the MAC array.  One :class:`OperandDecoder` decodes ``lanes`` codes
+per cycle (one per array row) for every A format at run time; a processing element then computes
+``(+-b * mag) << sh``.
+
+The per-format logic lives in the functions :func:`decode_uniform`, :func:`decode_log2`,
+:func:`decode_shiftlog2` and :func:`decode_three_region` (same names as in ``sim/reference.py``);
+each returns a :class:`Decoded` record of expressions for one *fixed* code width ``k``; the
+component instantiates them for ``k in (4, 6, 8)`` and selects with the ``bits`` config port.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .common import BITS, CodeFormat
+
+__all__ = ["OperandDecoder", "DecodedLayout", "Decoded", "decode_uniform", "decode_log2",
+           "decode_shiftlog2", "decode_three_region", "CODE_BITS", "MAG_BITS", "SH_BITS", "D_BITS"]
+
+#: Widest code the decoder accepts (k <= 8).
+CODE_BITS = 8
+#: ``mag`` is at most 9 bits unsigned (256 for base-sqrt(2) even codes), ``sh`` at most 15.
+MAG_BITS = 9
+SH_BITS = 4
+#: ``D = (-1)^neg * mag << sh`` fits 25 signed bits (max ``256 << 15 = 2^23``).
+D_BITS = 25
+
+#: Output record of one decoded code.
+DecodedLayout = data.StructLayout({
+    "neg": unsigned(1),        # sign of D
+    "mag": unsigned(MAG_BITS),  # magnitude multiplier
+    "sh": unsigned(SH_BITS),   # left shift
+    "d": signed(D_BITS),       # D = (-1)^neg * (mag << sh)
+    "invalid": unsigned(1),    # code invalid for the configured format/width (triple forced to 0)
+})
+
+
+@dataclass
+class Decoded:
+    """Combinational decode of one code: triple plus an ``invalid`` flag."""
+
+    neg: Value
+    mag: Value
+    sh: Value
+    invalid: Value
+
+
+def _high_bits_set(code: Value, k: int) -> Value:
+    """Code has bits at or above position ``k`` (not a k-bit code)."""
+    return code[k:].any() if len(code) > k else Const(0, 1)
+
+
+def decode_uniform(code: Value, k: int) -> Decoded:
+    """``uniform`` (4.1): triple ``(0, q, 0)``."""
+    return Decoded(Const(0, 1), code, Const(0, SH_BITS), _high_bits_set(code, k))
+
+
+def decode_log2(code: Value, k: int) -> Decoded:
+    """``log2`` post-softmax (4.2): ``(0, 1, QMAX - q)``, ``ZERO = 2^k - 1`` -> ``(0, 0, 0)``.
+
+    Codes in ``(QMAX, ZERO)`` are invalid.
+    """
+    qmax = min((1 << k) - 2, 15)
+    zero = (1 << k) - 1
+    is_zero = code == zero
+    valid = code <= qmax
+    sh = Mux(valid, Const(qmax, SH_BITS) - code, 0)[:SH_BITS]
+    return Decoded(Const(0, 1), Mux(valid, 1, 0), sh, ~(valid | is_zero))
+
+
+def decode_shiftlog2(code: Value, k: int, base: str) -> Decoded:
+    """``shiftlog2`` (4.3): ``(0, C[q & 1], H - e)``; base 2: ``C = (1, 1)``, ``e = q``, ``H = QMAX``;
+    base sqrt(2): ``C = (256, 181)``, ``e = q >> 1``, ``H = QMAX >> 1``.  Codes above QMAX are invalid.
+    """
+    if base == "2":
+        qmax = min((1 << k) - 1, 15)
+        c0, c1, h, e = 1, 1, qmax, code
+    elif base == "sqrt2":
+        qmax = min((1 << k) - 1, 31)
+        c0, c1, h, e = 256, 181, qmax >> 1, code >> 1
+    else:
+        raise ValueError(f"decode_shiftlog2: unknown base {base!r} (expected '2' or 'sqrt2')")
+    valid = code <= qmax
+    mag = Mux(code[0], c1, c0)
+    sh = (Const(h, SH_BITS + 1) - e)[:SH_BITS]
+    return Decoded(Const(0, 1), mag, sh, ~valid)
+
+
+def decode_three_region(code: Value, k: int, m0: Value, m1: Value) -> Decoded:
+    """``three_region`` (4.4): ``[r | g | mag(k-2)]``.
+
+    ``g = 0``: ``(0, mag, m0)`` (R1) or ``(0, mag, m1)`` (R2) by ``r``; ``g = 1``:
+    ``(1, (r << (k-2)) | mag, 0)`` (R0, negative).
+    """
+    r = code[k - 1]
+    g = code[k - 2]
+    low = code[:k - 2]
+    mag = Mux(g, low | (r << (k - 2)), low)
+    sh = Mux(g, 0, Mux(r, m1, m0))
+    return Decoded(g, mag, sh, _high_bits_set(code, k))
+
+
+class OperandDecoder(wiring.Component):
+    """Decode ``lanes`` A-operand codes per cycle into triples ``(neg, mag, sh)`` and ``D``.
+
+    Parameters
+    ----------
+    lanes : int
+        Codes per stream beat (one per MAC-array row), default 1.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(ArrayLayout(8, lanes)))
+        Codes (``k``-bit codes in the low bits of each 8-bit lane).
+    o : Out(stream.Signature(ArrayLayout(DecodedLayout, lanes)))
+        One :data:`DecodedLayout` record per lane.  An invalid code (bits above ``k``, a ``log2``
+        code in ``(QMAX, ZERO)``, a ``shiftlog2`` code above QMAX) decodes to ``(0, 0, 0)`` with
+        ``invalid = 1``.
+    fmt : In(CodeFormat)
+        Format (``uniform``, ``log2``, ``shiftlog2`` base 2 / sqrt(2), ``three_region``).
+    bits : In(4)
+        Code width ``k`` (4, 6 or 8; any other value marks every code invalid).
+    m0, m1 : In(4)
+        ``three_region`` exponents (``0 <= m0 <= m1 <= 15``).
+    invalid_seen : Out(1)
+        Sticky: an invalid code was decoded since reset / ``clear``.
+    clear : In(1)
+        Clears ``invalid_seen``.
+
+    Notes
+    -----
+    Latency 1 cycle (registered output).  Config ports must be held stable while beats are in
+    flight.  ``i.ready = ~o.valid | o.ready`` (combinational pass-through of back-pressure).
+    """
+
+    def __init__(self, lanes: int = 1):
+        if lanes < 1:
+            raise ValueError(f"OperandDecoder: lanes must be >= 1, got {lanes}")
+        self.lanes = lanes
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(CODE_BITS), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(DecodedLayout, lanes))),
+            "fmt": In(CodeFormat),
+            "bits": In(4),
+            "m0": In(4),
+            "m1": In(4),
+            "invalid_seen": Out(1),
+            "clear": In(1),
+        })
+
+    def decode_lane(self, m: Module, code: Value) -> Signal:
+        """Combinational decode of one lane under the run-time config; returns a DecodedLayout view."""
+        out = Signal(DecodedLayout)
+        neg = Signal()
+        mag = Signal(MAG_BITS)
+        sh = Signal(SH_BITS)
+        invalid = Signal()
+        m.d.comb += invalid.eq(1)  # unsupported bits / format
+        with m.Switch(self.bits):
+            for k in BITS:
+                with m.Case(k):
+                    cases = {
+                        CodeFormat.UNIFORM: decode_uniform(code, k),
+                        CodeFormat.LOG2: decode_log2(code, k),
+                        CodeFormat.SHIFTLOG2_BASE2: decode_shiftlog2(code, k, "2"),
+                        CodeFormat.SHIFTLOG2_SQRT2: decode_shiftlog2(code, k, "sqrt2"),
+                        CodeFormat.THREE_REGION: decode_three_region(code, k, self.m0, self.m1),
+                    }
+                    with m.Switch(self.fmt):
+                        for fmt, dec in cases.items():
+                            with m.Case(fmt):
+                                m.d.comb += [neg.eq(dec.neg), mag.eq(dec.mag), sh.eq(dec.sh),
+                                             invalid.eq(dec.invalid)]
+        mag_v = Mux(invalid, 0, mag)
+        neg_v = Mux(invalid, 0, neg)
+        sh_v = Mux(invalid, 0, sh)
+        shifted = (mag_v << sh_v)[:D_BITS - 1]
+        m.d.comb += [
+            out.neg.eq(neg_v), out.mag.eq(mag_v), out.sh.eq(sh_v), out.invalid.eq(invalid),
+            out.d.eq(Mux(neg_v, -shifted, shifted)),
+        ]
+        return out
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        any_invalid = Signal()
+        lanes_out = []
+        for lane in range(self.lanes):
+            dec = self.decode_lane(m, self.i.payload[lane])
+            lanes_out.append(dec)
+        m.d.comb += any_invalid.eq(Cat(*[d.invalid for d in lanes_out]).any())
+        with m.If(en):
+            m.d.sync += self.o.valid.eq(self.i.valid)
+            with m.If(self.i.valid):
+                for lane, dec in enumerate(lanes_out):
+                    m.d.sync += self.o.payload[lane].eq(dec)
+        with m.If(self.clear):
+            m.d.sync += self.invalid_seen.eq(0)
+        with m.Elif(en & self.i.valid & any_invalid):
+            m.d.sync += self.invalid_seen.eq(1)
+        return m
+

@@ -1,0 +1,173 @@
+"""Sparse outlier unit (docs/datapath.md sections 5 and 6: the per-patch outlier path).
+
+For each outlier ``(row, col, val)`` of a row tile the unit adds ``val * b[col, :]`` into a per-tile
+*correction* register row ``corr[row - row0, :]``; the engine's drain adds ``corr[r, :]`` to
+``acc_d[r, :] << FO`` before requantisation::
+
+    acc[r, c] = (acc_d[r, c] << FO) + sum_{(r, j, val)} val * b[j, c]
+
+Throughput: ``lanes`` entries per cycle (one stream beat holds ``lanes`` entries, each with its own
+``valid`` bit); several lanes of one beat may hit the same row.  Capacity: the unit is sized for
+``capacity`` entries per row tile (the correction registers hold ``min(CAP, K) * (2^15-1) * Bmax``);
+a tile that announces more raises the sticky :attr:`OutlierUnit.overflow` flag -- the entries are
+still consumed and added, never dropped.  An entry whose row is outside the tile or whose column is
+``>= K`` raises :attr:`OutlierUnit.range_error` and is not added.
+
+Pipeline (registers advance only when ``en`` is high)::
+
+    cycle t   : beat issued: entries registered, B buffer read addresses = col (sync read ports)
+    cycle t+1 : p[l, c] = val_l * b[col_l, c]                         -> product registers
+    cycle t+2 : corr[row_l - row0, c] += p[l, c]                      -> correction registers
+
+The B rows come from read ports of the engine's B buffer: :attr:`rd_addr` is driven in cycle ``t``,
+:attr:`rd_data` must hold the row in cycle ``t+1``.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import DIM_BITS
+
+__all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout"]
+
+#: One sparse outlier entry (section 5): row and column (uint16), value (int16, units of
+#: ``s[r] * 2^-FO``), and a lane-valid bit.
+OutlierEntryLayout = data.StructLayout({
+    "row": unsigned(DIM_BITS), "col": unsigned(DIM_BITS), "val": signed(16), "valid": unsigned(1),
+})
+
+
+def outlier_beat_layout(lanes: int) -> data.ArrayLayout:
+    """Payload of one outlier stream beat: ``lanes`` entries."""
+    return data.ArrayLayout(OutlierEntryLayout, lanes)
+
+
+class OutlierUnit(wiring.Component):
+    """Sparse outlier accumulation into per-row correction registers.
+
+    Parameters
+    ----------
+    rows, cols : int
+        MAC array size (a tile has at most ``rows`` rows, ``cols`` columns).
+    b_bits : int
+        B code width.
+    capacity : int
+        Outliers per row tile the correction width is sized for (``CAP``).
+    lanes : int
+        Entries per beat.
+    corr_bits : int
+        Signed width of a correction register.
+    addr_bits : int
+        Width of a B buffer read address (``col`` is truncated to it after the range check).
+
+    Attributes
+    ----------
+    en : In(1)
+        Global enable.
+    issue : In(1)
+        :attr:`entries` hold a beat to process this cycle.
+    entries : In(outlier_beat_layout(lanes))
+    row0 : In(16)
+        First row of the current tile (entries carry absolute rows).
+    m : In(16), k : In(16)
+        Rows of the current tile and the layer's ``K`` (range check).
+    tile_start : In(1), tile_count : In(16)
+        A new tile announces its outlier count (checked against ``capacity``).
+    rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
+        B buffer read ports (one per lane).
+    drain : In(1), drain_row : In(range(rows))
+        Read correction row ``drain_row`` on :attr:`corr_row` and clear it (when ``en``).
+    corr_row : Out(ArrayLayout(signed(corr_bits), cols))
+    overflow, range_error : Out(1)
+        Sticky error flags, cleared by :attr:`clear`.
+    clear : In(1)
+    """
+
+    def __init__(self, rows: int, cols: int, b_bits: int, capacity: int, lanes: int, corr_bits: int,
+                 addr_bits: int):
+        self.rows, self.cols, self.b_bits = rows, cols, b_bits
+        self.capacity, self.lanes, self.corr_bits, self.addr_bits = capacity, lanes, corr_bits, addr_bits
+        super().__init__({
+            "en": In(1),
+            "issue": In(1),
+            "entries": In(outlier_beat_layout(lanes)),
+            "row0": In(DIM_BITS),
+            "m": In(DIM_BITS),
+            "k": In(DIM_BITS),
+            "tile_start": In(1),
+            "tile_count": In(DIM_BITS),
+            "rd_addr": Out(data.ArrayLayout(unsigned(addr_bits), lanes)),
+            "rd_data": In(data.ArrayLayout(data.ArrayLayout(signed(b_bits), cols), lanes)),
+            "drain": In(1),
+            "drain_row": In(range(max(2, rows))),
+            "corr_row": Out(data.ArrayLayout(signed(corr_bits), cols)),
+            "overflow": Out(1),
+            "range_error": Out(1),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, L = self.rows, self.cols, self.lanes
+        rbits = max(1, (R - 1).bit_length())
+
+        # ---- stage 0: range check, register entries, address the B rows
+        rel = [Signal(DIM_BITS + 1, name=f"rel{l}") for l in range(L)]
+        ok = [Signal(name=f"ok{l}") for l in range(L)]
+        bad = []
+        for l in range(L):
+            e = self.entries[l]
+            m.d.comb += [
+                rel[l].eq(e.row - self.row0),
+                ok[l].eq(e.valid & (e.row >= self.row0) & (rel[l] < self.m) & (e.col < self.k)),
+                self.rd_addr[l].eq(e.col[:self.addr_bits]),
+            ]
+            bad.append(e.valid & ~ok[l])
+        s1_ok = [Signal(name=f"s1_ok{l}") for l in range(L)]
+        s1_row = [Signal(rbits, name=f"s1_row{l}") for l in range(L)]
+        s1_val = [Signal(signed(16), name=f"s1_val{l}") for l in range(L)]
+        with m.If(self.en):
+            for l in range(L):
+                m.d.sync += [s1_ok[l].eq(self.issue & ok[l]), s1_row[l].eq(rel[l][:rbits]),
+                             s1_val[l].eq(self.entries[l].val)]
+
+        # ---- stage 1: products val * b[col, c]
+        pbits = 16 + self.b_bits
+        s2_ok = [Signal(name=f"s2_ok{l}") for l in range(L)]
+        s2_row = [Signal(rbits, name=f"s2_row{l}") for l in range(L)]
+        s2_p = [[Signal(signed(pbits), name=f"s2_p{l}_{c}") for c in range(C)] for l in range(L)]
+        with m.If(self.en):
+            for l in range(L):
+                m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l])]
+                for c in range(C):
+                    m.d.sync += s2_p[l][c].eq(s1_val[l] * self.rd_data[l][c])
+
+        # ---- stage 2: accumulate into the correction registers; drain reads and clears a row
+        corr = [[Signal(signed(self.corr_bits), name=f"corr{r}_{c}") for c in range(C)] for r in range(R)]
+        for r in range(R):
+            hit = [s2_ok[l] & (s2_row[l] == r) for l in range(L)]
+            for c in range(C):
+                add = 0
+                for l in range(L):
+                    add = add + Mux(hit[l], s2_p[l][c], 0)
+                with m.If(self.en):
+                    with m.If(self.drain & (self.drain_row == r)):
+                        m.d.sync += corr[r][c].eq(0)
+                    with m.Elif(Cat(*hit).any()):
+                        m.d.sync += corr[r][c].eq(corr[r][c] + add)
+        with m.Switch(self.drain_row):
+            for r in range(R):
+                with m.Case(r):
+                    m.d.comb += [self.corr_row[c].eq(corr[r][c]) for c in range(C)]
+
+        # ---- error flags
+        with m.If(self.clear):
+            m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
+        with m.Elif(self.en):
+            with m.If(self.tile_start & (self.tile_count > self.capacity)):
+                m.d.sync += self.overflow.eq(1)
+            with m.If(self.issue & Cat(*bad).any()):
+                m.d.sync += self.range_error.eq(1)
+        return m

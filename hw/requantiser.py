@@ -1,0 +1,188 @@
+"""Requantiser: the per-patch scale pipeline of docs/datapath.md section 7.
+
+```
+t   = round_shift(acc * Mr, Sr)                 (per row / patch, "row stage")
+v   = round_shift(t * Mc + Bq, Sc)              (per column, with bias, "column stage")
+out = saturate(v + z_out, lo, hi)               (lo/hi from out_fmt and k)
+```
+
+Every element carries its own ``Mr``, ``Mc``, ``Sc`` and ``Bq`` in the stream payload (the engine
+reads them from its row / column parameter tables as the accumulators drain), so this unit holds no
+state but its pipeline registers and the saturation counter.  ``Sr``, ``z_out``, ``out_fmt`` and
+``bits`` are per-layer config ports.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .common import OutFormat, partial_products, round_half, sum_products
+
+__all__ = ["Requantiser", "requant_in_layout", "requant_out_layout", "LATENCY"]
+
+#: Register stages between input and output: 2 multipliers x (partials, sum, shift) + saturate.
+LATENCY = 7
+
+
+def requant_in_layout(acc_bits: int, tag_bits: int) -> data.StructLayout:
+    """Input payload: accumulator and the element's row/column parameters (+ a pass-through tag)."""
+    return data.StructLayout({
+        "acc": signed(acc_bits),   # acc[r, c]
+        "mr": unsigned(16),        # Mr[r], 0 <= Mr <= 2^Sr
+        "mc": unsigned(16),        # Mc[c]
+        "sc": unsigned(6),         # Sc[c], 0..47
+        "bq": signed(48),          # Bq[c], |Bq| < 2^47
+        "tag": unsigned(tag_bits),  # user data carried to the output (row/col/last), not interpreted
+    })
+
+
+def requant_out_layout(tag_bits: int) -> data.StructLayout:
+    """Output payload: the saturated result and its flags."""
+    return data.StructLayout({
+        "value": signed(32),       # out[r, c] (ucode/scode codes or fixed16/fixed32 values)
+        "sat": unsigned(1),        # this element was clamped to [lo, hi]
+        "fault": unsigned(1),      # t did not fit acc_bits (Mr > 2^Sr: a config fault); t was clamped
+        "tag": unsigned(tag_bits),
+    })
+
+
+class Requantiser(wiring.Component):
+    """Two-stage integer requantiser (section 7), pipelined, with a saturation counter.
+
+    Parameters
+    ----------
+    acc_bits : int
+        Signed accumulator width (default 40, at most 48).
+    tag_bits : int
+        Width of the pass-through ``tag`` field (default 8, >= 1).
+    chunk : int
+        Multiplier split width: each partial product is at most ``(chunk+1) x (chunk+1)`` signed bits
+        (17 -> ECP5 18x18 DSP blocks).
+
+    Attributes
+    ----------
+    i : In(stream.Signature(requant_in_layout))
+        ``acc, mr, mc, sc, bq, tag`` per element.
+    o : Out(stream.Signature(requant_out_layout))
+        ``value, sat, fault, tag``.
+    sr : In(5)
+        Row shift ``Sr`` (0..16).
+    z_out : In(8)
+        Output zero point (``ucode`` only; 0 for the other formats).
+    out_fmt : In(OutFormat)
+        ``ucode``, ``scode``, ``fixed16``, ``fixed32``.
+    bits : In(4)
+        Code width ``k`` for ``ucode`` / ``scode`` (4, 6 or 8).
+    sat_count : Out(32)
+        Saturated elements delivered since reset / ``clear`` (the spec's saturation count).
+    fault_seen : Out(1)
+        Sticky: some ``t`` overflowed ``acc_bits``.
+    clear : In(1)
+        Clears ``sat_count`` and ``fault_seen``.
+
+    Notes
+    -----
+    Latency :data:`LATENCY` = 7 cycles, one element per cycle.  A stall (``o.valid & ~o.ready``)
+    freezes the whole pipeline; ``i.ready = ~o.valid | o.ready``.  Config ports must be stable while
+    elements are in flight.
+    """
+
+    def __init__(self, acc_bits: int = 40, tag_bits: int = 8, chunk: int = 17):
+        if not 2 <= acc_bits <= 48:
+            raise ValueError(f"Requantiser: acc_bits must be in 2..48, got {acc_bits}")
+        if tag_bits < 1:
+            raise ValueError("Requantiser: tag_bits must be >= 1")
+        self.acc_bits, self.tag_bits, self.chunk = acc_bits, tag_bits, chunk
+        super().__init__({
+            "i": In(stream.Signature(requant_in_layout(acc_bits, tag_bits))),
+            "o": Out(stream.Signature(requant_out_layout(tag_bits))),
+            "sr": In(5),
+            "z_out": In(8),
+            "out_fmt": In(OutFormat),
+            "bits": In(4),
+            "sat_count": Out(32),
+            "fault_seen": Out(1),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        ab = self.acc_bits
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+
+        # valid bits of stages 1..6 (stage 7 is the output register, o.valid)
+        valid = [Signal(name=f"valid{s}") for s in range(1, LATENCY)]
+        with m.If(en):
+            m.d.sync += valid[0].eq(self.i.valid)
+            for s in range(1, len(valid)):
+                m.d.sync += valid[s].eq(valid[s - 1])
+            m.d.sync += self.o.valid.eq(valid[-1])
+
+        def stage(value, name):
+            """Register ``value`` (loaded when the pipeline advances)."""
+            reg = Signal.like(value, name=name) if isinstance(value, Signal) else Signal(value.shape(), name=name)
+            with m.If(en):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        p = self.i.payload
+        # ---- row stage: t = round_shift(acc * Mr, Sr)
+        pp1 = partial_products(p.acc, p.mr, self.chunk)
+        s1 = [stage(prod, f"row_pp{j}") for j, (prod, _) in enumerate(pp1)]
+        mc1, sc1, bq1, tag1 = (stage(p.mc, "mc1"), stage(p.sc, "sc1"), stage(p.bq, "bq1"), stage(p.tag, "tag1"))
+        sum1 = sum_products(s1, [sh for _, sh in pp1], round_half(self.sr, 16))
+        prod_r2 = stage(sum1, "row_sum")
+        mc2, sc2, bq2, tag2 = stage(mc1, "mc2"), stage(sc1, "sc2"), stage(bq1, "bq2"), stage(tag1, "tag2")
+        t_full = prod_r2 >> self.sr
+        t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
+        t_fault = (t_full < t_lo) | (t_full > t_hi)
+        t3 = stage(Mux(t_full < t_lo, t_lo, Mux(t_full > t_hi, t_hi, t_full))[:ab].as_signed(), "t")
+        fault3 = stage(t_fault, "fault3")
+        mc3, sc3, bq3, tag3 = stage(mc2, "mc3"), stage(sc2, "sc3"), stage(bq2, "bq3"), stage(tag2, "tag3")
+
+        # ---- column stage: v = round_shift(t * Mc + Bq, Sc)
+        pp2 = partial_products(t3, mc3, self.chunk)
+        s4 = [stage(prod, f"col_pp{j}") for j, (prod, _) in enumerate(pp2)]
+        sc4, bq4, tag4, fault4 = stage(sc3, "sc4"), stage(bq3, "bq4"), stage(tag3, "tag4"), stage(fault3, "fault4")
+        sum2 = sum_products(s4, [sh for _, sh in pp2], bq4 + round_half(sc4, 47))
+        s5 = stage(sum2, "col_sum")
+        sc5, tag5, fault5 = stage(sc4, "sc5"), stage(tag4, "tag5"), stage(fault4, "fault5")
+        v6 = stage(s5 >> sc5, "v")
+        tag6, fault6 = stage(tag5, "tag6"), stage(fault5, "fault6")
+
+        # ---- output: saturate(v + z_out, lo, hi)
+        lo = Signal(signed(33))
+        hi = Signal(signed(33))
+        with m.Switch(self.out_fmt):
+            with m.Case(OutFormat.UCODE):
+                m.d.comb += [lo.eq(0), hi.eq((Const(1, 9) << self.bits) - 1)]
+            with m.Case(OutFormat.SCODE):
+                half = (Const(1, 9) << self.bits) >> 1
+                m.d.comb += [lo.eq(1 - half), hi.eq(half - 1)]
+            with m.Case(OutFormat.FIXED16):
+                m.d.comb += [lo.eq(-(1 << 15)), hi.eq((1 << 15) - 1)]
+            with m.Case(OutFormat.FIXED32):
+                m.d.comb += [lo.eq(-(1 << 31)), hi.eq((1 << 31) - 1)]
+        y = v6 + self.z_out
+        below, above = y < lo, y > hi
+        out = self.o.payload
+        with m.If(en):
+            m.d.sync += [
+                out.value.eq(Mux(below, lo, Mux(above, hi, y))),
+                out.sat.eq(below | above),
+                out.fault.eq(fault6),
+                out.tag.eq(tag6),
+            ]
+
+        # ---- status
+        fire = self.o.valid & self.o.ready
+        with m.If(self.clear):
+            m.d.sync += [self.sat_count.eq(0), self.fault_seen.eq(0)]
+        with m.Else():
+            with m.If(fire & out.sat & (self.sat_count != (1 << 32) - 1)):
+                m.d.sync += self.sat_count.eq(self.sat_count + 1)
+            with m.If(fire & out.fault):
+                m.d.sync += self.fault_seen.eq(1)
+        return m

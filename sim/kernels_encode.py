@@ -1,0 +1,349 @@
+"""numba kernels of the encoders / quantizer units (docs/datapath.md, section 8).
+
+``encode_uniform``, ``encode_per_patch`` (with sparse outlier extraction), ``encode_log2``,
+``encode_shiftlog2`` (base 2 and sqrt(2)) and ``encode_three_region`` take the reference's arguments
+and return the reference's results (int64 codes, sorted outlier list, saturation counts); parameter
+checks reuse the reference's helpers, per-element faults are counted in the kernels and raised here
+with the reference's error classes. The scalar ``round_log2`` / ``round_log_sqrt2`` implement the
+16-bit-mantissa rounding of section 8.2.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import formats as F
+from . import reference as ref
+from .kernels_requant import round_shift
+from .reference import DatapathError, OutlierOverflowError
+
+I64 = np.int64
+INT62_M1 = (1 << 62) - 1
+INT31 = 1 << 31
+I16_LO, I16_HI = -(1 << 15), (1 << 15) - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# scalar helpers
+# --------------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def bit_length(v):
+    """``bit_length`` of a non-negative int64."""
+    n = 0
+    if v >= (np.int64(1) << 32):
+        v >>= 32
+        n += 32
+    if v >= 65536:
+        v >>= 16
+        n += 16
+    if v >= 256:
+        v >>= 8
+        n += 8
+    if v >= 16:
+        v >>= 4
+        n += 4
+    if v >= 4:
+        v >>= 2
+        n += 2
+    if v >= 2:
+        v >>= 1
+        n += 1
+    return n + (1 if v >= 1 else 0)
+
+
+@njit(cache=True)
+def mantissa16(v):
+    """``(p, m)``: ``p = bit_length(v) - 1`` and the 16-bit normalised mantissa ``2^15 <= m < 2^16``."""
+    p = bit_length(v) - 1
+    if p <= 15:
+        return p, v << (15 - p)
+    return p, v >> (p - 15)
+
+
+@njit(cache=True)
+def round_log2_scalar(v):
+    """``round_log2(v) = p + (m >= 46341)`` for ``v >= 1`` (section 8.2)."""
+    p, m = mantissa16(v)
+    return p + (1 if m >= F.LOG2_THRESHOLD else 0)
+
+
+@njit(cache=True)
+def round_log_sqrt2_scalar(v):
+    """``round_log_sqrt2(v) = 2p + (m >= 38968) + (m >= 55109)`` for ``v >= 1`` (section 8.2)."""
+    p, m = mantissa16(v)
+    return 2 * p + (1 if m >= F.LOG_SQRT2_THRESHOLDS[0] else 0) + (1 if m >= F.LOG_SQRT2_THRESHOLDS[1] else 0)
+
+
+@njit(cache=True, parallel=True)
+def _round_log_kernel(v, sqrt2, out):
+    for i in prange(v.shape[0]):
+        out[i] = round_log_sqrt2_scalar(v[i]) if sqrt2 else round_log2_scalar(v[i])
+
+
+def _flat_i64(v) -> np.ndarray:
+    return np.ascontiguousarray(ref._i64(v)).reshape(-1)
+
+
+def round_log2(v) -> np.ndarray:
+    """Nearest integer to ``log2(v)``, ``v >= 1``, elementwise (section 8.2)."""
+    a = ref._i64(v)
+    if np.any(a < 1):
+        raise DatapathError("round_log2 needs v >= 1")
+    out = np.empty(a.size, I64)
+    _round_log_kernel(_flat_i64(a), False, out)
+    return out.reshape(a.shape)
+
+
+def round_log_sqrt2(v) -> np.ndarray:
+    """Nearest integer to ``2 log2(v)``, ``v >= 1``, elementwise (section 8.2)."""
+    a = ref._i64(v)
+    if np.any(a < 1):
+        raise DatapathError("round_log_sqrt2 needs v >= 1")
+    out = np.empty(a.size, I64)
+    _round_log_kernel(_flat_i64(a), True, out)
+    return out.reshape(a.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# uniform / per-patch (section 8.1)
+# --------------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _encode_uniform_kernel(x, r, se, z, qhi, alpha, use_alpha, q, n_out):
+    """Dense codes; elements with ``|x| > alpha`` (if ``use_alpha``) get ``z[r]`` and are counted per row.
+
+    Returns ``(saturations, n_not_int32)``; outlier positions count a saturation when ``z[r]`` itself is
+    outside ``[0, qhi]``, exactly as the reference (which encodes 0 there before overwriting).
+    """
+    m, k = x.shape
+    sats = np.zeros(m, np.int64)
+    bigs = np.zeros(m, np.int64)
+    for i in prange(m):
+        ri = r[i]
+        zi = z[i]
+        s = 0
+        bg = 0
+        no = 0
+        for j in range(k):
+            xv = np.int64(x[i, j])
+            is_out = use_alpha and abs(xv) > alpha
+            if is_out:
+                no += 1
+                v = zi
+                s += (v < 0) | (v > qhi)
+                q[i, j] = zi
+            else:
+                bg += (xv >= INT31) | (xv <= -INT31)
+                v = round_shift(xv * ri, se) + zi
+                s += (v < 0) | (v > qhi)
+                q[i, j] = min(max(v, 0), qhi)
+        sats[i] = s
+        bigs[i] = bg
+        n_out[i] = no
+    return sats.sum(), bigs.sum()
+
+
+@njit(cache=True, parallel=True)
+def _extract_outliers_kernel(x, r, se_fo, alpha, optr, rows, cols, vals):
+    """Fill the sorted outlier list; returns ``(n_int16_overflows, n_beyond_2^62)``."""
+    m, k = x.shape
+    nof = np.zeros(m, np.int64)
+    nbig = np.zeros(m, np.int64)
+    for i in prange(m):
+        pos = optr[i]
+        if optr[i + 1] == pos:
+            continue
+        ri = r[i]
+        lim = INT62_M1 // ri
+        for j in range(k):
+            xv = np.int64(x[i, j])
+            if abs(xv) > alpha:
+                if abs(xv) > lim:
+                    nbig[i] += 1
+                    v = np.int64(0)
+                else:
+                    v = round_shift(xv * ri, se_fo)
+                if v < I16_LO or v > I16_HI:
+                    nof[i] += 1
+                    v = min(max(v, I16_LO), I16_HI)
+                rows[pos] = i
+                cols[pos] = j
+                vals[pos] = v
+                pos += 1
+    return nof.sum(), nbig.sum()
+
+
+def _x2d(x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        a = ref._i64(a)
+    if a.ndim != 2:
+        raise DatapathError(f"encoder input must be (M, K), got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _rows(v, m: int) -> np.ndarray:
+    return np.ascontiguousarray(ref._rows(v, m), dtype=I64)
+
+
+def encode_uniform(x, r, se: int, z, bits: int):
+    """Uniform encoder (section 8.1), numba: ``q = saturate(round_shift(x * R[r], SE) + z[r], 0, 2^k - 1)``.
+
+    Returns ``(q, saturations)`` like ``reference.encode_uniform``.
+    """
+    F.check_bits(bits)
+    x = _x2d(x)
+    m = x.shape[0]
+    r, z = _rows(r, m), _rows(z, m)
+    ref._check_recip(r, se)
+    q = np.empty(x.shape, I64)
+    n_out = np.zeros(m, I64)
+    sat, big = _encode_uniform_kernel(x, r, int(se), z, (1 << bits) - 1, 0, False, q, n_out)
+    if big:
+        raise DatapathError("encoder input must be int32")
+    return q, int(sat)
+
+
+def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUTLIER_FRAC_BITS, strict: bool = True):
+    """Per-patch uniform encoder with outlier extraction (sections 5, 8.1), numba.
+
+    Returns ``(q, outliers, saturations, outlier_overflows)`` like ``reference.encode_per_patch``;
+    raises ``OutlierOverflowError`` in strict mode when an outlier value does not fit int16.
+    """
+    x = _x2d(x)
+    m = x.shape[0]
+    r, z = _rows(r, m), _rows(z, m)
+    if se < fo:
+        raise DatapathError("encode_per_patch needs SE >= FO")
+    F.check_bits(bits)
+    ref._check_recip(r, se)
+    alpha = int(np.floor(alpha_fx))
+    q = np.empty(x.shape, I64)
+    n_out = np.zeros(m, I64)
+    sat, big = _encode_uniform_kernel(x, r, int(se), z, (1 << bits) - 1, alpha, True, q, n_out)
+    if big:
+        raise DatapathError("encoder input must be int32")
+    optr = np.zeros(m + 1, I64)
+    np.cumsum(n_out, out=optr[1:])
+    n = int(optr[-1])
+    rows, cols, vals = np.empty(n, I64), np.empty(n, I64), np.empty(n, I64)
+    n_of = 0
+    if n:
+        n_of, nbig = _extract_outliers_kernel(x, r, int(se - fo), alpha, optr, rows, cols, vals)
+        if nbig:
+            raise DatapathError("round_shift: |x| must be < 2^62 (outlier value x * R)")
+    if strict and n_of:
+        raise OutlierOverflowError(f"{n_of} outlier value(s) do not fit int16 (section 5)")
+    outliers = np.stack([rows, cols, vals], axis=1) if n else np.zeros((0, 3), I64)
+    return q, outliers, int(sat), int(n_of)
+
+
+# --------------------------------------------------------------------------------------------------
+# log encoders (section 8.2) and three_region (section 8.3)
+# --------------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _encode_log2_kernel(a, frac_bits, qmax, zero, q):
+    n = a.shape[0]
+    for i in prange(n):
+        av = np.int64(a[i])
+        if av == 0:
+            q[i] = zero
+        else:
+            v = frac_bits - round_log2_scalar(av)
+            v = max(v, 0)
+            q[i] = zero if v > qmax else v
+
+
+def encode_log2(a, frac_bits: int, bits: int) -> np.ndarray:
+    """Post-softmax log2 encoder (section 8.2), numba; same results and errors as the reference."""
+    F.check_bits(bits)
+    a = ref._i64(a)
+    if a.size and a.min() < 0:
+        raise DatapathError("encode_log2 needs a >= 0")
+    q = np.empty(a.size, I64)
+    _encode_log2_kernel(np.ascontiguousarray(a).reshape(-1), int(frac_bits), F.log2_qmax(bits),
+                        F.log2_zero_code(bits), q)
+    return q.reshape(a.shape)
+
+
+@njit(cache=True, parallel=True)
+def _encode_shiftlog2_kernel(x, sh, r, se, sqrt2, qmax, q):
+    n = x.shape[0]
+    lim = INT62_M1 // r
+    big = np.zeros(n, np.int64)
+    for i in prange(n):
+        u = np.int64(x[i]) + sh
+        if abs(u) > lim:
+            big[i] = 1
+            q[i] = qmax
+            continue
+        w = round_shift(u * r, se)
+        if u <= 0 or w <= 0:
+            q[i] = qmax
+            continue
+        if sqrt2:
+            v = 2 * F.LOG_FRAC - round_log_sqrt2_scalar(w)
+        else:
+            v = F.LOG_FRAC - round_log2_scalar(w)
+        q[i] = min(max(v, 0), qmax)
+    return big.sum()
+
+
+def encode_shiftlog2(x, sh: int, r: int, se: int, bits: int, base: str) -> np.ndarray:
+    """Shift-Log2 post-GELU encoder (section 8.2), base ``"2"`` or ``"sqrt2"``, numba."""
+    F.check_bits(bits)
+    ref._check_recip(r, se)
+    x = ref._i64(x)
+    _c, _sqf, _h, qmax = F.shiftlog2_params(bits, base)
+    q = np.empty(x.size, I64)
+    big = _encode_shiftlog2_kernel(np.ascontiguousarray(x).reshape(-1), int(sh), int(r), int(se),
+                                   base == "sqrt2", qmax, q)
+    if big:
+        raise DatapathError("round_shift: |x| must be < 2^62 ((x + SH) * R)")
+    return q.reshape(x.shape)
+
+
+@njit(cache=True, parallel=True)
+def _encode_three_region_kernel(x, r, se, bits, m0, m1, q):
+    n = x.shape[0]
+    lim = INT62_M1 // r
+    p = (np.int64(1) << (bits - 2)) - 1
+    nmax = (np.int64(1) << (bits - 1)) - 1
+    lf = F.LOG_FRAC
+    big = np.zeros(n, np.int64)
+    for i in prange(n):
+        xv = np.int64(x[i])
+        if abs(xv) > lim:
+            big[i] = 1
+            q[i] = 0
+            continue
+        w = round_shift(xv * r, se)
+        if w < 0:                                       # R0, negative
+            nn = min(round_shift(-w, lf), nmax)
+            if nn == 0:
+                q[i] = 0
+            else:
+                q[i] = ((nn >> (bits - 2)) << (bits - 1)) | (np.int64(1) << (bits - 2)) | (nn & p)
+        else:
+            n1 = round_shift(w, lf + m0)
+            if n1 <= p:                                 # R1, small positive
+                q[i] = n1
+            else:                                       # R2, large positive
+                q[i] = (np.int64(1) << (bits - 1)) | min(round_shift(w, lf + m1), p)
+    return big.sum()
+
+
+def encode_three_region(x, r: int, se: int, bits: int, m0: int, m1: int) -> np.ndarray:
+    """Three-region (MPTQ-ViT OPT-m) post-GELU encoder (section 8.3), numba."""
+    F.check_bits(bits)
+    ref._check_recip(r, se)
+    ref._check_m(m0, m1)
+    x = ref._i64(x)
+    q = np.empty(x.size, I64)
+    big = _encode_three_region_kernel(np.ascontiguousarray(x).reshape(-1), int(r), int(se), int(bits),
+                                      int(m0), int(m1), q)
+    if big:
+        raise DatapathError("round_shift: |x| must be < 2^62 (x * R)")
+    return q.reshape(x.shape)

