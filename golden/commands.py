@@ -60,7 +60,8 @@ def _transform_for(model_name: str, model=None, data_config: dict | None = None)
         return eval_transform()
     from timm.data import create_transform, resolve_data_config  # noqa: PLC0415
 
-    cfg = data_config or resolve_data_config({}, model=model)
+    cfg = dict(data_config) if data_config else _data_config(model_name, model)
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     return create_transform(**cfg, is_training=False)
 
 
@@ -79,6 +80,9 @@ def _data_config(model_name, model):
     from timm.data import resolve_data_config  # noqa: PLC0415
 
     cfg = resolve_data_config({}, model=model)
+    pe = getattr(model, "patch_embed", None)
+    if getattr(pe, "img_size", None) is not None:  # models built directly (no pretrained cfg)
+        cfg["input_size"] = (int(cfg["input_size"][0]), *(int(v) for v in pe.img_size))
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 

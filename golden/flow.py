@@ -86,8 +86,11 @@ class FlowContext:
     files: dict = field(default_factory=dict)
 
     def export_method(self) -> str:
-        """The method whose program feeds golden vectors, the RTL check and the estimate."""
-        return self.args.export_method or self.args.methods[0]
+        """The method whose program feeds golden vectors, the RTL check and the estimate
+        (``--export-method``; default adfq when it is among ``--methods``, else the first)."""
+        if self.args.export_method:
+            return self.args.export_method
+        return "adfq" if "adfq" in self.args.methods else self.args.methods[0]
 
     def rel(self, path) -> str:
         """``path`` relative to the output folder (for the report)."""
@@ -410,12 +413,97 @@ STAGES = (
 # ------------------------------------------------------------------------------------------------
 # hardware stages (hw/, tb/)
 # ------------------------------------------------------------------------------------------------
+def _program_widths(prog) -> tuple[int, int, int]:
+    """(largest K, widest A code, widest B code) over the GEMM layers of a program."""
+    layers = prog.manifest["layers"].values()
+    max_k = max(int(l["shape"][1]) for l in layers)
+    a_bits = max(int(l["a"]["bits"]) for l in layers)
+    b_bits = max(int(l["b_bits"]) for l in layers)
+    return max_k, a_bits, b_bits
+
+
 def _verilog(ctx: FlowContext) -> str:
-    raise StageError("hw.cli (Verilog generation) is not available yet")
+    """Verilog of the layer engine sized for the exported program (``vitaccel hw generate``)."""
+    hw_cli = _need_module("hw.cli", "H5")
+    synth = _need_module("hw.synth", "H5")
+    config_from_args = _need_attr(hw_cli, "config_from_args")
+    generate = _need_attr(synth, "generate")
+    a = ctx.args
+    path = ctx.out / "rtl"
+    argv = ["hw", "generate", "--rows", str(a.rows), "--cols", str(a.cols)]
+    prog = ctx.programs.get(ctx.export_method())
+    if prog is not None:
+        max_k, a_bits, b_bits = _program_widths(prog)
+        argv += ["--max-k", str(max_k), "--abits", str(a_bits), "--wbits", str(b_bits)]
+    if a.outlier_capacity is not None:
+        argv += ["--outlier-capacity", str(a.outlier_capacity)]
+    argv += ["-o", str(path)]
+    cfg = config_from_args(_parse_with("hw.cli", argv))
+    summary = generate(cfg, path)
+    files = [ctx.rel(path / t["file"]) for t in summary["tops"].values()]
+    ctx.files["verilog"] = ctx.rel(path)
+    ctx.results.setdefault("rtl", {}).update(
+        verilog=files, engine_config=cfg.to_dict(),
+        generate_command="vitaccel " + " ".join(argv[:-1] + [ctx.rel(path)]))
+    return f"{len(files)} Verilog files for a {cfg.rows}x{cfg.cols} engine (max_k {cfg.max_k}, acc {cfg.acc_bits} bits)"
+
+
+def _default_rtl_records(golden_layers: dict, prog) -> list[str]:
+    """One linear layer (one with an outlier path when there is one) and one ``q @ k^T`` head."""
+    layers = prog.manifest["layers"]
+    linear = [r for r, l in golden_layers.items() if layers.get(l, {}).get("op") == "linear"
+              and r.startswith("blocks.")]
+    with_outliers = [r for r in linear if layers[golden_layers[r]].get("fo", 0)]
+    qk = [r for r, l in golden_layers.items() if layers.get(l, {}).get("op") == "qk"]
+    picks = []
+    if with_outliers or linear:
+        picks.append((with_outliers or linear)[0])
+    if qk:
+        picks.append(qk[0])
+    return picks
 
 
 def _rtl_check(ctx: FlowContext) -> str:
-    raise StageError("tb.cli (golden-vector testbench) is not available yet")
+    """Run the cocotb layer-engine testbench in Verilator on golden records (``vitaccel tb run``)."""
+    tb_cli = _need_module("tb.cli", "H5")
+    run_golden_layer = _need_attr(tb_cli, "run_golden_layer")
+    golden_dir = ctx.out / "golden"
+    man = json.loads((golden_dir / "golden.json").read_text())
+    prog = ctx.programs[ctx.export_method()]
+    if ctx.args.rtl_layers:
+        records = [r.strip() for r in ctx.args.rtl_layers.split(",") if r.strip()]
+        unknown = [r for r in records if r not in man["layers"]]
+        if unknown:
+            raise StageError(f"--rtl-layers {', '.join(unknown)} not in the golden vectors; records are e.g. "
+                             + ", ".join(list(man["layers"])[:8]))
+    else:
+        records = _default_rtl_records(man["layers"], prog)
+    if not records:
+        raise StageError("the golden vectors hold no linear or attention records")
+    checks = []
+    for rec in records:
+        op = prog.manifest["layers"][man["layers"][rec]]["op"]
+        entry = {"record": rec, "kind": op, "bit_exact": False,
+                 "command": f"vitaccel tb run {ctx.rel(golden_dir)} --layer {rec} --rows {ctx.args.rows} "
+                            f"--cols {ctx.args.cols}"}
+        t0 = time.time()
+        try:
+            res = run_golden_layer(str(golden_dir), rec, rows=ctx.args.rows, cols=ctx.args.cols)
+        except AssertionError as exc:  # the testbench's scoreboard / cycle / flag checks
+            entry["detail"] = str(exc).splitlines()[0][:300]
+        else:
+            entry.update(bit_exact=True, cycles=int(res["cycles"]), model_cycles=int(res["model_cycles"]),
+                         rows=int(res["rows"]), shape=list(res["shape"]), engine=res.get("engine"),
+                         detail=f"{res['rows']} output rows exact; {res['cycles']} cycles "
+                                f"(hw/schedule.py {res['model_cycles']})")
+        entry["seconds"] = round(time.time() - t0, 1)
+        checks.append(entry)
+    ctx.results.setdefault("rtl", {})["checks"] = checks
+    bad = [c["record"] for c in checks if not c["bit_exact"]]
+    if bad:
+        raise StageError(f"RTL mismatch on {', '.join(bad)}: " + "; ".join(
+            c.get("detail", "") for c in checks if not c["bit_exact"]))
+    return ", ".join(f"{c['record']} ({c['kind']}) bit-exact" for c in checks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -455,25 +543,40 @@ def _plot_accuracy(ctx: FlowContext, path: Path) -> bool:
 
 def _plot_layers(ctx: FlowContext, path: Path) -> bool:
     import matplotlib.pyplot as plt
+    import numpy as np
 
     est = ctx.results.get("estimate")
     if not est or not est.get("layers"):
         return False
     layers = est["layers"]
     names = [str(l.get("name", i)) for i, l in enumerate(layers)]
-    cyc = [float(l.get("total_cycles", l.get("cycles", 0)) or 0) for l in layers]
-    dram = [float(l.get("dram_bytes", l.get("dram_total", 0)) or 0) / 1024 for l in layers]
+    x = np.arange(len(layers))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(layers) + 3), 7), sharex=True,
                                    constrained_layout=True)
-    x = range(len(layers))
-    ax1.bar(x, cyc, color="tab:blue")
+
+    def val(l, key):
+        return float(l.get(key) or 0)
+
+    bottom = np.zeros(len(layers))
+    for key, label in (("compute_cycles", "compute"), ("stall_cycles", "stall (DRAM)")):
+        v = np.array([val(l, key) for l in layers])
+        ax1.bar(x, v, bottom=bottom, label=label, width=0.85)
+        bottom += v
     ax1.set_ylabel("cycles")
+    ax1.legend(fontsize=8)
     s = est["summary"]
     ax1.set_title(f"{ctx.model_name} ({est['method']}, {s.get('bits')}) on {s.get('rows')}x{s.get('cols')}: "
                   f"{s.get('cycles', 0):,} cycles, {s.get('dram_bytes', 0):,} B DRAM")
-    ax2.bar(x, dram, color="tab:orange")
+    bottom = np.zeros(len(layers))
+    for key, label in (("dram_a_bytes", "A (codes, vectors, outliers)"), ("dram_b_bytes", "B (codes, params)"),
+                       ("dram_out_bytes", "output"), ("dram_psum_bytes", "partial sums")):
+        v = np.array([val(l, key) / 1024 for l in layers])
+        if v.any():
+            ax2.bar(x, v, bottom=bottom, label=label, width=0.85)
+            bottom += v
     ax2.set_ylabel("DRAM traffic (KiB)")
-    ax2.set_xticks(list(x))
+    ax2.legend(fontsize=8)
+    ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=90, fontsize=6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -523,6 +626,15 @@ def make_plots(ctx: FlowContext) -> dict:
         p = plot_dir / f"{kind}.png"
         if fn(ctx, p):
             made[kind] = p
+    if ctx.estimate is not None:  # the estimator's own figure (stacked breakdowns, roofline)
+        try:
+            from sim.perf import report as perf_report
+
+            p = plot_dir / "estimate.png"
+            perf_report.plot(ctx.estimate, str(p))
+            made["estimate"] = p
+        except (ImportError, AttributeError):
+            pass
     return made
 
 
@@ -705,14 +817,30 @@ def _positive(text: str) -> int:
     return v
 
 
+#: Settings of ``--quick`` (applied to options left at their defaults).
+QUICK = {"methods": ("baseline", "adfq"), "calib_size": 32, "eval_size": 64, "amo_iters": 20, "rows": 4, "cols": 4}
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    """Replace options still at their defaults by the ``--quick`` settings."""
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers())
+    defaults = vars(parser.parse_args(["flow"]))
+    for key, value in QUICK.items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
+
+
 def cmd_flow(args: argparse.Namespace) -> int:
     from .presets import parse_bits
     from .quantizers import QuantizerError
 
+    if args.quick:
+        apply_quick(args)
     try:
         parse_bits(args.bits)
     except QuantizerError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"--bits {args.bits}: {exc}") from None
     if args.export_method and args.export_method not in args.methods:
         raise UserError(f"--export-method {args.export_method} is not one of --methods {','.join(args.methods)}")
     if args.weights and not os.path.isfile(args.weights):
@@ -768,7 +896,8 @@ def add_subcommands(subparsers) -> None:
                    help="comma list of baseline, adfq, mptq (default all three)")
     q.add_argument("--bits", default="w8a8", help="w4a4, w6a6 or w8a8 (default w8a8)")
     q.add_argument("--export-method", default=None,
-                   help="method whose program feeds golden vectors, RTL check and estimate (default: first of --methods)")
+                   help="method whose program feeds golden vectors, RTL check and estimate "
+                   "(default: adfq if listed, else the first of --methods)")
     q.add_argument("--amo-iters", type=int, default=None, help="ADFQ AMO reconstruction iterations (default: its own)")
     q.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
     h = p.add_argument_group("hardware")
@@ -777,8 +906,12 @@ def add_subcommands(subparsers) -> None:
     h.add_argument("--outlier-capacity", type=int, default=None, help="outliers per row tile (default: engine default)")
     h.add_argument("--golden-images", type=_positive, default=1, help="images in the golden vectors (default 1)")
     h.add_argument("--rtl-layers", default=None, metavar="R1,R2",
-                   help="golden records to check in RTL (default: blocks.0.attn.q and blocks.0.attn.qk.h0)")
+                   help="golden records to check in RTL (default: the first block linear layer, preferring one "
+                   "with an outlier path, and the first q @ k^T head, e.g. blocks.0.attn.q,blocks.0.attn.qk.h0)")
     h.add_argument("--skip-rtl", action="store_true", help="skip Verilog generation and the RTL check")
+    p.add_argument("--quick", action="store_true",
+                   help="a fast smoke run: " + " ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, tuple) else ','.join(v)}"
+                                                        for k, v in QUICK.items()) + " (explicit options win)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks of failed stages")
     p.set_defaults(func=cmd_flow)

@@ -253,7 +253,20 @@ def layer_agreement(qvit, prog: Program, runner: ProgramRunner) -> dict:
         else:
             fq = qz.quantize(xs[-1][None])[0].numpy()
             sim = runner.codes[e["quantizer"]]
-        d = np.abs(fq.astype(np.int64) - np.asarray(sim).reshape(fq.shape))
+        sim = np.asarray(sim).reshape(fq.shape).astype(np.int64)
+        fq = fq.astype(np.int64)
+        if e["kind"] == "three_region":
+            # code distance is meaningless across regions: compare values in steps of the coarser region
+            k, m0, m1 = e["bits"], e["m0"], e["m1"]
+
+            def step(c):
+                neg = (c >> (k - 2)) & 1
+                return np.where(neg == 1, 1, np.where((c >> (k - 1)) & 1, 2 ** m1, 2 ** m0))
+            vals = [qz.dequantize(torch.from_numpy(c)).double().numpy() / float(qz.export()["s0"]) for c in (fq, sim)]
+            steps = np.maximum(step(fq), step(sim))
+            d = np.ceil(np.abs(vals[0] - vals[1]) / steps - 1e-6)
+        else:
+            d = np.abs(fq - sim)
         rep[f"encode:{name}"] = {"frac_diff": float((d > 0).mean()), "max_diff": int(d.max(initial=0))}
     for rname, rec in runner.records.items():
         base = rname.rsplit(".h", 1)[0] if rname.rsplit(".h", 1)[-1].isdigit() and ".h" in rname else rname

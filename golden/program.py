@@ -74,7 +74,7 @@ def requant_params(u_a, s_b, fo: int, s_out: float, bias=None, gain: float = 1.0
     ratio = u_max * s_b * 2.0 ** -fo * gain / s_out
     bias = np.zeros_like(ratio) if bias is None else np.asarray(bias, np.float64).reshape(-1)
     shifts = np.arange(SF.SC_MAX + 1)[:, None]
-    mc = rhu(ratio[None, :] * 2.0 ** shifts)
+    mc = np.floor(ratio[None, :] * 2.0 ** shifts + 0.5)  # float64: no int64 overflow for large shifts
     bq_f = np.broadcast_to(bias, ratio.shape)[None, :] / s_out * 2.0 ** shifts
     ok = ((mc < (1 << SF.MULT_BITS)) & (np.abs(bq_f) < 2.0 ** (SF.BQ_BITS - 1) - 1)
           & (float(acc_bound) * mc + np.abs(bq_f) < 2.0 ** 61))
@@ -84,7 +84,7 @@ def requant_params(u_a, s_b, fo: int, s_out: float, bias=None, gain: float = 1.0
                            f"(Mc < 2^16 needs gain < 2^16)")
     sc = (SF.SC_MAX - np.argmax(ok[::-1], axis=0)).astype(np.int64)
     cols = np.arange(ratio.size)
-    mc = mc[sc, cols]
+    mc = mc[sc, cols].astype(np.int64)
     bq = rhu(np.broadcast_to(bias, ratio.shape) / s_out * 2.0 ** sc)
     return mr.astype(np.int64), int(sr), mc.astype(np.int64), sc, bq
 
@@ -97,9 +97,10 @@ def encoder_recip(scale, in_frac: int, extra_bits: int = 0, min_se: int = 0):
         raise ProgramError("non-finite encoder scale")
     tmax = float(target.max())
     se = SF.SE_MAX
-    while se > 0 and rhu(tmax * 2.0 ** se) >= (1 << SF.RECIP_BITS):
+    limit = (1 << SF.RECIP_BITS) - 0.5  # R = floor(t + 0.5) < 2^24  <=>  t < 2^24 - 1/2 (compared in float64)
+    while se > 0 and tmax * 2.0 ** se >= limit:
         se -= 1
-    if rhu(tmax * 2.0 ** se) >= (1 << SF.RECIP_BITS):
+    if tmax * 2.0 ** se >= limit:
         raise ProgramError(f"encoder reciprocal {tmax:.3g} does not fit 24 bits (scale too small)")
     if se < min_se:
         raise ProgramError(f"encoder shift SE = {se} below the required {min_se}")

@@ -94,7 +94,7 @@ class AMOConfig:
     """
 
     iters: int = 200
-    batch_size: int = 16
+    batch_size: int = 8
     num_samples: int | None = 64
     lr_round: float = 3e-3
     lr_scale: float = 4e-5

@@ -116,24 +116,27 @@ def sum_products(products: list[Value], shifts: list[int], extra: Value | int = 
     return acc
 
 
-def leading_one(v: Value) -> Value:
+def leading_one(m: Module, v: Value) -> Value:
     """Index of the most significant set bit of unsigned ``v`` (``bit_length(v) - 1``); 0 for ``v == 0``.
 
-    A balanced binary search (``log2(len(v))`` levels of muxes), used by ``round_log2``.
+    A balanced binary search (``log2(len(v))`` levels of muxes, one signal per level added to ``m``
+    so the levels are shared, not duplicated), used by ``round_log2``.
     """
     n = len(v)
     levels = max(1, (n - 1).bit_length())
     width = 1 << levels
-    cur = v if n == width else Cat(v, Const(0, width - n))
+    cur = Signal(width, name="lod_in")
+    m.d.comb += cur.eq(v)
     bits = []
     for level in reversed(range(levels)):
         half = 1 << level
-        # cur has 2*half bits: is there a one in the upper half?
-        hi_nonzero = cur[half:2 * half].any()
+        hi_nonzero = Signal(name=f"lod_bit{level}")
+        nxt = Signal(half, name=f"lod_l{level}")
+        m.d.comb += [hi_nonzero.eq(cur[half:2 * half].any()),
+                     nxt.eq(Mux(hi_nonzero, cur[half:2 * half], cur[:half]))]
         bits.append(hi_nonzero)
-        cur = Mux(hi_nonzero, cur[half:2 * half], cur[:half])
-    # bits are MSB first
-    return Cat(*reversed(bits))
+        cur = nxt
+    return Cat(*reversed(bits))  # bits were collected MSB first
 
 
 def bits_select(m: Module, bits: Value, per_width: dict[int, Value | int], width, default=0) -> Signal:

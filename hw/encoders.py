@@ -320,15 +320,17 @@ class ActivationEncoder(wiring.Component):
         unonpos1 = stage(u <= 0, "unonpos1")
         bad1 = stage(is_log2 & (x < 0), "bad1")
         # S2: w * 2^SE + half
-        sum2 = stage(sum_products(s1, [sh for _, sh in pp], round_half(se_eff, 56)), "wsum")
+        # |u| < 2^34 and R < 2^24, so |u * R + 2^(SE-1)| < 2^59: 60 signed bits hold it exactly.
+        sum2 = stage(sum_products(s1, [sh for _, sh in pp], round_half(se_eff, 56))[:60].as_signed(), "wsum")
         unonpos2, bad2 = stage(unonpos1, "unonpos2"), stage(bad1, "bad2")
         # S3: w
         w3 = stage(sum2 >> se_eff, "w")
         unonpos3, bad3 = stage(unonpos2, "unonpos3"), stage(bad2, "bad3")
         # S4: leading one of w (> 0); three_region rounding adds
-        wpos = Mux(w3 > 0, w3, 0)[:len(w3) - 1]
+        wpos = Signal(len(w3) - 1)
+        m.d.comb += wpos.eq(Mux(w3 > 0, w3, 0))
         w4 = stage(wpos, "wpos")
-        p4 = stage(leading_one(wpos), "p")
+        p4 = stage(leading_one(m, wpos), "p")
         nonpos4 = stage(unonpos3 | (w3 <= 0), "nonpos4")
         wneg4 = stage(w3 < 0, "wneg4")
         wzero4 = stage(w3 == 0, "wzero4")

@@ -187,6 +187,11 @@ def _rows(v, m: int) -> np.ndarray:
     return np.ascontiguousarray(ref._rows(v, m), dtype=I64)
 
 
+def _check_zero_point(z, bits: int) -> None:
+    if np.any(z < 0) or np.any(z > (1 << bits) - 1):
+        raise DatapathError(f"zero point must lie in [0, {(1 << bits) - 1}]")
+
+
 def encode_uniform(x, r, se: int, z, bits: int):
     """Uniform encoder (section 8.1), numba: ``q = saturate(round_shift(x * R[r], SE) + z[r], 0, 2^k - 1)``.
 
@@ -194,9 +199,11 @@ def encode_uniform(x, r, se: int, z, bits: int):
     """
     F.check_bits(bits)
     x = _x2d(x)
+    ref._check_input(x, "encode_uniform")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)
     ref._check_recip(r, se)
+    _check_zero_point(z, bits)
     q = np.empty(x.shape, I64)
     n_out = np.zeros(m, I64)
     sat, big = _encode_uniform_kernel(x, r, int(se), z, (1 << bits) - 1, 0, False, q, n_out)
@@ -212,12 +219,14 @@ def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUT
     raises ``OutlierOverflowError`` in strict mode when an outlier value does not fit int16.
     """
     x = _x2d(x)
+    ref._check_input(x, "encode_per_patch")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)
     if se < fo:
         raise DatapathError("encode_per_patch needs SE >= FO")
     F.check_bits(bits)
     ref._check_recip(r, se)
+    _check_zero_point(z, bits)
     alpha = int(np.floor(alpha_fx))
     q = np.empty(x.shape, I64)
     n_out = np.zeros(m, I64)
@@ -295,7 +304,9 @@ def encode_shiftlog2(x, sh: int, r: int, se: int, bits: int, base: str) -> np.nd
     """Shift-Log2 post-GELU encoder (section 8.2), base ``"2"`` or ``"sqrt2"``, numba."""
     F.check_bits(bits)
     ref._check_recip(r, se)
-    x = ref._i64(x)
+    x = ref._check_input(x, "encode_shiftlog2")
+    if abs(int(sh)) >= (1 << 31):
+        raise DatapathError("encode_shiftlog2: SH must fit int32")
     _c, _sqf, _h, qmax = F.shiftlog2_params(bits, base)
     q = np.empty(x.size, I64)
     big = _encode_shiftlog2_kernel(np.ascontiguousarray(x).reshape(-1), int(sh), int(r), int(se),
@@ -340,7 +351,7 @@ def encode_three_region(x, r: int, se: int, bits: int, m0: int, m1: int) -> np.n
     F.check_bits(bits)
     ref._check_recip(r, se)
     ref._check_m(m0, m1)
-    x = ref._i64(x)
+    x = ref._check_input(x, "encode_three_region")
     q = np.empty(x.size, I64)
     big = _encode_three_region_kernel(np.ascontiguousarray(x).reshape(-1), int(r), int(se), int(bits),
                                       int(m0), int(m1), q)

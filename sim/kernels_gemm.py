@@ -150,11 +150,15 @@ def gemm_int64(d, b):
     return acc
 
 
-def gemm_raw(d_op, b_op) -> np.ndarray:
-    """``D @ b`` on prepared operands: BLAS matmul for float operands, ``gemm_int64`` for int64."""
+def gemm_raw(d_op, b_op, out=None) -> np.ndarray:
+    """``D @ b`` on prepared operands: BLAS matmul for float operands, ``gemm_int64`` for int64.
+
+    ``out`` (float paths only) receives the product; the int64 kernel allocates its own result."""
     if d_op.dtype == I64:
         return gemm_int64(d_op, b_op)
-    return d_op @ b_op
+    if out is None:
+        return d_op @ b_op
+    return np.matmul(d_op, b_op, out=out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +240,44 @@ def requant_needs_checks(acc_bits: int) -> bool:
     ``|t * Mc + Bq| < 2^(acc_bits+15) + 2^47``, both ``<= 2^62`` for ``acc_bits <= 46``.
     """
     return acc_bits > 46
+
+
+@njit(cache=True)
+def scan_outliers(o, m, k, tile_rows):
+    """One pass over an ``(n, 3)`` outlier list: validity (the conditions of ``reference.check_outliers``:
+    indices in range, values in int16, sorted by row then column without duplicates), CSR row pointers
+    and the largest per-tile count (section 5). Returns ``(ok, optr, max_tile_count)``."""
+    n = o.shape[0]
+    optr = np.zeros(m + 1, np.int64)
+    ok = True
+    prev = np.int64(-1)
+    for i in range(n):
+        r = o[i, 0]
+        c = o[i, 1]
+        v = o[i, 2]
+        if r < 0 or r >= m or c < 0 or c >= k or v < -32768 or v > 32767:
+            ok = False
+            break
+        key = r * k + c
+        if key <= prev:
+            ok = False
+            break
+        prev = key
+        optr[r + 1] += 1
+    max_tile = 0
+    if ok:
+        t_count = 0
+        t_cur = np.int64(-1)
+        for r in range(m):
+            optr[r + 1] += optr[r]
+        for i in range(n):
+            t = o[i, 0] // tile_rows
+            if t != t_cur:
+                t_cur = t
+                t_count = 0
+            t_count += 1
+            max_tile = max(max_tile, t_count)
+    return ok, optr, max_tile
 
 
 def outlier_csr(o: np.ndarray, m: int):

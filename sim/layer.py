@@ -199,6 +199,7 @@ def run_layer_reference(spec: LayerSpec, a_codes, outliers=None, b=None) -> Laye
     o = np.zeros((0, 3), I64) if outliers is None else np.asarray(outliers)
     if np.size(o) and spec.fo == 0:
         raise DatapathError(f"{spec.name}: outliers given to a layer without an outlier path (FO = 0)")
+    o = ref.check_outliers(o, q.shape[0], q.shape[1])
     ref.check_outlier_capacity(o, q.shape[0], spec.tile_rows, spec.outlier_capacity)
     d = spec.decode(q)
     _raw, _accd, acc = ref.accumulate(d, bb, spec.za, spec.fo, o)

@@ -262,7 +262,7 @@ def acc_bound(k: int, dmax: int, zmax: int, b_bits: int, fo: int = 0, capacity: 
     """The accumulator bound of section 6."""
     bmax = (1 << (b_bits - 1)) - 1
     cap = k if capacity is None else min(capacity, k)
-    return (1 << fo) * k * (dmax + zmax) * bmax + cap * ((1 << 15) - 1) * bmax
+    return (1 << fo) * k * (dmax + zmax) * bmax + cap * (1 << 15) * bmax
 
 
 def acc_bits_required(k: int, dmax: int, zmax: int, b_bits: int, fo: int = 0, capacity: int | None = 0) -> int:
@@ -383,6 +383,14 @@ def _check_recip(r, se) -> None:
         raise DatapathError(f"encoder shift SE must be in 0..{F.SE_MAX}")
 
 
+def _check_input(x, name: str, bits: int = 32) -> np.ndarray:
+    """Encoder inputs are signed fixed point of at most 32 bits (section 8); wider input is an error."""
+    x = _i64(x)
+    if x.size and (x.min() < -(1 << (bits - 1)) or x.max() > (1 << (bits - 1)) - 1):
+        raise DatapathError(f"{name}: input must be a signed {bits}-bit fixed-point integer")
+    return x
+
+
 def _rows(v, m: int) -> np.ndarray:
     v = _i64(v).reshape(-1)
     if v.size == 1:
@@ -399,12 +407,12 @@ def encode_uniform(x, r, se: int, z, bits: int):
     Returns ``(q, saturations)``.
     """
     F.check_bits(bits)
-    x = _i64(x)
+    x = _check_input(x, "encode_uniform")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)
     _check_recip(r, se)
-    if np.any(np.abs(x) >= (1 << 31)):
-        raise DatapathError("encoder input must be int32")
+    if np.any(z < 0) or np.any(z > (1 << bits) - 1):
+        raise DatapathError(f"zero point must lie in [0, {(1 << bits) - 1}]")
     v = round_shift(x * r[:, None], se) + z[:, None]
     return saturate(v, 0, (1 << bits) - 1)
 
@@ -419,7 +427,7 @@ def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUT
     saturations : int   (dense code clipping)
     outlier_overflows : int   (outlier values saturated to int16; raises in strict mode)
     """
-    x = _i64(x)
+    x = _check_input(x, "encode_per_patch")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)
     if se < fo:
@@ -488,7 +496,9 @@ def encode_shiftlog2(x, sh: int, r: int, se: int, bits: int, base: str) -> np.nd
     """Shift-Log2 post-GELU encoder (section 8.2): ``w = round_shift((x + SH) * R, SE)``."""
     F.check_bits(bits)
     _check_recip(r, se)
-    x = _i64(x)
+    x = _check_input(x, "encode_shiftlog2")
+    if abs(int(sh)) >= (1 << 31):
+        raise DatapathError("encode_shiftlog2: SH must fit int32")
     _c, _sqf, _h, qmax = F.shiftlog2_params(bits, base)
     u = x + int(sh)
     w = round_shift(u * int(r), se)
@@ -507,7 +517,7 @@ def encode_three_region(x, r: int, se: int, bits: int, m0: int, m1: int) -> np.n
     F.check_bits(bits)
     _check_recip(r, se)
     _check_m(m0, m1)
-    x = _i64(x)
+    x = _check_input(x, "encode_three_region")
     w = round_shift(x * int(r), se)
     p = (1 << (bits - 2)) - 1
     lf = F.LOG_FRAC

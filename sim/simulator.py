@@ -22,6 +22,8 @@ for them twice.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import formats as F
@@ -41,6 +43,7 @@ from .kernels_gemm import (
     gemm_raw,
     outlier_csr,
     prepare_b,
+    scan_outliers,
     requant_needs_checks,
 )
 from .kernels_requant import check_z_out, raise_requant_errors, requant_params
@@ -49,6 +52,22 @@ from .reference import AccumulatorOverflowError, DatapathError
 
 I64 = np.int64
 _PATH_ORDER = ("float32", "float64", "int64")
+_WORKSPACE = threading.local()
+
+
+def _scratch(tag: str, shape: tuple, dtype) -> np.ndarray:
+    """A reusable (per thread) scratch array for the GEMM operands, never returned to the caller
+    (large fresh allocations cost page faults on every call)."""
+    cache = getattr(_WORKSPACE, "arrays", None)
+    if cache is None:
+        cache = _WORKSPACE.arrays = {}
+    key = (tag, shape, dtype)
+    a = cache.get(key)
+    if a is None:
+        if len(cache) > 24:
+            cache.clear()
+        a = cache[key] = np.empty(shape, dtype)
+    return a
 
 
 def _rows_i64(v, m: int) -> np.ndarray:
@@ -107,10 +126,17 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
     o = np.zeros((0, 3), I64) if outliers is None else np.asarray(outliers)
     if np.size(o) and spec.fo == 0:
         raise b_first(DatapathError(f"{spec.name}: outliers given to a layer without an outlier path (FO = 0)"))
-    try:
-        ref.check_outlier_capacity(o, m, spec.tile_rows, spec.outlier_capacity)
-    except ValueError as exc:
-        raise b_first(exc) from None
+    o_ok, o_arr, optr = False, None, None
+    if o.ndim == 2 and o.shape[1] == 3 and o.dtype.kind in "iu":
+        o_arr = np.ascontiguousarray(o, dtype=I64)
+        o_ok, optr, max_tile = scan_outliers(o_arr, m, k, int(spec.tile_rows))
+        cap = spec.outlier_capacity
+        o_ok = o_ok and (cap is None or max_tile <= cap)
+    if not o_ok:           # let the reference raise its capacity error (or pass) in its order
+        try:
+            ref.check_outlier_capacity(o, m, spec.tile_rows, spec.outlier_capacity)
+        except ValueError as exc:
+            raise b_first(exc) from None
 
     auto = layer_gemm_path(spec, k)
     if path is None:
@@ -124,23 +150,25 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
 
     # 3. decode (reference order: codes are checked before the outlier list)
     qi = as_int_codes(q)
-    d_op = np.empty((m, k), dt)
+    d_op = _scratch("D", (m, k), dt)
     try:
         decode_into(qi, d_op, spec.a_kind, spec.a_bits, spec.a_base, spec.m0, spec.m1)
-        o = ref.check_outliers(o, m, k)
+        if not o_ok:
+            o_arr = ref.check_outliers(o, m, k)
+            optr = outlier_csr(o_arr, m)[0]
     except ValueError as exc:
         raise b_first(exc) from None
     # 4. B operand
     bb = np.ascontiguousarray(bb)
-    b_op = np.empty((k, n), dt)
+    b_op = _scratch("B", (k, n), dt)
     colsum, nbad_b = prepare_b(bb, bmax, b_op)
     if nbad_b:
         ref.check_sym(bb, spec.b_bits)
         raise DatapathError(f"{spec.name}: {nbad_b} invalid sym {spec.b_bits}-bit code(s)")  # pragma: no cover
     # 5. dense GEMM
-    raw = gemm_raw(d_op, b_op)
+    raw = gemm_raw(d_op, b_op, _scratch("raw", (m, n), dt))
     # 6. drain + requantiser
-    optr, ocol, oval = outlier_csr(o, m)
+    ocol, oval = np.ascontiguousarray(o_arr[:, 1]), np.ascontiguousarray(o_arr[:, 2])
     za = _rows_i64(spec.za, m)
     try:
         mr, sr, mc, sc, bq, z_out, lo, hi = requant_params(
@@ -153,8 +181,9 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
     acc = np.empty((m, n), I64)
     out = np.empty((m, n), I64)
     lim = 1 << (spec.acc_bits - 1)
-    nbad_acc, sat, errs = drain_requant(np.ascontiguousarray(raw), za, colsum, int(spec.fo), optr, ocol, oval, bb,
-                                        lim, perr is None, requant_needs_checks(spec.acc_bits), mr, sr, mc, sc, bq, z_out, lo, hi, acc, out)
+    nbad_acc, sat, errs = drain_requant(
+        np.ascontiguousarray(raw), za, colsum, int(spec.fo), optr, ocol, oval, bb, lim,
+        perr is None, requant_needs_checks(spec.acc_bits), mr, sr, mc, sc, bq, z_out, lo, hi, acc, out)
     if nbad_acc:
         raise AccumulatorOverflowError(
             f"{spec.name}: {nbad_acc} accumulator value(s) outside the signed {spec.acc_bits}-bit range")

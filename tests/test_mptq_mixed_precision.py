@@ -13,6 +13,15 @@ from golden.mixed_precision import (
     sqnr_db,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: intra-op thread sync dominates on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
 # synthetic layers: (numel, SQNR at 6 bits, SQNR at 4 bits) in dB
 LAYERS = {
     "a": (1000, 30.0, 18.0),   # insensitive

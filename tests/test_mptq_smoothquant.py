@@ -14,6 +14,14 @@ from golden.smoothquant import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: intra-op thread sync dominates on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_vit(seed=0):
     torch.manual_seed(seed)
     model = timm.create_model(

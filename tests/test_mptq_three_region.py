@@ -14,6 +14,14 @@ from golden.quantizers.three_region import (
 from sim import reference as ref
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: intra-op thread sync dominates on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
 def make(bits, s0, m0, m1):
     q = ThreeRegionQuantizer(bits)
     q.set_params(s0, m0, m1)
@@ -129,6 +137,8 @@ def test_protocol_states_and_gradients():
     q.enabled = False
     assert torch.equal(q(x), x)
     q.enabled = True
+    assert not q.s0.requires_grad
+    q.s0.requires_grad_(True)
     xr = x.clone().requires_grad_(True)
     y = q(xr)
     y.sum().backward()

@@ -265,9 +265,15 @@ def create_embedded_model(pretrained: bool = True, checkpoint=None):
                 "`python -m golden.embedded.train_digits`"
             )
         state = load_file(str(path))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise RuntimeError(f"checkpoint {path} does not match {MODEL_NAME}: missing {missing}, unexpected {unexpected}")
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise RuntimeError(f"checkpoint {path} does not match {MODEL_NAME}: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+        model.load_state_dict(state)
     return model.eval()
 
 

@@ -57,7 +57,7 @@ class PerPatchOutlierQuantizer(Quantizer):
     fmt = "uniform"
 
     def __init__(self, bits: int = 8, alpha: float | None = 5.0, search: str = "mse", name: str = "",
-                 samples_per_row: int = 2048, seed: int = 0):
+                 samples_per_row: int = 512, seed: int = 0):
         super().__init__(bits, name)
         if search not in ("minmax", "mse"):
             raise QuantizerError(f"unknown per-patch range search {search!r}")
@@ -92,7 +92,8 @@ class PerPatchOutlierQuantizer(Quantizer):
     # -- calibration ---------------------------------------------------------------------------
     def observe(self, x: torch.Tensor) -> None:
         x = rows_view(x.detach().float())
-        check_finite(x, f"activation {self.name}")
+        lo_t, hi_t = torch.aminmax(x)
+        check_finite(torch.stack([lo_t, hi_t]), f"activation {self.name}")
         b, m, c = x.shape
         if self._lo is not None and self._lo.numel() != m:
             raise QuantizerError(f"{self.name}: per-patch quantizer saw {m} rows, expected {self._lo.numel()} "

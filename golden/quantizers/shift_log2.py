@@ -61,7 +61,7 @@ class ShiftLog2Quantizer(Quantizer):
         return s * 2.0 ** -(self.H + self.SQF)
 
     def zs(self, s=None) -> int:
-        u = float(self.unit(s))
+        u = float(self.unit(s).detach()) if torch.is_tensor(s) else float(self.unit(s))
         return int(math.floor(self.shift / u + 0.5))
 
     def _codes(self, x: torch.Tensor, s) -> torch.Tensor:
@@ -82,12 +82,13 @@ class ShiftLog2Quantizer(Quantizer):
 
     # -- calibration ---------------------------------------------------------------------------
     def observe(self, x: torch.Tensor) -> None:
-        check_finite(x, f"activation {self.name}")
-        lo, hi = float(x.min()), float(x.max())
+        lo_t, hi_t = torch.aminmax(x.detach().float())
+        check_finite(torch.stack([lo_t, hi_t]), f"activation {self.name}")
+        lo, hi = float(lo_t), float(hi_t)
         self._min = lo if self._min is None else min(self._min, lo)
         self._max = hi if self._max is None else max(self._max, hi)
-        if self.search == "mse" and len(self._samples) < 64:
-            self._samples.append(sample_values(x, 1 << 15))
+        if self.search == "mse" and len(self._samples) < 8:
+            self._samples.append(sample_values(x, 1 << 13))
 
     def finalize(self) -> None:
         if self._min is None:

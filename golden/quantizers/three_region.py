@@ -104,7 +104,8 @@ class ThreeRegionQuantizer(Quantizer):
     max_samples : int
         Values kept for the MSE search (random sample over all observed batches).
     learn_scale : bool
-        Expose ``s0`` as a learnable parameter (:meth:`scale_parameters`, used by AMO).
+        Expose ``s0`` through :meth:`scale_parameters` (AMO learns it; the parameter is created with
+        ``requires_grad=False`` and the optimiser switches it on).
 
     Export keys
     -----------
@@ -130,7 +131,8 @@ class ThreeRegionQuantizer(Quantizer):
             raise QuantizerError("s0_factors must be positive numbers")
         self.max_samples = int(max_samples)
         self.learn_scale = bool(learn_scale)
-        self.s0 = nn.Parameter(torch.tensor(1.0), requires_grad=self.learn_scale)
+        # requires_grad is switched on by the optimiser that learns it (AMO), off otherwise
+        self.s0 = nn.Parameter(torch.tensor(1.0), requires_grad=False)
         self.m0 = 0
         self.m1 = 0
         self._lo = math.inf
@@ -244,4 +246,4 @@ class ThreeRegionQuantizer(Quantizer):
                 "zero_point": 0}
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", s0={float(self.s0):.4g}, m0={self.m0}, m1={self.m1}"
+        return super().extra_repr() + f", s0={float(self.s0.detach()):.4g}, m0={self.m0}, m1={self.m1}"

@@ -25,7 +25,7 @@ METHODS = ("minmax", "percentile", "mse")
 class _RangeObserver:
     """Running min/max plus a bounded random sample of the observed values."""
 
-    def __init__(self, max_samples: int = 1 << 20, per_batch: int = 1 << 16, seed: int = 0):
+    def __init__(self, max_samples: int = 1 << 16, per_batch: int = 1 << 13, seed: int = 0):
         self.lo = None
         self.hi = None
         self.samples: list[torch.Tensor] = []
@@ -36,8 +36,9 @@ class _RangeObserver:
 
     def add(self, x: torch.Tensor, what: str) -> None:
         x = x.detach().float()
-        check_finite(x, what)
-        lo, hi = float(x.min()), float(x.max())
+        lo_t, hi_t = torch.aminmax(x)  # NaN propagates through min/max
+        check_finite(torch.stack([lo_t, hi_t]), what)
+        lo, hi = float(lo_t), float(hi_t)
         self.lo = lo if self.lo is None else min(self.lo, lo)
         self.hi = hi if self.hi is None else max(self.hi, hi)
         if self.n < self.max_samples:
@@ -102,7 +103,7 @@ class UniformQuantizer(Quantizer):
         elif self.method == "mse":
             smp = obs.sample()
             best, best_err = (lo, hi), float("inf")
-            for r in torch.linspace(1.0, 0.2, 41).tolist():
+            for r in torch.linspace(1.0, 0.2, 25).tolist():
                 s, z = self._params(lo * r, hi * r)
                 err = float(((self._fq(smp, s, z) - smp) ** 2).mean())
                 if err < best_err:

@@ -61,7 +61,7 @@ class PerChannelWeightQuantizer(Quantizer):
         if self.search == "mse":
             best_err = torch.full_like(absmax, float("inf"))
             best = absmax.clone()
-            for ratio in torch.linspace(1.0, 0.5, 26):
+            for ratio in torch.linspace(1.0, 0.55, 16):
                 s = safe_scale(absmax * ratio / self.qmax)
                 q = torch.clamp(round_half_up(flat / s[:, None]), -self.qmax, self.qmax)
                 err = ((q * s[:, None] - flat) ** 2).sum(dim=1)

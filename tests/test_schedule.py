@@ -1,0 +1,71 @@
+"""Tests of the engine's cycle model (hw/schedule.py) and configuration checks (hw/config.py).
+
+The RTL equality ``cycle counter == layer_cycles`` is tested in tests/test_rtl_engine.py; here the
+closed-form formulas are checked against hand-computed values.
+"""
+from __future__ import annotations
+
+import pytest
+
+from hw.config import ConfigError, EngineConfig, check_layer_acc, check_layer_shape
+from hw.schedule import layer_cycles, tile_cycles, tile_order, window_cycles
+
+
+def test_single_tile_hand_computed():
+    cfg = EngineConfig(rows=4, cols=4, acc_bits=40)
+    # fill K=10, one window W=max(10, 0+2)=10, drain 2 + 3 rows + 3, requant 7 -> 10+10+8+7
+    assert tile_cycles(cfg, 3, 10, 4) == 35
+    b = layer_cycles(cfg, 3, 10, 4)
+    assert (b.fill, b.compute, b.overhead, b.outlier, b.drain, b.requant) == (10, 10, 0, 0, 8, 7)
+    assert b.total == b.fill + b.compute + b.overhead + b.outlier + b.drain + b.requant
+
+
+def test_windows_small_k_and_outliers():
+    cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2)
+    assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 2) hidden under K
+    assert window_cycles(cfg, 3, 4, 0) == 6             # a = 1 -> 1 + 3 = 4; drain needs 4 + 2
+    assert window_cycles(cfg, 10, 4, 9) == 11           # 5 outlier beats after the drain: 4 + 5 + 2
+    assert window_cycles(cfg, 1, 0, 0) == 2             # first window lasts at least DRAIN_OFFSET
+    # two tiles of 4 rows, K = 3: fill 3, W0 = 3, W1 = 6, drain 2 + 4 + 3, requant 7
+    assert layer_cycles(cfg, 8, 3, 4).total == 3 + 3 + 6 + 9 + 7
+    # per-row-tile outlier counts: only the second tile pays
+    b = layer_cycles(cfg, 8, 10, 4, [0, 9])
+    assert b.outlier == 1 and b.total == layer_cycles(cfg, 8, 10, 4).total + 1
+
+
+def test_tile_order_column_blocks_outer():
+    cfg = EngineConfig(rows=2, cols=3, acc_bits=40)
+    assert tile_order(cfg, 3, 4) == [(0, 2, 0, 3), (2, 1, 0, 3), (0, 2, 3, 1), (2, 1, 3, 1)]
+
+
+def test_deit_tiles_reach_90_percent():
+    cfg = EngineConfig(rows=16, cols=16)
+    assert layer_cycles(cfg, 197, 192, 576).utilisation >= 0.90
+    assert layer_cycles(cfg, 197, 768, 192).utilisation >= 0.90
+    # 197 = 12 * 16 + 5 rows: the partial row tile bounds utilisation by 197 / 208
+    assert layer_cycles(cfg, 197, 192, 576).utilisation <= 197 / 208
+
+
+def test_bad_configs_and_layers():
+    with pytest.raises(ConfigError, match="rows"):
+        EngineConfig(rows=0)
+    with pytest.raises(ConfigError, match="a_bits"):
+        EngineConfig(a_bits=5)
+    with pytest.raises(ConfigError, match="acc_bits"):
+        EngineConfig(acc_bits=12)
+    with pytest.raises(ConfigError, match="outlier_lanes"):
+        EngineConfig(outlier_lanes=3)
+    cfg = EngineConfig(rows=4, cols=4, acc_bits=24, a_bits=4, b_bits=4, max_k=256)
+    with pytest.raises(ConfigError, match="K"):
+        check_layer_shape(cfg, 4, 0, 4)
+    with pytest.raises(ConfigError, match="max_k"):
+        check_layer_shape(cfg, 4, 300, 4)
+    with pytest.raises(ConfigError, match="tile"):
+        tile_cycles(cfg, 5, 8, 4)
+    # uniform W4A4, K = 192 needs 17 bits (docs/datapath.md section 6 table): fits 24
+    assert check_layer_acc(cfg, 192, "uniform", 4, 4, 15, 0) == 17
+    # shiftlog2 base 2 at K = 256 needs more than 24 bits
+    with pytest.raises(ConfigError, match="accumulator"):
+        check_layer_acc(cfg, 256, "shiftlog2", 4, 4, 1 << 15, 0)
+    with pytest.raises(ConfigError, match="exceed"):
+        check_layer_acc(cfg, 16, "uniform", 8, 4, 0, 0)
