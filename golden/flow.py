@@ -818,7 +818,7 @@ def _positive(text: str) -> int:
 
 
 #: Settings of ``--quick`` (applied to options left at their defaults).
-QUICK = {"methods": ("baseline", "adfq"), "calib_size": 32, "eval_size": 64, "amo_iters": 20, "rows": 4, "cols": 4}
+QUICK = {"methods": ("baseline", "adfq"), "calib_size": 32, "eval_size": 64, "amo_iters": 10, "rows": 4, "cols": 4}
 
 
 def apply_quick(args: argparse.Namespace) -> None:
@@ -887,8 +887,8 @@ def add_subcommands(subparsers) -> None:
     g.add_argument("--data", metavar="DIR", help="ImageNet-layout folder ROOT/CLASS/*.JPEG (default: embedded digits)")
     g.add_argument("--class-map", metavar="FILE", help="class folder names, one per line (e.g. synsets.txt)")
     g.add_argument("--calib-size", type=_positive, default=128, help="calibration images (default 128)")
-    g.add_argument("--eval-size", type=_positive, default=None,
-                   help="evaluation images (default: all; embedded: the 359-image test split)")
+    g.add_argument("--eval-size", type=_positive, default=200,
+                   help="evaluation images (default 200; the integer simulator runs image by image)")
     g.add_argument("--batch-size", type=_positive, default=64)
     g.add_argument("--seed", type=int, default=0)
     q = p.add_argument_group("quantization")
@@ -898,7 +898,8 @@ def add_subcommands(subparsers) -> None:
     q.add_argument("--export-method", default=None,
                    help="method whose program feeds golden vectors, RTL check and estimate "
                    "(default: adfq if listed, else the first of --methods)")
-    q.add_argument("--amo-iters", type=int, default=None, help="ADFQ AMO reconstruction iterations (default: its own)")
+    q.add_argument("--amo-iters", type=int, default=50,
+                   help="ADFQ AMO reconstruction iterations per block (default 50; `vitaccel calibrate` uses 200)")
     q.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
     h = p.add_argument_group("hardware")
     h.add_argument("--rows", type=_positive, default=8, help="MAC array rows (default 8)")

@@ -5,7 +5,7 @@ are float32 torch operations, the same ops the fake-quant model uses; every boun
 datapath is ``to_fixed`` / ``from_fixed`` of docs/datapath.md section 1. Each image runs separately
 (``M`` = tokens of one image, so per-patch scales line up with rows).
 
-The layer API is ``sim.layer.run_layer`` / ``run_encoder`` (numba) when available, else the numpy
+The layer API is ``sim.simulator.run_layer`` / ``run_encoder`` (numba) when available, else the numpy
 reference ``run_layer_reference`` / ``run_encoder_reference`` (bit-identical, much slower).
 """
 from __future__ import annotations
@@ -23,6 +23,13 @@ from .program import Program, ProgramError
 def layer_api(backend: str = "auto"):
     """``(run_layer, run_encoder)`` of the chosen simulator backend (``auto``/``numba``/``reference``)."""
     fast = getattr(sim_layer, "run_layer", None), getattr(sim_layer, "run_encoder", None)
+    if fast[0] is None or fast[1] is None:
+        try:
+            from sim import simulator  # noqa: PLC0415  (numba layer API)
+
+            fast = simulator.run_layer, simulator.run_encoder
+        except (ImportError, AttributeError):
+            fast = (None, None)
     if backend in ("auto", "numba") and fast[0] is not None and fast[1] is not None:
         return fast
     if backend == "numba":

@@ -114,7 +114,15 @@ def create_model(name: str, weights: str | None = None, pretrained_download: boo
     if weights:
         _check_weights_file(weights)
         model = timm.create_model(name, pretrained=False, **kw)
-        _load_state_dict_strict(model, weights)  # clear key/shape errors instead of timm's
+        try:
+            _load_state_dict_strict(model, weights)  # timm key layout: clear key/shape errors
+        except UserError as exc:
+            # other layouts (original DeiT/ViT checkpoints): timm's own loader applies the model's
+            # checkpoint filter; if that fails too, report the key mismatch of the direct load
+            try:
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=weights), **kw)
+            except Exception:
+                raise exc from None
         return model.eval()
     if pretrained_download:
         return timm.create_model(name, pretrained=True, **kw).eval()

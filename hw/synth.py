@@ -152,7 +152,8 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     if pnr:
         t1 = time.monotonic()
         plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", str(netlist),
-                     "--textcfg", str(out / f"{top}.config"), "--seed", str(seed), "--timing-allow-fail"],
+                     "--textcfg", str(out / f"{top}.config"), "--seed", str(seed), "--timing-allow-fail",
+                     "--out-of-context"],
                     out / "nextpnr.log", timeout)
         res["nextpnr_s"] = round(time.monotonic() - t1, 1)
         res["pnr"] = parse_nextpnr_log(plog)

@@ -108,3 +108,24 @@ def test_calibrate_entry_point_and_errors():
     qvit.model.blocks[0].mlp.fc2.input_quantizer.calibrated = False
     with pytest.raises(QuantizerError, match="not calibrated"):
         reconstruct_amo(qvit, x, iters=1, progress=False)
+
+
+def test_swin_windowed_attention():
+    """Shifted-window blocks: inputs are (images x windows) rows; mini-batches keep whole images."""
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, patch_size=4,
+                              embed_dim=16, depths=(2, 1), num_heads=(1, 2), window_size=7,
+                              num_classes=10).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "blocks" in name:
+                p.mul_(8.0)
+    x = torch.randn(8, 3, 56, 56)
+    qvit = calibrate_model(model, x, preset("adfq", "w4a4", amo=False), progress=False)
+    reps = reconstruct_amo(qvit, x, iters=40, batch_size=4, progress=False)
+    assert [r.name for r in reps] == ["layers.0.blocks.0.attn", "layers.0.blocks.0.mlp",
+                                      "layers.0.blocks.1.attn", "layers.0.blocks.1.mlp",
+                                      "layers.1.blocks.0.attn", "layers.1.blocks.0.mlp"]
+    assert all(r.kl_before is not None for r in reps if r.kind == "mha")
+    assert all(r.mse_after <= r.mse_before for r in reps)  # worse modules are reverted
+    assert sum(r.mse_after < r.mse_before and not r.reverted for r in reps) >= 4

@@ -133,3 +133,24 @@ def test_linear_without_bias_and_bad_input():
         smoothquant_bias(nn.Sequential(nn.Linear(2, 2)), torch.zeros(1, 2), progress=False)
     with pytest.raises(ValueError, match="empty"):
         smoothquant_bias(tiny_vit(), [], progress=False)
+
+
+def test_fp_equivalent_on_swin():
+    torch.manual_seed(0)
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=56, patch_size=4,
+                              embed_dim=16, depths=(2, 1), num_heads=(1, 2), window_size=7,
+                              num_classes=10).eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.normal_(1.0, 0.5)
+                mod.bias.normal_(0.0, 0.5)
+    test = torch.randn(4, 3, 56, 56)
+    with torch.no_grad():
+        before = model(test)
+    applied = smoothquant_bias(model, torch.randn(8, 3, 56, 56), progress=False)
+    assert list(applied) == ["layers.0.blocks.0.attn.qkv", "layers.0.blocks.0.mlp.fc1",
+                             "layers.0.blocks.1.attn.qkv", "layers.0.blocks.1.mlp.fc1",
+                             "layers.1.blocks.0.attn.qkv", "layers.1.blocks.0.mlp.fc1"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(test), before, rtol=1e-4, atol=1e-5)
