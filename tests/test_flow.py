@@ -28,6 +28,14 @@ def test_defaults_and_command_line():
     assert flow.command_line(args) == "vitaccel flow --output x --methods adfq,baseline --rows 4 --skip-rtl"
 
 
+def test_quick_only_replaces_defaults():
+    args = _parse(["--quick", "--rows", "2"])
+    flow.apply_quick(args)
+    assert args.rows == 2  # given explicitly: kept
+    assert args.cols == flow.QUICK["cols"] and args.methods == flow.QUICK["methods"]
+    assert args.calib_size == flow.QUICK["calib_size"] and args.eval_size == flow.QUICK["eval_size"]
+
+
 def test_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):
         _parse(["--methods", "gptq"])
@@ -41,6 +49,8 @@ def test_bad_arguments(capsys, tmp_path):
     assert "data folder not found" in capsys.readouterr().err
     assert main(["flow", "--weights", str(tmp_path / "w.safetensors"), "-o", str(tmp_path / "d")]) == 2
     assert "weights file not found" in capsys.readouterr().err
+    assert main(["flow", "--model", "deit_tiny_patch16_224", "-o", str(tmp_path / "e")]) == 2
+    assert "needs --data" in capsys.readouterr().err
 
 
 def test_export_method_default():

