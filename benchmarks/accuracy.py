@@ -59,6 +59,31 @@ def evaluate(model, x, y, batch=50):
     return 100 * top1 / len(x), 100 * top5 / len(x), torch.cat(preds)
 
 
+def table(results) -> str:
+    """Markdown table of recorded rows (latest entry per row wins)."""
+    last = {}
+    for e in results:
+        last[e["row"]] = e
+    fp = last.get("fp", {}).get("top1")
+    lines = ["| row | bits | images | top-1 % | top-5 % | top-1 drop vs FP | calib s | eval+calib s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    sims = []
+    for row, e in last.items():
+        if "sim_images" in e:
+            sims.append(e)
+            continue
+        drop = "" if fp is None or row == "fp" else f"{fp - e['top1']:.1f}"
+        lines.append(f"| {row.split(':')[0]} | {e.get('bits', 'fp32')} | {e['eval_images']} | {e['top1']:.1f} | "
+                     f"{e['top5']:.1f} | {drop} | {e.get('calib_seconds', '')} | {e['seconds']} |")
+    for e in sims:
+        lines.append("")
+        lines.append(f"Integer simulator ({e['sim_backend']}) on the first {e['sim_images']} eval images of "
+                     f"`{e['row'].split(' ')[0]}`: top-1 {e['sim_top1']:.1f} % (fake-quant on the same images "
+                     f"{e['fq_top1_same_images']:.1f} %), prediction agreement with fake-quant "
+                     f"{e['sim_agreement']:.1f} %, {e['sim_seconds']} s.")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="deit_tiny_patch16_224")
@@ -74,7 +99,11 @@ def main(argv=None):
     ap.add_argument("--sim-row", default=None, help="row whose program also runs through the integer simulator")
     ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
+    ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.load(open(args.out))))
+        return
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(args.seed)
 
@@ -115,21 +144,23 @@ def main(argv=None):
         entry = {"row": row, "method": method, "bits": bits, "overrides": over, "top1": t1, "top5": t5,
                  "calib_seconds": round(tc), "seconds": round(time.time() - t0),
                  "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
+        record(entry)
         if row == args.sim_row and args.sim_images:
             from golden.int_eval import ProgramRunner  # noqa: PLC0415
             from golden.program import export_program  # noqa: PLC0415
 
             prog = export_program(qvit)
             runner = ProgramRunner(prog)
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
             n = min(args.sim_images, len(x))
             ts = time.time()
-            sim = torch.stack([runner.run_image(img).argmax() for img in x[:n]])
-            entry.update(sim_images=n, sim_top1=100 * (sim == y[:n]).float().mean().item(),
-                         sim_agreement=100 * (sim == pred[:n]).float().mean().item(),
-                         fq_top1_same_images=100 * (pred[:n] == y[:n]).float().mean().item(),
-                         sim_seconds=round(time.time() - ts), sim_backend=runner.run_layer.__module__ + "." +
-                         runner.run_layer.__name__)
-        record(entry)
+            sim = torch.stack([runner.run_image(img).argmax() for img in tqdm(x[:n], desc="int-sim")])
+            record({"row": row + " int-sim", "sim_images": n, "sim_top1": 100 * (sim == y[:n]).float().mean().item(),
+                    "sim_agreement": 100 * (sim == pred[:n]).float().mean().item(),
+                    "fq_top1_same_images": 100 * (pred[:n] == y[:n]).float().mean().item(),
+                    "sim_seconds": round(time.time() - ts),
+                    "sim_backend": runner.run_layer.__module__ + "." + runner.run_layer.__name__})
 
 
 if __name__ == "__main__":

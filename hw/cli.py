@@ -24,7 +24,7 @@ def _add_cfg_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args):
     """Build an :class:`hw.config.EngineConfig` from CLI flags (raises ``UserError`` when invalid)."""
     from golden.cli import UserError
-    from .config import ConfigError, EngineConfig
+    from .config import ConfigError, EngineConfig, check_acc_for_max_k
     from .synth import default_acc_bits
     try:
         base = EngineConfig.from_file(args.config).to_dict() if args.config else {}
@@ -41,7 +41,9 @@ def config_from_args(args):
             if a not in (4, 6, 8) or b not in (4, 6, 8):
                 raise ConfigError(f"--abits/--wbits must be 4, 6 or 8 (got {a}, {b})")
             base["acc_bits"] = default_acc_bits(a, b, pick("max_k"), pick("outlier_capacity"))
-        return EngineConfig(**base)
+        cfg = EngineConfig(**base)
+        check_acc_for_max_k(cfg)
+        return cfg
     except ConfigError as exc:
         raise UserError(str(exc)) from None
 
@@ -71,7 +73,7 @@ def _synth(args) -> int:
     print(f"synthesising {vfile} (top {args.top}) for LFE5U-{args.device.upper()} {args.package} "
           f"@ {args.freq} MHz ...", flush=True)
     res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=args.freq,
-                     pnr=not args.no_pnr, timeout=args.timeout)
+                     pnr=not args.no_pnr, timeout=args.timeout, router=args.router)
     res["config"] = cfg.to_dict()
     (out / "synth.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
@@ -98,4 +100,6 @@ def add_subcommands(sub) -> None:
     s.add_argument("--freq", type=float, default=150.0, help="target clock in MHz (default 150)")
     s.add_argument("--no-pnr", action="store_true", help="stop after yosys")
     s.add_argument("--timeout", type=float, help="seconds per tool run")
+    s.add_argument("--router", choices=("router1", "router2"), default="router2",
+                   help="nextpnr router (default router2, faster on large designs)")
     s.set_defaults(func=_synth)

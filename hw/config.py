@@ -23,6 +23,7 @@ from sim import formats as F
 __all__ = [
     "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
     "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
+    "acc_bits_at_max_k", "check_acc_for_max_k",
 ]
 
 #: Register stages from issuing operand column ``k`` (A beat consumed, B row read address) to the PE
@@ -223,3 +224,35 @@ def check_layer_acc(cfg: EngineConfig, k: int, a_kind: str, a_bits: int, b_bits:
             f"layer: K = {k} with {a_bits}-bit {a_kind} A codes, {b_bits}-bit B, FO = {fo} needs a "
             f"{need}-bit accumulator (docs/datapath.md section 6); the engine has acc_bits = {cfg.acc_bits}")
     return need
+
+
+#: A formats (kind, base) whose accumulator need at ``K = max_k`` is reported by :func:`acc_bits_at_max_k`.
+_ACC_FORMATS = (("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"), ("three_region", "2"))
+
+
+def acc_bits_at_max_k(cfg: EngineConfig) -> dict:
+    """``acc_bits_required`` (section 6) of each ``a_bits``-bit A format at ``K = max_k`` with
+    ``b_bits``-bit B codes: zero point up to ``Dmax`` (``2^k - 1`` for uniform), no outliers, plus
+    ``uniform+outliers`` (``FO = 2``, ``CAP = outlier_capacity``) when the engine has an outlier unit."""
+    from sim import reference as ref
+    out = {}
+    for kind, base in _ACC_FORMATS:
+        dmax = ref.format_dmax(kind, cfg.a_bits, base=base, m0=15, m1=15)
+        zmax = dmax if kind in ("uniform", "shiftlog2") else 0
+        out[kind if kind != "shiftlog2" else f"shiftlog2_{base}"] = ref.acc_bits_required(
+            cfg.max_k, dmax, zmax, cfg.b_bits)
+    if cfg.has_outliers:
+        dmax = ref.format_dmax("uniform", cfg.a_bits)
+        out["uniform+outliers"] = ref.acc_bits_required(cfg.max_k, dmax, dmax, cfg.b_bits, 2, cfg.outlier_capacity)
+    return out
+
+
+def check_acc_for_max_k(cfg: EngineConfig) -> None:
+    """Raise :class:`ConfigError` when ``acc_bits`` cannot run even a plain ``uniform`` layer (zero
+    point, no outliers) of ``K = max_k`` -- the engine's own largest layer (section 6 bound)."""
+    need = acc_bits_at_max_k(cfg)["uniform"]
+    if cfg.acc_bits < need:
+        raise ConfigError(
+            f"engine config: acc_bits = {cfg.acc_bits} is too narrow for K = max_k = {cfg.max_k}: a "
+            f"{cfg.a_bits}-bit uniform A x {cfg.b_bits}-bit B layer needs {need} bits (docs/datapath.md "
+            f"section 6); raise acc_bits or lower max_k")

@@ -65,13 +65,14 @@ def _tops(cfg: EngineConfig):
 def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None) -> dict:
     """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary."""
     from amaranth.back import verilog
+    from .config import acc_bits_at_max_k
     from .schedule import layer_cycles
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"config": cfg.to_dict(), "derived": {
         "corr_bits": cfg.corr_bits, "colsum_bits": cfg.colsum_bits, "drain_latency": cfg.drain_latency,
-        "requant_latency": cfg.requant_latency}, "tops": {}}
+        "requant_latency": cfg.requant_latency, "acc_bits_at_max_k": acc_bits_at_max_k(cfg)}, "tops": {}}
     avail = _tops(cfg)
     for name in tops or list(avail):
         if name not in avail:
@@ -134,8 +135,14 @@ def _run(cmd: list[str], log_path: Path, timeout: float | None) -> str:
 
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
                package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
-               timeout: float | None = None, seed: int = 1) -> dict:
-    """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results."""
+               timeout: float | None = None, seed: int = 1, router: str = "router2") -> dict:
+    """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results.
+
+    Place and route is out of context (``--out-of-context``: the engine's wide stream ports need no
+    I/O pins), so nextpnr writes the routed design as JSON (``<top>_routed.json``; a bitstream /
+    ``--textcfg`` is not available out of context).  ``router2`` is nextpnr's faster router for
+    large designs.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bindir = Path(sys.executable).parent
@@ -152,8 +159,8 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     if pnr:
         t1 = time.monotonic()
         plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", str(netlist),
-                     "--textcfg", str(out / f"{top}.config"), "--seed", str(seed), "--timing-allow-fail",
-                     "--out-of-context"],
+                     "--write", str(out / f"{top}_routed.json"), "--seed", str(seed), "--timing-allow-fail",
+                     "--out-of-context", "--router", router],
                     out / "nextpnr.log", timeout)
         res["nextpnr_s"] = round(time.monotonic() - t1, 1)
         res["pnr"] = parse_nextpnr_log(plog)
