@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rep = Path(tmp) / "r.json"
         # build (cached) and warm up on a tiny layer so the timed run excludes the build
-        run_cocotb("layer_engine", [v], "tb.test_engine", build_args=["--output-split", "0"],
+        run_cocotb("layer_engine", [v], "tb.test_engine",
                    data={"cols": cfg.cols, "cases": [random_layer(cfg, rng, 2, 2, 2, a_bits=4, b_bits=4)], "report": str(rep)})
         t_build = time.monotonic() - t0
         t1 = time.monotonic()
-        run_cocotb("layer_engine", [v], "tb.test_engine", build_args=["--output-split", "0"],
+        run_cocotb("layer_engine", [v], "tb.test_engine",
                    data={"cols": cfg.cols, "cases": cases, "report": str(rep)})
         t_sim = time.monotonic() - t1
         res = json.loads(rep.read_text())

@@ -11,12 +11,7 @@ from golden.quantizers.base import QuantizerError
 from golden.reconstruct import AMOConfig, HARD_V, find_amo_units, reconstruct, reconstruct_amo
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: thread sync dominates on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_vit(seed=0):

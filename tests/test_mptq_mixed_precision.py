@@ -14,12 +14,7 @@ from golden.mixed_precision import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: intra-op thread sync dominates on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # synthetic layers: (numel, SQNR at 6 bits, SQNR at 4 bits) in dB

@@ -11,12 +11,7 @@ from golden.presets import preset
 from golden.quantizers.three_region import ThreeRegionQuantizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_mptq_preset_calibrates():

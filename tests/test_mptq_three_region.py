@@ -14,12 +14,7 @@ from golden.quantizers.three_region import (
 from sim import reference as ref
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: intra-op thread sync dominates on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make(bits, s0, m0, m1):
