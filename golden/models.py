@@ -24,12 +24,29 @@ def _known_models() -> list[str]:
     return list(timm.list_models()) + [EMBEDDED_NAME]
 
 
+def suggest_model_names(name: str, known: list[str] | None = None, n: int = 5) -> list[str]:
+    """Known model names close to ``name``: same family (text before the first ``_``) first.
+
+    ``deit_tiniest`` suggests ``deit_tiny_patch16_224`` before unrelated names that merely look alike.
+    """
+    known = _known_models() if known is None else known
+    family = name.split("_")[0].lower()
+    same = [m for m in known if m.lower().split("_")[0] == family]
+
+    def score(m: str) -> float:
+        return difflib.SequenceMatcher(None, name.lower(), m.lower()).ratio()
+
+    ranked = sorted(same, key=score, reverse=True)[:n]
+    others = [m for m in difflib.get_close_matches(name, known, n=n, cutoff=0.6) if m not in ranked]
+    return (ranked + others)[:n]
+
+
 def check_model_name(name: str) -> None:
     """Raise :class:`UserError` with close suggestions if ``name`` is not a known model."""
     known = _known_models()
     if name in known:
         return
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    close = suggest_model_names(name, known)
     hint = f"; did you mean: {', '.join(close)}?" if close else " (see timm.list_models())"
     raise UserError(f"unknown model {name!r}{hint}")
 

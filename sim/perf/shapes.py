@@ -14,7 +14,6 @@ Operand roles follow docs/datapath.md section 2: the QKV linear layer becomes th
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -127,11 +126,9 @@ def _model_names() -> list[str]:
 
 def suggest_models(name: str, n: int = 5) -> list[str]:
     """Close timm model names (for the unknown-model error message)."""
-    names = _model_names()
-    close = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
-    if not close:
-        close = [m for m in names if name.split("_")[0] in m][:n]
-    return close
+    from golden.models import suggest_model_names  # noqa: PLC0415  (one ranking for every command)
+
+    return suggest_model_names(name, _model_names(), n)
 
 
 class UnknownModelError(ValueError):
