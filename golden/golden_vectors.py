@@ -28,7 +28,7 @@ import torch
 
 from .cli import UserError
 from .int_eval import ProgramRunner
-from .program import Program, load_program, save_program
+from .program import Program, load_program, read_versioned_manifest, save_program
 
 FORMAT = "vitaccel-golden"
 FORMAT_VERSION = 1
@@ -102,16 +102,7 @@ def _open(path: str):
     vpath = os.path.join(path, "vectors.npz")
     if not os.path.isdir(path) or not os.path.isfile(mpath) or not os.path.isfile(vpath):
         raise GoldenError(f"{path} is not a golden-vector directory (needs golden.json, vectors.npz, program/)")
-    try:
-        with open(mpath) as f:
-            man = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GoldenError(f"{mpath} is malformed or truncated: {exc}") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise GoldenError(f"{mpath} is not a vitaccel golden-vector manifest")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise GoldenError(f"golden vectors {path} have format_version {man.get('format_version')!r}; "
-                          f"this vitaccel reads version {FORMAT_VERSION}")
+    man = read_versioned_manifest(mpath, FORMAT, FORMAT_VERSION, GoldenError, "golden-vector")
     for key in ("n_images", "layers", "encoders"):
         if key not in man:
             raise GoldenError(f"{mpath} lacks {key!r}")

@@ -181,6 +181,22 @@ def _refs(obj, out: set):
             _refs(v, out)
 
 
+def read_versioned_manifest(mpath: str, fmt: str, version: int, error: type[Exception], what: str,
+                            hint: str = "") -> dict:
+    """Read a JSON manifest and check its ``format`` and ``format_version``; raise ``error`` clearly."""
+    try:
+        with open(mpath) as f:
+            man = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} manifest {mpath} is malformed or truncated: {exc}") from None
+    if not isinstance(man, dict) or man.get("format") != fmt:
+        raise error(f"{mpath} is not a vitaccel {what} manifest")
+    if man.get("format_version") != version:
+        raise error(f"{what} {os.path.dirname(mpath)} has format_version {man.get('format_version')!r}; "
+                    f"this vitaccel reads version {version}{hint}")
+    return man
+
+
 def load_program(path: str) -> Program:
     """Load and validate a program directory; malformed, truncated or foreign files raise ProgramError."""
     mpath, tpath = os.path.join(path, "manifest.json"), os.path.join(path, "tensors.npz")
@@ -189,16 +205,8 @@ def load_program(path: str) -> Program:
     for p in (mpath, tpath):
         if not os.path.isfile(p):
             raise ProgramError(f"program {path} is incomplete: {os.path.basename(p)} is missing")
-    try:
-        with open(mpath) as f:
-            man = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProgramError(f"program manifest {mpath} is malformed or truncated: {exc}") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise ProgramError(f"{mpath} is not a vitaccel program manifest")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise ProgramError(f"program {path} has format_version {man.get('format_version')!r}; this vitaccel reads "
-                           f"version {FORMAT_VERSION} (re-export it with `vitaccel calibrate`)")
+    man = read_versioned_manifest(mpath, FORMAT, FORMAT_VERSION, ProgramError, "program",
+                                  hint=" (re-export it with `vitaccel calibrate`)")
     for key in ("model", "graph", "layers", "encoders", "host"):
         if key not in man:
             raise ProgramError(f"program manifest {mpath} lacks the {key!r} section")
