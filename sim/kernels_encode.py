@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from . import formats as F
 from . import reference as ref
-from .kernels_requant import round_shift
+from .kernels_requant import as_int2d, round_shift
 from .reference import DatapathError, OutlierOverflowError
 
 I64 = np.int64
@@ -174,13 +174,6 @@ def _extract_outliers_kernel(x, r, se_fo, alpha, optr, rows, cols, vals):
     return nof.sum(), nbig.sum()
 
 
-def _x2d(x) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "iu":
-        a = ref._i64(a)
-    if a.ndim != 2:
-        raise DatapathError(f"encoder input must be (M, K), got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _rows(v, m: int) -> np.ndarray:
@@ -198,7 +191,7 @@ def encode_uniform(x, r, se: int, z, bits: int):
     Returns ``(q, saturations)`` like ``reference.encode_uniform``.
     """
     F.check_bits(bits)
-    x = _x2d(x)
+    x = as_int2d(x, "encoder input")
     ref._check_input(x, "encode_uniform")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)
@@ -218,7 +211,7 @@ def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUT
     Returns ``(q, outliers, saturations, outlier_overflows)`` like ``reference.encode_per_patch``;
     raises ``OutlierOverflowError`` in strict mode when an outlier value does not fit int16.
     """
-    x = _x2d(x)
+    x = as_int2d(x, "encoder input")
     ref._check_input(x, "encode_per_patch")
     m = x.shape[0]
     r, z = _rows(r, m), _rows(z, m)

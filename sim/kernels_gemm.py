@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import reference as ref
-from .kernels_requant import N_ERR, requantize_row, requantize_row_unchecked, round_half
+from .kernels_requant import N_ERR, as_int2d, requantize_row, requantize_row_unchecked, round_half
 from .reference import AccumulatorOverflowError, DatapathError
 
 I64 = np.int64
@@ -290,13 +290,6 @@ def outlier_csr(o: np.ndarray, m: int):
     return optr, np.ascontiguousarray(o[:, 1]), np.ascontiguousarray(o[:, 2])
 
 
-def _int2d(x, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "iu":
-        a = ref._i64(a)
-    if a.ndim != 2:
-        raise DatapathError(f"accumulate: {name} must be 2-D, got shape {a.shape}")
-    return np.ascontiguousarray(a)
 
 
 def _absmax(a) -> int:
@@ -324,7 +317,7 @@ def accumulate(d, b, za, fo: int = 0, outliers=None, acc_bits: int | None = None
     -------
     acc_raw, acc_d, acc : (M, N) int64
     """
-    d, b = _int2d(d, "D"), _int2d(b, "B")
+    d, b = as_int2d(d, "accumulate: D"), as_int2d(b, "accumulate: B")
     if d.shape[1] != b.shape[0]:
         raise DatapathError(f"accumulate: shapes {d.shape} and {b.shape} do not chain")
     m, k = d.shape

@@ -22,7 +22,18 @@ import numpy as np
 from numba import njit, prange
 
 from . import formats as F
+from . import reference as ref
 from .reference import AccumulatorOverflowError, DatapathError
+
+
+def as_int2d(x, what: str) -> np.ndarray:
+    """A contiguous 2-D integer array for the kernels; raise ``DatapathError`` naming ``what`` otherwise."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        a = ref._i64(a)
+    if a.ndim != 2:
+        raise DatapathError(f"{what} must be (M, K) / 2-D, got shape {a.shape}")
+    return np.ascontiguousarray(a)
 
 I64 = np.int64
 
