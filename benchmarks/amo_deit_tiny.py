@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from golden.data import image_folder, loader, subset  # noqa: E402
-from golden.models import create_model  # noqa: E402
+from golden.data import loader, subset  # noqa: E402
+from shared_data import deit_tiny_and_dev  # noqa: E402
 from golden.presets import preset  # noqa: E402
 from golden.reconstruct import AMOConfig, reconstruct_amo  # noqa: E402
 
@@ -51,10 +51,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = os.path.join(args.shared, "imagenet-sample")
-    model = create_model("deit_tiny_patch16_224",
-                         weights=os.path.join(args.shared, "models", "deit_tiny_patch16_224.safetensors"))
-    ds = image_folder(os.path.join(root, "dev"), model, class_map=os.path.join(root, "synsets.txt"))
+    model, ds = deit_tiny_and_dev(args.shared)
     n = min(len(ds), args.calib + args.eval)
     ds = subset(ds, n, seed=0)
     xs, ys = [], []

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from golden.data import image_folder, loader, subset  # noqa: E402
+from golden.data import loader, subset  # noqa: E402
 from golden.mixed_precision import average_bits, greedy_mixed_precision, linear_layers, linear_output_sqnr_fn  # noqa: E402
-from golden.models import create_model  # noqa: E402
+from shared_data import deit_tiny_and_dev  # noqa: E402
 from golden.smoothquant import smoothquant_bias  # noqa: E402
 
 
@@ -35,10 +35,8 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = os.path.join(args.shared, "imagenet-sample")
-    model = create_model("deit_tiny_patch16_224",
-                         weights=os.path.join(args.shared, "models", "deit_tiny_patch16_224.safetensors"))
-    ds = subset(image_folder(os.path.join(root, "dev"), model, os.path.join(root, "synsets.txt")), args.calib)
+    model, ds = deit_tiny_and_dev(args.shared)
+    ds = subset(ds, args.calib)
     calib = torch.cat([x for x, _ in loader(ds, batch_size=16, workers=0)])
     if not args.no_sq:
         smoothquant_bias(model, calib, progress=False)

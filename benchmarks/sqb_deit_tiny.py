@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from golden.data import image_folder, loader, subset  # noqa: E402
-from golden.models import create_model  # noqa: E402
+from golden.data import loader, subset  # noqa: E402
+from shared_data import deit_tiny_and_dev  # noqa: E402
 from golden.smoothquant import collect_norm_statistics, find_norm_linear_pairs, smoothquant_bias  # noqa: E402
 
 
@@ -41,11 +41,8 @@ def main():
     ap.add_argument("--test", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=0.5)
     args = ap.parse_args()
-    root = os.path.join(args.shared, "imagenet-sample")
-    model = create_model("deit_tiny_patch16_224",
-                         weights=os.path.join(args.shared, "models", "deit_tiny_patch16_224.safetensors"))
-    ds = subset(image_folder(os.path.join(root, "dev"), model, os.path.join(root, "synsets.txt")),
-                args.calib + args.test, seed=0)
+    model, ds = deit_tiny_and_dev(args.shared)
+    ds = subset(ds, args.calib + args.test, seed=0)
     images = torch.cat([x for x, _ in loader(ds, batch_size=16, workers=0)])
     calib, test = images[:args.calib], images[args.calib:]
     zero_gamma = sum(int((p.norm.weight == 0).sum()) for p in find_norm_linear_pairs(model))

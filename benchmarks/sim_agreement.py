@@ -1,0 +1,66 @@
+"""Where do fake-quant and the integer simulator part ways? (DeiT-tiny, needs ../shared)
+
+Calibrates one accuracy row (see ``benchmarks/accuracy.py`` ROWS), exports its program, runs N dev
+images through both the fake-quant model and the integer simulator, prints the prediction agreement,
+and then the layer-local comparison of docs/datapath.md section 11 (``golden.int_eval.layer_agreement``,
+last traced image) for the worst layers.
+
+Usage (repository root)::
+
+    .venv/bin/python benchmarks/sim_agreement.py --row adfq-noamo:w6a6 --images 8
+    .venv/bin/python benchmarks/sim_agreement.py --row adfq:w6a6 --amo-iters 8 --images 24
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from accuracy import ROWS  # noqa: E402
+from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
+
+from golden.calibrate import calibrate_model, collect_images  # noqa: E402
+from golden.data import loader, subset  # noqa: E402
+from golden.int_eval import ProgramRunner, layer_agreement  # noqa: E402
+from golden.presets import preset  # noqa: E402
+from golden.program import export_program  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--row", default="adfq-noamo:w6a6", choices=sorted(ROWS))
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--calib-size", type=int, default=32)
+    ap.add_argument("--amo-iters", type=int, default=None)
+    ap.add_argument("--worst", type=int, default=8, help="layers to list")
+    ap.add_argument("--shared", default=DEFAULT_SHARED)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    model, ds = deit_tiny_and_dev(args.shared)
+    calib = collect_images(loader(subset(ds, args.calib_size, 0), 16, 0), args.calib_size)
+    x = collect_images(loader(subset(ds, args.images, 1), 8, 0), args.images)
+    method, bits, over = ROWS[args.row]
+    over = dict(over)
+    if args.amo_iters is not None:
+        over["amo_iters"] = args.amo_iters
+    qvit = calibrate_model(model, calib, preset(method, bits, **over), MODEL)
+    runner = ProgramRunner(export_program(qvit), trace=True)
+    with torch.no_grad():
+        fq = qvit(x).argmax(-1).tolist()
+    sim = [int(runner.run_image(img).argmax()) for img in x]
+    agree = sum(a == b for a, b in zip(fq, sim))
+    print(f"{args.row} (amo_iters {args.amo_iters}): prediction agreement {agree}/{len(x)}")
+    rep = layer_agreement(qvit, runner.prog, runner)
+    key = lambda kv: -max(kv[1].get("frac_diff", 0.0), kv[1].get("rel_err", 0.0))  # noqa: E731
+    for name, r in sorted(rep.items(), key=key)[: args.worst]:
+        print(f"  {name}: {json.dumps(r)}")
+
+
+if __name__ == "__main__":
+    main()
