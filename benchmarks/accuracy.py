@@ -65,22 +65,28 @@ def table(results) -> str:
     for e in results:
         last[e["row"]] = e
     fp = last.get("fp", {}).get("top1")
-    lines = ["| row | bits | images | top-1 % | top-5 % | top-1 drop vs FP | calib s | eval+calib s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| row | bits | images | top-1 % (integer grid) | top-5 % (integer grid) | top-1 drop vs FP "
+             "| top-1 % (float fake-quant) | calib s | eval+calib s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     sims = []
     for row, e in last.items():
         if "sim_images" in e:
             sims.append(e)
             continue
-        drop = "" if fp is None or row == "fp" else f"{fp - e['top1']:.1f}"
-        lines.append(f"| {row.split(':')[0]} | {e.get('bits', 'fp32')} | {e['eval_images']} | {e['top1']:.1f} | "
-                     f"{e['top5']:.1f} | {drop} | {e.get('calib_seconds', '')} | {e['seconds']} |")
+        t1, t5 = e.get("grid_top1", e["top1"]), e.get("grid_top5", e["top5"])
+        drop = "" if fp is None or row == "fp" else f"{fp - t1:.1f}"
+        fl = "" if row == "fp" or "grid_top1" not in e else f"{e['top1']:.1f}"
+        lines.append(f"| {row.split(':')[0]} | {e.get('bits', 'fp32')} | {e['eval_images']} | {t1:.1f} | "
+                     f"{t5:.1f} | {drop} | {fl} | {e.get('calib_seconds', '')} | {e['seconds']} |")
     for e in sims:
         lines.append("")
         lines.append(f"Integer simulator ({e['sim_backend']}) on the first {e['sim_images']} eval images of "
                      f"`{e['row'].split(' ')[0]}`: top-1 {e['sim_top1']:.1f} % (fake-quant on the same images "
                      f"{e['fq_top1_same_images']:.1f} %), prediction agreement with fake-quant "
-                     f"{e['sim_agreement']:.1f} %, {e['sim_seconds']} s.")
+                     f"{e['sim_agreement']:.1f} %"
+                     + (f" (integer grid; with float fake-quant {e['sim_agreement_float']:.1f} %), bit-identical "
+                        f"logits on {e['sim_bit_identical']} images" if "sim_agreement_float" in e else "")
+                     + f", {e['sim_seconds']} s.")
     return "\n".join(lines)
 
 
@@ -140,24 +146,38 @@ def main(argv=None):
         cfg = preset(method, bits, **over)
         qvit = calibrate_model(create_model(args.model, args.weights), calib, cfg, args.model)
         tc = time.time() - t0
-        t1, t5, pred = evaluate(qvit, x, y)
+        t1, t5, fpred = evaluate(qvit, x, y)
         entry = {"row": row, "method": method, "bits": bits, "overrides": over, "top1": t1, "top5": t5,
-                 "calib_seconds": round(tc), "seconds": round(time.time() - t0),
+                 "calib_seconds": round(tc),
                  "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
+        # the same model on the integer grid of its program (golden/integer_grid.py)
+        from golden.program import export_program  # noqa: PLC0415
+
+        prog = export_program(qvit)
+        qvit.use_integer_grid(prog)
+        g1, g5, pred = evaluate(qvit, x, y)
+        qvit.use_float_fakequant()
+        entry.update(grid_top1=g1, grid_top5=g5, seconds=round(time.time() - t0))
         record(entry)
         if row == args.sim_row and args.sim_images:
             from golden.int_eval import ProgramRunner  # noqa: PLC0415
-            from golden.program import export_program  # noqa: PLC0415
 
-            prog = export_program(qvit)
             runner = ProgramRunner(prog)
             from tqdm.auto import tqdm  # noqa: PLC0415
 
             n = min(args.sim_images, len(x))
             ts = time.time()
-            sim = torch.stack([runner.run_image(img).argmax() for img in tqdm(x[:n], desc="int-sim")])
+            logits = torch.stack([runner.run_image(img) for img in tqdm(x[:n], desc="int-sim")])
+            sim = logits.argmax(-1)
+            qvit.use_integer_grid(prog)
+            with torch.no_grad():
+                same = sum(bool(torch.equal(a, b)) for a, b in zip(logits, torch.cat(
+                    [qvit(x[i:i + 50]) for i in range(0, n, 50)])[:n]))
+            qvit.use_float_fakequant()
             record({"row": row + " int-sim", "sim_images": n, "sim_top1": 100 * (sim == y[:n]).float().mean().item(),
                     "sim_agreement": 100 * (sim == pred[:n]).float().mean().item(),
+                    "sim_agreement_float": 100 * (sim == fpred[:n]).float().mean().item(),
+                    "sim_bit_identical": same,
                     "fq_top1_same_images": 100 * (pred[:n] == y[:n]).float().mean().item(),
                     "sim_seconds": round(time.time() - ts),
                     "sim_backend": runner.run_layer.__module__ + "." + runner.run_layer.__name__})

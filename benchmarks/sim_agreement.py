@@ -50,12 +50,22 @@ def main(argv=None) -> None:
     if args.amo_iters is not None:
         over["amo_iters"] = args.amo_iters
     qvit = calibrate_model(model, calib, preset(method, bits, **over), MODEL)
-    runner = ProgramRunner(export_program(qvit), trace=True)
+    prog = export_program(qvit)
+    runner = ProgramRunner(prog, trace=True)
     with torch.no_grad():
         fq = qvit(x).argmax(-1).tolist()
-    sim = [int(runner.run_image(img).argmax()) for img in x]
+        qvit.use_integer_grid(prog)
+        grid_logits = qvit(x)
+        qvit.use_float_fakequant()
+    grid = grid_logits.argmax(-1).tolist()
+    sim_logits = torch.stack([runner.run_image(img) for img in x])
+    sim = sim_logits.argmax(-1).tolist()
     agree = sum(a == b for a, b in zip(fq, sim))
-    print(f"{args.row} (amo_iters {args.amo_iters}): prediction agreement {agree}/{len(x)}")
+    agree_grid = sum(a == b for a, b in zip(grid, sim))
+    exact = sum(bool(torch.equal(a, b)) for a, b in zip(grid_logits, sim_logits))
+    print(f"{args.row} (amo_iters {args.amo_iters}): prediction agreement of the integer sim with "
+          f"float fake-quant {agree}/{len(x)}, with integer-grid fake-quant {agree_grid}/{len(x)} "
+          f"(bit-identical logits on {exact}/{len(x)} images)")
     rep = layer_agreement(qvit, runner.prog, runner)
     key = lambda kv: -max(kv[1].get("frac_diff", 0.0), kv[1].get("rel_err", 0.0))  # noqa: E731
     for name, r in sorted(rep.items(), key=key)[: args.worst]:

@@ -4,7 +4,9 @@
   ViT/DeiT only), ``fakequant.pt`` (the calibrated fake-quant model, a pickled ``QuantViT``: load
   only files you trust) and ``calibration.json`` (config, outlier report, timings).
 * ``eval --backend fp|fakequant|sim`` reports top-1/top-5 (``sim`` also the prediction agreement
-  with the fake-quant model); ``--shard I/N`` evaluates every N-th image and writes per-image
+  with the fake-quant model). Fake-quant runs on the program's integer grid
+  (:mod:`golden.integer_grid`) when the directory holds a program, else (or with
+  ``--float-fakequant``) in floating point; ``--shard I/N`` evaluates every N-th image and writes per-image
   predictions to ``--json``; ``merge`` combines shard files.
 * ``export-golden PROGRAM --data DIR --images N -o DIR`` writes golden vectors for ``tb/``.
 """
@@ -199,6 +201,14 @@ def cmd_eval(args) -> int:
             os.path.join(args.program, "fakequant.pt"))) else None
         if args.backend == "fakequant":
             name, dcfg = model.model_name, None
+        if model is not None and not args.float_fakequant \
+                and os.path.isfile(os.path.join(args.program, "manifest.json")):
+            from .program import load_program  # noqa: PLC0415
+
+            model.use_integer_grid(prog if args.backend == "sim" else load_program(args.program))
+            res["fakequant_mode"] = "integer grid"
+        elif model is not None:
+            res["fakequant_mode"] = "float"
     ds = _dataset(args, name, model.model if hasattr(model, "model") else model, dcfg)
     if args.limit:
         from .data import subset  # noqa: PLC0415
@@ -231,7 +241,9 @@ def cmd_eval(args) -> int:
     res["seconds"] = round(time.time() - t0, 1)
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
     if "agreement" in res:
-        line += f"  agreement with fake-quant {res['agreement']:.2f} %"
+        line += f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %"
+    elif args.backend == "fakequant":
+        line += f"  [{res['fakequant_mode']}]"
     print(line)
     if args.json:
         res.update({"indices": idx, "top5_pred": top5.tolist(), "labels": labels.tolist(), "shard": args.shard})
@@ -318,6 +330,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("program", nargs="?", help="program directory (fakequant / sim backends)")
     p.add_argument("--backend", choices=("fp", "fakequant", "sim"), default="fakequant")
     p.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
+    p.add_argument("--float-fakequant", action="store_true",
+                   help="fake-quant in floating point instead of on the program's integer grid "
+                        "(the default when the directory holds a program; see golden/integer_grid.py)")
     _model_args(p, required=False)
     _data_args(p)
     p.add_argument("--limit", type=int, help="evaluate a random subset of this many images")

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import integer_grid
 from .quantizers.base import Quantizer
 from .quantizers.weight import PerChannelWeightQuantizer
 
@@ -67,6 +68,8 @@ class QuantLinear(nn.Module):
         return wq.fake_quant(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grid", None):
+            return integer_grid.linear_forward(self, x)
         return F.linear(self.input_quantizer(x), self.qweight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -91,6 +94,8 @@ class QuantConv2d(QuantLinear):
         input_quantizer.name = input_quantizer.name or name + ".input"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grid", None):
+            return integer_grid.patch_embed_forward(self, x)
         return F.conv2d(self.input_quantizer(x), self.qweight(), self.bias, stride=self.stride)
 
 
@@ -106,6 +111,8 @@ class QuantMatMul(nn.Module):
         b_quantizer.name = b_quantizer.name or name + ".b"
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grid", None):
+            return integer_grid.matmul_forward(self, a, b)
         return self.a_quantizer(a) @ self.b_quantizer(b)
 
 
@@ -127,7 +134,9 @@ class QuantAttention(nn.Module):
         self.norm = getattr(attn, "norm", nn.Identity())
 
     def attention(self, q, k, v, bias=None):
-        attn = self.qk(q, k.transpose(-2, -1)) * self.scale
+        attn = self.qk(q, k.transpose(-2, -1))
+        if not getattr(self.qk, "grid", None):  # on the integer grid the scale is folded into Mc
+            attn = attn * self.scale
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
@@ -198,6 +207,21 @@ class QuantViT(nn.Module):
         self.model = model
         self.config = config
         self.model_name = model_name
+        self.grid_program = None
+
+    # -- integer grid ---------------------------------------------------------------------------
+    def use_integer_grid(self, prog=None):
+        """Compute on the integer grid of ``prog`` (default: this model's own export); see
+        :mod:`golden.integer_grid`. Returns the program."""
+        return integer_grid.attach_integer_grid(self, prog)
+
+    def use_float_fakequant(self) -> None:
+        """Back to float fake quantization (the calibration / AMO mode)."""
+        integer_grid.detach_integer_grid(self)
+
+    @property
+    def on_integer_grid(self) -> bool:
+        return getattr(self, "grid_program", None) is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_config_for", "cycle_record"]
+__all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_config_for",
+           "engine_config_for_layers", "cycle_record"]
 
 
 def engine_config_for(spec, k: int, rows: int, cols: int, lanes: int = 1):
@@ -26,6 +27,18 @@ def engine_config_for(spec, k: int, rows: int, cols: int, lanes: int = 1):
                         max_k=max(k, 2))
 
 
+def engine_config_for_layers(layers, rows: int, cols: int, lanes: int = 1):
+    """One engine that runs every ``(spec, k)`` of ``layers``: the field-wise maximum of
+    :func:`engine_config_for` (largest ``K`` as ``max_k``, widest accumulator, largest outlier
+    capacity), so layers of different depth (e.g. q with K = 192 and FC2 with K = 768) share one
+    Verilator build.  For a single layer it is :func:`engine_config_for`."""
+    cfgs = [engine_config_for(spec, k, rows, cols, lanes) for spec, k in layers]
+    if not cfgs:
+        raise ValueError("engine_config_for_layers: no layers")
+    fields = cfgs[0].to_dict()
+    return cfgs[0].replace(**{f: max(c.to_dict()[f] for c in cfgs) for f in fields})
+
+
 def cycle_record(cfg, shape, cycles: int, outliers_per_tile=0, name: str | None = None) -> dict:
     """One measured-cycle record ``{rows, cols, M, K, N, cycles, outliers_per_tile, <EngineConfig
     fields>}`` (the format ``tests/test_estimate.py`` replays through the estimator)."""
@@ -36,10 +49,8 @@ def cycle_record(cfg, shape, cycles: int, outliers_per_tile=0, name: str | None 
     return rec
 
 
-def _golden_case(vec, golden_dir, layer: str, image: int, cfg, rows: int, cols: int):
+def _golden_record(vec, golden_dir, layer: str, image: int):
     from golden.cli import UserError
-    from sim import reference as ref
-    from tb.engine_streams import case_from_spec
 
     if layer not in vec:
         raise UserError(f"layer {layer!r} not in {golden_dir}; layers: {', '.join(sorted(vec))}")
@@ -47,13 +58,26 @@ def _golden_case(vec, golden_dir, layer: str, image: int, cfg, rows: int, cols: 
     n_img = rec["a_codes"].shape[0]
     if not 0 <= image < n_img:
         raise UserError(f"image {image} out of range (the vectors hold {n_img} images)")
+    return rec
+
+
+def _golden_case(vec, golden_dir, layer: str, image: int, cfg):
+    from golden.cli import UserError
+    from hw.config import ConfigError
+    from sim import reference as ref
+    from tb.engine_streams import case_from_spec
+
+    rec = _golden_record(vec, golden_dir, layer, image)
     spec = rec["spec"]
     q = rec["a_codes"][image]
     b = rec["b"][image] if rec["b"] is not None else spec.b
     o = np.asarray(rec["outliers"][image], np.int64).reshape(-1, 3)
-    if cfg is None:
-        cfg = engine_config_for(spec, q.shape[1], rows, cols)
-    case = case_from_spec(cfg, spec, q, o, b=np.asarray(b))
+    try:
+        case = case_from_spec(cfg, spec, q, o, b=np.asarray(b))
+    except ConfigError as exc:
+        raise UserError(f"{layer} ({q.shape[0]} x {q.shape[1]} x {np.asarray(b).shape[1]}, {spec.a_bits}-bit "
+                        f"{spec.a_kind} A, {spec.b_bits}-bit B) cannot run on the engine {cfg.to_dict()}: "
+                        f"{exc}") from None
     gold = np.asarray(rec["out"][image])
     # the golden vectors and sim/reference.py must agree before the RTL is compared with them
     for e in case["expected"]:
@@ -77,41 +101,50 @@ def run_golden_layers(golden_dir: str, layers, *, image: int = 0, rows: int = 4,
     layers : sequence of str
         Layer record names.
     cfg : hw.config.EngineConfig, optional
-        Engine to use for every layer (e.g. an engine that is already built); default: the smallest
-        engine per layer (:func:`engine_config_for`; then every layer must need the same engine).
+        Engine to use for every layer (e.g. an engine that is already built); default: one engine
+        for all the layers (:func:`engine_config_for_layers`).
 
     Each result holds the measured ``cycles`` (equal to :mod:`hw.schedule`, asserted by the
     testbench), ``rows`` (exact output rows), ``shape``, ``model_cycles``, ``utilisation``,
-    ``outliers_per_tile`` and ``record`` (:func:`cycle_record`).  Any mismatch raises.
+    ``outliers_per_tile``, ``record`` (:func:`cycle_record`), ``engine`` (the configuration),
+    ``prep_s`` (building the stream images and expected values of this layer) and ``sim_s`` (wall
+    time of the whole Verilator simulation, shared by all ``layers``, including the simulator start
+    and, when the design was not built yet, the Verilator build).  Any mismatch raises.
     """
-    from golden.cli import UserError
+    import time
+
     from golden.golden_vectors import load_golden
     from hw.engine import build_engine
     from tb.runner import run_cocotb, verilog_for
 
     vec = load_golden(golden_dir)
-    cases, counts, cfgs = [], [], []
+    layers = list(layers)
+    if cfg is None:
+        recs = [_golden_record(vec, golden_dir, layer, image) for layer in layers]
+        cfg = engine_config_for_layers([(r["spec"], r["a_codes"].shape[2]) for r in recs], rows, cols)
+    cases, counts, preps = [], [], []
     for layer in layers:
-        c, case, cnt = _golden_case(vec, golden_dir, layer, image, cfg, rows, cols)
+        t0 = time.monotonic()
+        c, case, cnt = _golden_case(vec, golden_dir, layer, image, cfg)
         case.update(valid_prob=valid_prob, ready_prob=ready_prob)
         cases.append(case)
         counts.append(cnt)
-        cfgs.append(c)
-    if any(c != cfgs[0] for c in cfgs):
-        raise UserError("the layers need different engine builds; run them one by one or pass cfg")
-    cfg = cfgs[0]
+        preps.append(time.monotonic() - t0)
     v = verilog_for(build_engine, "layer_engine", cfg.to_dict())
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "cycles.json"
+        t0 = time.monotonic()
         run_dir = run_cocotb("layer_engine", [v], "tb.test_engine", waves=waves, seed=seed,
                              data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
+        sim_s = time.monotonic() - t0
         results = json.loads(report.read_text())
     if len(results) != len(cases):
         raise AssertionError(f"testbench reported {len(results)} of {len(cases)} layers")
-    for res, case, cnt, layer in zip(results, cases, counts, layers):
+    for res, case, cnt, layer, prep in zip(results, cases, counts, layers, preps):
         res.update(layer=layer, image=image, run_dir=str(run_dir), engine=cfg.to_dict(),
                    model_cycles=case["cycles"], utilisation=case["utilisation"], outliers_per_tile=cnt,
-                   record=cycle_record(cfg, case["shape"], res["cycles"], cnt, name=layer))
+                   record=cycle_record(cfg, case["shape"], res["cycles"], cnt, name=layer),
+                   prep_s=round(prep, 2), sim_s=round(sim_s, 2), verilog=str(v))
     return results
 
 
@@ -122,13 +155,40 @@ def run_golden_layer(golden_dir: str, layer: str, *, image: int = 0, rows: int =
                              valid_prob=valid_prob, ready_prob=ready_prob, waves=waves)[0]
 
 
+def _engine_from_args(args):
+    """The engine of ``--config`` (with ``--rows`` / ``--cols`` overriding it), or ``None``."""
+    from golden.cli import UserError
+    from hw.config import ConfigError, EngineConfig
+
+    if args.config is None:
+        return None
+    try:
+        cfg = EngineConfig.from_file(args.config)
+        over = {k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v is not None}
+        return cfg.replace(**over) if over else cfg
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _run(args) -> int:
-    res = run_golden_layer(str(args.golden_dir), args.layer, image=args.image, rows=args.rows, cols=args.cols,
-                           valid_prob=args.valid_prob, ready_prob=args.ready_prob, waves=args.waves)
-    M, K, N = res["shape"]
-    print(f"{res['layer']} (image {res['image']}, {M}x{K}x{N}) on a {args.rows}x{args.cols} engine: "
-          f"{res['rows']} output rows exact, {res['cycles']} cycles (hw/schedule.py: {res['model_cycles']}), "
-          f"MAC utilisation {res['utilisation']:.3f}; run dir {res['run_dir']}")
+    layers = list(dict.fromkeys(args.layer))
+    cfg = _engine_from_args(args)
+    rows = args.rows if args.rows is not None else 4
+    cols = args.cols if args.cols is not None else 4
+    results = run_golden_layers(str(args.golden_dir), layers, image=args.image, rows=rows, cols=cols, cfg=cfg,
+                                valid_prob=args.valid_prob, ready_prob=args.ready_prob, waves=args.waves)
+    eng = results[0]["engine"]
+    print(f"engine {eng['rows']}x{eng['cols']}: " + ", ".join(f"{k} {v}" for k, v in eng.items()
+                                                              if k not in ("rows", "cols")))
+    for res in results:
+        M, K, N = res["shape"]
+        print(f"{res['layer']} (image {res['image']}, {M}x{K}x{N}, {sum(res['outliers_per_tile'])} outliers): "
+              f"{res['rows']} output rows exact, {res['cycles']} cycles (hw/schedule.py: {res['model_cycles']}), "
+              f"MAC utilisation {res['utilisation']:.3f}")
+    print(f"run dir {results[0]['run_dir']} (simulation {results[0]['sim_s']:.1f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
@@ -136,13 +196,19 @@ def add_subcommands(sub) -> None:
     tb = sub.add_parser("tb", help="RTL testbenches (cocotb + Verilator)")
     tsub = tb.add_subparsers(dest="tb_command", metavar="TB_COMMAND")
     tb.set_defaults(func=lambda args: (tb.print_help(), 0)[1])
-    r = tsub.add_parser("run", help="run one golden-vector layer on the RTL layer engine")
+    r = tsub.add_parser("run", help="run golden-vector layers on the RTL layer engine")
     r.add_argument("golden_dir", type=Path, help="directory written by `vitaccel export-golden`")
-    r.add_argument("--layer", required=True, help="layer record name (see golden.json)")
+    r.add_argument("--layer", required=True, action="append",
+                   help="layer record name (see golden.json); repeat to run several layers in one simulation")
     r.add_argument("--image", type=int, default=0, help="image index (default 0)")
-    r.add_argument("--rows", type=int, default=4, help="engine rows (default 4)")
-    r.add_argument("--cols", type=int, default=4, help="engine columns (default 4)")
+    r.add_argument("--rows", type=int, default=None, help="engine rows (default 4, or the --config value)")
+    r.add_argument("--cols", type=int, default=None, help="engine columns (default 4, or the --config value)")
+    r.add_argument("--config", type=Path, default=None,
+                   help="engine configuration (JSON with EngineConfig fields, as for `vitaccel hw generate "
+                        "--config`); default: the smallest 8-bit engine that runs all the layers")
     r.add_argument("--valid-prob", type=float, default=1.0, help="input valid probability (back-pressure)")
     r.add_argument("--ready-prob", type=float, default=1.0, help="output ready probability (back-pressure)")
-    r.add_argument("--waves", action="store_true", help="record an FST/VCD waveform")
+    r.add_argument("--waves", action="store_true",
+                   help="record a waveform (dump.fst; dump.vcd without liblz4-dev/zlib1g-dev)")
+    r.add_argument("--json", type=Path, default=None, help="write the per-layer results here")
     r.set_defaults(func=_run)

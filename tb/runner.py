@@ -16,8 +16,14 @@ variable (:func:`write_test_data` / :func:`read_test_data`, variable ``VITACCEL_
 
 Waveforms: pass ``waves=True`` or set ``VITACCEL_WAVES=1`` (``WAVES=1`` also works) in the
 environment; the design is then built with tracing (a separate cached build) and every run
-writes ``dump.fst`` (``--trace-fst``; needs the lz4 and zlib headers, which Verilator's FST writer
-includes) or else ``dump.vcd`` into its run directory, whose path is printed and kept.
+writes ``dump.fst`` (``--trace-fst``) into its run directory, whose path is printed and kept.
+Verilator's FST writer (``include/fstcpp/fstcpp_writer.cpp``) includes ``lz4.h`` and ``zlib.h``
+and the model links ``-llz4 -lz``, i.e. it needs the lz4 and zlib *development* packages
+(Debian/Ubuntu ``liblz4-dev`` and ``zlib1g-dev``).  :func:`fst_support` checks this by compiling
+and linking a three-line probe with the C++ compiler Verilator uses; without them the run records
+``dump.vcd`` instead and says once, on one line, which package is missing.
+``VITACCEL_WAVE_FORMAT=vcd`` (or ``fst``) forces a format (``fst`` without the packages is an
+error).
 
 Example
 -------
@@ -212,10 +218,98 @@ def _build_args(extra: Iterable[str]) -> list[str]:
     return out
 
 
-def _fst_supported() -> bool:
-    """Verilator's FST writer needs the lz4 (and zlib) headers; fall back to VCD without them."""
-    dirs = [Path("/usr/include"), Path("/usr/local/include"), Path(sys.prefix) / "include"]
-    return any((d / "lz4.h").exists() for d in dirs) and any((d / "zlib.h").exists() for d in dirs)
+#: Environment variable choosing the waveform format: ``auto`` (default: FST when
+#: :func:`fst_support` says so, else VCD), ``fst`` or ``vcd``.
+WAVE_FORMAT_ENV = "VITACCEL_WAVE_FORMAT"
+#: What Verilator's FST writer needs at C++ compile / link time: (header, library, Debian/Ubuntu
+#: package, Fedora/RHEL package).
+FST_DEPENDENCIES = (("lz4.h", "lz4", "liblz4-dev", "lz4-devel"), ("zlib.h", "z", "zlib1g-dev", "zlib-devel"))
+_fst_cache: tuple[bool, str] | None = None
+_fallback_reported = False
+
+
+def _cxx() -> str | None:
+    """The C++ compiler Verilator's makefiles use (``$CXX``, else ``g++`` as in GNU make)."""
+    cxx = os.environ.get("CXX", "").split()
+    if cxx and shutil.which(cxx[0]):
+        return cxx[0]
+    return shutil.which("g++") or shutil.which("c++")
+
+
+def fst_support(refresh: bool = False) -> tuple[bool, str]:
+    """Whether Verilator can build an FST-tracing model here, and if not, why (one line).
+
+    Compiles and links a probe that includes the headers of :data:`FST_DEPENDENCIES` (``lz4.h``,
+    ``zlib.h``) and links their libraries (``-llz4 -lz``): what ``fstcpp_writer.cpp`` and
+    ``verilated.mk`` need.  The result is cached per process (``refresh=True`` probes again).
+
+    Returns
+    -------
+    (bool, str)
+        ``(True, "")`` or ``(False, reason)`` where ``reason`` names the missing package.
+    """
+    global _fst_cache
+    if _fst_cache is not None and not refresh:
+        return _fst_cache
+    import subprocess
+    import tempfile
+
+    cxx = _cxx()
+    if cxx is None:
+        _fst_cache = (False, "no C++ compiler (g++) found")
+        return _fst_cache
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "fst_probe.cpp"
+        src.write_text("".join(f"#include <{h}>\n" for h, *_ in FST_DEPENDENCIES) + "int main() { return 0; }\n")
+        cmd = [cxx, str(src), "-o", str(Path(tmp) / "fst_probe")] + [f"-l{lib}" for _h, lib, _d, _f in FST_DEPENDENCIES]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            _fst_cache = (False, f"the FST probe could not run {cxx} ({exc})")
+            return _fst_cache
+    if proc.returncode == 0:
+        _fst_cache = (True, "")
+        return _fst_cache
+    err = proc.stderr
+    missing = [(h, lib, deb, rpm) for h, lib, deb, rpm in FST_DEPENDENCIES
+               if f"{h}: No such file" in err or re.search(rf"cannot find -l{lib}\b", err)]
+    if missing:
+        what = " and ".join(f"{deb} ({h}, lib{lib}.so; {rpm} on Fedora)" for h, lib, deb, rpm in missing)
+        _fst_cache = (False, f"missing {what}")
+    else:
+        first = next((ln for ln in err.splitlines() if "error" in ln.lower()), err.strip()[:200])
+        _fst_cache = (False, f"the lz4/zlib probe failed to build: {first}")
+    return _fst_cache
+
+
+def wave_format(waves: bool) -> str | None:
+    """``"fst"``, ``"vcd"`` or ``None`` (no waves) for a run, from :data:`WAVE_FORMAT_ENV` and
+    :func:`fst_support`; prints the one-line fallback notice the first time FST is not possible.
+
+    Raises
+    ------
+    RuntimeError
+        ``VITACCEL_WAVE_FORMAT=fst`` but the FST dependencies are missing, or an unknown value.
+    """
+    global _fallback_reported
+    if not waves:
+        return None
+    want = os.environ.get(WAVE_FORMAT_ENV, "auto").strip().lower() or "auto"
+    if want not in ("auto", "fst", "vcd"):
+        raise RuntimeError(f"{WAVE_FORMAT_ENV} must be auto, fst or vcd, got {want!r}")
+    if want == "vcd":
+        return "vcd"
+    ok, why = fst_support()
+    if ok:
+        return "fst"
+    if want == "fst":
+        raise RuntimeError(f"{WAVE_FORMAT_ENV}=fst but Verilator's FST writer cannot be built: {why} "
+                           "(e.g. `apt-get install liblz4-dev zlib1g-dev`)")
+    if not _fallback_reported:
+        print(f"waves: FST needs lz4/zlib development files, {why}: recording VCD (dump.vcd) instead",
+              file=sys.stderr)
+        _fallback_reported = True
+    return "vcd"
 
 
 def waves_requested(waves: bool | None = None) -> bool:
@@ -298,7 +392,8 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
     seed : int, optional
         cocotb random seed (default 1, reproducible).
     waves : bool, optional
-        Record ``dump.fst`` (or ``dump.vcd`` without lz4 headers); default from ``VITACCEL_WAVES`` / ``WAVES``.
+        Record ``dump.fst`` (or ``dump.vcd`` without the lz4 / zlib development packages, see
+        :func:`fst_support`); default from ``VITACCEL_WAVES`` / ``WAVES``.
     build_args : iterable of str
         Extra Verilator options (added to :data:`DEFAULT_BUILD_ARGS`).
     run_name : str, optional
@@ -327,7 +422,8 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
         if not s.exists():
             raise FileNotFoundError(f"run_cocotb: Verilog source {s} does not exist")
     args = _build_args(build_args)
-    if waves and _fst_supported():
+    fmt = wave_format(waves)
+    if fmt == "fst":
         args.append("--trace-fst")
     params = dict(parameters or {})
     design_key = _digest(toplevel, [s.read_text() for s in sources], args, params, waves)
@@ -385,7 +481,9 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
         raise AssertionError(f"{len(failures)} of {n} cocotb tests failed in {test_module}:\n  "
                              + "\n  ".join(failures) + f"\nlog {log}:\n{_tail(log)}")
     if waves:
-        for wave in ("dump.fst", "dump.vcd"):
-            if (test_dir / wave).exists():
-                print(f"waveform: {test_dir / wave}", file=sys.stderr)
+        wave = test_dir / f"dump.{fmt}"
+        if wave.exists():
+            print(f"waveform: {wave}", file=sys.stderr)
+        else:
+            print(f"waveform: expected {wave} but the simulation wrote none", file=sys.stderr)
     return test_dir

@@ -119,7 +119,8 @@ def test_flow_end_to_end_on_embedded_default(tmp_path):
     assert doc["data"]["calib_size"] == 24 and doc["data"]["eval_size"] == 16
     acc = doc["accuracy"]
     assert 50.0 <= acc["fp32"] <= 100.0  # the trained digits model, not chance (10 %)
-    for kind in ("fakequant", "intsim", "intsim_agreement"):
+    assert acc["intsim_agreement"] == {"baseline": 100.0, "adfq": 100.0}  # sim == integer-grid fake-quant
+    for kind in ("fakequant_float", "fakequant", "intsim", "intsim_agreement"):
         assert set(acc[kind]) == {"baseline", "adfq"}
         for v in acc[kind].values():
             assert 0.0 <= v <= 100.0

@@ -99,14 +99,18 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     assert rep["calib_size"] == 4 and "blocks.0.attn.qkv" in rep["outliers"]
     code, out = run(capsys, "eval", prog, "--backend", "fakequant", "--data", data, "--class-map", cmap,
                     "--workers", "0")
-    assert code == 0 and "fakequant: top-1" in out.out
+    assert code == 0 and "fakequant: top-1" in out.out and "[integer grid]" in out.out
+    code, out = run(capsys, "eval", prog, "--backend", "fakequant", "--float-fakequant", "--data", data,
+                    "--class-map", cmap, "--workers", "0")
+    assert code == 0 and "[float]" in out.out
     shards = []
     for i in range(2):
         js = tmp_path / f"s{i}.json"
         code, out = run(capsys, "eval", prog, "--backend", "sim", "--sim-backend", "reference", "--data", data,
                         "--class-map", cmap, "--workers", "0", "--shard", f"{i}/2", "--json", js)
         assert code == 0, out.err
-        assert "agreement with fake-quant" in out.out
+        # the integer grid fake-quant and the numpy reference compute the same integers
+        assert "agreement with fake-quant (integer grid) 100.00 %" in out.out
         shards.append(js)
     code, out = run(capsys, "merge", *shards, "--json", tmp_path / "m.json")
     assert code == 0 and "(6 images)" in out.out

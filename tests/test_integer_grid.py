@@ -1,0 +1,120 @@
+"""Integer-grid fake quantization (golden/integer_grid.py) against the spec and the numpy reference.
+
+The torch primitives and encoders are an implementation of docs/datapath.md independent of
+``sim/reference.py``; these tests compare the two on random inputs and the spec's worked examples,
+and then whole tiny models: the fake-quant model on the integer grid must give the same logits, bit
+for bit, as the numpy reference running the exported program image by image.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from golden import integer_grid as G
+from golden.int_eval import ProgramRunner
+from golden.program import export_program
+from sim import reference as ref
+
+from golden_helpers import calibrated, images
+
+
+def _t(a):
+    return torch.tensor(a, dtype=torch.int64)
+
+
+def test_round_shift_spec_examples():
+    # docs/datapath.md section 1: 2.5 -> 3, -2.5 -> -2, -1.5 -> -1, 1.75 -> 2; s = 0 is the identity
+    assert G.round_shift(_t([5, -5, -6, 7]), _t([1, 1, 2, 2])).tolist() == [3, -2, -1, 2]
+    assert G.round_shift(_t([-3, 9]), 0).tolist() == [-3, 9]
+
+
+def test_round_log_spec_examples_and_exact_bit_length():
+    # section 8.2: a = 8192 -> 13, a = 3 -> 2 (mantissa 49152 >= 46341)
+    assert G.round_log2(_t([8192, 3, 1])).tolist() == [13, 2, 0]
+    vals = [1, 2, 3, 2 ** 31 - 1, 2 ** 31, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 1, 2 ** 61 + 12345, 2 ** 62 - 1]
+    assert G.bit_length_minus_one(_t(vals)).tolist() == [v.bit_length() - 1 for v in vals]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 2 ** 40), min_size=1, max_size=64))
+def test_round_log_matches_reference(vals):
+    v = np.array(vals, np.int64)
+    assert G.round_log2(torch.from_numpy(v)).tolist() == ref.round_log2(v).tolist()
+    assert G.round_log_sqrt2(torch.from_numpy(v)).tolist() == ref.round_log_sqrt2(v).tolist()
+
+
+def test_three_region_encoder_spec_example():
+    # section 8.3: k = 4, m0 = 2, m1 = 5; w = 10.6 * 2^16 -> 0b0011, w = 40 * 2^16 -> 0b1001
+    enc = G.GridEncoder({"kind": "three_region", "bits": 4, "in_frac": 16, "r": "r", "z": "z", "se": 16,
+                         "m0": 2, "m1": 5}, {"r": np.array([1 << 16]), "z": np.array([0])})
+    codes, _ = enc.encode(torch.tensor([10.6, 40.0, -1.0, 0.0]))
+    ref_codes = ref.encode_three_region(ref.to_fixed(np.array([10.6, 40.0, -1.0, 0.0], np.float32), 16, 32)[0],
+                                        1 << 16, 16, 4, 2, 5)
+    assert codes.tolist()[:2] == [0b0011, 0b1001]
+    assert codes.tolist() == ref_codes.tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from([4, 6, 8]), base=st.sampled_from(["2", "sqrt2"]))
+def test_encoders_match_reference(seed, bits, base):
+    rng = np.random.default_rng(seed)
+    m, k = 5, 7
+    x = (rng.standard_normal((m, k)) * rng.choice([0.05, 1.0, 6.0])).astype(np.float32)
+    x_fx, _ = ref.to_fixed(x, 16, 32)
+    r = rng.integers(1 << 10, 1 << 23, m)
+    z = rng.integers(0, 2 ** bits, m)
+    tens = {"r": r, "z": z, "r1": r[:1], "z0": np.zeros(1, np.int64)}
+    # per-patch uniform with outliers
+    e = G.GridEncoder({"kind": "uniform", "bits": bits, "in_frac": 16, "r": "r", "z": "z", "se": 30,
+                       "alpha_fx": 2 << 16, "fo": 2}, tens)
+    q, o = e.encode(torch.from_numpy(x))
+    rq, ro, _, _ = ref.encode_per_patch(x_fx, r, 30, z, bits, 2 << 16, 2, False)
+    dense = np.zeros((m, k), np.int64)
+    for rr, cc, vv in np.asarray(ro).reshape(-1, 3):
+        dense[rr, cc] = vv
+    assert q.tolist() == rq.tolist() and o.tolist() == dense.tolist()
+    # shift-log2 (post-GELU range)
+    g = torch.nn.functional.gelu(torch.from_numpy(x))
+    g_fx, _ = ref.to_fixed(g.numpy(), 16, 32)
+    e = G.GridEncoder({"kind": "shiftlog2", "bits": bits, "in_frac": 16, "r": "r1", "z": "z0", "se": 28,
+                       "sh": 11141, "base": base}, tens)
+    assert e.encode(g)[0].tolist() == ref.encode_shiftlog2(g_fx, 11141, int(r[0]), 28, bits, base).tolist()
+    # post-softmax log2
+    p = torch.softmax(torch.from_numpy(x) * 4, dim=-1)
+    p_fx, _ = ref.to_fixed(p.numpy(), 15, 32)
+    e = G.GridEncoder({"kind": "log2", "bits": bits, "in_frac": 15, "r": "r1", "z": "z0"}, tens)
+    assert e.encode(p)[0].tolist() == ref.encode_log2(p_fx, 15, bits).tolist()
+
+
+@pytest.mark.parametrize("method,bits", [("adfq", "w4a4"), ("adfq", "w6a6"), ("mptq", "w4a4"),
+                                         ("baseline", "w8a8")])
+def test_grid_fakequant_equals_reference_program(method, bits, torch_one_thread):
+    qvit = copy.deepcopy(calibrated(method, bits))
+    prog = export_program(qvit)
+    x = images(3, seed=7)
+    with torch.no_grad():
+        float_logits = qvit(x)
+        qvit.use_integer_grid(prog)
+        assert qvit.on_integer_grid
+        grid_logits = qvit(x)
+        qvit.use_float_fakequant()
+        assert not qvit.on_integer_grid
+        assert torch.equal(qvit(x), float_logits)  # detaching restores float fake-quant exactly
+    runner = ProgramRunner(prog, backend="reference")
+    sim_logits = torch.stack([runner.run_image(img) for img in x])
+    assert torch.equal(grid_logits, sim_logits), float((grid_logits - sim_logits).abs().max())
+    # and the grid is a real change: float fake-quant is close but not bit-identical
+    assert torch.allclose(float_logits, sim_logits, atol=0.25 * float(sim_logits.abs().max()))
+
+
+def test_grid_rejects_wrong_row_count():
+    qvit = copy.deepcopy(calibrated("adfq", "w4a4"))
+    qvit.use_integer_grid()
+    enc = qvit.model.blocks[0].attn.qkv.input_quantizer.grid_encoder
+    with pytest.raises(G.IntegerGridError, match="rows"):
+        enc.encode(torch.zeros(1, 3, 64))
