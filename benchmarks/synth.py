@@ -2,11 +2,12 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/synth.py [--sizes 8x8 16x16] [--bits 4] [--no-pnr] [-o build/synth]
+    .venv/bin/python benchmarks/synth.py [--sizes 8x8 16x16] [--bits 4] [--no-pnr] [--router router1] [-o build/synth]
 
 Prints one Markdown row per size: LUT4, TRELLIS_FF, MULT18X18D, DP16KD (yosys) and the nextpnr
 utilisation and Fmax at 150 MHz target on LFE5U-85F CABGA381.  16x16 place-and-route can take a long
-time on 2 cores; ``--no-pnr`` stops after synthesis.
+time on 2 cores; ``--no-pnr`` stops after synthesis.  ``--router`` picks nextpnr's router (default
+``router1``: ``router2`` stalled on the full engine, docs/hardware.md).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, default=4, help="W = A bits (default 4)")
     ap.add_argument("--no-pnr", action="store_true")
     ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--router", choices=("router1", "router2"), default="router1")
     ap.add_argument("-o", "--output", type=Path, default=Path("build/synth"))
     args = ap.parse_args(argv)
     rows = []
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         out = args.output / f"{size}_w{args.bits}a{args.bits}"
         generate(cfg, out / "rtl", tops=["layer_engine"])
         res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=not args.no_pnr,
-                         timeout=args.timeout)
+                         timeout=args.timeout, router=args.router)
         cells, pnr = res["cells"], res.get("pnr", {})
         rows.append(f"| {size} | W{args.bits}A{args.bits} | {acc} | {cells.get('LUT4', '?')} | "
                     f"{cells.get('TRELLIS_FF', '?')} | {cells.get('MULT18X18D', 0)} | {cells.get('DP16KD', 0)} | "

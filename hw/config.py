@@ -36,10 +36,12 @@ DRAIN_OFFSET = MAC_LATENCY - 1
 #: correction register) minus one: the window must last ``OUTLIER_LATENCY`` cycles after the last
 #: outlier beat so that the next drain sees every correction.
 OUTLIER_LATENCY = 2
-#: Drain stages before the requantiser: row select, zero-point product, ``(acc_d << FO) + corr``.
-PRE_REQUANT_LATENCY = 3
+#: Drain stages before the requantiser: row select, zero-point partial products ``za * colsum``
+#: (DSP blocks) and their sum, ``acc_d = acc_raw - za * colsum``, ``(acc_d << FO) + corr``,
+#: truncation / range check.
+PRE_REQUANT_LATENCY = 6
 #: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
-REQUANT_LATENCY = 7
+REQUANT_LATENCY = 10
 #: Width of the run-time shape fields ``M``, ``K``, ``N`` and of outlier row/column indices.
 DIM_BITS = 16
 

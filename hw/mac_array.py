@@ -19,11 +19,16 @@ the drain (one shadow row per cycle, :attr:`MacArray.drain_row`) overlaps the ne
 The PE multiplier ``|b| * mag`` is written as a shift-and-add over the ``b_bits - 1`` magnitude bits of
 ``b`` (LUT logic; the FPGA's DSP blocks are left to the requantiser and the zero-point correction).
 
-Pipeline (all registers advance only when ``en`` is high -- the engine's global stall)::
+Pipeline (all registers advance only when ``en`` is high -- the engine's global stall; ``en`` and the
+product-stage control come in ``en_copies`` identical copies, one per group of PEs, to bound fanout)::
 
-    cycle t   : triples + B row valid at the inputs (decoder register / B buffer read data)
-    cycle t   : p = (|b| * mag) << sh, sign = neg ^ (b < 0)          -> product register
-    cycle t+1 : acc = first ? +-p : acc +- p ; last -> shadow        -> accumulator / shadow
+    cycle t   : triples + B row valid at the inputs (decoder register / B buffer row register)
+    cycle t   : p = (|b| * mag) << sh[0:2], sh[2:4], s = neg ^ (b < 0)  -> product register
+    cycle t+1 : q = p << 4 sh[2:4]; acc = acc +- q ;
+                last -> shadow                                          -> accumulator / shadow
+
+(the shift ``<< sh`` is split over the two stages; ``+-q`` is ``(q ^ -s) + s`` with the ``+ s`` as the
+carry-in of the accumulator's one carry chain).
 """
 from __future__ import annotations
 
@@ -31,13 +36,13 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacArray", "TripleLayout", "pe_product"]
+__all__ = ["MacArray", "TripleLayout", "pe_product", "adder_tree"]
 
 #: A decoded A operand as seen by the array (docs/datapath.md section 4).
 TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": unsigned(4)})
 
 
-def pe_product(m: Module, b, mag, b_bits: int, mag_bits: int = 9):
+def pe_product(m: Module, b, mag, b_bits: int, mag_bits: int = 9, name: str = "pe"):
     """``|b| * mag`` as a shift-and-add (no ``*`` operator, so no DSP block is inferred).
 
     Returns ``(product, b_negative)``; ``product`` is unsigned ``b_bits - 1 + mag_bits`` bits.
@@ -45,15 +50,33 @@ def pe_product(m: Module, b, mag, b_bits: int, mag_bits: int = 9):
     absb = Signal(b_bits - 1)
     m.d.comb += absb.eq(Mux(b[-1], -b, b)[:b_bits - 1])
     terms = [Mux(absb[i], mag << i, 0) for i in range(b_bits - 1)]
-    # balanced adder tree
+    prod = Signal(b_bits - 1 + mag_bits)
+    m.d.comb += prod.eq(adder_tree(m, terms, f"{name}_sum"))
+    return prod, b[-1]
+
+
+def adder_tree(m: Module, terms: list, name: str = "sum"):
+    """Balanced tree of two-input adds whose intermediate sums are ``keep`` signals.
+
+    Without the ``keep`` wires yosys (``alumacc``) merges a multi-operand sum into one ``$macc`` cell
+    and maps it to LUT logic (a single PE product took 124 LUT4 + 103 wide-mux cells instead of
+    28 LUT4 + 10 CCU2C carry cells at W4A4).
+    """
+    level = 0
     while len(terms) > 1:
-        nxt = [terms[i] + terms[i + 1] for i in range(0, len(terms) - 1, 2)]
+        nxt = []
+        for i in range(0, len(terms) - 1, 2):
+            s = terms[i] + terms[i + 1]
+            if len(terms) > 2:          # an intermediate sum: keep it a separate carry chain
+                sig = Signal(s.shape(), name=f"{name}_l{level}_{i // 2}", attrs={"keep": 1})
+                m.d.comb += sig.eq(s)
+                s = sig
+            nxt.append(s)
         if len(terms) % 2:
             nxt.append(terms[-1])
         terms = nxt
-    prod = Signal(b_bits - 1 + mag_bits)
-    m.d.comb += prod.eq(terms[0])
-    return prod, b[-1]
+        level += 1
+    return terms[0]
 
 
 class MacArray(wiring.Component):
@@ -69,69 +92,102 @@ class MacArray(wiring.Component):
         Accumulator width (signed); products and sums are exact as long as the layer respects the
         accumulator bound of docs/datapath.md section 6 (checked by the host,
         :func:`hw.config.check_layer_acc`).
+    drain_copies : int
+        Number of (identical) copies of :attr:`drain_row` (default 1), to split its fanout.
+    en_copies : int
+        Number of (identical) copies of the global enable driven into the array (default 1).  The
+        PEs are split into ``en_copies`` groups of consecutive PEs (row-major); group ``g`` uses
+        ``en[g]`` and has its own copy of the product-stage control registers (``valid``,
+        ``last``), so no enable or control net drives more than one group.
 
     Attributes
     ----------
-    en : In(1)
-        Global enable (pipeline advances).
+    en : In(en_copies)
+        Global enable (pipeline advances), every bit the same value.
     valid, first, last : In(1)
-        This cycle carries an operand column; it is the first / last column of a tile.
+        This cycle carries an operand column; it is the first / last column of a tile.  ``first`` is
+        not needed by the datapath (the ``last`` column moves the sum to the shadow register and
+        clears the accumulator, and reset clears it too, so every tile starts from 0); the port is
+        kept for the interface and documentation of the operand stream.
     a : In(ArrayLayout(TripleLayout, rows))
         Decoded A column (one triple per row).
     b : In(ArrayLayout(signed(b_bits), cols))
         B row.
-    drain_row : In(range(rows))
-        Shadow row selected on :attr:`shadow_row` (combinational read).
+    drain_row : In(ArrayLayout(range(rows), drain_copies))
+        Shadow row selected on :attr:`shadow_row` (combinational read), in ``drain_copies``
+        identical copies (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain
+        ``range(rows)`` port).
     shadow_row : Out(ArrayLayout(signed(acc_bits), cols))
         ``acc_raw`` of the selected row of the last finished tile.
     """
 
-    def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int):
+    def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int, en_copies: int = 1,
+                 drain_copies: int = 1):
+        if not 1 <= en_copies <= rows * cols:
+            raise ValueError(f"MacArray: en_copies must be in 1..{rows * cols}, got {en_copies}")
         self.rows, self.cols, self.b_bits, self.acc_bits = rows, cols, b_bits, acc_bits
+        if not 1 <= drain_copies <= cols:
+            raise ValueError(f"MacArray: drain_copies must be in 1..{cols}, got {drain_copies}")
+        self.en_copies, self.drain_copies = en_copies, drain_copies
         super().__init__({
-            "en": In(1),
+            "en": In(en_copies),
             "valid": In(1),
             "first": In(1),
             "last": In(1),
             "a": In(data.ArrayLayout(TripleLayout, rows)),
             "b": In(data.ArrayLayout(signed(b_bits), cols)),
-            "drain_row": In(range(max(2, rows))),
+            "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies)),
             "shadow_row": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
 
+    def group_of(self, r: int, c: int) -> int:
+        """Enable / control group of PE ``(r, c)``."""
+        return (r * self.cols + c) * self.en_copies // (self.rows * self.cols)
+
     def elaborate(self, platform):
         m = Module()
-        R, C, W = self.rows, self.cols, self.acc_bits
-        # product stage control
-        p_valid = Signal()
-        p_first = Signal()
-        p_last = Signal()
-        with m.If(self.en):
-            m.d.sync += [p_valid.eq(self.valid), p_first.eq(self.first), p_last.eq(self.last)]
+        R, C, W, E = self.rows, self.cols, self.acc_bits, self.en_copies
+        # product stage control, one copy per enable group
+        p_valid = [Signal(name=f"p_valid{g}") for g in range(E)]
+        p_last = [Signal(name=f"p_last{g}") for g in range(E)]
+        for g in range(E):
+            with m.If(self.en[g]):
+                m.d.sync += [p_valid[g].eq(self.valid), p_last[g].eq(self.last)]
         shadows = []
         for r in range(R):
             row_sh = []
             trip = self.a[r]
             for c in range(C):
-                prod, bneg = pe_product(m, self.b[c], trip.mag, self.b_bits)
-                shifted = Signal(W, name=f"pe{r}_{c}_p")
+                g = self.group_of(r, c)
+                en = self.en[g]
+                prod, bneg = pe_product(m, self.b[c], trip.mag, self.b_bits, name=f"pe{r}_{c}")
+                # the shift by sh is split: fine part (sh[0:2]) in the product stage, coarse part
+                # (sh[2:4], multiples of 4) in the accumulate stage, so neither stage has the whole
+                # barrel shifter in series with its carry chains
+                fine = Signal(len(prod) + 3, name=f"pe{r}_{c}_p")
+                coarse = Signal(2, name=f"pe{r}_{c}_sh")
                 sign = Signal(name=f"pe{r}_{c}_s")
                 acc = Signal(signed(W), name=f"pe{r}_{c}_acc")
                 shadow = Signal(signed(W), name=f"pe{r}_{c}_shadow")
-                with m.If(self.en & self.valid):
-                    m.d.sync += [shifted.eq((prod << trip.sh)[:W]), sign.eq(trip.neg ^ bneg)]
-                term = Mux(sign, -shifted, shifted)
-                base = Mux(p_first, 0, acc)
-                total = (base + term)[:W].as_signed()
-                with m.If(self.en & p_valid):
-                    with m.If(p_last):
+                # the product register loads every enabled cycle (a product without p_valid is unused)
+                with m.If(en):
+                    m.d.sync += [fine.eq(prod << trip.sh[:2]), coarse.eq(trip.sh[2:4]),
+                                 sign.eq(trip.neg ^ bneg)]
+                # +-p as a one's complement plus carry-in: base + (p ^ -s) + s
+                px = ((fine << Cat(Const(0, 2), coarse))[:W]) ^ sign.replicate(W)
+                base = acc           # 0 at the first column of every tile (cleared by ``last``)
+                # one W+1-bit carry chain: (2 base + s) + (2 px + s) = 2 (base + px + s)
+                total = (Cat(sign, base) + Cat(sign, px))[1:W + 1].as_signed()
+                with m.If(en & p_valid[g]):
+                    with m.If(p_last[g]):
                         m.d.sync += [shadow.eq(total), acc.eq(0)]
                     with m.Else():
                         m.d.sync += acc.eq(total)
                 row_sh.append(shadow)
             shadows.append(row_sh)
-        with m.Switch(self.drain_row):
-            for r in range(R):
-                with m.Case(r):
-                    m.d.comb += [self.shadow_row[c].eq(shadows[r][c]) for c in range(C)]
+        for c in range(C):
+            with m.Switch(self.drain_row[c * self.drain_copies // C]):
+                for r in range(R):
+                    with m.Case(r):
+                        m.d.comb += self.shadow_row[c].eq(shadows[r][c])
         return m

@@ -29,6 +29,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import DIM_BITS
+from .mac_array import adder_tree
 
 __all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout"]
 
@@ -42,6 +43,16 @@ OutlierEntryLayout = data.StructLayout({
 def outlier_beat_layout(lanes: int) -> data.ArrayLayout:
     """Payload of one outlier stream beat: ``lanes`` entries."""
     return data.ArrayLayout(OutlierEntryLayout, lanes)
+
+
+def val_times_b(m: Module, val, b, b_bits: int, name: str = "outl_p"):
+    """``val * b`` (``b`` signed ``b_bits``).  For ``b_bits <= 4`` a shift-and-add in LUTs (a few
+    carry chains, faster than the ECP5 DSP block's combinational multiplier), else ``*`` (DSP)."""
+    if b_bits > 4:
+        return val * b
+    terms = [Mux(b[i], val << i, 0) for i in range(b_bits - 1)]
+    terms.append(Mux(b[b_bits - 1], -(val << (b_bits - 1)), 0))   # sign bit has weight -2^(k-1)
+    return adder_tree(m, terms, name)
 
 
 class OutlierUnit(wiring.Component):
@@ -61,11 +72,16 @@ class OutlierUnit(wiring.Component):
         Signed width of a correction register.
     addr_bits : int
         Width of a B buffer read address (``col`` is truncated to it after the range check).
+    en_copies : int
+        Identical copies of the enable (default 1): copy 0 drives the entry / product stages and the
+        flags, the correction rows are split into ``en_copies`` groups (fanout of the enable).
+    drain_copies : int
+        Identical copies of :attr:`drain_row` (default 1).
 
     Attributes
     ----------
-    en : In(1)
-        Global enable.
+    en : In(en_copies)
+        Global enable (every bit the same value).
     issue : In(1)
         :attr:`entries` hold a beat to process this cycle.
     entries : In(outlier_beat_layout(lanes))
@@ -77,8 +93,10 @@ class OutlierUnit(wiring.Component):
         A new tile announces its outlier count (checked against ``capacity``).
     rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
         B buffer read ports (one per lane).
-    drain : In(1), drain_row : In(range(rows))
-        Read correction row ``drain_row`` on :attr:`corr_row` and clear it (when ``en``).
+    drain : In(1), drain_row : In(ArrayLayout(range(rows), drain_copies))
+        Read correction row ``drain_row`` on :attr:`corr_row` and clear it (when ``en``);
+        ``drain_copies`` identical copies of the row number (column ``c`` uses copy
+        ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
         Sticky error flags, cleared by :attr:`clear`.
@@ -86,11 +104,16 @@ class OutlierUnit(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, capacity: int, lanes: int, corr_bits: int,
-                 addr_bits: int):
+                 addr_bits: int, en_copies: int = 1, drain_copies: int = 1):
+        if not 1 <= en_copies <= rows:
+            raise ValueError(f"OutlierUnit: en_copies must be in 1..{rows}, got {en_copies}")
+        if not 1 <= drain_copies <= cols:
+            raise ValueError(f"OutlierUnit: drain_copies must be in 1..{cols}, got {drain_copies}")
+        self.en_copies, self.drain_copies = en_copies, drain_copies
         self.rows, self.cols, self.b_bits = rows, cols, b_bits
         self.capacity, self.lanes, self.corr_bits, self.addr_bits = capacity, lanes, corr_bits, addr_bits
         super().__init__({
-            "en": In(1),
+            "en": In(en_copies),
             "issue": In(1),
             "entries": In(outlier_beat_layout(lanes)),
             "row0": In(DIM_BITS),
@@ -101,7 +124,7 @@ class OutlierUnit(wiring.Component):
             "rd_addr": Out(data.ArrayLayout(unsigned(addr_bits), lanes)),
             "rd_data": In(data.ArrayLayout(data.ArrayLayout(signed(b_bits), cols), lanes)),
             "drain": In(1),
-            "drain_row": In(range(max(2, rows))),
+            "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies)),
             "corr_row": Out(data.ArrayLayout(signed(corr_bits), cols)),
             "overflow": Out(1),
             "range_error": Out(1),
@@ -111,6 +134,10 @@ class OutlierUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C, L = self.rows, self.cols, self.lanes
+        en0 = self.en[0]
+
+        def en_row(r):
+            return self.en[r * self.en_copies // R]
         rbits = max(1, (R - 1).bit_length())
 
         # ---- stage 0: range check, register entries, address the B rows
@@ -128,7 +155,7 @@ class OutlierUnit(wiring.Component):
         s1_ok = [Signal(name=f"s1_ok{l}") for l in range(L)]
         s1_row = [Signal(rbits, name=f"s1_row{l}") for l in range(L)]
         s1_val = [Signal(signed(16), name=f"s1_val{l}") for l in range(L)]
-        with m.If(self.en):
+        with m.If(en0):
             for l in range(L):
                 m.d.sync += [s1_ok[l].eq(self.issue & ok[l]), s1_row[l].eq(rel[l][:rbits]),
                              s1_val[l].eq(self.entries[l].val)]
@@ -138,11 +165,11 @@ class OutlierUnit(wiring.Component):
         s2_ok = [Signal(name=f"s2_ok{l}") for l in range(L)]
         s2_row = [Signal(rbits, name=f"s2_row{l}") for l in range(L)]
         s2_p = [[Signal(signed(pbits), name=f"s2_p{l}_{c}") for c in range(C)] for l in range(L)]
-        with m.If(self.en):
+        with m.If(en0):
             for l in range(L):
                 m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l])]
                 for c in range(C):
-                    m.d.sync += s2_p[l][c].eq(s1_val[l] * self.rd_data[l][c])
+                    m.d.sync += s2_p[l][c].eq(val_times_b(m, s1_val[l], self.rd_data[l][c], self.b_bits, f"outl_p{l}_{c}"))
 
         # ---- stage 2: accumulate into the correction registers; drain reads and clears a row
         corr = [[Signal(signed(self.corr_bits), name=f"corr{r}_{c}") for c in range(C)] for r in range(R)]
@@ -152,20 +179,21 @@ class OutlierUnit(wiring.Component):
                 add = 0
                 for l in range(L):
                     add = add + Mux(hit[l], s2_p[l][c], 0)
-                with m.If(self.en):
-                    with m.If(self.drain & (self.drain_row == r)):
+                with m.If(en_row(r)):
+                    with m.If(self.drain & (self.drain_row[c * self.drain_copies // C] == r)):
                         m.d.sync += corr[r][c].eq(0)
                     with m.Elif(Cat(*hit).any()):
                         m.d.sync += corr[r][c].eq(corr[r][c] + add)
-        with m.Switch(self.drain_row):
-            for r in range(R):
-                with m.Case(r):
-                    m.d.comb += [self.corr_row[c].eq(corr[r][c]) for c in range(C)]
+        for c in range(C):
+            with m.Switch(self.drain_row[c * self.drain_copies // C]):
+                for r in range(R):
+                    with m.Case(r):
+                        m.d.comb += self.corr_row[c].eq(corr[r][c])
 
         # ---- error flags
         with m.If(self.clear):
             m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
-        with m.Elif(self.en):
+        with m.Elif(en0):
             with m.If(self.tile_start & (self.tile_count > self.capacity)):
                 m.d.sync += self.overflow.eq(1)
             with m.If(self.issue & Cat(*bad).any()):

@@ -21,8 +21,10 @@ from .common import OutFormat, partial_products, round_half, sum_products
 
 __all__ = ["Requantiser", "requant_in_layout", "requant_out_layout", "LATENCY"]
 
-#: Register stages between input and output: 2 multipliers x (partials, sum, shift) + saturate.
-LATENCY = 7
+#: Register stages between input and output: row multiplier (partials, sum), ``>> Sr``, range
+#: check, column multiplier (partials, sum), ``>> Sc`` in two steps (coarse, fine), ``+ z_out`` with
+#: the range comparisons, saturate.
+LATENCY = 10
 
 
 def requant_in_layout(acc_bits: int, tag_bits: int) -> data.StructLayout:
@@ -83,7 +85,7 @@ class Requantiser(wiring.Component):
 
     Notes
     -----
-    Latency :data:`LATENCY` = 7 cycles, one element per cycle.  A stall (``o.valid & ~o.ready``)
+    Latency :data:`LATENCY` = 10 cycles, one element per cycle.  A stall (``o.valid & ~o.ready``)
     freezes the whole pipeline; ``i.ready = ~o.valid | o.ready``.  Config ports must be stable while
     elements are in flight.
     """
@@ -112,7 +114,7 @@ class Requantiser(wiring.Component):
         en = Signal()
         m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
 
-        # valid bits of stages 1..6 (stage 7 is the output register, o.valid)
+        # valid bits of stages 1..LATENCY-1 (the last stage is the output register, o.valid)
         valid = [Signal(name=f"valid{s}") for s in range(1, LATENCY)]
         with m.If(en):
             m.d.sync += valid[0].eq(self.i.valid)
@@ -128,52 +130,76 @@ class Requantiser(wiring.Component):
             return reg
 
         p = self.i.payload
+        # config-derived constants, registered (config ports are stable while elements are in flight;
+        # an element needs at least one cycle to reach the first stage that uses them)
+        rh_row = Signal(16, name="rh_row")
+        lo = Signal(signed(33), name="sat_lo")
+        hi = Signal(signed(33), name="sat_hi")
+        lo_mz = Signal(signed(34), name="sat_lo_mz")   # lo - z_out
+        hi_mz = Signal(signed(34), name="sat_hi_mz")   # hi - z_out
+        lo_c = Signal(signed(33))
+        hi_c = Signal(signed(33))
+        with m.Switch(self.out_fmt):
+            with m.Case(OutFormat.UCODE):
+                m.d.comb += [lo_c.eq(0), hi_c.eq((Const(1, 9) << self.bits) - 1)]
+            with m.Case(OutFormat.SCODE):
+                half = (Const(1, 9) << self.bits) >> 1
+                m.d.comb += [lo_c.eq(1 - half), hi_c.eq(half - 1)]
+            with m.Case(OutFormat.FIXED16):
+                m.d.comb += [lo_c.eq(-(1 << 15)), hi_c.eq((1 << 15) - 1)]
+            with m.Case(OutFormat.FIXED32):
+                m.d.comb += [lo_c.eq(-(1 << 31)), hi_c.eq((1 << 31) - 1)]
+        m.d.sync += [rh_row.eq(round_half(self.sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
+                     lo_mz.eq(lo_c - self.z_out), hi_mz.eq(hi_c - self.z_out)]
+
         # ---- row stage: t = round_shift(acc * Mr, Sr)
+        # 1: partial products (18x18 DSP blocks)
         pp1 = partial_products(p.acc, p.mr, self.chunk)
         s1 = [stage(prod, f"row_pp{j}") for j, (prod, _) in enumerate(pp1)]
         mc1, sc1, bq1, tag1 = (stage(p.mc, "mc1"), stage(p.sc, "sc1"), stage(p.bq, "bq1"), stage(p.tag, "tag1"))
-        sum1 = sum_products(s1, [sh for _, sh in pp1], round_half(self.sr, 16))
+        # 2: sum + rounding constant; column rounding constant + bias precomputed alongside
+        sum1 = sum_products(s1, [sh for _, sh in pp1], rh_row)
         prod_r2 = stage(sum1, "row_sum")
-        mc2, sc2, bq2, tag2 = stage(mc1, "mc2"), stage(sc1, "sc2"), stage(bq1, "bq2"), stage(tag1, "tag2")
-        t_full = prod_r2 >> self.sr
+        mc2, tag2 = stage(mc1, "mc2"), stage(tag1, "tag2")
+        sc2 = stage(sc1, "sc2")
+        bqr2 = stage(bq1 + round_half(sc1, 47), "bq_round2")
+        # 3: variable right shift by Sr (its own stage)
+        t_sh = stage(prod_r2 >> self.sr, "t_shifted")
+        mc3, sc3, bqr3, tag3 = stage(mc2, "mc3"), stage(sc2, "sc3"), stage(bqr2, "bq_round3"), stage(tag2, "tag3")
+        # 4: range check against acc_bits and clamp
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        t_fault = (t_full < t_lo) | (t_full > t_hi)
-        t3 = stage(Mux(t_full < t_lo, t_lo, Mux(t_full > t_hi, t_hi, t_full))[:ab].as_signed(), "t")
-        fault3 = stage(t_fault, "fault3")
-        mc3, sc3, bq3, tag3 = stage(mc2, "mc3"), stage(sc2, "sc3"), stage(bq2, "bq3"), stage(tag2, "tag3")
+        t_fault = (t_sh < t_lo) | (t_sh > t_hi)
+        t4 = stage(Mux(t_sh < t_lo, t_lo, Mux(t_sh > t_hi, t_hi, t_sh))[:ab].as_signed(), "t")
+        fault4 = stage(t_fault, "fault4")
+        mc4, sc4, bqr4, tag4 = stage(mc3, "mc4"), stage(sc3, "sc4"), stage(bqr3, "bq_round4"), stage(tag3, "tag4")
 
         # ---- column stage: v = round_shift(t * Mc + Bq, Sc)
-        pp2 = partial_products(t3, mc3, self.chunk)
-        s4 = [stage(prod, f"col_pp{j}") for j, (prod, _) in enumerate(pp2)]
-        sc4, bq4, tag4, fault4 = stage(sc3, "sc4"), stage(bq3, "bq4"), stage(tag3, "tag4"), stage(fault3, "fault4")
-        sum2 = sum_products(s4, [sh for _, sh in pp2], bq4 + round_half(sc4, 47))
-        s5 = stage(sum2, "col_sum")
-        sc5, tag5, fault5 = stage(sc4, "sc5"), stage(tag4, "tag5"), stage(fault4, "fault5")
-        v6 = stage(s5 >> sc5, "v")
-        tag6, fault6 = stage(tag5, "tag6"), stage(fault5, "fault6")
+        # 5: partial products
+        pp2 = partial_products(t4, mc4, self.chunk)
+        s5 = [stage(prod, f"col_pp{j}") for j, (prod, _) in enumerate(pp2)]
+        sc5, bqr5, tag5, fault5 = stage(sc4, "sc5"), stage(bqr4, "bq_round5"), stage(tag4, "tag5"), stage(fault4, "fault5")
+        # 6: sum (+ Bq + rounding constant)
+        sum2 = sum_products(s5, [sh for _, sh in pp2], bqr5)
+        s6 = stage(sum2, "col_sum")
+        sc6, tag6, fault6 = stage(sc5, "sc6"), stage(tag5, "tag6"), stage(fault5, "fault6")
+        # 7, 8: variable right shift by Sc, coarse (multiples of 8) then fine (0..7)
+        v7 = stage(s6 >> (sc6 & 0b111000), "v_coarse")
+        sc7, tag7, fault7 = stage(sc6[:3], "sc7"), stage(tag6, "tag7"), stage(fault6, "fault7")
+        v8 = stage(v7 >> sc7, "v")
+        tag8, fault8 = stage(tag7, "tag8"), stage(fault7, "fault8")
 
-        # ---- output: saturate(v + z_out, lo, hi)
-        lo = Signal(signed(33))
-        hi = Signal(signed(33))
-        with m.Switch(self.out_fmt):
-            with m.Case(OutFormat.UCODE):
-                m.d.comb += [lo.eq(0), hi.eq((Const(1, 9) << self.bits) - 1)]
-            with m.Case(OutFormat.SCODE):
-                half = (Const(1, 9) << self.bits) >> 1
-                m.d.comb += [lo.eq(1 - half), hi.eq(half - 1)]
-            with m.Case(OutFormat.FIXED16):
-                m.d.comb += [lo.eq(-(1 << 15)), hi.eq((1 << 15) - 1)]
-            with m.Case(OutFormat.FIXED32):
-                m.d.comb += [lo.eq(-(1 << 31)), hi.eq((1 << 31) - 1)]
-        y = v6 + self.z_out
-        below, above = y < lo, y > hi
+        # ---- 9: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
+        y9 = stage(v8[:32] + self.z_out, "y")       # only the low 32 bits are used (in range: no wrap)
+        below9, above9 = stage(v8 < lo_mz, "below"), stage(v8 > hi_mz, "above")
+        tag9, fault9 = stage(tag8, "tag9"), stage(fault8, "fault9")
+        # ---- 10: select
         out = self.o.payload
         with m.If(en):
             m.d.sync += [
-                out.value.eq(Mux(below, lo, Mux(above, hi, y))),
-                out.sat.eq(below | above),
-                out.fault.eq(fault6),
-                out.tag.eq(tag6),
+                out.value.eq(Mux(below9, lo, Mux(above9, hi, y9))),
+                out.sat.eq(below9 | above9),
+                out.fault.eq(fault9),
+                out.tag.eq(tag9),
             ]
 
         # ---- status

@@ -1,9 +1,11 @@
 """Exact cycle model of the layer engine (:mod:`hw.engine`), in pure Python.
 
 The engine is a statically scheduled machine with a global stall: every cycle in which a stream the
-schedule needs is not ready (input not valid, output FIFO full) freezes the whole engine, and the
-engine's cycle counter counts only the cycles in which it advances.  The counter therefore equals the
-numbers below for any stream timing; with ideal streams it is also the wall-clock time.
+schedule needs is not ready (no input beat buffered, output FIFO possibly full) freezes the whole
+engine, and the engine's cycle counter counts only the cycles in which it advances (the stall is a
+registered decision, :mod:`hw.stall`; it never changes the count).  The counter therefore equals the
+numbers below for any stream timing; with ideal streams the wall-clock time is one cycle more (the
+engine stalls in the cycle after it accepts the command, while its registered enable is computed).
 
 Schedule (output-stationary ``R x C`` array, ``R = cfg.rows``, ``C = cfg.cols``)
 --------------------------------------------------------------------------------
@@ -30,8 +32,8 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
 
    so for every layer with ``K >= R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - R``,
    ``W_s = K``: drain, requantisation, outliers and B loading are completely hidden.
-   (``DRAIN_OFFSET = 2``, ``OUTLIER_LATENCY = 2``, ``PRE_REQUANT_LATENCY = 3``,
-   ``REQUANT_LATENCY = 7``, see :mod:`hw.config`.)
+   (``DRAIN_OFFSET = 2``, ``OUTLIER_LATENCY = 2``, ``PRE_REQUANT_LATENCY = 6``,
+   ``REQUANT_LATENCY = 10``, see :mod:`hw.config`.)
 3. **Drain** of the last tile: ``DRAIN_OFFSET + m_last + PRE_REQUANT_LATENCY`` cycles plus
    ``requant = REQUANT_LATENCY`` cycles; the counter stops in the cycle the last output row enters
    the output FIFO.

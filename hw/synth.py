@@ -49,16 +49,19 @@ def ports_of(component) -> list[dict]:
 
 
 def _tops(cfg: EngineConfig):
-    from .engine import LayerEngine
+    from .engine import LayerEngine, mac_en_groups
     from .mac_array import MacArray
     from .outlier_unit import OutlierUnit
+    # the sub-blocks as the engine instantiates them (replicated enable / drain-row inputs)
     tops = {
         "layer_engine": lambda: LayerEngine(cfg),
-        "mac_array": lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits),
+        "mac_array": lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
+                                      en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols),
     }
     if cfg.has_outliers:
         tops["outlier_unit"] = lambda: OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
-                                                   cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits)
+                                                   cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
+                                                   en_copies=cfg.rows, drain_copies=cfg.cols)
     return tops
 
 
@@ -119,6 +122,18 @@ def parse_nextpnr_log(log: str) -> dict:
         m = re.findall(rf"{name}:\s+(\d+)/\s*(\d+)", log)
         if m:
             res[name] = {"used": int(m[-1][0]), "available": int(m[-1][1])}
+    # the last critical path report: first source, last sink, logic / routing split
+    i = log.rfind("Critical path report for clock")
+    if i >= 0:
+        block = log[i:]
+        src = re.search(r"clk-to-q\s+[\d.]+\s+[\d.]+\s+Source\s+(\S+)", block)
+        sinks = re.findall(r"setup\s+[\d.]+\s+[\d.]+\s+Source\s+(\S+)", block)
+        split = re.search(r"([\d.]+) ns logic, ([\d.]+) ns routing", block)
+        res["critical_path"] = {
+            "from": src.group(1) if src else None, "to": sinks[0] if sinks else None,
+            "logic_ns": float(split.group(1)) if split else None,
+            "routing_ns": float(split.group(2)) if split else None,
+        }
     return res
 
 
