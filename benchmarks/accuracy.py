@@ -73,11 +73,19 @@ def table(results) -> str:
         if "sim_images" in e:
             sims.append(e)
             continue
-        t1, t5 = e.get("grid_top1", e["top1"]), e.get("grid_top5", e["top5"])
-        drop = "" if fp is None or row == "fp" else f"{fp - t1:.1f}"
-        fl = "" if row == "fp" or "grid_top1" not in e else f"{e['top1']:.1f}"
-        lines.append(f"| {row.split(':')[0]} | {e.get('bits', 'fp32')} | {e['eval_images']} | {t1:.1f} | "
-                     f"{t5:.1f} | {drop} | {fl} | {e.get('calib_seconds', '')} | {e['seconds']} |")
+        if row == "fp" or "grid_top1" in e:
+            t1, t5 = e.get("grid_top1", e["top1"]), e.get("grid_top5", e["top5"])
+            g1, g5 = f"{t1:.1f}", f"{t5:.1f}"
+            drop = "" if fp is None or row == "fp" else f"{fp - t1:.1f}"
+        else:  # recorded before the integer-grid mode existed: float fake-quant only
+            g1 = g5 = "not measured"
+            drop = "" if fp is None else f"({fp - e['top1']:.1f} float)"
+        fl = "" if row == "fp" else f"{e['top1']:.1f}"
+        over = e.get("overrides", {})
+        amo = over.get("amo_iters") if e.get("method") == "adfq" and over.get("amo", True) is not False else None
+        name = row.split(":")[0] + (f" (AMO {amo} it.)" if amo else "")
+        lines.append(f"| {name} | {e.get('bits', 'fp32')} | {e['eval_images']} | {g1} | "
+                     f"{g5} | {drop} | {fl} | {e.get('calib_seconds', '')} | {e['seconds']} |")
     for e in sims:
         lines.append("")
         lines.append(f"Integer simulator ({e['sim_backend']}) on the first {e['sim_images']} eval images of "
