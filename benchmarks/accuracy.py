@@ -59,17 +59,25 @@ def evaluate(model, x, y, batch=50):
     return 100 * top1 / len(x), 100 * top5 / len(x), torch.cat(preds)
 
 
+def _amo_iters(e) -> int | None:
+    """AMO iterations per module of an ``adfq`` row (None without AMO); 200 is the default."""
+    over = e.get("overrides", {})
+    if e.get("method") != "adfq" or over.get("amo", True) is False or " " in e["row"]:
+        return None
+    return over.get("amo_iters") or 200
+
+
 def table(results) -> str:
     """Markdown table of recorded rows (latest entry per row wins)."""
     last = {}
-    for e in results:
-        last[e["row"]] = e
-    fp = last.get("fp", {}).get("top1")
+    for e in results:  # one line per row and AMO iteration count
+        last[(e["row"], _amo_iters(e))] = e
+    fp = last.get(("fp", None), {}).get("top1")
     lines = ["| row | bits | images | top-1 % (integer grid) | top-5 % (integer grid) | top-1 drop vs FP "
              "| top-1 % (float fake-quant) | calib s | eval+calib s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     sims = []
-    for row, e in last.items():
+    for (row, _), e in last.items():
         if "sim_images" in e:
             sims.append(e)
             continue
@@ -81,8 +89,7 @@ def table(results) -> str:
             g1 = g5 = "not measured"
             drop = "" if fp is None else f"({fp - e['top1']:.1f} float)"
         fl = "" if row == "fp" else f"{e['top1']:.1f}"
-        over = e.get("overrides", {})
-        amo = over.get("amo_iters") if e.get("method") == "adfq" and over.get("amo", True) is not False else None
+        amo = _amo_iters(e)
         name = row.split(":")[0] + (f" (AMO {amo} it.)" if amo else "")
         lines.append(f"| {name} | {e.get('bits', 'fp32')} | {e['eval_images']} | {g1} | "
                      f"{g5} | {drop} | {fl} | {e.get('calib_seconds', '')} | {e['seconds']} |")
@@ -93,7 +100,8 @@ def table(results) -> str:
                      f"{e['fq_top1_same_images']:.1f} %), prediction agreement with fake-quant "
                      f"{e['sim_agreement']:.1f} %"
                      + (f" (integer grid; with float fake-quant {e['sim_agreement_float']:.1f} %), bit-identical "
-                        f"logits on {e['sim_bit_identical']} images" if "sim_agreement_float" in e else "")
+                        f"logits on {e['sim_bit_identical']} images" if "sim_agreement_float" in e
+                        else " (float fake-quant; recorded before the integer-grid mode existed)")
                      + f", {e['sim_seconds']} s.")
     return "\n".join(lines)
 
