@@ -32,6 +32,8 @@ calibration use the float fake-quant mode; the grid is attached afterwards).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -62,7 +64,12 @@ def to_fixed(x: torch.Tensor, frac_bits: int, bits: int = 32) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise IntegerGridError("non-finite value at a host -> fixed-point boundary")
     v = torch.floor(x.double() * 2.0 ** frac_bits + 0.5)
-    return v.clamp(-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1).to(I64)
+    lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    nsat = int(((v < lo) | (v > hi)).sum())
+    if nsat:  # a range fault of the host boundary (spec section 1): saturated, never wrapped, reported
+        warnings.warn(f"integer grid: {nsat} value(s) saturated at a host -> fixed-point boundary "
+                      f"({bits} bits, {frac_bits} fraction bits)", RuntimeWarning, stacklevel=2)
+    return v.clamp(lo, hi).to(I64)
 
 
 def from_fixed(v: torch.Tensor, frac_bits: int) -> torch.Tensor:
@@ -256,6 +263,11 @@ class GridGemm:
         if bool((p.abs() >= _INT62).any()):
             raise IntegerGridError(f"{self.name}: |t * Mc + Bq| >= 2^62")
         v = round_shift(p, self.sc) + self.z_out
+        if self.out_fmt.startswith("fixed"):
+            nsat = int(((v < self.lo) | (v > self.hi)).sum())
+            if nsat:  # fixed-point output saturation is a range fault (spec section 1), reported
+                warnings.warn(f"integer grid: {self.name}: {nsat} {self.out_fmt} output(s) saturated",
+                              RuntimeWarning, stacklevel=2)
         return v.clamp(self.lo, self.hi)
 
     def to_host(self, out: torch.Tensor) -> torch.Tensor:

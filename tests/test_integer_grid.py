@@ -118,3 +118,11 @@ def test_grid_rejects_wrong_row_count():
     enc = qvit.model.blocks[0].attn.qkv.input_quantizer.grid_encoder
     with pytest.raises(G.IntegerGridError, match="rows"):
         enc.encode(torch.zeros(1, 3, 64))
+
+
+def test_host_boundary_saturation_is_reported_not_wrapped():
+    with pytest.warns(RuntimeWarning, match="saturated"):
+        v = G.to_fixed(torch.tensor([1e6, -1e6, 0.5]), 16, 32)
+    assert v.tolist() == [2 ** 31 - 1, -2 ** 31, 2 ** 15]
+    with pytest.raises(G.IntegerGridError, match="non-finite"):
+        G.to_fixed(torch.tensor([float("nan")]), 16)
