@@ -73,7 +73,8 @@ def _synth(args) -> int:
     print(f"synthesising {vfile} (top {args.top}) for LFE5U-{args.device.upper()} {args.package} "
           f"@ {args.freq} MHz ...", flush=True)
     res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=args.freq,
-                     pnr=not args.no_pnr, timeout=args.timeout, router=args.router)
+                     pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
+                     lut_mapper=args.lut_mapper)
     res["config"] = cfg.to_dict()
     (out / "synth.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
@@ -102,4 +103,7 @@ def add_subcommands(sub) -> None:
     s.add_argument("--timeout", type=float, help="seconds per tool run")
     s.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2, faster on large designs)")
+    s.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9",
+                   help="yosys LUT mapper: synth_ecp5's abc9 (default) or classic abc (workaround for "
+                        "an abc9 assertion in yosys 0.70 on some large netlists)")
     s.set_defaults(func=_synth)

