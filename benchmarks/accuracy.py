@@ -122,11 +122,13 @@ def main(argv=None):
     ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
     ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: all cores; use 1 when two benchmarks share a 2-core machine)")
     args = ap.parse_args(argv)
     if args.table:
         print(table(json.load(open(args.out))))
         return
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(args.seed)
 
     model = create_model(args.model, args.weights)
