@@ -59,6 +59,14 @@ def evaluate(model, x, y, batch=50):
     return 100 * top1 / len(x), 100 * top5 / len(x), torch.cat(preds)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (thread counts)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _amo_iters(e) -> int | None:
     """AMO iterations per module of an ``adfq`` row (None without AMO); 200 is the default."""
     over = e.get("overrides", {})
@@ -122,7 +130,7 @@ def main(argv=None):
     ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
     ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch threads (default: all cores; use 1 when two benchmarks share a 2-core machine)")
     args = ap.parse_args(argv)
     if args.table:

@@ -34,7 +34,7 @@ from golden.program import export_program  # noqa: E402
 from golden.reconstruct import AMOConfig, reconstruct_amo  # noqa: E402
 from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
 
-from accuracy import evaluate  # noqa: E402
+from accuracy import evaluate, positive_int  # noqa: E402
 
 
 def parse_settings(items: list[str]) -> dict:
@@ -48,11 +48,17 @@ def parse_settings(items: list[str]) -> dict:
                              f"got {item!r} (fields: {', '.join(sorted(types))})")
         kind = types[key]
         if kind is bool:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise SystemExit(f"--set {key}: expected true/false, got {value!r}")
             out[key] = value.lower() in ("1", "true", "yes")
-        elif kind is int:
-            out[key] = int(float(value))
-        else:
-            out[key] = kind(value)
+            continue
+        try:
+            number = float(value) if kind in (int, float) else None
+        except ValueError:
+            raise SystemExit(f"--set {key}: expected a number, got {value!r}") from None
+        if kind is int and number != int(number):
+            raise SystemExit(f"--set {key}: expected an integer, got {value!r}")
+        out[key] = int(number) if kind is int else number if kind is float else kind(value)
     return out
 
 
@@ -63,7 +69,7 @@ def main(argv=None):
     ap.add_argument("--calib", type=int, default=32, help="images for ranges / POQ statistics (default 32)")
     ap.add_argument("--amo-samples", type=int, default=None, help="images for AMO (default: --calib)")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="AMOConfig overrides")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "amo_settings_results.jsonl"))
     args = ap.parse_args(argv)
     overrides = parse_settings(args.set)
