@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from golden.calibrate import calibrate_model, collect_images  # noqa: E402
 from golden.data import loader  # noqa: E402
-from golden.presets import ABLATIONS, preset  # noqa: E402
+from golden.presets import ABLATIONS, QuantConfig, preset  # noqa: E402
 from golden.program import export_program  # noqa: E402
 from golden.reconstruct import AMOConfig, reconstruct_amo  # noqa: E402
 from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
@@ -37,27 +37,33 @@ from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
 from accuracy import evaluate, positive_int  # noqa: E402
 
 
-def parse_settings(items: list[str]) -> dict:
-    """``["lr_round=1e-2", "iters=100"]`` -> AMOConfig overrides with the fields' own types."""
-    types = {f.name: type(getattr(AMOConfig(), f.name)) for f in dataclasses.fields(AMOConfig)}
+#: QuantConfig fields ``--quant-set`` may change (the rest is the ``adfq`` preset's).
+QUANT_FIELDS = ("weight_search", "alpha_qkv", "alpha_fc1", "act_method")
+
+
+def parse_settings(items: list[str], cls=AMOConfig, allowed=None, flag="--set") -> dict:
+    """``["lr_round=1e-2", "iters=100"]`` -> overrides of dataclass ``cls`` with the fields' own types."""
+    default = cls()
+    types = {f.name: type(getattr(default, f.name)) for f in dataclasses.fields(cls)
+             if (f.name in allowed if allowed else f.name != "num_samples")}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in types or key == "num_samples":
-            raise SystemExit(f"--set expects FIELD=VALUE with an AMOConfig field other than num_samples, "
+        if not sep or key not in types:
+            raise SystemExit(f"{flag} expects FIELD=VALUE with a {cls.__name__} field, "
                              f"got {item!r} (fields: {', '.join(sorted(types))})")
         kind = types[key]
         if kind is bool:
             if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise SystemExit(f"--set {key}: expected true/false, got {value!r}")
+                raise SystemExit(f"{flag} {key}: expected true/false, got {value!r}")
             out[key] = value.lower() in ("1", "true", "yes")
             continue
         try:
             number = float(value) if kind in (int, float) else None
         except ValueError:
-            raise SystemExit(f"--set {key}: expected a number, got {value!r}") from None
+            raise SystemExit(f"{flag} {key}: expected a number, got {value!r}") from None
         if kind is int and number != int(number):
-            raise SystemExit(f"--set {key}: expected an integer, got {value!r}")
+            raise SystemExit(f"{flag} {key}: expected an integer, got {value!r}")
         out[key] = int(number) if kind is int else number if kind is float else kind(value)
     return out
 
@@ -69,10 +75,13 @@ def main(argv=None):
     ap.add_argument("--calib", type=int, default=32, help="images for ranges / POQ statistics (default 32)")
     ap.add_argument("--amo-samples", type=int, default=None, help="images for AMO (default: --calib)")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="AMOConfig overrides")
+    ap.add_argument("--quant-set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help=f"QuantConfig overrides of the adfq preset ({', '.join(QUANT_FIELDS)})")
     ap.add_argument("--threads", type=positive_int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "amo_settings_results.jsonl"))
     args = ap.parse_args(argv)
     overrides = parse_settings(args.set)
+    quant_over = parse_settings(args.quant_set, QuantConfig, QUANT_FIELDS, "--quant-set")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, ds = deit_tiny_and_dev(args.shared)
@@ -85,7 +94,7 @@ def main(argv=None):
     held = torch.ones(len(ds), dtype=torch.bool)
     held[amo_idx] = False
 
-    qvit = calibrate_model(model, calib, preset("adfq", args.bits, **ABLATIONS["no_amo"]), MODEL, progress=False)
+    qvit = calibrate_model(model, calib, preset("adfq", args.bits, **ABLATIONS["no_amo"], **quant_over), MODEL, progress=False)
     t0 = time.process_time()
     reports = reconstruct_amo(qvit, amo_images, num_samples=len(amo_idx), progress=False, **overrides)
     amo_cpu = time.process_time() - t0
@@ -93,7 +102,7 @@ def main(argv=None):
     f1, _, _ = evaluate(qvit, x, y)
     qvit.use_integer_grid(export_program(qvit))
     g1, g5, pred = evaluate(qvit, x, y)
-    res = {"bits": args.bits, "set": overrides, "calib": len(cal_idx), "amo_samples": len(amo_idx),
+    res = {"bits": args.bits, "set": overrides, **({"quant_set": quant_over} if quant_over else {}), "calib": len(cal_idx), "amo_samples": len(amo_idx),
            "eval": len(x), "float_top1": f1, "grid_top1": g1, "grid_top5": g5,
            "held_n": int(held.sum()), "held_top1": 100 * (pred[held] == y[held]).float().mean().item(),
            "amo_cpu_s": round(amo_cpu), "reverted": [r.name for r in reports if r.reverted],

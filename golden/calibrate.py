@@ -6,7 +6,8 @@ Steps (each switched by :class:`golden.presets.QuantConfig`):
 2. greedy mixed precision (``config.mixed_precision``; ``golden.mixed_precision``): per-layer bits
    with average ``<= config.mp_target_bits`` (default: the preset's weight bits);
 3. wrap with quantizers (:func:`golden.qmodel.quantize_model`);
-4. weight scales (per channel), then activation statistics over the calibration images with the
+4. weight scales (per channel; with ``weight_search="hessian"`` chosen by the expected output
+   error, from the second moments of each layer's input), then activation statistics over the calibration images with the
    model in full precision (``observing``), then ``finalize`` of every activation quantizer;
 5. AMO block reconstruction (``config.amo``; ``golden.reconstruct``) when that module exists.
 """
@@ -50,6 +51,47 @@ def _optional(module: str):
         if exc.name == module:
             return None
         raise
+
+
+@torch.no_grad()
+def hessian_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 16, progress: bool = True) -> None:
+    """Re-choose every linear layer's weight clipping by the expected output error (``"hessian"``).
+
+    Collects ``E[x_i^2]`` of each :class:`golden.qmodel.QuantLinear`'s full-precision input over the
+    calibration images (activation quantizers disabled) and re-runs its weight range search with
+    it (:class:`golden.quantizers.weight.PerChannelWeightQuantizer`, ``search="hessian"``). The
+    patch-embedding convolution keeps the plain MSE search.
+    """
+    from .qmodel import QuantConv2d
+
+    layers = {n: l for n, l in qvit.quant_layers().items()
+              if not isinstance(l, QuantConv2d) and l.weight_quantizer.search == "hessian"}
+    if not layers:
+        return
+    sums = {n: torch.zeros(l.in_features, dtype=torch.float64) for n, l in layers.items()}
+    counts = dict.fromkeys(layers, 0)
+
+    def hook(name):
+        def pre(_mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] += (x * x).sum(dim=0)
+            counts[name] += x.shape[0]
+        return pre
+
+    handles = [l.register_forward_pre_hook(hook(n)) for n, l in layers.items()]
+    saved = {q: q.enabled for _, q in qvit.quantizers()}
+    qvit.set_quant(weights=False, activations=False)
+    try:
+        for x in tqdm(list(_batches(images, batch_size)), desc="input moments", disable=not progress, leave=False):
+            qvit(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for q, flag in saved.items():
+            q.enabled = flag
+    for n, l in layers.items():
+        l.weight_quantizer.set_input_second_moment((sums[n] / max(1, counts[n])).float())
+        l.calibrate_weight()
 
 
 @torch.no_grad()
@@ -98,6 +140,8 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
             config.layer_bits = {n: {"w": int(w), "a": int(a)} for n, (w, a) in alloc.items()}
     qvit = quantize_model(model, config, model_name)
     qvit.calibrate_weights()
+    if config.weight_search == "hessian":
+        hessian_weight_ranges(qvit, images, batch_size, progress)
     observe_activations(qvit, images, batch_size, progress)
     if config.amo:
         rec = _optional("golden.reconstruct")

@@ -42,7 +42,7 @@ class QuantConfig:
     embed_bits: int = 8
     head_bits: int = 8
     act_method: str = "mse"           # per-tensor range search: minmax | percentile | mse
-    weight_search: str = "mse"        # per-channel weight range: minmax | mse
+    weight_search: str = "mse"        # per-channel weight range: minmax | mse | hessian
     poq: bool = False                 # ADFQ POQ on qkv / fc1 inputs
     alpha_qkv: float | None = 5.0
     alpha_fc1: float | None = 10.0

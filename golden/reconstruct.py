@@ -85,6 +85,9 @@ class AMOConfig:
         Images per forward pass when collecting inputs/targets.
     revert_if_worse : bool
         Restore a module whose final MSE is above its initial MSE.
+    ln_weighted : bool
+        Weight the output error by what the *next* LayerNorm makes of it (see
+        :func:`reconstruct_amo`): ``(gamma_c / sigma_t)^2`` per token ``t`` and channel ``c``.
     device : str
         ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
     seed : int
@@ -107,6 +110,7 @@ class AMOConfig:
     learn_scales: bool = True
     forward_batch: int = 32
     revert_if_worse: bool = True
+    ln_weighted: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -128,13 +132,14 @@ class UnitReport:
 
     name: str
     kind: str  #: "mha" or "mlp"
-    mse_before: float
+    mse_before: float  #: output MSE (LayerNorm-weighted with ``ln_weighted``) / mean target power
     mse_after: float
     kl_before: float | None = None
     kl_after: float | None = None
     loss_first: float | None = None
     loss_last: float | None = None
     rounding_soft_fraction: float | None = None  #: fraction of h(V) in (0.01, 0.99) before hardening
+    ln_weighted: bool = False  #: the error was weighted by the next LayerNorm (AMOConfig.ln_weighted)
     reverted: bool = False
     seconds: float = 0.0  #: total time of this module (collection, evaluation, optimisation)
     seconds_optimize: float = 0.0  #: time of the Adam iterations
@@ -219,11 +224,15 @@ class _Capture:
     """Run a model until ``unit`` has run (or was entered) and record what it saw."""
 
     def __init__(self, unit: nn.Module, want_input: bool, want_output: bool, want_probs: bool,
-                 keep_grad: bool = False):
+                 keep_grad: bool = False, next_norm_in: nn.Module | None = None):
         self.unit = unit
         self.want_input, self.want_output, self.want_probs = want_input, want_output, want_probs
         self.keep_grad = keep_grad
+        #: with a model here, the pass goes on after ``unit`` until the first LayerNorm of that
+        #: model runs, and records its input and module (``next_norm``; None if no LayerNorm follows)
+        self.next_norm_in = next_norm_in
         self.args = self.kwargs = self.output = None
+        self.next_norm = self.next_norm_input = None
         self.probs: list[torch.Tensor] = []
         self.handles = []
 
@@ -238,8 +247,17 @@ class _Capture:
         if self.want_output:
             def post(_m, _args, output):
                 self.output = output
-                raise _Stop
+                if self.next_norm_in is None:
+                    raise _Stop
             self.handles.append(u.register_forward_hook(post))
+        if self.next_norm_in is not None:
+            def norm_pre(mod, args):
+                if self.output is not None:
+                    self.next_norm, self.next_norm_input = mod, args[0].detach()
+                    raise _Stop
+            for m in self.next_norm_in.modules():
+                if isinstance(m, nn.LayerNorm):
+                    self.handles.append(m.register_forward_pre_hook(norm_pre))
         if self.want_probs:
             site, how = _probs_site(u)
             if site is None:
@@ -269,12 +287,40 @@ class _Restore:
         setattr(self.obj, self.attr, self.value)
 
 
-def _run_until(model: nn.Module, x: torch.Tensor) -> None:
+def _run_until(model: nn.Module, x: torch.Tensor, cap: "_Capture | None" = None) -> None:
     try:
         model(x)
     except _Stop:
         return
+    if cap is not None and cap.output is not None:  # the unit ran; no LayerNorm after it
+        return
     raise RuntimeError("the module to reconstruct was not called by the model's forward pass")
+
+
+def ln_error_weights(target: torch.Tensor, norms: list[nn.LayerNorm],
+                     norm_input: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-element weights ``g_c / sigma_t^2`` of a module's output error, or ``None`` (plain MSE).
+
+    ``norm_input`` is the residual stream (FP model) the module's output is added to, as the next
+    LayerNorm reads it; ``norms`` are that LayerNorm and every later one of the model that reads the
+    same stream. To first order a LayerNorm maps an error ``e`` on token ``t``, channel ``c`` of
+    its input to ``gamma_c / sigma_t * e`` (less the token mean of that, ignored here), so an error
+    on a token with a large standard deviation ``sigma_t`` matters less downstream. The residual
+    stream carries the error to *every* later LayerNorm, so the channel weight ``g_c`` is the mean
+    of ``gamma_c^2`` over ``norms``, rescaled to mean 1 (a ``gamma_c == 0`` in one LayerNorm does not
+    hide channel ``c`` from the others). Returns ``None`` when there is no such LayerNorm or the
+    residual is laid out differently from the output (Swin's windows).
+    """
+    if not norms or norm_input is None or norm_input.shape != target.shape:
+        return None
+    width = norm_input.shape[-1]
+    gammas = [(n.weight.detach().double() if n.weight is not None else torch.ones(width, dtype=torch.float64))
+              for n in norms if n.normalized_shape == (width,)]
+    g = torch.stack([gm.to(norm_input.device) ** 2 for gm in gammas]).mean(dim=0)
+    g = g / g.mean().clamp_min(1e-12)
+    x = norm_input.double()
+    inv_var = 1.0 / (x.var(dim=-1, unbiased=False, keepdim=True) + norms[0].eps)
+    return (inv_var * g).to(target.dtype)
 
 
 class _UnitData:
@@ -285,6 +331,7 @@ class _UnitData:
         self.kwargs = None
         self.targets: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []  # LayerNorm-aware error weights (ln_weighted), per image
         self.rows = None  # rows of dim 0 per image
 
     @staticmethod
@@ -306,7 +353,14 @@ class _UnitData:
         args = [torch.cat([self.args[i][j] for i in idx]).to(device) for j in range(len(self.args[0]))]
         tgt = torch.cat([self.targets[i] for i in idx]).to(device)
         probs = torch.cat([self.probs[i] for i in idx]).to(device) if self.probs else None
-        return args, tgt, probs
+        wts = torch.cat([self.weights[i] for i in idx]).to(device) if self.weights else None
+        return args, tgt, probs, wts
+
+
+def _sq_error(out: torch.Tensor, tgt: torch.Tensor, wts: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error, weighted per element when ``wts`` is given."""
+    se = (out - tgt) ** 2
+    return (se * wts).mean() if wts is not None else se.mean()
 
 
 def _kl(p_fp: torch.Tensor, p_q: torch.Tensor) -> torch.Tensor:
@@ -374,6 +428,7 @@ def reconstruct_amo(
     fp_ref = fp_model if fp_model is not None else qmodel
     fproot = _root(fp_ref)
     qmods, fpmods = dict(qroot.named_modules()), dict(fproot.named_modules())
+    fp_norms = [m for m in fproot.modules() if isinstance(m, nn.LayerNorm)]  # model order
     for name, kind in units:
         if name not in qmods or name not in fpmods:
             raise ValueError(f"module {name!r} not found in the quantized and FP models")
@@ -405,15 +460,25 @@ def reconstruct_amo(
                 data.add_inputs(cap.args, cap.kwargs, xb.shape[0])
                 saved = _set_enabled(fp_ref, False) if fp_model is None else None
                 try:
-                    with _Capture(fpunit, False, True, use_kl) as cap:
-                        _run_until(fp_ref, xb)
+                    with _Capture(fpunit, False, True, use_kl,
+                                  next_norm_in=fproot if cfg.ln_weighted else None) as cap:
+                        _run_until(fp_ref, xb, cap)
                 finally:
                     if saved is not None:
                         _set_enabled(fp_ref, None, saved)
                 data.targets.extend(t.cpu() for t in data._split(cap.output, xb.shape[0]))
+                if cfg.ln_weighted:
+                    later = fp_norms[fp_norms.index(cap.next_norm):] if cap.next_norm in fp_norms else []
+                    wts = ln_error_weights(cap.output, later, cap.next_norm_input)
+                    if wts is not None:
+                        data.weights.extend(w.cpu() for w in data._split(wts, xb.shape[0]))
                 if use_kl:
                     data.probs.extend(p.cpu() for p in data._split(torch.cat(cap.probs), xb.shape[0]))
-        power = float(torch.stack([(t.double() ** 2).mean() for t in data.targets]).mean())
+        if data.weights and len(data.weights) != len(data.targets):
+            data.weights = []  # a layout the weighting does not cover in some batch: plain MSE
+        power = float(torch.stack([_sq_error(t.double(), torch.zeros((), dtype=torch.float64),
+                                             data.weights[i].double() if data.weights else None)
+                                   for i, t in enumerate(data.targets)]).mean())
         power = power if power > 0 else 1.0
 
         def evaluate() -> tuple[float, float | None]:
@@ -421,10 +486,11 @@ def reconstruct_amo(
             with torch.no_grad():
                 for start in range(0, n_img, cfg.forward_batch):
                     idx = list(range(start, min(n_img, start + cfg.forward_batch)))
-                    args, tgt, probs = data.batch(idx, device)
+                    args, tgt, probs, wts = data.batch(idx, device)
                     with _Capture(qunit, False, False, use_kl, keep_grad=False) as cap:
                         out = qunit(*args, **(data.kwargs or {}))
-                    se += float(((out - tgt).double() ** 2).mean()) * len(idx)
+                    se += float(_sq_error(out.double(), tgt.double(), None if wts is None else wts.double())) \
+                        / power * len(idx)
                     if use_kl:
                         kl_sum += float(_kl(probs, torch.cat(cap.probs))) * len(idx)
                     count += len(idx)
@@ -465,7 +531,7 @@ def reconstruct_amo(
             groups.append({"params": round_params, "lr": cfg.lr_round})
         if scale_params:
             groups.append({"params": scale_params, "lr": cfg.lr_scale})
-        report = UnitReport(name, kind, mse0, mse0, kl0, kl0)
+        report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=bool(data.weights))
         n_round = sum(p.numel() for p in round_params)
         warm = int(cfg.warmup * cfg.iters)
         if groups and cfg.iters > 0:
@@ -473,10 +539,10 @@ def reconstruct_amo(
             inner = tqdm(range(cfg.iters), desc=f"  {name}", leave=False, disable=not cfg.progress)
             for it in inner:
                 idx = torch.randint(0, n_img, (min(cfg.batch_size, n_img),), generator=gen).tolist()
-                args, tgt, probs = data.batch(idx, device)
+                args, tgt, probs, wts = data.batch(idx, device)
                 with _Capture(qunit, False, False, use_kl, keep_grad=True) as cap:
                     out = qunit(*args, **(data.kwargs or {}))
-                loss = ((out - tgt) ** 2).mean() / power
+                loss = _sq_error(out, tgt, wts) / power
                 if use_kl:
                     loss = loss + cfg.kl_weight * _kl(probs, torch.cat(cap.probs))
                 report.rec_losses.append(loss.item())

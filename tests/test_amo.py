@@ -124,3 +124,66 @@ def test_swin_windowed_attention():
     assert all(r.kl_before is not None for r in reps if r.kind == "mha")
     assert all(r.mse_after <= r.mse_before for r in reps)  # worse modules are reverted
     assert sum(r.mse_after < r.mse_before and not r.reverted for r in reps) >= 4
+
+
+def test_ln_error_weights_match_layernorm_first_order():
+    """(gamma_c / sigma_t)^2 is what a LayerNorm does to a small error orthogonal to its mean/x-hat."""
+    from golden.reconstruct import ln_error_weights
+
+    gen = torch.Generator().manual_seed(3)
+    resid = torch.randn(2, 5, 16, generator=gen) * torch.linspace(0.5, 3.0, 5)[None, :, None]
+    norm = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(16, generator=gen) + 0.5)
+    w = ln_error_weights(resid, [norm], resid).double()
+    g = norm.weight.detach().double() ** 2
+    sigma2 = resid.double().var(-1, unbiased=False) + norm.eps
+    assert torch.allclose(w, (g / g.mean())[None, None, :] / sigma2[..., None])
+    # first-order check against the LayerNorm itself: error projected off 1 and x-hat
+    xhat = (resid - resid.mean(-1, keepdim=True)) / sigma2.sqrt().float()[..., None]
+    e = torch.randn(resid.shape, generator=gen)
+    for v in (torch.ones_like(xhat) / 4.0, xhat / 4.0):
+        e = e - (e * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True) * v
+    e = 1e-3 * e
+    with torch.no_grad():
+        nd = norm.double()
+        d = nd(resid.double() + e.double()) - nd(resid.double())
+    assert torch.allclose((d ** 2).sum(-1), (w * g.mean() * e.double() ** 2).sum(-1), rtol=1e-3)
+    # gamma == 0 in one LayerNorm does not hide a channel another one reads
+    zero = torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        zero.weight[4] = 0.0
+    w2 = ln_error_weights(resid, [zero, torch.nn.LayerNorm(16)], resid)
+    assert bool((w2[..., 4] > 0).all())
+    # no LayerNorm after the module, or another layout: plain MSE
+    assert ln_error_weights(resid, [], resid) is None
+    assert ln_error_weights(resid, [norm], resid.reshape(10, 16)) is None
+
+
+def test_ln_weighted_reconstruction():
+    qvit, fp, x = quantized(seed=4)
+    reps = reconstruct_amo(qvit, x, iters=40, batch_size=8, progress=False, ln_weighted=True, device="cpu")
+    assert all(r.ln_weighted for r in reps)  # every module, the last MLP through the final norm
+    assert all(r.mse_after <= r.mse_before for r in reps)  # revert_if_worse on the weighted error
+    assert sum(r.mse_after < r.mse_before for r in reps) >= 2
+    plain = reconstruct_amo(quantized(seed=4)[0], x, iters=0, progress=False, device="cpu")
+    assert not any(r.ln_weighted for r in plain)
+
+
+def test_hessian_weight_ranges_use_fp_input_moments():
+    qvit, fp, x = quantized(seed=5, weight_search="hessian")
+    seen = {}
+    hooks = [fp.get_submodule(n).register_forward_pre_hook(
+        lambda _m, a, n=n: seen.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1])))
+        for n in ("blocks.0.attn.qkv", "blocks.1.mlp.fc2", "head")]
+    with torch.no_grad():
+        fp(x)
+    for h in hooks:
+        h.remove()
+    for n, xs in seen.items():
+        ref = (torch.cat(xs).double() ** 2).mean(0).float()
+        got = qvit.model.get_submodule(n).weight_quantizer.input_sq
+        assert torch.allclose(got, ref, rtol=1e-5), n
+    assert qvit.model.patch_embed.proj.weight_quantizer.input_sq is None  # conv: plain mse search
+    with torch.no_grad():
+        assert torch.isfinite(qvit(x)).all()

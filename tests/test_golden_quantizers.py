@@ -123,3 +123,35 @@ def test_bad_bits_and_nonfinite_statistics():
         PerPatchOutlierQuantizer(4).calibrate(torch.full((2, 3, 4), float("inf")))
     with pytest.raises(QuantizerError, match="non-finite"):
         PerChannelWeightQuantizer(4).calibrate(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_hessian_weight_search_minimises_expected_output_error():
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(24, 40, generator=gen) * (torch.rand(24, 1, generator=gen) + 0.2)
+    w[:, 3] *= 6.0  # a large column, as on ViT outlier channels
+    sq = torch.rand(40, generator=gen) ** 4  # input second moments, very uneven
+    sq[3] = 1e-4    # ... and that large column sees almost no input
+    mse = PerChannelWeightQuantizer(4, search="mse").calibrate(w)
+    hq = PerChannelWeightQuantizer(4, search="hessian")
+    hq.set_input_second_moment(sq)
+    hq.calibrate(w)
+    assert hq.quantize(w).abs().max() <= 7
+
+    def expected_output_error(q):  # numpy, from the codes: sum_i E[x_i^2] (w_q - w)^2 per channel
+        deq = q.quantize(w).numpy() * q.scale.detach().numpy()[:, None]
+        return (((deq - w.numpy()) ** 2) * sq.numpy()[None, :]).sum(axis=1)
+
+    e_h, e_m = expected_output_error(hq), expected_output_error(mse)
+    assert np.all(e_h <= e_m * (1 + 1e-6))  # the search grid contains the mse choice
+    assert e_h.sum() < 0.9 * e_m.sum()
+    # without the moment it is the plain mse search; wrong sizes and bad values are errors
+    plain = PerChannelWeightQuantizer(4, search="hessian").calibrate(w)
+    assert torch.equal(plain.scale, mse.scale)
+    bad = PerChannelWeightQuantizer(4, search="hessian")
+    bad.set_input_second_moment(torch.ones(39))
+    with pytest.raises(QuantizerError, match="39 values for 40"):
+        bad.calibrate(w)
+    with pytest.raises(QuantizerError, match="non-finite"):
+        bad.set_input_second_moment(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(QuantizerError, match="unknown weight range search"):
+        PerChannelWeightQuantizer(4, search="hess")

@@ -28,9 +28,13 @@ class PerChannelWeightQuantizer(Quantizer):
     ----------
     bits : int
         Code width (4, 6 or 8).
-    search : {"minmax", "mse"}
+    search : {"minmax", "mse", "hessian"}
         Range choice per channel: the absolute maximum, or the clipping ratio (from 1.0 down to
-        0.5) that minimises the squared error of that channel.
+        0.55) that minimises the squared error of that channel; ``"hessian"`` weights that error
+        by the second moment of the layer's input, ``sum_i E[x_i^2] (q_ci s_c - w_ci)^2`` (the
+        diagonal of the layer-output Hessian ``E[x x^T]``, set with
+        :meth:`set_input_second_moment`), so the clipping minimises the expected output error
+        instead of the weight error. Without that moment it is the plain ``"mse"`` search.
 
     ``export()`` keys: ``fmt="sym"``, ``bits``, ``scale`` (float32, one per output channel),
     ``codes`` (int8, the weight's shape).
@@ -40,13 +44,22 @@ class PerChannelWeightQuantizer(Quantizer):
 
     def __init__(self, bits: int = 8, search: str = "mse", name: str = ""):
         super().__init__(bits, name)
-        if search not in ("minmax", "mse"):
-            raise QuantizerError(f"unknown weight range search {search!r} (use 'minmax' or 'mse')")
+        if search not in ("minmax", "mse", "hessian"):
+            raise QuantizerError(f"unknown weight range search {search!r} (use 'minmax', 'mse' or 'hessian')")
         self.search = search
         self.qmax = 2 ** (self.bits - 1) - 1
         self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
         self.alpha = None  # AdaRound V, created by init_adaround()
         self.soft = False
+        self.input_sq = None  # E[x_i^2] of the layer input ("hessian" search)
+
+    def set_input_second_moment(self, sq: torch.Tensor) -> None:
+        """``E[x_i^2]`` per input feature of the layer (one value per weight column), for ``"hessian"``."""
+        sq = torch.as_tensor(sq, dtype=torch.float32).detach().reshape(-1)
+        check_finite(sq, f"input second moment of {self.name or 'layer'}")
+        if bool((sq < 0).any()):
+            raise QuantizerError(f"negative input second moment for {self.name or 'layer'}")
+        self.input_sq = sq
 
     # -- calibration ---------------------------------------------------------------------------
     def observe(self, w: torch.Tensor) -> None:
@@ -58,13 +71,19 @@ class PerChannelWeightQuantizer(Quantizer):
         check_finite(w, f"weights of {self.name or 'layer'}")
         flat = w.reshape(w.shape[0], -1)
         absmax = flat.abs().amax(dim=1)
-        if self.search == "mse":
+        if self.search in ("mse", "hessian"):
+            h = None
+            if self.search == "hessian" and self.input_sq is not None:
+                if self.input_sq.numel() != flat.shape[1]:
+                    raise QuantizerError(f"{self.name or 'layer'}: input second moment has {self.input_sq.numel()} "
+                                         f"values for {flat.shape[1]} weight columns")
+                h = (self.input_sq + 1e-12 * float(self.input_sq.max().clamp_min(1e-30)))[None, :]
             best_err = torch.full_like(absmax, float("inf"))
             best = absmax.clone()
             for ratio in torch.linspace(1.0, 0.55, 16):
                 s = safe_scale(absmax * ratio / self.qmax)
                 q = torch.clamp(round_half_up(flat / s[:, None]), -self.qmax, self.qmax)
-                err = ((q * s[:, None] - flat) ** 2).sum(dim=1)
+                err = ((q * s[:, None] - flat) ** 2 * (h if h is not None else 1.0)).sum(dim=1)
                 better = err < best_err
                 best_err = torch.where(better, err, best_err)
                 best = torch.where(better, absmax * ratio, best)
