@@ -126,7 +126,7 @@ def cmd_calibrate(args) -> int:
     for flag, over in ABLATIONS.items():
         if getattr(args, flag, False):
             overrides.update(over)
-    for key in ("alpha_qkv", "alpha_fc1", "slq_base", "act_method", "mp_target_bits", "amo_iters"):
+    for key in ("alpha_qkv", "alpha_fc1", "slq_base", "act_method", "weight_search", "mp_target_bits", "amo_iters"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -315,6 +315,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--alpha-fc1", type=float, dest="alpha_fc1")
     p.add_argument("--slq-base", choices=("2", "sqrt2"), dest="slq_base")
     p.add_argument("--act-method", choices=("minmax", "percentile", "mse"), dest="act_method")
+    p.add_argument("--weight-search", choices=("minmax", "mse", "hessian"), dest="weight_search",
+                   help="per-channel weight clipping: abs max, weight MSE (default), or expected output "
+                        "error weighted by the input second moments")
     p.add_argument("--embed-bits", type=int, choices=(4, 6, 8), dest="embed_bits")
     p.add_argument("--head-bits", type=int, choices=(4, 6, 8), dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")

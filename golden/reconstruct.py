@@ -87,7 +87,11 @@ class AMOConfig:
         Restore a module whose final MSE is above its initial MSE.
     ln_weighted : bool
         Weight the output error by what the *next* LayerNorm makes of it (see
-        :func:`reconstruct_amo`): ``(gamma_c / sigma_t)^2`` per token ``t`` and channel ``c``.
+        :func:`ln_error_weights`): ``(gamma_c / sigma_t)^2`` per token ``t`` and channel ``c``.
+    readout_last_block : bool
+        In the last transformer block of a model whose classifier reads only the class token
+        (timm ``global_pool="token"``), reconstruct only that token's output (and its attention
+        row): the other tokens' outputs of that block reach nothing.
     device : str
         ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
     seed : int
@@ -111,6 +115,7 @@ class AMOConfig:
     forward_batch: int = 32
     revert_if_worse: bool = True
     ln_weighted: bool = False
+    readout_last_block: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -140,6 +145,7 @@ class UnitReport:
     loss_last: float | None = None
     rounding_soft_fraction: float | None = None  #: fraction of h(V) in (0.01, 0.99) before hardening
     ln_weighted: bool = False  #: the error was weighted by the next LayerNorm (AMOConfig.ln_weighted)
+    readout_rows: list | None = None  #: token rows reconstructed (readout_last_block); None: all
     reverted: bool = False
     seconds: float = 0.0  #: total time of this module (collection, evaluation, optimisation)
     seconds_optimize: float = 0.0  #: time of the Adam iterations
@@ -357,10 +363,29 @@ class _UnitData:
         return args, tgt, probs, wts
 
 
+def readout_rows(root: nn.Module, name: str, units: list[tuple[str, str]]) -> list[int] | None:
+    """Token rows of module ``name``'s output that the classifier reads, or ``None`` (all of them).
+
+    ``units`` are all the model's units (:func:`find_amo_units`). Only the modules of the last
+    block (the last two ``units``) of a timm model with
+    ``global_pool == "token"`` qualify: its head reads ``x[:, 0]`` after that block, so the other
+    tokens' outputs of that block reach nothing.
+    """
+    if getattr(root, "global_pool", None) != "token" or len(units) < 2:
+        return None
+    if name not in {n for n, _ in units[-2:]} or units[-2][0].rsplit(".", 1)[0] != units[-1][0].rsplit(".", 1)[0]:
+        return None
+    return [0]
+
+
 def _sq_error(out: torch.Tensor, tgt: torch.Tensor, wts: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error, weighted per element when ``wts`` is given."""
     se = (out - tgt) ** 2
     return (se * wts).mean() if wts is not None else se.mean()
+
+
+def _query_rows(probs: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
+    return probs if rows is None else probs[..., rows, :]
 
 
 def _kl(p_fp: torch.Tensor, p_q: torch.Tensor) -> torch.Tensor:
@@ -476,6 +501,16 @@ def reconstruct_amo(
                     data.probs.extend(p.cpu() for p in data._split(torch.cat(cap.probs), xb.shape[0]))
         if data.weights and len(data.weights) != len(data.targets):
             data.weights = []  # a layout the weighting does not cover in some batch: plain MSE
+        ln_ok = bool(data.weights)
+        rows = readout_rows(qroot, name, find_amo_units(qmodel)) if cfg.readout_last_block else None
+        if rows is not None and data.targets[0].dim() == 3:
+            mask = torch.zeros_like(data.targets[0])
+            mask[:, rows, :] = 1.0
+            data.weights = [w * mask for w in data.weights] if data.weights else [mask] * len(data.targets)
+            if data.probs:  # only the read-out tokens' attention rows (queries)
+                data.probs = [p[..., rows, :] for p in data.probs]
+        else:
+            rows = None
         power = float(torch.stack([_sq_error(t.double(), torch.zeros((), dtype=torch.float64),
                                              data.weights[i].double() if data.weights else None)
                                    for i, t in enumerate(data.targets)]).mean())
@@ -492,7 +527,7 @@ def reconstruct_amo(
                     se += float(_sq_error(out.double(), tgt.double(), None if wts is None else wts.double())) \
                         / power * len(idx)
                     if use_kl:
-                        kl_sum += float(_kl(probs, torch.cat(cap.probs))) * len(idx)
+                        kl_sum += float(_kl(probs, _query_rows(torch.cat(cap.probs), rows))) * len(idx)
                     count += len(idx)
             return se / count, (kl_sum / count if use_kl else None)
 
@@ -531,7 +566,8 @@ def reconstruct_amo(
             groups.append({"params": round_params, "lr": cfg.lr_round})
         if scale_params:
             groups.append({"params": scale_params, "lr": cfg.lr_scale})
-        report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=bool(data.weights))
+        report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=ln_ok,
+                            readout_rows=rows)
         n_round = sum(p.numel() for p in round_params)
         warm = int(cfg.warmup * cfg.iters)
         if groups and cfg.iters > 0:
@@ -544,7 +580,7 @@ def reconstruct_amo(
                     out = qunit(*args, **(data.kwargs or {}))
                 loss = _sq_error(out, tgt, wts) / power
                 if use_kl:
-                    loss = loss + cfg.kl_weight * _kl(probs, torch.cat(cap.probs))
+                    loss = loss + cfg.kl_weight * _kl(probs, _query_rows(torch.cat(cap.probs), rows))
                 report.rec_losses.append(loss.item())
                 if n_round and it >= warm and cfg.round_weight > 0:
                     rel = (it - warm) / max(1, cfg.iters - warm)

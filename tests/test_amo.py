@@ -187,3 +187,33 @@ def test_hessian_weight_ranges_use_fp_input_moments():
     assert qvit.model.patch_embed.proj.weight_quantizer.input_sq is None  # conv: plain mse search
     with torch.no_grad():
         assert torch.isfinite(qvit(x)).all()
+
+
+def test_readout_last_block_reconstructs_only_the_class_token():
+    from golden.reconstruct import readout_rows
+
+    qvit, fp, x = quantized(seed=6)
+    units = find_amo_units(qvit)
+    assert [readout_rows(qvit.model, n, units) for n, _ in units] == [None, None, [0], [0]]
+    fp.global_pool = "avg"
+    assert readout_rows(fp, "blocks.1.mlp", units) is None
+    last = [("blocks.1.mlp", "mlp")]
+    r = reconstruct_amo(qvit, x, units=last, iters=0, progress=False, readout_last_block=True)[0]
+    assert r.readout_rows == [0]
+    # independently: the class token's output error over its power, on the same inputs
+    blk = qvit.model.blocks[1]
+    with torch.no_grad():
+        qin = []
+        h = blk.mlp.register_forward_pre_hook(lambda _m, a: qin.append(a[0]))
+        qvit(x)
+        h.remove()
+        tgt = []
+        h = fp.blocks[1].mlp.register_forward_hook(lambda _m, _a, o: tgt.append(o))
+        fp(x)
+        h.remove()
+        out = blk.mlp(qin[0])
+    ref = float(((out[:, 0] - tgt[0][:, 0]) ** 2).mean() / (tgt[0][:, 0] ** 2).mean())
+    assert r.mse_before == pytest.approx(ref, rel=1e-4)
+    rep = reconstruct_amo(qvit, x, units=[("blocks.1.attn", "mha")], iters=5, batch_size=8, progress=False,
+                          readout_last_block=True)[0]
+    assert rep.readout_rows == [0] and rep.kl_before is not None
