@@ -94,7 +94,8 @@ def main(argv=None):
     held = torch.ones(len(ds), dtype=torch.bool)
     held[amo_idx] = False
 
-    qvit = calibrate_model(model, calib, preset("adfq", args.bits, **ABLATIONS["no_amo"], **quant_over), MODEL, progress=False)
+    cfg = preset("adfq", args.bits, **ABLATIONS["no_amo"], **quant_over)
+    qvit = calibrate_model(model, calib, cfg, MODEL, progress=False)
     t0 = time.process_time()
     reports = reconstruct_amo(qvit, amo_images, num_samples=len(amo_idx), progress=False, **overrides)
     amo_cpu = time.process_time() - t0
@@ -102,7 +103,8 @@ def main(argv=None):
     f1, _, _ = evaluate(qvit, x, y)
     qvit.use_integer_grid(export_program(qvit))
     g1, g5, pred = evaluate(qvit, x, y)
-    res = {"bits": args.bits, "set": overrides, **({"quant_set": quant_over} if quant_over else {}), "calib": len(cal_idx), "amo_samples": len(amo_idx),
+    res = {"bits": args.bits, "set": overrides, **({"quant_set": quant_over} if quant_over else {}),
+           "calib": len(cal_idx), "amo_samples": len(amo_idx),
            "eval": len(x), "float_top1": f1, "grid_top1": g1, "grid_top5": g5,
            "held_n": int(held.sum()), "held_top1": 100 * (pred[held] == y[held]).float().mean().item(),
            "amo_cpu_s": round(amo_cpu), "reverted": [r.name for r in reports if r.reverted],

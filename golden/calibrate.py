@@ -7,8 +7,9 @@ Steps (each switched by :class:`golden.presets.QuantConfig`):
    with average ``<= config.mp_target_bits`` (default: the preset's weight bits);
 3. wrap with quantizers (:func:`golden.qmodel.quantize_model`);
 4. weight scales (per channel; with ``weight_search="hessian"`` chosen by the expected output
-   error, from the second moments of each layer's input), then activation statistics over the calibration images with the
-   model in full precision (``observing``), then ``finalize`` of every activation quantizer;
+   error, from the second moments of each layer's input), then activation statistics over the
+   calibration images with the model in full precision (``observing``), then ``finalize`` of
+   every activation quantizer;
 5. AMO block reconstruction (``config.amo``; ``golden.reconstruct``) when that module exists.
 """
 from __future__ import annotations

@@ -64,6 +64,9 @@ class QuantConfig:
             check_bits(b)
         if self.method not in METHODS:
             raise QuantizerError(f"unknown method {self.method!r}; choose one of {METHODS}")
+        if self.weight_search not in ("minmax", "mse", "hessian"):
+            raise QuantizerError(f"unknown weight range search {self.weight_search!r} "
+                                 "(use 'minmax', 'mse' or 'hessian')")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 

@@ -155,3 +155,6 @@ def test_hessian_weight_search_minimises_expected_output_error():
         bad.set_input_second_moment(torch.tensor([1.0, float("nan")]))
     with pytest.raises(QuantizerError, match="unknown weight range search"):
         PerChannelWeightQuantizer(4, search="hess")
+    from golden.presets import preset
+    with pytest.raises(QuantizerError, match="unknown weight range search 'hess'"):
+        preset("adfq", "w4a4", weight_search="hess")
