@@ -47,7 +47,7 @@ class QuantConfig:
     alpha_qkv: float | None = 5.0
     alpha_fc1: float | None = 10.0
     fc2: str = "uniform"              # uniform | slq | three_region
-    slq_base: str | None = None       # "2" | "sqrt2" | None (2 at 4 bits, sqrt2 above)
+    slq_base: str | None = None       # "2" | "sqrt2" | None (sqrt2)
     amo: bool = False                 # ADFQ AMO block reconstruction (golden.reconstruct)
     adaround: bool = False            # rounding optimisation inside reconstruction
     amo_iters: int | None = None      # AMO overrides (None: golden.reconstruct.AMOConfig defaults)

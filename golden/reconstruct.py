@@ -116,6 +116,8 @@ class AMOConfig:
     revert_if_worse: bool = True
     ln_weighted: bool = False
     readout_last_block: bool = False
+    input_drop: float = 0.0
+    scale_cosine: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -334,6 +336,7 @@ class _UnitData:
 
     def __init__(self):
         self.args: list[list[torch.Tensor]] = []
+        self.fp_args: list[list[torch.Tensor]] = []  # the FP model's inputs (input_drop)
         self.kwargs = None
         self.targets: list[torch.Tensor] = []
         self.probs: list[torch.Tensor] = []
@@ -346,14 +349,18 @@ class _UnitData:
             raise RuntimeError(f"batch dimension {t.shape[0]} is not a multiple of {n_img} images")
         return list(t.detach().split(t.shape[0] // n_img))
 
-    def add_inputs(self, args, kwargs, n_img):
+    def add_inputs(self, args, kwargs, n_img, fp: bool = False):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if len(tensors) != len(args):
             raise RuntimeError("module inputs must be tensors")
         per = [self._split(a, n_img) for a in tensors]
-        self.args.extend(list(z) for z in zip(*per))
-        self.kwargs = kwargs
-        self.rows = tensors[0].shape[0] // n_img
+        (self.fp_args if fp else self.args).extend(list(z) for z in zip(*per))
+        if not fp:
+            self.kwargs = kwargs
+            self.rows = tensors[0].shape[0] // n_img
+
+    def fp_batch(self, idx, device):
+        return [torch.cat([self.fp_args[i][j] for i in idx]).to(device) for j in range(len(self.fp_args[0]))]
 
     def batch(self, idx, device):
         args = [torch.cat([self.args[i][j] for i in idx]).to(device) for j in range(len(self.args[0]))]
@@ -485,9 +492,11 @@ def reconstruct_amo(
                 data.add_inputs(cap.args, cap.kwargs, xb.shape[0])
                 saved = _set_enabled(fp_ref, False) if fp_model is None else None
                 try:
-                    with _Capture(fpunit, False, True, use_kl,
+                    with _Capture(fpunit, cfg.input_drop > 0, True, use_kl,
                                   next_norm_in=fproot if cfg.ln_weighted else None) as cap:
                         _run_until(fp_ref, xb, cap)
+                    if cfg.input_drop > 0:
+                        data.add_inputs(cap.args, cap.kwargs, xb.shape[0], fp=True)
                 finally:
                     if saved is not None:
                         _set_enabled(fp_ref, None, saved)
@@ -572,10 +581,15 @@ def reconstruct_amo(
         warm = int(cfg.warmup * cfg.iters)
         if groups and cfg.iters > 0:
             opt = torch.optim.Adam(groups)
+            scale_group = len(groups) - 1 if scale_params else None
             inner = tqdm(range(cfg.iters), desc=f"  {name}", leave=False, disable=not cfg.progress)
             for it in inner:
                 idx = torch.randint(0, n_img, (min(cfg.batch_size, n_img),), generator=gen).tolist()
                 args, tgt, probs, wts = data.batch(idx, device)
+                if cfg.input_drop > 0:  # QDrop: each input element from the FP model with this probability
+                    fargs = data.fp_batch(idx, device)
+                    args = [torch.where(torch.rand(a.shape, generator=gen).to(device) < cfg.input_drop, f, a)
+                            for a, f in zip(args, fargs)]
                 with _Capture(qunit, False, False, use_kl, keep_grad=True) as cap:
                     out = qunit(*args, **(data.kwargs or {}))
                 loss = _sq_error(out, tgt, wts) / power
@@ -590,6 +604,8 @@ def reconstruct_amo(
                     loss = loss + cfg.round_weight * reg / n_round
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.scale_cosine and scale_group is not None:  # cosine decay of the scale learning rate
+                    opt.param_groups[scale_group]["lr"] = cfg.lr_scale * 0.5 * (1 + math.cos(math.pi * it / cfg.iters))
                 opt.step()
                 with torch.no_grad():  # scales stay positive
                     for p in scale_params:

@@ -33,6 +33,10 @@ SR_MAX = 16
 SC_MAX = 47
 SE_MAX = 56
 BQ_BITS = 48
+#: Dynamic per-patch encoder (section 8.1.1): scale ladder steps per octave and largest ladder size
+#: (the per-row ladder index ``j`` is 6 bits wide).
+LADDER_STEPS = 8
+LADDER_MAX = 64
 #: Softmax probabilities enter the log2 encoder as unsigned fixed point with this many fraction bits.
 SOFTMAX_FRAC = 15
 
@@ -98,7 +102,7 @@ def out_range(out_fmt: str, bits: int) -> tuple[int, int]:
 
 def describe_formats() -> str:
     """A human-readable table of every supported code format (``vitaccel spec``)."""
-    lines = ["vitaccel datapath spec v1 (docs/datapath.md)", ""]
+    lines = ["vitaccel datapath spec v2 (docs/datapath.md)", ""]
     lines.append("B operand (weights, K^T, V): sym, signed symmetric, no zero point")
     for k in BITS:
         lo, hi = sym_range(k)

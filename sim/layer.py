@@ -144,6 +144,11 @@ class EncoderSpec:
     ``kind``: ``uniform`` (per tensor or, with ``r``/``z`` of length M, per patch; with ``alpha_fx`` it
     extracts outliers), ``log2``, ``shiftlog2``, ``three_region``. ``in_frac`` is the fraction bits of
     the fixed-point input (``to_fixed``) and ``in_bits`` its width.
+
+    With ``ladder_r`` / ``ladder_t`` set (``uniform`` only) the encoder is the *dynamic* per-patch
+    encoder of section 8.1.1: ``r`` and ``z`` are ignored, each row's reciprocal and zero point are
+    chosen at run time from the scale ladder, and the result carries the per-row ladder index and
+    zero point (``EncoderResult.row_index``, ``.row_zero``) for the consuming GEMM.
     """
 
     kind: str
@@ -159,6 +164,12 @@ class EncoderSpec:
     base: str = "2"
     m0: int = 0
     m1: int = 0
+    ladder_r: np.ndarray | None = None
+    ladder_t: np.ndarray | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.ladder_r is not None
 
 
 @dataclass
@@ -167,11 +178,17 @@ class EncoderResult:
     outliers: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), I64))
     saturations: int = 0
     outlier_overflows: int = 0
+    row_index: np.ndarray | None = None  #: dynamic per-patch: ladder index j[r] per row
+    row_zero: np.ndarray | None = None   #: dynamic per-patch: zero point z[r] per row
 
 
 def run_encoder_reference(enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
     """Encode a fixed-point tensor ``(M, K)`` with the reference encoders."""
     x = np.asarray(x_fx)
+    if enc.kind == "uniform" and enc.dynamic:
+        q, o, sat, nof, j, z = ref.encode_per_patch_dynamic(x, enc.ladder_r, enc.ladder_t, enc.se, enc.bits,
+                                                            enc.alpha_fx, enc.fo, strict)
+        return EncoderResult(q, o, sat, nof, row_index=j, row_zero=z)
     if enc.kind == "uniform":
         if enc.alpha_fx is not None:
             q, o, sat, nof = ref.encode_per_patch(x, enc.r, enc.se, enc.z, enc.bits, enc.alpha_fx, enc.fo, strict)

@@ -444,6 +444,71 @@ def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUT
     return q, outliers, sat, n_of
 
 
+def row_range(x, alpha_fx: int | None):
+    """Per-row inlier range of the dynamic per-patch encoder (section 8.1.1).
+
+    Returns ``(lo, span)``: ``lo[r] = min(0, min of the inliers of row r)``,
+    ``hi[r] = max(0, max of the inliers)``, ``span[r] = hi[r] - lo[r]`` (inliers: ``|x| <= ALPHA``;
+    every element when ``alpha_fx`` is None). A row without inliers has ``lo = span = 0``.
+    """
+    x = _check_input(x, "row_range")
+    inl = np.ones(x.shape, bool) if alpha_fx is None else np.abs(x) <= int(alpha_fx)
+    lo = np.minimum(np.where(inl, x, 0).min(axis=1, initial=0), 0)
+    hi = np.maximum(np.where(inl, x, 0).max(axis=1, initial=0), 0)
+    return lo.astype(I64), (hi - lo).astype(I64)
+
+
+def check_ladder(ladder_r, ladder_t, se: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a scale ladder (section 8.1.1): ``1 <= J <= 64`` entries, ``0 < R[j] < 2^24``
+    non-decreasing, ``0 <= T[j] < 2^34`` non-increasing."""
+    r, t = _i64(ladder_r).reshape(-1), _i64(ladder_t).reshape(-1)
+    if not 1 <= r.size <= F.LADDER_MAX or r.size != t.size:
+        raise DatapathError(f"a scale ladder has 1..{F.LADDER_MAX} entries of R and T, got {r.size} and {t.size}")
+    _check_recip(r, se)
+    if np.any(t < 0) or np.any(t >= (1 << 34)):
+        raise DatapathError("ladder thresholds T must lie in [0, 2^34)")
+    if np.any(np.diff(t) > 0) or np.any(np.diff(r) < 0):
+        raise DatapathError("a scale ladder must have non-increasing T and non-decreasing R")
+    return r, t
+
+
+def select_ladder(span, ladder_t) -> np.ndarray:
+    """``j[r] = max({0} | {j : T[j] >= span[r]})``: the finest ladder scale whose range covers the row."""
+    span = _i64(span).reshape(-1)
+    t = _i64(ladder_t).reshape(-1)
+    covers = t[None, :] >= span[:, None]
+    return np.maximum(covers.sum(axis=1) - 1, 0).astype(I64)
+
+
+def encode_per_patch_dynamic(x, ladder_r, ladder_t, se: int, bits: int, alpha_fx: int | None,
+                             fo: int = F.OUTLIER_FRAC_BITS, strict: bool = True):
+    """Dynamic per-patch encoder (section 8.1.1): per-row scale chosen at run time from a ladder.
+
+    Per row: inlier range (:func:`row_range`), ladder index ``j = select_ladder(span)``, reciprocal
+    ``R[j]``, zero point ``z = saturate(round_shift(-lo * R[j], SE), 0, 2^k - 1)``, then
+    :func:`encode_per_patch` (or :func:`encode_uniform` when ``alpha_fx`` is None) with those
+    per-row ``R`` and ``z``.
+
+    Returns
+    -------
+    q, outliers, saturations, outlier_overflows : as :func:`encode_per_patch`
+    j : (M,) int64 ladder index per row (selects the consuming GEMM's row gain ``Mr``)
+    z : (M,) int64 zero point per row (the consuming GEMM's ``za``)
+    """
+    F.check_bits(bits)
+    x = _check_input(x, "encode_per_patch_dynamic")
+    r_lad, t_lad = check_ladder(ladder_r, ladder_t, se)
+    lo, span = row_range(x, alpha_fx)
+    j = select_ladder(span, t_lad)
+    r = r_lad[j]
+    z, _ = saturate(round_shift(-lo * r, se), 0, (1 << bits) - 1)
+    if alpha_fx is None:
+        q, sat = encode_uniform(x, r, se, z, bits)
+        return q, np.zeros((0, 3), I64), sat, 0, j, z
+    q, outliers, sat, n_of = encode_per_patch(x, r, se, z, bits, alpha_fx, fo, strict)
+    return q, outliers, sat, n_of, j, z
+
+
 def bit_length(v) -> np.ndarray:
     """``bit_length`` of non-negative integers, elementwise (exact for all int64)."""
     v = _i64(v)

@@ -22,4 +22,4 @@ def test_spec_lists_every_format(capsys):
 
 def test_console_script_runs():
     res = subprocess.run([sys.executable, "-m", "golden.cli", "spec"], capture_output=True, text=True)
-    assert res.returncode == 0 and "datapath spec v1" in res.stdout
+    assert res.returncode == 0 and "datapath spec v2" in res.stdout
