@@ -126,7 +126,8 @@ def cmd_calibrate(args) -> int:
     for flag, over in ABLATIONS.items():
         if getattr(args, flag, False):
             overrides.update(over)
-    for key in ("alpha_qkv", "alpha_fc1", "slq_base", "act_method", "weight_search", "mp_target_bits", "amo_iters"):
+    for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "mp_target_bits",
+                "amo_iters"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -313,6 +314,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha-qkv", type=float, dest="alpha_qkv")
     p.add_argument("--alpha-fc1", type=float, dest="alpha_fc1")
+    p.add_argument("--poq-mode", choices=("static", "dynamic"), dest="poq_mode",
+                   help="POQ per-patch scales: static per token position, or chosen per row at run time "
+                        "from a scale ladder (docs/datapath.md 8.1.1)")
     p.add_argument("--slq-base", choices=("2", "sqrt2"), dest="slq_base")
     p.add_argument("--act-method", choices=("minmax", "percentile", "mse"), dest="act_method")
     p.add_argument("--weight-search", choices=("minmax", "mse", "hessian"), dest="weight_search",

@@ -10,11 +10,15 @@ exported program for N images. Directory layout (``format_version`` 1, see
 * ``program/`` — the program the vectors belong to (``manifest.json`` + ``tensors.npz``);
 * ``vectors.npz`` — for each layer record ``R``: ``R/a_codes`` ``(n, M, K)``, ``R/acc`` and ``R/out``
   ``(n, M, N)``, ``R/outliers`` ``(total, 4)`` rows ``[image, row, col, val]``, and for run-time B
-  operands (``q @ k^T``, ``attn @ v``) ``R/b`` ``(n, K, N)``; for each encoder record ``E``:
-  ``enc:E/x_fx``, ``enc:E/codes``, ``enc:E/outliers``.
+  operands (``q @ k^T``, ``attn @ v``) ``R/b`` ``(n, K, N)``, for a dynamic per-patch A operand
+  (docs/datapath.md 8.1.1) the row parameters it ran with, ``R/mr`` and ``R/za`` ``(n, M)``; for each
+  encoder record ``E``: ``enc:E/x_fx``, ``enc:E/codes``, ``enc:E/outliers`` and, for a dynamic
+  per-patch encoder, ``enc:E/row_index`` and ``enc:E/row_zero`` ``(n, M)``.
 
-:func:`load_golden` returns ``{record: {"spec": LayerSpec, "a_codes", "outliers", "b", "acc", "out"}}``
-where ``outliers`` is a list of ``(k, 3)`` arrays, one per image.
+:func:`load_golden` returns ``{record: {"spec": LayerSpec, "a_codes", "outliers", "b", "acc", "out",
+"row_mr", "row_za"}}`` where ``outliers`` is a list of ``(k, 3)`` arrays, one per image, and
+``row_mr`` / ``row_za`` are ``None`` unless the layer's row parameters come from a dynamic encoder;
+:func:`image_spec` gives the layer spec one image ran with.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import json
 import os
 import shutil
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -31,7 +36,7 @@ from .int_eval import ProgramRunner
 from .program import Program, load_program, read_versioned_manifest, save_program
 
 FORMAT = "vitaccel-golden"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class GoldenError(UserError):
@@ -53,8 +58,12 @@ def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str 
         runner.records, runner.enc_records = {}, {}
         runner.run_image(img)
         for name, rec in runner.records.items():
-            d = per_layer.setdefault(name, {"a_codes": [], "acc": [], "out": [], "b": [], "outliers": []})
+            d = per_layer.setdefault(name, {"a_codes": [], "acc": [], "out": [], "b": [], "outliers": [],
+                                            "mr": [], "za": []})
             d["a_codes"].append(rec["a_codes"])
+            if "row_index" in rec:
+                d["mr"].append(rec["mr"])
+                d["za"].append(rec["za"])
             d["acc"].append(rec["acc"])
             d["out"].append(rec["out"])
             if rec["b"] is not None:
@@ -62,8 +71,11 @@ def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str 
             o = np.asarray(rec["outliers"]).reshape(-1, 3)
             d["outliers"].append(np.concatenate([np.full((len(o), 1), i, np.int64), o], axis=1))
         for name, rec in runner.enc_records.items():
-            d = per_enc.setdefault(name, {"x_fx": [], "codes": [], "outliers": []})
+            d = per_enc.setdefault(name, {"x_fx": [], "codes": [], "outliers": [], "row_index": [], "row_zero": []})
             d["x_fx"].append(rec["x_fx"])
+            if "row_index" in rec:
+                d["row_index"].append(rec["row_index"])
+                d["row_zero"].append(rec["row_zero"])
             d["codes"].append(rec["codes"])
             o = rec["outliers"]
             d["outliers"].append(np.concatenate([np.full((len(o), 1), i, np.int64), o], axis=1))
@@ -75,10 +87,16 @@ def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str 
         arrays[f"{name}/outliers"] = np.concatenate(d["outliers"]).astype(np.int64)
         if d["b"]:
             arrays[f"{name}/b"] = np.stack(d["b"]).astype(np.int8)
+        if d["mr"]:
+            arrays[f"{name}/mr"] = np.stack(d["mr"]).astype(np.int64)
+            arrays[f"{name}/za"] = np.stack(d["za"]).astype(np.int64)
     for name, d in per_enc.items():
         arrays[f"enc:{name}/x_fx"] = np.stack(d["x_fx"]).astype(np.int64)
         arrays[f"enc:{name}/codes"] = np.stack(d["codes"]).astype(np.int16)
         arrays[f"enc:{name}/outliers"] = np.concatenate(d["outliers"]).astype(np.int64)
+        if d["row_index"]:
+            arrays[f"enc:{name}/row_index"] = np.stack(d["row_index"]).astype(np.int64)
+            arrays[f"enc:{name}/row_zero"] = np.stack(d["row_zero"]).astype(np.int64)
     os.makedirs(out_dir, exist_ok=True)
     pdir = os.path.join(out_dir, "program")
     if os.path.isdir(pdir):
@@ -136,9 +154,24 @@ def load_golden(path: str) -> dict:
         spec = prog.layer_spec(layer)
         spec.name = rec
         b = arrays.get(f"{rec}/b")
+        row_mr, row_za = arrays.get(f"{rec}/mr"), arrays.get(f"{rec}/za")
+        if spec.meta.get("dynamic_rows") and (row_mr is None or row_za is None
+                                              or row_mr.shape != a.shape[:2] or row_za.shape != a.shape[:2]):
+            raise GoldenError(f"golden vectors {path}: {rec} has a dynamic per-patch A operand but no "
+                              "(or malformed) per-row mr / za arrays")
         out[rec] = {"spec": spec, "a_codes": a.astype(np.int64), "outliers": _split_outliers(outl, n),
-                    "b": None if b is None else b.astype(np.int64), "acc": acc, "out": o}
+                    "b": None if b is None else b.astype(np.int64), "acc": acc, "out": o,
+                    "row_mr": row_mr, "row_za": row_za}
     return out
+
+
+def image_spec(rec: dict, image: int):
+    """The LayerSpec image ``image`` of a :func:`load_golden` record ran with: the program's spec, with
+    the per-row ``mr`` / ``za`` of that image for a dynamic per-patch A operand (spec 8.1.1)."""
+    spec = rec["spec"]
+    if rec.get("row_mr") is None:
+        return spec
+    return replace(spec, mr=np.asarray(rec["row_mr"][image]), za=np.asarray(rec["row_za"][image]))
 
 
 def load_golden_encoders(path: str) -> dict:
@@ -150,7 +183,8 @@ def load_golden_encoders(path: str) -> dict:
         try:
             out[rec] = {"spec": prog.encoder_spec(enc), "x_fx": arrays[f"enc:{rec}/x_fx"],
                         "codes": arrays[f"enc:{rec}/codes"].astype(np.int64),
-                        "outliers": _split_outliers(arrays[f"enc:{rec}/outliers"], n)}
+                        "outliers": _split_outliers(arrays[f"enc:{rec}/outliers"], n),
+                        "row_index": arrays.get(f"enc:{rec}/row_index"), "row_zero": arrays.get(f"enc:{rec}/row_zero")}
         except KeyError as exc:
             raise GoldenError(f"golden vectors {path}: array {exc} is missing") from None
     return out

@@ -10,6 +10,8 @@ reference ``run_layer_reference`` / ``run_encoder_reference`` (bit-identical, mu
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -78,14 +80,32 @@ class ProgramRunner:
             self.enc_inputs.setdefault(name, []).append(x.detach().clone())
         if self.trace and q:
             self.codes[q] = np.asarray(res.codes)
-        return np.asarray(res.codes), np.asarray(res.outliers)
+        rows = None if res.row_index is None else (np.asarray(res.row_index), np.asarray(res.row_zero))
+        if self.trace and rows is not None:
+            self.enc_records[record_as or name].update(row_index=rows[0], row_zero=rows[1])
+        return np.asarray(res.codes), np.asarray(res.outliers), rows
 
-    def _gemm(self, name: str, spec, a_codes, outliers=None, b=None, record_as=None):
+    @staticmethod
+    def row_spec(spec, rows):
+        """``spec`` with the run-time row parameters of a dynamic per-patch A operand (spec 8.1.1):
+        ``Mr[r] = MrL[j[r]]`` (the program's ``mr`` is the ladder's gain table), ``za[r] = z[r]``."""
+        if not spec.meta.get("dynamic_rows"):
+            return spec
+        if rows is None:
+            raise ProgramError(f"{spec.name}: a dynamic per-patch A operand needs the encoder's row parameters")
+        j, z = rows
+        return replace(spec, mr=np.asarray(spec.mr)[j], za=np.asarray(z, np.int64))
+
+    def _gemm(self, name: str, spec, a_codes, outliers=None, b=None, record_as=None, rows=None):
+        spec = self.row_spec(spec, rows)
         res = self.run_layer(spec, a_codes, outliers, b) if b is not None else self.run_layer(spec, a_codes, outliers)
         self.saturations += int(getattr(res, "saturations", 0) or 0)
         if self.trace:
             self.records[record_as or name] = {"a_codes": np.asarray(a_codes), "outliers": np.asarray(outliers) if outliers is not None else np.zeros((0, 3), np.int64),
                                                "b": None if b is None else np.asarray(b), "acc": np.asarray(res.acc), "out": np.asarray(res.out)}
+            if rows is not None:  # the row parameters the GEMM ran with (dynamic per-patch A operand)
+                self.records[record_as or name].update(row_index=np.asarray(rows[0]), mr=np.asarray(spec.mr),
+                                                       za=np.asarray(spec.za))
         out = np.asarray(res.out)
         if spec.out_fmt.startswith("fixed"):
             return torch.from_numpy(ref.from_fixed(out, spec.out_frac))
@@ -111,9 +131,9 @@ class ProgramRunner:
                 name = step["layer"]
                 a = codes_env.get(step["in"])
                 if a is None:  # the input is the integer output of a previous GEMM
-                    a = (env[step["in"]], None)
+                    a = (env[step["in"]], None, None)
                 spec = self.specs[name]
-                out = self._gemm(name, spec, a[0], a[1] if a[1] is not None and len(a[1]) else None)
+                out = self._gemm(name, spec, a[0], a[1] if a[1] is not None and len(a[1]) else None, rows=a[2])
                 if isinstance(out, torch.Tensor):
                     env[step["out"]] = out
                 else:
@@ -152,7 +172,7 @@ class ProgramRunner:
             cols = slice(j * hd, (j + 1) * hd)
             s = self._gemm(step["qk"], qk, q[:, cols], None, np.ascontiguousarray(k[:, cols].T), record_as=f"{step['qk']}.h{j}")
             attn = torch.softmax(s, dim=-1)
-            a_codes, _ = self._encode(step["softmax"], attn, record_as=f"{step['softmax']}.h{j}")
+            a_codes, _, _ = self._encode(step["softmax"], attn, record_as=f"{step['softmax']}.h{j}")
             soft_codes.append(a_codes)
             outs.append(self._gemm(step["av"], av, a_codes, None, np.ascontiguousarray(v[:, cols]), record_as=f"{step['av']}.h{j}"))
         if self.trace:
@@ -280,9 +300,15 @@ def layer_agreement(qvit, prog: Program, runner: ProgramRunner) -> dict:
         e = prog.manifest["layers"][base]
         qin = mods[e["quantizer_in"]]
         a = torch.from_numpy(rec["a_codes"]).to(torch.int64)
-        a_real = qin.dequantize(a[None])[0].double()
+        if "row_index" in rec:  # dynamic per-patch operand: the encoder's per-row ladder scale and zero point
+            j = torch.from_numpy(rec["row_index"])
+            a_real = qin.dequantize(a[None], rows=(j[None], torch.from_numpy(rec["za"])[None]))[0].double()
+            row_scale = qin.ladder().detach()[j]
+        else:
+            a_real = qin.dequantize(a[None])[0].double()
+            row_scale = qin.scale.detach().reshape(-1) if hasattr(qin, "scale") else None
         for r, c, v in np.asarray(rec["outliers"]).reshape(-1, 3).tolist():
-            a_real[r, c] = v * float(qin.scale.detach().reshape(-1)[r]) / 2 ** e["fo"]
+            a_real[r, c] = v * float(row_scale[r]) / 2 ** e["fo"]
         if e["b"] == "runtime":
             mm = mods[base]
             b_real = mm.b_quantizer.dequantize(torch.from_numpy(rec["b"]).to(torch.int64)).double()

@@ -127,6 +127,19 @@ class GridEncoder:
         self.sh = int(entry.get("sh", 0))
         self.base = entry.get("base", "2")
         self.m0, self.m1 = int(entry.get("m0", 0)), int(entry.get("m1", 0))
+        lad = entry.get("ladder")
+        self.ladder_r = None if lad is None else torch.from_numpy(np.asarray(tensors[lad["r"]], np.int64).reshape(-1))
+        self.ladder_t = None if lad is None else torch.from_numpy(np.asarray(tensors[lad["t"]], np.int64).reshape(-1))
+
+    def dynamic_rows(self, x_fx: torch.Tensor):
+        """Section 8.1.1 per row (last axis = channels): ``(j, r, z)``, ``r``/``z`` shaped ``(..., M, 1)``."""
+        inl = x_fx if self.alpha_fx is None else torch.where(x_fx.abs() > int(self.alpha_fx), 0, x_fx)
+        lo = inl.amin(dim=-1).clamp(max=0)
+        span = inl.amax(dim=-1).clamp(min=0) - lo
+        j = ((self.ladder_t >= span[..., None]).sum(dim=-1) - 1).clamp(min=0)
+        r = self.ladder_r[j]
+        z = round_shift(-lo * r, self.se).clamp(0, 2 ** self.bits - 1)
+        return j, r[..., None], z[..., None]
 
     def _rows(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if v.numel() == 1:
@@ -135,24 +148,30 @@ class GridEncoder:
             raise IntegerGridError(f"per-patch encoder has {v.numel()} rows, input shape {tuple(x.shape)}")
         return v[:, None]
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(codes, outlier_values)``; outlier values (units ``s[r] 2^-FO``, 0 elsewhere) or None."""
+    def encode(self, x: torch.Tensor):
+        """``(codes, outlier_values, rows)``; outlier values (units ``s[r] 2^-FO``, 0 elsewhere) or None;
+        ``rows = (j, z)`` per row for the dynamic per-patch encoder (section 8.1.1), else None."""
         x_fx = to_fixed(x, self.in_frac, self.in_bits)
         k = self.bits
         if self.kind == "uniform":
-            r, z = self._rows(self.r, x_fx), self._rows(self.z, x_fx)
+            rows = None
+            if self.ladder_r is not None:
+                j, r, z = self.dynamic_rows(x_fx)
+                rows = (j, z[..., 0])
+            else:
+                r, z = self._rows(self.r, x_fx), self._rows(self.z, x_fx)
             q = (round_shift(x_fx * r, self.se) + z).clamp(0, 2 ** k - 1)
             if self.alpha_fx is None:
-                return q, None
+                return q, None, rows
             out = x_fx.abs() > int(self.alpha_fx)
             val = round_shift(x_fx * r, self.se - self.fo).clamp(-2 ** 15, 2 ** 15 - 1)
-            return torch.where(out, z.expand_as(q), q), torch.where(out, val, torch.zeros_like(val))
+            return torch.where(out, z.expand_as(q), q), torch.where(out, val, torch.zeros_like(val)), rows
         if self.kind == "log2":
             qmax, zero = SF.log2_qmax(k), SF.log2_zero_code(k)
             a = x_fx.clamp(min=0)
             q = self.in_frac - round_log2(a.clamp(min=1))
             q = torch.where(q < 0, torch.zeros_like(q), q)
-            return torch.where((a == 0) | (q > qmax), torch.full_like(q, zero), q), None
+            return torch.where((a == 0) | (q > qmax), torch.full_like(q, zero), q), None, None
         if self.kind == "shiftlog2":
             qmax = SF.shiftlog2_qmax(k, self.base)
             u = x_fx + self.sh
@@ -163,7 +182,7 @@ class GridEncoder:
             else:
                 q = 2 * SF.LOG_FRAC - round_log_sqrt2(wpos)
             q = q.clamp(0, qmax)
-            return torch.where((u <= 0) | (w <= 0), torch.full_like(q, qmax), q), None
+            return torch.where((u <= 0) | (w <= 0), torch.full_like(q, qmax), q), None, None
         if self.kind == "three_region":
             p = 2 ** (k - 2) - 1
             w = round_shift(x_fx * int(self.r[0]), self.se)
@@ -173,7 +192,7 @@ class GridEncoder:
             n1 = round_shift(w, SF.LOG_FRAC + self.m0)
             n2 = (1 << (k - 1)) | round_shift(w, SF.LOG_FRAC + self.m1).clamp(max=p)
             pos = torch.where(n1 <= p, n1, n2)
-            return torch.where(w < 0, neg, pos), None
+            return torch.where(w < 0, neg, pos), None, None
         raise IntegerGridError(f"unknown encoder kind {self.kind!r}")
 
 
@@ -219,6 +238,7 @@ class GridGemm:
         self.kind, self.bits = a["kind"], int(a["bits"])
         self.base, self.m0, self.m1 = a.get("base", "2"), int(a.get("m0", 0)), int(a.get("m1", 0))
         self.za = _vec(tensors, a["za"])
+        self.dynamic_rows = bool(a.get("dynamic", False))  # Mr / za per row from the encoder (8.1.1)
         self.fo = int(entry.get("fo") or 0)
         rq = entry["requant"]
         self.mr, self.sr = _vec(tensors, rq["mr"]), int(rq["sr"])
@@ -236,10 +256,19 @@ class GridGemm:
             width = 16 if self.out_fmt == "fixed16" else 32
             self.lo, self.hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
 
-    def operand(self, codes: torch.Tensor) -> torch.Tensor:
-        """``D - za`` (rows along the second-to-last axis) as float64 (exact integers)."""
+    def _row_check(self, rows):
+        if self.dynamic_rows and rows is None:
+            raise IntegerGridError(f"{self.name}: a dynamic per-patch A operand needs the encoder's row parameters")
+
+    def operand(self, codes: torch.Tensor, rows=None) -> torch.Tensor:
+        """``D - za`` (rows along the second-to-last axis) as float64 (exact integers); ``rows = (j, z)``
+        of a dynamic per-patch encoder give ``za[r] = z[r]``."""
         d = decode(codes, self.kind, self.bits, self.base, self.m0, self.m1)
-        za = self.za.reshape(()) if self.za.numel() == 1 else self.za[:, None]
+        self._row_check(rows)
+        if self.dynamic_rows:
+            za = rows[1][..., None]
+        else:
+            za = self.za.reshape(()) if self.za.numel() == 1 else self.za[:, None]
         return (d - za).double()
 
     def accumulate(self, a_op: torch.Tensor, b: torch.Tensor, outliers: torch.Tensor | None) -> torch.Tensor:
@@ -252,9 +281,14 @@ class GridGemm:
             raise IntegerGridError(f"{self.name}: accumulator beyond the exact float64 range")
         return acc.to(I64)
 
-    def requantize(self, acc: torch.Tensor) -> torch.Tensor:
-        """Section 7 on int64 ``acc`` (rows on the second-to-last axis); returns output integers."""
-        mr = self.mr.reshape(()) if self.mr.numel() == 1 else self.mr[:, None]
+    def requantize(self, acc: torch.Tensor, rows=None) -> torch.Tensor:
+        """Section 7 on int64 ``acc`` (rows on the second-to-last axis); returns output integers.
+        With ``rows = (j, z)`` of a dynamic per-patch operand the row gain is ``Mr[j[r]]``."""
+        self._row_check(rows)
+        if self.dynamic_rows:
+            mr = self.mr[rows[0]][..., None]
+        else:
+            mr = self.mr.reshape(()) if self.mr.numel() == 1 else self.mr[:, None]
         x = acc * mr
         if bool((x.abs() >= _INT62).any()):
             raise IntegerGridError(f"{self.name}: |acc * Mr| >= 2^62")
@@ -326,7 +360,7 @@ def _input_codes(quantizer, x: torch.Tensor):
     enc = getattr(quantizer, "grid_encoder", None)
     if enc is not None:
         return enc.encode(x)
-    return quantizer.quantize(x), None
+    return quantizer.quantize(x), None, None
 
 
 @torch.no_grad()
@@ -335,11 +369,11 @@ def linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
     squeeze = x.dim() == 2
     if squeeze:
         x = x[:, None, :]
-    codes, outl = _input_codes(layer.input_quantizer, x)
+    codes, outl, rows = _input_codes(layer.input_quantizer, x)
     outs = []
     for g in layer.grid:
-        acc = g.accumulate(g.operand(codes), g.b, outl if g.fo else None)
-        outs.append(g.to_host(g.requantize(acc)))
+        acc = g.accumulate(g.operand(codes, rows), g.b, outl if g.fo else None)
+        outs.append(g.to_host(g.requantize(acc, rows)))
     y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
     return y[:, 0, :] if squeeze else y
 
@@ -358,7 +392,7 @@ def patch_embed_forward(conv, x: torch.Tensor) -> torch.Tensor:
 def matmul_forward(mm, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Integer-grid ``q @ k^T`` / ``attn @ v`` (per head, batched); the qk gain is inside ``Mc``."""
     g = mm.grid[0]
-    a_codes, _ = _input_codes(mm.a_quantizer, a)
+    a_codes, _, _ = _input_codes(mm.a_quantizer, a)
     b_codes = mm.b_quantizer.quantize(b)
     acc = g.accumulate(g.operand(a_codes), b_codes, None)
     return g.to_host(g.requantize(acc))

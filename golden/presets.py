@@ -46,6 +46,7 @@ class QuantConfig:
     poq: bool = False                 # ADFQ POQ on qkv / fc1 inputs
     alpha_qkv: float | None = 5.0
     alpha_fc1: float | None = 10.0
+    poq_mode: str = "static"          # static (per token position) | dynamic (per row at run time, spec 8.1.1)
     fc2: str = "uniform"              # uniform | slq | three_region
     slq_base: str | None = None       # "2" | "sqrt2" | None (sqrt2)
     amo: bool = False                 # ADFQ AMO block reconstruction (golden.reconstruct)
@@ -67,6 +68,8 @@ class QuantConfig:
         if self.weight_search not in ("minmax", "mse", "hessian"):
             raise QuantizerError(f"unknown weight range search {self.weight_search!r} "
                                  "(use 'minmax', 'mse' or 'hessian')")
+        if self.poq_mode not in ("static", "dynamic"):
+            raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 
@@ -116,7 +119,7 @@ def build_quantizer(cfg: QuantConfig, role: str, bits: int, name: str = ""):
     if role in ("qkv_in", "fc1_in"):
         if cfg.poq:
             alpha = cfg.alpha_qkv if role == "qkv_in" else cfg.alpha_fc1
-            return PerPatchOutlierQuantizer(bits, alpha=alpha, name=name)
+            return PerPatchOutlierQuantizer(bits, alpha=alpha, name=name, dynamic=cfg.poq_mode == "dynamic")
         return UniformQuantizer(bits, method=cfg.act_method, name=name)
     if role == "fc2_in":
         if cfg.fc2 == "slq":

@@ -32,7 +32,7 @@ from sim.layer import EncoderSpec, LayerSpec
 from .cli import UserError
 
 FORMAT = "vitaccel-program"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Fraction bits of host -> fixed conversions feeding the encoders (int32 inputs).
 ENC_IN_FRAC = 16
 #: Fraction bits of ``fixed32`` GEMM outputs (residual branch, softmax input, GELU input, logits).
@@ -144,17 +144,21 @@ class Program:
             bq=self.t(rq["bq"]).astype(np.int64), out_fmt=e["out_fmt"], out_bits=e["out_bits"],
             acc_bits=e["acc_bits"], z_out=rq["z_out"], out_frac=e.get("out_frac", 0), a_base=a.get("base", "2"),
             m0=a.get("m0", 0), m1=a.get("m1", 0), fo=e["fo"], outlier_capacity=e.get("outlier_capacity"),
-            tile_rows=e.get("tile_rows", TILE_ROWS), meta={"quantizer_out": e.get("quantizer_out")})
+            tile_rows=e.get("tile_rows", TILE_ROWS),
+            meta={"quantizer_out": e.get("quantizer_out"), "dynamic_rows": bool(a.get("dynamic", False))})
 
     def encoder_spec(self, name: str) -> EncoderSpec:
         try:
             e = self.manifest["encoders"][name]
         except KeyError:
             raise ProgramError(f"program has no encoder {name!r}") from None
+        lad = e.get("ladder")
         return EncoderSpec(kind=e["kind"], bits=e["bits"], in_frac=e["in_frac"], in_bits=e.get("in_bits", 32),
                            r=self.t(e["r"]).astype(np.int64), se=e["se"], z=self.t(e["z"]).astype(np.int64),
                            alpha_fx=e.get("alpha_fx"), fo=e.get("fo", SF.OUTLIER_FRAC_BITS), sh=e.get("sh", 0),
-                           base=e.get("base", "2"), m0=e.get("m0", 0), m1=e.get("m1", 0))
+                           base=e.get("base", "2"), m0=e.get("m0", 0), m1=e.get("m1", 0),
+                           ladder_r=None if lad is None else self.t(lad["r"]).astype(np.int64),
+                           ladder_t=None if lad is None else self.t(lad["t"]).astype(np.int64))
 
     def layer_names(self) -> list[str]:
         return list(self.manifest["layers"])
@@ -172,7 +176,7 @@ def save_program(prog: Program, path: str) -> None:
 def _refs(obj, out: set):
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if k in ("b", "za", "mr", "mc", "sc", "bq", "r", "z", "bias", "weight", "cls_token", "pos_embed",
+            if k in ("b", "za", "mr", "mc", "sc", "bq", "r", "z", "t", "bias", "weight", "cls_token", "pos_embed",
                      "s_b", "u_a") and isinstance(v, str) and v != "runtime":
                 out.add(v)
             _refs(v, out)
@@ -249,7 +253,11 @@ def _unit(qexp: dict) -> np.ndarray:
 
 
 def _za(qexp: dict) -> np.ndarray:
+    """The A zero point of the program; for a dynamic per-patch operand (chosen at run time) the
+    largest possible ``2^k - 1``, which is what the accumulator bound needs."""
     fmt = qexp["fmt"]
+    if fmt == "uniform" and qexp.get("dynamic"):
+        return np.array([(1 << qexp["bits"]) - 1], np.int64)
     if fmt == "uniform":
         return np.asarray(qexp["zero_point"], np.int64).reshape(-1)
     if fmt == "shiftlog2":
@@ -281,13 +289,20 @@ class _Exporter:
         if fmt == "uniform":
             scale = np.asarray(e["scale"], np.float64).reshape(-1)
             per_patch = bool(e.get("per_patch"))
-            if per_patch and scale.size != rows:
+            dynamic = bool(e.get("dynamic"))
+            if per_patch and not dynamic and scale.size != rows:
                 raise ProgramError(f"{name}: per-patch quantizer has {scale.size} rows, the program {rows}")
             fo = int(e.get("fo") or 0)
             r, se = encoder_recip(scale, ENC_IN_FRAC, 0, min_se=SF.OUTLIER_FRAC_BITS if fo else 0)
             ent.update(in_frac=ENC_IN_FRAC, se=se, r=self.put(f"{name}/r", r),
                        z=self.put(f"{name}/z", np.asarray(e["zero_point"], np.int64).reshape(-1)),
                        scale=scale.tolist() if scale.size == 1 else None, per_patch=per_patch)
+            if dynamic:  # spec 8.1.1: the scale ladder (R[j] shares SE; T[j] = floor(s_j (2^k - 1) 2^F))
+                t = np.floor(scale * ((1 << e["bits"]) - 1) * 2.0 ** ENC_IN_FRAC).astype(np.int64)
+                if np.any(t >= 1 << 34) or np.any(np.diff(t) > 0):
+                    raise ProgramError(f"{name}: dynamic scale ladder thresholds out of range")
+                ent["ladder"] = {"r": self.put(f"{name}/ladder_r", r), "t": self.put(f"{name}/ladder_t", t),
+                                 "s_top": float(scale[0]), "steps_per_octave": SF.LADDER_STEPS}
             if fo:
                 ent.update(alpha=e["alpha"], alpha_fx=int(math.floor(e["alpha"] * 2 ** ENC_IN_FRAC)), fo=fo,
                            outlier_ratio=e.get("outlier_ratio"),
@@ -317,6 +332,8 @@ class _Exporter:
         u_a = _unit(a_exp)
         za = _za(a_exp)
         a = {"kind": a_exp["fmt"], "bits": a_exp["bits"], "za": self.put(f"{name}/za", za)}
+        if a_exp.get("dynamic"):  # row gains Mr[r] = requant.mr[j[r]], za[r] = z[r] from the encoder (8.1.1)
+            a["dynamic"] = True
         if a_exp["fmt"] == "shiftlog2":
             a["base"] = a_exp["base"]
         if a_exp["fmt"] == "three_region":
@@ -483,7 +500,7 @@ def export_program(qvit, data_config: dict | None = None, outlier_capacity: int 
     with torch.no_grad():
         ex.run()
     cfg = qvit.config
-    man = {"format": FORMAT, "format_version": FORMAT_VERSION, "spec_version": 1,
+    man = {"format": FORMAT, "format_version": FORMAT_VERSION, "spec_version": 2,
            "model": {"name": qvit.model_name, **ex.model_info, "data_config": data_config or {}},
            "method": cfg.method, "bits": f"w{cfg.w_bits}a{cfg.a_bits}", "config": cfg.to_dict(),
            "enc_in_frac": ENC_IN_FRAC, "out_frac": OUT_FRAC,

@@ -4,7 +4,10 @@ The MHA (``blocks.i.attn``) and MLP (``blocks.i.mlp``) modules of every transfor
 reconstructed one after the other, in model order:
 
 * **inputs** are what the *quantized* model feeds the module (computed after all earlier modules
-  were reconstructed, so their remaining error propagates);
+  were reconstructed, so their remaining error propagates); with ``input_drop = p`` (QDrop, as in
+  the released ADFQ-ViT code) each input element of each optimisation step is replaced by the FP
+  model's input with probability ``p``, so the module learns to reduce its own quantization error
+  instead of memorising the upstream error of the few calibration images;
 * **targets** are the outputs of the floating-point module on the floating-point model's own inputs
   (the same model with every quantizer disabled, or a separate FP model);
 * the optimised variables are the AdaRound variables ``V`` of the module's weight quantizers (Adam,
@@ -92,6 +95,10 @@ class AMOConfig:
         In the last transformer block of a model whose classifier reads only the class token
         (timm ``global_pool="token"``), reconstruct only that token's output (and its attention
         row): the other tokens' outputs of that block reach nothing.
+    input_drop : float
+        QDrop-style input mixing: in every optimisation step each element of the module's input is
+        taken from the FP model's input to the module with this probability, else from the
+        quantized model's (0 disables it; the released ADFQ-ViT code uses 0.5).
     device : str
         ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
     seed : int
@@ -117,7 +124,6 @@ class AMOConfig:
     ln_weighted: bool = False
     readout_last_block: bool = False
     input_drop: float = 0.0
-    scale_cosine: bool = False
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -131,6 +137,8 @@ class AMOConfig:
             raise ValueError(f"warmup must be a fraction in [0, 1], got {self.warmup}")
         if self.beta_start < self.beta_end or self.beta_end <= 0:
             raise ValueError("need beta_start >= beta_end > 0")
+        if not 0.0 <= self.input_drop <= 1.0:
+            raise ValueError(f"input_drop must be a probability in [0, 1], got {self.input_drop}")
 
 
 @dataclass
@@ -581,7 +589,6 @@ def reconstruct_amo(
         warm = int(cfg.warmup * cfg.iters)
         if groups and cfg.iters > 0:
             opt = torch.optim.Adam(groups)
-            scale_group = len(groups) - 1 if scale_params else None
             inner = tqdm(range(cfg.iters), desc=f"  {name}", leave=False, disable=not cfg.progress)
             for it in inner:
                 idx = torch.randint(0, n_img, (min(cfg.batch_size, n_img),), generator=gen).tolist()
@@ -604,8 +611,6 @@ def reconstruct_amo(
                     loss = loss + cfg.round_weight * reg / n_round
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.scale_cosine and scale_group is not None:  # cosine decay of the scale learning rate
-                    opt.param_groups[scale_group]["lr"] = cfg.lr_scale * 0.5 * (1 + math.cos(math.pi * it / cfg.iters))
                 opt.step()
                 with torch.no_grad():  # scales stay positive
                     for p in scale_params:

@@ -95,7 +95,8 @@ def add_subcommands(sub) -> None:
     _add_cfg_args(s)
     s.add_argument("-o", "--output", type=Path, required=True, help="output directory (logs, synth.json)")
     s.add_argument("--verilog", type=Path, help="synthesise this Verilog file instead of generating one")
-    s.add_argument("--top", default="layer_engine", help="top module (default layer_engine)")
+    s.add_argument("--top", default="layer_engine", help="top module (default layer_engine; also mac_array, "
+                   "outlier_unit, dynamic_per_patch_encoder with a row buffer for K = --max-k)")
     s.add_argument("--device", default="85k", help="ECP5 device for nextpnr (default 85k)")
     s.add_argument("--package", default="CABGA381", help="package (default CABGA381)")
     s.add_argument("--freq", type=float, default=150.0, help="target clock in MHz (default 150)")

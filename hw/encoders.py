@@ -23,12 +23,18 @@ from .common import BITS, CodeFormat, leading_one, partial_products, round_half,
 
 __all__ = ["PerPatchEncoder", "ActivationEncoder", "encode_per_patch", "round_log2", "round_log_sqrt2",
            "encode_log2", "encode_shiftlog2", "encode_three_region", "PER_PATCH_LATENCY",
-           "ACTIVATION_LATENCY", "OUTLIER_FRAC_BITS", "LOG2_THRESHOLD", "LOG_SQRT2_THRESHOLDS"]
+           "ACTIVATION_LATENCY", "PER_PATCH_OUT", "PER_PATCH_OUTL", "OUTLIER_FRAC_BITS", "LOG2_THRESHOLD",
+           "LOG_SQRT2_THRESHOLDS"]
 
 OUTLIER_FRAC_BITS = 2
 LOG2_THRESHOLD = 46341
 LOG_SQRT2_THRESHOLDS = (38968, 55109)
 LOG_FRAC = 16
+#: :class:`PerPatchEncoder` output layouts (also those of :class:`hw.dynamic_per_patch.DynamicPerPatchEncoder`):
+#: dense code per element and one outlier entry.
+PER_PATCH_OUT = data.StructLayout({"code": unsigned(8), "sat": unsigned(1), "outlier": unsigned(1)})
+PER_PATCH_OUTL = data.StructLayout({"row": unsigned(16), "col": unsigned(16), "val": signed(16),
+                                    "overflow": unsigned(1)})
 #: Register stages of :class:`PerPatchEncoder`: partial products, sum, rounding add, shift, output.
 PER_PATCH_LATENCY = 5
 #: Register stages of :class:`ActivationEncoder`: products, sum, shift, leading one, mantissa, output.
@@ -110,10 +116,8 @@ class PerPatchEncoder(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "x": signed(32), "r": unsigned(24), "z": unsigned(8), "row": unsigned(16), "col": unsigned(16)}))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "code": unsigned(8), "sat": unsigned(1), "outlier": unsigned(1)}))),
-            "outl": Out(stream.Signature(data.StructLayout({
-                "row": unsigned(16), "col": unsigned(16), "val": signed(16), "overflow": unsigned(1)}))),
+            "o": Out(stream.Signature(PER_PATCH_OUT)),
+            "outl": Out(stream.Signature(PER_PATCH_OUTL)),
             "se": In(6),
             "bits": In(4),
             "alpha": In(32),

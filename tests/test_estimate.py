@@ -283,7 +283,7 @@ def _program_manifest():
              {"op": "gemm", "layer": "head"}]
     encoders = {"blocks.0.attn.qkv.in": dict(kind="uniform", bits=4, quantizer="qkv.q", per_patch=True),
                 "head.in": dict(kind="uniform", bits=8, quantizer="head.q", per_patch=False)}
-    return dict(format="vitaccel-program", format_version=1, model=dict(name="toy_vit"), bits="w6a4",
+    return dict(format="vitaccel-program", format_version=2, model=dict(name="toy_vit"), bits="w6a4",
                 graph=graph, layers=layers, encoders=encoders, host={})
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.golden_vectors import GoldenError, load_golden, load_golden_encoders, write_golden
+from golden.golden_vectors import GoldenError, image_spec, load_golden, load_golden_encoders, write_golden
 from golden.int_eval import ProgramRunner, layer_agreement
 from golden.program import ProgramError, export_program, load_program, requant_params, save_program
 from sim.layer import run_encoder_reference, run_layer_reference
@@ -47,7 +47,7 @@ def test_export_load_roundtrip_exact(tmp_path, method):
                 np.testing.assert_array_equal(v, getattr(b, f))
             else:
                 assert v == getattr(b, f), (name, f)
-    assert prog.manifest["format_version"] == 1
+    assert prog.manifest["format_version"] == 2
     if method == "adfq":
         e = prog.manifest["encoders"]["blocks.0.attn.qkv.in"]
         assert e["per_patch"] and e["alpha_fx"] == 5 * 2 ** 16 and e["fo"] == 2
@@ -101,10 +101,11 @@ def test_malformed_programs_raise(tmp_path):
         load_program(str(ia))
 
 
-@pytest.mark.parametrize("method", ["baseline", "adfq", "mptq"])
-def test_fakequant_and_sim_agree_per_layer(method):
+@pytest.mark.parametrize("method,poq_mode", [("baseline", "static"), ("adfq", "static"), ("adfq", "dynamic"),
+                                             ("mptq", "static")])
+def test_fakequant_and_sim_agree_per_layer(method, poq_mode):
     """docs/datapath.md section 11: per layer <= 1 % of codes differ, by at most one step."""
-    qvit = calibrated(method)
+    qvit = calibrated(method, "w4a4", poq_mode)
     prog = export_program(qvit)
     runner = ProgramRunner(prog, backend="reference", trace=True)
     x = images(3, seed=5)
@@ -140,8 +141,9 @@ def test_end_to_end_logits_close():
     assert err <= 0.05, err
 
 
-def test_golden_vectors_roundtrip(tmp_path):
-    prog = export_program(calibrated("adfq"))
+@pytest.mark.parametrize("poq_mode", ["static", "dynamic"])
+def test_golden_vectors_roundtrip(tmp_path, poq_mode):
+    prog = export_program(calibrated("adfq", "w4a4", poq_mode))
     out = str(tmp_path / "g")
     write_golden(prog, images(2, seed=3), out, labels=[1, 2], backend="reference", progress=False)
     g = load_golden(out)
@@ -149,7 +151,7 @@ def test_golden_vectors_roundtrip(tmp_path):
     for name, v in g.items():
         for i in range(2):
             o = v["outliers"][i]
-            r = run_layer_reference(v["spec"], v["a_codes"][i], o if len(o) else None,
+            r = run_layer_reference(image_spec(v, i), v["a_codes"][i], o if len(o) else None,
                                     None if v["b"] is None else v["b"][i])
             np.testing.assert_array_equal(r.acc, v["acc"][i])
             np.testing.assert_array_equal(r.out, v["out"][i])
@@ -157,6 +159,16 @@ def test_golden_vectors_roundtrip(tmp_path):
     e = enc["blocks.0.attn.qkv.in"]
     r = run_encoder_reference(e["spec"], e["x_fx"][0])
     np.testing.assert_array_equal(r.codes, e["codes"][0])
+    q = g["blocks.0.attn.q"]
+    if poq_mode == "dynamic":
+        # the encoder's row parameters are what the q/k/v and FC1 GEMMs ran with (spec 8.1.1)
+        assert e["spec"].dynamic and q["spec"].meta["dynamic_rows"]
+        np.testing.assert_array_equal(r.row_zero, e["row_zero"][0])
+        np.testing.assert_array_equal(q["row_za"][0], e["row_zero"][0])
+        np.testing.assert_array_equal(q["row_mr"][0], np.asarray(q["spec"].mr)[e["row_index"][0]])
+        assert len(np.unique(e["row_index"])) > 1  # rows really take different ladder scales
+    else:
+        assert q["row_mr"] is None and e["row_index"] is None
     # malformed golden directories
     os.remove(os.path.join(out, "vectors.npz"))
     with pytest.raises(GoldenError, match="not a golden-vector directory"):

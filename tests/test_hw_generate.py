@@ -64,6 +64,23 @@ def test_generate_without_outlier_unit_and_config_file(tmp_path):
     assert "outl__payload" not in (out / "layer_engine.v").read_text()
 
 
+def test_generate_dynamic_per_patch_encoder_on_request(tmp_path):
+    """The dynamic per-patch encoder is an opt-in top (not in the default set, checked above): its
+    Verilog and ports, with a row buffer of 2 * max_k elements."""
+    from hw.synth import generate
+
+    cfg = EngineConfig(rows=2, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=0, max_k=16)
+    s = generate(cfg, tmp_path, tops=["dynamic_per_patch_encoder"])
+    assert set(s["tops"]) == {"dynamic_per_patch_encoder"}
+    t = s["tops"]["dynamic_per_patch_encoder"]
+    text = (tmp_path / t["file"]).read_text()
+    assert {p["name"] for p in t["ports"]} | {"clk", "rst"} == _module_ports(text, "dynamic_per_patch_encoder")
+    ports = {p["name"]: p["width"] for p in t["ports"]}
+    assert ports["i__payload"] == 32 + 16 + 1 and ports["rowp__payload"] == 16 + 6 + 8
+    assert ports["ladder_t"] == 34 and ports["ladder_len"] == 7
+    assert re.search(r"reg \[31:0\] \w+ \[31:0\];", text)   # the row buffer: 2 * 16 x 32 bits
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--rows", "0"], "rows must be in 1..64, got 0"),
     (["--cols", "-3"], "cols must be in 1..64, got -3"),

@@ -52,7 +52,7 @@ def test_three_region_encoder_spec_example():
     # section 8.3: k = 4, m0 = 2, m1 = 5; w = 10.6 * 2^16 -> 0b0011, w = 40 * 2^16 -> 0b1001
     enc = G.GridEncoder({"kind": "three_region", "bits": 4, "in_frac": 16, "r": "r", "z": "z", "se": 16,
                          "m0": 2, "m1": 5}, {"r": np.array([1 << 16]), "z": np.array([0])})
-    codes, _ = enc.encode(torch.tensor([10.6, 40.0, -1.0, 0.0]))
+    codes, _, _ = enc.encode(torch.tensor([10.6, 40.0, -1.0, 0.0]))
     ref_codes = ref.encode_three_region(ref.to_fixed(np.array([10.6, 40.0, -1.0, 0.0], np.float32), 16, 32)[0],
                                         1 << 16, 16, 4, 2, 5)
     assert codes.tolist()[:2] == [0b0011, 0b1001]
@@ -72,7 +72,7 @@ def test_encoders_match_reference(seed, bits, base):
     # per-patch uniform with outliers
     e = G.GridEncoder({"kind": "uniform", "bits": bits, "in_frac": 16, "r": "r", "z": "z", "se": 30,
                        "alpha_fx": 2 << 16, "fo": 2}, tens)
-    q, o = e.encode(torch.from_numpy(x))
+    q, o, _ = e.encode(torch.from_numpy(x))
     rq, ro, _, _ = ref.encode_per_patch(x_fx, r, 30, z, bits, 2 << 16, 2, False)
     dense = np.zeros((m, k), np.int64)
     for rr, cc, vv in np.asarray(ro).reshape(-1, 3):
@@ -91,10 +91,37 @@ def test_encoders_match_reference(seed, bits, base):
     assert e.encode(p)[0].tolist() == ref.encode_log2(p_fx, 15, bits).tolist()
 
 
-@pytest.mark.parametrize("method,bits", [("adfq", "w4a4"), ("adfq", "w6a6"), ("mptq", "w4a4"),
-                                         ("baseline", "w8a8")])
-def test_grid_fakequant_equals_reference_program(method, bits, torch_one_thread):
-    qvit = copy.deepcopy(calibrated(method, bits))
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from([4, 6, 8]), outliers=st.booleans())
+def test_dynamic_per_patch_encoder_matches_reference(seed, bits, outliers):
+    """Section 8.1.1 in torch (batched, rows on the second-to-last axis) == sim/reference.py."""
+    rng = np.random.default_rng(seed)
+    b, m, k, nj, se = 2, 6, 9, 20, 36
+    x = (rng.standard_normal((b, m, k)) * rng.choice([0.01, 1.0, 8.0], size=(b, m, 1))).astype(np.float32)
+    x[0, 1] = 0.0  # an all-zero row
+    s = 3.0 * 2.0 ** (-np.arange(nj) / 8)  # ladder s_j = s_top * 2^(-j/8), T, R as the exporter builds them
+    t = np.floor(s * (2 ** bits - 1) * 2.0 ** 16).astype(np.int64)
+    r = np.floor(2.0 ** se / (s * 2.0 ** 16) + 0.5).astype(np.int64)
+    alpha = (2 << 16) if outliers else None
+    e = G.GridEncoder({"kind": "uniform", "bits": bits, "in_frac": 16, "r": "r", "z": "z", "se": se,
+                       "alpha_fx": alpha, "fo": 2, "ladder": {"r": "lr", "t": "lt"}},
+                      {"r": r[:1], "z": np.zeros(1, np.int64), "lr": r, "lt": t})
+    q, o, (j, z) = e.encode(torch.from_numpy(x))
+    for i in range(b):
+        x_fx, _ = ref.to_fixed(x[i], 16, 32)
+        rq, ro, _, _, rj, rz = ref.encode_per_patch_dynamic(x_fx, r, t, se, bits, alpha, 2, False)
+        assert q[i].tolist() == rq.tolist() and j[i].tolist() == rj.tolist() and z[i].tolist() == rz.tolist()
+        dense = np.zeros((m, k), np.int64)
+        for rr, cc, vv in np.asarray(ro).reshape(-1, 3):
+            dense[rr, cc] = vv
+        assert (o[i].tolist() if o is not None else np.zeros((m, k)).tolist()) == dense.tolist()
+
+
+@pytest.mark.parametrize("method,bits,poq_mode", [("adfq", "w4a4", "static"), ("adfq", "w4a4", "dynamic"),
+                                                  ("adfq", "w6a6", "static"), ("mptq", "w4a4", "static"),
+                                                  ("baseline", "w8a8", "static")])
+def test_grid_fakequant_equals_reference_program(method, bits, poq_mode, torch_one_thread):
+    qvit = copy.deepcopy(calibrated(method, bits, poq_mode))
     prog = export_program(qvit)
     x = images(3, seed=7)
     with torch.no_grad():

@@ -114,3 +114,89 @@ def test_layer_too_narrow_accumulator_is_detected():
 def test_layer_outlier_capacity_is_an_error():
     with pytest.raises(ref.OutlierCapacityError):
         run_layer_reference(_layer(32, cap=1), [[3, 8, 15], [0, 9, 9]], [[1, 0, 37], [1, 1, 2]])
+
+
+# --------------------------------------------------------------------------------------------------
+# Section 8.1.1: dynamic per-patch encoder
+# --------------------------------------------------------------------------------------------------
+
+# the ladder of the section 8.1.1 example: k = 4, F = 4, SE = 20, J = 16, s_top = 1, s_j = 2^(-j/8)
+EX_T = [240, 220, 201, 185, 169, 155, 142, 130, 120, 110, 100, 92, 84, 77, 71, 65]
+EX_R = [int(np.floor(2**20 / (2 ** (-j / 8) * 16) + 0.5)) for j in range(16)]
+
+
+def test_dynamic_example_ladder_is_the_spec_formula():
+    # T[j] = floor(s_j * (2^k - 1) * 2^F) = floor(240 * 2^(-j/8)); R[15] = round(2^16 * 2^(15/8)) = 240387
+    assert EX_T == [int(np.floor(2 ** (-j / 8) * 15 * 16)) for j in range(16)]
+    assert EX_R[0] == 1 << 16 and EX_R[15] == 240387
+    ref.check_ladder(EX_R, EX_T, 20)                  # a valid ladder: no error
+
+
+def test_dynamic_per_patch_encoder_example():
+    # x = [20, -13, 40, 3], ALPHA = 32: inliers 20, -13, 3 -> lo = -13, hi = 20, span = 33 -> j = 15
+    lo, span = ref.row_range([[20, -13, 40, 3]], 32)
+    assert lo.tolist() == [-13] and span.tolist() == [33]
+    # the finest covering scale: T[15] = 65 covers 33 and 65; 66 needs T[14] = 71; 241 > T[0] -> 0
+    assert ref.select_ladder([33, 65, 66, 0, 241], EX_T).tolist() == [15, 15, 14, 15, 0]
+    q, o, sat, nof, j, z = ref.encode_per_patch_dynamic([[20, -13, 40, 3]], EX_R, EX_T, 20, 4, 32)
+    # z = round_shift(13 * 240387, 20) = round(2.98) = 3; codes 5 + 3, -3 + 3, z, 1 + 3
+    assert j.tolist() == [15] and z.tolist() == [3]
+    assert q.tolist() == [[8, 0, 3, 4]]
+    # outlier value round_shift(40 * 240387, 18) = round(36.68) = 37
+    assert o.tolist() == [[0, 2, 37]] and sat == 0 and nof == 0
+
+
+def test_dynamic_row_of_only_outliers_takes_the_finest_scale():
+    # every |x| > ALPHA = 32: no inliers -> lo = span = 0 -> j = J - 1 = 15, z = 0, dense codes all z
+    x = [[40, -50, 33]]
+    lo, span = ref.row_range(x, 32)
+    assert lo.tolist() == [0] and span.tolist() == [0]
+    q, o, sat, nof, j, z = ref.encode_per_patch_dynamic(x, EX_R, EX_T, 20, 4, 32)
+    assert j.tolist() == [15] and z.tolist() == [0] and q.tolist() == [[0, 0, 0]]
+    # values round_shift(x * 240387, 18): 36.68 -> 37, -45.85 -> -46, 30.26 -> 30
+    assert o.tolist() == [[0, 0, 37], [0, 1, -46], [0, 2, 30]] and sat == 0 and nof == 0
+
+
+def test_dynamic_span_above_coarsest_scale_clips_and_counts():
+    # no outlier path; spans 300 and 500 exceed T[0] = 240 -> j = 0, R[0] = 2^16, so x * R / 2^20 = x / 16
+    x = [[200, -100, 0, 7], [250, -250, 0, 0]]
+    q, o, sat, nof, j, z = ref.encode_per_patch_dynamic(x, EX_R, EX_T, 20, 4, None)
+    assert j.tolist() == [0, 0]
+    # row 0: z = round(6.25) = 6; 12.5 -> 13 + 6 = 19 clips to 15; -6.25 -> -6 + 6 = 0; 0 -> 6; 0.44 -> 0 + 6
+    # row 1: z = round(15.625) = 16 clamps to 15; 15.625 -> 16 + 15 clips to 15; -15.625 -> -16 + 15 clips to 0
+    assert z.tolist() == [6, 15]
+    assert q.tolist() == [[15, 0, 6, 6], [15, 0, 15, 15]]
+    assert sat == 3 and nof == 0 and o.shape == (0, 3)
+
+
+@pytest.mark.parametrize("ladder_r,ladder_t,se", [
+    ([], [], 20),                                   # J = 0
+    ([1 << 16] * 65, [100] * 65, 20),               # J = 65 > LADDER_MAX
+    ([1 << 16] * 3, [100] * 2, 20),                 # sizes differ
+    ([1 << 16, 1 << 15], [100, 50], 20),            # R decreasing
+    ([1 << 16, 1 << 17], [50, 100], 20),            # T increasing
+    ([0, 1 << 16], [100, 50], 20),                  # R = 0
+    ([1, 1 << 24], [100, 50], 20),                  # R = 2^24
+    ([1, 2], [100, -1], 20),                        # T < 0
+    ([1, 2], [1 << 34, 0], 20),                     # T = 2^34
+    ([1, 2], [100, 50], 57),                        # SE > 56
+])
+def test_dynamic_ladder_validation(ladder_r, ladder_t, se):
+    with pytest.raises(ref.DatapathError):
+        ref.check_ladder(ladder_r, ladder_t, se)
+    with pytest.raises(ref.DatapathError):
+        ref.encode_per_patch_dynamic([[1, 2]], ladder_r, ladder_t, se, 4, 32)
+    ref.check_ladder([1] * F.LADDER_MAX, [0] * F.LADDER_MAX, 0)      # J = 64, flat ladder: valid
+
+
+def test_dynamic_encoder_input_and_outlier_errors():
+    with pytest.raises(ref.DatapathError):          # wider than int32
+        ref.encode_per_patch_dynamic([[1 << 31]], EX_R, EX_T, 20, 4, None)
+    with pytest.raises(ref.DatapathError):          # SE < FO
+        ref.encode_per_patch_dynamic([[1, 40]], [1], [10], 1, 4, 32, 2)
+    # SE = 8, FO = 2: outlier value round_shift(40 * (2^24 - 1), 6) ~ 1.05e7 > 2^15 - 1: an error in
+    # strict mode, otherwise saturated to 32767 and counted
+    with pytest.raises(ref.OutlierOverflowError):
+        ref.encode_per_patch_dynamic([[1, 40]], [(1 << 24) - 1], [10], 8, 4, 32)
+    _q, o, _sat, nof, _j, _z = ref.encode_per_patch_dynamic([[1, 40]], [(1 << 24) - 1], [10], 8, 4, 32, strict=False)
+    assert nof == 1 and o.tolist() == [[0, 1, 32767]]

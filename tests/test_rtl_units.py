@@ -1,4 +1,5 @@
-"""RTL unit tests: operand decoder, requantiser, encoders (cocotb + Verilator, plus Amaranth sim).
+"""RTL unit tests: operand decoder, requantiser, encoders, dynamic per-patch encoder (cocotb + Verilator,
+plus Amaranth sim).
 
 Each Verilator test elaborates one unit at its maximum widths (run-time format / width config), builds
 it once per design hash (cached in ``build/sim``), and runs the cocotb testbench in ``tb/`` with stimuli
@@ -98,24 +99,31 @@ def test_requantiser_rtl():
     run_cocotb("requantiser", [_requantiser_verilog()], "tb.test_requantiser", data={"groups": groups, "seed": 1})
 
 
-def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outputs=("o",), count_port="o"):
+def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outputs=("o",), count_port="o",
+                         setup=None, count=None, cycles=None):
     """Push ``items`` (dicts for dut.i.payload) through ``dut`` in the Amaranth simulator.
 
     Every port in ``outputs`` is always ready; beats are recorded when ``valid``.  Returns the list of
     ``count_port`` payload dicts (fields ``out_fields``) when ``outputs`` has one port, else a dict of
-    lists per port (all payload fields).  Stops once ``count_port`` delivered ``len(items)`` beats.
+    lists per port (all payload fields).  Stops once ``count_port`` delivered ``count`` (default
+    ``len(items)``) beats.  ``setup`` (optional ``async setup(ctx)``) runs after the config is set,
+    before the first item; ``cycles`` (optional list) receives the number of cycles from the first
+    item to the last recorded beat.
     """
     from amaranth.sim import Simulator
 
     results = {port: [] for port in outputs}
+    count = len(items) if count is None else count
 
     async def bench(ctx):
         for name, value in config.items():
             ctx.set(getattr(dut, name), value)
+        if setup is not None:
+            await setup(ctx)
         for port in outputs:
             ctx.set(getattr(dut, port).ready, 1)
         pending = list(items)
-        for _ in range(max_cycles):
+        for cycle in range(max_cycles):
             if pending:
                 ctx.set(dut.i.payload, pending[0])
                 ctx.set(dut.i.valid, 1)
@@ -130,9 +138,11 @@ def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outpu
             for port, beat in beats.items():
                 fields = out_fields if len(outputs) == 1 else list(beat.shape().members)
                 results[port].append({f: int(getattr(beat, f)) for f in fields})
-            if len(results[count_port]) == len(items):
+            if len(results[count_port]) == count:
+                if cycles is not None:
+                    cycles.append(cycle + 1)
                 return
-        raise AssertionError(f"timeout: {len(results[count_port])} of {len(items)} outputs")
+        raise AssertionError(f"timeout: {len(results[count_port])} of {count} outputs")
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -218,3 +228,122 @@ def test_encoders_amaranth_sim():
         cfg["fmt"] = CodeFormat(cfg["fmt"])
         got = _amaranth_stream_run(ActivationEncoder(), g["inputs"], ["code", "invalid"], cfg)
         assert got == g["expected"], g["name"]
+
+
+# ----------------------------------------------------------------------------- dynamic per-patch encoder
+
+def _ladder_writer(dut, ladder):
+    """``async setup(ctx)`` for :func:`_amaranth_stream_run`: write the ``[R, T]`` ladder entries."""
+
+    async def setup(ctx):
+        for addr, (r, t) in enumerate(ladder):
+            ctx.set(dut.ladder_we, 1)
+            ctx.set(dut.ladder_addr, addr)
+            ctx.set(dut.ladder_r, r)
+            ctx.set(dut.ladder_t, t)
+            await ctx.tick()
+        ctx.set(dut.ladder_we, 0)
+
+    return setup
+
+
+def test_dynamic_per_patch_groups_cover_edge_cases():
+    """Stimuli: k = 4/6/8 with and without outliers, rows without inliers, inlier spans above T[0],
+    all-zero rows, spans exactly at a threshold, J = 1 and J = 64, rows of 1 and max_k elements."""
+    from sim import reference as ref
+    from tb import test_dynamic_per_patch as tbm
+
+    from hw.dynamic_per_patch import LADDER_MAX
+    from sim import formats as F
+
+    assert LADDER_MAX == F.LADDER_MAX
+    groups = tbm.make_groups(seed=1)
+    assert {(g["config"]["bits"], g["config"]["outliers_en"]) for g in groups} >= {(4, 1), (6, 1), (8, 1), (4, 0),
+                                                                                   (6, 0), (8, 0)}
+    assert {g["config"]["ladder_len"] for g in groups} >= {1, 64}
+    seen = {"no_inliers": 0, "above_t0": 0, "all_zero": 0, "at_threshold": 0, "len1": 0, "len_max": 0}
+    for g in groups:
+        cfg, t = g["config"], [e[1] for e in g["ladder"]]
+        rows = {}
+        for e in g["inputs"]:
+            rows.setdefault(e["row"], []).append(e["x"])
+        for xs in rows.values():
+            x = [xs]
+            inl = [v for v in xs if not cfg["outliers_en"] or abs(v) <= cfg["alpha"]]
+            _, span = ref.row_range(x, cfg["alpha"] if cfg["outliers_en"] else None)
+            seen["no_inliers"] += cfg["outliers_en"] and not inl
+            seen["above_t0"] += bool(inl) and int(span[0]) > t[0]
+            seen["all_zero"] += not any(xs)
+            seen["at_threshold"] += int(span[0]) in t[:cfg["ladder_len"]] and int(span[0]) > 0
+            seen["len1"] += len(xs) == 1
+            seen["len_max"] += len(xs) == tbm.MAX_K
+    assert all(seen.values()), seen
+
+
+@pytest.mark.slow
+def test_dynamic_per_patch_encoder_rtl():
+    """DynamicPerPatchEncoder (encode_per_patch_dynamic, max_k = 32) in Verilator: ladders loaded through
+    the write port, k = 4/6/8 with and without outliers, back-pressure on the input and all three outputs."""
+    from hw.dynamic_per_patch import DynamicPerPatchEncoder
+    from tb import test_dynamic_per_patch as tbm
+
+    v = verilog_for(DynamicPerPatchEncoder, "dynamic_per_patch_encoder", {"max_k": tbm.MAX_K})
+    run_cocotb("dynamic_per_patch_encoder", [v], "tb.test_dynamic_per_patch", testcase="rtl_dynamic_per_patch",
+               data={"groups": tbm.make_groups(seed=1), "seed": 1})
+
+
+def test_row_range_unit_amaranth_sim():
+    """RowRangeUnit in the Amaranth simulator: (row, len, j, R[j], z) per row vs sim.reference (fast)."""
+    from hw.dynamic_per_patch import RowRangeUnit
+    from tb import test_dynamic_per_patch as tbm
+
+    for g in tbm.make_groups(seed=5):
+        dut = RowRangeUnit(max_k=tbm.MAX_K)
+        got = _amaranth_stream_run(dut, g["inputs"], ["row", "len", "j", "r", "z"], g["config"],
+                                   setup=_ladder_writer(dut, g["ladder"]), count=len(g["expected_range"]))
+        assert got == g["expected_range"], g["name"]
+
+    # a row longer than max_k is cut after max_k elements (row_overflow): two beats, each the reference
+    # of its piece
+    g = tbm.make_groups(seed=5)[1]
+    dut = RowRangeUnit(max_k=4)
+    items = [dict(e, row=7, last=int(n == 5)) for n, e in enumerate(g["inputs"][:6])]
+    got = _amaranth_stream_run(dut, items, ["row", "len", "j", "r", "z"], g["config"],
+                               setup=_ladder_writer(dut, g["ladder"]), count=2)
+    lad_r, lad_t = [e[0] for e in g["ladder"]], [e[1] for e in g["ladder"]]
+    for beat, piece in zip(got, ([e["x"] for e in items[:4]], [e["x"] for e in items[4:]])):
+        exp = tbm.ref_encode_dynamic([piece], lad_r, lad_t, g["config"]["se"], g["config"]["bits"],
+                                     g["config"]["alpha"], True, row0=7)["expected_range"]
+        assert [beat] == exp
+
+
+def test_dynamic_per_patch_encoder_amaranth_sim():
+    """DynamicPerPatchEncoder in the Amaranth simulator: codes, outliers and (row, j, z) vs sim.reference,
+    and the steady-state rate: M rows of K >= 13 elements take M*K + K - 1 + DYNAMIC_LATENCY cycles (fast)."""
+    import numpy as np
+
+    from hw.dynamic_per_patch import DYNAMIC_LATENCY, RANGE_BUSY_CYCLES, DynamicPerPatchEncoder
+    from tb import test_dynamic_per_patch as tbm
+
+    for g in tbm.make_groups(seed=5):
+        dut = DynamicPerPatchEncoder(max_k=tbm.MAX_K)
+        res = _amaranth_stream_run(dut, g["inputs"], None, g["config"], outputs=("o", "outl", "rowp"),
+                                   setup=_ladder_writer(dut, g["ladder"]))
+        assert res["o"] == g["expected"], g["name"]
+        assert res["outl"] == g["expected_outl"], g["name"]
+        assert res["rowp"] == g["expected_rowp"], g["name"]
+
+    m = 6
+    for k in (RANGE_BUSY_CYCLES + 1, tbm.MAX_K):
+        lad_r, lad_t, se = tbm.make_ladder(8, 12, 1.0, 64)
+        x = np.random.default_rng(k).integers(-3000, 3000, (m, k))
+        exp = tbm.ref_encode_dynamic(x, lad_r, lad_t, se, 8, 2000, True)
+        dut = DynamicPerPatchEncoder(max_k=tbm.MAX_K)
+        cycles = []
+        res = _amaranth_stream_run(dut, exp["inputs"], None,
+                                   {"se": se, "bits": 8, "alpha": 2000, "outliers_en": 1, "ladder_len": 64},
+                                   outputs=("o", "outl", "rowp"), setup=_ladder_writer(dut, list(zip(lad_r, lad_t))),
+                                   cycles=cycles)
+        assert res["o"] == exp["expected"] and res["outl"] == exp["expected_outl"]
+        assert res["rowp"] == exp["expected_rowp"]
+        assert cycles == [m * k + k - 1 + DYNAMIC_LATENCY], (k, cycles)

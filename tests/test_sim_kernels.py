@@ -99,6 +99,21 @@ def test_encode_uniform_spec_example():                               # section 
         assert sat == 0 and nof == 0
 
 
+def test_encode_per_patch_dynamic_spec_example():                     # section 8.1.1
+    # k = 4, F = 4, SE = 20, s_j = 2^(-j/8): T[j] = floor(240 * 2^(-j/8)), R[j] = round(2^16 * 2^(j/8))
+    t = [int(np.floor(240 * 2 ** (-j / 8))) for j in range(16)]
+    r = [int(np.floor(2**16 * 2 ** (j / 8) + 0.5)) for j in range(16)]
+    assert t[15] == 65 and r[15] == 240387
+    x = np.array([[20, -13, 40, 3], [40, -50, 33, 0]])                 # row 1: every non-zero is an outlier
+    for f in (ref.encode_per_patch_dynamic, ke.encode_per_patch_dynamic):
+        q, o, sat, nof, j, z = f(x, r, t, 20, 4, 32)
+        np.testing.assert_array_equal(j, [15, 15])
+        np.testing.assert_array_equal(z, [3, 0])
+        np.testing.assert_array_equal(q, [[8, 0, 3, 4], [0, 0, 0, 0]])
+        np.testing.assert_array_equal(o, [[0, 2, 37], [1, 0, 37], [1, 1, -46], [1, 2, 30]])
+        assert sat == 0 and nof == 0
+
+
 def test_encode_log2_spec_example():                                  # section 8.2
     a = np.array([8192, 3, 1, 0])
     for f in (ref.encode_log2, ke.encode_log2):
@@ -192,6 +207,126 @@ def test_encode_errors_match_reference():
     same(lambda: ref.encode_three_region(big, (1 << 23), 0, 4, 0, 1),
          lambda: ke.encode_three_region(big, (1 << 23), 0, 4, 0, 1))
     same(lambda: ref.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"), lambda: ke.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"))
+
+
+def _scale_ladder(rng, n_lad, bits, frac, se, kind, span=1.0):
+    """A scale ladder ``(R, T)`` of ``n_lad`` entries: ``spec`` follows section 8.1.1 (``s_j = s_top *
+    2^(-j/8)``, placed so that a row of span ``span`` lands anywhere from just above ``T[0]`` to the
+    finest entry), ``random`` is any valid ladder (sorted integers, repeats allowed), ``bad`` breaks a rule."""
+    if kind == "spec":
+        u = rng.uniform(-0.5, (n_lad - 1) / F.LADDER_STEPS + 0.5)
+        s_top = max(span, 1.0) / (((1 << bits) - 1) * 2**frac) * 2.0**u
+        s = s_top * 2.0 ** (-np.arange(n_lad) / F.LADDER_STEPS)
+        t = np.floor(s * ((1 << bits) - 1) * 2**frac).astype(np.int64)
+        r = np.clip(np.floor(2.0**se / (s * 2**frac) + 0.5), 1, (1 << 24) - 1).astype(np.int64)
+        return r, t
+    r = np.sort(rng.integers(1, 1 << int(rng.integers(1, 25)), n_lad))
+    t = np.sort(rng.integers(0, 1 << int(rng.integers(1, 35)), n_lad))[::-1].copy()
+    if kind == "bad":
+        which = int(rng.integers(0, 4))
+        if which == 0 and n_lad > 1:
+            r, t = r[::-1].copy(), t[::-1].copy()                     # R decreasing, T increasing
+        elif which == 1:
+            r[-1] = 1 << 24                                           # R out of range
+        elif which == 2:
+            t[0] = 1 << 34                                            # T out of range
+        else:
+            r = np.concatenate([r, r[-1:]])                           # sizes differ
+    return r, t
+
+
+@SETTINGS
+@given(seed=seeds, bits=bits_st, shape=st.tuples(st.integers(1, 12), st.integers(1, 50)),
+       n_lad=st.integers(1, F.LADDER_MAX), ladder=st.sampled_from(["spec", "spec", "random", "bad"]),
+       mode=st.sampled_from(["no_outlier_path", "none", "some", "many", "all", "overflow"]),
+       strict=st.booleans(), se=st.integers(2, 40))
+def test_encode_per_patch_dynamic_matches_reference(seed, bits, shape, n_lad, ladder, mode, strict, se):
+    rng = np.random.default_rng(seed)
+    m, _k = shape
+    frac = int(rng.integers(0, 13))
+    x = _fixed(rng, shape, 2.0**rng.integers(2, 16))
+    x[0] = 0                                                          # an all-zero row
+    if m > 1:
+        x[1] = x[1, 0]                                                # a constant row
+    if m > 2:
+        x[2] = rng.choice([-1, 1], shape[1]) * (1 << 30)             # big row (outliers when alpha is set)
+    absx = np.abs(x)
+    alpha = {"no_outlier_path": None, "none": int(absx.max()), "some": int(np.quantile(absx, 0.9)),
+             "many": int(np.quantile(absx, 0.3)), "all": -1, "overflow": int(np.quantile(absx, 0.5))}[mode]
+    inl = np.where(absx <= (absx.max() if alpha is None else alpha), x, 0)
+    typical_span = float(np.median(np.maximum(inl.max(axis=1), 0) - np.minimum(inl.min(axis=1), 0)))
+    r, t = _scale_ladder(rng, n_lad, bits, frac, se, ladder, typical_span)
+    if mode == "overflow":
+        r = np.full(n_lad, (1 << 24) - 1)                             # outlier values beyond int16
+    fo = 2 if se > 4 or rng.random() < 0.5 else se + 1                # sometimes SE < FO
+    got = same(lambda: ref.encode_per_patch_dynamic(x, r, t, se, bits, alpha, fo, strict),
+               lambda: ke.encode_per_patch_dynamic(x, r, t, se, bits, alpha, fo, strict))
+    if got is not None:
+        # the kernel's row range and ladder index are the reference's row_range / select_ladder
+        lo, span, j, z = ke.row_range_select_ladder(x, r, t, se, bits, alpha)
+        want_lo, want_span = ref.row_range(x, alpha)
+        np.testing.assert_array_equal(lo, want_lo)
+        np.testing.assert_array_equal(span, want_span)
+        np.testing.assert_array_equal(j, ref.select_ladder(want_span, t))
+        np.testing.assert_array_equal(z, got[5])
+        if ladder == "spec" and t[0] > 0:
+            # the chosen scale is the finest covering one: T[j] >= span unless span > T[0] (then j = 0)
+            assert np.all((t[j] >= span) | ((j == 0) & (span > t[0])))
+            assert np.all((j == n_lad - 1) | (t[np.minimum(j + 1, n_lad - 1)] < span))
+
+
+def test_encode_per_patch_dynamic_errors_match_reference():
+    r, t = [1 << 16, 1 << 17], [200, 100]
+    x = np.array([[3, -5], [40, 2]])
+    cases = [
+        (x, [], [], 20, 4, 32, 2, True),                               # J = 0
+        (x, [1] * 65, [5] * 65, 20, 4, 32, 2, True),                   # J = 65
+        (x, r[::-1], t, 20, 4, 32, 2, True),                           # R decreasing
+        (x, r, t[::-1], 20, 4, 32, 2, True),                           # T increasing
+        (x, [0, 1], t, 20, 4, 32, 2, True),                            # R = 0
+        (x, r, [1 << 34, 0], 20, 4, 32, 2, True),                      # T = 2^34
+        (x, r, t, 57, 4, 32, 2, True),                                 # SE > 56
+        (x, r, t, 20, 5, 32, 2, True),                                 # 5-bit codes
+        (np.array([[1 << 31, 0]]), r, t, 20, 4, None, 2, True),        # wider than int32
+        (np.array([[-(1 << 31) - 1, 0]]), r, t, 20, 4, 32, 2, True),
+        (x, r, t, 1, 4, 32, 2, True),                                  # SE < FO
+        (x, [(1 << 24) - 1] * 2, t, 8, 4, 32, 2, True),                # outlier beyond int16, strict
+        (x, [(1 << 24) - 1] * 2, t, 8, 4, 32, 2, False),               # ... counted
+    ]
+    for args in cases:
+        same(lambda: ref.encode_per_patch_dynamic(*args), lambda: ke.encode_per_patch_dynamic(*args))
+    with pytest.raises(ref.OutlierOverflowError):
+        ke.encode_per_patch_dynamic(*cases[-2])
+
+
+@SETTINGS
+@given(seed=seeds, bits=bits_st, shape=st.tuples(st.integers(1, 10), st.integers(1, 40)),
+       outlier_path=st.booleans(), strict=st.booleans())
+def test_run_encoder_dynamic_matches_reference(seed, bits, shape, outlier_path, strict):
+    from sim.layer import EncoderSpec, run_encoder_reference
+    from sim.simulator import run_encoder
+
+    rng = np.random.default_rng(seed)
+    frac, se = 12, 30
+    x, _ = ref.to_fixed(rng.normal(0, 2, shape) * np.where(rng.random(shape) < 0.05, 20, 1), frac)
+    r, t = _scale_ladder(rng, int(rng.integers(1, F.LADDER_MAX + 1)), bits, frac, se, "spec",
+                         float(np.median(np.ptp(x, axis=1))))
+    enc = EncoderSpec(kind="uniform", bits=bits, in_frac=frac, se=se, ladder_r=r, ladder_t=t,
+                      alpha_fx=int(rng.uniform(1, 8) * 2**frac) if outlier_path else None)
+    assert enc.dynamic
+    try:
+        want = run_encoder_reference(enc, x, strict)
+    except ref.DatapathError as exc:
+        with pytest.raises(type(exc)):
+            run_encoder(enc, x, strict)
+        return
+    got = run_encoder(enc, x, strict)
+    for name in ("codes", "outliers", "row_index", "row_zero"):
+        a, b = getattr(want, name), getattr(got, name)
+        assert isinstance(b, np.ndarray) and b.dtype == np.int64, name
+        np.testing.assert_array_equal(b, a)
+    assert (got.saturations, got.outlier_overflows) == (want.saturations, want.outlier_overflows)
+    assert got.row_index.shape == got.row_zero.shape == (shape[0],)
 
 
 @SETTINGS

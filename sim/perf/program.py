@@ -1,7 +1,7 @@
 """GEMM list from an exported integer program (``--program DIR``).
 
 Reads the ``manifest.json`` of a program written by :func:`golden.program.export_program`
-(``format = "vitaccel-program"``, ``format_version`` 1, docs/program-format.md); the tensors are not
+(``format = "vitaccel-program"``, ``format_version`` 2, docs/program-format.md); the tensors are not
 needed. GEMMs are taken in execution order from the manifest's ``graph``: every ``gemm`` step is one
 layer; every ``attention`` step contributes its ``qk`` and ``av`` layers with ``count = heads``. Per
 layer the estimator uses ``shape`` ``[M, K, N]`` (per image; linear rows and head counts are scaled by
@@ -122,7 +122,7 @@ def gemms_from_manifest(doc: dict, *, batch: int = 1, source: str = "program") -
 
 
 PROGRAM_FORMAT = "vitaccel-program"
-PROGRAM_FORMAT_VERSION = 1
+PROGRAM_FORMAT_VERSION = 2
 
 
 def gemms_from_program_manifest(man: dict, *, batch: int = 1, source: str = "program"):
