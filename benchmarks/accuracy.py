@@ -8,6 +8,9 @@ labels; there is no separate calibration split in ``../shared``); evaluation use
 Example::
 
     .venv/bin/python benchmarks/accuracy.py --rows fp baseline:w4a4 adfq:w4a4 --eval-limit 100
+
+Two runs side by side must not share ``--out`` (each rewrites the whole file): give the second its
+own file and append it afterwards with ``--merge``.
 """
 from __future__ import annotations
 
@@ -35,8 +38,12 @@ ROWS = {
     "baseline:w6a6": ("baseline", "w6a6", {}),
     "adfq:w4a4": ("adfq", "w4a4", {}),
     "adfq:w6a6": ("adfq", "w6a6", {}),
+    "adfq-static:w4a4": ("adfq", "w4a4", ABLATIONS["static_poq"]),
+    "adfq-noqdrop:w4a4": ("adfq", "w4a4", ABLATIONS["no_qdrop"]),
     "adfq-noamo:w4a4": ("adfq", "w4a4", ABLATIONS["no_amo"]),
     "adfq-noamo:w6a6": ("adfq", "w6a6", ABLATIONS["no_amo"]),
+    "adfq-noamo-static:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["static_poq"]}),
+    "adfq-noamo-slq2:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], "slq_base": "2"}),
     "adfq-noamo-nopoq:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["no_poq"]}),
     "adfq-noamo-noslq:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["no_slq"]}),
     "mptq:w4a4": ("mptq", "w4a4", {}),
@@ -78,16 +85,24 @@ def _amo_iters(e) -> int | None:
 def table(results) -> str:
     """Markdown table of recorded rows (latest entry per row wins)."""
     last = {}
-    for e in results:  # one line per row and AMO iteration count
-        last[(e["row"], _amo_iters(e))] = e
-    fp = last.get(("fp", None), {}).get("top1")
+    v1_sims = set()  # int-sim entries of programs calibrated with the v1 adfq preset
+    current = {}     # row -> whether its latest calibration recorded its config (v2 and later)
+    for k, e in enumerate(results):  # one line per row and AMO iteration count
+        if "sim_images" in e:
+            if e["row"].startswith("adfq") and not current.get(e["row"].split(" ")[0], False):
+                v1_sims.add(k)
+        else:
+            current[e["row"]] = "config" in e
+        last[(e["row"], _amo_iters(e))] = (k, e)
+    fp = last.get(("fp", None), (0, {}))[1].get("top1")
     lines = ["| row | bits | images | top-1 % (integer grid) | top-5 % (integer grid) | top-1 drop vs FP "
              "| top-1 % (float fake-quant) | calib s | eval+calib s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     sims = []
-    for (row, _), e in last.items():
+    stale = False
+    for (row, _), (k, e) in last.items():
         if "sim_images" in e:
-            sims.append(e)
+            sims.append((k, e))
             continue
         if row == "fp" or "grid_top1" in e:
             t1, t5 = e.get("grid_top1", e["top1"]), e.get("grid_top5", e["top5"])
@@ -99,18 +114,26 @@ def table(results) -> str:
         fl = "" if row == "fp" else f"{e['top1']:.1f}"
         amo = _amo_iters(e)
         name = row.split(":")[0] + (f" (AMO {amo} it.)" if amo else "")
+        if row != "fp" and "config" not in e and e.get("method") == "adfq":
+            name += " (v1 defaults)"  # recorded before the adfq preset changed (see the note below)
+            stale = True
         lines.append(f"| {name} | {e.get('bits', 'fp32')} | {e['eval_images']} | {g1} | "
                      f"{g5} | {drop} | {fl} | {e.get('calib_seconds', '')} | {e['seconds']} |")
-    for e in sims:
+    for k, e in sims:
         lines.append("")
+        if k in v1_sims:
+            stale = True
         lines.append(f"Integer simulator ({e['sim_backend']}) on the first {e['sim_images']} eval images of "
-                     f"`{e['row'].split(' ')[0]}`: top-1 {e['sim_top1']:.1f} % (fake-quant on the same images "
+                     f"`{e['row'].split(' ')[0]}`{' (v1 defaults)' if k in v1_sims else ''}: top-1 {e['sim_top1']:.1f} % (fake-quant on the same images "
                      f"{e['fq_top1_same_images']:.1f} %), prediction agreement with fake-quant "
                      f"{e['sim_agreement']:.1f} %"
                      + (f" (integer grid; with float fake-quant {e['sim_agreement_float']:.1f} %), bit-identical "
                         f"logits on {e['sim_bit_identical']} images" if "sim_agreement_float" in e
                         else " (float fake-quant; recorded before the integer-grid mode existed)")
                      + f", {e['sim_seconds']} s.")
+    if stale:
+        lines += ["", "(v1 defaults): recorded before the `adfq` preset moved to dynamic POQ (spec 8.1.1), SLQ "
+                  "base sqrt2 at every width and QDrop in AMO; kept for the record, not comparable."]
     return "\n".join(lines)
 
 
@@ -130,11 +153,23 @@ def main(argv=None):
     ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
     ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="only append the entries of these result files (runs side by side with their own --out) "
+                         "to --out")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch threads (default: all cores; use 1 when two benchmarks share a 2-core machine)")
     args = ap.parse_args(argv)
     if args.table:
         print(table(json.load(open(args.out))))
+        return
+    if args.merge:
+        results = json.load(open(args.out)) if os.path.isfile(args.out) else []
+        for path in args.merge:
+            extra = json.load(open(path))
+            results += extra
+            print(f"{path}: {len(extra)} entries appended to {args.out}")
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
         return
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(args.seed)
@@ -173,7 +208,8 @@ def main(argv=None):
         qvit = calibrate_model(create_model(args.model, args.weights), calib, cfg, args.model)
         tc = time.time() - t0
         t1, t5, fpred = evaluate(qvit, x, y)
-        entry = {"row": row, "method": method, "bits": bits, "overrides": over, "top1": t1, "top5": t5,
+        entry = {"row": row, "method": method, "bits": bits, "overrides": over, "config": cfg.to_dict(),
+                 "top1": t1, "top5": t5,
                  "calib_seconds": round(tc),
                  "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
         # the same model on the integer grid of its program (golden/integer_grid.py)

@@ -328,8 +328,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--amo-iters", type=int, dest="amo_iters")
     p.add_argument("--outlier-capacity", type=int, default=None,
                    help="outliers per row tile the hardware holds (default: unlimited in the bound)")
-    for flag in ("no-poq", "no-slq", "no-amo", "no-sq", "no-three-region", "no-mp"):
+    for flag in ("no-poq", "no-slq", "no-amo", "no-qdrop", "no-sq", "no-three-region", "no-mp"):
         p.add_argument(f"--{flag}", action="store_true", dest=flag.replace("-", "_"), help=f"ablation: {flag[3:]} off")
+    p.add_argument("--static-poq", action="store_true", dest="static_poq",
+                   help="ablation: POQ with static per-position scales (same as --poq-mode static)")
     p.add_argument("-o", "--output", required=True, metavar="PROGRAM", help="output program directory")
     p.set_defaults(func=cmd_calibrate)
 

@@ -6,15 +6,18 @@ preset    components
 baseline  per-tensor uniform activations everywhere (MSE range), log2 post-softmax, per-channel
           weights (nearest rounding, MSE range); no reconstruction.
 adfq      ADFQ-ViT: POQ (per-patch + outliers, alpha_qkv = 5, alpha_fc1 = 10) on the q/k/v and
-          FC1 inputs, SLQ (shift-log2) on the FC2 input, AMO (block reconstruction of
-          rounding + activation scales, ``golden.reconstruct``) when available.
+          FC1 inputs, with each row's scale chosen at run time from the scale ladder of
+          docs/datapath.md 8.1.1 (``poq_mode="dynamic"``; ``static_poq`` gives the paper's
+          per-position calibrated scales), SLQ (shift-log2, base sqrt2) on the FC2 input, AMO
+          (module reconstruction of rounding + activation scales with QDrop input mixing,
+          ``golden.reconstruct``).
 mptq      MPTQ-ViT: SQ-b (SmoothQuant with bias, ``golden.smoothquant``), OPT-m three-region
           FC2 input (``golden.quantizers.three_region``), greedy mixed precision
           (``golden.mixed_precision``).
 ========  ==================================================================================
 
 Every component is a switch of :class:`QuantConfig` (ablation rows: ``--no-poq``, ``--no-slq``,
-``--no-amo``, ``--no-sq``, ``--no-three-region``, ``--no-mp``). Bits are given as ``w4a4``,
+``--no-amo``, ``--no-qdrop``, ``--static-poq``, ``--no-sq``, ``--no-three-region``, ``--no-mp``). Bits are given as ``w4a4``,
 ``w6a6``, ``w8a8``; patch embedding and head default to 8 bits.
 
 Operand roles (``build_quantizer(config, role, bits, name)``):
@@ -54,6 +57,7 @@ class QuantConfig:
     amo_iters: int | None = None      # AMO overrides (None: golden.reconstruct.AMOConfig defaults)
     amo_num_samples: int | None = None
     amo_batch_size: int | None = None
+    amo_input_drop: float | None = None  # QDrop probability in AMO (None: AMOConfig default, 0.5)
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
     mixed_precision: bool = False     # MPTQ greedy mixed precision
@@ -105,7 +109,8 @@ def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:
     if method == "baseline":
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a)
     elif method == "adfq":
-        cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, fc2="slq", amo=True, adaround=True)
+        cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, poq_mode="dynamic", fc2="slq", amo=True,
+                          adaround=True)
     elif method == "mptq":
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, smoothquant=True, fc2="three_region",
                           mixed_precision=True)
@@ -142,6 +147,8 @@ ABLATIONS = {
     "no_poq": {"poq": False},
     "no_slq": {"fc2": "uniform"},
     "no_amo": {"amo": False, "adaround": False},
+    "no_qdrop": {"amo_input_drop": 0.0},
+    "static_poq": {"poq_mode": "static"},
     "no_sq": {"smoothquant": False},
     "no_three_region": {"fc2": "uniform"},
     "no_mp": {"mixed_precision": False},

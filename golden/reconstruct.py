@@ -98,7 +98,7 @@ class AMOConfig:
     input_drop : float
         QDrop-style input mixing: in every optimisation step each element of the module's input is
         taken from the FP model's input to the module with this probability, else from the
-        quantized model's (0 disables it; the released ADFQ-ViT code uses 0.5).
+        quantized model's (0 disables it; 0.5, the default, is what the released ADFQ-ViT code uses).
     device : str
         ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
     seed : int
@@ -123,7 +123,7 @@ class AMOConfig:
     revert_if_worse: bool = True
     ln_weighted: bool = False
     readout_last_block: bool = False
-    input_drop: float = 0.0
+    input_drop: float = 0.5
     device: str = "auto"
     seed: int = 0
     progress: bool = True

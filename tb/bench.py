@@ -268,7 +268,7 @@ class Testbench:
 
 async def run_stream_groups(tb: Testbench, groups: Sequence[dict], in_port: str, in_codec: PayloadCodec,
                             out_ports: dict[str, tuple[PayloadCodec, str]], *, valid_prob: float = 0.7,
-                            ready_prob: float = 0.7) -> int:
+                            ready_prob: float = 0.7, setup=None, extra_cycles=None) -> int:
     """Run groups of stream transactions, each under its own config, and check every output.
 
     Each group is a dict with
@@ -280,6 +280,10 @@ async def run_stream_groups(tb: Testbench, groups: Sequence[dict], in_port: str,
     * one key per output port (named by ``out_ports[port][1]``): the expected ``{field: int}`` list,
     * ``"after"`` (optional): ``{port: int}`` expected values of status ports once the group drained.
 
+    ``setup`` (optional): ``async setup(tb, group)`` run after the config is set, before the pulses
+    (e.g. loading a table). ``extra_cycles`` (optional): ``extra_cycles(group)``, cycles of latency
+    the group may take beyond its input count (long-latency units) before the wait times out.
+
     Returns the number of checked output transactions.
     """
     driver = StreamDriver(tb.dut, in_port, tb.clk, valid_prob, random.Random(tb.rng.random()))
@@ -289,6 +293,8 @@ async def run_stream_groups(tb: Testbench, groups: Sequence[dict], in_port: str,
     for group in groups:
         name = group.get("name", "?")
         tb.configure(**group.get("config", {}))
+        if setup is not None:
+            await setup(tb, group)
         for port in group.get("pulse", []):
             getattr(tb.dut, port).value = 1
             await RisingEdge(tb.clk)
@@ -302,7 +308,7 @@ async def run_stream_groups(tb: Testbench, groups: Sequence[dict], in_port: str,
             boards[port] = board
             monitors[port].callback = (lambda b, c: (lambda w: b.check(c.unpack(w))))(board, codec)
         driver.send(in_codec.pack(v) for v in group["inputs"])
-        n = len(group["inputs"])
+        n = len(group["inputs"]) + (extra_cycles(group) if extra_cycles is not None else 0)
         await tb.wait_until(lambda: driver.idle and all(not b.expected for b in boards.values()),
                             40 * n + 200, f"group {name}: all outputs")
         await ClockCycles(tb.clk, 2)

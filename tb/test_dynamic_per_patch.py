@@ -23,13 +23,12 @@ of the whole encoder there.
 from __future__ import annotations
 
 import math
-import random
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import RisingEdge
 
-from tb.bench import Field, PayloadCodec, Scoreboard, StreamDriver, StreamMonitor, Testbench
+from tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 from tb.test_encoders import PP_OUT, PP_OUTL, recip, ref_encode_per_patch
 
 #: Longest row of the Verilated encoder (row buffer of 2 * 32 elements).
@@ -199,41 +198,15 @@ async def run_dynamic_groups(tb: Testbench, groups: list[dict], *, valid_prob: f
     """Per group: config, ladder, ``clear`` pulse, then stream the rows and check all three outputs and
     the counters (the previous group has drained before the next ladder is written)."""
     outs = {"o": (PP_OUT, "expected"), "outl": (PP_OUTL, "expected_outl"), "rowp": (ROWP_OUT, "expected_rowp")}
-    driver = StreamDriver(tb.dut, "i", tb.clk, valid_prob, random.Random(tb.rng.random()))
-    monitors = {p: StreamMonitor(tb.dut, p, tb.clk, ready_prob, random.Random(tb.rng.random())) for p in outs}
-    checked = 0
     for group in groups:
-        name = group["name"]
-        tb.configure(**group["config"])
-        await load_ladder(tb, group["ladder"])
-        tb.dut.clear.value = 1
-        await RisingEdge(tb.clk)
-        tb.dut.clear.value = 0
-        await RisingEdge(tb.clk)
-        boards = {}
-        for port, (codec, key) in outs.items():
-            board = Scoreboard(f"{name}/{port}")
-            for exp in group[key]:
-                board.expect(exp)
-            boards[port] = board
-            monitors[port].callback = (lambda b, c: (lambda w: b.check(c.unpack(w))))(board, codec)
-        driver.send(DYN_IN.pack(v) for v in group["inputs"])
-        n = len(group["inputs"]) + 25 * len(group["expected_rowp"])
-        await tb.wait_until(lambda: driver.idle and all(not b.expected for b in boards.values()),
-                            40 * n + 200, f"group {name}: all outputs")
-        await ClockCycles(tb.clk, 2)
-        for board in boards.values():
-            board.result()
-            checked += board.matched
-        for port, want in group["after"].items():
-            got = int(getattr(tb.dut, port).value)
-            if got != int(want):
-                raise AssertionError(f"group {name}: status port {port} = {got}, expected {want}")
-        tb.dut._log.info("group %s: %d rows, %d codes, %d outliers ok", name, len(group["expected_rowp"]),
+        group.setdefault("pulse", ["clear"])
+    checked = await run_stream_groups(
+        tb, groups, "i", DYN_IN, outs, valid_prob=valid_prob, ready_prob=ready_prob,
+        setup=lambda tb_, group: load_ladder(tb_, group["ladder"]),
+        extra_cycles=lambda group: 25 * len(group["expected_rowp"]))  # row buffer: a row's latency
+    for group in groups:
+        tb.dut._log.info("group %s: %d rows, %d codes, %d outliers ok", group["name"], len(group["expected_rowp"]),
                          len(group["expected"]), len(group["expected_outl"]))
-    driver.stop()
-    for mon in monitors.values():
-        mon.stop()
     return checked
 
 

@@ -41,8 +41,10 @@ def test_units_in_order():
 
 def test_reconstruction_lowers_error_and_hardens():
     qvit, fp, x = quantized()
+    # AMO reconstructs the blocks' outputs: compare the features the head reads (the 10 logits of a
+    # random head are too weak a signal; they improve for some seeds and not others)
     with torch.no_grad():
-        ref, before = fp(x), qvit(x)
+        ref, before = fp.forward_features(x), qvit.model.forward_features(x)
     reps = reconstruct_amo(qvit, x, iters=60, batch_size=8, progress=False, revert_if_worse=False,
                            device="cpu")
     assert [r.name for r in reps] == ["blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"]
@@ -53,8 +55,8 @@ def test_reconstruction_lowers_error_and_hardens():
     assert sum(r.mse_after for r in reps) < sum(r.mse_before for r in reps)
     assert sum(r.mse_after < r.mse_before for r in reps) >= 3
     with torch.no_grad():
-        after = qvit(x)
-    assert ((after - ref) ** 2).mean() < ((before - ref) ** 2).mean()
+        after = qvit.model.forward_features(x)
+    assert ((after - ref) ** 2).mean() < 0.97 * ((before - ref) ** 2).mean()
     # AdaRound is hard: V = +-HARD_V, hard rounding, integer codes reproducible
     for name, wq in qvit.weight_quantizers():
         if "blocks" in name:

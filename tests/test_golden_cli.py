@@ -130,3 +130,23 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     assert g["blocks.0.attn.q"]["a_codes"].shape[0] == 2
     code, out = run(capsys, "eval", tmp_path / "nope", "--backend", "sim", "--data", data)
     assert code == 2 and "program not found" in out.err
+
+
+@pytest.mark.parametrize("flags,mode", [((), "dynamic"), (("--static-poq",), "static"),
+                                        (("--poq-mode", "static"), "static")])
+def test_cli_calibrate_poq_mode(capsys, folder, tmp_path, monkeypatch, flags, mode):
+    """The adfq preset uses dynamic per-patch POQ (spec 8.1.1); --static-poq / --poq-mode static give
+    the per-position scales; the manifest's config and the layers' A formats say which."""
+    monkeypatch.setattr(golden.models, "create_model", lambda name, *a, **k: tiny_vit())
+    data, cmap = folder
+    prog = tmp_path / "prog"
+    code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
+                    "--method", "adfq", "--no-amo", "--no-qdrop", "--bits", "w4a4", "--calib-size", "4",
+                    "--workers", "0", *flags, "-o", prog)
+    assert code == 0, out.err
+    man = json.loads((prog / "manifest.json").read_text())
+    assert man["config"]["poq_mode"] == mode and man["config"]["amo_input_drop"] == 0.0
+    layers = man["layers"]
+    assert bool(layers["blocks.0.attn.q"]["a"].get("dynamic")) == (mode == "dynamic")
+    assert bool(layers["blocks.0.mlp.fc1"]["a"].get("dynamic")) == (mode == "dynamic")
+    assert not layers["blocks.0.mlp.fc2"]["a"].get("dynamic")
