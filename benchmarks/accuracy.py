@@ -165,7 +165,13 @@ def main(argv=None):
     if args.merge:
         results = json.load(open(args.out)) if os.path.isfile(args.out) else []
         for path in args.merge:
-            extra = json.load(open(path))
+            try:
+                with open(path) as f:
+                    extra = json.load(f)
+            except (OSError, json.JSONDecodeError) as exc:
+                ap.error(f"--merge {path}: {exc}")
+            if not isinstance(extra, list) or not all(isinstance(e, dict) and "row" in e for e in extra):
+                ap.error(f"--merge {path}: not an accuracy.py result file (a list of entries with a 'row')")
             results += extra
             print(f"{path}: {len(extra)} entries appended to {args.out}")
         with open(args.out, "w") as f:

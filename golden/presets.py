@@ -74,6 +74,8 @@ class QuantConfig:
                                  "(use 'minmax', 'mse' or 'hessian')")
         if self.poq_mode not in ("static", "dynamic"):
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
+        if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:
+            raise QuantizerError(f"amo_input_drop must be a probability in [0, 1], got {self.amo_input_drop}")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 

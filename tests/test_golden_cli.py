@@ -11,7 +11,7 @@ import golden.models
 from golden.calibrate import calibrate_model
 from golden.cli import UserError, main
 from golden.golden_vectors import load_golden
-from golden.presets import preset
+from golden.presets import ABLATIONS, preset
 from golden.quantizers import QuantizerError
 
 from golden_helpers import tiny_vit
@@ -150,3 +150,9 @@ def test_cli_calibrate_poq_mode(capsys, folder, tmp_path, monkeypatch, flags, mo
     assert bool(layers["blocks.0.attn.q"]["a"].get("dynamic")) == (mode == "dynamic")
     assert bool(layers["blocks.0.mlp.fc1"]["a"].get("dynamic")) == (mode == "dynamic")
     assert not layers["blocks.0.mlp.fc2"]["a"].get("dynamic")
+
+
+def test_quant_config_rejects_bad_qdrop_probability():
+    with pytest.raises(QuantizerError, match="amo_input_drop"):
+        preset("adfq", "w4a4", amo_input_drop=1.5)
+    assert preset("adfq", "w4a4", **ABLATIONS["no_qdrop"]).amo_input_drop == 0.0
