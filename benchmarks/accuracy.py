@@ -25,10 +25,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from golden.data import image_folder, loader, subset  # noqa: E402
-from golden.models import create_model  # noqa: E402
-from golden.presets import ABLATIONS, preset  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
+from vitaccel.golden.data import image_folder, loader, subset  # noqa: E402
+from vitaccel.golden.models import create_model  # noqa: E402
+from vitaccel.golden.presets import ABLATIONS, preset  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared")
 
@@ -219,7 +219,7 @@ def main(argv=None):
                  "calib_seconds": round(tc),
                  "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
         # the same model on the integer grid of its program (golden/integer_grid.py)
-        from golden.program import export_program  # noqa: PLC0415
+        from vitaccel.golden.program import export_program  # noqa: PLC0415
 
         prog = export_program(qvit)
         qvit.use_integer_grid(prog)
@@ -228,7 +228,7 @@ def main(argv=None):
         entry.update(grid_top1=g1, grid_top5=g5, seconds=round(time.time() - t0))
         record(entry)
         if row == args.sim_row and args.sim_images:
-            from golden.int_eval import ProgramRunner  # noqa: PLC0415
+            from vitaccel.golden.int_eval import ProgramRunner  # noqa: PLC0415
 
             runner = ProgramRunner(prog)
             from tqdm.auto import tqdm  # noqa: PLC0415

@@ -8,9 +8,9 @@ import sys, os, torch, time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from shared_data import deit_tiny_and_dev, MODEL
-from golden.calibrate import calibrate_model, collect_images
-from golden.data import loader, subset
-from golden.presets import preset, ABLATIONS
+from vitaccel.golden.calibrate import calibrate_model, collect_images
+from vitaccel.golden.data import loader, subset
+from vitaccel.golden.presets import preset, ABLATIONS
 import copy
 torch.set_num_threads(1)
 model, ds = deit_tiny_and_dev(os.path.join(ROOT, "..", "shared"))

@@ -5,7 +5,7 @@ Verilator + cocotb, random valid/ready back-pressure): golden-vector layers of t
 ``vitaccel-digits`` model (calibrated with ADFQ-ViT through the CLI, with their real per-tile
 outlier counts) and random layers with odd shapes and zero / full / over-capacity outlier loads.
 Every output row is checked against ``sim/reference.py`` and every cycle counter against
-``hw/schedule.py`` by the testbench; the measured counters are written as records
+``sim/schedule.py`` by the testbench; the measured counters are written as records
 ``{name, rows, cols, ..., M, K, N, cycles, outliers_per_tile}`` that ``tests/test_estimate.py``
 (``test_replay_measured_rtl_cycles``) replays through ``sim.perf.estimate_layer``.
 
@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from golden.cli import main as vitaccel  # noqa: E402
-from hw.engine import build_engine  # noqa: E402
-from tb.cli import cycle_record, run_golden_layers  # noqa: E402
-from tb.engine_streams import SMALL_ENGINE, random_layer  # noqa: E402
-from tb.runner import run_cocotb, verilog_for  # noqa: E402
+from vitaccel.cli import main as vitaccel  # noqa: E402
+from vitaccel.hw.engine import build_engine  # noqa: E402
+from vitaccel.tb.cli import cycle_record, run_golden_layers  # noqa: E402
+from vitaccel.tb.engine_streams import SMALL_ENGINE, random_layer  # noqa: E402
+from vitaccel.tb.runner import run_cocotb, verilog_for  # noqa: E402
 
 GOLDEN_LAYERS = ["blocks.0.mlp.fc1", "blocks.0.attn.q", "blocks.0.attn.proj", "blocks.0.attn.qk.h0",
                  "blocks.0.attn.av.h0", "blocks.1.attn.qk.h2", "blocks.1.attn.av.h2"]
@@ -63,13 +63,13 @@ def main(argv=None) -> int:
                                       outliers_per_tile=o))
             cases[-1].update(valid_prob=0.7, ready_prob=0.7)
         rep = tmp / "random.json"
-        run_cocotb("layer_engine", [verilog_for(build_engine, "layer_engine", cfg.to_dict())], "tb.test_engine",
+        run_cocotb("layer_engine", [verilog_for(build_engine, "layer_engine", cfg.to_dict())], "vitaccel.tb.cocotb_engine",
                    seed=11, data={"cols": cfg.cols, "seed": 11, "cases": cases, "report": str(rep)})
         for (M, K, N, o), res in zip(RANDOM_LAYERS, json.loads(rep.read_text())):
             records.append(dict(cycle_record(cfg, res["shape"], res["cycles"], o, name=res["name"]),
                                 source="random layer, tb/engine_streams.random_layer"))
     doc = {"description": "cycle counter of the RTL layer engine (Verilator), measured; every layer's "
-                          "outputs were exact vs sim/reference.py and its counter equal to hw/schedule.py",
+                          "outputs were exact vs sim/reference.py and its counter equal to sim/schedule.py",
            "command": ".venv/bin/python benchmarks/engine_cycles.py -o " + str(args.output),
            "records": records}
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -27,9 +27,9 @@ def main() -> int:
     import torch  # noqa: F401
     t_import = time.perf_counter() - t0
 
-    from sim.perf import engine
-    from sim.perf.estimate import Hardware, estimate
-    from sim.perf.shapes import _trace_raw, trace_gemms
+    from vitaccel.sim.perf import engine
+    from vitaccel.sim.perf.estimate import Hardware, estimate
+    from vitaccel.sim.perf.shapes import _trace_raw, trace_gemms
 
     hw = Hardware(rows=16, cols=16, freq=200e6, dram_bw=16, sram_kib=512)
 

@@ -25,8 +25,8 @@ def main() -> int:
     ap.add_argument("--sram-kib", type=float, default=256.0)
     ap.add_argument("--dataflow", default="engine")
     args = ap.parse_args()
-    from sim.perf.estimate import Hardware, estimate
-    from sim.perf.shapes import trace_gemms
+    from vitaccel.sim.perf.estimate import Hardware, estimate
+    from vitaccel.sim.perf.shapes import trace_gemms
 
     print("| model | bits | array | cycles | stall | latency (ms) | inf/s | MAC util | DRAM MiB | "
           "weights MiB | mem-bound layers |")

@@ -11,10 +11,10 @@ k / v, so they cannot be one engine command), ``fc1`` and ``fc2`` of one block (
 whose FC1 input has the most outliers) each run in a simulation of the same Verilator build of a
 16 x 16 W4A4 layer engine (:class:`hw.engine.LayerEngine`, ideal streams) through
 :func:`tb.cli.run_golden_layers`.  Every output integer is compared with the golden ``out`` (which
-itself must equal ``sim/reference.py``), and the cycle counter with ``hw/schedule.py``.
+itself must equal ``sim/reference.py``), and the cycle counter with ``sim/schedule.py``.
 
 Reported per layer: shape, outliers (total and the largest per 16-row tile), measured RTL cycles,
-``hw/schedule.py`` cycles, MAC utilisation ``M*K*N / (R*C*cycles)``, Verilator wall time and
+``sim/schedule.py`` cycles, MAC utilisation ``M*K*N / (R*C*cycles)``, Verilator wall time and
 simulated cycles per second (per layer, including the cocotb stream drivers and the scoreboard).
 
 Usage::
@@ -52,12 +52,12 @@ def front_end(out_dir: Path, *, shared: Path, calib_size: int, seed: int, n_imag
     """
     import torch
 
-    from golden.calibrate import calibrate_model, collect_images
-    from golden.commands import _data_config
-    from golden.data import loader, subset
-    from golden.golden_vectors import write_golden
-    from golden.presets import ABLATIONS, preset
-    from golden.program import export_program
+    from vitaccel.golden.calibrate import calibrate_model, collect_images
+    from vitaccel.golden.commands import _data_config
+    from vitaccel.golden.data import loader, subset
+    from vitaccel.golden.golden_vectors import write_golden
+    from vitaccel.golden.presets import ABLATIONS, preset
+    from vitaccel.golden.program import export_program
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from shared_data import MODEL, deit_tiny_and_dev
@@ -109,8 +109,8 @@ def pick_block(vec, n_blocks: int) -> int:
 
 def engine_config(rows: int, cols: int):
     """The 16 x 16 W4A4 engine of the benchmark: B buffer for K = 768 (FC2), every other field the
-    :class:`hw.config.EngineConfig` default (acc 32 bits, outlier capacity 32, one outlier lane)."""
-    from hw.config import EngineConfig
+    :class:`sim.engine_config.EngineConfig` default (acc 32 bits, outlier capacity 32, one outlier lane)."""
+    from vitaccel.sim.engine_config import EngineConfig
     return EngineConfig(rows=rows, cols=cols, a_bits=4, b_bits=4, max_k=768)
 
 
@@ -132,7 +132,7 @@ def markdown(doc: dict) -> str:
     lines = [f"Engine {e['rows']} x {e['cols']}, a_bits {e['a_bits']}, b_bits {e['b_bits']}, acc_bits {e['acc_bits']}, "
              f"outlier_capacity {e['outlier_capacity']}, outlier_lanes {e['outlier_lanes']}, max_k {e['max_k']}; "
              f"DeiT-tiny block {doc['block']}, image {doc['image']} (label {doc['label']}).", "",
-             "| layer | M x K x N | A codes | outliers (total / max per 16-row tile) | RTL cycles | hw/schedule.py "
+             "| layer | M x K x N | A codes | outliers (total / max per 16-row tile) | RTL cycles | sim/schedule.py "
              "| MAC utilisation | outputs exact | Verilator wall s | cycles/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["layers"]:
@@ -165,14 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--front-end-only", action="store_true")
     args = ap.parse_args(argv)
 
-    from golden.golden_vectors import load_golden
-    from hw.config import check_layer_acc
-    from hw.engine import build_engine
-    from hw.schedule import layer_cycles
-    from sim import reference as ref
-    from tb.cli import run_golden_layers
-    from tb.engine_streams import random_layer
-    from tb.runner import run_cocotb, verilog_for
+    from vitaccel.golden.golden_vectors import load_golden
+    from vitaccel.sim.engine_config import check_layer_acc
+    from vitaccel.hw.engine import build_engine
+    from vitaccel.sim.schedule import layer_cycles
+    from vitaccel.sim import reference as ref
+    from vitaccel.tb.cli import run_golden_layers
+    from vitaccel.tb.engine_streams import random_layer
+    from vitaccel.tb.runner import run_cocotb, verilog_for
 
     t_start = time.monotonic()
     gdir = args.golden_dir
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
                        "acc_bits_required": need,
                        "schedule_cycles": layer_cycles(cfg, M, K, N, counts).total}
         print(f"{name}: {M} x {K} x {N}, {facts[name]['a_format']}, {len(o)} outliers "
-              f"(max {max(counts)} per {R}-row tile), acc need {need} bits, hw/schedule.py "
+              f"(max {max(counts)} per {R}-row tile), acc need {need} bits, sim/schedule.py "
               f"{facts[name]['schedule_cycles']} cycles", flush=True)
 
     # build the engine (cached) and start it once on a tiny layer, so the timed runs exclude the build
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
-        run_cocotb("layer_engine", [v], "tb.test_engine",
+        run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine",
                    data={"cols": C, "cases": [random_layer(cfg, rng, 2, 2, 2, a_bits=4, b_bits=4)],
                          "report": str(Path(tmp) / "r.json")})
     t_build = time.monotonic() - t0
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
              "wall_cycles": res["wall_cycles"], "sim_s": res["sim_s"], "prep_s": res["prep_s"],
              "cycles_per_s": res["wall_cycles"] / res["sim_s"], "run_dir": _rel(res["run_dir"])}
         rows_out.append(r)
-        tqdm.write(f"{name}: {r['cycles']} cycles (hw/schedule.py {r['model_cycles']}), utilisation "
+        tqdm.write(f"{name}: {r['cycles']} cycles (sim/schedule.py {r['model_cycles']}), utilisation "
                    f"{100 * r['utilisation']:.1f} %, {r['outputs_exact']} outputs exact, {r['sim_s']:.0f} s "
                    f"({r['cycles_per_s']:.0f} cycles/s)")
     groups = []
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
                        "cycles_per_s": sum(r["wall_cycles"] for r in parts) / sum(r["sim_s"] for r in parts)})
     doc = {"description": "DeiT-tiny layers of one block from the real checkpoint (ADFQ W4A4 no AMO, golden "
                           "vectors of one dev image from sim/) run on the RTL layer engine in Verilator; every "
-                          "output integer equal to the golden vectors, cycle counter equal to hw/schedule.py",
+                          "output integer equal to the golden vectors, cycle counter equal to sim/schedule.py",
            "command": " ".join([".venv/bin/python benchmarks/rtl_deit_tiles.py",
                                 *(argv if argv is not None else sys.argv[1:])]),
            "front_end": front, "block": block, "image": 0,

@@ -1,7 +1,7 @@
 """MAC utilisation and simulation speed of the RTL layer engine, measured from its cycle counter.
 
 Runs random W4A4 uniform layers of DeiT shapes on a Verilator build of the engine (ideal streams),
-checks every output row against sim/reference.py and the counter against hw/schedule.py, and
+checks every output row against sim/reference.py and the counter against sim/schedule.py, and
 prints cycles, MAC utilisation = M*K*N / (cycles * R * C) and simulated cycles per second.
 
 Usage::
@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hw.config import EngineConfig  # noqa: E402
-from hw.engine import build_engine  # noqa: E402
-from tb.engine_streams import random_layer  # noqa: E402
-from tb.runner import run_cocotb, verilog_for  # noqa: E402
+from vitaccel.sim.engine_config import EngineConfig  # noqa: E402
+from vitaccel.hw.engine import build_engine  # noqa: E402
+from vitaccel.tb.engine_streams import random_layer  # noqa: E402
+from vitaccel.tb.runner import run_cocotb, verilog_for  # noqa: E402
 
 LAYERS = {"qkv_197x192x576": (197, 192, 576), "fc2_197x768x192": (197, 768, 192)}
 
@@ -50,11 +50,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rep = Path(tmp) / "r.json"
         # build (cached) and warm up on a tiny layer so the timed run excludes the build
-        run_cocotb("layer_engine", [v], "tb.test_engine",
+        run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine",
                    data={"cols": cfg.cols, "cases": [random_layer(cfg, rng, 2, 2, 2, a_bits=4, b_bits=4)], "report": str(rep)})
         t_build = time.monotonic() - t0
         t1 = time.monotonic()
-        run_cocotb("layer_engine", [v], "tb.test_engine",
+        run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine",
                    data={"cols": cfg.cols, "cases": cases, "report": str(rep)})
         t_sim = time.monotonic() - t1
         res = json.loads(rep.read_text())
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     for r, c in zip(res, cases):
         M, K, N = r["shape"]
         util = M * K * N / (r["cycles"] * cfg.rows * cfg.cols)
-        print(f"  {r['name']}: {r['cycles']} cycles (hw/schedule.py {c['cycles']}), "
+        print(f"  {r['name']}: {r['cycles']} cycles (sim/schedule.py {c['cycles']}), "
               f"MAC utilisation {util:.4f}, {r['rows']} rows exact")
         r["utilisation"] = util
     print(f"  Verilator + cocotb: {total_cycles} cycles in {t_sim:.1f} s = {total_cycles / t_sim:.0f} cycles/s "

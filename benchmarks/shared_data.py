@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 
-from golden.data import image_folder
-from golden.models import create_model
+from vitaccel.golden.data import image_folder
+from vitaccel.golden.models import create_model
 
 #: ``../shared`` beside the checkout (CI has it too).
 DEFAULT_SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")

@@ -24,11 +24,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from accuracy import ROWS  # noqa: E402
 from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
 
-from golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from golden.data import loader, subset  # noqa: E402
-from golden.int_eval import ProgramRunner, layer_agreement  # noqa: E402
-from golden.presets import preset  # noqa: E402
-from golden.program import export_program  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
+from vitaccel.golden.data import loader, subset  # noqa: E402
+from vitaccel.golden.int_eval import ProgramRunner, layer_agreement  # noqa: E402
+from vitaccel.golden.presets import preset  # noqa: E402
+from vitaccel.golden.program import export_program  # noqa: E402
 
 
 def main(argv=None) -> None:

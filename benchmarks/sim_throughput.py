@@ -47,8 +47,8 @@ def make_layer(name, m, k, n, rng, outlier_fraction):
     """A W4A4 per-patch linear layer with sparse outliers and a 4-bit ucode output, plus its inputs."""
     import numpy as np
 
-    from sim import formats as F
-    from sim.layer import LayerSpec
+    from vitaccel.sim import formats as F
+    from vitaccel.sim.layer import LayerSpec
 
     z = rng.integers(4, 12, m)
     q = rng.integers(0, 16, (m, k))
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from sim import simulator as S
-    from sim.layer import run_layer_reference
+    from vitaccel.sim import simulator as S
+    from vitaccel.sim.layer import run_layer_reference
 
     rng = np.random.default_rng(args.seed)
     rows = []

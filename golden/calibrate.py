@@ -122,14 +122,14 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
     model.eval()
     notes = {}
     if config.smoothquant:
-        sq = _optional("golden.smoothquant")
+        sq = _optional("vitaccel.golden.smoothquant")
         if sq is None:
             warnings.warn("golden.smoothquant is missing: SQ-b skipped", stacklevel=2)
         else:
             sq.smoothquant_bias(model, images, alpha=config.sq_alpha, batch_size=batch_size, progress=progress)
             notes["smoothquant"] = True
     if config.mixed_precision:
-        mp = _optional("golden.mixed_precision")
+        mp = _optional("vitaccel.golden.mixed_precision")
         if mp is None:
             warnings.warn("golden.mixed_precision is missing: greedy MP skipped", stacklevel=2)
         else:
@@ -145,7 +145,7 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
         hessian_weight_ranges(qvit, images, batch_size, progress)
     observe_activations(qvit, images, batch_size, progress)
     if config.amo:
-        rec = _optional("golden.reconstruct")
+        rec = _optional("vitaccel.golden.reconstruct")
         if rec is None:
             warnings.warn("golden.reconstruct (AMO) is missing: reconstruction skipped", stacklevel=2)
         else:

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
 
 EMBEDDED_DATA = "embedded:digits"
 
@@ -27,7 +27,7 @@ def image_folder(root: str, model=None, class_map: str | None = None, transform=
     """A timm image-folder dataset with ``transform`` (default: the model's timm eval transform).
 
     ``root`` may also be ``embedded:digits[:split]`` (the embedded digits tensors, already normalised).
-    Bad input raises :class:`golden.cli.UserError` with a clear message.
+    Bad input raises :class:`vitaccel.sim.errors.UserError` with a clear message.
     """
     if root == EMBEDDED_DATA or root.startswith("embedded:"):
         from .embedded import digits_dataset  # noqa: PLC0415

@@ -31,7 +31,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
 from .int_eval import ProgramRunner
 from .program import Program, load_program, read_versioned_manifest, save_program
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sim import layer as sim_layer
-from sim import reference as ref
+from vitaccel.sim import layer as sim_layer
+from vitaccel.sim import reference as ref
 
 from .program import Program, ProgramError
 
@@ -27,7 +27,7 @@ def layer_api(backend: str = "auto"):
     fast = getattr(sim_layer, "run_layer", None), getattr(sim_layer, "run_encoder", None)
     if fast[0] is None or fast[1] is None:
         try:
-            from sim import simulator  # noqa: PLC0415  (numba layer API)
+            from vitaccel.sim import simulator  # noqa: PLC0415  (numba layer API)
 
             fast = simulator.run_layer, simulator.run_encoder
         except (ImportError, AttributeError):

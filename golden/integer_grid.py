@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 import torch
 
-from sim import formats as SF
+from vitaccel.sim import formats as SF
 
 I64 = torch.int64
 

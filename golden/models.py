@@ -6,14 +6,15 @@ the model is randomly initialised (with a warning) unless the user asks for timm
 """
 from __future__ import annotations
 
-import difflib
+
 import os
 import warnings
 
 import torch
 from torch import nn
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
+from vitaccel.sim.names import suggest_model_names
 
 EMBEDDED_NAME = "vitaccel-digits"
 
@@ -22,23 +23,6 @@ def _known_models() -> list[str]:
     import timm  # noqa: PLC0415
 
     return list(timm.list_models()) + [EMBEDDED_NAME]
-
-
-def suggest_model_names(name: str, known: list[str] | None = None, n: int = 5) -> list[str]:
-    """Known model names close to ``name``: same family (text before the first ``_``) first.
-
-    ``deit_tiniest`` suggests ``deit_tiny_patch16_224`` before unrelated names that merely look alike.
-    """
-    known = _known_models() if known is None else known
-    family = name.split("_")[0].lower()
-    same = [m for m in known if m.lower().split("_")[0] == family]
-
-    def score(m: str) -> float:
-        return difflib.SequenceMatcher(None, name.lower(), m.lower()).ratio()
-
-    ranked = sorted(same, key=score, reverse=True)[:n]
-    others = [m for m in difflib.get_close_matches(name, known, n=n, cutoff=0.6) if m not in ranked]
-    return (ranked + others)[:n]
 
 
 def check_model_name(name: str) -> None:

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sim import formats as SF
-from sim.layer import EncoderSpec, LayerSpec
+from vitaccel.sim import formats as SF
+from vitaccel.sim.layer import EncoderSpec, LayerSpec
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
 
 FORMAT = "vitaccel-program"
 FORMAT_VERSION = 2

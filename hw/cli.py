@@ -22,9 +22,9 @@ def _add_cfg_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    """Build an :class:`hw.config.EngineConfig` from CLI flags (raises ``UserError`` when invalid)."""
-    from golden.cli import UserError
-    from .config import ConfigError, EngineConfig, check_acc_for_max_k
+    """Build an :class:`sim.engine_config.EngineConfig` from CLI flags (raises ``UserError`` when invalid)."""
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.engine_config import ConfigError, EngineConfig, check_acc_for_max_k
     from .synth import default_acc_bits
     try:
         base = EngineConfig.from_file(args.config).to_dict() if args.config else {}
@@ -59,7 +59,7 @@ def _generate(args) -> int:
 
 
 def _synth(args) -> int:
-    from golden.cli import UserError
+    from vitaccel.sim.errors import UserError
     from .synth import generate, synthesize
     cfg = config_from_args(args)
     out = args.output

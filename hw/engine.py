@@ -15,7 +15,7 @@ Block diagram (see docs/hardware.md for the full description)::
 
 Every register of the engine advances only when the global enable ``en`` is high; ``en`` is low
 when a stream the static schedule needs this cycle has no beat or the output FIFO could be full.
-The cycle counter counts ``en`` cycles, so it equals :func:`hw.schedule.layer_cycles` for any stream
+The cycle counter counts ``en`` cycles, so it equals :func:`sim.schedule.layer_cycles` for any stream
 timing.
 
 Timing structure (docs/hardware.md, "Fmax"): ``en`` is a register, computed one cycle ahead
@@ -30,7 +30,7 @@ levels deep.
 Starting a layer costs one stalled (not counted) cycle.
 
 Stream order (what the host / DMA must send): tiles are visited column block outer, row tile inner
-(:func:`hw.schedule.tile_order`).
+(:func:`sim.schedule.tile_order`).
 
 * ``b``:    for each column block, ``K`` beats (B rows ``b[k, c0:c0+C]``, lanes ``>= n`` are 0).
 * ``colp``: one beat per column block (``Mc, Sc, Bq`` per lane), with the block's first B beat.
@@ -50,7 +50,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .common import CodeFormat, OutFormat, partial_products, sum_products
-from .config import DIM_BITS, DRAIN_OFFSET, EngineConfig
+from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
 from .decoders import OperandDecoder
 from .mac_array import MacArray
 from .outlier_unit import OutlierUnit, outlier_beat_layout
@@ -127,7 +127,7 @@ class LayerEngine(wiring.Component):
         A layer is running.
     cycles : Out(32)
         Engine cycles (``en`` cycles) of the current / last layer; equals
-        :func:`hw.schedule.layer_cycles` ``.total`` when the layer is done.
+        :func:`sim.schedule.layer_cycles` ``.total`` when the layer is done.
     overflow, range_error, invalid_code, acc_fault : Out(1)
         Sticky error flags of the current / last layer: outlier capacity exceeded; outlier entry
         outside its tile; invalid A code; accumulator or requantiser value outside ``acc_bits``.

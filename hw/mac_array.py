@@ -91,7 +91,7 @@ class MacArray(wiring.Component):
     acc_bits : int
         Accumulator width (signed); products and sums are exact as long as the layer respects the
         accumulator bound of docs/datapath.md section 6 (checked by the host,
-        :func:`hw.config.check_layer_acc`).
+        :func:`sim.engine_config.check_layer_acc`).
     drain_copies : int
         Number of (identical) copies of :attr:`drain_row` (default 1), to split its fanout.
     en_copies : int

@@ -28,7 +28,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import DIM_BITS
+from vitaccel.sim.engine_config import DIM_BITS
 from .mac_array import adder_tree
 
 __all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from amaranth.hdl import Shape
 
-from .config import ConfigError, EngineConfig
+from vitaccel.sim.engine_config import ConfigError, EngineConfig
 
 __all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosys_stat", "parse_nextpnr_log",
            "OPTIONAL_TOPS"]
@@ -28,7 +28,7 @@ __all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosy
 def default_acc_bits(a_bits: int, b_bits: int, max_k: int, outlier_capacity: int) -> int:
     """Accumulator width that covers every A format of ``a_bits`` bits at ``K = max_k`` with a zero
     point up to ``Dmax`` and the outlier path (``FO = 2``, docs/datapath.md section 6), capped at 48."""
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
     need = 0
     for kind, base in (("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"),
                        ("three_region", "2")):
@@ -83,8 +83,8 @@ def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = No
     ``tops=None`` writes the engine and its sub-blocks (every top but :data:`OPTIONAL_TOPS`).
     """
     from amaranth.back import verilog
-    from .config import acc_bits_at_max_k
-    from .schedule import layer_cycles
+    from vitaccel.sim.engine_config import acc_bits_at_max_k
+    from vitaccel.sim.schedule import layer_cycles
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = No
                   "| --- | --- | --- |"]
         lines += [f"| `{p['name']}` | {p['dir']} | {p['width']} |" for p in t["ports"]]
     lines += ["", f"Example: {summary['example']['layer']}: {ex.total} cycles, "
-                  f"MAC utilisation {ex.utilisation:.3f} (hw/schedule.py)."]
+                  f"MAC utilisation {ex.utilisation:.3f} (sim/schedule.py)."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
 

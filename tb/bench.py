@@ -1,4 +1,4 @@
-"""cocotb driver / monitor / scoreboard classes for Amaranth stream ports (used by every ``tb/test_*.py``).
+"""cocotb driver / monitor / scoreboard classes for Amaranth stream ports (used by every ``tb/cocotb_*.py``).
 
 Amaranth's Verilog flattens a ``stream.Signature`` port ``p`` into ``p__valid``, ``p__ready`` and
 ``p__payload`` (struct payloads are packed LSB first in field order).  :class:`PayloadCodec` packs /

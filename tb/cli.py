@@ -2,7 +2,7 @@
 
 The layer's ``LayerSpec``, A codes, outliers (and run-time B for ``qk`` / ``av``) come from
 ``golden.golden_vectors.load_golden``; the engine (Verilator build of :class:`hw.engine.LayerEngine`)
-must reproduce the golden ``out`` exactly and its cycle counter must equal :mod:`hw.schedule`.
+must reproduce the golden ``out`` exactly and its cycle counter must equal :mod:`sim.schedule`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ __all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_c
 
 def engine_config_for(spec, k: int, rows: int, cols: int, lanes: int = 1):
     """Smallest max-width engine that runs ``spec`` with ``K = k`` on a ``rows x cols`` array."""
-    from hw.config import EngineConfig
+    from vitaccel.sim.engine_config import EngineConfig
     need = spec.acc_bits_required(k)
     cap = int(spec.outlier_capacity or 0) if spec.fo else 0
     return EngineConfig(rows=rows, cols=cols, a_bits=8, b_bits=8, acc_bits=max(need, spec.acc_bits, 31),
@@ -50,7 +50,7 @@ def cycle_record(cfg, shape, cycles: int, outliers_per_tile=0, name: str | None 
 
 
 def _golden_record(vec, golden_dir, layer: str, image: int):
-    from golden.cli import UserError
+    from vitaccel.sim.errors import UserError
 
     if layer not in vec:
         raise UserError(f"layer {layer!r} not in {golden_dir}; layers: {', '.join(sorted(vec))}")
@@ -62,12 +62,12 @@ def _golden_record(vec, golden_dir, layer: str, image: int):
 
 
 def _golden_case(vec, golden_dir, layer: str, image: int, cfg):
-    from golden.cli import UserError
-    from hw.config import ConfigError
-    from sim import reference as ref
-    from tb.engine_streams import case_from_spec
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.engine_config import ConfigError
+    from vitaccel.sim import reference as ref
+    from vitaccel.tb.engine_streams import case_from_spec
 
-    from golden.golden_vectors import image_spec
+    from vitaccel.golden.golden_vectors import image_spec
 
     rec = _golden_record(vec, golden_dir, layer, image)
     spec = image_spec(rec, image)
@@ -102,11 +102,11 @@ def run_golden_layers(golden_dir: str, layers, *, image: int = 0, rows: int = 4,
         Directory written by ``vitaccel export-golden`` (:func:`golden.golden_vectors.load_golden`).
     layers : sequence of str
         Layer record names.
-    cfg : hw.config.EngineConfig, optional
+    cfg : sim.engine_config.EngineConfig, optional
         Engine to use for every layer (e.g. an engine that is already built); default: one engine
         for all the layers (:func:`engine_config_for_layers`).
 
-    Each result holds the measured ``cycles`` (equal to :mod:`hw.schedule`, asserted by the
+    Each result holds the measured ``cycles`` (equal to :mod:`sim.schedule`, asserted by the
     testbench), ``rows`` (exact output rows), ``shape``, ``model_cycles``, ``utilisation``,
     ``outliers_per_tile``, ``record`` (:func:`cycle_record`), ``engine`` (the configuration),
     ``prep_s`` (building the stream images and expected values of this layer) and ``sim_s`` (wall
@@ -115,9 +115,9 @@ def run_golden_layers(golden_dir: str, layers, *, image: int = 0, rows: int = 4,
     """
     import time
 
-    from golden.golden_vectors import load_golden
-    from hw.engine import build_engine
-    from tb.runner import run_cocotb, verilog_for
+    from vitaccel.golden.golden_vectors import load_golden
+    from vitaccel.hw.engine import build_engine
+    from vitaccel.tb.runner import run_cocotb, verilog_for
 
     vec = load_golden(golden_dir)
     layers = list(layers)
@@ -136,7 +136,7 @@ def run_golden_layers(golden_dir: str, layers, *, image: int = 0, rows: int = 4,
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "cycles.json"
         t0 = time.monotonic()
-        run_dir = run_cocotb("layer_engine", [v], "tb.test_engine", waves=waves, seed=seed,
+        run_dir = run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine", waves=waves, seed=seed,
                              data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
         sim_s = time.monotonic() - t0
         results = json.loads(report.read_text())
@@ -159,8 +159,8 @@ def run_golden_layer(golden_dir: str, layer: str, *, image: int = 0, rows: int =
 
 def _engine_from_args(args):
     """The engine of ``--config`` (with ``--rows`` / ``--cols`` overriding it), or ``None``."""
-    from golden.cli import UserError
-    from hw.config import ConfigError, EngineConfig
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.engine_config import ConfigError, EngineConfig
 
     if args.config is None:
         return None
@@ -185,7 +185,7 @@ def _run(args) -> int:
     for res in results:
         M, K, N = res["shape"]
         print(f"{res['layer']} (image {res['image']}, {M}x{K}x{N}, {sum(res['outliers_per_tile'])} outliers): "
-              f"{res['rows']} output rows exact, {res['cycles']} cycles (hw/schedule.py: {res['model_cycles']}), "
+              f"{res['rows']} output rows exact, {res['cycles']} cycles (sim/schedule.py: {res['model_cycles']}), "
               f"MAC utilisation {res['utilisation']:.3f}")
     print(f"run dir {results[0]['run_dir']} (simulation {results[0]['sim_s']:.1f} s)")
     if args.json:

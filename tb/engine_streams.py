@@ -3,7 +3,7 @@
 :func:`layer_case` turns one GEMM layer (codes, weights, requantiser parameters, outliers) into the
 packed stream words the engine consumes (order: :mod:`hw.engine`) plus the expected output rows and
 cycle count.  Expected values come from ``sim/reference.py`` (decode, ``accumulate``, ``requantize``)
-and expected cycles from :mod:`hw.schedule`; nothing is computed by the design under test.
+and expected cycles from :mod:`sim.schedule`; nothing is computed by the design under test.
 
 :func:`random_layer` draws a random valid layer for a given format / width; :func:`case_from_spec`
 wraps a ``sim.layer.LayerSpec`` (golden vectors).
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from hw.common import CodeFormat, OutFormat
-from hw.config import EngineConfig, check_layer_acc, check_layer_shape
-from hw.engine import ZA_BITS, cmd_layout, colp_layout, rowp_layout
-from hw.outlier_unit import outlier_beat_layout
-from hw.schedule import layer_cycles, tile_order
-from sim import formats as F
-from sim import reference as ref
+from vitaccel.hw.common import CodeFormat, OutFormat
+from vitaccel.sim.engine_config import EngineConfig, check_layer_acc, check_layer_shape
+from vitaccel.hw.engine import ZA_BITS, cmd_layout, colp_layout, rowp_layout
+from vitaccel.hw.outlier_unit import outlier_beat_layout
+from vitaccel.sim.schedule import layer_cycles, tile_order
+from vitaccel.sim import formats as F
+from vitaccel.sim import reference as ref
 
 __all__ = ["layer_case", "random_layer", "case_from_spec", "random_codes", "unpack_out", "SMALL_ENGINE",
            "SMALL_ENGINE_2X3"]
@@ -104,7 +104,7 @@ def layer_case(cfg: EngineConfig, *, q, b, a_kind: str, a_bits: int, b_bits: int
     streams = {"a": [], "b": [], "colp": [], "rowp": [], "outl": []}
     expected = []
     rl, cl, ol = rowp_layout(R), colp_layout(C), outlier_beat_layout(L)
-    from hw.engine import LayerEngine  # noqa: F401  (layouts above come from the engine module)
+    from vitaccel.hw.engine import LayerEngine  # noqa: F401  (layouts above come from the engine module)
     a_lane = (1 << cfg.a_bits) - 1
     for r0, m, c0, n in tile_order(cfg, M, N):
         if r0 == 0:  # first tile of a column block: its B rows and column parameters

@@ -29,7 +29,7 @@ Example
 -------
 >>> from hw.decoders import OperandDecoder                           # doctest: +SKIP
 >>> v = verilog_for(OperandDecoder, "operand_decoder", {})           # doctest: +SKIP
->>> run_cocotb("operand_decoder", [v], "tb.test_decoders",           # doctest: +SKIP
+>>> run_cocotb("operand_decoder", [v], "vitaccel.tb.cocotb_decoders",           # doctest: +SKIP
 ...            data={"cases": [...]})
 """
 
@@ -47,9 +47,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-#: Root of all generated files (override with ``VITACCEL_BUILD_DIR``).
-BUILD_ROOT = Path(os.environ.get("VITACCEL_BUILD_DIR", REPO_ROOT / "build"))
+#: Environment variable naming the root of all generated files (``tb run --build-dir`` sets it).
+BUILD_DIR_ENV = "VITACCEL_BUILD_DIR"
 #: Environment variable holding the path of the JSON test-data file given to a cocotb module.
 DATA_ENV = "VITACCEL_TB_DATA"
 #: Verilator option that keeps its C++ output in one file per kind (no splitting).  This is the one
@@ -77,12 +76,22 @@ class VerilatorNotFoundError(RuntimeError):
 
 # ----------------------------------------------------------------------------- hashing helpers
 
+def build_root() -> Path:
+    """Root of all generated files: ``$VITACCEL_BUILD_DIR``, else ``build/`` in the working directory.
+
+    Never inside the installed package (a non-editable install must not write into site-packages).
+    """
+    return Path(os.environ.get(BUILD_DIR_ENV) or Path.cwd() / "build").resolve()
+
+
 def _hw_sources_digest() -> str:
     """Digest of every ``hw/*.py`` file plus the Amaranth version (part of each design hash)."""
     import amaranth
 
     h = hashlib.sha256(str(getattr(amaranth, "__version__", "")).encode())
-    hw_dir = REPO_ROOT / "hw"
+    import vitaccel.hw
+
+    hw_dir = Path(vitaccel.hw.__file__).resolve().parent
     for path in sorted(hw_dir.rglob("*.py")):
         h.update(str(path.relative_to(hw_dir)).encode())
         h.update(path.read_bytes())
@@ -148,9 +157,9 @@ def verilog_for(component_factory: Callable[..., Any], name: str,
     key = _digest(name, factory_id, params, _hw_sources_digest())
     if key in _elaborated and _elaborated[key].exists():
         return _elaborated[key]
-    out_dir = BUILD_ROOT / "rtl" / f"{name}_{key}"
+    out_dir = build_root() / "rtl" / f"{name}_{key}"
     out = out_dir / f"{name}.v"
-    with _file_lock(BUILD_ROOT / "locks" / f"rtl_{name}_{key}.lock"):
+    with _file_lock(build_root() / "locks" / f"rtl_{name}_{key}.lock"):
         if not out.exists():
             from amaranth.back import verilog
 
@@ -379,7 +388,7 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
     verilog_sources : sequence of path
         Verilog files (usually from :func:`verilog_for`).
     test_module : str
-        Importable cocotb test module, e.g. ``"tb.test_decoders"``.
+        Importable cocotb test module, e.g. ``"vitaccel.tb.cocotb_decoders"``.
     data : JSON-able, optional
         Test data; written to ``<run dir>/data.json`` and announced in ``VITACCEL_TB_DATA``
         (read it with :func:`read_test_data`).
@@ -427,13 +436,13 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
         args.append("--trace-fst")
     params = dict(parameters or {})
     design_key = _digest(toplevel, [s.read_text() for s in sources], args, params, waves)
-    build_dir = BUILD_ROOT / "sim" / f"{toplevel}_{design_key}"
+    build_dir = build_root() / "sim" / f"{toplevel}_{design_key}"
     timescale = ("1ns", "1ps")
 
     runner = get_runner("verilator")
     stamp = build_dir / ".vitaccel_built"
     if design_key not in _built:
-        with _file_lock(BUILD_ROOT / "locks" / f"sim_{toplevel}_{design_key}.lock"):
+        with _file_lock(build_root() / "locks" / f"sim_{toplevel}_{design_key}.lock"):
             if not stamp.exists():
                 build_dir.mkdir(parents=True, exist_ok=True)
                 log = build_dir / "build.log"

@@ -6,8 +6,8 @@ import functools
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from golden.calibrate import calibrate_model
-from golden.presets import preset
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.presets import preset
 
 
 def tiny_vit(seed: int = 0, depth: int = 2) -> VisionTransformer:

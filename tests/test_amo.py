@@ -5,10 +5,10 @@ import pytest
 import timm
 import torch
 
-from golden.calibrate import calibrate_model
-from golden.presets import preset
-from golden.quantizers.base import QuantizerError
-from golden.reconstruct import AMOConfig, HARD_V, find_amo_units, reconstruct, reconstruct_amo
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.presets import preset
+from vitaccel.golden.quantizers.base import QuantizerError
+from vitaccel.golden.reconstruct import AMOConfig, HARD_V, find_amo_units, reconstruct, reconstruct_amo
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -130,7 +130,7 @@ def test_swin_windowed_attention():
 
 def test_ln_error_weights_match_layernorm_first_order():
     """(gamma_c / sigma_t)^2 is what a LayerNorm does to a small error orthogonal to its mean/x-hat."""
-    from golden.reconstruct import ln_error_weights
+    from vitaccel.golden.reconstruct import ln_error_weights
 
     gen = torch.Generator().manual_seed(3)
     resid = torch.randn(2, 5, 16, generator=gen) * torch.linspace(0.5, 3.0, 5)[None, :, None]
@@ -192,7 +192,7 @@ def test_hessian_weight_ranges_use_fp_input_moments():
 
 
 def test_readout_last_block_reconstructs_only_the_class_token():
-    from golden.reconstruct import readout_rows
+    from vitaccel.golden.reconstruct import readout_rows
 
     qvit, fp, x = quantized(seed=6)
     units = find_amo_units(qvit)

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from golden.cli import main
+from vitaccel.cli import main
 
 
 def test_version(capsys):
@@ -21,5 +21,5 @@ def test_spec_lists_every_format(capsys):
 
 
 def test_console_script_runs():
-    res = subprocess.run([sys.executable, "-m", "golden.cli", "spec"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "vitaccel.cli", "spec"], capture_output=True, text=True)
     assert res.returncode == 0 and "datapath spec v2" in res.stdout

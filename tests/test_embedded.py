@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.embedded import digits as d
+from vitaccel.golden.embedded import digits as d
 
 #: Test accuracy documented in docs/user-guide.md ("96.1 %", threshold 96 %); the test allows a 1 % margin.
 DOCUMENTED_TEST_ACCURACY = 0.96
@@ -107,7 +107,7 @@ def test_fp_accuracy_on_test_split():
 
 def test_front_end_model_loader_delegates():
     """``golden.models.create_model("vitaccel-digits")`` returns the committed model."""
-    models = pytest.importorskip("golden.models")
+    models = pytest.importorskip("vitaccel.golden.models")
     model = models.create_model(d.MODEL_NAME)
     ref = d.create_embedded_model()
     for (k, a), (_, b) in zip(model.state_dict().items(), ref.state_dict().items()):

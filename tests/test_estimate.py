@@ -1,4 +1,4 @@
-"""Tests of ``vitaccel estimate`` (sim/perf): engine cycles == hw.schedule, hand-checked traffic,
+"""Tests of ``vitaccel estimate`` (sim/perf): engine cycles == sim.schedule, hand-checked traffic,
 shape tracing of DeiT-tiny / Swin-tiny, the SCALE-Sim closed form, the overlap model and the CLI."""
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import math
 
 import pytest
 
-from sim.perf.estimate import Hardware, estimate, estimate_layer
-from sim.perf.scalesim import scalesim_cycles, scalesim_sram_reads
-from sim.perf.shapes import Gemm, parse_bits, trace_gemms
-from sim.perf.traffic import SramTooSmall, engine_traffic, layer_traffic
+from vitaccel.sim.perf.estimate import Hardware, estimate, estimate_layer
+from vitaccel.sim.perf.scalesim import scalesim_cycles, scalesim_sram_reads
+from vitaccel.sim.perf.shapes import Gemm, parse_bits, trace_gemms
+from vitaccel.sim.perf.traffic import SramTooSmall, engine_traffic, layer_traffic
 
-hw_schedule = pytest.importorskip("hw.schedule")
-hw_config = pytest.importorskip("hw.config")
+hw_schedule = pytest.importorskip("vitaccel.sim.schedule")
+hw_config = pytest.importorskip("vitaccel.sim.engine_config")
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -86,7 +86,7 @@ def test_parse_bits():
 # ------------------------------------------------------------------------------------------ cycles
 
 def test_engine_cycles_equal_hw_schedule(deit_tiny):
-    """Every layer's compute cycles are hw.schedule.layer_cycles(...).total times its instance count."""
+    """Every layer's compute cycles are sim.schedule.layer_cycles(...).total times its instance count."""
     gemms = [g if not g.outliers else Gemm(**{**g.__dict__, "outliers_per_tile": 3}) for g in deit_tiny]
     hw = Hardware(rows=16, cols=16, dram_bw=1e6, sram_kib=1024)
     est = estimate(gemms, hw, model="deit_tiny", bits="w4a4")
@@ -189,13 +189,13 @@ def test_overlap_memory_bound():
 # ------------------------------------------------------------------------------------------ CLI
 
 def _run(capsys, *argv):
-    """Run ``vitaccel estimate ARGV`` the way golden.cli.main does (only this package's subcommand is
+    """Run ``vitaccel estimate ARGV`` the way vitaccel.cli.main does (only this package's subcommand is
     registered, so the test does not depend on the other subsystems' CLI modules)."""
     import argparse
     import sys
 
-    from golden.cli import UserError
-    from sim.perf.cli import add_subcommands
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.perf.cli import add_subcommands
 
     parser = argparse.ArgumentParser(prog="vitaccel")
     add_subcommands(parser.add_subparsers(dest="command"))
@@ -288,7 +288,7 @@ def _program_manifest():
 
 
 def test_program_manifest_layers(tmp_path):
-    from sim.perf.program import ProgramError, load_program_gemms
+    from vitaccel.sim.perf.program import ProgramError, load_program_gemms
 
     d = tmp_path / "prog"
     d.mkdir()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from golden import flow
-from golden.cli import main
+from vitaccel import flow
+from vitaccel.cli import main
 
 
 def _parse(argv):

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-import golden.models
-from golden.calibrate import calibrate_model
-from golden.cli import UserError, main
-from golden.golden_vectors import load_golden
-from golden.presets import ABLATIONS, preset
-from golden.quantizers import QuantizerError
+import vitaccel.golden.models
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.cli import UserError, main
+from vitaccel.golden.golden_vectors import load_golden
+from vitaccel.golden.presets import ABLATIONS, preset
+from vitaccel.golden.quantizers import QuantizerError
 
 from golden_helpers import tiny_vit
 
@@ -66,7 +66,7 @@ def test_weights_mismatch_and_corrupt(tmp_path):
 
 
 def test_data_errors(tmp_path, folder):
-    from golden.data import image_folder
+    from vitaccel.golden.data import image_folder
 
     empty = tmp_path / "empty"
     empty.mkdir()

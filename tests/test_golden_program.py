@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from golden.golden_vectors import GoldenError, image_spec, load_golden, load_golden_encoders, write_golden
-from golden.int_eval import ProgramRunner, layer_agreement
-from golden.program import ProgramError, export_program, load_program, requant_params, save_program
-from sim.layer import run_encoder_reference, run_layer_reference
+from vitaccel.golden.golden_vectors import GoldenError, image_spec, load_golden, load_golden_encoders, write_golden
+from vitaccel.golden.int_eval import ProgramRunner, layer_agreement
+from vitaccel.golden.program import ProgramError, export_program, load_program, requant_params, save_program
+from vitaccel.sim.layer import run_encoder_reference, run_layer_reference
 
 from golden_helpers import calibrated, images
 
@@ -178,8 +178,8 @@ def test_golden_vectors_roundtrip(tmp_path, poq_mode):
 def test_swin_calibrates_and_runs_fakequant():
     from timm.models.swin_transformer import SwinTransformer
 
-    from golden.calibrate import calibrate_model
-    from golden.presets import preset
+    from vitaccel.golden.calibrate import calibrate_model
+    from vitaccel.golden.presets import preset
 
     torch.manual_seed(0)
     m = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=32, depths=(2,), num_heads=(2,),

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from golden.program import encoder_recip, rhu
-from golden.quantizers import (Log2Quantizer, PerChannelWeightQuantizer, PerPatchOutlierQuantizer,
+from vitaccel.golden.program import encoder_recip, rhu
+from vitaccel.golden.quantizers import (Log2Quantizer, PerChannelWeightQuantizer, PerPatchOutlierQuantizer,
                                QuantizerError, ShiftLog2Quantizer, SymmetricQuantizer, UniformQuantizer)
-from sim import formats as SF
-from sim import reference as ref
+from vitaccel.sim import formats as SF
+from vitaccel.sim import reference as ref
 
 
 @pytest.mark.parametrize("bits", [4, 6, 8])
@@ -215,6 +215,6 @@ def test_hessian_weight_search_minimises_expected_output_error():
         bad.set_input_second_moment(torch.tensor([1.0, float("nan")]))
     with pytest.raises(QuantizerError, match="unknown weight range search"):
         PerChannelWeightQuantizer(4, search="hess")
-    from golden.presets import preset
+    from vitaccel.golden.presets import preset
     with pytest.raises(QuantizerError, match="unknown weight range search 'hess'"):
         preset("adfq", "w4a4", weight_search="hess")

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from golden.cli import main as vitaccel
-from hw.config import ConfigError, EngineConfig, acc_bits_at_max_k, check_acc_for_max_k
-from sim import reference as ref
+from vitaccel.cli import main as vitaccel
+from vitaccel.sim.engine_config import ConfigError, EngineConfig, acc_bits_at_max_k, check_acc_for_max_k
+from vitaccel.sim import reference as ref
 
 SMALL = ["--rows", "2", "--cols", "3", "--wbits", "4", "--abits", "4", "--max-k", "16", "--outlier-capacity", "2"]
 
@@ -67,7 +67,7 @@ def test_generate_without_outlier_unit_and_config_file(tmp_path):
 def test_generate_dynamic_per_patch_encoder_on_request(tmp_path):
     """The dynamic per-patch encoder is an opt-in top (not in the default set, checked above): its
     Verilog and ports, with a row buffer of 2 * max_k elements."""
-    from hw.synth import generate
+    from vitaccel.hw.synth import generate
 
     cfg = EngineConfig(rows=2, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=0, max_k=16)
     s = generate(cfg, tmp_path, tops=["dynamic_per_patch_encoder"])

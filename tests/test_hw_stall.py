@@ -10,7 +10,7 @@ from collections import deque
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from hw.stall import SkidBuffer, enable_copies
+from vitaccel.hw.stall import SkidBuffer, enable_copies
 
 
 def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle():

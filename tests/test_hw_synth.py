@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hw.synth import parse_nextpnr_log, parse_yosys_stat, synthesize
+from vitaccel.hw.synth import parse_nextpnr_log, parse_yosys_stat, synthesize
 
 # A small registered design: an accumulator with a variable shift (carry chain + LUT logic + FFs).
 TINY_V = """

@@ -15,10 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden import integer_grid as G
-from golden.int_eval import ProgramRunner
-from golden.program import export_program
-from sim import reference as ref
+from vitaccel.golden import integer_grid as G
+from vitaccel.golden.int_eval import ProgramRunner
+from vitaccel.golden.program import export_program
+from vitaccel.sim import reference as ref
 
 from golden_helpers import calibrated, images
 

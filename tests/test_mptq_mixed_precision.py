@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from golden.mixed_precision import (
+from vitaccel.golden.mixed_precision import (
     average_bits,
     greedy_mixed_precision,
     linear_layers,

@@ -5,10 +5,10 @@ import pytest
 import timm
 import torch
 
-from golden.calibrate import calibrate_model
-from golden.mixed_precision import average_bits, linear_layers
-from golden.presets import preset
-from golden.quantizers.three_region import ThreeRegionQuantizer
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.mixed_precision import average_bits, linear_layers
+from vitaccel.golden.presets import preset
+from vitaccel.golden.quantizers.three_region import ThreeRegionQuantizer
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from golden.smoothquant import (
+from vitaccel.golden.smoothquant import (
     apply_smoothing,
     find_norm_linear_pairs,
     smoothing_factors,

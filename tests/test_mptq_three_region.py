@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from golden.quantizers.base import QuantizerError
-from golden.quantizers.three_region import (
+from vitaccel.golden.quantizers.base import QuantizerError
+from vitaccel.golden.quantizers.three_region import (
     ThreeRegionQuantizer,
     three_region_fake_quant,
     three_region_m1,
 )
-from sim import reference as ref
+from vitaccel.sim import reference as ref
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

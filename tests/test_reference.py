@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from sim import formats as F
-from sim import reference as ref
-from sim.layer import LayerSpec, run_layer_reference
+from vitaccel.sim import formats as F
+from vitaccel.sim import reference as ref
+from vitaccel.sim.layer import LayerSpec, run_layer_reference
 
 
 def test_round_shift_ties_toward_plus_infinity():

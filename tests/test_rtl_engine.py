@@ -1,6 +1,6 @@
-"""RTL tests of the layer engine (Amaranth -> Verilog -> Verilator -> cocotb, tb/test_engine.py).
+"""RTL tests of the layer engine (Amaranth -> Verilog -> Verilator -> cocotb, tb/cocotb_engine.py).
 
-Expected outputs come from ``sim/reference.py`` and expected cycle counts from ``hw/schedule.py``;
+Expected outputs come from ``sim/reference.py`` and expected cycle counts from ``sim/schedule.py``;
 the cocotb checker asserts exact rows, ``cycles == layer_cycles(...).total`` and the error flags
 for every case.  Two small engines are built (max widths, run-time format / width config).
 """
@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from hw.config import EngineConfig
-from hw.engine import build_engine
-from tb.engine_streams import SMALL_ENGINE, SMALL_ENGINE_2X3, random_layer
-from tb.runner import run_cocotb, verilog_for
+from vitaccel.sim.engine_config import EngineConfig
+from vitaccel.hw.engine import build_engine
+from vitaccel.tb.engine_streams import SMALL_ENGINE, SMALL_ENGINE_2X3, random_layer
+from vitaccel.tb.runner import run_cocotb, verilog_for
 
 CFG_A = SMALL_ENGINE
 CFG_B = SMALL_ENGINE_2X3
@@ -23,7 +23,7 @@ CFG_B = SMALL_ENGINE_2X3
 def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0) -> list[dict]:
     v = verilog_for(build_engine, "layer_engine", cfg.to_dict())
     report = tmp_path / "cycles.json"
-    run_cocotb("layer_engine", [v], "tb.test_engine", seed=seed,
+    run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine", seed=seed,
                data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
     res = json.loads(report.read_text())
     assert len(res) == len(cases)

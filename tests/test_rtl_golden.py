@@ -9,7 +9,7 @@ matmul (log2 A codes) run on the 4 x 4 RTL layer engine the other engine tests b
 
 Checks: every output row equals the golden ``out`` (which itself must equal ``sim/reference.py``,
 checked in :func:`tb.cli.run_golden_layers`), and the RTL cycle counter equals
-``hw.schedule.layer_cycles`` for the layer's real per-tile outlier counts.
+``sim.schedule.layer_cycles`` for the layer's real per-tile outlier counts.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import json
 import numpy as np
 import pytest
 
-from golden.cli import main as vitaccel
-from golden.golden_vectors import load_golden
-from hw.schedule import layer_cycles
-from sim import reference as ref
-from tb.cli import run_golden_layers
-from tb.engine_streams import SMALL_ENGINE
+from vitaccel.cli import main as vitaccel
+from vitaccel.golden.golden_vectors import load_golden
+from vitaccel.sim.schedule import layer_cycles
+from vitaccel.sim import reference as ref
+from vitaccel.tb.cli import run_golden_layers
+from vitaccel.tb.engine_streams import SMALL_ENGINE
 
 
 def _front_end(tmp_path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tb.runner import run_cocotb, verilog_for
+from vitaccel.tb.runner import run_cocotb, verilog_for
 
 RUNS = [{"name": "ideal", "en_prob": 1.0, "bubble_prob": 0.0},
         {"name": "stalls_bubbles", "en_prob": 0.7, "bubble_prob": 0.3}]
@@ -20,7 +20,7 @@ OUTL = dict(rows=4, cols=4, b_bits=8, capacity=4, lanes=2, max_k=32)
 
 def test_mac_array_stimuli_cover_formats():
     """The MAC tiles cover every A format at 4/6/8 bits, B at 4/6/8 bits, K = 1 and partial tiles."""
-    from tb import test_mac_array as tbm
+    from vitaccel.tb import cocotb_mac_array as tbm
 
     tiles = tbm.make_tiles(1, MAC["rows"], MAC["cols"])
     names = [t["name"] for t in tiles]
@@ -36,7 +36,7 @@ def test_mac_array_stimuli_cover_formats():
 
 def test_outlier_stimuli_cover_loads():
     """Zero, full and over-capacity loads, range errors, partial tiles."""
-    from tb import test_outlier_unit as tbm
+    from vitaccel.tb import cocotb_outlier_unit as tbm
 
     tiles = tbm.make_tiles(1, OUTL["rows"], OUTL["cols"], OUTL["capacity"], OUTL["max_k"])
     counts = [len(t["entries"]) - t["bad"] for t in tiles]
@@ -52,20 +52,20 @@ def test_outlier_stimuli_cover_loads():
 @pytest.mark.slow
 def test_mac_array_rtl():
     """MacArray 2 x 3 in Verilator: exact acc_raw for every A format / width under stalls and bubbles."""
-    from hw.mac_array import MacArray
-    from tb import test_mac_array as tbm
+    from vitaccel.hw.mac_array import MacArray
+    from vitaccel.tb import cocotb_mac_array as tbm
 
     v = verilog_for(MacArray, "mac_array", MAC)
     tiles = tbm.make_tiles(1, MAC["rows"], MAC["cols"], acc_bits=MAC["acc_bits"])
-    run_cocotb("mac_array", [v], "tb.test_mac_array",
+    run_cocotb("mac_array", [v], "vitaccel.tb.cocotb_mac_array",
                data={**MAC, "tiles": tiles, "runs": RUNS, "seed": 3})
 
 
 @pytest.mark.slow
 def test_outlier_unit_rtl():
     """OutlierUnit 4 x 4, L = 2 in Verilator: exact correction rows and overflow / range_error flags."""
-    from hw.outlier_unit import OutlierUnit
-    from tb import test_outlier_unit as tbm
+    from vitaccel.hw.outlier_unit import OutlierUnit
+    from vitaccel.tb import cocotb_outlier_unit as tbm
 
     addr_bits = max(1, (OUTL["max_k"] - 1).bit_length())
     corr_bits = tbm.corr_bits_for(OUTL["capacity"], OUTL["b_bits"])
@@ -73,5 +73,5 @@ def test_outlier_unit_rtl():
                   lanes=OUTL["lanes"], corr_bits=corr_bits, addr_bits=addr_bits)
     v = verilog_for(OutlierUnit, "outlier_unit", params)
     tiles = tbm.make_tiles(1, OUTL["rows"], OUTL["cols"], OUTL["capacity"], OUTL["max_k"])
-    run_cocotb("outlier_unit", [v], "tb.test_outlier_unit",
+    run_cocotb("outlier_unit", [v], "vitaccel.tb.cocotb_outlier_unit",
                data={**params, "tiles": tiles, "runs": RUNS, "seed": 4})

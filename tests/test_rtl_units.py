@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from tb.runner import run_cocotb, verilog_for
+from vitaccel.tb.runner import run_cocotb, verilog_for
 
 
 # ----------------------------------------------------------------------------- operand decoder
 
 def _decoder_verilog():
-    from hw.decoders import OperandDecoder
-    from tb import test_decoders as tbm
+    from vitaccel.hw.decoders import OperandDecoder
+    from vitaccel.tb import cocotb_decoders as tbm
 
     return verilog_for(OperandDecoder, "operand_decoder", {"lanes": tbm.LANES})
 
@@ -27,19 +27,19 @@ def _decoder_verilog():
 @pytest.mark.slow
 def test_decoder_rtl():
     """OperandDecoder in Verilator: all 256 codes x 5 formats x k = 4/6/8 (three_region with 3 m0/m1)."""
-    from tb import test_decoders as tbm
+    from vitaccel.tb import cocotb_decoders as tbm
 
     groups = tbm.make_groups(seed=1)
-    run_cocotb("operand_decoder", [_decoder_verilog()], "tb.test_decoders", data={"groups": groups, "seed": 1})
+    run_cocotb("operand_decoder", [_decoder_verilog()], "vitaccel.tb.cocotb_decoders", data={"groups": groups, "seed": 1})
 
 
 def test_decoder_amaranth_sim():
     """OperandDecoder in the Amaranth simulator, every code of every format/width (fast)."""
     from amaranth.sim import Simulator
 
-    from hw.common import CodeFormat
-    from hw.decoders import OperandDecoder
-    from tb import test_decoders as tbm
+    from vitaccel.hw.common import CodeFormat
+    from vitaccel.hw.decoders import OperandDecoder
+    from vitaccel.tb import cocotb_decoders as tbm
 
     dut = OperandDecoder(lanes=1)
     groups = tbm.make_groups(seed=2, lanes=1)
@@ -75,15 +75,15 @@ def test_decoder_amaranth_sim():
 # ----------------------------------------------------------------------------- requantiser
 
 def _requantiser_verilog():
-    from hw.requantiser import Requantiser
-    from tb import test_requantiser as tbm
+    from vitaccel.hw.requantiser import Requantiser
+    from vitaccel.tb import cocotb_requantiser as tbm
 
     return verilog_for(Requantiser, "requantiser", {"acc_bits": tbm.ACC_BITS, "tag_bits": tbm.TAG_BITS})
 
 
 def test_requantiser_reference_groups_saturate():
     """The generated stimuli exercise both in-range and saturated outputs in every format."""
-    from tb import test_requantiser as tbm
+    from vitaccel.tb import cocotb_requantiser as tbm
 
     for g in tbm.make_groups(seed=3)[2:]:
         sats = sum(e["sat"] for e in g["expected"])
@@ -93,10 +93,10 @@ def test_requantiser_reference_groups_saturate():
 @pytest.mark.slow
 def test_requantiser_rtl():
     """Requantiser in Verilator: spec example, ucode/scode k = 4/6/8, fixed16, fixed32, back-pressure."""
-    from tb import test_requantiser as tbm
+    from vitaccel.tb import cocotb_requantiser as tbm
 
     groups = tbm.make_groups(seed=1)
-    run_cocotb("requantiser", [_requantiser_verilog()], "tb.test_requantiser", data={"groups": groups, "seed": 1})
+    run_cocotb("requantiser", [_requantiser_verilog()], "vitaccel.tb.cocotb_requantiser", data={"groups": groups, "seed": 1})
 
 
 def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outputs=("o",), count_port="o",
@@ -153,9 +153,9 @@ def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outpu
 
 def test_requantiser_amaranth_sim():
     """Requantiser in the Amaranth simulator: random elements vs sim.reference, plus the fault path."""
-    from hw.common import OutFormat
-    from hw.requantiser import Requantiser
-    from tb import test_requantiser as tbm
+    from vitaccel.hw.common import OutFormat
+    from vitaccel.hw.requantiser import Requantiser
+    from vitaccel.tb import cocotb_requantiser as tbm
 
     groups = tbm.make_groups(seed=4, n=24)
     for g in groups:
@@ -178,7 +178,7 @@ def test_requantiser_amaranth_sim():
 
 def test_encoder_groups_cover_edge_cases():
     """Stimuli: every code width, zero and full outlier loads, int16 overflow, every log code range."""
-    from tb import test_encoders as tbm
+    from vitaccel.tb import cocotb_encoders as tbm
 
     pp = tbm.make_per_patch_groups(seed=1)
     assert {g["config"]["bits"] for g in pp} == {4, 6, 8}
@@ -194,30 +194,30 @@ def test_encoder_groups_cover_edge_cases():
 @pytest.mark.slow
 def test_per_patch_encoder_rtl():
     """PerPatchEncoder (encode_per_patch / encode_uniform) in Verilator with back-pressure on 3 ports."""
-    from hw.encoders import PerPatchEncoder
-    from tb import test_encoders as tbm
+    from vitaccel.hw.encoders import PerPatchEncoder
+    from vitaccel.tb import cocotb_encoders as tbm
 
     v = verilog_for(PerPatchEncoder, "per_patch_encoder", {})
-    run_cocotb("per_patch_encoder", [v], "tb.test_encoders", testcase="rtl_encode_per_patch",
+    run_cocotb("per_patch_encoder", [v], "vitaccel.tb.cocotb_encoders", testcase="rtl_encode_per_patch",
                data={"groups": tbm.make_per_patch_groups(seed=1), "seed": 1})
 
 
 @pytest.mark.slow
 def test_activation_encoder_rtl():
     """ActivationEncoder (encode_log2 / encode_shiftlog2 base 2, sqrt 2 / encode_three_region) in Verilator."""
-    from hw.encoders import ActivationEncoder
-    from tb import test_encoders as tbm
+    from vitaccel.hw.encoders import ActivationEncoder
+    from vitaccel.tb import cocotb_encoders as tbm
 
     v = verilog_for(ActivationEncoder, "activation_encoder", {})
-    run_cocotb("activation_encoder", [v], "tb.test_encoders", testcase="rtl_encode_activation",
+    run_cocotb("activation_encoder", [v], "vitaccel.tb.cocotb_encoders", testcase="rtl_encode_activation",
                data={"groups": tbm.make_activation_groups(seed=1), "seed": 1})
 
 
 def test_encoders_amaranth_sim():
     """Both encoders in the Amaranth simulator on a subset of the cocotb stimuli (fast)."""
-    from hw.common import CodeFormat
-    from hw.encoders import ActivationEncoder, PerPatchEncoder
-    from tb import test_encoders as tbm
+    from vitaccel.hw.common import CodeFormat
+    from vitaccel.hw.encoders import ActivationEncoder, PerPatchEncoder
+    from vitaccel.tb import cocotb_encoders as tbm
 
     for g in tbm.make_per_patch_groups(seed=5):
         res = _amaranth_stream_run(PerPatchEncoder(), g["inputs"], None, g["config"], outputs=("o", "outl"))
@@ -250,11 +250,11 @@ def _ladder_writer(dut, ladder):
 def test_dynamic_per_patch_groups_cover_edge_cases():
     """Stimuli: k = 4/6/8 with and without outliers, rows without inliers, inlier spans above T[0],
     all-zero rows, spans exactly at a threshold, J = 1 and J = 64, rows of 1 and max_k elements."""
-    from sim import reference as ref
-    from tb import test_dynamic_per_patch as tbm
+    from vitaccel.sim import reference as ref
+    from vitaccel.tb import cocotb_dynamic_per_patch as tbm
 
-    from hw.dynamic_per_patch import LADDER_MAX
-    from sim import formats as F
+    from vitaccel.hw.dynamic_per_patch import LADDER_MAX
+    from vitaccel.sim import formats as F
 
     assert LADDER_MAX == F.LADDER_MAX
     groups = tbm.make_groups(seed=1)
@@ -284,18 +284,18 @@ def test_dynamic_per_patch_groups_cover_edge_cases():
 def test_dynamic_per_patch_encoder_rtl():
     """DynamicPerPatchEncoder (encode_per_patch_dynamic, max_k = 32) in Verilator: ladders loaded through
     the write port, k = 4/6/8 with and without outliers, back-pressure on the input and all three outputs."""
-    from hw.dynamic_per_patch import DynamicPerPatchEncoder
-    from tb import test_dynamic_per_patch as tbm
+    from vitaccel.hw.dynamic_per_patch import DynamicPerPatchEncoder
+    from vitaccel.tb import cocotb_dynamic_per_patch as tbm
 
     v = verilog_for(DynamicPerPatchEncoder, "dynamic_per_patch_encoder", {"max_k": tbm.MAX_K})
-    run_cocotb("dynamic_per_patch_encoder", [v], "tb.test_dynamic_per_patch", testcase="rtl_dynamic_per_patch",
+    run_cocotb("dynamic_per_patch_encoder", [v], "vitaccel.tb.cocotb_dynamic_per_patch", testcase="rtl_dynamic_per_patch",
                data={"groups": tbm.make_groups(seed=1), "seed": 1})
 
 
 def test_row_range_unit_amaranth_sim():
     """RowRangeUnit in the Amaranth simulator: (row, len, j, R[j], z) per row vs sim.reference (fast)."""
-    from hw.dynamic_per_patch import RowRangeUnit
-    from tb import test_dynamic_per_patch as tbm
+    from vitaccel.hw.dynamic_per_patch import RowRangeUnit
+    from vitaccel.tb import cocotb_dynamic_per_patch as tbm
 
     for g in tbm.make_groups(seed=5):
         dut = RowRangeUnit(max_k=tbm.MAX_K)
@@ -322,8 +322,8 @@ def test_dynamic_per_patch_encoder_amaranth_sim():
     and the steady-state rate: M rows of K >= 13 elements take M*K + K - 1 + DYNAMIC_LATENCY cycles (fast)."""
     import numpy as np
 
-    from hw.dynamic_per_patch import DYNAMIC_LATENCY, RANGE_BUSY_CYCLES, DynamicPerPatchEncoder
-    from tb import test_dynamic_per_patch as tbm
+    from vitaccel.hw.dynamic_per_patch import DYNAMIC_LATENCY, RANGE_BUSY_CYCLES, DynamicPerPatchEncoder
+    from vitaccel.tb import cocotb_dynamic_per_patch as tbm
 
     for g in tbm.make_groups(seed=5):
         dut = DynamicPerPatchEncoder(max_k=tbm.MAX_K)

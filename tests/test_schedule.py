@@ -1,4 +1,4 @@
-"""Tests of the engine's cycle model (hw/schedule.py) and configuration checks (hw/config.py).
+"""Tests of the engine's cycle model (sim/schedule.py) and configuration checks (sim/engine_config.py).
 
 The RTL equality ``cycle counter == layer_cycles`` is tested in tests/test_rtl_engine.py; here the
 closed-form formulas are checked against hand-computed values.
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from hw.config import ConfigError, EngineConfig, check_layer_acc, check_layer_shape
-from hw.schedule import layer_cycles, tile_cycles, tile_order, window_cycles
+from vitaccel.sim.engine_config import ConfigError, EngineConfig, check_layer_acc, check_layer_shape
+from vitaccel.sim.schedule import layer_cycles, tile_cycles, tile_order, window_cycles
 
 
 def test_single_tile_hand_computed():

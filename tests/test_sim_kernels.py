@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim import formats as F
-from sim import kernels_decode as kd
-from sim import kernels_encode as ke
-from sim import kernels_gemm as kg
-from sim import kernels_requant as kr
-from sim import reference as ref
+from vitaccel.sim import formats as F
+from vitaccel.sim import kernels_decode as kd
+from vitaccel.sim import kernels_encode as ke
+from vitaccel.sim import kernels_gemm as kg
+from vitaccel.sim import kernels_requant as kr
+from vitaccel.sim import reference as ref
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
@@ -303,8 +303,8 @@ def test_encode_per_patch_dynamic_errors_match_reference():
 @given(seed=seeds, bits=bits_st, shape=st.tuples(st.integers(1, 10), st.integers(1, 40)),
        outlier_path=st.booleans(), strict=st.booleans())
 def test_run_encoder_dynamic_matches_reference(seed, bits, shape, outlier_path, strict):
-    from sim.layer import EncoderSpec, run_encoder_reference
-    from sim.simulator import run_encoder
+    from vitaccel.sim.layer import EncoderSpec, run_encoder_reference
+    from vitaccel.sim.simulator import run_encoder
 
     rng = np.random.default_rng(seed)
     frac, se = 12, 30

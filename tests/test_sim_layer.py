@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim import formats as F
-from sim import kernels_decode as kd
-from sim import reference as ref
-from sim import simulator as S
-from sim.layer import EncoderSpec, LayerSpec, run_encoder_reference, run_layer_reference
+from vitaccel.sim import formats as F
+from vitaccel.sim import kernels_decode as kd
+from vitaccel.sim import reference as ref
+from vitaccel.sim import simulator as S
+from vitaccel.sim.layer import EncoderSpec, LayerSpec, run_encoder_reference, run_layer_reference
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,7 +9,7 @@ per-patch codes with outliers on the q/k/v and FC1 inputs, Shift-Log2 codes on t
 RTL tests build (:data:`tb.engine_streams.SMALL_ENGINE`, max_k 64 = the FC2 depth of this model).
 
 Checks: every output row equals the golden ``out`` (itself checked equal to ``sim/reference.py``),
-and each cycle counter equals ``hw.schedule.layer_cycles`` for the layer's real per-tile outlier
+and each cycle counter equals ``sim.schedule.layer_cycles`` for the layer's real per-tile outlier
 counts.  The fast tests check ``vitaccel tb run``'s errors on the same vectors (no Verilator).
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from golden.cli import main as vitaccel
-from golden.golden_vectors import load_golden
-from hw.schedule import layer_cycles
-from sim import reference as ref
-from tb.engine_streams import SMALL_ENGINE
+from vitaccel.cli import main as vitaccel
+from vitaccel.golden.golden_vectors import load_golden
+from vitaccel.sim.schedule import layer_cycles
+from vitaccel.sim import reference as ref
+from vitaccel.tb.engine_streams import SMALL_ENGINE
 
 LAYERS = ["blocks.0.attn.q", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
 
@@ -44,10 +44,10 @@ def _tiny_timm_vit():
 
 @pytest.fixture(scope="module")
 def golden_dir(tmp_path_factory):
-    from golden.calibrate import calibrate_model
-    from golden.golden_vectors import write_golden
-    from golden.presets import ABLATIONS, preset
-    from golden.program import export_program
+    from vitaccel.golden.calibrate import calibrate_model
+    from vitaccel.golden.golden_vectors import write_golden
+    from vitaccel.golden.presets import ABLATIONS, preset
+    from vitaccel.golden.program import export_program
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(9, 3, 32, 32, generator=g)
@@ -108,8 +108,8 @@ def test_tiny_timm_golden_layers_bit_exact_in_rtl(golden_dir, tmp_path):
 
 def test_engine_config_for_layers_covers_every_layer(golden_dir):
     """One default engine for layers of different depth: largest K as max_k, widest accumulator."""
-    from hw.config import check_layer_acc
-    from tb.cli import engine_config_for, engine_config_for_layers
+    from vitaccel.sim.engine_config import check_layer_acc
+    from vitaccel.tb.cli import engine_config_for, engine_config_for_layers
 
     vec = load_golden(str(golden_dir))
     layers = [(vec[n]["spec"], vec[n]["a_codes"].shape[2]) for n in LAYERS]

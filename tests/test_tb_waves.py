@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tb import runner
+from vitaccel.tb import runner
 
 #: FST header block: ``FST_BL_HDR`` (0) and its section length (``FST_HDR_SIZE`` = 329, big endian).
 FST_HEADER = bytes([0]) + (329).to_bytes(8, "big")
@@ -75,11 +75,11 @@ def test_wave_format_choice(fresh_probe, monkeypatch, capsys):
 
 
 def _run_counter(tmp_path, cycles: int = 40):
-    from tb.test_wave_counter import VERILOG
+    from vitaccel.tb.cocotb_wave_counter import VERILOG
 
     src = tmp_path / "wave_counter.v"
     src.write_text(VERILOG)
-    return runner.run_cocotb("wave_counter", [src], "tb.test_wave_counter", data={"cycles": cycles}, waves=True)
+    return runner.run_cocotb("wave_counter", [src], "vitaccel.tb.cocotb_wave_counter", data={"cycles": cycles}, waves=True)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sim import formats as SF
+from vitaccel.sim import formats as SF
 
 from .base import Quantizer, QuantizerError, check_finite, round_half_up, round_ste, safe_scale
 

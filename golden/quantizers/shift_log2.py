@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from sim import formats as SF
+from vitaccel.sim import formats as SF
 
 from .base import Quantizer, QuantizerError, check_finite, round_half_up, safe_scale, sample_values
 

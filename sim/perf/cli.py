@@ -23,7 +23,7 @@ def add_subcommands(subparsers) -> None:
     """Register ``estimate``."""
     p = subparsers.add_parser(
         "estimate", help="per-layer cycles and memory traffic of a model on the accelerator",
-        description="Estimate per-layer cycles (engine: hw.schedule; or SCALE-Sim os/ws/is), DRAM/SRAM "
+        description="Estimate per-layer cycles (engine: sim.schedule; or SCALE-Sim os/ws/is), DRAM/SRAM "
         "traffic, stalls, latency and utilisation of a timm ViT/DeiT/Swin or an exported integer program. "
         "Model in docs/estimator.md.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +45,7 @@ def add_subcommands(subparsers) -> None:
     hw.add_argument("--dram-bw", type=_float, default=16.0, help="DRAM bandwidth, bytes/cycle (default 16)")
     hw.add_argument("--sram-kib", type=_float, default=256.0, help="on-chip buffer, KiB (default 256)")
     hw.add_argument("--dataflow", default="engine", choices=("engine", "os", "ws", "is"),
-                    help="engine = exact vitaccel engine (hw.schedule); os/ws/is = SCALE-Sim closed form")
+                    help="engine = exact vitaccel engine (sim.schedule); os/ws/is = SCALE-Sim closed form")
     hw.add_argument("--acc-bits", type=int, default=None, help="accumulator width (EngineConfig default)")
     hw.add_argument("--outlier-capacity", type=int, default=None,
                     help="outliers per tile the engine holds (EngineConfig default)")
@@ -63,9 +63,8 @@ def add_subcommands(subparsers) -> None:
 
 def build_estimate(args):
     """Turn parsed arguments into a :class:`sim.perf.estimate.ModelEstimate` (raises ``UserError``)."""
-    from golden.cli import UserError
+    from vitaccel.sim.errors import UserError
 
-    from .engine import EngineModelMissing
     from .estimate import Hardware, estimate
     from .shapes import UnknownModelError, parse_bits, suggest_models, trace_gemms, with_outliers
     from .traffic import SramTooSmall
@@ -114,7 +113,7 @@ def build_estimate(args):
                        progress=len(gemms) > 400 and sys.stderr.isatty())
     except SramTooSmall as exc:
         raise UserError(f"SRAM too small for the minimum tile: {exc}") from None
-    except (EngineModelMissing, ValueError) as exc:  # hw.config.ConfigError is a ValueError
+    except ValueError as exc:  # sim.engine_config.ConfigError is a ValueError
         raise UserError(str(exc)) from None
     est.notes.extend(notes)
     return est

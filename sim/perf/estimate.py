@@ -1,8 +1,8 @@
-"""Whole-model cycle / traffic estimate: per-layer compute (hw.schedule or SCALE-Sim), traffic, stalls.
+"""Whole-model cycle / traffic estimate: per-layer compute (sim.schedule or SCALE-Sim), traffic, stalls.
 
 Overlap model (docs/estimator.md, "Overlap model"): layers run one after another and do not overlap;
 inside a layer the SRAM is double buffered, so the DRAM transfers of the layer proceed while it
-computes. With ``C`` the layer's compute cycles (from :func:`hw.schedule.layer_cycles`, which already
+computes. With ``C`` the layer's compute cycles (from :func:`sim.schedule.layer_cycles`, which already
 contain the engine's own B fill, drain and requantiser pipeline; or the SCALE-Sim closed form, which
 contains the fold fill/drain), ``D`` its DRAM bytes and ``bw`` the DRAM bandwidth in bytes/cycle::
 
@@ -39,9 +39,9 @@ class Hardware:
     sram_kib : float
         On-chip buffer size in KiB (1024 bytes).
     dataflow : str
-        ``engine`` (cycles from hw.schedule) or a SCALE-Sim dataflow ``os``/``ws``/``is``.
+        ``engine`` (cycles from sim.schedule) or a SCALE-Sim dataflow ``os``/``ws``/``is``.
     acc_bits, outlier_capacity, outlier_lanes : int or None
-        Passed to ``hw.config.EngineConfig`` (``None`` = its default).
+        Passed to ``sim.engine_config.EngineConfig`` (``None`` = its default).
     max_k : int or None
         Depth of each engine B bank (``None``: the largest K of the workload).
     """
@@ -271,7 +271,7 @@ def engine_config_for(gemms: list[Gemm], hw: Hardware):
 def estimate_layer(g: Gemm, hw: Hardware, cfg=None) -> LayerEstimate:
     """Estimate one GEMM layer.
 
-    Raises ``traffic.SramTooSmall``, ``engine.EngineModelMissing`` or ``hw.config.ConfigError``.
+    Raises ``traffic.SramTooSmall`` or ``sim.engine_config.ConfigError``.
     """
     if hw.dataflow == "engine":
         if cfg is None:

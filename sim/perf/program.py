@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sim.formats import A_FORMATS, BITS, OPS, OUT_FORMATS
+from vitaccel.sim.formats import A_FORMATS, BITS, OPS, OUT_FORMATS
 
 from .shapes import OUTLIER_KINDS, Gemm
 

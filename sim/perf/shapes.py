@@ -14,6 +14,8 @@ Operand roles follow docs/datapath.md section 2: the QKV linear layer becomes th
 """
 from __future__ import annotations
 
+from vitaccel.sim.names import suggest_model_names
+
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -96,7 +98,7 @@ def parse_bits(text: str) -> tuple[int, int]:
 
     Raises ``ValueError`` for anything else or for widths outside :data:`sim.formats.BITS`.
     """
-    from sim.formats import BITS
+    from vitaccel.sim.formats import BITS
 
     t = str(text).strip().lower()
     if not (t.startswith("w") and "a" in t):
@@ -126,8 +128,6 @@ def _model_names() -> list[str]:
 
 def suggest_models(name: str, n: int = 5) -> list[str]:
     """Close timm model names (for the unknown-model error message)."""
-    from golden.models import suggest_model_names  # noqa: PLC0415  (one ranking for every command)
-
     return suggest_model_names(name, _model_names(), n)
 
 

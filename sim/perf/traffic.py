@@ -2,7 +2,7 @@
 
 Worked examples and the rationale are in docs/estimator.md ("Memory traffic"). Two models:
 
-* :func:`engine_traffic` -- the vitaccel engine (hw/schedule.py): output-stationary ``rows x cols``
+* :func:`engine_traffic` -- the vitaccel engine (sim/schedule.py): output-stationary ``rows x cols``
   tiles, column blocks outer, row tiles inner; a B block (``K x cols`` codes) sits in one of the two
   B banks (``max_k`` deep each) and is reused by every row tile, so **B is read from DRAM once**.
   The A row strips are streamed again for every column block (``nN = ceil(N / cols)`` times), unless
@@ -199,7 +199,7 @@ def engine_bank_bytes(cols: int, max_k: int, bank_bits: int) -> int:
 
 
 def engine_traffic(g: Gemm, rows: int, cols: int, sram_bytes: int, *, max_k: int, bank_bits: int) -> Traffic:
-    """DRAM and SRAM bytes of ``g`` on the vitaccel engine (loop order of hw/schedule.py).
+    """DRAM and SRAM bytes of ``g`` on the vitaccel engine (loop order of sim/schedule.py).
 
     The SRAM of ``sram_bytes`` holds the two B banks (:func:`engine_bank_bytes`), the double-buffered
     output tile and A staging chunks (:func:`min_working_set`); what is left caches the whole A operand

@@ -26,8 +26,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from tb.bench import Field, PayloadCodec, Scoreboard, Testbench
-from tb.runner import read_test_data
+from vitaccel.tb.bench import Field, PayloadCodec, Scoreboard, Testbench
+from vitaccel.tb.runner import read_test_data
 
 
 def entry_codec(lanes: int) -> PayloadCodec:
@@ -36,15 +36,15 @@ def entry_codec(lanes: int) -> PayloadCodec:
 
 
 def corr_bits_for(capacity: int, b_bits: int) -> int:
-    """Correction width of ``hw.config.EngineConfig.corr_bits`` (``CAP * 2^15 * Bmax``, signed)."""
+    """Correction width of ``sim.engine_config.EngineConfig.corr_bits`` (``CAP * 2^15 * Bmax``, signed)."""
     return (max(1, capacity) * (1 << 15) * ((1 << (b_bits - 1)) - 1)).bit_length() + 1
 
 
 def _tile(rng, name, *, rows, cols, k, m, row0, b_bits, count, vmax=1 << 15, extreme=False, announce=None,
           bad=()) -> dict:
     """One tile: ``count`` unique sorted in-range entries (+ ``bad`` out-of-range ones) and expected rows."""
-    from sim import formats as F
-    from sim import reference as ref
+    from vitaccel.sim import formats as F
+    from vitaccel.sim import reference as ref
 
     lo, hi = F.sym_range(b_bits)
     b = rng.integers(lo, hi + 1, (k, cols))

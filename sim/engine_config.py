@@ -6,7 +6,7 @@ layer shape ``M x K x N``, the A code format and its run-time width, ``FO``, the
 parameters) is *run-time* configuration written through the engine's command port, so one build
 covers every format and every width up to ``a_bits`` / ``b_bits``.
 
-The pipeline latencies below are part of the engine's contract: :mod:`hw.schedule` (the exact cycle
+The pipeline latencies below are part of the engine's contract: :mod:`sim.schedule` (the exact cycle
 model) and :mod:`hw.engine` (the RTL) both use them, and the RTL tests check that the cycle counter of
 the RTL equals the model.
 
@@ -18,7 +18,8 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from sim import formats as F
+from vitaccel.sim import formats as F
+from vitaccel.sim.errors import UserError
 
 __all__ = [
     "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
@@ -46,7 +47,7 @@ REQUANT_LATENCY = 10
 DIM_BITS = 16
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid engine configuration or a layer that the configured engine cannot run."""
 
 
@@ -186,7 +187,7 @@ class EngineConfig:
 
 
 def _dmax(kind: str, bits: int) -> int:
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
     return ref.format_dmax(kind, bits, base="sqrt2" if kind == "shiftlog2" else "2", m0=15, m1=15)
 
 
@@ -211,7 +212,7 @@ def check_layer_acc(cfg: EngineConfig, k: int, a_kind: str, a_bits: int, b_bits:
         If the layer's widths exceed the engine's, or ``acc_bits`` is narrower than
         ``acc_bits_required`` (with ``CAP = outlier_capacity`` when ``fo > 0``).
     """
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
     if a_bits > cfg.a_bits:
         raise ConfigError(f"layer: A codes of {a_bits} bits exceed the engine's a_bits = {cfg.a_bits}")
     if b_bits > cfg.b_bits:
@@ -236,7 +237,7 @@ def acc_bits_at_max_k(cfg: EngineConfig) -> dict:
     """``acc_bits_required`` (section 6) of each ``a_bits``-bit A format at ``K = max_k`` with
     ``b_bits``-bit B codes: zero point up to ``Dmax`` (``2^k - 1`` for uniform), no outliers, plus
     ``uniform+outliers`` (``FO = 2``, ``CAP = outlier_capacity``) when the engine has an outlier unit."""
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
     out = {}
     for kind, base in _ACC_FORMATS:
         dmax = ref.format_dmax(kind, cfg.a_bits, base=base, m0=15, m1=15)

@@ -9,7 +9,7 @@
 Structure: driver (:class:`tb.bench.StreamDriver` on ``i``, plus the ladder writes), monitors
 (:class:`tb.bench.StreamMonitor` on ``o``, ``outl``, ``rowp``), model (:func:`ref_encode_dynamic`:
 ``sim.reference.encode_per_patch_dynamic``, with the per-element flags from
-``tb.test_encoders.ref_encode_per_patch``), checker (:class:`tb.bench.Scoreboard` per output).
+``tb.cocotb_encoders.ref_encode_per_patch``), checker (:class:`tb.bench.Scoreboard` per output).
 Stimuli (:func:`make_groups`) use ladders built as in the spec, ``s_j = s_top * 2^(-j/8)``,
 ``T[j] = floor(s_j * (2^k - 1) * 2^F)``, ``R[j] = round(2^SE / (s_j * 2^F))`` with one shared
 ``SE``, and include rows without inliers, inlier spans above ``T[0]``, all-zero rows, spans exactly at
@@ -28,8 +28,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import RisingEdge
 
-from tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
-from tb.test_encoders import PP_OUT, PP_OUTL, recip, ref_encode_per_patch
+from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
+from vitaccel.tb.cocotb_encoders import PP_OUT, PP_OUTL, recip, ref_encode_per_patch
 
 #: Longest row of the Verilated encoder (row buffer of 2 * 32 elements).
 MAX_K = 32
@@ -48,8 +48,8 @@ def make_ladder(bits: int, frac: int, s_top: float, n: int, se: int | None = Non
     shared ``SE`` that keeps ``R[n-1] < 2^24`` unless ``se`` is given.  Validated by
     ``sim.reference.check_ladder``.
     """
-    from sim import formats as F
-    from sim import reference as ref
+    from vitaccel.sim import formats as F
+    from vitaccel.sim import reference as ref
 
     s = [s_top * 2.0 ** (-j / F.LADDER_STEPS) for j in range(n)]
     if se is None:
@@ -67,10 +67,10 @@ def ref_encode_dynamic(x, ladder_r, ladder_t, se: int, bits: int, alpha_fx: int,
     ``j``, ``z``, the dense codes and the outlier list come from
     ``sim.reference.encode_per_patch_dynamic`` (``alpha_fx = None`` without outliers,
     ``strict=False``); the per-element ``sat`` / per-entry ``overflow`` flags from
-    ``tb.test_encoders.ref_encode_per_patch`` with ``R[j[r]]`` and ``z[r]`` (both built on
+    ``tb.cocotb_encoders.ref_encode_per_patch`` with ``R[j[r]]`` and ``z[r]`` (both built on
     ``sim.reference``, and checked to agree).
     """
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     x = np.asarray(x, dtype=np.int64)
     m, k = x.shape
@@ -134,7 +134,7 @@ def make_groups(seed: int = 0, max_k: int = MAX_K) -> list[dict]:
     ``expected_range`` (:class:`~hw.dynamic_per_patch.RowRangeUnit` beats) and ``after`` (counters).
     A group holds one or more ``(M, K)`` blocks (different row lengths back to back).
     """
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     rng = np.random.default_rng(seed)
     groups = []
@@ -213,7 +213,7 @@ async def run_dynamic_groups(tb: Testbench, groups: list[dict], *, valid_prob: f
 @cocotb.test()
 async def rtl_dynamic_per_patch(dut):
     """Dynamic per-patch encoder: ladders, random rows, back-pressure on the input and all three outputs."""
-    from tb.runner import read_test_data
+    from vitaccel.tb.runner import read_test_data
 
     data = read_test_data()
     tb = Testbench(dut, seed=data.get("seed", 0))

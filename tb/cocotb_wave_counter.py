@@ -10,7 +10,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge
 
-from tb.runner import read_test_data
+from vitaccel.tb.runner import read_test_data
 
 #: Verilog of the design under test.
 VERILOG = """module wave_counter(input clk, input rst, output reg [7:0] q);

@@ -13,7 +13,7 @@ import random
 import cocotb
 import numpy as np
 
-from tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
+from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 
 LANES = 2
 CODE_BITS = 8
@@ -37,7 +37,7 @@ def ref_decode(code: int, fmt: str, bits: int, m0: int = 0, m1: int = 0) -> dict
     Codes the reference rejects (``DatapathError``) are expected as ``invalid = 1`` with a zero
     triple (spec: invalid codes are rejected by every implementation).
     """
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     q = np.array([code])
     try:
@@ -88,7 +88,7 @@ def make_groups(formats=None, bits_list=(4, 6, 8), seed: int = 0, lanes: int = L
 @cocotb.test()
 async def rtl_decode(dut):
     """Every code of every configured format/width through the decoder, with back-pressure."""
-    from tb.runner import read_test_data
+    from vitaccel.tb.runner import read_test_data
 
     data = read_test_data()
     tb = Testbench(dut, seed=data.get("seed", 0))

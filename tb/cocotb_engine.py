@@ -5,7 +5,7 @@ Structure (matrix-multiplier example style):
 * **driver** -- one :class:`tb.bench.StreamDriver` per input stream (``cmd``, ``a``, ``b``, ``colp``,
   ``rowp``, ``outl``) with random valid gaps;
 * **monitor** -- a :class:`tb.bench.StreamMonitor` on ``out`` with random ready back-pressure;
-* **model** -- expected rows from ``sim/reference.py`` and expected cycles from :mod:`hw.schedule`,
+* **model** -- expected rows from ``sim/reference.py`` and expected cycles from :mod:`sim.schedule`,
   computed before the simulation (:mod:`tb.engine_streams`) and handed over as JSON;
 * **checker** -- a :class:`tb.bench.Scoreboard` comparing each output row (lanes ``< n``) in order,
   plus the cycle counter and the sticky error flags at the end of the layer.
@@ -25,9 +25,9 @@ import random
 import cocotb
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from tb.bench import Scoreboard, StreamDriver, StreamMonitor, Testbench
-from tb.engine_streams import unpack_out
-from tb.runner import read_test_data
+from vitaccel.tb.bench import Scoreboard, StreamDriver, StreamMonitor, Testbench
+from vitaccel.tb.engine_streams import unpack_out
+from vitaccel.tb.runner import read_test_data
 
 PORTS = ("a", "b", "colp", "rowp", "outl")
 
@@ -110,7 +110,7 @@ class EngineTestbench(Testbench):
         measured = int(self.dut.cycles.value)
         flags = {f: int(getattr(self.dut, f).value) for f in case["flags"]}
         assert measured == case["cycles"], (
-            f"{case['name']}: RTL cycle counter {measured} != hw.schedule {case['cycles']}")
+            f"{case['name']}: RTL cycle counter {measured} != sim.schedule {case['cycles']}")
         assert flags == case["flags"], f"{case['name']}: flags {flags} != expected {case['flags']}"
         return {"name": case["name"], "cycles": measured, "wall_cycles": wall, "rows": board.matched,
                 "shape": case["shape"], "utilisation": case.get("utilisation")}
@@ -118,7 +118,7 @@ class EngineTestbench(Testbench):
 
 @cocotb.test()
 async def engine_layers(dut):
-    """Every case of the test data: exact outputs, cycle count == hw.schedule, flags."""
+    """Every case of the test data: exact outputs, cycle count == sim.schedule, flags."""
     data = read_test_data()
     tb = EngineTestbench(dut, int(data["cols"]), seed=int(data.get("seed", 0)))
     await tb.start()

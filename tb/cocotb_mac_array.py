@@ -26,8 +26,8 @@ import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
-from tb.bench import Field, PayloadCodec, Scoreboard, Testbench
-from tb.runner import read_test_data
+from vitaccel.tb.bench import Field, PayloadCodec, Scoreboard, Testbench
+from vitaccel.tb.runner import read_test_data
 
 #: (A format, base) x width combinations covered; B widths are drawn from 4/6/8.
 A_FORMATS = [("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"), ("three_region", "2")]
@@ -49,7 +49,7 @@ def shadow_codec(cols: int, acc_bits: int) -> PayloadCodec:
 def ref_triples(q: np.ndarray, kind: str, bits: int, base: str, m0: int, m1: int):
     """``(neg, mag, sh)`` of codes ``q`` from ``sim.reference.decode_<format>_triple``; checked
     against ``sim.reference.decode``."""
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     if kind == "uniform":
         t = ref.decode_uniform_triple(q, bits)
@@ -71,9 +71,9 @@ def make_tiles(seed: int, rows: int, cols: int, b_bits_max: int = 8, acc_bits: i
     for all ``rows`` lanes; lanes ``>= m`` random padding), ``brows`` (``C`` codes per cycle; lanes
     ``>= n`` random padding), ``expected`` (``m`` lists of ``n`` ``acc_raw`` values).
     """
-    from sim import formats as F
-    from sim import reference as ref
-    from tb.engine_streams import random_codes
+    from vitaccel.sim import formats as F
+    from vitaccel.sim import reference as ref
+    from vitaccel.tb.engine_streams import random_codes
 
     rng = np.random.default_rng(seed)
     tiles = []

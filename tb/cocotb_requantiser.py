@@ -14,7 +14,7 @@ import random
 import cocotb
 import numpy as np
 
-from tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
+from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 
 ACC_BITS = 40
 TAG_BITS = 8
@@ -34,7 +34,7 @@ def out_codec() -> PayloadCodec:
 
 def ref_requantize(e: dict, sr: int, z_out: int, out_fmt: str, bits: int) -> dict:
     """Expected output of one element from ``sim.reference.requantize``."""
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     out, nsat = ref.requantize(np.array([[e["acc"]]]), e["mr"], sr, e["mc"], e["sc"], e["bq"], z_out, out_fmt, bits)
     return {"value": int(out[0, 0]), "sat": int(nsat), "fault": 0, "tag": e["tag"]}
@@ -62,7 +62,7 @@ def _element(rng: random.Random, sr: int, hi: int, acc_bits: int, tag: int) -> d
 
 def make_groups(seed: int = 0, n: int = 96, acc_bits: int = ACC_BITS) -> list[dict]:
     """Groups per output format and width (ucode/scode k = 4/6/8, fixed16, fixed32) plus the spec example."""
-    from sim import formats as F
+    from vitaccel.sim import formats as F
 
     rng = random.Random(seed)
     groups = []
@@ -93,7 +93,7 @@ def make_groups(seed: int = 0, n: int = 96, acc_bits: int = ACC_BITS) -> list[di
 @cocotb.test()
 async def rtl_requantize(dut):
     """Random elements per output format through the requantiser, with back-pressure."""
-    from tb.runner import read_test_data
+    from vitaccel.tb.runner import read_test_data
 
     data = read_test_data()
     tb = Testbench(dut, seed=data.get("seed", 0))

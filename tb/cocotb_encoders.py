@@ -18,7 +18,7 @@ import random
 import cocotb
 import numpy as np
 
-from tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
+from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 
 FORMATS = {"log2": 1, "shiftlog2_base2": 2, "shiftlog2_sqrt2": 3, "three_region": 4}
 
@@ -45,7 +45,7 @@ def ref_encode_per_patch(x, r, se, z, bits, alpha_fx, outliers_en=True) -> tuple
     ``encode_uniform``; the per-element ``sat`` flag from ``encode_uniform`` on that element alone and
     the per-entry ``overflow`` flag from ``saturate`` of the unsaturated ``round_shift`` value.
     """
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     x = np.asarray(x, dtype=np.int64)
     m, k = x.shape
@@ -117,7 +117,7 @@ def make_per_patch_groups(seed: int = 0) -> list[dict]:
 @cocotb.test()
 async def rtl_encode_per_patch(dut):
     """Per-patch encoder with outliers, random back-pressure on the input and both outputs."""
-    from tb.runner import read_test_data
+    from vitaccel.tb.runner import read_test_data
 
     data = read_test_data()
     tb = Testbench(dut, seed=data.get("seed", 0))
@@ -133,7 +133,7 @@ async def rtl_encode_per_patch(dut):
 
 def ref_encode_activation(fmt: str, x, bits: int, cfg: dict) -> list[dict]:
     """Expected ``o`` beats from ``sim.reference.encode_log2`` / ``encode_shiftlog2`` / ``encode_three_region``."""
-    from sim import reference as ref
+    from vitaccel.sim import reference as ref
 
     x = np.asarray(x, dtype=np.int64)
     if fmt == "log2":
@@ -182,7 +182,7 @@ def make_activation_groups(seed: int = 0, n: int = 160) -> list[dict]:
 @cocotb.test()
 async def rtl_encode_activation(dut):
     """log2 / shiftlog2 / three_region encoders with random back-pressure."""
-    from tb.runner import read_test_data
+    from vitaccel.tb.runner import read_test_data
 
     data = read_test_data()
     tb = Testbench(dut, seed=data.get("seed", 0))

@@ -40,7 +40,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UserError
+from vitaccel.sim.errors import UserError
 
 DEFAULT_METHODS = ("baseline", "adfq", "mptq")
 EMBEDDED_MODEL = "vitaccel-digits"
@@ -142,7 +142,7 @@ def _top1(pred, labels) -> float:
 # ------------------------------------------------------------------------------------------------
 def _image_folder(root: str, model, class_map: str | None):
     """A dataset of ``root`` through the golden front end (timm image folder, the model's eval transform)."""
-    from . import data
+    from vitaccel.golden import data
 
     return data.image_folder(root, model=model, class_map=class_map)
 
@@ -163,7 +163,7 @@ def stage_setup(ctx: FlowContext) -> str:
     """Create the model and the calibration / evaluation image tensors."""
     import torch
 
-    from .models import create_model
+    from vitaccel.golden.models import create_model
 
     a = ctx.args
     torch.manual_seed(a.seed)
@@ -173,7 +173,7 @@ def stage_setup(ctx: FlowContext) -> str:
     if a.data is None:
         if a.model != EMBEDDED_MODEL:
             raise UserError(f"--model {a.model} needs --data DIR (the embedded digits only fit {EMBEDDED_MODEL})")
-        from .embedded import export_image_folder
+        from vitaccel.golden.embedded import export_image_folder
 
         calib_info = export_image_folder(data_dir / "digits-calib", "calib")
         test_info = export_image_folder(data_dir / "digits-test", "test")
@@ -226,7 +226,7 @@ def stage_fp_eval(ctx: FlowContext) -> str:
 
 
 def _method_config(ctx: FlowContext, method: str):
-    from .presets import preset
+    from vitaccel.golden.presets import preset
 
     cfg = preset(method, ctx.args.bits)
     if ctx.args.amo_iters is not None and cfg.amo:
@@ -235,7 +235,7 @@ def _method_config(ctx: FlowContext, method: str):
 
 
 def stage_calibrate(ctx: FlowContext) -> str:
-    from .calibrate import calibrate_model
+    from vitaccel.golden.calibrate import calibrate_model
 
     times = {}
     outliers = {}
@@ -278,7 +278,7 @@ def stage_fq_eval(ctx: FlowContext) -> str:
 
 
 def stage_export(ctx: FlowContext) -> str:
-    from .program import export_program, save_program
+    from vitaccel.golden.program import export_program, save_program
 
     done, failed = [], {}
     for method, qvit in ctx.qvits.items():
@@ -305,7 +305,7 @@ def stage_int_eval(ctx: FlowContext) -> str:
     import torch
     from tqdm.auto import tqdm
 
-    from .int_eval import ProgramRunner
+    from vitaccel.golden.int_eval import ProgramRunner
 
     res = ctx.results.setdefault("accuracy", {}).setdefault("intsim", {})
     agree = ctx.results["accuracy"].setdefault("intsim_agreement", {})
@@ -337,7 +337,7 @@ def stage_int_eval(ctx: FlowContext) -> str:
 
 
 def stage_golden(ctx: FlowContext) -> str:
-    gv = _need_module("golden.golden_vectors", "H2")
+    gv = _need_module("vitaccel.golden.golden_vectors", "H2")
     write = _need_attr(gv, "write_golden")
     method = ctx.export_method()
     path = ctx.out / "golden"
@@ -359,8 +359,8 @@ def stage_rtl_check(ctx: FlowContext) -> str:
 
 
 def stage_estimate(ctx: FlowContext) -> str:
-    perf_cli = _need_module("sim.perf.cli", "H6")
-    report = _need_module("sim.perf.report", "H6")
+    perf_cli = _need_module("vitaccel.sim.perf.cli", "H6")
+    report = _need_module("vitaccel.sim.perf.report", "H6")
     build = _need_attr(perf_cli, "build_estimate")
     method = ctx.export_method()
     prog_dir = ctx.out / "programs" / method
@@ -368,7 +368,7 @@ def stage_estimate(ctx: FlowContext) -> str:
     argv = ["estimate", "--program", str(prog_dir), "--rows", str(a.rows), "--cols", str(a.cols)]
     if a.outlier_capacity is not None:
         argv += ["--outlier-capacity", str(a.outlier_capacity)]
-    ns = _parse_with("sim.perf.cli", argv)
+    ns = _parse_with("vitaccel.sim.perf.cli", argv)
     est = build(ns)
     ctx.estimate = est
     path = ctx.out / "estimate.json"
@@ -429,8 +429,8 @@ def _program_widths(prog) -> tuple[int, int, int]:
 
 def _verilog(ctx: FlowContext) -> str:
     """Verilog of the layer engine sized for the exported program (``vitaccel hw generate``)."""
-    hw_cli = _need_module("hw.cli", "H5")
-    synth = _need_module("hw.synth", "H5")
+    hw_cli = _need_module("vitaccel.hw.cli", "H5")
+    synth = _need_module("vitaccel.hw.synth", "H5")
     config_from_args = _need_attr(hw_cli, "config_from_args")
     generate = _need_attr(synth, "generate")
     a = ctx.args
@@ -443,7 +443,7 @@ def _verilog(ctx: FlowContext) -> str:
     if a.outlier_capacity is not None:
         argv += ["--outlier-capacity", str(a.outlier_capacity)]
     argv += ["-o", str(path)]
-    cfg = config_from_args(_parse_with("hw.cli", argv))
+    cfg = config_from_args(_parse_with("vitaccel.hw.cli", argv))
     summary = generate(cfg, path)
     files = [ctx.rel(path / t["file"]) for t in summary["tops"].values()]
     ctx.files["verilog"] = ctx.rel(path)
@@ -470,7 +470,7 @@ def _default_rtl_records(golden_layers: dict, prog) -> list[str]:
 
 def _rtl_check(ctx: FlowContext) -> str:
     """Run the cocotb layer-engine testbench in Verilator on golden records (``vitaccel tb run``)."""
-    tb_cli = _need_module("tb.cli", "H5")
+    tb_cli = _need_module("vitaccel.tb.cli", "H5")
     run_golden_layer = _need_attr(tb_cli, "run_golden_layer")
     golden_dir = ctx.out / "golden"
     man = json.loads((golden_dir / "golden.json").read_text())
@@ -500,7 +500,7 @@ def _rtl_check(ctx: FlowContext) -> str:
             entry.update(bit_exact=True, cycles=int(res["cycles"]), model_cycles=int(res["model_cycles"]),
                          rows=int(res["rows"]), shape=list(res["shape"]), engine=res.get("engine"),
                          detail=f"{res['rows']} output rows exact; {res['cycles']} cycles "
-                                f"(hw/schedule.py {res['model_cycles']})")
+                                f"(sim/schedule.py {res['model_cycles']})")
         entry["seconds"] = round(time.time() - t0, 1)
         checks.append(entry)
     ctx.results.setdefault("rtl", {})["checks"] = checks
@@ -633,7 +633,7 @@ def make_plots(ctx: FlowContext) -> dict:
             made[kind] = p
     if ctx.estimate is not None:  # the estimator's own figure (stacked breakdowns, roofline)
         try:
-            from sim.perf import report as perf_report
+            from vitaccel.sim.perf import report as perf_report
 
             p = plot_dir / "estimate.png"
             perf_report.plot(ctx.estimate, str(p))
@@ -805,7 +805,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _methods(text: str) -> tuple:
-    from .presets import METHODS
+    from vitaccel.golden.presets import METHODS
 
     items = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in items if m not in METHODS]
@@ -839,8 +839,8 @@ def apply_quick(args: argparse.Namespace) -> None:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from .presets import parse_bits
-    from .quantizers import QuantizerError
+    from vitaccel.golden.presets import parse_bits
+    from vitaccel.golden.quantizers import QuantizerError
 
     if args.quick:
         apply_quick(args)

@@ -11,20 +11,19 @@ import importlib
 import sys
 
 from . import __version__
+from .sim.errors import UserError
+
+__all__ = ["UserError", "build_parser", "main"]
 
 #: Modules that register subcommands, in the order they appear in ``vitaccel --help``.
 SUBCOMMAND_MODULES = (
-    "sim.cli",          # spec
-    "golden.commands",  # calibrate, eval, export-golden, merge
-    "golden.flow",      # flow
-    "hw.cli",           # hw generate, hw synth
-    "tb.cli",           # tb run
-    "sim.perf.cli",     # estimate
+    "vitaccel.sim.cli",          # spec
+    "vitaccel.golden.commands",  # calibrate, eval, export-golden, merge
+    "vitaccel.flow",             # flow
+    "vitaccel.hw.cli",           # hw generate, hw synth
+    "vitaccel.tb.cli",           # tb run
+    "vitaccel.sim.perf.cli",     # estimate
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed without a traceback (exit code 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vitaccel {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that subsystem is not built yet
-                continue
-            raise
-        module.add_subcommands(sub)
+        importlib.import_module(name).add_subcommands(sub)
     return parser
 
 
