@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vitaccel.sim.engine_config import EngineConfig  # noqa: E402
-from vitaccel.hw.synth import default_acc_bits, generate, synthesize  # noqa: E402
+from vitaccel.hw.synth import generate, synthesize  # noqa: E402
+from vitaccel.sim.engine_config import default_acc_bits  # noqa: E402
 
 
 def main(argv=None) -> int:

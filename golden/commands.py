@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from vitaccel.sim.cli_args import add_json_arg, add_program_arg, parse_bits, program_from_args
 from vitaccel.sim.errors import UserError
 
 
@@ -43,16 +44,6 @@ def _model_args(p, required=True):
     p.add_argument("--model", required=required, help="timm model name or vitaccel-digits")
     p.add_argument("--weights", metavar="FILE", help=".safetensors / .pth checkpoint")
     p.add_argument("--pretrained-download", action="store_true", help="let timm download pretrained weights")
-
-
-def _bits(text):
-    from .presets import parse_bits  # noqa: PLC0415
-    from .quantizers import QuantizerError  # noqa: PLC0415
-
-    try:
-        return parse_bits(text)
-    except QuantizerError as exc:
-        raise UserError(str(exc)) from None
 
 
 def _transform_for(model_name: str, model=None, data_config: dict | None = None):
@@ -116,7 +107,7 @@ def cmd_calibrate(args) -> int:
     from .quantizers import QuantizerError  # noqa: PLC0415
 
     _threads()
-    _bits(args.bits)
+    parse_bits(args.bits)
     torch.manual_seed(args.seed)
     model = create_model(args.model, args.weights, args.pretrained_download)
     ds = _dataset(args, args.model, model)
@@ -156,8 +147,9 @@ def cmd_calibrate(args) -> int:
         exported = False
         report["program"] = f"not exported: {exc}"
         warnings.warn(f"integer program not exported: {exc}", stacklevel=1)
-    with open(os.path.join(args.output, "calibration.json"), "w") as f:
-        json.dump(report, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    for path in [os.path.join(args.output, "calibration.json")] + ([str(args.json)] if args.json else []):
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     for n, r in report["outliers"].items():
         print(f"  outliers {n}: {100 * r['outlier_ratio']:.4f} %")
     print(f"calibrated {args.model} ({cfg.method}, {args.bits}) on {len(images)} images in {dt:.0f} s -> "
@@ -183,6 +175,7 @@ def cmd_eval(args) -> int:
     from .calibrate import predict  # noqa: PLC0415
     from .models import create_model  # noqa: PLC0415
 
+    args.program = program_from_args(args)
     _threads()
     res: dict = {"backend": args.backend}
     if args.backend == "fp":
@@ -192,7 +185,7 @@ def cmd_eval(args) -> int:
         name, dcfg = args.model, None
     else:
         if not args.program:
-            raise UserError(f"eval --backend {args.backend} needs a PROGRAM directory (from `vitaccel calibrate`)")
+            raise UserError(f"eval --backend {args.backend} needs --program PATH (a directory from `vitaccel calibrate`)")
         if args.backend == "sim":
             from .program import load_program  # noqa: PLC0415
 
@@ -285,6 +278,7 @@ def cmd_export_golden(args) -> int:
     from .golden_vectors import write_golden  # noqa: PLC0415
     from .program import load_program  # noqa: PLC0415
 
+    args.program = program_from_args(args)
     _threads()
     prog = load_program(args.program)
     name = prog.manifest["model"]["name"]
@@ -298,6 +292,9 @@ def cmd_export_golden(args) -> int:
         ys.append(int(y))
     man = write_golden(prog, xs, args.output, ys, backend=args.sim_backend)
     print(f"golden vectors of {man['n_images']} image(s), {len(man['layers'])} layer records -> {args.output}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(man, f, indent=1, default=str)
     return 0
 
 
@@ -333,10 +330,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--static-poq", action="store_true", dest="static_poq",
                    help="ablation: POQ with static per-position scales (same as --poq-mode static)")
     p.add_argument("-o", "--output", required=True, metavar="PROGRAM", help="output program directory")
+    add_json_arg(p, help="also write the calibration report (calibration.json) to this file")
     p.set_defaults(func=cmd_calibrate)
 
     p = subparsers.add_parser("eval", help="top-1/top-5 of the FP, fake-quant or integer-simulated model")
-    p.add_argument("program", nargs="?", help="program directory (fakequant / sim backends)")
+    add_program_arg(p, required=False, legacy_positional=True,
+                    help="program directory written by `vitaccel calibrate` (fakequant / sim backends)")
     p.add_argument("--backend", choices=("fp", "fakequant", "sim"), default="fakequant")
     p.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
     p.add_argument("--float-fakequant", action="store_true",
@@ -346,18 +345,19 @@ def add_subcommands(subparsers) -> None:
     _data_args(p)
     p.add_argument("--limit", type=int, help="evaluate a random subset of this many images")
     p.add_argument("--shard", metavar="I/N", help="evaluate images I, I+N, I+2N, ...")
-    p.add_argument("--json", metavar="FILE", help="write results (with per-image predictions) as JSON")
+    add_json_arg(p, help="write results (with per-image predictions) as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("export-golden", help="golden vectors (per-layer codes, acc, out) for tb/")
-    p.add_argument("program")
+    add_program_arg(p, required=True, legacy_positional=True)
     _data_args(p)
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
+    add_json_arg(p, help="also write the golden-vector manifest (golden.json) to this file")
     p.set_defaults(func=cmd_export_golden)
 
     p = subparsers.add_parser("merge", help="combine sharded `eval --shard --json` results")
     p.add_argument("files", nargs="+")
-    p.add_argument("--json", metavar="FILE")
+    add_json_arg(p, help="write the merged result as JSON")
     p.set_defaults(func=cmd_merge)

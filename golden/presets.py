@@ -26,8 +26,10 @@ Operand roles (``build_quantizer(config, role, bits, name)``):
 """
 from __future__ import annotations
 
-import re
+
 from dataclasses import asdict, dataclass, field, replace
+
+from vitaccel.sim.cli_args import parse_bits
 
 from .quantizers import (Log2Quantizer, PerPatchOutlierQuantizer, QuantizerError, ShiftLog2Quantizer,
                          SymmetricQuantizer, UniformQuantizer, check_bits)
@@ -92,17 +94,6 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "QuantConfig":
         return cls(**d)
-
-
-def parse_bits(text: str) -> tuple[int, int]:
-    """``"w4a4"`` -> ``(4, 4)``; raises :class:`QuantizerError` for other spellings or widths."""
-    m = re.fullmatch(r"w(\d+)a(\d+)", str(text).strip().lower())
-    if not m:
-        raise QuantizerError(f"bits must look like w4a4, w6a6 or w8a8, got {text!r}")
-    w, a = int(m.group(1)), int(m.group(2))
-    check_bits(w)
-    check_bits(a)
-    return w, a
 
 
 def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:

@@ -21,21 +21,8 @@ from amaranth.hdl import Shape
 
 from vitaccel.sim.engine_config import ConfigError, EngineConfig
 
-__all__ = ["generate", "synthesize", "ports_of", "default_acc_bits", "parse_yosys_stat", "parse_nextpnr_log",
+__all__ = ["generate", "synthesize", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
            "OPTIONAL_TOPS"]
-
-
-def default_acc_bits(a_bits: int, b_bits: int, max_k: int, outlier_capacity: int) -> int:
-    """Accumulator width that covers every A format of ``a_bits`` bits at ``K = max_k`` with a zero
-    point up to ``Dmax`` and the outlier path (``FO = 2``, docs/datapath.md section 6), capped at 48."""
-    from vitaccel.sim import reference as ref
-    need = 0
-    for kind, base in (("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"),
-                       ("three_region", "2")):
-        dmax = ref.format_dmax(kind, a_bits, base=base, m0=15, m1=15)
-        fo = 2 if kind == "uniform" and outlier_capacity else 0
-        need = max(need, ref.acc_bits_required(max_k, dmax, dmax, b_bits, fo, outlier_capacity if fo else 0))
-    return min(48, need)
 
 
 def ports_of(component) -> list[dict]:

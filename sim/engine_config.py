@@ -24,7 +24,7 @@ from vitaccel.sim.errors import UserError
 __all__ = [
     "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
     "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
-    "acc_bits_at_max_k", "check_acc_for_max_k",
+    "acc_bits_at_max_k", "check_acc_for_max_k", "default_acc_bits", "make_engine_config",
 ]
 
 #: Register stages from issuing operand column ``k`` (A beat consumed, B row read address) to the PE
@@ -259,3 +259,51 @@ def check_acc_for_max_k(cfg: EngineConfig) -> None:
             f"engine config: acc_bits = {cfg.acc_bits} is too narrow for K = max_k = {cfg.max_k}: a "
             f"{cfg.a_bits}-bit uniform A x {cfg.b_bits}-bit B layer needs {need} bits (docs/datapath.md "
             f"section 6); raise acc_bits or lower max_k")
+
+
+def default_acc_bits(a_bits: int, b_bits: int, max_k: int, outlier_capacity: int) -> int:
+    """Accumulator width that covers every A format of ``a_bits`` bits at ``K = max_k`` with a zero
+    point up to ``Dmax`` and the outlier path (``FO = 2``, docs/datapath.md section 6), capped at 48."""
+    from vitaccel.sim import reference as ref
+
+    need = 0
+    for kind, base in (("uniform", "2"), ("log2", "2"), ("shiftlog2", "2"), ("shiftlog2", "sqrt2"),
+                       ("three_region", "2")):
+        dmax = ref.format_dmax(kind, a_bits, base=base, m0=15, m1=15)
+        fo = 2 if kind == "uniform" and outlier_capacity else 0
+        need = max(need, ref.acc_bits_required(max_k, dmax, dmax, b_bits, fo, outlier_capacity if fo else 0))
+    return min(48, need)
+
+
+def make_engine_config(base: EngineConfig | dict | None = None, **overrides) -> EngineConfig:
+    """An :class:`EngineConfig` from ``base`` (a config, a dict of fields or ``None`` for the defaults)
+    with ``overrides`` (field values; ``None`` values are ignored).
+
+    When neither ``base`` nor ``overrides`` sets ``acc_bits``, it is :func:`default_acc_bits` of the
+    widths, ``max_k`` and outlier capacity (every A format at ``K = max_k``, section 6). The result
+    passes :func:`check_acc_for_max_k`. This is what ``vitaccel hw generate``, ``hw synth``,
+    ``tb run``, ``estimate`` and ``flow`` build from their shared engine flags.
+
+    Raises
+    ------
+    ConfigError
+        For an impossible configuration (message names the field and the allowed range).
+    """
+    if isinstance(base, EngineConfig):
+        base = base.to_dict()
+    merged = dict(base or {})
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(merged) - {f.name for f in fields(EngineConfig)})
+    if unknown:
+        raise ConfigError(f"engine config: unknown field(s) {', '.join(unknown)}")
+    if "acc_bits" not in merged:
+        defaults = EngineConfig()
+        pick = lambda k: merged.get(k, getattr(defaults, k))  # noqa: E731
+        a, b = pick("a_bits"), pick("b_bits")
+        if a not in F.BITS or b not in F.BITS:
+            raise ConfigError(f"engine config: code widths must be one of {F.BITS} (got w{b}a{a})")
+        merged["acc_bits"] = default_acc_bits(a, b, pick("max_k"), pick("outlier_capacity"))
+    cfg = EngineConfig(**merged)
+    check_acc_for_max_k(cfg)
+    return cfg
+

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vitaccel.sim.cli_args import add_engine_args, add_json_arg, engine_fields_from_args
+from vitaccel.sim.engine_config import make_engine_config
+
 __all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_config_for",
            "engine_config_for_layers", "cycle_record"]
 
@@ -157,27 +160,27 @@ def run_golden_layer(golden_dir: str, layer: str, *, image: int = 0, rows: int =
                              valid_prob=valid_prob, ready_prob=ready_prob, waves=waves)[0]
 
 
-def _engine_from_args(args):
-    """The engine of ``--config`` (with ``--rows`` / ``--cols`` overriding it), or ``None``."""
-    from vitaccel.sim.errors import UserError
-    from vitaccel.sim.engine_config import ConfigError, EngineConfig
+def _engine_from_args(args, golden_dir, layers, image):
+    """The engine of the shared engine flags; flags left out are sized for the layers (largest K,
+    widest accumulator and outlier capacity of :func:`engine_config_for_layers`)."""
+    from vitaccel.golden.golden_vectors import load_golden
 
+    vec = load_golden(golden_dir)
+    recs = [_golden_record(vec, golden_dir, layer, image) for layer in layers]
+    fields = engine_fields_from_args(args)
     if args.config is None:
-        return None
-    try:
-        cfg = EngineConfig.from_file(args.config)
-        over = {k: v for k, v in (("rows", args.rows), ("cols", args.cols)) if v is not None}
-        return cfg.replace(**over) if over else cfg
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
+        need = engine_config_for_layers([(r["spec"], r["a_codes"].shape[2]) for r in recs], fields["rows"],
+                                        fields["cols"]).to_dict()
+        for key in ("max_k", "acc_bits", "outlier_capacity"):
+            if getattr(args, key) is None:
+                fields[key] = need[key]
+    return make_engine_config(fields)
 
 
 def _run(args) -> int:
     layers = list(dict.fromkeys(args.layer))
-    cfg = _engine_from_args(args)
-    rows = args.rows if args.rows is not None else 4
-    cols = args.cols if args.cols is not None else 4
-    results = run_golden_layers(str(args.golden_dir), layers, image=args.image, rows=rows, cols=cols, cfg=cfg,
+    cfg = _engine_from_args(args, str(args.golden_dir), layers, args.image)
+    results = run_golden_layers(str(args.golden_dir), layers, image=args.image, cfg=cfg,
                                 valid_prob=args.valid_prob, ready_prob=args.ready_prob, waves=args.waves)
     eng = results[0]["engine"]
     print(f"engine {eng['rows']}x{eng['cols']}: " + ", ".join(f"{k} {v}" for k, v in eng.items()
@@ -203,14 +206,10 @@ def add_subcommands(sub) -> None:
     r.add_argument("--layer", required=True, action="append",
                    help="layer record name (see golden.json); repeat to run several layers in one simulation")
     r.add_argument("--image", type=int, default=0, help="image index (default 0)")
-    r.add_argument("--rows", type=int, default=None, help="engine rows (default 4, or the --config value)")
-    r.add_argument("--cols", type=int, default=None, help="engine columns (default 4, or the --config value)")
-    r.add_argument("--config", type=Path, default=None,
-                   help="engine configuration (JSON with EngineConfig fields, as for `vitaccel hw generate "
-                        "--config`); default: the smallest 8-bit engine that runs all the layers")
+    add_engine_args(r)
     r.add_argument("--valid-prob", type=float, default=1.0, help="input valid probability (back-pressure)")
     r.add_argument("--ready-prob", type=float, default=1.0, help="output ready probability (back-pressure)")
     r.add_argument("--waves", action="store_true",
                    help="record a waveform (dump.fst; dump.vcd without liblz4-dev/zlib1g-dev)")
-    r.add_argument("--json", type=Path, default=None, help="write the per-layer results here")
+    add_json_arg(r, help="write the per-layer results here")
     r.set_defaults(func=_run)

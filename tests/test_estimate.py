@@ -79,7 +79,7 @@ def test_swin_tiny_window_attention_and_merging():
 def test_parse_bits():
     assert parse_bits("w4a4") == (4, 4) and parse_bits("W6A8") == (6, 8)
     for bad in ("w5a4", "4/4", "w4", "wxa4"):
-        with pytest.raises(ValueError):
+        with pytest.raises(UserError):
             parse_bits(bad)
 
 

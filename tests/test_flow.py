@@ -39,8 +39,8 @@ def test_quick_only_replaces_defaults():
 def test_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit):
         _parse(["--methods", "gptq"])
-    with pytest.raises(SystemExit):
-        _parse(["--rows", "0"])
+    assert main(["flow", "--rows", "0", "-o", str(tmp_path / "r")]) == 2   # the same check as hw generate
+    assert "rows must be in 1..64, got 0" in capsys.readouterr().err
     assert main(["flow", "--bits", "w3a3", "-o", str(tmp_path / "a")]) == 2
     assert "w3a3" in capsys.readouterr().err
     assert main(["flow", "--methods", "baseline", "--export-method", "adfq", "-o", str(tmp_path / "b")]) == 2
@@ -72,7 +72,7 @@ def test_failed_stage_skips_dependants_and_report_says_so(tmp_path, monkeypatch)
         return "fine"
 
     def boom(ctx):
-        raise flow.StageError("module x.y (H9) is not available")
+        raise flow.StageError("stage b cannot run: x.y is not available")
 
     def never(ctx):
         ran.append("c")
@@ -82,15 +82,14 @@ def test_failed_stage_skips_dependants_and_report_says_so(tmp_path, monkeypatch)
         ran.append("d")
         return "done"
 
-    monkeypatch.setattr(flow, "STAGES", (
-        flow.Stage("a", ok), flow.Stage("b", boom, ("a",)), flow.Stage("c", never, ("b",)),
-        flow.Stage("d", independent, ("a",)), flow.Stage("r", never, (), rtl=True)))
+    stages = (flow.Stage("a", ok), flow.Stage("b", boom, ("a",)), flow.Stage("c", never, ("b",)),
+              flow.Stage("d", independent, ("a",)), flow.Stage("r", never, (), rtl=True))
     args = _parse(["-o", str(tmp_path), "--skip-rtl"])
-    doc = flow.run_flow(args)
+    doc = flow.run_flow(args, stages=stages)
     status = {s["name"]: (s["status"], s["message"]) for s in doc["stages"]}
     assert ran == ["a", "d"]
     assert status["a"] == ("ok", "fine")
-    assert status["b"] == ("failed", "module x.y (H9) is not available")
+    assert status["b"] == ("failed", "stage b cannot run: x.y is not available")
     assert status["c"] == ("skipped", "needs b")
     assert status["d"] == ("ok", "done")
     assert status["r"][0] == "not_requested"
@@ -98,7 +97,7 @@ def test_failed_stage_skips_dependants_and_report_says_so(tmp_path, monkeypatch)
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk["stages"] == doc["stages"]
     md = (tmp_path / "report.md").read_text()
-    assert "| b | failed |" in md and "module x.y (H9)" in md
+    assert "| b | failed |" in md and "x.y is not available" in md
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -11,7 +11,7 @@ from vitaccel.cli import main as vitaccel
 from vitaccel.sim.engine_config import ConfigError, EngineConfig, acc_bits_at_max_k, check_acc_for_max_k
 from vitaccel.sim import reference as ref
 
-SMALL = ["--rows", "2", "--cols", "3", "--wbits", "4", "--abits", "4", "--max-k", "16", "--outlier-capacity", "2"]
+SMALL = ["--rows", "2", "--cols", "3", "--bits", "w4a4", "--max-k", "16", "--outlier-capacity", "2"]
 
 
 def _module_ports(text: str, name: str) -> set[str]:
@@ -86,22 +86,25 @@ def test_generate_dynamic_per_patch_encoder_on_request(tmp_path):
     (["--cols", "-3"], "cols must be in 1..64, got -3"),
     (["--rows", "65"], "rows must be in 1..64, got 65"),
     (["--max-k", "0"], "max_k must be in 1..65535, got 0"),
-    (["--wbits", "5"], "--abits/--wbits must be 4, 6 or 8"),
-    (["--abits", "7"], "--abits/--wbits must be 4, 6 or 8"),
-    (["--abits", "8", "--wbits", "8", "--acc-bits", "49"], "acc_bits must be at most 48"),
+    (["--bits", "w5a8"], "unsupported weight width 5"),
+    (["--bits", "w8a7"], "unsupported activation width 7"),
+    (["--bits", "8"], "not of the form wXaY"),
+    (["--wbits", "5"], "unsupported weight width 5"),          # deprecated spelling, same check
+    (["--bits", "w8a8", "--acc-bits", "49"], "acc_bits must be at most 48"),
     (["--outlier-lanes", "3"], "outlier_lanes must be 1, 2, 4 or 8"),
     (["--outlier-capacity", "-1"], "outlier_capacity must be in 0..4096"),
     # too narrow for a single product of the widest formats
-    (["--abits", "8", "--wbits", "8", "--acc-bits", "16"], "cannot hold even one product"),
+    (["--bits", "w8a8", "--acc-bits", "16"], "cannot hold even one product"),
     # too narrow for K = max_k: 4-bit uniform A x 4-bit B at K = 65535 needs 25 bits
-    (["--abits", "4", "--wbits", "4", "--acc-bits", "22", "--max-k", "65535"],
+    (["--bits", "w4a4", "--acc-bits", "22", "--max-k", "65535"],
      "acc_bits = 22 is too narrow for K = max_k = 65535"),
 ])
 def test_generate_bad_config_is_a_user_error(tmp_path, capsys, flags, message):
     out = tmp_path / "rtl"
     assert vitaccel(["hw", "generate", *flags, "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("vitaccel hw: error: ") and message in err, err
+    last = err.strip().splitlines()[-1]  # a deprecated spelling prints its warning first
+    assert last.startswith("vitaccel hw: error: ") and message in last, err
     assert not out.exists()  # nothing written
 
 
@@ -121,3 +124,19 @@ def test_generate_rejects_non_integer_flag(capsys):
         vitaccel(["hw", "generate", "--rows", "four", "-o", "x"])
     assert exc.value.code == 2
     assert "invalid int value: 'four'" in capsys.readouterr().err
+
+
+def test_deprecated_wbits_abits_still_work_with_a_warning(tmp_path, capsys, monkeypatch):
+    """The old ``--wbits/--abits`` spelling builds the same engine as ``--bits`` and warns (once a process)."""
+    from vitaccel.sim import cli_args
+
+    monkeypatch.setattr(cli_args, "_warned", set())
+    old, new = tmp_path / "old", tmp_path / "new"
+    base = ["--rows", "2", "--cols", "2", "--max-k", "16", "--outlier-capacity", "0"]
+    assert vitaccel(["hw", "generate", *base, "--wbits", "6", "--abits", "4", "--json", str(old / "s.json"),
+                     "-o", str(old)]) == 0
+    assert "--wbits/--abits is deprecated" in capsys.readouterr().err
+    assert vitaccel(["hw", "generate", *base, "--bits", "w6a4", "--json", str(new / "s.json"), "-o", str(new)]) == 0
+    cfg_old = json.loads((old / "s.json").read_text())["config"]
+    cfg_new = json.loads((new / "s.json").read_text())["config"]
+    assert cfg_old == cfg_new and (cfg_new["b_bits"], cfg_new["a_bits"]) == (6, 4)

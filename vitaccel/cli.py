@@ -19,7 +19,7 @@ __all__ = ["UserError", "build_parser", "main"]
 SUBCOMMAND_MODULES = (
     "vitaccel.sim.cli",          # spec
     "vitaccel.golden.commands",  # calibrate, eval, export-golden, merge
-    "vitaccel.flow",             # flow
+    "vitaccel.flow.cli",         # flow
     "vitaccel.hw.cli",           # hw generate, hw synth
     "vitaccel.tb.cli",           # tb run
     "vitaccel.sim.perf.cli",     # estimate

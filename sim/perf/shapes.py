@@ -14,6 +14,7 @@ Operand roles follow docs/datapath.md section 2: the QKV linear layer becomes th
 """
 from __future__ import annotations
 
+from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.names import suggest_model_names
 
 import functools
@@ -91,28 +92,6 @@ class Gemm:
     def weight_params(self) -> int:
         """Parameters of a stored weight matrix (0 for ``qk``/``av``, whose B is an activation)."""
         return self.K * self.N if self.op == "linear" else 0
-
-
-def parse_bits(text: str) -> tuple[int, int]:
-    """Parse a bit setting such as ``w4a4`` or ``W6A8`` into ``(w_bits, a_bits)``.
-
-    Raises ``ValueError`` for anything else or for widths outside :data:`sim.formats.BITS`.
-    """
-    from vitaccel.sim.formats import BITS
-
-    t = str(text).strip().lower()
-    if not (t.startswith("w") and "a" in t):
-        raise ValueError(f"bit setting {text!r} is not of the form wXaY (e.g. w4a4, w6a6, w8a8)")
-    w, a = t[1:].split("a", 1)
-    try:
-        wb, ab = int(w), int(a)
-    except ValueError:
-        raise ValueError(f"bit setting {text!r} is not of the form wXaY (e.g. w4a4, w6a6, w8a8)") from None
-    for b, what in ((wb, "weight"), (ab, "activation")):
-        if b not in BITS:
-            raise ValueError(f"unsupported {what} width {b} in {text!r}: supported widths are "
-                             f"{', '.join(map(str, BITS))}")
-    return wb, ab
 
 
 # ----------------------------------------------------------------------------------------------
