@@ -6,11 +6,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # Extra arguments, e.g. `make demo DEMO_ARGS="--quick"` or `make test PYTEST_ARGS="-k sim"`.
-DEMO_ARGS   ?=
+# The demo's engine is 8 x 8 (the CLI default is 16 x 16, whose Verilator build takes ~7 minutes).
+DEMO_ARGS   ?= --rows 8 --cols 8
 PYTEST_ARGS ?=
 JOBS        ?= 2
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean lint
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +29,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf build demo-out .pytest_cache
+
+lint: $(STAMP)
+	$(BIN)/ruff check .

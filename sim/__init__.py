@@ -3,6 +3,7 @@
 ``sim.reference`` is the plain numpy reference (the spec as code); ``sim.simulator`` the numba
 simulator with the same results.
 """
+from . import _cache_dirs  # noqa: F401  (first: numba's cache directory before any kernel is compiled)
 from .layer import EncoderSpec, LayerResult, LayerSpec, run_encoder_reference, run_layer_reference
 from .reference import (AccumulatorOverflowError, DatapathError, OutlierCapacityError,
                         OutlierOverflowError)

@@ -374,6 +374,25 @@ def _tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
+def _build_once(runner, toplevel: str, design_key: str, build_dir: Path, build_kwargs: dict) -> None:
+    """Verilator build of one design hash, once per machine (file lock + stamp), reused across sessions."""
+    stamp = build_dir / ".vitaccel_built"
+    if design_key in _built:
+        return
+    with _file_lock(build_root() / "locks" / f"sim_{toplevel}_{design_key}.lock"):
+        if not stamp.exists():
+            build_dir.mkdir(parents=True, exist_ok=True)
+            log = build_dir / "build.log"
+            t0 = time.monotonic()
+            try:
+                runner.build(log_file=log, **build_kwargs)
+            except (RuntimeError, SystemExit) as exc:
+                raise RuntimeError(f"Verilator build of {toplevel} failed ({exc}); log {log}:\n"
+                                   f"{_tail(log)}") from None
+            stamp.write_text(f"built in {time.monotonic() - t0:.1f} s\n")
+    _built.add(design_key)
+
+
 def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test_module: str, *,
                data: Any = None, env: Mapping[str, str] | None = None,
                parameters: Mapping[str, Any] | None = None, testcase: str | Sequence[str] | None = None,
@@ -440,22 +459,9 @@ def run_cocotb(toplevel: str, verilog_sources: Sequence[os.PathLike | str], test
     timescale = ("1ns", "1ps")
 
     runner = get_runner("verilator")
-    stamp = build_dir / ".vitaccel_built"
-    if design_key not in _built:
-        with _file_lock(build_root() / "locks" / f"sim_{toplevel}_{design_key}.lock"):
-            if not stamp.exists():
-                build_dir.mkdir(parents=True, exist_ok=True)
-                log = build_dir / "build.log"
-                t0 = time.monotonic()
-                try:
-                    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
-                                 build_args=args, parameters=params, waves=waves, timescale=timescale,
-                                 log_file=log)
-                except (RuntimeError, SystemExit) as exc:
-                    raise RuntimeError(f"Verilator build of {toplevel} failed ({exc}); log {log}:\n"
-                                       f"{_tail(log)}") from None
-                stamp.write_text(f"built in {time.monotonic() - t0:.1f} s\n")
-        _built.add(design_key)
+    _build_once(runner, toplevel, design_key, build_dir,
+                dict(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+                     parameters=params, waves=waves, timescale=timescale))
 
     stamp_name = run_name or f"{test_module.rsplit('.', 1)[-1]}_{os.getpid()}_{time.time_ns() % 10**9}"
     test_dir = build_dir / "runs" / re.sub(r"[^A-Za-z0-9_.-]", "_", stamp_name)

@@ -7,13 +7,14 @@ import math
 
 import pytest
 
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.perf.estimate import Hardware, estimate, estimate_layer
 from vitaccel.sim.perf.scalesim import scalesim_cycles, scalesim_sram_reads
 from vitaccel.sim.perf.shapes import Gemm, parse_bits, trace_gemms
 from vitaccel.sim.perf.traffic import SramTooSmall, engine_traffic, layer_traffic
 
-hw_schedule = pytest.importorskip("vitaccel.sim.schedule")
-hw_config = pytest.importorskip("vitaccel.sim.engine_config")
+from vitaccel.sim import engine_config as hw_config
+from vitaccel.sim import schedule as hw_schedule
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -211,7 +212,7 @@ def _run(capsys, *argv):
 def test_cli_outputs(tmp_path, capsys):
     csv_p, json_p = tmp_path / "e.csv", tmp_path / "e.json"
     rc, out = _run(capsys, "--model", "deit_tiny_patch16_224", "--rows", "16", "--cols", "16", "--bits", "w4a4",
-                   "--freq", "200e6", "--dram-bw", "16", "--sram-kib", "256", "--csv", str(csv_p),
+                   "--freq", "200", "--dram-bw", "16", "--sram-kib", "256", "--csv", str(csv_p),
                    "--json", str(json_p), "--max-rows", "5")
     assert rc == 0, out.err
     assert "inferences/s" in out.out and "blocks.0.attn.q" in out.out
@@ -228,7 +229,7 @@ def test_cli_outputs(tmp_path, capsys):
     (["--model", "deit_tiny_patch16_224", "--sram-kib", "8"], "SRAM too small for the minimum tile"),
     (["--model", "deit_tiny_patch16_224", "--max-k", "100"], "exceeds the engine's B buffer depth"),
     (["--program", "/nonexistent/p.json"], "does not exist"),
-    ([], "give exactly one of --model NAME or --program FILE"),
+    ([], "give exactly one of --model NAME or --program PATH"),
 ])
 def test_cli_errors(capsys, argv, msg):
     rc, out = _run(capsys, *argv)
@@ -347,3 +348,14 @@ def test_replay_measured_rtl_cycles(path):
         g = Gemm("rec", "q" if o else "linear", "linear", r["M"], r["K"], r["N"], a_bits=r.get("a_bits", 8),
                  b_bits=r.get("b_bits", 8), outliers=bool(o), outliers_per_tile=o if isinstance(o, int) else tuple(o))
         assert estimate_layer(g, hw).compute == r["cycles"], r
+
+
+def test_cli_freq_is_mhz_and_old_hz_spelling_warns(capsys, monkeypatch):
+    """``--freq`` is MHz; the old Hz spelling (``250e6``) gives the same latency with a deprecation warning."""
+    from vitaccel.sim import cli_args
+
+    monkeypatch.setattr(cli_args, "_warned", set())
+    outs = [_run(capsys, "--model", "deit_tiny_patch16_224", "--freq", freq, "--quiet") for freq in ("250", "250e6")]
+    assert [rc for rc, _ in outs] == [0, 0]
+    assert "deprecated" not in outs[0][1].err and "--freq 250 (MHz)" in outs[1][1].err
+    assert outs[0][1].out == outs[1][1].out and "250 MHz" in outs[0][1].out
