@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         rc = vitaccel(["calibrate", "--model", "vitaccel-digits", "--data", "embedded:digits", "--method", "adfq",
                        "--no-amo", "--bits", "w4a4", "--calib-size", "4", "--batch-size", "4", "--workers", "0",
                        "--alpha-qkv", "3", "--alpha-fc1", "3", "--outlier-capacity", "16", "-o", str(tmp / "prog")])
-        rc = rc or vitaccel(["export-golden", str(tmp / "prog"), "--data", "embedded:digits", "--images", "1",
+        rc = rc or vitaccel(["export-golden", "--program", str(tmp / "prog"), "--data", "embedded:digits", "--images", "1",
                              "--workers", "0", "-o", str(tmp / "vec")])
         if rc:
             return rc

@@ -1,6 +1,6 @@
 """Markdown table of whole-model estimates (docs/estimator.md): models x bit settings x array sizes.
 
-Run:  .venv/bin/python benchmarks/estimate_table.py [--freq 200e6 --dram-bw 16 --sram-kib 256]
+Run:  .venv/bin/python benchmarks/estimate_table.py [--freq 200 --dram-bw 16 --sram-kib 256]
 
 Each row is exactly what ``vitaccel estimate --model M --bits B --rows R --cols R --freq F --dram-bw W
 --sram-kib S`` reports (engine dataflow, batch 1, patch embedding and head at 8 bits, no outliers).
@@ -20,7 +20,7 @@ ARRAYS = (16, 32)
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--freq", type=float, default=200e6)
+    ap.add_argument("--freq", type=float, default=200.0, help="clock in MHz (default 200)")
     ap.add_argument("--dram-bw", type=float, default=16.0)
     ap.add_argument("--sram-kib", type=float, default=256.0)
     ap.add_argument("--dataflow", default="engine")
@@ -35,7 +35,7 @@ def main() -> int:
         for b in BITS:
             g = trace_gemms(m, 1, b)
             for r in ARRAYS:
-                hw = Hardware(rows=r, cols=r, freq=args.freq, dram_bw=args.dram_bw, sram_kib=args.sram_kib,
+                hw = Hardware(rows=r, cols=r, freq=args.freq * 1e6, dram_bw=args.dram_bw, sram_kib=args.sram_kib,
                               dataflow=args.dataflow)
                 e = estimate(g, hw, model=m, bits=b)
                 s = e.summary()

@@ -24,7 +24,7 @@ from vitaccel.sim.errors import UserError
 __all__ = [
     "ENGINE_DEFAULTS", "parse_bits", "positive_int", "add_engine_args", "engine_fields_from_args",
     "engine_config_from_args", "add_freq_arg", "freq_mhz_from_args", "add_program_arg", "program_from_args",
-    "add_json_arg", "deprecated",
+    "add_json_arg", "deprecated", "BUILD_DIR_ENV", "add_build_dir_arg", "apply_build_dir",
 ]
 
 #: Defaults of the shared engine flags (the same in every subcommand; docs/user-guide.md).
@@ -217,6 +217,25 @@ def program_from_args(args) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
+#: Environment variable naming the root of generated RTL build and run folders (read by vitaccel.tb.runner).
+BUILD_DIR_ENV = "VITACCEL_BUILD_DIR"
+
+
+def add_build_dir_arg(parser) -> None:
+    """``--build-dir DIR``: where Verilog, Verilator builds and cocotb runs go."""
+    parser.add_argument("--build-dir", type=Path, default=None, metavar="DIR",
+                        help=f"folder for generated Verilog, Verilator builds and cocotb runs (default: build/ in the "
+                        f"working directory, or ${BUILD_DIR_ENV}); never inside the installed package")
+
+
+def apply_build_dir(args) -> None:
+    """Make ``--build-dir`` (when given) the build root of this process."""
+    import os
+
+    if getattr(args, "build_dir", None) is not None:
+        os.environ[BUILD_DIR_ENV] = str(Path(args.build_dir).resolve())
+
+
 def add_json_arg(parser, *, help: str = "write the results as JSON to this file") -> None:
     """``--json PATH``."""
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help=help)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.sim.cli_args import add_engine_args, add_json_arg, engine_fields_from_args
+from vitaccel.sim.cli_args import add_build_dir_arg, add_engine_args, add_json_arg, apply_build_dir, engine_fields_from_args
 from vitaccel.sim.engine_config import make_engine_config
 
 __all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_config_for",
@@ -178,6 +178,7 @@ def _engine_from_args(args, golden_dir, layers, image):
 
 
 def _run(args) -> int:
+    apply_build_dir(args)
     layers = list(dict.fromkeys(args.layer))
     cfg = _engine_from_args(args, str(args.golden_dir), layers, args.image)
     results = run_golden_layers(str(args.golden_dir), layers, image=args.image, cfg=cfg,
@@ -212,4 +213,5 @@ def add_subcommands(sub) -> None:
     r.add_argument("--waves", action="store_true",
                    help="record a waveform (dump.fst; dump.vcd without liblz4-dev/zlib1g-dev)")
     add_json_arg(r, help="write the per-layer results here")
+    add_build_dir_arg(r)
     r.set_defaults(func=_run)

@@ -47,8 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-#: Environment variable naming the root of all generated files (``tb run --build-dir`` sets it).
-BUILD_DIR_ENV = "VITACCEL_BUILD_DIR"
+from vitaccel.sim.cli_args import BUILD_DIR_ENV  # root of all generated files (``--build-dir`` sets it)
 #: Environment variable holding the path of the JSON test-data file given to a cocotb module.
 DATA_ENV = "VITACCEL_TB_DATA"
 #: Verilator option that keeps its C++ output in one file per kind (no splitting).  This is the one

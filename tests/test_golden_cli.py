@@ -99,16 +99,16 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     assert json.loads((prog / "manifest.json").read_text())["config"]["weight_search"] == "hessian"
     rep = json.loads((prog / "calibration.json").read_text())
     assert rep["calib_size"] == 4 and "blocks.0.attn.qkv" in rep["outliers"]
-    code, out = run(capsys, "eval", prog, "--backend", "fakequant", "--data", data, "--class-map", cmap,
+    code, out = run(capsys, "eval", "--program", prog, "--backend", "fakequant", "--data", data, "--class-map", cmap,
                     "--workers", "0")
     assert code == 0 and "fakequant: top-1" in out.out and "[integer grid]" in out.out
-    code, out = run(capsys, "eval", prog, "--backend", "fakequant", "--float-fakequant", "--data", data,
+    code, out = run(capsys, "eval", "--program", prog, "--backend", "fakequant", "--float-fakequant", "--data", data,
                     "--class-map", cmap, "--workers", "0")
     assert code == 0 and "[float]" in out.out
     shards = []
     for i in range(2):
         js = tmp_path / f"s{i}.json"
-        code, out = run(capsys, "eval", prog, "--backend", "sim", "--sim-backend", "reference", "--data", data,
+        code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--sim-backend", "reference", "--data", data,
                         "--class-map", cmap, "--workers", "0", "--shard", f"{i}/2", "--json", js)
         assert code == 0, out.err
         # the integer grid fake-quant and the numpy reference compute the same integers
@@ -120,15 +120,17 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     assert merged["n"] == 6
     code, out = run(capsys, "merge", shards[0], shards[0])
     assert code == 2 and "more than one shard" in out.err
-    code, out = run(capsys, "eval", prog, "--backend", "sim", "--data", data, "--shard", "3/2")
+    code, out = run(capsys, "eval", prog, "--backend", "sim", "--data", data, "--shard", "3/2")  # old positional
     assert code == 2 and "--shard" in out.err
+    code, out = run(capsys, "eval", prog, "--program", prog, "--backend", "sim", "--data", data)
+    assert code == 2 and "give the program once" in out.err
     gdir = tmp_path / "golden"
-    code, out = run(capsys, "export-golden", prog, "--data", data, "--class-map", cmap, "--images", "2",
+    code, out = run(capsys, "export-golden", "--program", prog, "--data", data, "--class-map", cmap, "--images", "2",
                     "--sim-backend", "reference", "-o", gdir)
     assert code == 0, out.err
     g = load_golden(str(gdir))
     assert g["blocks.0.attn.q"]["a_codes"].shape[0] == 2
-    code, out = run(capsys, "eval", tmp_path / "nope", "--backend", "sim", "--data", data)
+    code, out = run(capsys, "eval", "--program", tmp_path / "nope", "--backend", "sim", "--data", data)
     assert code == 2 and "program not found" in out.err
 
 

@@ -32,7 +32,7 @@ def _front_end(tmp_path) -> str:
                    "--no-amo", "--bits", "w4a4", "--calib-size", "4", "--batch-size", "4", "--workers", "0",
                    "--alpha-qkv", "3", "--alpha-fc1", "3", "--outlier-capacity", "16", "-o", str(prog)])
     assert rc == 0
-    rc = vitaccel(["export-golden", str(prog), "--data", "embedded:digits", "--images", "1", "--workers", "0",
+    rc = vitaccel(["export-golden", "--program", str(prog), "--data", "embedded:digits", "--images", "1", "--workers", "0",
                    "-o", str(vec)])
     assert rc == 0
     return str(vec)

@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from vitaccel.sim.cli_args import (ENGINE_DEFAULTS, add_engine_args, add_freq_arg, add_json_arg, add_program_arg,
-                                   engine_fields_from_args, freq_mhz_from_args, parse_bits, program_from_args)
+                                   deprecated, engine_fields_from_args, freq_mhz_from_args, parse_bits,
+                                   program_from_args)
 from vitaccel.sim.errors import UserError
 
 #: Clock assumed when ``--freq`` is not given (MHz).
@@ -41,7 +42,8 @@ def add_subcommands(subparsers) -> None:
                     "golden/program.py): uses its per-layer shapes, bit widths and measured outliers per tile")
     src.add_argument("--edge-bits", default="8", choices=("4", "6", "8", "same"),
                      help="bits of patch embedding and head for --model (default 8; 'same' = --bits)")
-    src.add_argument("--batch", type=int, default=1, help="images per inference (default 1)")
+    src.add_argument("--batch-size", type=int, default=1, help="images per inference (default 1)")
+    src.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # deprecated spelling
     src.add_argument("--img-size", type=int, default=None, help="override the model's input resolution")
     src.add_argument("--outliers-per-tile", type=int, default=0,
                      help="assumed outliers per row tile on q/k/v/fc1 inputs for --model (default 0)")
@@ -83,13 +85,16 @@ def build_estimate(args):
     for flag in ("wbits", "abits"):
         if getattr(args, flag, None) is not None:
             raise UserError(f"estimate takes the workload's widths as --bits wXaY, not --{flag}")
+    if args.batch is not None:
+        deprecated("estimate --batch", "--batch-size")
+        args.batch_size = args.batch
     hw = hardware_from_args(args)
     if program is not None:
-        return estimate_program(program, hw, batch=args.batch)
+        return estimate_program(program, hw, batch=args.batch_size)
     bits = args.bits or ENGINE_DEFAULTS["bits"]
     parse_bits(bits)
     edge = None if args.edge_bits == "same" else int(args.edge_bits)
-    return estimate_model(args.model, hw, bits=bits, batch=args.batch, edge_bits=edge, img_size=args.img_size,
+    return estimate_model(args.model, hw, bits=bits, batch=args.batch_size, edge_bits=edge, img_size=args.img_size,
                           outliers_per_tile=args.outliers_per_tile)
 
 

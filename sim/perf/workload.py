@@ -90,4 +90,4 @@ def estimate_model(model: str, hw: Hardware, *, bits: str = "w8a8", batch: int =
 
 def _check_batch(batch: int) -> None:
     if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
+        raise UserError(f"--batch-size must be >= 1, got {batch}")

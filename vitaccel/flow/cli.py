@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from vitaccel.sim.cli_args import add_engine_args, add_json_arg, engine_fields_from_args, parse_bits, positive_int
+from vitaccel.sim.cli_args import add_build_dir_arg, add_engine_args, add_json_arg, apply_build_dir, engine_fields_from_args, parse_bits, positive_int
 from vitaccel.sim.engine_config import make_engine_config
 from vitaccel.sim.errors import UserError
 
@@ -62,6 +62,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
     """``vitaccel flow``: check the arguments (before any work), run the flow, print the stage list."""
     if args.quick:
         apply_quick(args)
+    apply_build_dir(args)
     parse_bits(args.bits)
     make_engine_config(engine_fields_from_args(argparse.Namespace(**{**vars(args), "bits": None})))
     if args.export_method and args.export_method not in args.methods:
@@ -135,6 +136,7 @@ def add_subcommands(subparsers) -> None:
                    help="golden records to check in RTL (default: the first block linear layer, preferring one "
                    "with an outlier path, and the first q @ k^T head, e.g. blocks.0.attn.q,blocks.0.attn.qk.h0)")
     h.add_argument("--skip-rtl", action="store_true", help="skip Verilog generation and the RTL check")
+    add_build_dir_arg(h)
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run: " + " ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, tuple) else ','.join(v)}"
                                                         for k, v in QUICK.items()) + " (explicit options win)")
