@@ -31,6 +31,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .quantizers.uniform import UniformQuantizer
+from .quantizers.weight import PerChannelWeightQuantizer
+from .smoothquant import iterate_calibration
+
 __all__ = [
     "BIT_LADDER",
     "average_bits",
@@ -194,10 +198,6 @@ def linear_output_sqnr_fn(
     the SQNR of its output in dB (see the module docstring).
     """
     from tqdm.auto import tqdm
-
-    from .quantizers.uniform import UniformQuantizer
-    from .quantizers.weight import PerChannelWeightQuantizer
-    from .smoothquant import iterate_calibration
 
     modules = dict(model.named_modules())
     names = list(layer_names) if layer_names is not None else list(linear_layers(model))

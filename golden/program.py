@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from vitaccel.sim import formats as SF
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.layer import EncoderSpec, LayerSpec
 
-from vitaccel.sim.errors import UserError
+from .qlayers import QuantAttention, QuantConv2d, QuantLinear
 
 FORMAT = "vitaccel-program"
 FORMAT_VERSION = 2
@@ -402,11 +404,7 @@ class _Exporter:
                            "bias": self.host_tensor(f"{name}.bias", mod.bias), "eps": float(mod.eps)})
 
     def run(self) -> None:
-        from torch import nn  # noqa: PLC0415
-
         m = self.m
-        from .qmodel import QuantAttention, QuantConv2d, QuantLinear  # noqa: PLC0415
-
         if type(m).__name__ != "VisionTransformer" or not isinstance(getattr(m.patch_embed, "proj", None), QuantConv2d):
             raise ProgramError(f"integer program export supports timm VisionTransformer (ViT/DeiT) models, not "
                                f"{type(m).__name__}; Swin runs calibrate + fake-quant eval only")

@@ -36,7 +36,7 @@ MSE on the calibration set) the module is restored to its initial state (nearest
 scales) and the report says so.
 
 Works on :class:`golden.qmodel.QuantViT` (attention probabilities are captured at the input of the
-``attn @ v`` :class:`golden.qmodel.QuantMatMul`, ``.av``) and on any model whose blocks have
+``attn @ v`` :class:`golden.qlayers.QuantMatMul`, ``.av``) and on any model whose blocks have
 ``attn`` and ``mlp`` children with quantized layers that expose ``weight`` + ``weight_quantizer``
 (AdaRound protocol of :class:`golden.quantizers.weight.PerChannelWeightQuantizer`); for a plain
 timm ``Attention`` the probabilities are taken at its ``attn_drop`` (``fused_attn`` is switched off

@@ -1,7 +1,7 @@
 """The quantizer protocol shared by every fake-quant quantizer in :mod:`golden`.
 
 Every quantizer is a :class:`Quantizer` (an ``nn.Module``). Quantized layers
-(:class:`golden.qmodel.QuantLinear`, :class:`golden.qmodel.QuantMatMul`, ...) hold quantizers as
+(:class:`golden.qlayers.QuantLinear`, :class:`golden.qlayers.QuantMatMul`, ...) hold quantizers as
 child modules and call them on their operands; calibration drives them through a small state
 machine; export reads their integer parameters.
 
