@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from vitaccel.sim.formats import BITS
+
 from .quantizers.uniform import UniformQuantizer
 from .quantizers.weight import PerChannelWeightQuantizer
 from .smoothquant import iterate_calibration
@@ -44,8 +46,8 @@ __all__ = [
     "sqnr_db",
 ]
 
-#: Widths a layer steps through, highest first (the datapath supports 4, 6 and 8 bits).
-BIT_LADDER = (8, 6, 4)
+#: Widths a layer steps through, highest first (every width of ``sim.formats.BITS``).
+BIT_LADDER = tuple(sorted(BITS, reverse=True))
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:

@@ -178,10 +178,11 @@ def test_requantiser_amaranth_sim():
 
 def test_encoder_groups_cover_edge_cases():
     """Stimuli: every code width, zero and full outlier loads, int16 overflow, every log code range."""
+    from vitaccel.sim import formats as F
     from vitaccel.tb import cocotb_encoders as tbm
 
     pp = tbm.make_per_patch_groups(seed=1)
-    assert {g["config"]["bits"] for g in pp} == {4, 6, 8}
+    assert {g["config"]["bits"] for g in pp} == set(F.BITS)
     assert any(not g["expected_outl"] for g in pp if g["config"]["outliers_en"])
     assert any(g["after"]["overflow_count"] > 0 for g in pp)
     assert any(len(g["expected_outl"]) == len(g["inputs"]) - sum(1 for i in g["inputs"] if i["x"] == 0) for g in pp)
