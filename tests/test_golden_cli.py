@@ -56,13 +56,13 @@ def test_weights_mismatch_and_corrupt(tmp_path):
     bad = tmp_path / "bad.safetensors"
     save_file({"foo.weight": torch.zeros(2), "cls_token": torch.zeros(1, 1, 7)}, str(bad))
     with pytest.raises(UserError, match=r"missing keys: .*unexpected keys: foo\.weight.*shape mismatches: cls_token"):
-        golden.models.create_model("vit_tiny_patch16_224", weights=str(bad))
+        vitaccel.golden.models.create_model("vit_tiny_patch16_224", weights=str(bad))
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00\x01garbage" * 10)
     with pytest.raises(UserError, match="corrupt"):
-        golden.models.create_model("vit_tiny_patch16_224", weights=str(corrupt))
+        vitaccel.golden.models.create_model("vit_tiny_patch16_224", weights=str(corrupt))
     with pytest.raises(UserError, match="not found"):
-        golden.models.create_model("vit_tiny_patch16_224", weights=str(tmp_path / "none.pth"))
+        vitaccel.golden.models.create_model("vit_tiny_patch16_224", weights=str(tmp_path / "none.pth"))
 
 
 def test_data_errors(tmp_path, folder):
@@ -88,7 +88,7 @@ def test_nonfinite_calibration_raises():
 
 
 def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(golden.models, "create_model", lambda name, *a, **k: tiny_vit())
+    monkeypatch.setattr(vitaccel.golden.models, "create_model", lambda name, *a, **k: tiny_vit())
     data, cmap = folder
     prog = tmp_path / "prog"
     code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
@@ -137,7 +137,7 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
 def test_cli_calibrate_poq_mode(capsys, folder, tmp_path, monkeypatch, flags, mode):
     """The adfq preset uses dynamic per-patch POQ (spec 8.1.1); --static-poq / --poq-mode static give
     the per-position scales; the manifest's config and the layers' A formats say which."""
-    monkeypatch.setattr(golden.models, "create_model", lambda name, *a, **k: tiny_vit())
+    monkeypatch.setattr(vitaccel.golden.models, "create_model", lambda name, *a, **k: tiny_vit())
     data, cmap = folder
     prog = tmp_path / "prog"
     code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
