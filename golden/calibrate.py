@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .presets import QuantConfig
+from .qlayers import QuantConv2d
 from .qmodel import QuantViT, quantize_model
 from .quantizers.base import QuantizerError
 
@@ -58,13 +59,11 @@ def _optional(module: str):
 def hessian_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 16, progress: bool = True) -> None:
     """Re-choose every linear layer's weight clipping by the expected output error (``"hessian"``).
 
-    Collects ``E[x_i^2]`` of each :class:`golden.qmodel.QuantLinear`'s full-precision input over the
+    Collects ``E[x_i^2]`` of each :class:`golden.qlayers.QuantLinear`'s full-precision input over the
     calibration images (activation quantizers disabled) and re-runs its weight range search with
     it (:class:`golden.quantizers.weight.PerChannelWeightQuantizer`, ``search="hessian"``). The
     patch-embedding convolution keeps the plain MSE search.
     """
-    from .qmodel import QuantConv2d
-
     layers = {n: l for n, l in qvit.quant_layers().items()
               if not isinstance(l, QuantConv2d) and l.weight_quantizer.search == "hessian"}
     if not layers:

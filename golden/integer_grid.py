@@ -314,15 +314,13 @@ class GridGemm:
 # ------------------------------------------------------------------------------------------------
 # attaching the grid to a QuantViT
 # ------------------------------------------------------------------------------------------------
-def attach_integer_grid(qvit, prog=None):
-    """Switch ``qvit`` to integer-grid mode with the parameters of ``prog`` (default: its own export).
+def attach_integer_grid(qvit, prog):
+    """Switch ``qvit`` to integer-grid mode with the parameters of the program ``prog`` (a
+    :class:`golden.program.Program`, e.g. ``export_program(qvit)``; :meth:`golden.qmodel.QuantViT.use_integer_grid`
+    exports it when none is given).
 
-    Returns the program used. :func:`detach_integer_grid` returns to float fake-quant.
+    Returns ``prog``. :func:`detach_integer_grid` returns to float fake-quant.
     """
-    from .program import export_program  # noqa: PLC0415 (import cycle)
-
-    if prog is None:
-        prog = export_program(qvit)
     mods = dict(qvit.model.named_modules())
     man, ten = prog.manifest, prog.tensors
     detach_integer_grid(qvit)

@@ -31,6 +31,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from vitaccel.sim.formats import BITS
+
+from .quantizers.uniform import UniformQuantizer
+from .quantizers.weight import PerChannelWeightQuantizer
+from .smoothquant import iterate_calibration
+
 __all__ = [
     "BIT_LADDER",
     "average_bits",
@@ -40,8 +46,8 @@ __all__ = [
     "sqnr_db",
 ]
 
-#: Widths a layer steps through, highest first (the datapath supports 4, 6 and 8 bits).
-BIT_LADDER = (8, 6, 4)
+#: Widths a layer steps through, highest first (every width of ``sim.formats.BITS``).
+BIT_LADDER = tuple(sorted(BITS, reverse=True))
 
 
 def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
@@ -194,10 +200,6 @@ def linear_output_sqnr_fn(
     the SQNR of its output in dB (see the module docstring).
     """
     from tqdm.auto import tqdm
-
-    from .quantizers.uniform import UniformQuantizer
-    from .quantizers.weight import PerChannelWeightQuantizer
-    from .smoothquant import iterate_calibration
 
     modules = dict(model.named_modules())
     names = list(layer_names) if layer_names is not None else list(linear_layers(model))

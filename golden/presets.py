@@ -33,6 +33,7 @@ from vitaccel.sim.cli_args import parse_bits
 
 from .quantizers import (Log2Quantizer, PerPatchOutlierQuantizer, QuantizerError, ShiftLog2Quantizer,
                          SymmetricQuantizer, UniformQuantizer, check_bits)
+from .quantizers.three_region import ThreeRegionQuantizer
 
 METHODS = ("baseline", "adfq", "mptq")
 
@@ -123,7 +124,6 @@ def build_quantizer(cfg: QuantConfig, role: str, bits: int, name: str = ""):
         if cfg.fc2 == "slq":
             return ShiftLog2Quantizer(bits, base=cfg.slq_base, name=name)
         if cfg.fc2 == "three_region":
-            from .quantizers.three_region import ThreeRegionQuantizer
             return ThreeRegionQuantizer(bits, name=name)
         return UniformQuantizer(bits, method=cfg.act_method, name=name)
     if role in ("proj_in", "q", "embed_in", "head_in"):

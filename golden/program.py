@@ -25,11 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from vitaccel.sim import formats as SF
-from vitaccel.sim.layer import EncoderSpec, LayerSpec
-
 from vitaccel.sim.errors import UserError
+from vitaccel.sim.layer import EncoderSpec, LayerSpec
+from vitaccel.sim.reference import round_half_up
+
+from .qlayers import QuantAttention, QuantConv2d, QuantLinear
 
 FORMAT = "vitaccel-program"
 FORMAT_VERSION = 2
@@ -43,11 +46,6 @@ TILE_ROWS = 16
 
 class ProgramError(UserError):
     """A program file is malformed, truncated, of another version, or cannot be exported."""
-
-
-def rhu(x):
-    """Round half up on float64 (``floor(x + 0.5)``) to int64."""
-    return np.floor(np.asarray(x, dtype=np.float64) + 0.5).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -68,7 +66,7 @@ def requant_params(u_a, s_b, fo: int, s_out: float, bias=None, gain: float = 1.0
         raise ProgramError("non-finite or non-positive scale in requantizer derivation")
     if u_a.size > 1:
         sr = SF.SR_MAX
-        mr = np.minimum(rhu(u_a / u_max * 2.0 ** sr), (1 << SF.MULT_BITS) - 1)
+        mr = np.minimum(round_half_up(u_a / u_max * 2.0 ** sr), (1 << SF.MULT_BITS) - 1)
     else:
         sr, mr = 0, np.ones(1, np.int64)
     ratio = u_max * s_b * 2.0 ** -fo * gain / s_out
@@ -85,7 +83,7 @@ def requant_params(u_a, s_b, fo: int, s_out: float, bias=None, gain: float = 1.0
     sc = (SF.SC_MAX - np.argmax(ok[::-1], axis=0)).astype(np.int64)
     cols = np.arange(ratio.size)
     mc = mc[sc, cols].astype(np.int64)
-    bq = rhu(np.broadcast_to(bias, ratio.shape) / s_out * 2.0 ** sc)
+    bq = round_half_up(np.broadcast_to(bias, ratio.shape) / s_out * 2.0 ** sc)
     return mr.astype(np.int64), int(sr), mc.astype(np.int64), sc, bq
 
 
@@ -104,7 +102,7 @@ def encoder_recip(scale, in_frac: int, extra_bits: int = 0, min_se: int = 0):
         raise ProgramError(f"encoder reciprocal {tmax:.3g} does not fit 24 bits (scale too small)")
     if se < min_se:
         raise ProgramError(f"encoder shift SE = {se} below the required {min_se}")
-    r = np.maximum(rhu(target * 2.0 ** se), 1)
+    r = np.maximum(round_half_up(target * 2.0 ** se), 1)
     return r.astype(np.int64), int(se)
 
 
@@ -314,7 +312,7 @@ class _Exporter:
             r, se = encoder_recip([e["scale"]], ENC_IN_FRAC, SF.LOG_FRAC)
             ent.update(in_frac=ENC_IN_FRAC, se=se, r=self.put(f"{name}/r", r),
                        z=self.put(f"{name}/z", np.zeros(1, np.int64)), base=e["base"],
-                       sh=int(rhu(e["shift"] * 2.0 ** ENC_IN_FRAC)), scale=e["scale"], shift=e["shift"], zs=e["zs"])
+                       sh=int(round_half_up(e["shift"] * 2.0 ** ENC_IN_FRAC)), scale=e["scale"], shift=e["shift"], zs=e["zs"])
         elif fmt == "three_region":
             r, se = encoder_recip([e["s0"]], ENC_IN_FRAC, SF.LOG_FRAC)
             ent.update(in_frac=ENC_IN_FRAC, se=se, r=self.put(f"{name}/r", r),
@@ -402,11 +400,7 @@ class _Exporter:
                            "bias": self.host_tensor(f"{name}.bias", mod.bias), "eps": float(mod.eps)})
 
     def run(self) -> None:
-        from torch import nn  # noqa: PLC0415
-
         m = self.m
-        from .qmodel import QuantAttention, QuantConv2d, QuantLinear  # noqa: PLC0415
-
         if type(m).__name__ != "VisionTransformer" or not isinstance(getattr(m.patch_embed, "proj", None), QuantConv2d):
             raise ProgramError(f"integer program export supports timm VisionTransformer (ViT/DeiT) models, not "
                                f"{type(m).__name__}; Swin runs calibrate + fake-quant eval only")

@@ -1,4 +1,4 @@
-"""The quantized (fake-quant) ViT: quantized layers and :class:`QuantViT`.
+"""The quantized (fake-quant) ViT :class:`QuantViT` (its layers are in :mod:`golden.qlayers`).
 
 A timm model is converted in place (:func:`quantize_model`):
 
@@ -26,160 +26,15 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import integer_grid
+from .presets import build_quantizer
+from .program import export_program
+from .qlayers import (QuantAttention, QuantConv2d, QuantLinear, QuantMatMul, QuantWindowAttention,
+                      UnsupportedModelError)
 from .quantizers.base import Quantizer
 from .quantizers.weight import PerChannelWeightQuantizer
-
-
-class UnsupportedModelError(ValueError):
-    """The model contains a module the quantized wrapper cannot convert."""
-
-
-class QuantLinear(nn.Module):
-    """``nn.Linear`` with a per-channel weight quantizer and an A-operand (input) quantizer.
-
-    The weight and bias are the wrapped layer's own parameters (shared, not copied).
-    The outlier path of POQ lives inside the input quantizer (``PerPatchOutlierQuantizer``).
-    """
-
-    def __init__(self, linear: nn.Linear, w_bits: int, input_quantizer: Quantizer, name: str = "",
-                 weight_search: str = "mse"):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.name = name
-        self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
-        self.input_quantizer = input_quantizer
-        input_quantizer.name = input_quantizer.name or name + ".input"
-
-    def calibrate_weight(self) -> None:
-        self.weight_quantizer.calibrate(self.weight.detach())
-
-    def qweight(self) -> torch.Tensor:
-        wq = self.weight_quantizer
-        if not wq.enabled or wq.observing:
-            return self.weight
-        if not wq.calibrated:
-            self.calibrate_weight()
-        return wq.fake_quant(self.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "grid", None):
-            return integer_grid.linear_forward(self, x)
-        return F.linear(self.input_quantizer(x), self.qweight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.name}: in={self.in_features}, out={self.out_features}"
-
-
-class QuantConv2d(QuantLinear):
-    """Patch-embedding convolution (kernel = stride = patch) as a quantized GEMM over patches."""
-
-    def __init__(self, conv: nn.Conv2d, w_bits: int, input_quantizer: Quantizer, name: str = "",
-                 weight_search: str = "mse"):
-        nn.Module.__init__(self)
-        if conv.kernel_size != conv.stride or conv.padding not in (0, (0, 0)) or conv.groups != 1:
-            raise UnsupportedModelError(f"{name}: only non-overlapping patch convolutions are supported")
-        self.in_features = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        self.out_features = conv.out_channels
-        self.weight, self.bias = conv.weight, conv.bias
-        self.stride = conv.stride
-        self.name = name
-        self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
-        self.input_quantizer = input_quantizer
-        input_quantizer.name = input_quantizer.name or name + ".input"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "grid", None):
-            return integer_grid.patch_embed_forward(self, x)
-        return F.conv2d(self.input_quantizer(x), self.qweight(), self.bias, stride=self.stride)
-
-
-class QuantMatMul(nn.Module):
-    """Activation x activation GEMM ``quant_a(a) @ quant_b(b)`` (``q @ k^T`` and ``attn @ v``)."""
-
-    def __init__(self, a_quantizer: Quantizer, b_quantizer: Quantizer, name: str = ""):
-        super().__init__()
-        self.name = name
-        self.a_quantizer = a_quantizer
-        self.b_quantizer = b_quantizer
-        a_quantizer.name = a_quantizer.name or name + ".a"
-        b_quantizer.name = b_quantizer.name or name + ".b"
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "grid", None):
-            return integer_grid.matmul_forward(self, a, b)
-        return self.a_quantizer(a) @ self.b_quantizer(b)
-
-
-class QuantAttention(nn.Module):
-    """Explicit multi-head attention with quantized q/k/v/proj linears and both matmuls."""
-
-    def __init__(self, attn: nn.Module, qkv: QuantLinear, proj: QuantLinear, qk: QuantMatMul, av: QuantMatMul,
-                 name: str = ""):
-        super().__init__()
-        if getattr(attn, "gate", None) is not None:
-            raise UnsupportedModelError(f"{name}: gated attention is not supported")
-        self.name = name
-        self.num_heads = attn.num_heads
-        self.head_dim = getattr(attn, "head_dim", qkv.out_features // 3 // attn.num_heads)
-        self.scale = attn.scale
-        self.qkv, self.proj, self.qk, self.av = qkv, proj, qk, av
-        self.q_norm = getattr(attn, "q_norm", nn.Identity())
-        self.k_norm = getattr(attn, "k_norm", nn.Identity())
-        self.norm = getattr(attn, "norm", nn.Identity())
-
-    def attention(self, q, k, v, bias=None):
-        attn = self.qk(q, k.transpose(-2, -1))
-        if not getattr(self.qk, "grid", None):  # on the integer grid the scale is folded into Mc
-            attn = attn * self.scale
-        if bias is not None:
-            attn = attn + bias
-        attn = attn.softmax(dim=-1)
-        return self.av(attn, v)
-
-    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise UnsupportedModelError("attention masks are not supported by the quantized ViT")
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        o = self.attention(q, k, v)
-        o = o.transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim)
-        return self.proj(self.norm(o))
-
-
-class QuantWindowAttention(QuantAttention):
-    """Swin ``WindowAttention`` with relative position bias and shifted-window mask."""
-
-    def __init__(self, attn: nn.Module, *args, **kw):
-        super().__init__(attn, *args, **kw)
-        self.head_dim = attn.qkv.out_features // 3 // attn.num_heads
-        self.relative_position_bias_table = attn.relative_position_bias_table
-        self.register_buffer("relative_position_index", attn.relative_position_index, persistent=False)
-        self.window_area = attn.window_area
-
-    def _rel_bias(self):
-        t = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return t.view(self.window_area, self.window_area, -1).permute(2, 0, 1).unsqueeze(0)
-
-    def forward(self, x: torch.Tensor, mask=None) -> torch.Tensor:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        bias = self._rel_bias()
-        if mask is not None:
-            nw = mask.shape[0]
-            bias = (bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)).expand(b // nw, -1, -1, -1, -1)
-            bias = bias.reshape(b, self.num_heads, n, n)
-        o = self.attention(q, k, v, bias)
-        o = o.transpose(1, 2).reshape(b, n, -1)
-        return self.proj(o)
 
 
 def _is_attention(m: nn.Module) -> str | None:
@@ -211,9 +66,9 @@ class QuantViT(nn.Module):
 
     # -- integer grid ---------------------------------------------------------------------------
     def use_integer_grid(self, prog=None):
-        """Compute on the integer grid of ``prog`` (default: this model's own export); see
-        :mod:`golden.integer_grid`. Returns the program."""
-        return integer_grid.attach_integer_grid(self, prog)
+        """Compute on the integer grid of ``prog`` (default: this model's own export,
+        :func:`golden.program.export_program`); see :mod:`golden.integer_grid`. Returns the program."""
+        return integer_grid.attach_integer_grid(self, export_program(self) if prog is None else prog)
 
     def use_float_fakequant(self) -> None:
         """Back to float fake quantization (the calibration / AMO mode)."""
@@ -305,8 +160,6 @@ def quantize_model(model: nn.Module, config, model_name: str = "") -> QuantViT:
 
     Raises :class:`UnsupportedModelError` if the model has no transformer blocks this wrapper knows.
     """
-    from .presets import build_quantizer  # noqa: PLC0415 (import cycle)
-
     model.eval()
     b = config.bits_for
     n_attn = 0

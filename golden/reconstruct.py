@@ -36,7 +36,7 @@ MSE on the calibration set) the module is restored to its initial state (nearest
 scales) and the report says so.
 
 Works on :class:`golden.qmodel.QuantViT` (attention probabilities are captured at the input of the
-``attn @ v`` :class:`golden.qmodel.QuantMatMul`, ``.av``) and on any model whose blocks have
+``attn @ v`` :class:`golden.qlayers.QuantMatMul`, ``.av``) and on any model whose blocks have
 ``attn`` and ``mlp`` children with quantized layers that expose ``weight`` + ``weight_quantizer``
 (AdaRound protocol of :class:`golden.quantizers.weight.PerChannelWeightQuantizer`); for a plain
 timm ``Attention`` the probabilities are taken at its ``attn_drop`` (``fused_attn`` is switched off
@@ -44,13 +44,13 @@ during reconstruction).
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Iterable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .quantizers.base import Quantizer, QuantizerError
 
@@ -339,6 +339,13 @@ def ln_error_weights(target: torch.Tensor, norms: list[nn.LayerNorm],
     return (inv_var * g).to(target.dtype)
 
 
+def _split_images(t: torch.Tensor, n_img: int) -> list[torch.Tensor]:
+    """Split a batch tensor into ``n_img`` equal per-image parts along dim 0 (detached)."""
+    if t.shape[0] % n_img:
+        raise RuntimeError(f"batch dimension {t.shape[0]} is not a multiple of {n_img} images")
+    return list(t.detach().split(t.shape[0] // n_img))
+
+
 class _UnitData:
     """Per-image tensors of one module: inputs (positional args), kwargs, targets, FP probs."""
 
@@ -351,17 +358,11 @@ class _UnitData:
         self.weights: list[torch.Tensor] = []  # LayerNorm-aware error weights (ln_weighted), per image
         self.rows = None  # rows of dim 0 per image
 
-    @staticmethod
-    def _split(t: torch.Tensor, n_img: int) -> list[torch.Tensor]:
-        if t.shape[0] % n_img:
-            raise RuntimeError(f"batch dimension {t.shape[0]} is not a multiple of {n_img} images")
-        return list(t.detach().split(t.shape[0] // n_img))
-
     def add_inputs(self, args, kwargs, n_img, fp: bool = False):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if len(tensors) != len(args):
             raise RuntimeError("module inputs must be tensors")
-        per = [self._split(a, n_img) for a in tensors]
+        per = [_split_images(a, n_img) for a in tensors]
         (self.fp_args if fp else self.args).extend(list(z) for z in zip(*per))
         if not fp:
             self.kwargs = kwargs
@@ -423,6 +424,309 @@ def _set_enabled(model: nn.Module, flag: bool | None, saved: dict | None = None)
     return out
 
 
+@dataclass
+class _Setup:
+    """What :func:`reconstruct_amo` resolves once for all modules (:func:`prepare_amo`)."""
+
+    cfg: AMOConfig
+    device: torch.device
+    chunks: list  #: calibration images split into forward batches of ``cfg.forward_batch``
+    n_img: int
+    units: list
+    qmodel: nn.Module
+    qroot: nn.Module
+    fp_ref: nn.Module  #: the FP reference: ``fp_model``, or ``qmodel`` itself with quantizers off
+    fproot: nn.Module
+    own_fp: bool  #: ``fp_ref`` is ``qmodel`` (its quantizers are switched off while it runs as FP)
+    qmods: dict
+    fpmods: dict
+    fp_norms: list  #: the FP model's LayerNorms, in model order (``ln_weighted``)
+
+
+@dataclass
+class _UnitJob:
+    """One module being reconstructed: the quantized module and what was collected for it."""
+
+    name: str
+    qunit: nn.Module
+    data: _UnitData
+    use_kl: bool  #: MHA module with ``kl_weight > 0``: the loss has the attention KL term
+    rows: list | None  #: token rows reconstructed (``readout_last_block``); None: all
+    power: float  #: mean target power, the normaliser of the output MSE
+    device: torch.device
+    n_img: int
+    forward_batch: int
+
+
+def prepare_amo(qmodel: nn.Module, calib, fp_model: nn.Module | None, config: AMOConfig | None,
+                units: list[tuple[str, str]] | None, overrides: dict) -> _Setup:
+    """Resolve the settings, calibration images and modules of :func:`reconstruct_amo`; check them.
+
+    Raises ``ValueError`` for unknown or mistyped units and :class:`QuantizerError` when a quantizer
+    (other than a weight quantizer, which calibrates from its weight) is not calibrated.
+    """
+    cfg = replace(config or AMOConfig(), **overrides) if overrides else (config or AMOConfig())
+    device = resolve_device(cfg.device)
+    x_all = _calib_tensor(calib, cfg.num_samples)
+    units = units if units is not None else find_amo_units(qmodel)
+    if not units:
+        raise ValueError("no MHA / MLP modules found (blocks with 'attn' and 'mlp' children)")
+    qroot = _root(qmodel)
+    fp_ref = fp_model if fp_model is not None else qmodel
+    fproot = _root(fp_ref)
+    qmods, fpmods = dict(qroot.named_modules()), dict(fproot.named_modules())
+    for name, kind in units:
+        if name not in qmods or name not in fpmods:
+            raise ValueError(f"module {name!r} not found in the quantized and FP models")
+        if kind not in ("mha", "mlp"):
+            raise ValueError(f"unit kind must be 'mha' or 'mlp', got {kind!r}")
+    lazy = {id(l.weight_quantizer) for l in _weight_layers(qroot)}  # calibrate from their weight
+    for m in qroot.modules():
+        if isinstance(m, Quantizer) and m.enabled and id(m) not in lazy and (m.observing or not m.calibrated):
+            raise QuantizerError(
+                f"quantizer {m.name or type(m).__name__} is not calibrated: calibrate the model before AMO"
+            )
+    qmodel.to(device).eval()
+    fp_ref.to(device).eval()
+    return _Setup(cfg=cfg, device=device, chunks=list(torch.split(x_all, cfg.forward_batch)),
+                  n_img=x_all.shape[0], units=units, qmodel=qmodel, qroot=qroot, fp_ref=fp_ref, fproot=fproot,
+                  own_fp=fp_model is None, qmods=qmods, fpmods=fpmods,
+                  fp_norms=[m for m in fproot.modules() if isinstance(m, nn.LayerNorm)])
+
+
+def _run_fp_reference(s: _Setup, fpunit: nn.Module, xb: torch.Tensor, use_kl: bool) -> _Capture:
+    """Run the FP reference on ``xb`` up to ``fpunit`` (on to the next LayerNorm with ``ln_weighted``)."""
+    saved = _set_enabled(s.fp_ref, False) if s.own_fp else None
+    try:
+        with _Capture(fpunit, s.cfg.input_drop > 0, True, use_kl,
+                      next_norm_in=s.fproot if s.cfg.ln_weighted else None) as cap:
+            _run_until(s.fp_ref, xb, cap)
+    finally:
+        if saved is not None:
+            _set_enabled(s.fp_ref, None, saved)
+    return cap
+
+
+@torch.no_grad()
+def collect_unit_data(s: _Setup, qunit: nn.Module, fpunit: nn.Module, use_kl: bool) -> _UnitData:
+    """Per image: the quantized model's inputs to ``qunit``, the FP targets (the FP module's outputs on
+    the FP model's own inputs) and, as the settings ask, the FP inputs (QDrop), the LayerNorm error
+    weights and the FP attention probabilities."""
+    cfg = s.cfg
+    data = _UnitData()
+    for xb in s.chunks:
+        xb = xb.to(s.device)
+        n = xb.shape[0]
+        with _Capture(qunit, True, False, False) as cap:
+            _run_until(s.qmodel, xb)
+        data.add_inputs(cap.args, cap.kwargs, n)
+        cap = _run_fp_reference(s, fpunit, xb, use_kl)
+        if cfg.input_drop > 0:
+            data.add_inputs(cap.args, cap.kwargs, n, fp=True)
+        data.targets.extend(t.cpu() for t in _split_images(cap.output, n))
+        if cfg.ln_weighted:
+            later = s.fp_norms[s.fp_norms.index(cap.next_norm):] if cap.next_norm in s.fp_norms else []
+            wts = ln_error_weights(cap.output, later, cap.next_norm_input)
+            if wts is not None:
+                data.weights.extend(w.cpu() for w in _split_images(wts, n))
+        if use_kl:
+            data.probs.extend(p.cpu() for p in _split_images(torch.cat(cap.probs), n))
+    if data.weights and len(data.weights) != len(data.targets):
+        data.weights = []  # a layout the weighting does not cover in some batch: plain MSE
+    return data
+
+
+def restrict_to_readout_rows(data: _UnitData, rows: list[int] | None) -> list[int] | None:
+    """Weight the error of only the token ``rows`` (and keep only their attention rows); returns the
+    rows, or ``None`` when all rows count (no ``rows``, or outputs without a token axis)."""
+    if rows is None or data.targets[0].dim() != 3:
+        return None
+    mask = torch.zeros_like(data.targets[0])
+    mask[:, rows, :] = 1.0
+    data.weights = [w * mask for w in data.weights] if data.weights else [mask] * len(data.targets)
+    if data.probs:  # only the read-out tokens' attention rows (queries)
+        data.probs = [p[..., rows, :] for p in data.probs]
+    return rows
+
+
+def target_power(data: _UnitData) -> float:
+    """Mean (weighted) power of the targets over the calibration set, the MSE normaliser (1 if zero)."""
+    power = float(torch.stack([_sq_error(t.double(), torch.zeros((), dtype=torch.float64),
+                                         data.weights[i].double() if data.weights else None)
+                               for i, t in enumerate(data.targets)]).mean())
+    return power if power > 0 else 1.0
+
+
+def evaluate_unit(job: _UnitJob) -> tuple[float, float | None]:
+    """Normalised output MSE of the quantized module on all calibration images (and the attention KL)."""
+    data = job.data
+    se, kl_sum, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, job.n_img, job.forward_batch):
+            idx = list(range(start, min(job.n_img, start + job.forward_batch)))
+            args, tgt, probs, wts = data.batch(idx, job.device)
+            with _Capture(job.qunit, False, False, job.use_kl, keep_grad=False) as cap:
+                out = job.qunit(*args, **(data.kwargs or {}))
+            se += float(_sq_error(out.double(), tgt.double(), None if wts is None else wts.double())) \
+                / job.power * len(idx)
+            if job.use_kl:
+                kl_sum += float(_kl(probs, _query_rows(torch.cat(cap.probs), job.rows))) * len(idx)
+            count += len(idx)
+    return se / count, (kl_sum / count if job.use_kl else None)
+
+
+def _scale_parameters(act_quants: list[Quantizer]) -> list[torch.Tensor]:
+    """The distinct floating-point scale tensors of the activation quantizers, in module order."""
+    params, seen = [], set()
+    for q in act_quants:
+        for p in q.scale_parameters():
+            if isinstance(p, torch.Tensor) and p.is_floating_point() and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    return params
+
+
+def _rounding_parameters(layers: list[nn.Module]) -> list[torch.Tensor]:
+    """The AdaRound variables ``V`` of the layers' enabled weight quantizers (initialised if new)."""
+    params = []
+    for l in layers:
+        wq = l.weight_quantizer
+        if not wq.enabled or not hasattr(wq, "init_adaround"):
+            continue
+        if not wq.rounding_parameters():
+            wq.init_adaround(l.weight.detach())
+        params.extend(wq.rounding_parameters())
+    return params
+
+
+def qdrop_mix(args: list[torch.Tensor], fp_args: list[torch.Tensor], p: float, gen: torch.Generator,
+              device: torch.device) -> list[torch.Tensor]:
+    """QDrop: each input element from the FP model's input with probability ``p``, else the quantized one.
+
+    Draws one ``torch.rand`` of each argument's shape from ``gen`` (on the CPU, so a seed gives the same
+    mask on every device)."""
+    return [torch.where(torch.rand(a.shape, generator=gen).to(device) < p, f, a) for a, f in zip(args, fp_args)]
+
+
+def adaround_beta(cfg: AMOConfig, it: int, warm: int) -> float:
+    """AdaRound temperature at iteration ``it >= warm``: linear from ``beta_start`` to ``beta_end``."""
+    rel = (it - warm) / max(1, cfg.iters - warm)
+    return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1.0 - rel)
+
+
+def optimise_unit(job: _UnitJob, cfg: AMOConfig, layers: list[nn.Module], scale_params: list[torch.Tensor],
+                  round_params: list[torch.Tensor], gen: torch.Generator, report: UnitReport) -> None:
+    """Adam on the AdaRound variables and activation scales for ``cfg.iters`` mini-batches (sampled with
+    ``gen``); appends the losses to ``report`` (``losses``, ``rec_losses``, ``loss_first/last``)."""
+    groups = []
+    if round_params:
+        groups.append({"params": round_params, "lr": cfg.lr_round})
+    if scale_params:
+        groups.append({"params": scale_params, "lr": cfg.lr_scale})
+    if not groups or cfg.iters <= 0:
+        return
+    n_round = sum(p.numel() for p in round_params)
+    warm = int(cfg.warmup * cfg.iters)
+    data = job.data
+    opt = torch.optim.Adam(groups)
+    inner = tqdm(range(cfg.iters), desc=f"  {job.name}", leave=False, disable=not cfg.progress)
+    for it in inner:
+        idx = torch.randint(0, job.n_img, (min(cfg.batch_size, job.n_img),), generator=gen).tolist()
+        args, tgt, probs, wts = data.batch(idx, job.device)
+        if cfg.input_drop > 0:
+            args = qdrop_mix(args, data.fp_batch(idx, job.device), cfg.input_drop, gen, job.device)
+        with _Capture(job.qunit, False, False, job.use_kl, keep_grad=True) as cap:
+            out = job.qunit(*args, **(data.kwargs or {}))
+        loss = _sq_error(out, tgt, wts) / job.power
+        if job.use_kl:
+            loss = loss + cfg.kl_weight * _kl(probs, _query_rows(torch.cat(cap.probs), job.rows))
+        report.rec_losses.append(loss.item())
+        if n_round and it >= warm and cfg.round_weight > 0:
+            beta = adaround_beta(cfg, it, warm)
+            reg = sum(l.weight_quantizer.rounding_loss(beta) for l in layers
+                      if l.weight_quantizer.rounding_parameters())
+            loss = loss + cfg.round_weight * reg / n_round
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # scales stay positive
+            for p in scale_params:
+                p.clamp_(min=1e-8)
+        report.losses.append(loss.item())
+        if it % 20 == 0:
+            inner.set_postfix(loss=f"{report.losses[-1]:.4g}")
+    report.loss_first, report.loss_last = report.losses[0], report.losses[-1]
+
+
+def harden_rounding(layers: list[nn.Module], n_round: int) -> float | None:
+    """Make every learned rounding hard (``V = +-HARD_V`` by ``h(V) >= 0.5``); returns the fraction of
+    ``h(V)`` that was still soft (in (0.01, 0.99)) before, or ``None`` without rounding variables."""
+    soft = []
+    for l in layers:
+        wq = l.weight_quantizer
+        if wq.rounding_parameters():
+            h = wq.h().detach()
+            soft.append(((h > 0.01) & (h < 0.99)).float().sum())
+            with torch.no_grad():
+                for v in wq.rounding_parameters():
+                    v.copy_(torch.where(h >= 0.5, torch.full_like(v, HARD_V), torch.full_like(v, -HARD_V)))
+            wq.harden()
+    return float(sum(soft)) / n_round if soft and n_round else None
+
+
+def restore_initial_state(layers: list[nn.Module], scale_params: list[torch.Tensor],
+                          scale_backup: list[torch.Tensor]) -> None:
+    """Undo a reconstruction: the initial activation scales and nearest rounding of the weights."""
+    with torch.no_grad():
+        for p, b in zip(scale_params, scale_backup):
+            p.copy_(b)
+    for l in layers:
+        wq = l.weight_quantizer
+        if getattr(wq, "alpha", None) is not None:
+            wq.alpha = None
+            wq.soft = False
+
+
+def reconstruct_unit(s: _Setup, name: str, kind: str, gen: torch.Generator) -> UnitReport:
+    """Reconstruct one MHA / MLP module (collect, evaluate, optimise, harden, maybe revert)."""
+    t0 = time.time()
+    cfg = s.cfg
+    qunit, fpunit = s.qmods[name], s.fpmods[name]
+    use_kl = kind == "mha" and cfg.kl_weight > 0
+    data = collect_unit_data(s, qunit, fpunit, use_kl)
+    ln_ok = bool(data.weights)
+    rows = readout_rows(s.qroot, name, find_amo_units(s.qmodel)) if cfg.readout_last_block else None
+    rows = restrict_to_readout_rows(data, rows)
+    job = _UnitJob(name=name, qunit=qunit, data=data, use_kl=use_kl, rows=rows, power=target_power(data), device=s.device,
+                   n_img=s.n_img, forward_batch=cfg.forward_batch)
+    layers = _weight_layers(qunit)
+    wquants = {id(l.weight_quantizer) for l in layers}
+    for l in layers:
+        if not l.weight_quantizer.calibrated:
+            l.weight_quantizer.calibrate(l.weight.detach())
+    act_quants = [m for m in qunit.modules() if isinstance(m, Quantizer) and id(m) not in wquants and m.enabled]
+    mse0, kl0 = evaluate_unit(job)
+    t_opt = time.time()
+    scale_params = _scale_parameters(act_quants) if cfg.learn_scales else []
+    scale_backup = [p.detach().clone() for p in scale_params]  # for a revert
+    round_params = _rounding_parameters(layers) if cfg.adaround else []
+    for p in scale_params + round_params:
+        p.requires_grad_(True)
+    report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=ln_ok, readout_rows=rows)
+    optimise_unit(job, cfg, layers, scale_params, round_params, gen, report)
+    report.seconds_optimize = time.time() - t_opt
+    report.rounding_soft_fraction = harden_rounding(layers, sum(p.numel() for p in round_params))
+    for p in scale_params + round_params:
+        p.requires_grad_(False)
+    report.mse_after, report.kl_after = evaluate_unit(job)
+    if cfg.revert_if_worse and report.mse_after > report.mse_before:
+        restore_initial_state(layers, scale_params, scale_backup)
+        report.mse_after, report.kl_after = evaluate_unit(job)
+        report.reverted = True
+    report.seconds = time.time() - t0
+    return report
+
+
 def reconstruct_amo(
     qmodel: nn.Module,
     calib: torch.Tensor | Iterable,
@@ -453,201 +757,12 @@ def reconstruct_amo(
     list of UnitReport
         One entry per module: initial/final MSE (and KL for MHA), losses, time, reverted flag.
     """
-    from dataclasses import replace
-
-    from tqdm.auto import tqdm
-
-    cfg = replace(config or AMOConfig(), **overrides) if overrides else (config or AMOConfig())
-    device = resolve_device(cfg.device)
-    x_all = _calib_tensor(calib, cfg.num_samples)
-    n_img = x_all.shape[0]
-    units = units if units is not None else find_amo_units(qmodel)
-    if not units:
-        raise ValueError("no MHA / MLP modules found (blocks with 'attn' and 'mlp' children)")
-    qroot = _root(qmodel)
-    fp_ref = fp_model if fp_model is not None else qmodel
-    fproot = _root(fp_ref)
-    qmods, fpmods = dict(qroot.named_modules()), dict(fproot.named_modules())
-    fp_norms = [m for m in fproot.modules() if isinstance(m, nn.LayerNorm)]  # model order
-    for name, kind in units:
-        if name not in qmods or name not in fpmods:
-            raise ValueError(f"module {name!r} not found in the quantized and FP models")
-        if kind not in ("mha", "mlp"):
-            raise ValueError(f"unit kind must be 'mha' or 'mlp', got {kind!r}")
-    lazy = {id(l.weight_quantizer) for l in _weight_layers(qroot)}  # calibrate from their weight
-    for m in qroot.modules():
-        if isinstance(m, Quantizer) and m.enabled and id(m) not in lazy and (m.observing or not m.calibrated):
-            raise QuantizerError(
-                f"quantizer {m.name or type(m).__name__} is not calibrated: calibrate the model before AMO"
-            )
-    qmodel.to(device).eval()
-    fp_ref.to(device).eval()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    chunks = list(torch.split(x_all, cfg.forward_batch))
+    s = prepare_amo(qmodel, calib, fp_model, config, units, overrides)
+    gen = torch.Generator().manual_seed(s.cfg.seed)  # mini-batches and QDrop masks of every module, in order
     reports: list[UnitReport] = []
-    outer = tqdm(units, desc="AMO", disable=not cfg.progress)
+    outer = tqdm(s.units, desc="AMO", disable=not s.cfg.progress)
     for name, kind in outer:
-        t0 = time.time()
-        qunit, fpunit = qmods[name], fpmods[name]
-        use_kl = kind == "mha" and cfg.kl_weight > 0
-        data = _UnitData()
-        # -- collect: quantized inputs, FP targets (+ FP attention probabilities) ---------------
-        with torch.no_grad():
-            for xb in chunks:
-                xb = xb.to(device)
-                with _Capture(qunit, True, False, False) as cap:
-                    _run_until(qmodel, xb)
-                data.add_inputs(cap.args, cap.kwargs, xb.shape[0])
-                saved = _set_enabled(fp_ref, False) if fp_model is None else None
-                try:
-                    with _Capture(fpunit, cfg.input_drop > 0, True, use_kl,
-                                  next_norm_in=fproot if cfg.ln_weighted else None) as cap:
-                        _run_until(fp_ref, xb, cap)
-                    if cfg.input_drop > 0:
-                        data.add_inputs(cap.args, cap.kwargs, xb.shape[0], fp=True)
-                finally:
-                    if saved is not None:
-                        _set_enabled(fp_ref, None, saved)
-                data.targets.extend(t.cpu() for t in data._split(cap.output, xb.shape[0]))
-                if cfg.ln_weighted:
-                    later = fp_norms[fp_norms.index(cap.next_norm):] if cap.next_norm in fp_norms else []
-                    wts = ln_error_weights(cap.output, later, cap.next_norm_input)
-                    if wts is not None:
-                        data.weights.extend(w.cpu() for w in data._split(wts, xb.shape[0]))
-                if use_kl:
-                    data.probs.extend(p.cpu() for p in data._split(torch.cat(cap.probs), xb.shape[0]))
-        if data.weights and len(data.weights) != len(data.targets):
-            data.weights = []  # a layout the weighting does not cover in some batch: plain MSE
-        ln_ok = bool(data.weights)
-        rows = readout_rows(qroot, name, find_amo_units(qmodel)) if cfg.readout_last_block else None
-        if rows is not None and data.targets[0].dim() == 3:
-            mask = torch.zeros_like(data.targets[0])
-            mask[:, rows, :] = 1.0
-            data.weights = [w * mask for w in data.weights] if data.weights else [mask] * len(data.targets)
-            if data.probs:  # only the read-out tokens' attention rows (queries)
-                data.probs = [p[..., rows, :] for p in data.probs]
-        else:
-            rows = None
-        power = float(torch.stack([_sq_error(t.double(), torch.zeros((), dtype=torch.float64),
-                                             data.weights[i].double() if data.weights else None)
-                                   for i, t in enumerate(data.targets)]).mean())
-        power = power if power > 0 else 1.0
-
-        def evaluate() -> tuple[float, float | None]:
-            se, kl_sum, count = 0.0, 0.0, 0
-            with torch.no_grad():
-                for start in range(0, n_img, cfg.forward_batch):
-                    idx = list(range(start, min(n_img, start + cfg.forward_batch)))
-                    args, tgt, probs, wts = data.batch(idx, device)
-                    with _Capture(qunit, False, False, use_kl, keep_grad=False) as cap:
-                        out = qunit(*args, **(data.kwargs or {}))
-                    se += float(_sq_error(out.double(), tgt.double(), None if wts is None else wts.double())) \
-                        / power * len(idx)
-                    if use_kl:
-                        kl_sum += float(_kl(probs, _query_rows(torch.cat(cap.probs), rows))) * len(idx)
-                    count += len(idx)
-            return se / count, (kl_sum / count if use_kl else None)
-
-        layers = _weight_layers(qunit)
-        wquants = {id(l.weight_quantizer) for l in layers}
-        for l in layers:
-            if not l.weight_quantizer.calibrated:
-                l.weight_quantizer.calibrate(l.weight.detach())
-        act_quants = [m for m in qunit.modules()
-                      if isinstance(m, Quantizer) and id(m) not in wquants and m.enabled]
-        mse0, kl0 = evaluate()
-        t_opt = time.time()
-        # snapshot for revert
-        scale_params = []
-        if cfg.learn_scales:
-            seen = set()
-            for q in act_quants:
-                for p in q.scale_parameters():
-                    if isinstance(p, torch.Tensor) and p.is_floating_point() and id(p) not in seen:
-                        seen.add(id(p))
-                        scale_params.append(p)
-        scale_backup = [p.detach().clone() for p in scale_params]
-        round_params = []
-        if cfg.adaround:
-            for l in layers:
-                wq = l.weight_quantizer
-                if not wq.enabled or not hasattr(wq, "init_adaround"):
-                    continue
-                if not wq.rounding_parameters():
-                    wq.init_adaround(l.weight.detach())
-                round_params.extend(wq.rounding_parameters())
-        for p in scale_params + round_params:
-            p.requires_grad_(True)
-        groups = []
-        if round_params:
-            groups.append({"params": round_params, "lr": cfg.lr_round})
-        if scale_params:
-            groups.append({"params": scale_params, "lr": cfg.lr_scale})
-        report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=ln_ok,
-                            readout_rows=rows)
-        n_round = sum(p.numel() for p in round_params)
-        warm = int(cfg.warmup * cfg.iters)
-        if groups and cfg.iters > 0:
-            opt = torch.optim.Adam(groups)
-            inner = tqdm(range(cfg.iters), desc=f"  {name}", leave=False, disable=not cfg.progress)
-            for it in inner:
-                idx = torch.randint(0, n_img, (min(cfg.batch_size, n_img),), generator=gen).tolist()
-                args, tgt, probs, wts = data.batch(idx, device)
-                if cfg.input_drop > 0:  # QDrop: each input element from the FP model with this probability
-                    fargs = data.fp_batch(idx, device)
-                    args = [torch.where(torch.rand(a.shape, generator=gen).to(device) < cfg.input_drop, f, a)
-                            for a, f in zip(args, fargs)]
-                with _Capture(qunit, False, False, use_kl, keep_grad=True) as cap:
-                    out = qunit(*args, **(data.kwargs or {}))
-                loss = _sq_error(out, tgt, wts) / power
-                if use_kl:
-                    loss = loss + cfg.kl_weight * _kl(probs, _query_rows(torch.cat(cap.probs), rows))
-                report.rec_losses.append(loss.item())
-                if n_round and it >= warm and cfg.round_weight > 0:
-                    rel = (it - warm) / max(1, cfg.iters - warm)
-                    beta = cfg.beta_end + (cfg.beta_start - cfg.beta_end) * (1.0 - rel)
-                    reg = sum(l.weight_quantizer.rounding_loss(beta) for l in layers
-                              if l.weight_quantizer.rounding_parameters())
-                    loss = loss + cfg.round_weight * reg / n_round
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():  # scales stay positive
-                    for p in scale_params:
-                        p.clamp_(min=1e-8)
-                report.losses.append(loss.item())
-                if it % 20 == 0:
-                    inner.set_postfix(loss=f"{report.losses[-1]:.4g}")
-            report.loss_first, report.loss_last = report.losses[0], report.losses[-1]
-        report.seconds_optimize = time.time() - t_opt
-        # -- harden -------------------------------------------------------------------------------
-        soft = []
-        for l in layers:
-            wq = l.weight_quantizer
-            if wq.rounding_parameters():
-                h = wq.h().detach()
-                soft.append(((h > 0.01) & (h < 0.99)).float().sum())
-                with torch.no_grad():
-                    for v in wq.rounding_parameters():
-                        v.copy_(torch.where(h >= 0.5, torch.full_like(v, HARD_V), torch.full_like(v, -HARD_V)))
-                wq.harden()
-        if soft and n_round:
-            report.rounding_soft_fraction = float(sum(soft)) / n_round
-        for p in scale_params + round_params:
-            p.requires_grad_(False)
-        report.mse_after, report.kl_after = evaluate()
-        if cfg.revert_if_worse and report.mse_after > report.mse_before:
-            with torch.no_grad():
-                for p, b in zip(scale_params, scale_backup):
-                    p.copy_(b)
-            for l in layers:
-                wq = l.weight_quantizer
-                if getattr(wq, "alpha", None) is not None:
-                    wq.alpha = None
-                    wq.soft = False
-            report.mse_after, report.kl_after = evaluate()
-            report.reverted = True
-        report.seconds = time.time() - t0
+        report = reconstruct_unit(s, name, kind, gen)
         reports.append(report)
         outer.set_postfix(mse=f"{report.mse_before:.3g}->{report.mse_after:.3g}")
     return reports
@@ -662,8 +777,6 @@ def reconstruct(qvit: nn.Module, images: torch.Tensor | Iterable, config=None, p
     ``amo_batch_size``, ``amo_num_samples``, ``amo_device``) and keyword ``amo_overrides``
     (any :class:`AMOConfig` field) replace the defaults.
     """
-    from dataclasses import fields
-
     kw = {"progress": progress}
     if config is not None:
         kw["adaround"] = bool(getattr(config, "adaround", True))

@@ -17,10 +17,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import enum
 
 __all__ = ["CodeFormat", "OutFormat", "LogBase", "round_half", "round_shift", "saturate",
-           "partial_products", "sum_products", "leading_one", "bits_select", "BITS"]
-
-#: Code widths every unit supports at run time (``sim.formats.BITS``).
-BITS = (4, 6, 8)
+           "partial_products", "sum_products", "leading_one", "bits_select"]
 
 
 class CodeFormat(enum.Enum, shape=3):

@@ -7,7 +7,7 @@ per cycle (one per array row) for every A format at run time; a processing eleme
 The per-format logic lives in the functions :func:`decode_uniform`, :func:`decode_log2`,
 :func:`decode_shiftlog2` and :func:`decode_three_region` (same names as in ``sim/reference.py``);
 each returns a :class:`Decoded` record of expressions for one *fixed* code width ``k``; the
-component instantiates them for ``k in (4, 6, 8)`` and selects with the ``bits`` config port.
+component instantiates them for every ``k`` in ``sim.formats.BITS`` and selects with the ``bits`` config port.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import BITS, CodeFormat
+from vitaccel.sim.formats import BITS
+
+from .common import CodeFormat
 
 __all__ = ["OperandDecoder", "DecodedLayout", "Decoded", "decode_uniform", "decode_log2",
            "decode_shiftlog2", "decode_three_region", "CODE_BITS", "MAG_BITS", "SH_BITS", "D_BITS"]

@@ -27,7 +27,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .common import BITS, bits_select, partial_products, round_half, sum_products
+from vitaccel.sim.formats import BITS
+
+from .common import bits_select, partial_products, round_half, sum_products
 from .encoders import PER_PATCH_LATENCY, PER_PATCH_OUT, PER_PATCH_OUTL, PerPatchEncoder
 
 __all__ = ["RowRangeUnit", "DynamicPerPatchEncoder", "ROW_IN", "ROW_PARAMS", "ROW_OUT", "LADDER_MAX",

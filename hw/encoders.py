@@ -19,7 +19,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import BITS, CodeFormat, leading_one, partial_products, round_half, sum_products
+from vitaccel.sim.formats import BITS
+
+from .common import CodeFormat, leading_one, partial_products, round_half, sum_products
 
 __all__ = ["PerPatchEncoder", "ActivationEncoder", "encode_per_patch", "round_log2", "round_log_sqrt2",
            "encode_log2", "encode_shiftlog2", "encode_three_region", "PER_PATCH_LATENCY",

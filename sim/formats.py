@@ -47,10 +47,14 @@ OUT_FORMATS = ("ucode", "scode", "fixed16", "fixed32")
 OPS = ("linear", "qk", "av")
 
 
-def check_bits(bits: int, what: str = "bit width") -> int:
-    """Return ``bits`` if it is a supported code width, else raise ``ValueError``."""
+def check_bits(bits: int, what: str = "bit width", error: type[Exception] = ValueError) -> int:
+    """Return ``bits`` as an ``int`` if it is a supported code width (:data:`BITS`), else raise ``error``.
+
+    ``error`` lets a layer raise its own class (``golden`` raises its ``QuantizerError``); it is called
+    with the message, which names the width and the supported ones.
+    """
     if isinstance(bits, bool) or int(bits) != bits or int(bits) not in BITS:
-        raise ValueError(f"unsupported {what} {bits!r}: vitaccel supports {', '.join(map(str, BITS))} bits")
+        raise error(f"unsupported {what} {bits!r}: vitaccel supports {', '.join(map(str, BITS))} bits")
     return int(bits)
 
 

@@ -182,26 +182,38 @@ class EncoderResult:
     row_zero: np.ndarray | None = None   #: dynamic per-patch: zero point z[r] per row
 
 
-def run_encoder_reference(enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
-    """Encode a fixed-point tensor ``(M, K)`` with the reference encoders."""
+def run_encoder_with(impl, enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
+    """Encode a fixed-point tensor ``(M, K)`` as ``enc`` says, with the section 8 encoders of ``impl``.
+
+    ``impl`` is a module with ``encode_per_patch_dynamic``, ``encode_per_patch``, ``encode_uniform``,
+    ``encode_log2``, ``encode_shiftlog2`` and ``encode_three_region`` of the reference's signatures:
+    :mod:`sim.reference` (:func:`run_encoder_reference`) or :mod:`sim.kernels_encode`
+    (``sim.simulator.run_encoder``). The one mapping from an :class:`EncoderSpec` to an encoder call.
+    """
     x = np.asarray(x_fx)
-    if enc.kind == "uniform" and enc.dynamic:
-        q, o, sat, nof, j, z = ref.encode_per_patch_dynamic(x, enc.ladder_r, enc.ladder_t, enc.se, enc.bits,
-                                                            enc.alpha_fx, enc.fo, strict)
+    if enc.kind == "uniform" and enc.dynamic:            # dynamic per-patch scales (section 8.1.1)
+        q, o, sat, nof, j, z = impl.encode_per_patch_dynamic(x, enc.ladder_r, enc.ladder_t, enc.se, enc.bits,
+                                                             enc.alpha_fx, enc.fo, strict)
         return EncoderResult(q, o, sat, nof, row_index=j, row_zero=z)
     if enc.kind == "uniform":
         if enc.alpha_fx is not None:
-            q, o, sat, nof = ref.encode_per_patch(x, enc.r, enc.se, enc.z, enc.bits, enc.alpha_fx, enc.fo, strict)
+            q, o, sat, nof = impl.encode_per_patch(x, enc.r, enc.se, enc.z, enc.bits, enc.alpha_fx, enc.fo, strict)
             return EncoderResult(q, o, sat, nof)
-        q, sat = ref.encode_uniform(x, enc.r, enc.se, enc.z, enc.bits)
+        q, sat = impl.encode_uniform(x, enc.r, enc.se, enc.z, enc.bits)
         return EncoderResult(q, saturations=sat)
     if enc.kind == "log2":
-        return EncoderResult(ref.encode_log2(x, enc.in_frac, enc.bits))
+        return EncoderResult(impl.encode_log2(x, enc.in_frac, enc.bits))
+    r0 = int(np.asarray(enc.r).reshape(-1)[0])  # one reciprocal (per tensor) for the activation encoders
     if enc.kind == "shiftlog2":
-        return EncoderResult(ref.encode_shiftlog2(x, enc.sh, int(np.asarray(enc.r).reshape(-1)[0]), enc.se, enc.bits, enc.base))
+        return EncoderResult(impl.encode_shiftlog2(x, enc.sh, r0, enc.se, enc.bits, enc.base))
     if enc.kind == "three_region":
-        return EncoderResult(ref.encode_three_region(x, int(np.asarray(enc.r).reshape(-1)[0]), enc.se, enc.bits, enc.m0, enc.m1))
+        return EncoderResult(impl.encode_three_region(x, r0, enc.se, enc.bits, enc.m0, enc.m1))
     raise DatapathError(f"unknown encoder kind {enc.kind!r}")
+
+
+def run_encoder_reference(enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
+    """Encode a fixed-point tensor ``(M, K)`` with the reference encoders (section 8)."""
+    return run_encoder_with(ref, enc, x_fx, strict)
 
 
 def run_layer_reference(spec: LayerSpec, a_codes, outliers=None, b=None) -> LayerResult:

@@ -60,6 +60,19 @@ def round_shift(x, s):
     return np.right_shift(x + half, s)
 
 
+def round_half_up(x) -> np.ndarray:
+    """``round_half_up(v) = floor(v + 0.5)`` of real numbers, as ``int64`` (section 1).
+
+    The front end's rounding of real values to integers (e.g. ``Bq``, ``Zs``, ``SH`` and the integer
+    multipliers derived from float scales): the rule of ``round_shift`` on real numbers. ``x`` is taken
+    as float64; non-finite values and results outside ``int64`` raise ``DatapathError``.
+    """
+    v = np.floor(np.asarray(x, dtype=np.float64) + 0.5)
+    if not np.all(np.isfinite(v)) or np.any(np.abs(v) >= 2.0 ** 63):
+        raise DatapathError("round_half_up: value is not finite or does not fit int64")
+    return v.astype(I64)
+
+
 def saturate(x, lo: int, hi: int):
     """Clamp to ``[lo, hi]``; return ``(clamped, number_of_clamped_elements)`` (section 1)."""
     x = _i64(x)

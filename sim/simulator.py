@@ -28,15 +28,8 @@ import numpy as np
 
 from . import formats as F
 from . import reference as ref
+from . import kernels_encode
 from .kernels_decode import as_int_codes, decode_into
-from .kernels_encode import (
-    encode_log2,
-    encode_per_patch,
-    encode_per_patch_dynamic,
-    encode_shiftlog2,
-    encode_three_region,
-    encode_uniform,
-)
 from .kernels_gemm import (
     PATH_DTYPE,
     drain_requant,
@@ -48,7 +41,7 @@ from .kernels_gemm import (
     requant_needs_checks,
 )
 from .kernels_requant import check_z_out, raise_requant_errors, requant_params
-from .layer import EncoderResult, EncoderSpec, LayerResult, LayerSpec
+from .layer import EncoderResult, EncoderSpec, LayerResult, LayerSpec, run_encoder_with
 from .reference import AccumulatorOverflowError, DatapathError
 
 I64 = np.int64
@@ -199,23 +192,7 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
 def run_encoder(enc: EncoderSpec, x_fx, strict: bool = True) -> EncoderResult:
     """Encode a fixed-point tensor ``(M, K)`` with the numba encoders (section 8).
 
-    Same dispatch, results and errors as ``sim.layer.run_encoder_reference``.
+    The dispatch of ``sim.layer.run_encoder_reference`` (``sim.layer.run_encoder_with``) on the numba
+    encoders: the same results and errors.
     """
-    x = np.asarray(x_fx)
-    if enc.kind == "uniform" and enc.dynamic:            # dynamic per-patch scales (section 8.1.1)
-        q, o, sat, nof, j, z = encode_per_patch_dynamic(x, enc.ladder_r, enc.ladder_t, enc.se, enc.bits,
-                                                        enc.alpha_fx, enc.fo, strict)
-        return EncoderResult(q, o, sat, nof, row_index=j, row_zero=z)
-    if enc.kind == "uniform":
-        if enc.alpha_fx is not None:
-            q, o, sat, nof = encode_per_patch(x, enc.r, enc.se, enc.z, enc.bits, enc.alpha_fx, enc.fo, strict)
-            return EncoderResult(q, o, sat, nof)
-        q, sat = encode_uniform(x, enc.r, enc.se, enc.z, enc.bits)
-        return EncoderResult(q, saturations=sat)
-    if enc.kind == "log2":
-        return EncoderResult(encode_log2(x, enc.in_frac, enc.bits))
-    if enc.kind == "shiftlog2":
-        return EncoderResult(encode_shiftlog2(x, enc.sh, int(np.asarray(enc.r).reshape(-1)[0]), enc.se, enc.bits, enc.base))
-    if enc.kind == "three_region":
-        return EncoderResult(encode_three_region(x, int(np.asarray(enc.r).reshape(-1)[0]), enc.se, enc.bits, enc.m0, enc.m1))
-    raise DatapathError(f"unknown encoder kind {enc.kind!r}")
+    return run_encoder_with(kernels_encode, enc, x_fx, strict)

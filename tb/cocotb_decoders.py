@@ -13,6 +13,7 @@ import random
 import cocotb
 import numpy as np
 
+from vitaccel.sim.formats import BITS
 from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 
 LANES = 2
@@ -57,7 +58,7 @@ def ref_decode(code: int, fmt: str, bits: int, m0: int = 0, m1: int = 0) -> dict
     return {"neg": neg, "mag": mag, "sh": sh, "d": int(ref.triple_to_int(*t)[0]), "invalid": 0}
 
 
-def make_groups(formats=None, bits_list=(4, 6, 8), seed: int = 0, lanes: int = LANES) -> list[dict]:
+def make_groups(formats=None, bits_list=BITS, seed: int = 0, lanes: int = LANES) -> list[dict]:
     """One group per (format, bits[, m0/m1]) covering every 8-bit code value (valid and invalid)."""
     rng = random.Random(seed)
     groups = []

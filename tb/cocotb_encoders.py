@@ -18,6 +18,7 @@ import random
 import cocotb
 import numpy as np
 
+from vitaccel.sim.formats import BITS
 from vitaccel.tb.bench import Field, PayloadCodec, Testbench, run_stream_groups
 
 FORMATS = {"log2": 1, "shiftlog2_base2": 2, "shiftlog2_sqrt2": 3, "three_region": 4}
@@ -73,7 +74,7 @@ def make_per_patch_groups(seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     groups = []
     cases = []
-    for bits in (4, 6, 8):
+    for bits in BITS:
         cases.append((f"k{bits}_random", bits, 6, 12, 0.03, True))
     cases += [("k4_no_outliers", 4, 4, 8, None, True), ("k8_all_outliers", 8, 3, 8, 0.0, True),
               ("k6_overflow", 6, 3, 8, "overflow", True), ("k8_uniform", 8, 4, 10, 0.03, False)]
@@ -151,7 +152,7 @@ def make_activation_groups(seed: int = 0, n: int = 160) -> list[dict]:
     groups = []
     edges = [0, 1, -1, 2, 3, (1 << 31) - 1, -(1 << 31)]
     for fmt in FORMATS:
-        for bits in (4, 6, 8):
+        for bits in BITS:
             cfg = {"fmt": FORMATS[fmt], "bits": bits, "frac": 15, "sh": 0, "r": 1, "se": 0, "m0": 0, "m1": 0}
             if fmt == "log2":
                 a = np.concatenate([rng.integers(0, 1 << 15, n // 2),

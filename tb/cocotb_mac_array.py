@@ -79,14 +79,14 @@ def make_tiles(seed: int, rows: int, cols: int, b_bits_max: int = 8, acc_bits: i
     tiles = []
     specs = []
     for kind, base in A_FORMATS:
-        for bits in (4, 6, 8):
+        for bits in F.BITS:
             if kind == "shiftlog2" and base == "2" and bits > 4:
                 continue  # base 2 gains nothing above 4 bits (spec 4.3); still legal, covered at k = 4
             specs.append((kind, base, bits))
     specs.append(("shiftlog2", "2", 8))
     ks = [1, 2, 3, 7, 16, 24]
     for i, (kind, base, bits) in enumerate(specs):
-        b_bits = [4, 6, 8][i % 3] if b_bits_max == 8 else b_bits_max
+        b_bits = F.BITS[i % len(F.BITS)] if b_bits_max == 8 else b_bits_max
         k = ks[i % len(ks)]
         m = rows if i % 2 == 0 else int(rng.integers(1, rows + 1))   # full and partial tiles
         n = cols if i % 3 == 0 else int(rng.integers(1, cols + 1))

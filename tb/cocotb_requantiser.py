@@ -74,7 +74,7 @@ def make_groups(seed: int = 0, n: int = 96, acc_bits: int = ACC_BITS) -> list[di
     groups.append({"name": "spec_example_z21", "config": {"sr": 2, "z_out": 21, "out_fmt": 0, "bits": 8},
                    "pulse": ["clear"], "inputs": [dict(ex, tag=2)],
                    "expected": [{"value": 255, "sat": 1, "fault": 0, "tag": 2}], "after": {"sat_count": 1}})
-    configs = [(f, k) for f in ("ucode", "scode") for k in (4, 6, 8)] + [("fixed16", 8), ("fixed32", 8)]
+    configs = [(f, k) for f in ("ucode", "scode") for k in F.BITS] + [("fixed16", 8), ("fixed32", 8)]
     for out_fmt, bits in configs:
         lo, hi = F.out_range(out_fmt, bits)
         sr = rng.choice([0, 1, 8, 12, 15, 16, rng.randint(0, 16)])

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from vitaccel.golden.program import encoder_recip, rhu
+from vitaccel.golden.program import encoder_recip
 from vitaccel.golden.quantizers import (Log2Quantizer, PerChannelWeightQuantizer, PerPatchOutlierQuantizer,
                                QuantizerError, ShiftLog2Quantizer, SymmetricQuantizer, UniformQuantizer)
 from vitaccel.sim import formats as SF
 from vitaccel.sim import reference as ref
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", SF.BITS)
 def test_uniform_codes_on_grid_and_round_half_up(bits):
     x = torch.randn(4, 50, 16) * 3
     q = UniformQuantizer(bits, method="mse").calibrate(x)
@@ -26,7 +26,7 @@ def test_uniform_codes_on_grid_and_round_half_up(bits):
     assert q.quantize(tie).tolist() == [4, 3, 5]
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", SF.BITS)
 def test_sym_codes_never_use_most_negative(bits):
     x = torch.randn(1000) * 5
     q = SymmetricQuantizer(bits, method="minmax").calibrate(x)
@@ -97,7 +97,7 @@ def test_shiftlog2_default_base_and_deterministic_calibration():
     assert scales[0] == scales[1]
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", SF.BITS)
 def test_dynamic_poq_matches_reference_encoder(bits):
     """Dynamic per-patch POQ (spec 8.1.1): per-row ladder scale from the row's own inlier range."""
     g = torch.Generator().manual_seed(bits)
@@ -153,7 +153,7 @@ def test_shiftlog2_matches_reference(bits, base):
     assert c.min() >= 0 and c.max() <= qmax
     x_fx, _ = ref.to_fixed(x.numpy(), 16)
     r, se = encoder_recip([e["scale"]], 16, 16)
-    sh = int(rhu(e["shift"] * 2 ** 16))
+    sh = int(ref.round_half_up(e["shift"] * 2 ** 16))
     ci = ref.encode_shiftlog2(x_fx, sh, int(r[0]), se, bits, base)
     d = np.abs(ci - c)
     assert d.max() <= 1 and (d > 0).mean() <= 0.01
@@ -162,7 +162,7 @@ def test_shiftlog2_matches_reference(bits, base):
     np.testing.assert_allclose(q.dequantize(torch.from_numpy(c)).numpy(), want, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", SF.BITS)
 def test_log2_matches_reference_exactly(bits):
     torch.manual_seed(2)
     a = torch.softmax(torch.randn(20, 50) * 4, dim=-1)

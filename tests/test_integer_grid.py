@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from vitaccel.golden import integer_grid as G
 from vitaccel.golden.int_eval import ProgramRunner
 from vitaccel.golden.program import export_program
+from vitaccel.sim import formats as F
 from vitaccel.sim import reference as ref
 
 from golden_helpers import calibrated, images
@@ -60,7 +61,7 @@ def test_three_region_encoder_spec_example():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from([4, 6, 8]), base=st.sampled_from(["2", "sqrt2"]))
+@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from(F.BITS), base=st.sampled_from(["2", "sqrt2"]))
 def test_encoders_match_reference(seed, bits, base):
     rng = np.random.default_rng(seed)
     m, k = 5, 7
@@ -92,7 +93,7 @@ def test_encoders_match_reference(seed, bits, base):
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from([4, 6, 8]), outliers=st.booleans())
+@given(seed=st.integers(0, 2 ** 31 - 1), bits=st.sampled_from(F.BITS), outliers=st.booleans())
 def test_dynamic_per_patch_encoder_matches_reference(seed, bits, outliers):
     """Section 8.1.1 in torch (batched, rows on the second-to-last axis) == sim/reference.py."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ from vitaccel.golden.mixed_precision import (
     linear_output_sqnr_fn,
     sqnr_db,
 )
+from vitaccel.sim import formats as F
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -43,7 +44,7 @@ def numels():
 def test_meets_target(target, weighting):
     alloc = greedy_mixed_precision(numels(), fn, target, weighting=weighting)
     assert set(alloc) == set(LAYERS)
-    assert all(w == a and w in (4, 6, 8) for w, a in alloc.values())
+    assert all(w == a and w in F.BITS for w, a in alloc.values())
     avg = average_bits(alloc, numels(), weighting)
     assert avg <= target
     # greedy stops at the first allocation that meets the target: undoing the last step exceeds it

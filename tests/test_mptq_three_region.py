@@ -11,6 +11,7 @@ from vitaccel.golden.quantizers.three_region import (
     three_region_fake_quant,
     three_region_m1,
 )
+from vitaccel.sim import formats as F
 from vitaccel.sim import reference as ref
 
 
@@ -31,7 +32,7 @@ def test_spec_decode_and_encode_examples():
     assert q.fake_quant(torch.tensor([10.6, 40.0])).tolist() == [12.0, 32.0]
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", F.BITS)
 @pytest.mark.parametrize("m0,m1", [(0, 0), (0, 3), (2, 5), (3, 9), (15, 15)])
 def test_codes_match_reference_encoder(bits, m0, m1):
     frac = 12
@@ -94,7 +95,7 @@ def gelu_data(n=20000, seed=0):
     return torch.nn.functional.gelu(torch.randn(n, generator=g) * 2.5 + 0.3)
 
 
-@pytest.mark.parametrize("bits", [4, 6, 8])
+@pytest.mark.parametrize("bits", F.BITS)
 def test_calibration_covers_range_and_search_beats_naive(bits):
     x = gelu_data()
     q = ThreeRegionQuantizer(bits, search_s0=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from vitaccel.sim import formats as F
 from vitaccel.tb.runner import run_cocotb, verilog_for
 
 RUNS = [{"name": "ideal", "en_prob": 1.0, "bubble_prob": 0.0},
@@ -25,11 +26,11 @@ def test_mac_array_stimuli_cover_formats():
     tiles = tbm.make_tiles(1, MAC["rows"], MAC["cols"])
     names = [t["name"] for t in tiles]
     for kind in ("uniform", "log2", "shiftlog2_2", "shiftlog2_sqrt2", "three_region"):
-        for bits in (4, 6, 8):
+        for bits in F.BITS:
             if kind == "shiftlog2_2" and bits == 6:
                 continue
             assert any(n.startswith(f"{kind}_a{bits}_") for n in names), (kind, bits)
-    assert {n.split("_w")[1].split("_")[0] for n in names} == {"4", "6", "8"}
+    assert {n.split("_w")[1].split("_")[0] for n in names} == {str(b) for b in F.BITS}
     assert any(t["k"] == 1 for t in tiles)
     assert any(t["m"] < MAC["rows"] or t["n"] < MAC["cols"] for t in tiles)
 

@@ -14,6 +14,8 @@ import pytest
 
 from vitaccel.tb.runner import run_cocotb, verilog_for
 
+from amaranth_helpers import amaranth_stream_run, ladder_writer
+
 
 # ----------------------------------------------------------------------------- operand decoder
 
@@ -99,58 +101,6 @@ def test_requantiser_rtl():
     run_cocotb("requantiser", [_requantiser_verilog()], "vitaccel.tb.cocotb_requantiser", data={"groups": groups, "seed": 1})
 
 
-def _amaranth_stream_run(dut, items, out_fields, config, max_cycles=20000, outputs=("o",), count_port="o",
-                         setup=None, count=None, cycles=None):
-    """Push ``items`` (dicts for dut.i.payload) through ``dut`` in the Amaranth simulator.
-
-    Every port in ``outputs`` is always ready; beats are recorded when ``valid``.  Returns the list of
-    ``count_port`` payload dicts (fields ``out_fields``) when ``outputs`` has one port, else a dict of
-    lists per port (all payload fields).  Stops once ``count_port`` delivered ``count`` (default
-    ``len(items)``) beats.  ``setup`` (optional ``async setup(ctx)``) runs after the config is set,
-    before the first item; ``cycles`` (optional list) receives the number of cycles from the first
-    item to the last recorded beat.
-    """
-    from amaranth.sim import Simulator
-
-    results = {port: [] for port in outputs}
-    count = len(items) if count is None else count
-
-    async def bench(ctx):
-        for name, value in config.items():
-            ctx.set(getattr(dut, name), value)
-        if setup is not None:
-            await setup(ctx)
-        for port in outputs:
-            ctx.set(getattr(dut, port).ready, 1)
-        pending = list(items)
-        for cycle in range(max_cycles):
-            if pending:
-                ctx.set(dut.i.payload, pending[0])
-                ctx.set(dut.i.valid, 1)
-            else:
-                ctx.set(dut.i.valid, 0)
-            took = bool(pending) and ctx.get(dut.i.ready)
-            beats = {port: ctx.get(getattr(dut, port).payload) for port in outputs
-                     if ctx.get(getattr(dut, port).valid)}
-            await ctx.tick()
-            if took:
-                pending.pop(0)
-            for port, beat in beats.items():
-                fields = out_fields if len(outputs) == 1 else list(beat.shape().members)
-                results[port].append({f: int(getattr(beat, f)) for f in fields})
-            if len(results[count_port]) == count:
-                if cycles is not None:
-                    cycles.append(cycle + 1)
-                return
-        raise AssertionError(f"timeout: {len(results[count_port])} of {count} outputs")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    return results[outputs[0]] if len(outputs) == 1 else results
-
-
 def test_requantiser_amaranth_sim():
     """Requantiser in the Amaranth simulator: random elements vs sim.reference, plus the fault path."""
     from vitaccel.hw.common import OutFormat
@@ -162,13 +112,13 @@ def test_requantiser_amaranth_sim():
         dut = Requantiser(acc_bits=tbm.ACC_BITS, tag_bits=tbm.TAG_BITS)
         cfg = dict(g["config"])
         cfg["out_fmt"] = OutFormat(cfg["out_fmt"])
-        got = _amaranth_stream_run(dut, g["inputs"], ["value", "sat", "fault", "tag"], cfg)
+        got = amaranth_stream_run(dut, g["inputs"], ["value", "sat", "fault", "tag"], cfg)
         assert got == g["expected"], g["name"]
 
     # Fault path (hand-derived): Mr = 2 > 2^Sr = 1 doubles acc = 2^39 - 1 beyond 40 bits -> t clamped to
     # 2^39 - 1, fault = 1; Mc = 1, Sc = 0, Bq = 0 -> fixed32 saturates at 2^31 - 1.
     dut = Requantiser(acc_bits=40, tag_bits=8)
-    got = _amaranth_stream_run(dut, [{"acc": (1 << 39) - 1, "mr": 2, "mc": 1, "sc": 0, "bq": 0, "tag": 7}],
+    got = amaranth_stream_run(dut, [{"acc": (1 << 39) - 1, "mr": 2, "mc": 1, "sc": 0, "bq": 0, "tag": 7}],
                                ["value", "sat", "fault", "tag"],
                                {"sr": 0, "z_out": 0, "out_fmt": OutFormat.FIXED32, "bits": 8})
     assert got == [{"value": (1 << 31) - 1, "sat": 1, "fault": 1, "tag": 7}]
@@ -178,10 +128,11 @@ def test_requantiser_amaranth_sim():
 
 def test_encoder_groups_cover_edge_cases():
     """Stimuli: every code width, zero and full outlier loads, int16 overflow, every log code range."""
+    from vitaccel.sim import formats as F
     from vitaccel.tb import cocotb_encoders as tbm
 
     pp = tbm.make_per_patch_groups(seed=1)
-    assert {g["config"]["bits"] for g in pp} == {4, 6, 8}
+    assert {g["config"]["bits"] for g in pp} == set(F.BITS)
     assert any(not g["expected_outl"] for g in pp if g["config"]["outliers_en"])
     assert any(g["after"]["overflow_count"] > 0 for g in pp)
     assert any(len(g["expected_outl"]) == len(g["inputs"]) - sum(1 for i in g["inputs"] if i["x"] == 0) for g in pp)
@@ -220,32 +171,17 @@ def test_encoders_amaranth_sim():
     from vitaccel.tb import cocotb_encoders as tbm
 
     for g in tbm.make_per_patch_groups(seed=5):
-        res = _amaranth_stream_run(PerPatchEncoder(), g["inputs"], None, g["config"], outputs=("o", "outl"))
+        res = amaranth_stream_run(PerPatchEncoder(), g["inputs"], None, g["config"], outputs=("o", "outl"))
         assert res["o"] == g["expected"], g["name"]
         assert res["outl"] == g["expected_outl"], g["name"]
     for g in tbm.make_activation_groups(seed=5, n=40):
         cfg = dict(g["config"])
         cfg["fmt"] = CodeFormat(cfg["fmt"])
-        got = _amaranth_stream_run(ActivationEncoder(), g["inputs"], ["code", "invalid"], cfg)
+        got = amaranth_stream_run(ActivationEncoder(), g["inputs"], ["code", "invalid"], cfg)
         assert got == g["expected"], g["name"]
 
 
 # ----------------------------------------------------------------------------- dynamic per-patch encoder
-
-def _ladder_writer(dut, ladder):
-    """``async setup(ctx)`` for :func:`_amaranth_stream_run`: write the ``[R, T]`` ladder entries."""
-
-    async def setup(ctx):
-        for addr, (r, t) in enumerate(ladder):
-            ctx.set(dut.ladder_we, 1)
-            ctx.set(dut.ladder_addr, addr)
-            ctx.set(dut.ladder_r, r)
-            ctx.set(dut.ladder_t, t)
-            await ctx.tick()
-        ctx.set(dut.ladder_we, 0)
-
-    return setup
-
 
 def test_dynamic_per_patch_groups_cover_edge_cases():
     """Stimuli: k = 4/6/8 with and without outliers, rows without inliers, inlier spans above T[0],
@@ -299,8 +235,8 @@ def test_row_range_unit_amaranth_sim():
 
     for g in tbm.make_groups(seed=5):
         dut = RowRangeUnit(max_k=tbm.MAX_K)
-        got = _amaranth_stream_run(dut, g["inputs"], ["row", "len", "j", "r", "z"], g["config"],
-                                   setup=_ladder_writer(dut, g["ladder"]), count=len(g["expected_range"]))
+        got = amaranth_stream_run(dut, g["inputs"], ["row", "len", "j", "r", "z"], g["config"],
+                                   setup=ladder_writer(dut, g["ladder"]), count=len(g["expected_range"]))
         assert got == g["expected_range"], g["name"]
 
     # a row longer than max_k is cut after max_k elements (row_overflow): two beats, each the reference
@@ -308,8 +244,8 @@ def test_row_range_unit_amaranth_sim():
     g = tbm.make_groups(seed=5)[1]
     dut = RowRangeUnit(max_k=4)
     items = [dict(e, row=7, last=int(n == 5)) for n, e in enumerate(g["inputs"][:6])]
-    got = _amaranth_stream_run(dut, items, ["row", "len", "j", "r", "z"], g["config"],
-                               setup=_ladder_writer(dut, g["ladder"]), count=2)
+    got = amaranth_stream_run(dut, items, ["row", "len", "j", "r", "z"], g["config"],
+                               setup=ladder_writer(dut, g["ladder"]), count=2)
     lad_r, lad_t = [e[0] for e in g["ladder"]], [e[1] for e in g["ladder"]]
     for beat, piece in zip(got, ([e["x"] for e in items[:4]], [e["x"] for e in items[4:]])):
         exp = tbm.ref_encode_dynamic([piece], lad_r, lad_t, g["config"]["se"], g["config"]["bits"],
@@ -327,8 +263,8 @@ def test_dynamic_per_patch_encoder_amaranth_sim():
 
     for g in tbm.make_groups(seed=5):
         dut = DynamicPerPatchEncoder(max_k=tbm.MAX_K)
-        res = _amaranth_stream_run(dut, g["inputs"], None, g["config"], outputs=("o", "outl", "rowp"),
-                                   setup=_ladder_writer(dut, g["ladder"]))
+        res = amaranth_stream_run(dut, g["inputs"], None, g["config"], outputs=("o", "outl", "rowp"),
+                                   setup=ladder_writer(dut, g["ladder"]))
         assert res["o"] == g["expected"], g["name"]
         assert res["outl"] == g["expected_outl"], g["name"]
         assert res["rowp"] == g["expected_rowp"], g["name"]
@@ -340,9 +276,9 @@ def test_dynamic_per_patch_encoder_amaranth_sim():
         exp = tbm.ref_encode_dynamic(x, lad_r, lad_t, se, 8, 2000, True)
         dut = DynamicPerPatchEncoder(max_k=tbm.MAX_K)
         cycles = []
-        res = _amaranth_stream_run(dut, exp["inputs"], None,
+        res = amaranth_stream_run(dut, exp["inputs"], None,
                                    {"se": se, "bits": 8, "alpha": 2000, "outliers_en": 1, "ladder_len": 64},
-                                   outputs=("o", "outl", "rowp"), setup=_ladder_writer(dut, list(zip(lad_r, lad_t))),
+                                   outputs=("o", "outl", "rowp"), setup=ladder_writer(dut, list(zip(lad_r, lad_t))),
                                    cycles=cycles)
         assert res["o"] == exp["expected"] and res["outl"] == exp["expected_outl"]
         assert res["rowp"] == exp["expected_rowp"]

@@ -73,7 +73,7 @@ def test_decode_log2_and_shiftlog2_spec_tables():                     # sections
         np.testing.assert_array_equal(f(q, 4), [[2**14, 1, 0]])
     # max D column of the table: base 2 -> 2^15 (k=4,6,8); base sqrt2 -> 256*2^7 (k=4), 256*2^15 (k=6,8)
     for f in (ref.decode_shiftlog2, kd.decode_shiftlog2):
-        for k in (4, 6, 8):
+        for k in F.BITS:
             assert int(f(np.array([[0]]), k, "2")[0, 0]) == 2**15
         assert int(f(np.array([[0]]), 4, "sqrt2")[0, 0]) == 256 * 2**7
         assert int(f(np.array([[1]]), 4, "sqrt2")[0, 0]) == 181 * 2**7

@@ -13,14 +13,13 @@ class                                  spec format                 used for
 
 ``golden.quantizers.three_region`` (MPTQ-ViT OPT-m, spec 4.4) follows the same protocol.
 """
-from .base import (MIN_SCALE, SUPPORTED_BITS, Quantizer, QuantizerError, check_bits, round_half_up,
-                   round_ste)
+from .base import MIN_SCALE, Quantizer, QuantizerError, check_bits, round_half_up, round_ste
 from .log2 import Log2Quantizer
 from .per_patch_outlier import PerPatchOutlierQuantizer
 from .shift_log2 import ShiftLog2Quantizer
 from .uniform import SymmetricQuantizer, UniformQuantizer
 from .weight import PerChannelWeightQuantizer
 
-__all__ = ["MIN_SCALE", "SUPPORTED_BITS", "Quantizer", "QuantizerError", "check_bits", "round_half_up",
+__all__ = ["MIN_SCALE", "Quantizer", "QuantizerError", "check_bits", "round_half_up",
            "round_ste", "Log2Quantizer", "PerPatchOutlierQuantizer", "ShiftLog2Quantizer",
            "SymmetricQuantizer", "UniformQuantizer", "PerChannelWeightQuantizer"]

@@ -1,7 +1,7 @@
 """The quantizer protocol shared by every fake-quant quantizer in :mod:`golden`.
 
 Every quantizer is a :class:`Quantizer` (an ``nn.Module``). Quantized layers
-(:class:`golden.qmodel.QuantLinear`, :class:`golden.qmodel.QuantMatMul`, ...) hold quantizers as
+(:class:`golden.qlayers.QuantLinear`, :class:`golden.qlayers.QuantMatMul`, ...) hold quantizers as
 child modules and call them on their operands; calibration drives them through a small state
 machine; export reads their integer parameters.
 
@@ -53,13 +53,13 @@ use :func:`round_half_up` / :func:`round_ste`, never ``torch.round`` (which roun
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-#: Bit widths supported by the datapath (spec section 3).
-SUPPORTED_BITS = (4, 6, 8)
+from vitaccel.sim import formats as SF
 
 #: Smallest scale any quantizer may use (zero-range rows/channels, e.g. LayerNorm gamma == 0).
 MIN_SCALE = 1e-8
@@ -69,11 +69,8 @@ class QuantizerError(ValueError):
     """Invalid quantizer configuration or calibration data (non-finite statistics, bad bits)."""
 
 
-def check_bits(bits: int) -> int:
-    """Return ``bits`` if the datapath supports it, else raise :class:`QuantizerError`."""
-    if int(bits) != bits or int(bits) not in SUPPORTED_BITS:
-        raise QuantizerError(f"unsupported bit width {bits!r}: the datapath supports {SUPPORTED_BITS}")
-    return int(bits)
+#: :func:`sim.formats.check_bits` raising :class:`QuantizerError`: ``check_bits(bits) -> int``.
+check_bits = functools.partial(SF.check_bits, error=QuantizerError)
 
 
 def round_half_up(x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +111,7 @@ class Quantizer(nn.Module):
     Parameters
     ----------
     bits : int
-        Code width, one of :data:`SUPPORTED_BITS`.
+        Code width, one of ``sim.formats.BITS``.
     name : str, optional
         A label used in error messages and reports (set by the owning layer).
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Quantizer
+from .base import Quantizer, round_half_up
 
 SOFTMAX_FRAC = 15
 LOG2_MAX_SHIFT = 15
@@ -38,8 +38,8 @@ class Log2Quantizer(Quantizer):
 
     def quantize(self, a: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            a_fx = torch.floor(a.double() * 2 ** SOFTMAX_FRAC + 0.5)
-            r = torch.floor(torch.log2(torch.clamp(a_fx, min=1.0)) + 0.5)
+            a_fx = round_half_up(a.double() * 2 ** SOFTMAX_FRAC)
+            r = round_half_up(torch.log2(torch.clamp(a_fx, min=1.0)))
             q = torch.clamp(SOFTMAX_FRAC - r, min=0)
             q = torch.where((a_fx <= 0) | (q > self.qmax), torch.full_like(q, self.zero_code), q)
             return q.to(torch.int64)

@@ -17,12 +17,11 @@ sqrt(2)) and the shift folded into the zero point ``Zs = floor(shift / u_A + 0.5
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from vitaccel.sim import formats as SF
+from vitaccel.sim import reference as ref
 
 from .base import Quantizer, QuantizerError, check_finite, round_half_up, safe_scale, sample_values
 
@@ -74,13 +73,13 @@ class ShiftLog2Quantizer(Quantizer):
 
     def zs(self, s=None) -> int:
         u = float(self.unit(s).detach()) if torch.is_tensor(s) else float(self.unit(s))
-        return int(math.floor(self.shift / u + 0.5))
+        return int(ref.round_half_up(self.shift / u))
 
     def _codes(self, x: torch.Tensor, s) -> torch.Tensor:
         u = (x + self.shift).double()
         ratio = torch.clamp(u / float(s), min=1e-300)
         lg = -torch.log2(ratio) * (1 if self.base == "2" else 2)
-        q = torch.clamp(torch.floor(lg + 0.5), 0, self.qmax)
+        q = torch.clamp(round_half_up(lg), 0, self.qmax)
         return torch.where(u > 0, q, torch.full_like(q, self.qmax)).to(torch.int64)
 
     def _d(self, q: torch.Tensor) -> torch.Tensor:
