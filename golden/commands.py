@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from vitaccel.sim import formats as SF
 from vitaccel.sim.cli_args import add_json_arg, add_program_arg, parse_bits, program_from_args
 from vitaccel.sim.errors import UserError
 
@@ -319,8 +320,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--weight-search", choices=("minmax", "mse", "hessian"), dest="weight_search",
                    help="per-channel weight clipping: abs max, weight MSE (default), or expected output "
                         "error weighted by the input second moments")
-    p.add_argument("--embed-bits", type=int, choices=(4, 6, 8), dest="embed_bits")
-    p.add_argument("--head-bits", type=int, choices=(4, 6, 8), dest="head_bits")
+    p.add_argument("--embed-bits", type=int, choices=SF.BITS, dest="embed_bits")
+    p.add_argument("--head-bits", type=int, choices=SF.BITS, dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")
     p.add_argument("--amo-iters", type=int, dest="amo_iters")
     p.add_argument("--outlier-capacity", type=int, default=None,
