@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import engine as engine_mod
-from .scalesim import DATAFLOWS, scalesim_cycles, scalesim_sram_reads
+from .scalesim import DATAFLOWS, scalesim_cycles, scalesim_report_counts, sram_requests
 from .shapes import Gemm
 from .traffic import Traffic, engine_traffic, layer_traffic
 
@@ -215,10 +215,13 @@ def _engine_layer(g: Gemm, cfg) -> tuple[int, dict]:
 
 
 def _scalesim_layer(g: Gemm, hw: Hardware) -> tuple[int, dict]:
+    """SCALE-Sim 3.0.0 compute cycles of all instances: each instance is one SCALE-Sim layer."""
     c = scalesim_cycles(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     return c.total * g.count, dict(total=c.total * g.count, Sr=c.Sr, Sc=c.Sc, T=c.T, row_folds=c.row_folds,
                                    col_folds=c.col_folds, cycles_per_fold=c.cycles_per_fold,
-                                   n_tiles=c.row_folds * c.col_folds * g.count, macs=g.macs)
+                                   n_tiles=c.row_folds * c.col_folds * g.count, macs=g.macs,
+                                   mapping_efficiency=c.mapping_efficiency,
+                                   compute_utilisation=c.compute_utilisation)
 
 
 def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
@@ -228,9 +231,12 @@ def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
     column fold, which go to DRAM and back when one column fold's partial outputs do not fit next to
     the cached operand."""
     tr = layer_traffic(g, hw.rows, hw.cols, hw.sram_bytes)
+    reads = sram_requests(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
+    extra = dict(scalesim_sram_elements=reads,
+                 scalesim_report_counts=scalesim_report_counts(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N))
     if hw.dataflow == "os":
+        tr.extra.update(extra)
         return tr
-    reads = scalesim_sram_reads(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     c = scalesim_cycles(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     a_once, b_once = tr.a_once // g.count, tr.b_once // g.count
     avail = hw.sram_bytes - tr.min_sram
@@ -256,7 +262,7 @@ def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
         sram_read=int(tr.a_once * scale_a + tr.b_once * scale_b
                       + (c.row_folds - 1) * psum_bytes * g.count),
         sram_write=dram_a + dram_b + tr.dram_out + c.row_folds * psum_bytes * g.count,
-        min_sram=tr.min_sram, extra=dict(scalesim_sram_elements=reads))
+        min_sram=tr.min_sram, extra=extra)
 
 
 def engine_config_for(gemms: list[Gemm], hw: Hardware):

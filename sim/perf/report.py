@@ -37,7 +37,9 @@ def layer_row(l: LayerEstimate, hw) -> dict:
         sram_read_bytes=t.sram_read, sram_write_bytes=t.sram_write, min_sram_bytes=t.min_sram,
     )
     for k, v in l.breakdown.items():
-        if k not in ("total", "macs", "utilisation") and isinstance(v, (int, float)):
+        if k in ("mapping_efficiency", "compute_utilisation"):  # SCALE-Sim fold averages (fractions)
+            row[f"scalesim_{k}"] = v
+        elif k not in ("total", "macs", "utilisation") and isinstance(v, (int, float)):
             row[f"cyc_{k}"] = v
     return row
 
