@@ -16,9 +16,11 @@ Usage::
    one SCALE-Sim layer per shape (identical shapes give identical reports; per-head products are one
    instance). SCALE-Sim builds a Python demand trace of one row per cycle and runs its memory model
    over it (about 4 000 rows/s here), so a shape runs on an array / dataflow only when its predicted
-   cycle count is at most ``--max-cycles`` (default 60 000: all per-head attention products and the
-   smaller linear layers on the 32 x 32 array; the printout lists what ran and what was skipped).
-   Plus a 4 x 4 array with two small hand-checkable shapes.
+   cycle count is at most ``--max-cycles`` (default 60 000: all per-head attention products, the
+   classifier heads and the smaller linear layers on the 32 x 32 and 32 x 16 arrays), and the shapes of
+   ``--always`` on every array (default the DeiT-S q/k/v/proj shape 197 x 384 x 384, up to 504 k cycles
+   on 8 x 8); the printout lists what ran and what was skipped. Plus a 4 x 4 array with two small
+   hand-checkable shapes. About 11 minutes on the shared 2-core machine.
 3. Comparison per layer: SCALE-Sim's "Total Cycles" (and its "Stall Cycles", which must be 0),
    "Overall Util", "Mapping Efficiency", "Compute Util" and "SRAM IFMAP Reads" / "SRAM Filter Reads" /
    "SRAM OFMAP Writes" against ``sim.perf.estimate.estimate_layer`` with ``Hardware(dataflow=...)``
@@ -122,8 +124,8 @@ def compare(rec: dict, rows: int, cols: int, dataflow: str) -> dict:
         vitaccel_sram=counts, paper_cycles=paper, paper_error_pct=100 * (paper - ss_compute) / ss_compute)
 
 
-def plan(shapes: dict, arrays, dataflows, max_cycles: int):
-    """``[(rows, cols, df, [(name, M, K, N)], skipped)]``: the shapes at most ``max_cycles`` per job."""
+def plan(shapes: dict, arrays, dataflows, max_cycles: int, always=()):
+    """``[(rows, cols, df, [(name, M, K, N)], skipped)]``: the shapes at most ``max_cycles`` (or in ``always``)."""
     from vitaccel.sim.perf.scalesim import scalesim_cycles
 
     jobs = []
@@ -132,7 +134,8 @@ def plan(shapes: dict, arrays, dataflows, max_cycles: int):
             run, skip = [], []
             for (M, K, N), users in shapes.items():
                 name = f"{users[0][1]}_{M}x{K}x{N}"
-                (run if scalesim_cycles(df, r, c, M, K, N).total <= max_cycles else skip).append((name, M, K, N))
+                small = scalesim_cycles(df, r, c, M, K, N).total <= max_cycles
+                (run if small or (M, K, N) in always else skip).append((name, M, K, N))
             jobs.append((r, c, df, run, skip))
     return jobs
 
@@ -174,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dataflows", nargs="+", default=["os", "ws", "is"], choices=("os", "ws", "is"))
     ap.add_argument("--max-cycles", type=int, default=60000,
                     help="run a shape on an array/dataflow only if its predicted cycles are at most this")
+    ap.add_argument("--always", nargs="*", default=["197x384x384"],
+                    help="MxKxN shapes run on every array whatever --max-cycles (default: DeiT-S q/k/v/proj)")
     ap.add_argument("--scalesim-python", help="interpreter with scalesim 3.0.0 (default: build/scalesim-venv)")
     ap.add_argument("--json", type=Path, default=Path("build/scalesim_parity.json"), help="all records")
     ap.add_argument("--record", type=Path, help="write the small shapes' SCALE-Sim reports as test data")
@@ -182,7 +187,8 @@ def main(argv=None) -> int:
     py = ensure_scalesim(args.scalesim_python)
     shapes = model_shapes(args.models)
     jobs = [(4, 4, df, list(HAND_LAYERS), []) for df in args.dataflows]
-    jobs += plan(shapes, arrays, args.dataflows, args.max_cycles)
+    always = {tuple(int(x) for x in a.lower().split("x")) for a in args.always}
+    jobs += plan(shapes, arrays, args.dataflows, args.max_cycles, always)
     results, t_all = [], time.perf_counter()
     for r, c, df, run, skip in jobs:
         if not run:

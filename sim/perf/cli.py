@@ -41,7 +41,9 @@ def add_subcommands(subparsers) -> None:
     hw = p.add_argument_group("hardware")
     hw.add_argument("--rows", type=int, default=16, help="MAC array rows (default 16)")
     hw.add_argument("--cols", type=int, default=16, help="MAC array columns (default 16)")
-    hw.add_argument("--freq", type=_float, default=200e6, help="clock in Hz (default 200e6)")
+    hw.add_argument("--freq", type=_float, default=None,
+                    help="clock in Hz (default: the measured Fmax of the configuration in sim/perf/synth_table.json, "
+                    "else 200 MHz, stated as assumed)")
     hw.add_argument("--dram-bw", type=_float, default=16.0, help="DRAM bandwidth, bytes/cycle (default 16)")
     hw.add_argument("--sram-kib", type=_float, default=256.0, help="on-chip buffer, KiB (default 256)")
     hw.add_argument("--dataflow", default="engine", choices=("engine", "os", "ws", "is"),
@@ -52,6 +54,10 @@ def add_subcommands(subparsers) -> None:
     hw.add_argument("--outlier-lanes", type=int, default=None, help="outlier unit lanes (EngineConfig default)")
     hw.add_argument("--max-k", type=int, default=None,
                     help="depth of each engine B bank (default: the largest K of the workload)")
+    # --- synthesis data (sim/perf/resources.py): device for the fits / does-not-fit check -------------
+    hw.add_argument("--device", default=None, help="FPGA for the resource check (default LFE5U-85F; "
+                    "LFE5U-25F, LFE5U-45F, LFE5U-85F)")
+    # ---------------------------------------------------------------------------------------------------
     out = p.add_argument_group("output")
     out.add_argument("--csv", metavar="F", help="write per-layer CSV")
     out.add_argument("--json", metavar="F", help="write summary + per-layer JSON")
@@ -75,7 +81,8 @@ def build_estimate(args):
         raise UserError(f"--batch must be >= 1, got {args.batch}")
     if args.outliers_per_tile < 0:
         raise UserError(f"--outliers-per-tile must be >= 0, got {args.outliers_per_tile}")
-    hw = Hardware(rows=args.rows, cols=args.cols, freq=args.freq, dram_bw=args.dram_bw, sram_kib=args.sram_kib,
+    hw = Hardware(rows=args.rows, cols=args.cols, freq=args.freq if args.freq is not None else 200e6,
+                  dram_bw=args.dram_bw, sram_kib=args.sram_kib,
                   dataflow=args.dataflow, acc_bits=args.acc_bits, outlier_capacity=args.outlier_capacity,
                   outlier_lanes=args.outlier_lanes, max_k=args.max_k)
     try:
@@ -116,6 +123,15 @@ def build_estimate(args):
     except ValueError as exc:  # sim.engine_config.ConfigError is a ValueError
         raise UserError(str(exc)) from None
     est.notes.extend(notes)
+    # --- clock and resources from synthesis (sim/perf/resources.py, docs/estimator.md) ---------------
+    from .estimate import with_synthesis
+    from .resources import DEFAULT_DEVICE, load_table
+
+    device = getattr(args, "device", None) or DEFAULT_DEVICE
+    if device not in load_table().devices:
+        raise UserError(f"unknown --device {device!r}; known: {', '.join(sorted(load_table().devices))}")
+    with_synthesis(est, freq_mhz=None if args.freq is None else args.freq / 1e6, device=device)
+    # ---------------------------------------------------------------------------------------------------
     return est
 
 

@@ -84,6 +84,13 @@ def summary_text(est: ModelEstimate) -> str:
     if est.engine_config:
         c = est.engine_config
         lines.append("  engine: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if est.clock is not None:
+        lines.append(f"  clock: {est.clock.text}")
+    if est.resources is not None:
+        lines.append(f"  resources: {est.resources.text()}")
+        lines += [f"    note: {n}" for n in est.resources.notes]
+    if est.device_fit is not None:
+        lines.append(f"  device: {est.device_fit.text()} (BRAM includes the SRAM beyond the B banks)")
     for n in est.notes:
         lines.append(f"  note: {n}")
     return "\n".join(lines)
