@@ -20,7 +20,7 @@ Usage::
    classifier heads and the smaller linear layers on the 32 x 32 and 32 x 16 arrays), and the shapes of
    ``--always`` on every array (default the DeiT-S q/k/v/proj shape 197 x 384 x 384, up to 504 k cycles
    on 8 x 8); the printout lists what ran and what was skipped. Plus a 4 x 4 array with two small
-   hand-checkable shapes. About 11 minutes on the shared 2-core machine.
+   hand-checkable shapes. 100 layer runs, 809 s on the shared 2-core machine.
 3. Comparison per layer: SCALE-Sim's "Total Cycles" (and its "Stall Cycles", which must be 0),
    "Overall Util", "Mapping Efficiency", "Compute Util" and "SRAM IFMAP Reads" / "SRAM Filter Reads" /
    "SRAM OFMAP Writes" against ``sim.perf.estimate.estimate_layer`` with ``Hardware(dataflow=...)``
@@ -158,8 +158,10 @@ def table(results: list[dict]) -> str:
         def err(ls):
             if not ls:
                 return "-"
-            e = [l["paper_error_pct"] for l in ls]
-            return f"+{min(e):.1f} .. +{max(e):.1f} %" if min(e) != max(e) else f"+{e[0]:.2f} %"
+            if all(l["paper_cycles"] - l["scalesim_cycles"] == 1 for l in ls):
+                return "+1 cycle"
+            lo, hi = (f"+{f(l['paper_error_pct'] for l in ls):.1f}" for f in (min, max))
+            return f"{lo} %" if lo == hi else f"{lo} .. {hi} %"
 
         lines.append(
             f"| {res['rows']}x{res['cols']} | {res['dataflow']} | {n} ({len(by['linear'])} + {len(by['attention'])}"
@@ -182,7 +184,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scalesim-python", help="interpreter with scalesim 3.0.0 (default: build/scalesim-venv)")
     ap.add_argument("--json", type=Path, default=Path("build/scalesim_parity.json"), help="all records")
     ap.add_argument("--record", type=Path, help="write the small shapes' SCALE-Sim reports as test data")
+    ap.add_argument("--table-from", type=Path, metavar="JSON", help="only print the table of an earlier --json")
     args = ap.parse_args(argv)
+    if args.table_from:
+        doc = json.loads(args.table_from.read_text())
+        print(f"{doc['command']}\n\n{table(doc['results'])}")
+        return 0
     arrays = [tuple(int(x) for x in a.lower().split("x")) for a in args.arrays]
     py = ensure_scalesim(args.scalesim_python)
     shapes = model_shapes(args.models)
