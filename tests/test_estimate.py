@@ -9,7 +9,7 @@ import pytest
 
 from vitaccel.sim.errors import UserError
 from vitaccel.sim.perf.estimate import Hardware, estimate, estimate_layer
-from vitaccel.sim.perf.scalesim import scalesim_cycles, scalesim_sram_reads
+from vitaccel.sim.perf.scalesim import paper_cycles, scalesim_cycles, scalesim_report_counts, sram_requests
 from vitaccel.sim.perf.shapes import Gemm, parse_bits, trace_gemms
 from vitaccel.sim.perf.traffic import SramTooSmall, engine_traffic, layer_traffic
 
@@ -101,20 +101,24 @@ def test_engine_cycles_equal_hw_schedule(deit_tiny):
 
 
 def test_scalesim_closed_form_by_hand():
-    # 4x4 array, M=6, K=5, N=3
-    # OS: Sr=M=6, Sc=N=3, T=K=5 -> (2*4 + 4 + 5 - 2) * ceil(6/4) * ceil(3/4) = 15 * 2 * 1 = 30
-    assert scalesim_cycles("os", 4, 4, 6, 5, 3).total == 30
-    # WS: Sr=K=5, Sc=N=3, T=M=6 -> (8 + 4 + 6 - 2) * 2 * 1 = 32
-    assert scalesim_cycles("ws", 4, 4, 6, 5, 3).total == 32
-    # IS: Sr=K=5, Sc=M=6, T=N=3 -> (8 + 4 + 3 - 2) * 2 * 2 = 52
-    assert scalesim_cycles("is", 4, 4, 6, 5, 3).total == 52
-    # SRAM requests (SCALE-Sim v2 counting): OS re-reads A per column fold (1) and B per row fold (2)
-    assert scalesim_sram_reads("os", 4, 4, 6, 5, 3) == dict(ifmap=30, filter=30, ofmap=18)
+    # 4x4 array, M=6, K=5, N=3; SCALE-Sim 3.0.0 reports F * fold_rows - 1 (docs/estimator.md)
+    # OS: Sr=M=6, Sc=N=3, T=K=5 -> F = 2 * 1, fold_rows = R + C + T - 2 = 11 -> 21
+    assert scalesim_cycles("os", 4, 4, 6, 5, 3).total == 21
+    # WS: Sr=K=5, Sc=N=3, T=M=6 -> F = 2, fold_rows = 2R + C + T - 2 = 16 -> 31
+    assert scalesim_cycles("ws", 4, 4, 6, 5, 3).total == 31
+    # IS: Sr=K=5, Sc=M=6, T=N=3 -> F = 4, fold_rows = 8 + 4 + 3 - 2 = 13 -> 51
+    assert scalesim_cycles("is", 4, 4, 6, 5, 3).total == 51
+    # the ISPASS 2020 form, kept for comparison: (2R + C + T - 2) * F
+    assert [paper_cycles(d, 4, 4, 6, 5, 3) for d in ("os", "ws", "is")] == [30, 32, 52]
+    # SRAM requests: OS re-reads A per column fold (1) and B per row fold (2)
+    assert sram_requests("os", 4, 4, 6, 5, 3) == dict(ifmap=30, filter=30, ofmap=18)
+    # SCALE-Sim's os write counter adds R + C per fold: 18 + 2 * 8
+    assert scalesim_report_counts("os", 4, 4, 6, 5, 3)["ofmap"] == 34
     # WS: partial outputs once per row fold (2)
-    assert scalesim_sram_reads("ws", 4, 4, 6, 5, 3) == dict(ifmap=30, filter=15, ofmap=36)
+    assert sram_requests("ws", 4, 4, 6, 5, 3) == dict(ifmap=30, filter=15, ofmap=36)
     hw = Hardware(rows=4, cols=4, dataflow="ws", dram_bw=1e6, sram_kib=64)
     l = estimate_layer(Gemm("x", "linear", "linear", 6, 5, 3), hw)
-    assert l.compute == 32 and l.total == 32
+    assert l.compute == 31 and l.total == 31
 
 
 # ------------------------------------------------------------------------------------------ traffic

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "vitaccel.hw.cli",           # hw generate, hw synth
     "vitaccel.tb.cli",           # tb run
     "vitaccel.sim.perf.cli",     # estimate
+    "vitaccel.sim.perf.explore", # explore
 )
 
 

@@ -49,11 +49,14 @@ def add_subcommands(subparsers) -> None:
                      help="assumed outliers per row tile on q/k/v/fc1 inputs for --model (default 0)")
     eng = add_engine_args(p, bits_help="wXaY code widths of the --model workload, X and Y in 4, 6, 8 "
                           "(default w8a8; the engine is built for the widest codes of the workload)")
-    add_freq_arg(eng, default=None, help="clock in MHz (default 200)")
+    add_freq_arg(eng, default=None, help="clock in MHz (default: the measured Fmax of the configuration in "
+                 "sim/perf/synth_table.json, else 200 MHz, stated as assumed)")
     eng.add_argument("--dram-bw", type=_float, default=16.0, help="DRAM bandwidth, bytes/cycle (default 16)")
     eng.add_argument("--sram-kib", type=_float, default=256.0, help="on-chip buffer, KiB (default 256)")
     eng.add_argument("--dataflow", default="engine", choices=("engine", "os", "ws", "is"),
                      help="engine = exact vitaccel engine (sim.schedule); os/ws/is = SCALE-Sim closed form")
+    eng.add_argument("--device", default=None, help="FPGA for the resource check (default LFE5U-85F; "
+                     "LFE5U-25F, LFE5U-45F, LFE5U-85F)")
     out = p.add_argument_group("output")
     out.add_argument("--csv", metavar="F", help="write per-layer CSV")
     add_json_arg(out, help="write summary + per-layer JSON")
@@ -89,13 +92,14 @@ def build_estimate(args):
         deprecated("estimate --batch", "--batch-size")
         args.batch_size = args.batch
     hw = hardware_from_args(args)
+    clock = dict(freq_mhz=freq_mhz_from_args(args), device=args.device)
     if program is not None:
-        return estimate_program(program, hw, batch=args.batch_size)
+        return estimate_program(program, hw, batch=args.batch_size, **clock)
     bits = args.bits or ENGINE_DEFAULTS["bits"]
     parse_bits(bits)
     edge = None if args.edge_bits == "same" else int(args.edge_bits)
     return estimate_model(args.model, hw, bits=bits, batch=args.batch_size, edge_bits=edge, img_size=args.img_size,
-                          outliers_per_tile=args.outliers_per_tile)
+                          outliers_per_tile=args.outliers_per_tile, **clock)
 
 
 def run_estimate(args) -> int:

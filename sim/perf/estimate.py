@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from . import engine as engine_mod
-from .scalesim import DATAFLOWS, scalesim_cycles, scalesim_sram_reads
+from .scalesim import DATAFLOWS, scalesim_cycles, scalesim_report_counts, sram_requests
 from .shapes import Gemm
 from .traffic import Traffic, engine_traffic, layer_traffic
 
@@ -124,6 +124,10 @@ class ModelEstimate:
     source: str = "timm"
     notes: list[str] = field(default_factory=list)
     engine_config: dict | None = None
+    #: set by :func:`with_synthesis`: where the clock comes from, the configuration's resources, device fit
+    clock: object | None = None
+    resources: object | None = None
+    device_fit: object | None = None
 
     @property
     def cycles(self) -> int:
@@ -196,8 +200,22 @@ class ModelEstimate:
             weight_params=self.weight_params, weight_bytes=self.weight_bytes,
             compression_vs_fp16=self.compression_vs_fp16, compression_vs_int8=self.compression_vs_int8,
             memory_bound_layers=sum(l.bound == "memory" for l in self.layers),
-            engine_config=self.engine_config,
+            engine_config=self.engine_config, **self._synthesis_summary(),
         )
+
+    def _synthesis_summary(self) -> dict:
+        out: dict = {}
+        if self.clock is not None:
+            out.update(clock_source=self.clock.source, clock=self.clock.text)
+        if self.resources is not None:
+            r = self.resources
+            out.update(resource_source=r.source, resource_basis=r.basis, resource_notes=list(r.notes),
+                       **{f"res_{k}": v for k, v in r.values.items()})
+        if self.device_fit is not None:
+            f = self.device_fit
+            out.update(device=f.device, fits_device=f.fits, limiting_resource=f.limiting,
+                       bram_total=f.use.get("BRAM", (None,))[0])
+        return out
 
 
 def _overlap(compute: int, tr: Traffic, bw: float) -> tuple[int, float, str]:
@@ -215,10 +233,13 @@ def _engine_layer(g: Gemm, cfg) -> tuple[int, dict]:
 
 
 def _scalesim_layer(g: Gemm, hw: Hardware) -> tuple[int, dict]:
+    """SCALE-Sim 3.0.0 compute cycles of all instances: each instance is one SCALE-Sim layer."""
     c = scalesim_cycles(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     return c.total * g.count, dict(total=c.total * g.count, Sr=c.Sr, Sc=c.Sc, T=c.T, row_folds=c.row_folds,
                                    col_folds=c.col_folds, cycles_per_fold=c.cycles_per_fold,
-                                   n_tiles=c.row_folds * c.col_folds * g.count, macs=g.macs)
+                                   n_tiles=c.row_folds * c.col_folds * g.count, macs=g.macs,
+                                   mapping_efficiency=c.mapping_efficiency,
+                                   compute_utilisation=c.compute_utilisation)
 
 
 def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
@@ -228,9 +249,12 @@ def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
     column fold, which go to DRAM and back when one column fold's partial outputs do not fit next to
     the cached operand."""
     tr = layer_traffic(g, hw.rows, hw.cols, hw.sram_bytes)
+    reads = sram_requests(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
+    extra = dict(scalesim_sram_elements=reads,
+                 scalesim_report_counts=scalesim_report_counts(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N))
     if hw.dataflow == "os":
+        tr.extra.update(extra)
         return tr
-    reads = scalesim_sram_reads(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     c = scalesim_cycles(hw.dataflow, hw.rows, hw.cols, g.M, g.K, g.N)
     a_once, b_once = tr.a_once // g.count, tr.b_once // g.count
     avail = hw.sram_bytes - tr.min_sram
@@ -256,7 +280,42 @@ def _scalesim_traffic(g: Gemm, hw: Hardware) -> Traffic:
         sram_read=int(tr.a_once * scale_a + tr.b_once * scale_b
                       + (c.row_folds - 1) * psum_bytes * g.count),
         sram_write=dram_a + dram_b + tr.dram_out + c.row_folds * psum_bytes * g.count,
-        min_sram=tr.min_sram, extra=dict(scalesim_sram_elements=reads))
+        min_sram=tr.min_sram, extra=extra)
+
+
+def with_synthesis(est: ModelEstimate, *, freq_mhz: float | None = None, device: str | None = None,
+                   allow_model_clock: bool = False) -> ModelEstimate:
+    """Set the estimate's clock from synthesis results and attach resources and the device check.
+
+    Engine dataflow (docs/estimator.md, "Clock and resources"): the clock is ``freq_mhz`` when given,
+    else the measured Fmax of the ``R x C wXaY`` build (widest codes of the workload) recorded in
+    ``sim/perf/synth_table.json``, else (``allow_model_clock``) the nearest measured configuration's,
+    else :data:`resources.ASSUMED_MHZ`, labelled assumed. Resources are the recorded ones or the fitted
+    model's; the device check adds the DP16KD blocks of the SRAM beyond the engine's B banks. SCALE-Sim
+    dataflows describe a generic array without synthesis data: given or assumed clock, no resources.
+    """
+    from dataclasses import replace
+
+    from . import resources as res
+    from .traffic import engine_bank_bytes
+
+    device = device or res.DEFAULT_DEVICE
+    cfg = est.engine_config
+    if est.hw.dataflow != "engine" or not cfg:
+        if freq_mhz is not None:
+            clock = res.Clock(float(freq_mhz), "given", f"{freq_mhz:g} MHz (given with --freq)")
+        else:
+            clock = res.Clock(res.ASSUMED_MHZ, "assumed", f"ASSUMED {res.ASSUMED_MHZ:g} MHz: generic SCALE-Sim "
+                              f"{est.hw.dataflow} array, no synthesis data (pass --freq to set the clock)")
+        est.hw, est.clock = replace(est.hw, freq=clock.hz), clock
+        return est
+    R, C, a, b = cfg["rows"], cfg["cols"], cfg["a_bits"], cfg["b_bits"]
+    clock = res.engine_clock(R, C, a, b, freq_mhz=freq_mhz, allow_model=allow_model_clock)
+    resources = res.engine_resources(R, C, a, b, cfg=cfg)
+    extra = res.sram_bram(est.hw.sram_bytes, engine_bank_bytes(C, cfg["max_k"], b))
+    est.hw, est.clock, est.resources = replace(est.hw, freq=clock.hz), clock, resources
+    est.device_fit = res.check_fit(resources.values, device, extra_bram=extra)
+    return est
 
 
 def engine_config_for(gemms: list[Gemm], hw: Hardware):

@@ -37,7 +37,9 @@ def layer_row(l: LayerEstimate, hw) -> dict:
         sram_read_bytes=t.sram_read, sram_write_bytes=t.sram_write, min_sram_bytes=t.min_sram,
     )
     for k, v in l.breakdown.items():
-        if k not in ("total", "macs", "utilisation") and isinstance(v, (int, float)):
+        if k in ("mapping_efficiency", "compute_utilisation"):  # SCALE-Sim fold averages (fractions)
+            row[f"scalesim_{k}"] = v
+        elif k not in ("total", "macs", "utilisation") and isinstance(v, (int, float)):
             row[f"cyc_{k}"] = v
     return row
 
@@ -82,6 +84,13 @@ def summary_text(est: ModelEstimate) -> str:
     if est.engine_config:
         c = est.engine_config
         lines.append("  engine: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if est.clock is not None:
+        lines.append(f"  clock: {est.clock.text}")
+    if est.resources is not None:
+        lines.append(f"  resources: {est.resources.text()}")
+        lines += [f"    note: {n}" for n in est.resources.notes]
+    if est.device_fit is not None:
+        lines.append(f"  device: {est.device_fit.text()} (BRAM includes the SRAM beyond the B banks)")
     for n in est.notes:
         lines.append(f"  note: {n}")
     return "\n".join(lines)

@@ -11,25 +11,35 @@ import sys
 from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.errors import UserError
 
-from .estimate import Hardware, ModelEstimate, estimate
+from .estimate import Hardware, ModelEstimate, estimate, with_synthesis
 from .shapes import UnknownModelError, suggest_models, trace_gemms, with_outliers
 from .traffic import SramTooSmall
 
 __all__ = ["estimate_model", "estimate_program", "run_estimate_checked"]
 
 
-def run_estimate_checked(gemms, hw: Hardware, **kw) -> ModelEstimate:
-    """:func:`sim.perf.estimate.estimate` with its errors turned into :class:`UserError`."""
+def run_estimate_checked(gemms, hw: Hardware, *, freq_mhz: float | None = None, device: str | None = None,
+                         **kw) -> ModelEstimate:
+    """:func:`sim.perf.estimate.estimate` plus the clock and resources of :func:`with_synthesis`
+    (``freq_mhz`` given, else the measured Fmax of the configuration, else an assumed clock, said so;
+    resources checked against ``device``), with errors turned into :class:`UserError`."""
+    from .resources import DEFAULT_DEVICE, load_table
+
+    device = device or DEFAULT_DEVICE
+    if device not in load_table().devices:
+        raise UserError(f"unknown --device {device!r}; known: {', '.join(sorted(load_table().devices))}")
     try:
         hw.validate()
-        return estimate(gemms, hw, progress=len(gemms) > 400 and sys.stderr.isatty(), **kw)
+        est = estimate(gemms, hw, progress=len(gemms) > 400 and sys.stderr.isatty(), **kw)
     except SramTooSmall as exc:
         raise UserError(f"SRAM too small for the minimum tile: {exc}") from None
     except ValueError as exc:  # sim.engine_config.ConfigError and Hardware.validate
         raise UserError(str(exc)) from None
+    return with_synthesis(est, freq_mhz=freq_mhz, device=device)
 
 
-def estimate_program(program: str, hw: Hardware, *, batch: int = 1) -> ModelEstimate:
+def estimate_program(program: str, hw: Hardware, *, batch: int = 1, freq_mhz: float | None = None,
+                     device: str | None = None) -> ModelEstimate:
     """Estimate an exported integer program (its per-layer shapes, widths and measured outliers per tile).
 
     Parameters
@@ -40,6 +50,8 @@ def estimate_program(program: str, hw: Hardware, *, batch: int = 1) -> ModelEsti
         The accelerator.
     batch : int
         Images per inference.
+    freq_mhz, device : optional
+        Clock (default: measured Fmax, else assumed) and FPGA of the resource check (:func:`run_estimate_checked`).
     """
     from .program import ProgramError, load_program_gemms
 
@@ -49,13 +61,15 @@ def estimate_program(program: str, hw: Hardware, *, batch: int = 1) -> ModelEsti
     except ProgramError as exc:
         raise UserError(str(exc)) from None
     est = run_estimate_checked(gemms, hw, model=meta.get("model", program), batch=batch,
-                               bits=meta.get("bits", "program"), source="program")
+                               bits=meta.get("bits", "program"), source="program", freq_mhz=freq_mhz,
+                               device=device)
     est.notes.extend(meta.get("notes", []))
     return est
 
 
 def estimate_model(model: str, hw: Hardware, *, bits: str = "w8a8", batch: int = 1, edge_bits: int | None = 8,
-                   img_size: int | None = None, outliers_per_tile: int = 0) -> ModelEstimate:
+                   img_size: int | None = None, outliers_per_tile: int = 0, freq_mhz: float | None = None,
+                   device: str | None = None) -> ModelEstimate:
     """Estimate a timm model from its traced GEMM shapes (no weights).
 
     Parameters
@@ -70,6 +84,8 @@ def estimate_model(model: str, hw: Hardware, *, bits: str = "w8a8", batch: int =
         Input resolution (default: the model's).
     outliers_per_tile : int
         Assumed outliers per row tile on the q/k/v/fc1 inputs.
+    freq_mhz, device : optional
+        As for :func:`estimate_program`.
     """
     parse_bits(bits)
     _check_batch(batch)
@@ -82,7 +98,8 @@ def estimate_model(model: str, hw: Hardware, *, bits: str = "w8a8", batch: int =
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(f"unknown timm model {model!r}{hint}") from None
     gemms = with_outliers(gemms, outliers_per_tile)
-    est = run_estimate_checked(gemms, hw, model=model, batch=batch, bits=bits.lower(), source="timm")
+    est = run_estimate_checked(gemms, hw, model=model, batch=batch, bits=bits.lower(), source="timm",
+                               freq_mhz=freq_mhz, device=device)
     if edge_bits is not None:
         est.notes.append(f"patch embedding and head at {edge_bits} bits (--edge-bits)")
     return est

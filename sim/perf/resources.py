@@ -1,0 +1,376 @@
+"""Clock and FPGA resources of a layer-engine configuration, from recorded synthesis runs or a fitted model.
+
+``sim/perf/synth_table.json`` records synthesized configurations of the layer engine (docs/hardware.md,
+"ECP5 synthesis and Fmax"): array size, code widths, the other build parameters, Fmax after place and
+route, the cell counts and the command and commit that produced them. This module answers, for an
+``R x C`` ``wXaY`` configuration (docs/estimator.md, "Clock and resources"):
+
+* :func:`engine_clock` -- the clock to quote: a clock the user gave, the *measured* Fmax of the
+  configuration, a *modelled* Fmax (the measured Fmax of the nearest synthesized configuration, only
+  when asked for), or an explicitly *assumed* default;
+* :func:`engine_resources` -- LUT4 / CCU2C / TRELLIS_COMB / FF / DSP / BRAM: *measured* when the table
+  has the configuration, otherwise from :func:`fit_resource`, a least-squares model over the recorded
+  configurations with fixed, per-PE, per-column and per-row terms (as many as the recorded points can
+  determine) -- flagged as estimated;
+* :func:`check_fit` -- whether the resources fit a device (TRELLIS_COMB, TRELLIS_FF, MULT18X18D,
+  DP16KD of ``devices`` in the table); :func:`sram_bram` -- the DP16KD blocks of the on-chip buffer;
+* :func:`loo_errors` -- the model's error on each recorded configuration when that point is held back.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TABLE_PATH = Path(__file__).with_name("synth_table.json")
+#: Resource columns of a table entry.
+RESOURCES = ("LUT4", "CCU2C", "TRELLIS_COMB", "FF", "DSP", "BRAM")
+#: Device limit key of each resource that is checked against a device.
+DEVICE_KEYS = {"TRELLIS_COMB": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D", "BRAM": "DP16KD"}
+DEFAULT_DEVICE = "LFE5U-85F"
+#: Clock quoted (and labelled "assumed") when neither a measurement nor ``--freq`` is available.
+ASSUMED_MHZ = 200.0
+#: Data bytes of one ECP5 DP16KD block (16 Kbit).
+BRAM_BYTES = 2048
+
+#: Model terms: name -> feature of an ``R x C`` array.
+TERMS = {"fixed": lambda r, c: 1.0, "per_pe": lambda r, c: float(r * c), "per_col": lambda r, c: float(c),
+         "per_row": lambda r, c: float(r)}
+#: Order in which terms enter the fit as recorded points allow (logic grows with the PEs; the DSPs and
+#: BRAMs of the engine sit in the per-column requantisers, drain and B banks).
+TERM_ORDER = {res: ("per_pe", "fixed", "per_col", "per_row") for res in ("LUT4", "CCU2C", "TRELLIS_COMB", "FF")}
+TERM_ORDER.update(DSP=("per_col", "fixed", "per_row", "per_pe"), BRAM=("per_col", "fixed", "per_row", "per_pe"))
+
+_BUILD_FIELDS = ("acc_bits", "max_k", "outlier_capacity", "outlier_lanes")
+
+
+def label(rows: int, cols: int, a_bits: int, b_bits: int) -> str:
+    """``RxC wXaY`` (``w`` = B / weight code bits, ``a`` = A / activation code bits)."""
+    return f"{rows}x{cols} w{b_bits}a{a_bits}"
+
+
+@dataclass(frozen=True)
+class SynthRecord:
+    """One synthesis run (an entry of ``synth_table.json``; resource values ``None`` when not reported)."""
+
+    rows: int
+    cols: int
+    a_bits: int
+    b_bits: int
+    acc_bits: int
+    max_k: int
+    outlier_capacity: int
+    outlier_lanes: int
+    fmax_mhz: float | None
+    values: dict
+    device: str
+    placed: bool
+    lut_mapper: str
+    seed: int | None
+    commit: str
+    command: str
+    doc: str = ""
+
+    @property
+    def label(self) -> str:
+        return label(self.rows, self.cols, self.a_bits, self.b_bits)
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return self.rows, self.cols, self.a_bits, self.b_bits
+
+    @property
+    def origin(self) -> str:
+        """Short provenance: tools, seed and commit."""
+        if self.placed:
+            how = f"placed and routed, seed {self.seed}"
+        else:
+            how = "yosys cell counts, not placed" + (f" (nextpnr seed {self.seed} stopped in the placer)"
+                                                     if self.seed is not None else "")
+        return f"{how}, commit {self.commit[:7]}"
+
+    def build_differences(self, cfg) -> list[str]:
+        """Build parameters of ``cfg`` (an EngineConfig or dict) that differ from this run."""
+        get = (lambda k: cfg[k]) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k))
+        return [f"{k} {get(k)} (synthesized: {getattr(self, k)})" for k in _BUILD_FIELDS
+                if get(k) is not None and get(k) != getattr(self, k)]
+
+
+@dataclass(frozen=True)
+class SynthTable:
+    """The recorded runs and device capacities."""
+
+    entries: tuple[SynthRecord, ...]
+    devices: dict
+    path: str = ""
+
+    @classmethod
+    def from_dict(cls, doc: dict, path: str = "") -> "SynthTable":
+        if doc.get("format") != "vitaccel-synth-table":
+            raise ValueError(f"{path or 'synth table'}: not a vitaccel-synth-table document")
+        recs = []
+        for e in doc["entries"]:
+            recs.append(SynthRecord(
+                rows=e["rows"], cols=e["cols"], a_bits=e["a_bits"], b_bits=e["b_bits"], acc_bits=e["acc_bits"],
+                max_k=e["max_k"], outlier_capacity=e["outlier_capacity"], outlier_lanes=e["outlier_lanes"],
+                fmax_mhz=e.get("fmax_mhz"), values={k: e.get(k) for k in RESOURCES}, device=e["device"],
+                placed=bool(e.get("placed")), lut_mapper=e.get("lut_mapper", ""), seed=e.get("seed"),
+                commit=e.get("commit", ""), command=e.get("command", ""), doc=e.get("doc", "")))
+        return cls(tuple(recs), dict(doc.get("devices", {})), path)
+
+    def preferred(self) -> dict:
+        """One record per configuration: placed runs first, then the most complete, then the default mapper."""
+        best: dict = {}
+        for r in self.entries:
+            score = (r.placed, r.fmax_mhz is not None, sum(v is not None for v in r.values.values()),
+                     r.lut_mapper == "abc9")
+            if r.key not in best or score > best[r.key][0]:
+                best[r.key] = (score, r)
+        return {k: v[1] for k, v in best.items()}
+
+    def lookup(self, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
+        return self.preferred().get((rows, cols, a_bits, b_bits))
+
+    def device(self, name: str) -> dict:
+        if name not in self.devices:
+            raise ValueError(f"unknown device {name!r}; the synthesis table knows {', '.join(sorted(self.devices))}")
+        return self.devices[name]
+
+
+@functools.lru_cache(maxsize=4)
+def load_table(path: str | None = None) -> SynthTable:
+    """The synthesis table (default ``sim/perf/synth_table.json``)."""
+    p = Path(path) if path else TABLE_PATH
+    return SynthTable.from_dict(json.loads(p.read_text(encoding="utf-8")), str(p))
+
+
+# ------------------------------------------------------------------------------------------- clock
+
+@dataclass(frozen=True)
+class Clock:
+    """The clock quoted for a configuration. ``source``: ``given``, ``measured``, ``modelled`` or ``assumed``."""
+
+    mhz: float
+    source: str
+    text: str
+
+    @property
+    def hz(self) -> float:
+        return self.mhz * 1e6
+
+
+def measured_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
+    """The placed run of exactly this array and widths with an Fmax, if any."""
+    runs = [r for r in table.entries if r.key == (rows, cols, a_bits, b_bits) and r.fmax_mhz is not None]
+    return max(runs, key=lambda r: (r.lut_mapper == "abc9", r.fmax_mhz)) if runs else None
+
+
+def nearest_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
+    """The measured configuration closest to ``rows x cols wXaY`` (PE count, aspect ratio, widths)."""
+    runs = [r for r in table.entries if r.fmax_mhz is not None]
+
+    def dist(r):
+        return (abs(math.log2(r.rows * r.cols / (rows * cols))) + 0.5 * abs(math.log2(r.rows * cols / (r.cols * rows)))
+                + 0.25 * (abs(r.a_bits - a_bits) + abs(r.b_bits - b_bits)))
+    return min(runs, key=dist) if runs else None
+
+
+def engine_clock(rows: int, cols: int, a_bits: int, b_bits: int, *, freq_mhz: float | None = None,
+                 allow_model: bool = False, assumed_mhz: float = ASSUMED_MHZ,
+                 table: SynthTable | None = None) -> Clock:
+    """The clock of an ``rows x cols wXaY`` engine, and a one-line statement of where it comes from.
+
+    ``freq_mhz`` (a user's ``--freq``) wins; then the measured Fmax of the configuration; then, with
+    ``allow_model``, the measured Fmax of the nearest synthesized configuration (``modelled``); else
+    ``assumed_mhz``, labelled as assumed.
+    """
+    table = table or load_table()
+    lab = label(rows, cols, a_bits, b_bits)
+    if freq_mhz is not None:
+        return Clock(float(freq_mhz), "given", f"{freq_mhz:g} MHz (given with --freq)")
+    rec = measured_fmax(table, rows, cols, a_bits, b_bits)
+    if rec is not None:
+        return Clock(rec.fmax_mhz, "measured", f"measured Fmax of {lab} on {rec.device} ({rec.fmax_mhz:g} MHz; "
+                                               f"{rec.origin})")
+    if allow_model:
+        near = nearest_fmax(table, rows, cols, a_bits, b_bits)
+        if near is not None:
+            return Clock(near.fmax_mhz, "modelled",
+                         f"modelled: {lab} not synthesized, Fmax of the nearest measured configuration "
+                         f"{near.label} on {near.device} ({near.fmax_mhz:g} MHz)")
+    return Clock(float(assumed_mhz), "assumed",
+                 f"ASSUMED {assumed_mhz:g} MHz: no measured Fmax for {lab} in sim/perf/synth_table.json "
+                 "(pass --freq to set the clock)")
+
+
+# --------------------------------------------------------------------------------------- resources
+
+@dataclass(frozen=True)
+class ResourceFit:
+    """Least-squares model of one resource: ``sum(coef[t] * TERMS[t](R, C))`` over ``points``."""
+
+    resource: str
+    terms: tuple[str, ...]
+    coef: tuple[float, ...]
+    points: tuple[str, ...]
+    widths_extrapolated: bool = False
+
+    def predict(self, rows: int, cols: int) -> float:
+        return sum(c * TERMS[t](rows, cols) for t, c in zip(self.terms, self.coef))
+
+    @property
+    def formula(self) -> str:
+        return " + ".join(f"{c:.4g} {t}" for t, c in zip(self.terms, self.coef))
+
+
+def _fit_points(points: list[SynthRecord], resource: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    import numpy as np
+
+    terms: list[str] = []
+    X = np.zeros((len(points), 0))
+    for t in TERM_ORDER[resource]:
+        if len(terms) == len(points):
+            break
+        col = np.array([[TERMS[t](p.rows, p.cols)] for p in points])
+        cand = np.hstack([X, col])
+        if np.linalg.matrix_rank(cand) > X.shape[1]:
+            terms.append(t)
+            X = cand
+    y = np.array([float(p.values[resource]) for p in points])
+    coef = np.linalg.lstsq(X, y, rcond=None)[0] if terms else np.zeros(0)
+    tiny = 1e-9 * max(1.0, float(np.abs(y).max()))
+    return tuple(terms), tuple(0.0 if abs(c) < tiny else float(c) for c in coef)
+
+
+def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable | None = None,
+                 exclude: tuple = ()) -> ResourceFit | None:
+    """Fit ``resource`` on the recorded configurations (one per array size and widths).
+
+    Uses the configurations of the same widths when there are at least two, otherwise every recorded
+    configuration (``widths_extrapolated``: the widths were not synthesized). Terms enter in
+    :data:`TERM_ORDER` while they raise the rank and there are more points than terms, so two recorded
+    sizes give ``fixed + per-PE`` (logic) or ``fixed + per-column`` (DSP, BRAM). ``exclude`` holds
+    configuration keys ``(R, C, a_bits, b_bits)`` to hold back. ``None`` when nothing is recorded.
+    """
+    table = table or load_table()
+    pts = [r for k, r in sorted(table.preferred().items()) if k not in exclude and r.values.get(resource) is not None]
+    same = [r for r in pts if (r.a_bits, r.b_bits) == (a_bits, b_bits)]
+    use = same if len(same) >= 2 else pts
+    if not use:
+        return None
+    terms, coef = _fit_points(use, resource)
+    return ResourceFit(resource, terms, coef, tuple(r.label for r in use),
+                       any((r.a_bits, r.b_bits) != (a_bits, b_bits) for r in use))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources of a configuration. ``source``: ``measured`` (a synthesis run) or ``model`` (estimated)."""
+
+    rows: int
+    cols: int
+    a_bits: int
+    b_bits: int
+    values: dict
+    source: str
+    basis: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def label(self) -> str:
+        return label(self.rows, self.cols, self.a_bits, self.b_bits)
+
+    def text(self) -> str:
+        vals = ", ".join(f"{k} {self.values[k]:,.0f}" for k in RESOURCES if self.values.get(k) is not None)
+        return f"{vals} ({'measured' if self.source == 'measured' else 'ESTIMATED'}: {self.basis})"
+
+
+def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None,
+                     table: SynthTable | None = None) -> Resources:
+    """Measured resources of the configuration, or the fitted model's (``source = "model"``).
+
+    ``cfg`` (EngineConfig or dict with ``acc_bits``, ``max_k``, ``outlier_capacity``, ``outlier_lanes``)
+    adds a note for every build parameter that differs from the synthesized run.
+    """
+    table = table or load_table()
+    rec = table.lookup(rows, cols, a_bits, b_bits)
+    notes: list[str] = []
+    if rec is not None:
+        vals = dict(rec.values)
+        missing = [k for k, v in vals.items() if v is None]
+        for k in missing:
+            f = fit_resource(k, a_bits, b_bits, table=table)
+            vals[k] = round(f.predict(rows, cols)) if f else None
+        if missing:
+            notes.append(f"{', '.join(missing)} not reported by that run: from the model")
+        if cfg is not None and rec.build_differences(cfg):
+            notes.append("synthesized with different build parameters: " + ", ".join(rec.build_differences(cfg)))
+        return Resources(rows, cols, a_bits, b_bits, vals, "measured", f"{rec.label} on {rec.device}, {rec.origin}",
+                         tuple(notes))
+    vals, pts, extrap = {}, set(), False
+    for k in RESOURCES:
+        f = fit_resource(k, a_bits, b_bits, table=table)
+        vals[k] = max(0, round(f.predict(rows, cols))) if f else None
+        if f:
+            pts.update(f.points)
+            extrap = extrap or f.widths_extrapolated
+    if extrap:
+        notes.append(f"w{b_bits}a{a_bits} not synthesized: fitted on other widths, no width dependence modelled")
+    return Resources(rows, cols, a_bits, b_bits, vals, "model",
+                     f"model fitted on {', '.join(sorted(pts))} (docs/estimator.md)", tuple(notes))
+
+
+def loo_errors(table: SynthTable | None = None) -> list[dict]:
+    """Leave-one-out: each recorded configuration predicted by the model fitted on the others."""
+    table = table or load_table()
+    out = []
+    for key, rec in sorted(table.preferred().items()):
+        for res in RESOURCES:
+            if rec.values.get(res) is None:
+                continue
+            f = fit_resource(res, rec.a_bits, rec.b_bits, table=table, exclude=(key,))
+            if f is None:
+                continue
+            pred = f.predict(rec.rows, rec.cols)
+            out.append(dict(config=rec.label, resource=res, recorded=rec.values[res], predicted=pred,
+                            error_pct=100 * (pred - rec.values[res]) / rec.values[res], terms=f.terms,
+                            fitted_on=f.points))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ device
+
+def sram_bram(sram_bytes: int, engine_bank_bytes: int) -> int:
+    """DP16KD blocks of the on-chip buffer beyond the engine's own B banks (counted in the engine's BRAM)."""
+    return max(0, math.ceil((sram_bytes - engine_bank_bytes) / BRAM_BYTES))
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    """``use[resource] = (needed, available)``; ``limiting`` the resource with the highest ratio."""
+
+    device: str
+    fits: bool
+    use: dict
+    limiting: str
+
+    def text(self) -> str:
+        parts = ", ".join(f"{k} {n:,.0f}/{a:,} ({100 * n / a:.0f} %)" for k, (n, a) in self.use.items())
+        return f"{'fits' if self.fits else 'DOES NOT FIT'} {self.device}: {parts}"
+
+
+def check_fit(values: dict, device: str = DEFAULT_DEVICE, *, extra_bram: int = 0,
+              table: SynthTable | None = None) -> DeviceFit:
+    """Compare TRELLIS_COMB / FF / DSP / BRAM (+ ``extra_bram`` buffer blocks) with ``device``."""
+    table = table or load_table()
+    cap = table.device(device)
+    use = {}
+    for res, key in DEVICE_KEYS.items():
+        need = values.get(res)
+        if need is None:
+            continue
+        use[res] = (need + (extra_bram if res == "BRAM" else 0), cap[key])
+    limiting = max(use, key=lambda k: use[k][0] / use[k][1]) if use else ""
+    return DeviceFit(device, all(n <= a for n, a in use.values()), use, limiting)

@@ -1,0 +1,163 @@
+"""Clock and resources from synthesis (sim/perf/resources.py, sim/perf/synth_table.json) and their use in
+``vitaccel estimate``: recorded table against docs/hardware.md, clock sources, the fitted resource model on
+synthetic tables with known coefficients, the device check."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from vitaccel.cli import main
+from vitaccel.sim.perf import resources as R
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DEV = {"LFE5U-85F": {"TRELLIS_COMB": 83640, "TRELLIS_FF": 83640, "MULT18X18D": 156, "DP16KD": 208}}
+
+
+def _entry(rows, cols, a=4, b=4, fmax=None, **vals):
+    e = dict(rows=rows, cols=cols, a_bits=a, b_bits=b, acc_bits=32, max_k=1024, outlier_capacity=32, outlier_lanes=1,
+             fmax_mhz=fmax, device="LFE5U-85F", placed=fmax is not None, seed=1, lut_mapper="abc9",
+             commit="0" * 40, command="synthetic")
+    e.update({k: vals.get(k) for k in R.RESOURCES})
+    return e
+
+
+def _table(entries):
+    return R.SynthTable.from_dict(dict(format="vitaccel-synth-table", version=1, devices=DEV, entries=entries))
+
+
+def _linear(r, c):
+    """A synthetic resource law with all four terms."""
+    return 1000 + 200 * r * c + 50 * c + 30 * r
+
+
+# ------------------------------------------------------------------------------------ recorded table
+
+def test_recorded_table_numbers_are_the_ones_docs_hardware_reports():
+    doc = (DOCS / "hardware.md").read_text()
+    table = R.load_table()
+    assert table.entries, "the synthesis table is empty"
+    for e in table.entries:
+        for k, v in e.values.items():
+            if v is not None:
+                assert f"{v:,}".replace(",", " ") in doc, (e.label, k, v)
+        if e.fmax_mhz is not None:
+            assert f"{e.fmax_mhz:g} MHz" in doc
+        assert e.command.split(" -o ")[0].replace(".venv/bin/", "") in doc.replace(".venv/bin/", "")
+        assert re.fullmatch(r"[0-9a-f]{40}", e.commit)
+    # the device capacities the doc quotes from nextpnr
+    assert table.device("LFE5U-85F")["TRELLIS_COMB"] == 83640 and "83 640" in doc
+
+
+def test_clock_measured_assumed_modelled_given():
+    c = R.engine_clock(8, 8, 4, 4)
+    assert (c.source, c.mhz) == ("measured", 77.3)
+    assert "measured Fmax of 8x8 w4a4 on LFE5U-85F" in c.text
+    c = R.engine_clock(16, 16, 8, 8)
+    assert c.source == "assumed" and c.mhz == R.ASSUMED_MHZ and "ASSUMED" in c.text and "--freq" in c.text
+    c = R.engine_clock(16, 16, 8, 8, allow_model=True)
+    assert c.source == "modelled" and c.mhz == 77.3 and "8x8 w4a4" in c.text
+    c = R.engine_clock(8, 8, 4, 4, freq_mhz=123.0)
+    assert (c.source, c.mhz, c.hz) == ("given", 123.0, 123e6)
+
+
+def test_modelled_clock_is_the_nearest_measured_configuration():
+    t = _table([_entry(4, 4, fmax=120.0, LUT4=1), _entry(16, 16, fmax=60.0, LUT4=2), _entry(64, 64, LUT4=3)])
+    assert R.engine_clock(8, 4, 4, 4, allow_model=True, table=t).mhz == 120.0
+    assert R.engine_clock(32, 32, 4, 4, allow_model=True, table=t).mhz == 60.0
+    # 64x64 was synthesized but not placed: no measured Fmax
+    assert R.engine_clock(64, 64, 4, 4, table=t).source == "assumed"
+
+
+# ----------------------------------------------------------------------------------------- model
+
+def test_fit_recovers_fixed_per_pe_per_row_per_col_terms():
+    sizes = [(4, 4), (8, 8), (16, 16), (8, 16), (16, 4), (32, 8)]
+    t = _table([_entry(r, c, **{k: _linear(r, c) for k in R.RESOURCES}) for r, c in sizes])
+    f = R.fit_resource("LUT4", 4, 4, table=t)
+    assert set(f.terms) == {"fixed", "per_pe", "per_row", "per_col"}
+    coef = dict(zip(f.terms, f.coef))
+    for term, want in (("fixed", 1000), ("per_pe", 200), ("per_col", 50), ("per_row", 30)):
+        assert coef[term] == pytest.approx(want, rel=1e-9)
+    assert f.predict(64, 16) == pytest.approx(_linear(64, 16))
+    res = R.engine_resources(64, 16, 4, 4, table=t)
+    assert res.source == "model" and res.values["LUT4"] == _linear(64, 16) and "ESTIMATED" in res.text()
+    # held-back points are predicted exactly by a law the remaining five points determine
+    errs = [e for e in R.loo_errors(t) if e["resource"] == "LUT4"]
+    assert len(errs) == 6 and all(abs(e["error_pct"]) < 1e-6 for e in errs)
+
+
+def test_terms_follow_the_number_of_points_and_their_rank():
+    two = _table([_entry(8, 8, LUT4=26115, DSP=48), _entry(16, 16, LUT4=79753, DSP=96)])
+    assert R.fit_resource("LUT4", 4, 4, table=two).terms == ("per_pe", "fixed")
+    dsp = R.fit_resource("DSP", 4, 4, table=two)
+    assert dsp.terms == ("per_col", "fixed") and dsp.predict(32, 32) == pytest.approx(6 * 32)
+    # square arrays only: rows and columns cannot be told apart, so per_row never enters
+    sq = _table([_entry(n, n, LUT4=_linear(n, n)) for n in (4, 8, 16, 32, 64)])
+    assert "per_row" not in R.fit_resource("LUT4", 4, 4, table=sq).terms
+    # one point: proportional to the PEs
+    one = _table([_entry(8, 8, LUT4=6400)])
+    f = R.fit_resource("LUT4", 4, 4, table=one)
+    assert f.terms == ("per_pe",) and f.predict(16, 16) == pytest.approx(25600)
+
+
+def test_measured_resources_and_unsynthesized_widths_are_marked():
+    t = _table([_entry(8, 8, LUT4=100, CCU2C=10, TRELLIS_COMB=None, FF=50, DSP=4, BRAM=2),
+                _entry(16, 16, LUT4=400, CCU2C=40, TRELLIS_COMB=500, FF=200, DSP=8, BRAM=4)])
+    m = R.engine_resources(8, 8, 4, 4, table=t, cfg=dict(acc_bits=32, max_k=1536, outlier_capacity=32,
+                                                         outlier_lanes=1))
+    assert m.source == "measured" and m.values["LUT4"] == 100
+    assert m.values["TRELLIS_COMB"] is not None  # filled from the model, and said so
+    assert any("TRELLIS_COMB" in n for n in m.notes) and any("max_k 1536" in n for n in m.notes)
+    w8 = R.engine_resources(8, 8, 8, 8, table=t)
+    assert w8.source == "model" and any("w8a8 not synthesized" in n for n in w8.notes)
+
+
+def test_check_fit_and_sram_blocks():
+    f = R.check_fit(dict(TRELLIS_COMB=90000, FF=1000, DSP=10, BRAM=8), "LFE5U-85F", extra_bram=100)
+    assert not f.fits and f.limiting == "TRELLIS_COMB" and f.use["BRAM"] == (108, 208)
+    assert "DOES NOT FIT" in f.text()
+    assert R.check_fit(dict(TRELLIS_COMB=80000, FF=1000, DSP=156, BRAM=200)).fits
+    assert not R.check_fit(dict(TRELLIS_COMB=1, FF=1, DSP=1, BRAM=8), extra_bram=201).fits
+    # 256 KiB SRAM, 8 KiB of it the engine's B banks: (262144 - 8192) / 2048 = 124 DP16KD
+    assert R.sram_bram(256 * 1024, 8192) == 124
+    with pytest.raises(ValueError, match="unknown device"):
+        R.load_table().device("XC7A35T")
+
+
+# ------------------------------------------------------------------------------- vitaccel estimate
+
+def _manifest(tmp_path, bits):
+    layers = [dict(name=f"l{i}", op="linear", M=40, K=64, N=48, a_bits=bits, b_bits=bits, a_fmt="uniform",
+                   out_fmt="fixed32") for i in range(3)]
+    p = tmp_path / f"w{bits}.json"
+    p.write_text(json.dumps(dict(model="toy", layers=layers)))
+    return str(p)
+
+
+def test_estimate_quotes_measured_clock_and_resources(tmp_path, capsys):
+    out_json = tmp_path / "e.json"
+    assert main(["estimate", "--program", _manifest(tmp_path, 4), "--rows", "8", "--cols", "8", "--quiet",
+                 "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "clock: measured Fmax of 8x8 w4a4 on LFE5U-85F (77.3 MHz" in text
+    assert "resources: LUT4 26,115" in text and "fits LFE5U-85F" in text
+    s = json.loads(out_json.read_text())["summary"]
+    assert s["clock_source"] == "measured" and s["freq_hz"] == pytest.approx(77.3e6)
+    assert math.isclose(s["latency_ms"], s["cycles"] / 77.3e3, rel_tol=1e-12)
+    assert s["resource_source"] == "measured" and s["fits_device"] is True
+
+
+def test_estimate_states_an_assumed_clock_and_a_misfit(tmp_path, capsys):
+    assert main(["estimate", "--program", _manifest(tmp_path, 8), "--rows", "16", "--cols", "16", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "clock: ASSUMED 200 MHz" in text and "ESTIMATED" in text and "DOES NOT FIT LFE5U-85F" in text
+    assert main(["estimate", "--program", _manifest(tmp_path, 8), "--quiet", "--freq", "100e6"]) == 0
+    assert "clock: 100 MHz (given with --freq)" in capsys.readouterr().out
+    assert main(["estimate", "--program", _manifest(tmp_path, 8), "--dataflow", "ws", "--quiet"]) == 0
+    assert "ASSUMED 200 MHz: generic SCALE-Sim ws array" in capsys.readouterr().out
+    assert main(["estimate", "--program", _manifest(tmp_path, 8), "--device", "nope", "--quiet"]) == 2
+    assert "unknown --device" in capsys.readouterr().err
