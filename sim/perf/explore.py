@@ -84,7 +84,7 @@ def add_subcommands(subparsers) -> None:
         "Model in docs/estimator.md.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     w = p.add_argument_group("workload")
     w.add_argument("--model", help="timm model name (shapes traced without weights)")
-    w.add_argument("--program", metavar="DIR", help="exported integer program (its per-layer widths are used)")
+    w.add_argument("--program", metavar="PATH", help="exported integer program (its per-layer widths are used)")
     w.add_argument("--edge-bits", default="same", choices=("4", "6", "8", "same"),
                    help="patch embedding / head bits for --model (default same: the engine is built for the swept "
                    "width; 8 makes every point an 8-bit build)")
@@ -96,7 +96,8 @@ def add_subcommands(subparsers) -> None:
     s.add_argument("--bits", nargs="+", default=None, help="wXaY settings for --model (default w4a4 w6a6 w8a8)")
     s.add_argument("--sram-kib", nargs="+", type=float, default=[256.0], help="on-chip buffer KiB (default 256)")
     s.add_argument("--dram-bw", nargs="+", type=float, default=[16.0], help="DRAM bytes/cycle (default 16)")
-    s.add_argument("--batch", nargs="+", type=int, default=[1], help="images per inference (default 1)")
+    s.add_argument("--batch-size", "--batch", dest="batch", nargs="+", type=int, default=[1],
+                   help="images per inference (default 1)")
     h = p.add_argument_group("hardware")
     h.add_argument("--freq", type=float, default=None,
                    help="clock in MHz for every point (default: measured Fmax, else modelled from the nearest "
