@@ -1,17 +1,25 @@
 """Layer engine: one linear layer / attention-matmul GEMM from streams (docs/datapath.md sections 4-7).
 
-Block diagram (see docs/hardware.md for the full description)::
+Block diagram (see docs/hardware.md for the full description; component names in brackets)::
 
-      cmd ─► controller (windows, tile order, registered global stall `en` x copies, cycle counter)
-                 │
-      rowp ─► tile descriptors (Mr[r], za[r], n_outliers) ─────────────────────────┐
-      colp ─► column params (Mc, Sc, Bq) ─┐                                        │
-      b ────► B loader ─► B buffer (2 banks x max_k rows x C codes) ──┐ colsum     │
-                               │ read k           │ read col (L ports)│            │
-      a ────► OperandDecoder ─►│ MacArray R x C ──┼─ shadow rows ─────┼► drain: acc_raw - za*colsum,
-                               │                  │                   │   << FO, + corr  ──► C x Requantiser
-      outl ─► OutlierUnit ─────┴──────────────────┘ corr rows ────────┘                         │
-                                                                                    out FIFO ◄──┘ ─► out
+      cmd ─► [EngineController] windows, tile order, stream needs, cycle counter ──► strobes to all
+      a, b, colp, rowp, outl ─► [GlobalStall] skid buffers, registered enable `en` x copies
+      rowp ─► [TileDescriptors] Mr[r], za[r], n_outliers (next / current / previous tile) ───────┐
+      colp ─► [ColumnParams] Mc, Sc, Bq + colsum, 2 banks ◄── loaded rows ─┐                     │
+      b ────► [BBuffer] B loader ─► 2 banks x max_k rows x C codes ────────┘                     │
+                               │ read k           │ read col (L ports)                           │
+      a ────► OperandDecoder ─►│ MacArray R x C ──┼─ shadow rows ───► [DrainPipeline] D1..D6: ◄──┘
+                               │                  │                    acc_raw - za*colsum, << FO, + corr
+      outl ─► OutlierUnit ─────┴──────────────────┘ corr rows ────────►   │
+                                                       [OutputStage] C x Requantiser ─► out FIFO ─► out
+
+Components (docs/hardware-units.md, "Layer engine components"): :class:`hw.engine_control.EngineController`,
+:class:`hw.stall.GlobalStall`, :class:`hw.engine_buffers.BBuffer`, :class:`hw.engine_buffers.ColumnParams`,
+:class:`hw.engine_buffers.TileDescriptors`, :class:`hw.engine_drain.DrainPipeline`,
+:class:`hw.engine_drain.OutputStage`, plus the units :class:`hw.decoders.OperandDecoder`,
+:class:`hw.mac_array.MacArray`, :class:`hw.outlier_unit.OutlierUnit` (and the
+:class:`hw.requantiser.Requantiser` inside the output stage).  Their internal interfaces are the
+signatures of :mod:`hw.engine_layouts`.
 
 Every register of the engine advances only when the global enable ``en`` is high; ``en`` is low
 when a stream the static schedule needs this cycle has no beat or the output FIFO could be full.
@@ -22,7 +30,7 @@ Timing structure (docs/hardware.md, "Fmax"): ``en`` is a register, computed one 
 (:mod:`hw.stall`): every input stream enters through a 2-entry skid buffer, the controller keeps its
 registers in "advance" form (``x_adv`` = value after an enabled cycle), so the stream needs of the
 next cycle are known, and the output FIFO must keep a free entry.  ``en`` exists in several identical
-register copies (one per group of :data:`PES_PER_ENABLE` PEs, one per output column, one per
+register copies (one per group of :data:`hw.stall.PES_PER_ENABLE` PEs, one per output column, one per
 outlier correction row, one each for the controller, decoder and drain), so no enable net has more
 than a few hundred loads.  The next-cycle stream needs are registers too, computed from registered
 equality flags and free-running precomputed window arithmetic, so the enable logic is a few LUT
@@ -43,7 +51,7 @@ Stream order (what the host / DMA must send): tiles are visited column block out
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, signed, unsigned
+from amaranth.hdl import Module, Mux, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,11 +60,12 @@ from .decoders import OperandDecoder
 from .engine_buffers import BBuffer, ColumnParams, TileDescriptors
 from .engine_control import EngineController
 from .engine_drain import DrainPipeline, OutputStage
-from .engine_layouts import (OUT_BITS, OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, col_param_layout, colp_layout,
-                             out_layout, rowp_layout)
+# the stream payload layouts and ZA_BITS are the engine's interface: import them from here
+# (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
+from .engine_layouts import OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, out_layout, rowp_layout
 from .mac_array import MacArray
 from .outlier_unit import OutlierUnit, outlier_beat_layout
-from .stall import PES_PER_ENABLE, GlobalStall, mac_en_groups
+from .stall import GlobalStall, mac_en_groups
 
 __all__ = ["LayerEngine", "build_engine", "cmd_layout", "rowp_layout", "colp_layout", "out_layout", "ZA_BITS"]
 

@@ -13,7 +13,7 @@ All registers advance only with the engine's global enable (``en`` or strobes qu
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -83,7 +83,7 @@ class BBuffer(wiring.Component):
             Signal(name="ld_bank"), Signal(name="e_ld_last")      # last: cnt + 1 == K
         regs = [active, cnt, bank, last]
         adv = {id(r): Signal.like(r, name=f"{r.name}_adv") for r in regs}
-        A = lambda r: adv[id(r)]          # noqa: E731  (value after an enabled cycle)
+        A = lambda r: adv[id(r)]          # value after an enabled cycle
         m.d.comb += [A(r).eq(r) for r in regs]
         with m.If(active):
             m.d.comb += A(cnt).eq(cnt + 1)

@@ -19,6 +19,8 @@ compares for equality; the equality flags ``e_*`` are registers too.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -102,9 +104,7 @@ class EngineController(wiring.Component):
         cfg = self.cfg
         WC = DIM_BITS + 2
 
-        class S:
-            pass
-        s = S()
+        s = SimpleNamespace()
         s.busy = Signal(name="busy")
         s.wc = Signal(WC, name="wc")              # cycle within the current window
         s.wc1 = Signal(WC, name="wc1")            # wc + 1
@@ -120,9 +120,9 @@ class EngineController(wiring.Component):
         s.drain_row = Signal(row_bits(cfg.rows), name="drain_row")  # shadow row of the drain
 
         def tile(prefix):
-            return dict(valid=Signal(name=f"{prefix}_valid"), r0=Signal(DIM_BITS, name=f"{prefix}_r0"),
-                        m=Signal(DIM_BITS, name=f"{prefix}_m"), c0=Signal(DIM_BITS, name=f"{prefix}_c0"),
-                        bank=Signal(name=f"{prefix}_bank"))
+            return {"valid": Signal(name=f"{prefix}_valid"), "r0": Signal(DIM_BITS, name=f"{prefix}_r0"),
+                    "m": Signal(DIM_BITS, name=f"{prefix}_m"), "c0": Signal(DIM_BITS, name=f"{prefix}_c0"),
+                    "bank": Signal(name=f"{prefix}_bank")}
         s.cur, s.prev, s.nxt = tile("cur"), tile("prev"), tile("nxt")
         # schedule decisions of the current cycle
         keys = ["a", "rowp", "colp", "drain"] + (["outl"] if cfg.has_outliers else [])
