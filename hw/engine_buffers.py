@@ -1,0 +1,236 @@
+"""On-chip buffers of the layer engine: B buffer with its loader, column parameters, tile descriptors.
+
+* :class:`BBuffer` -- the B loader (load counter) and the two-bank B memory (``2 x max_k`` rows of
+  ``C`` ``sym`` codes, docs/datapath.md section 3), read by the MAC array (section 6, ``acc_raw``)
+  and by the outlier unit (section 5, ``val * b[col, :]``).  Column block ``nb + 1`` is loaded into
+  one bank while block ``nb`` computes from the other.
+* :class:`ColumnParams` -- per column block: the column sums ``colsum[c] = sum_k b[k, c]`` of the
+  zero-point correction (section 6) and the requantiser's ``Mc, Sc, Bq`` (section 7), two banks.
+* :class:`TileDescriptors` -- per tile: ``Mr[r]`` (section 7), ``za[r]`` (section 6) and the row
+  tile's outlier count (section 5), for the next, current and previous tile.
+
+All registers advance only with the engine's global enable (``en`` or strobes qualified with it).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.sim.engine_config import DIM_BITS, EngineConfig
+from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorControl, LoadSignature,
+                             LoaderControl, StreamNeed, colp_layout, row_bits, rowp_layout)
+from .outlier_unit import outlier_beat_layout
+
+__all__ = ["BBuffer", "ColumnParams", "TileDescriptors"]
+
+
+class BBuffer(wiring.Component):
+    """B loader and two-bank B buffer, with registered read-ahead rows for the MAC array and outliers.
+
+    The loader writes one B row per enabled cycle while it is active: ``K`` rows of a column block
+    into one bank, started by :attr:`ctl` (``start``: block 0 into bank 0; ``block``: the next
+    block into ``bank``).  Its state is kept in advance form (``need.adv`` is the need after an
+    enabled cycle, :mod:`hw.engine_control`).  Reads are one cycle ahead: the memory is addressed
+    with the row of the next cycle and the row is registered in the fabric when ``en`` is high.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    en : In(1)
+        Global enable.
+    k : In(16)
+        ``K`` of the running layer.
+    ctl : In(LoaderControl)
+        Loader start / next block.
+    need : Out(StreamNeed)
+        The loader needs a ``b`` beat now / after an advance.
+    b : In(ArrayLayout(signed(b_bits), cols))
+        Head of the ``b`` stream (written when the loader is active).
+    load : Out(LoadSignature(b_bits, cols))
+        The row being loaded this cycle (for the column sums).
+    read : In(BReadSignature(k_bits))
+        Row and bank the MAC array reads in the next cycle.
+    row : Out(ArrayLayout(signed(b_bits), cols))
+        The MAC array's B row (registered).
+    outl_next, outl_en : In(outlier_beat_layout(lanes)), In(1)
+        Outlier beat of the next cycle (its columns address one read port per lane) and the
+        enable of the outlier rows' registers.  Only with outliers.
+    outl_rows : Out(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
+        B rows of the outlier entries (registered).  Only with outliers.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        row = data.ArrayLayout(signed(cfg.b_bits), cfg.cols)
+        ports = {
+            "en": In(1), "k": In(DIM_BITS), "ctl": In(LoaderControl), "need": Out(StreamNeed),
+            "b": In(row), "load": Out(LoadSignature(cfg.b_bits, cfg.cols)),
+            "read": In(BReadSignature(cfg.k_bits)), "row": Out(row),
+        }
+        if cfg.has_outliers:
+            ports.update({"outl_next": In(outlier_beat_layout(cfg.outlier_lanes)), "outl_en": In(1),
+                          "outl_rows": Out(data.ArrayLayout(row, cfg.outlier_lanes))})
+        super().__init__(ports)
+
+    def _loader(self, m):
+        """Load counter in advance form; returns ``(active, count, bank)``."""
+        active, cnt, bank, last = Signal(name="ld_active"), Signal(DIM_BITS, name="ld_cnt"), \
+            Signal(name="ld_bank"), Signal(name="e_ld_last")      # last: cnt + 1 == K
+        regs = [active, cnt, bank, last]
+        adv = {id(r): Signal.like(r, name=f"{r.name}_adv") for r in regs}
+        A = lambda r: adv[id(r)]          # value after an enabled cycle
+        m.d.comb += [A(r).eq(r) for r in regs]
+        with m.If(active):
+            m.d.comb += A(cnt).eq(cnt + 1)
+            with m.If(last):
+                m.d.comb += A(active).eq(0)
+        with m.If(self.ctl.block):       # the next column block overrides the progress
+            m.d.comb += [A(active).eq(1), A(cnt).eq(0), A(bank).eq(self.ctl.bank)]
+        m.d.comb += A(last).eq(A(cnt) + 1 == self.k)
+        with m.If(self.ctl.start):
+            m.d.sync += [active.eq(1), cnt.eq(0), bank.eq(0), last.eq(self.ctl.start_last)]
+        with m.Elif(self.en):
+            m.d.sync += [r.eq(A(r)) for r in regs]
+        m.d.comb += [self.need.now.eq(active), self.need.adv.eq(A(active))]
+        return active, cnt, bank
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, kb = self.cfg, self.cfg.k_bits
+        active, cnt, bank = self._loader(m)
+        m.d.comb += [self.load.active.eq(active), self.load.first.eq(cnt == 0), self.load.row.eq(self.b)]
+        mem = m.submodules.mem = Memory(shape=data.ArrayLayout(signed(cfg.b_bits), cfg.cols),
+                                        depth=2 * (1 << kb), init=[])
+        wp = mem.write_port()
+        rp_mac = mem.read_port(domain="sync")
+        m.d.comb += [wp.addr.eq(Cat(cnt[:kb], bank)), wp.data.eq(self.b), wp.en.eq(self.en & active),
+                     rp_mac.addr.eq(Cat(self.read.k, self.read.bank)), rp_mac.en.eq(1)]
+        with m.If(self.en):
+            m.d.sync += self.row.eq(rp_mac.data)
+        if cfg.has_outliers:
+            for l in range(cfg.outlier_lanes):
+                # read one cycle ahead from the outlier buffer's next head (the outlier unit sees the
+                # same column one cycle later), register the row in the fabric
+                rp = mem.read_port(domain="sync")
+                m.d.comb += [rp.addr.eq(Cat(self.outl_next[l].col[:kb], self.read.bank)), rp.en.eq(1)]
+                with m.If(self.outl_en):
+                    m.d.sync += self.outl_rows[l].eq(rp.data)
+        return m
+
+
+class ColumnParams(wiring.Component):
+    """Column sums and column requantiser parameters of the two B banks.
+
+    While a block loads, ``colsum[c]`` accumulates the loaded B rows and the block's ``colp`` beat
+    is captured with its first row; ``ctl.commit`` copies both into bank ``ctl.commit_bank`` (the
+    first cycle of the block's first tile).  The drain reads bank ``ctl.read_bank`` (the previous
+    tile's) combinationally.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    en : In(1)
+        Global enable.
+    load : In(LoadSignature(b_bits, cols))
+        The B row being loaded.
+    colp : In(colp_layout(cols))
+        Head of the ``colp`` stream (taken with the block's first row).
+    ctl : In(ColumnControl)
+        Commit / read bank.
+    colsum : Out(ArrayLayout(signed(colsum_bits), cols))
+        ``colsum[c]`` of the read bank.
+    params : Out(colp_layout(cols))
+        ``Mc, Sc, Bq`` of the read bank.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        super().__init__({
+            "en": In(1), "load": In(LoadSignature(cfg.b_bits, cfg.cols)), "colp": In(colp_layout(cfg.cols)),
+            "ctl": In(ColumnControl),
+            "colsum": Out(data.ArrayLayout(signed(cfg.colsum_bits), cfg.cols)),
+            "params": Out(colp_layout(cfg.cols)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        C, cb = self.cfg.cols, self.cfg.colsum_bits
+        acc = [Signal(signed(cb), name=f"colsum_acc{c}") for c in range(C)]
+        scratch = Signal(colp_layout(C), name="colp_scratch")
+        colsum_bank = [[Signal(signed(cb), name=f"colsum{bk}_{c}") for c in range(C)] for bk in range(2)]
+        colp_bank = [Signal(colp_layout(C), name=f"colp{bk}") for bk in range(2)]
+        ld = self.load
+        with m.If(self.en & ld.active):
+            m.d.sync += [acc[c].eq(Mux(ld.first, 0, acc[c]) + ld.row[c]) for c in range(C)]
+            with m.If(ld.first):
+                m.d.sync += scratch.eq(self.colp)
+        with m.If(self.en & self.ctl.commit):
+            for bk in range(2):
+                with m.If(self.ctl.commit_bank == bk):
+                    m.d.sync += colp_bank[bk].eq(scratch)
+                    m.d.sync += [colsum_bank[bk][c].eq(acc[c]) for c in range(C)]
+        sel = self.ctl.read_bank
+        for c in range(C):
+            m.d.comb += [self.colsum[c].eq(Mux(sel, colsum_bank[1][c], colsum_bank[0][c])),
+                         self.params[c].eq(Mux(sel, colp_bank[1][c].as_value(), colp_bank[0][c].as_value()))]
+        return m
+
+
+class TileDescriptors(wiring.Component):
+    """Tile descriptors (``Mr[r]``, ``za[r]``, outlier count) of the next, current and previous tile.
+
+    ``ctl.load`` takes the ``rowp`` head as the next tile's descriptor (and its outlier beat count
+    ``ceil(n_out / lanes)``, returned on ``ctl.nb``); ``ctl.shift`` moves current -> previous and,
+    with ``ctl.take``, next -> current.  The drain reads ``za`` and ``Mr`` of row ``drain_row`` of the
+    previous tile combinationally.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    rowp : In(rowp_layout(rows))
+        Head of the ``rowp`` stream.
+    ctl : In(DescriptorControl)
+        Load / shift strobes (already qualified with the enable); ``nb`` out.
+    cur_n_out : Out(16)
+        Outlier count of the current tile (the outlier unit's capacity check).
+    drain_row : In(range(rows))
+        Row of the previous tile being drained.
+    za, mr : Out(ZA_BITS), Out(16)
+        ``za[drain_row]``, ``Mr[drain_row]`` of the previous tile.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        super().__init__({
+            "rowp": In(rowp_layout(cfg.rows)), "ctl": In(DescriptorControl), "cur_n_out": Out(DIM_BITS),
+            "drain_row": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, L = self.cfg, self.cfg.outlier_lanes
+        layout = rowp_layout(cfg.rows)
+        nxt, cur, prev = Signal(layout, name="nxt_desc"), Signal(layout, name="cur_desc"), Signal(layout, name="prev_desc")
+        nb = Signal(DIM_BITS, name="nxt_nb")            # outlier beats of the next tile
+        with m.If(self.ctl.load):
+            m.d.sync += nxt.eq(self.rowp)
+            if cfg.has_outliers:
+                m.d.sync += nb.eq((self.rowp.n_out + (L - 1)) >> (L.bit_length() - 1))
+        with m.If(self.ctl.shift):
+            m.d.sync += prev.eq(cur)
+            with m.If(self.ctl.take):
+                m.d.sync += cur.eq(nxt)
+        m.d.comb += [self.ctl.nb.eq(nb), self.cur_n_out.eq(cur.n_out),
+                     self.za.eq(prev.za[self.drain_row]), self.mr.eq(prev.mr[self.drain_row])]
+        return m

@@ -1,0 +1,300 @@
+"""Controller of the layer engine: command register, tile/window sequencer, stream needs, cycle counter.
+
+The engine runs the static schedule of :mod:`sim.schedule` (docs/hardware.md, "Dataflow and
+schedule"): tiles in :func:`sim.schedule.tile_order` (column block outer, row tile inner), one window
+of ``W_s`` cycles per tile, in which the MAC array issues the ``K`` operand columns of tile ``s``
+(docs/datapath.md section 6, ``acc_raw``), the drain of tile ``s - 1`` issues its rows (sections 6
+and 7) and the outlier unit consumes the outliers of tile ``s`` (section 5).  This module holds the
+state that decides *what happens in which cycle*; the data path is elsewhere.
+
+"Advance" form
+--------------
+Every controller register advances only when the enable ``en`` is high.  They are written in
+advance form: ``A(x)`` is the value ``x`` takes when the engine advances in this cycle (it keeps its
+value when it stalls), so the stream needs of the next cycle -- and therefore the registered enable
+of :class:`hw.stall.GlobalStall` -- are known one cycle ahead.  The window arithmetic (lengths,
+offsets, tile bounds) is precomputed in free-running registers ``f_*`` from state that is stable for
+at least two cycles before a window boundary (windows last >= 2 cycles), so the boundary logic only
+compares for equality; the equality flags ``e_*`` are registers too.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
+from .engine_layouts import (BReadSignature, ColumnControl, DescriptorControl, DrainControl, LoaderControl,
+                             MacControl, OutlierControl, StatusSignature, StreamNeed, cmd_layout, row_bits)
+
+__all__ = ["EngineController", "need_signature"]
+
+
+def need_signature(has_outliers: bool) -> wiring.Signature:
+    """Needs of the streams the controller schedules: ``a``, ``rowp``, ``colp`` (and ``outl``)."""
+    names = ["a", "rowp", "colp"] + (["outl"] if has_outliers else [])
+    return wiring.Signature({n: Out(StreamNeed) for n in names})
+
+
+class EngineController(wiring.Component):
+    """Layer command register, window / tile sequencer and cycle counter of the layer engine.
+
+    Holds the layer command, the window counter (``wc``, its length and the offsets of the MAC
+    issue, drain and outlier phases, docs/hardware.md "Dataflow and schedule"), the next / current /
+    previous tile (``r0``, ``m``, ``c0``, B bank), the stream needs in advance form and the
+    ``cycles`` counter (``== sim.schedule.layer_cycles(...).total`` at the end of a layer).
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    cmd : In(stream.Signature(cmd_layout))
+        Layer command; accepted (``ready``) when idle.
+    en : In(1)
+        Global enable (the engine advances in this cycle).
+    layer : Out(cmd_layout)
+        The running layer's command.
+    status : Out(StatusSignature)
+        ``start`` (command accepted now), ``busy``, ``busy_adv`` (busy after an advance).
+    cycles : Out(32)
+        Enabled cycles since the layer started.
+    need : Out(need_signature(cfg.has_outliers))
+        Stream needs of ``a``, ``rowp``, ``colp`` (``outl``): now and after an advance.
+    descriptors : Out(DescriptorControl)
+        Strobes of the tile descriptor registers.
+    loader : Out(LoaderControl)
+        B loader start / next column block.
+    columns : Out(ColumnControl)
+        Column parameter bank commit / read bank.
+    b_read : Out(BReadSignature(cfg.k_bits))
+        B buffer row read by the MAC array in the next cycle.
+    mac : Out(MacControl)
+        Operand issue (``a`` beat consumed) and the array's ``valid`` / ``first`` / ``last``.
+    outliers : Out(OutlierControl)
+        Outlier issue and the current tile's bounds.
+    drain : Out(DrainControl(cfg.rows))
+        Drain issue and row of the previous tile.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout)),
+            "en": In(1),
+            "layer": Out(cmd_layout),
+            "status": Out(StatusSignature),
+            "cycles": Out(32),
+            "need": Out(need_signature(cfg.has_outliers)),
+            "descriptors": Out(DescriptorControl),
+            "loader": Out(LoaderControl),
+            "columns": Out(ColumnControl),
+            "b_read": Out(BReadSignature(cfg.k_bits)),
+            "mac": Out(MacControl),
+            "outliers": Out(OutlierControl),
+            "drain": Out(DrainControl(cfg.rows)),
+        })
+
+    # ------------------------------------------------------------------------------------ state
+    def _state(self):
+        """Controller registers (a namespace ``s``); ``s.regs`` are the ones written in advance form."""
+        cfg = self.cfg
+        WC = DIM_BITS + 2
+
+        s = SimpleNamespace()
+        s.busy = Signal(name="busy")
+        s.wc = Signal(WC, name="wc")              # cycle within the current window
+        s.wc1 = Signal(WC, name="wc1")            # wc + 1
+        s.wlen = Signal(WC, name="wlen")          # length of the current window
+        s.bnd = Signal(name="bnd")                # last cycle of the window (wc + 1 == wlen)
+        s.a_off = Signal(WC, name="a_off")        # MAC issue offset in the current window
+        s.a_end = Signal(WC, name="a_end")        # a_off + K
+        s.o_start = Signal(WC, name="o_start")    # DRAIN_OFFSET + rows of the previous tile
+        s.o_end = Signal(WC, name="o_end")        # o_start + outlier beats of the current tile
+        s.epi = Signal(name="epi")                # current window is the epilogue (drain of the last tile)
+        s.commit = Signal(name="commit")          # commit the loaded column data (first cycle of a block)
+        s.mac_rd = Signal(cfg.k_bits, name="mac_rd")            # B row of the MAC issue: wc - a_off
+        s.drain_row = Signal(row_bits(cfg.rows), name="drain_row")  # shadow row of the drain
+
+        def tile(prefix):
+            return {"valid": Signal(name=f"{prefix}_valid"), "r0": Signal(DIM_BITS, name=f"{prefix}_r0"),
+                    "m": Signal(DIM_BITS, name=f"{prefix}_m"), "c0": Signal(DIM_BITS, name=f"{prefix}_c0"),
+                    "bank": Signal(name=f"{prefix}_bank")}
+        s.cur, s.prev, s.nxt = tile("cur"), tile("prev"), tile("nxt")
+        # schedule decisions of the current cycle
+        keys = ["a", "rowp", "colp", "drain"] + (["outl"] if cfg.has_outliers else [])
+        s.need = {k: Signal(name=f"need_{k}") for k in keys}
+        s.need_at_start = {"a": 0, "rowp": 1, "colp": 1, "drain": 0, "outl": 0}
+        # equality flags of the current state, registered (they feed the next-cycle needs)
+        s.e_a_end = Signal(name="e_a_end")        # wc1 == a_end   (last MAC issue cycle)
+        s.e_a_off = Signal(name="e_a_off")        # wc1 == a_off   (MAC issue starts next cycle)
+        s.e_o_start = Signal(name="e_o_start")    # wc1 == o_start (drain ends / outliers start next cycle)
+        s.e_o_end = Signal(name="e_o_end")        # wc1 == o_end   (outliers end)
+        s.e_drain0 = Signal(name="e_drain0")      # wc1 == DRAIN_OFFSET (drain starts next cycle)
+        s.e_onz = Signal(name="e_onz")            # o_end != o_start (the current tile has outliers)
+        flags = [s.e_a_end, s.e_a_off, s.e_o_start, s.e_o_end, s.e_drain0, s.e_onz]
+        s.regs = [s.busy, s.wc, s.wc1, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
+                  s.mac_rd, s.drain_row, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
+                  *s.need.values(), *flags]
+        return s
+
+    def _precompute(self, m, s):
+        """Free-running window arithmetic for the next boundary (registers ``f_*``, no enable)."""
+        cfg, lc = self.cfg, self.layer
+        R, C = cfg.rows, cfg.cols
+
+        def free(value, name):
+            reg = Signal(value.shape(), name=name)
+            m.d.sync += reg.eq(value)
+            return reg
+        cur, nxt = s.cur, s.nxt
+        m_eff = Mux(cur["valid"], cur["m"], 0)      # rows of the tile that becomes ``prev``
+        f = {
+            "a_next": free(Mux(m_eff > lc.k, m_eff - lc.k, 0), "f_a_next"),       # a_off of the next window
+            "a_end": free(Mux(m_eff > lc.k, m_eff, lc.k), "f_a_end"),             # its a_off + K
+            "m2": free(m_eff + DRAIN_OFFSET, "f_m2"),                             # its o_start
+            "base": free(Mux(m_eff + DRAIN_OFFSET > lc.k, m_eff + DRAIN_OFFSET, lc.k), "f_base"),  # W, no outliers
+            "w_epi": free(m_eff + DRAIN_OFFSET + cfg.drain_latency, "f_w_epi"),    # epilogue length
+            "nxt_m": free(Mux(lc.m - nxt["r0"] < R, lc.m - nxt["r0"], R), "f_nxt_m"),  # rows of the next tile
+            "last_rt": free(nxt["r0"] + R >= lc.m, "f_last_rt"),                   # next tile: last row tile
+            "more_cb": free(nxt["c0"] + C < lc.n, "f_more_cb"),                    # another column block follows
+            "a0": free(m_eff <= lc.k, "f_a0"),                                     # f_a_next == 0
+            "r0z": free(nxt["r0"] == 0, "f_r0z"),                                  # next tile starts a block
+        }
+        return f
+
+    def _advance(self, m, s, f, A):
+        """Next state after an enabled cycle (window boundary: next tile; else count the window)."""
+        cfg = self.cfg
+        R, C, kb, rbits = cfg.rows, cfg.cols, cfg.k_bits, row_bits(cfg.rows)
+        cur, prev, nxt = s.cur, s.prev, s.nxt
+        nb = self.descriptors.nb                    # outlier beats of the next tile
+        o_end_next = f["m2"] + nb
+        w_out = Mux(nb != 0, o_end_next, 0)         # m + nb + DRAIN_OFFSET
+        w_next = Mux(f["base"] > w_out, f["base"], w_out)
+        m.d.comb += A(s.commit).eq(0)
+        with m.If(s.bnd):
+            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.bnd).eq(0), A(s.mac_rd).eq((-f["a_next"])[:kb]),
+                         A(s.drain_row).eq((-DRAIN_OFFSET) % (1 << rbits))]
+            with m.If(s.epi):
+                m.d.comb += A(s.busy).eq(0)
+            with m.Else():
+                m.d.comb += [A(prev[key]).eq(cur[key]) for key in cur]
+                m.d.comb += A(s.o_start).eq(f["m2"])
+                with m.If(nxt["valid"]):
+                    m.d.comb += [
+                        A(cur["valid"]).eq(1), A(cur["r0"]).eq(nxt["r0"]), A(cur["m"]).eq(f["nxt_m"]),
+                        A(cur["c0"]).eq(nxt["c0"]), A(cur["bank"]).eq(nxt["bank"]), A(s.o_end).eq(o_end_next),
+                        A(s.wlen).eq(w_next), A(s.a_off).eq(f["a_next"]), A(s.a_end).eq(f["a_end"]),
+                    ]
+                    # advance the next tile: row tiles inner, column blocks outer
+                    with m.If(f["last_rt"]):
+                        m.d.comb += [A(nxt["r0"]).eq(0), A(nxt["c0"]).eq(nxt["c0"] + C),
+                                     A(nxt["bank"]).eq(~nxt["bank"]), A(nxt["valid"]).eq(f["more_cb"])]
+                    with m.Else():
+                        m.d.comb += A(nxt["r0"]).eq(nxt["r0"] + R)
+                    with m.If(f["r0z"]):             # first tile of a column block
+                        m.d.comb += A(s.commit).eq(1)
+                with m.Else():
+                    m.d.comb += [A(cur["valid"]).eq(0), A(s.epi).eq(1), A(s.wlen).eq(f["w_epi"]), A(s.a_off).eq(0)]
+        with m.Else():
+            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc1 + 1), A(s.bnd).eq(s.wc1 + 1 == s.wlen),
+                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_row).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
+
+    def _needs(self, m, s, f, A, load_start):
+        """Stream needs of the next cycle (only equality compares on registers) and the flags."""
+        cfg, need = self.cfg, s.need
+        cur, prev, nxt = s.cur, s.prev, s.nxt
+        with m.If(s.bnd):
+            m.d.comb += [
+                A(need["a"]).eq(~s.epi & nxt["valid"] & f["a0"]),
+                A(need["rowp"]).eq(~s.epi & nxt["valid"] & (~f["last_rt"] | f["more_cb"])),
+                A(need["drain"]).eq(0),
+            ]
+            if cfg.has_outliers:
+                m.d.comb += A(need["outl"]).eq(0)
+        with m.Else():
+            m.d.comb += [
+                A(need["a"]).eq(Mux(need["a"], ~s.e_a_end, cur["valid"] & s.e_a_off)),
+                A(need["rowp"]).eq(0),
+                A(need["drain"]).eq(Mux(need["drain"], ~s.e_o_start, prev["valid"] & s.e_drain0)),
+            ]
+            if cfg.has_outliers:
+                m.d.comb += A(need["outl"]).eq(Mux(need["outl"], ~s.e_o_end, cur["valid"] & s.e_onz & s.e_o_start))
+        m.d.comb += A(need["colp"]).eq(load_start)
+        m.d.comb += [
+            A(s.e_a_end).eq(A(s.wc1) == A(s.a_end)), A(s.e_a_off).eq(A(s.wc1) == A(s.a_off)),
+            A(s.e_o_start).eq(A(s.wc1) == A(s.o_start)), A(s.e_o_end).eq(A(s.wc1) == A(s.o_end)),
+            A(s.e_drain0).eq(A(s.wc1) == DRAIN_OFFSET), A(s.e_onz).eq(A(s.o_end) != A(s.o_start)),
+        ]
+
+    def _registers(self, m, s, A, start):
+        """Layer start (reset of the schedule state) and the enabled update."""
+        rbits = row_bits(self.cfg.rows)
+        cmd, nxt = self.cmd.payload, s.nxt
+        with m.If(start):
+            m.d.sync += [
+                self.layer.eq(cmd), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.bnd.eq(0), s.epi.eq(0),
+                s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > 2, cmd.k, 2)),
+                s.cur["valid"].eq(0), s.prev["valid"].eq(0),
+                nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),
+                s.commit.eq(0), s.mac_rd.eq(0), s.drain_row.eq((-DRAIN_OFFSET) % (1 << rbits)),
+                self.cycles.eq(0),
+                # flags of the start state (wc1 = 1, a_off = 0); a_end / o_* are only used once a
+                # tile is current, after the first boundary has set them
+                s.e_a_end.eq(0), s.e_a_off.eq(0), s.e_o_start.eq(0), s.e_o_end.eq(0), s.e_onz.eq(0),
+                s.e_drain0.eq(DRAIN_OFFSET == 1),
+            ]
+            m.d.sync += [s.need[k].eq(s.need_at_start[k]) for k in s.need]
+        with m.Elif(self.en):
+            m.d.sync += [r.eq(A(r)) for r in s.regs]
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self._state()
+        adv = {}
+        for r in s.regs:
+            adv[id(r)] = Signal.like(r, name=f"{r.name}_adv")
+            m.d.comb += adv[id(r)].eq(r)
+
+        def A(r):
+            return adv[id(r)]
+        en, busy, cur, prev, nxt, need = self.en, s.busy, s.cur, s.prev, s.nxt, s.need
+        start = Signal()
+        m.d.comb += [self.cmd.ready.eq(~busy), start.eq(self.cmd.valid & ~busy)]
+        f = self._precompute(m, s)
+        load_start = Signal()       # a boundary that starts loading the next column block
+        m.d.comb += load_start.eq(s.bnd & ~s.epi & nxt["valid"] & f["r0z"] & f["more_cb"])
+        self._advance(m, s, f, A)
+        self._needs(m, s, f, A, load_start)
+        self._registers(m, s, A, start)
+        mac_v, mac_f, mac_l = Signal(), Signal(), Signal()     # operand column reaching the array
+        with m.If(en):
+            m.d.sync += [mac_v.eq(need["a"]), mac_f.eq(s.wc == s.a_off), mac_l.eq(s.e_a_end)]
+        body = ~start & en          # the enabled update (a start takes priority)
+        m.d.comb += [
+            self.status.start.eq(start), self.status.busy.eq(busy), self.status.busy_adv.eq(A(busy)),
+            *[x for k in self.need.signature.members
+              for x in (getattr(self.need, k).now.eq(need[k]), getattr(self.need, k).adv.eq(A(need[k])))],
+            self.descriptors.load.eq(body & need["rowp"]), self.descriptors.shift.eq(body & s.bnd & ~s.epi),
+            self.descriptors.take.eq(nxt["valid"]),
+            self.loader.start.eq(start), self.loader.start_last.eq(self.cmd.payload.k == 1),
+            self.loader.block.eq(load_start), self.loader.bank.eq(~nxt["bank"]),
+            self.columns.commit.eq(s.commit), self.columns.commit_bank.eq(cur["bank"]),
+            self.columns.read_bank.eq(prev["bank"]),
+            # read one cycle ahead: the address of the next cycle's state
+            self.b_read.k.eq(Mux(start, 0, Mux(en, A(s.mac_rd), s.mac_rd))),
+            self.b_read.bank.eq(Mux(en, A(cur["bank"]), cur["bank"])),
+            self.mac.issue.eq(need["a"]), self.mac.valid.eq(mac_v), self.mac.first.eq(mac_f),
+            self.mac.last.eq(mac_l),
+            self.outliers.issue.eq(need["outl"] if self.cfg.has_outliers else Const(0, 1)),
+            self.outliers.row0.eq(cur["r0"]), self.outliers.m.eq(cur["m"]),
+            self.outliers.tile_start.eq(busy & cur["valid"] & (s.wc == 0)),
+            self.drain.issue.eq(need["drain"]), self.drain.row.eq(s.drain_row),
+            self.drain.row_adv.eq(A(s.drain_row)), self.drain.r0.eq(prev["r0"]), self.drain.c0.eq(prev["c0"]),
+        ]
+        return m

@@ -1,0 +1,242 @@
+"""Drain side of the layer engine: zero-point / FO / outlier drain pipeline, requantisers, output FIFO.
+
+* :class:`DrainPipeline` -- turns the drained shadow row ``acc_raw[r, :]`` into ``acc[r, :]``
+  (docs/datapath.md section 6)::
+
+      acc_d[r, c] = acc_raw[r, c] - za[r] * colsum[c]
+      acc[r, c]   = (acc_d[r, c] << FO) + corr[r, c]        (corr: the outlier sum of section 5)
+
+  in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 6 register stages, then truncates to
+  ``acc_bits`` and flags values that do not fit (``acc_fault``; section 6, accumulator bound).
+* :class:`OutputStage` -- one :class:`hw.requantiser.Requantiser` per column (section 7), the output
+  row assembly and the output FIFO, and the sticky ``acc_fault`` flag.
+
+Per-row values (valid, row, column) advance with the drain's enable copy, per-column values with
+that column's copy (fanout of the global enable, :mod:`hw.stall`).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
+from .common import OutFormat, partial_products, sum_products
+from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
+                             out_layout, row_bits)
+from .requantiser import Requantiser
+
+__all__ = ["DrainPipeline", "OutputStage"]
+
+
+def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
+    """Register ``values`` (a list of ``(value, enable)``) as the next drain stage."""
+    regs = []
+    for j, (v, e) in enumerate(values):
+        r = Signal(v.shape(), name=f"{prefix}_{j}")
+        with m.If(e):
+            m.d.sync += r.eq(v)
+        regs.append(r)
+    return regs
+
+
+class DrainPipeline(wiring.Component):
+    """Drain stages D1..D6 between the MAC array's shadow row and the requantisers (section 6).
+
+    ======  ==========================================================================================
+    stage   register contents
+    ======  ==========================================================================================
+    D1      drained row: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per column
+    D2      partial products of ``za[r] * colsum[c]`` (18 x 18 DSP blocks)
+    D3      ``za[r] * colsum[c]`` (sum of the partial products)
+    D4      ``acc_d = acc_raw - za * colsum``
+    D5      ``(acc_d << FO) + corr`` at full width; lane inside the layer (``c < N - c0``)
+    D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
+    ======  ==========================================================================================
+
+    It also holds the ``cols`` register copies of the drained row number (:attr:`rows`) that select
+    the shadow row in the MAC array and the correction row in the outlier unit.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    en : In(1)
+        Enable copy of the per-row stage registers.
+    en_col : In(cols)
+        Enable copy per column.
+    start : In(1)
+        Layer start (resets :attr:`rows`).
+    ctl : In(DrainControl(rows))
+        Drain issue, row (and its value after an advance), previous tile's ``r0``, ``c0``.
+    fo, n : In(3), In(16)
+        The layer's ``FO`` and ``N``.
+    za, mr : In(ZA_BITS), In(16)
+        ``za[r]``, ``Mr[r]`` of the drained row.
+    acc : In(ArrayLayout(signed(acc_bits), cols))
+        Shadow row (``acc_raw``) selected by :attr:`rows`.
+    corr : In(ArrayLayout(signed(corr_bits), cols))
+        Correction row selected by :attr:`rows` (only with outliers; else 0).
+    colsum : In(ArrayLayout(signed(colsum_bits), cols)), params : In(colp_layout(cols))
+        Column data of the drained tile's block.
+    rows : Out(ArrayLayout(unsigned(row_bits), cols))
+        Drained row number, one register copy per column.
+    o : Out(DrainedRowSignature(cols, acc_bits))
+        The row entering the requantisers.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        C = cfg.cols
+        ports = {
+            "en": In(1), "en_col": In(C), "start": In(1), "ctl": In(DrainControl(cfg.rows)),
+            "fo": In(3), "n": In(DIM_BITS), "za": In(ZA_BITS), "mr": In(16),
+            "acc": In(data.ArrayLayout(signed(cfg.acc_bits), C)),
+            "colsum": In(data.ArrayLayout(signed(cfg.colsum_bits), C)), "params": In(colp_layout(C)),
+            "rows": Out(data.ArrayLayout(row_bits(cfg.rows), C)),
+            "o": Out(DrainedRowSignature(C, cfg.acc_bits)),
+        }
+        if cfg.has_outliers:
+            ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        C, W, rb = self.cfg.cols, self.cfg.acc_bits, row_bits(self.cfg.rows)
+        ctl = self.ctl
+        for c in range(C):       # one copy of the drain row per column (shadow / correction row muxes)
+            with m.If(self.start):
+                m.d.sync += self.rows[c].eq((-DRAIN_OFFSET) % (1 << rb))
+            with m.Elif(self.en_col[c]):
+                m.d.sync += self.rows[c].eq(ctl.row_adv)
+
+        def row_stage(values, prefix):
+            return _stage(m, [(v, self.en) for v in values], prefix)
+
+        def col_stage(values, prefix):
+            return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)
+        corr = [self.corr[c] for c in range(C)] if self.cfg.has_outliers else [Const(0, 1)] * C
+        # D1: select the drained row; the row parameters za, Mr get one register copy per column
+        # (each feeds that column's DSP blocks)
+        d1_v, d1_row, d1_col = row_stage([ctl.issue, (ctl.r0 + ctl.row)[:DIM_BITS], ctl.c0], "d1")
+        d1_za, d1_mr = col_stage([self.za] * C, "d1_za"), col_stage([self.mr] * C, "d1_mr")
+        d1_acc = col_stage([self.acc[c] for c in range(C)], "d1_acc")
+        d1_corr = col_stage(corr, "d1_corr")
+        d1_cs = col_stage([self.colsum[c] for c in range(C)], "d1_cs")
+        d1_cp = col_stage([self.params[c].as_value() for c in range(C)], "d1_cp")
+        # D2: zero-point partial products za[r] * colsum[c] (18x18 DSP blocks)
+        zp_pp = [partial_products(d1_za[c], d1_cs[c]) for c in range(C)]
+        d2_v, d2_row, d2_col = row_stage([d1_v, d1_row, d1_col], "d2")
+        d2_pp = [_stage(m, [(p, self.en_col[c]) for p, _ in zp_pp[c]], f"d2_pp{c}") for c in range(C)]
+        d2_acc, d2_corr, d2_cp, d2_mr = (col_stage(x, f"d2_{n}") for x, n in
+                                         ((d1_acc, "acc"), (d1_corr, "corr"), (d1_cp, "cp"), (d1_mr, "mr")))
+        # D3: zero-point product (sum of the partial products)
+        d3_v, d3_row, d3_col = row_stage([d2_v, d2_row, d2_col], "d3")
+        d3_zp = col_stage([sum_products(d2_pp[c], [sh for _, sh in zp_pp[c]]) for c in range(C)], "d3_zp")
+        d3_acc, d3_corr, d3_cp, d3_mr = (col_stage(x, f"d3_{n}") for x, n in
+                                         ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
+        # D4: acc_d = acc_raw - za * colsum
+        d4_v, d4_row, d4_col = row_stage([d3_v, d3_row, d3_col], "d4")
+        d4_diff = col_stage([d3_acc[c] - d3_zp[c] for c in range(C)], "d4_diff")
+        d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
+        # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer
+        d5_v, d5_row, d5_col = row_stage([d4_v, d4_row, d4_col], "d5")
+        d5_full = col_stage([(d4_diff[c] << self.fo) + d4_corr[c] for c in range(C)], "d5_full")
+        d5_in = col_stage([c < self.n - d4_col for c in range(C)], "d5_in")
+        d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
+        # D6: truncate to acc_bits, range check (acc_fault)
+        d6_v, d6_row, d6_col = row_stage([d5_v, d5_row, d5_col], "d6")
+        d6_acc = col_stage([d5_full[c][:W].as_signed() for c in range(C)], "d6_acc")
+        d6_bad = col_stage([d5_v & d5_in[c] & ~((d5_full[c] >= -(1 << (W - 1))) & (d5_full[c] <= (1 << (W - 1)) - 1))
+                            for c in range(C)], "d6_bad")
+        d6_cp = col_stage(d5_cp, "d6_cp")
+        d6_mr = col_stage(d5_mr, "d6_mr")
+        fault = Signal()         # some lane of the drained row overflowed acc_bits (one cycle later)
+        with m.If(self.en):
+            m.d.sync += fault.eq(Cat(*d6_bad).any())
+        o = self.o
+        m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.fault.eq(fault)]
+        m.d.comb += [x for c in range(C)
+                     for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
+        return m
+
+
+class OutputStage(wiring.Component):
+    """``cols`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
+
+    Each requantiser advances with its column's enable copy (``o.ready``; its input is always
+    valid).  Requantiser 0 carries the row's tag (valid, row, column); a valid tag at its output
+    is pushed into the FIFO when the engine advances (``fifo.pending``: the global stall counts it).
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+
+    Attributes
+    ----------
+    en : In(1)
+        Global enable (FIFO push, ``acc_fault``).
+    en_col : In(cols)
+        Enable copy per column (requantiser ``o.ready``).
+    clear : In(1)
+        Layer start: clears ``acc_fault`` and the requantisers' status.
+    sr, z_out, out_fmt, out_k, n : In
+        The layer's ``Sr``, ``z_out``, output format, output code width and ``N``.
+    i : In(DrainedRowSignature(cols, acc_bits))
+        Drained row from :class:`DrainPipeline`.
+    out : Out(stream.Signature(out_layout(cols)))
+        Output rows.
+    fifo : Out(FifoFill)
+        FIFO level and a pending push, for the global stall.
+    acc_fault : Out(1)
+        Sticky: a lane inside the layer did not fit ``acc_bits`` (drain or requantiser ``t``).
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        C = cfg.cols
+        super().__init__({
+            "en": In(1), "en_col": In(C), "clear": In(1),
+            "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4), "n": In(DIM_BITS),
+            "i": In(DrainedRowSignature(C, cfg.acc_bits)),
+            "out": Out(stream.Signature(out_layout(C))),
+            "fifo": Out(FifoFill),
+            "acc_fault": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        C, W = self.cfg.cols, self.cfg.acc_bits
+        fifo = m.submodules.fifo = SyncFIFO(width=len(Signal(out_layout(C)).as_value()), depth=OUT_FIFO_DEPTH)
+        m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data), fifo.r_en.eq(self.out.ready)]
+        tag_bits = 1 + 2 * DIM_BITS
+        outs = []
+        for c in range(C):
+            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1)
+            cp = self.i.params[c]
+            m.d.comb += [
+                rq.i.valid.eq(1), rq.o.ready.eq(self.en_col[c]),
+                rq.i.payload.acc.eq(self.i.acc[c]), rq.i.payload.mr.eq(self.i.mr[c]),
+                rq.i.payload.mc.eq(cp.mc), rq.i.payload.sc.eq(cp.sc), rq.i.payload.bq.eq(cp.bq),
+                rq.sr.eq(self.sr), rq.z_out.eq(self.z_out), rq.out_fmt.eq(self.out_fmt), rq.bits.eq(self.out_k),
+                rq.clear.eq(self.clear),
+                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col) if c == 0 else self.i.valid),
+            ]
+            outs.append(rq.o.payload)
+        tag0 = outs[0].tag
+        push = Signal()
+        m.d.comb += [push.eq(self.en & tag0[0]), self.fifo.pending.eq(tag0[0]), self.fifo.level.eq(fifo.level)]
+        w = Signal(out_layout(C))
+        m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(tag0[1 + DIM_BITS:])]
+        m.d.comb += [x for c in range(C) for x in (w.data[c].eq(outs[c].value), w.sat[c].eq(outs[c].sat))]
+        m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(w.as_value())]
+        ncols_valid = self.n - w.col
+        rq_fault_any = Cat(*[outs[c].fault & (c < ncols_valid) for c in range(C)]).any()
+        with m.If(self.clear):
+            m.d.sync += self.acc_fault.eq(0)
+        with m.Elif(self.en & (self.i.fault | (push & rq_fault_any))):
+            m.d.sync += self.acc_fault.eq(1)
+        return m

@@ -1,0 +1,554 @@
+"""The layer engine's components, one at a time, in the Amaranth simulator.
+
+Each test drives one component of :mod:`hw.engine` (controller, global stall, B buffer, column
+parameters, tile descriptors, drain pipeline, output stage) with random stimulus and random stalls,
+and compares it cycle by cycle with a small Python model written here from the documented behaviour
+(docs/hardware.md "Dataflow and schedule", docs/datapath.md sections 1, 5, 6, 7) -- never from the
+component's code.  The whole engine is checked bit for bit against ``sim/reference.py`` by
+tests/test_rtl_engine.py.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import pytest
+from amaranth.sim import Simulator
+
+from vitaccel.hw.engine_buffers import BBuffer, ColumnParams, TileDescriptors
+from vitaccel.hw.engine_control import EngineController
+from vitaccel.hw.engine_drain import DrainPipeline, OutputStage
+from vitaccel.hw.stall import GlobalStall
+from vitaccel.sim.engine_config import (DRAIN_OFFSET, PRE_REQUANT_LATENCY, REQUANT_LATENCY, EngineConfig)
+from vitaccel.sim.schedule import layer_cycles
+
+
+def _simulate(dut, bench):
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _s(v: int, bits: int) -> int:
+    """``v`` wrapped to a signed ``bits``-bit integer."""
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+def _rs(bits: int, rng) -> int:
+    """A random signed ``bits``-bit integer."""
+    return rng.randint(-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+# ----------------------------------------------------------------------------------------- controller
+def _schedule(cfg: EngineConfig, M: int, K: int, N: int, counts: list[int]) -> list[dict]:
+    """What the engine does in each enabled cycle of a layer (docs/hardware.md, "Dataflow and schedule").
+
+    Fill window ``max(K, 2)`` (B block 0, first descriptor), one window per tile (MAC issue from
+    ``a_s = max(0, m_prev - K)``, drain of the previous tile from ``DRAIN_OFFSET``, the tile's outlier
+    beats after the drain), the epilogue (drain of the last tile + drain and requantiser latency).
+    """
+    R, C, L = cfg.rows, cfg.cols, cfg.outlier_lanes
+    tiles = [{"r0": r0, "m": min(R, M - r0), "c0": c0, "bank": b % 2, "nb": -(-counts[r0 // R] // L)}
+             for b, c0 in enumerate(range(0, N, C)) for r0 in range(0, M, R)]
+    ev = []
+
+    def cycle(**kw):
+        d = {"a": None, "bank": None, "rowp": False, "colp": False, "drain": None, "outl": False,
+             "commit": False, "tile_start": False, "shift": False, "take": False, "block": None, "cur": None}
+        d.update(kw)
+        ev.append(d)
+    for w in range(max(K, 2)):
+        cycle(rowp=w == 0, colp=w == 0)
+    prev = None
+    for s, t in enumerate(tiles):
+        ev[-1].update(shift=True, take=True)          # window boundary: t becomes the current tile
+        if t["r0"] == 0 and t["c0"] + C < N:
+            ev[-1]["block"] = 1 - t["bank"]           # start loading the next column block
+        mp = prev["m"] if prev else 0
+        a = max(0, mp - K)
+        W = max(a + K, mp + DRAIN_OFFSET, mp + DRAIN_OFFSET + t["nb"] if t["nb"] else 0)
+        for w in range(W):
+            cycle(a=w - a if a <= w < a + K else None, bank=t["bank"], cur=t, tile_start=w == 0,
+                  rowp=w == 0 and s + 1 < len(tiles), colp=w == 0 and t["r0"] == 0 and t["c0"] + C < N,
+                  commit=w == 0 and t["r0"] == 0,
+                  drain=(w - DRAIN_OFFSET, prev) if prev and DRAIN_OFFSET <= w < DRAIN_OFFSET + mp else None,
+                  outl=t["nb"] > 0 and DRAIN_OFFSET + mp <= w < DRAIN_OFFSET + mp + t["nb"])
+        prev = t
+    ev[-1].update(shift=True, take=False)             # into the epilogue
+    for w in range(DRAIN_OFFSET + prev["m"] + PRE_REQUANT_LATENCY + REQUANT_LATENCY):
+        cycle(drain=(w - DRAIN_OFFSET, prev) if DRAIN_OFFSET <= w < DRAIN_OFFSET + prev["m"] else None)
+    return ev
+
+
+CTL_CFGS = [EngineConfig(rows=3, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=4, outlier_lanes=2,
+                         max_k=16),
+            EngineConfig(rows=2, cols=3, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=0, max_k=8)]
+
+
+@pytest.mark.parametrize("cfg", CTL_CFGS, ids=["3x2_L2", "2x3_no_outliers"])
+def test_engine_controller_follows_the_schedule_under_random_stalls(cfg):
+    dut = EngineController(cfg)
+    rng = random.Random(11)
+    has_o = cfg.has_outliers
+    layers = [(5, 4, 3, [1, 3]), (1, 1, 1, [0]), (7, 9, 5, [0, 5, 2]), (6, 1, 2, [2, 0]), (4, 2, 4, [4, 1])]
+    if not has_o:
+        layers = [(M, min(K, cfg.max_k), N, [0] * -(-M // cfg.rows)) for M, K, N, _ in layers]
+    kmask = (1 << cfg.k_bits) - 1
+    checked = {"a": 0, "drain": 0, "outl": 0, "rowp": 0}
+
+    async def bench(ctx):
+        for M, K, N, counts in layers:
+            ev = _schedule(cfg, M, K, N, counts)
+            assert len(ev) == layer_cycles(cfg, M, K, N, counts).total     # the model is the schedule
+            beats = [-(-counts[r0 // cfg.rows] // cfg.outlier_lanes)
+                     for _ in range(0, N, cfg.cols) for r0 in range(0, M, cfg.rows)]
+            ctx.set(dut.en, 0)
+            for f, v in {"m": M, "k": K, "n": N}.items():
+                ctx.set(getattr(dut.cmd.payload, f), v)
+            ctx.set(dut.cmd.valid, 1)
+            assert ctx.get(dut.cmd.ready) and ctx.get(dut.status.start) and ctx.get(dut.loader.start)
+            assert ctx.get(dut.loader.start_last) == (K == 1)
+            await ctx.tick()
+            ctx.set(dut.cmd.valid, 0)
+            e, loads, b_read = 0, 0, None
+            while e < len(ev):
+                x, nx = ev[e], (ev[e + 1] if e + 1 < len(ev) else None)
+                assert ctx.get(dut.status.busy) and not ctx.get(dut.cmd.ready)
+                assert ctx.get(dut.status.busy_adv) == (nx is not None)
+                for k in ("a", "rowp", "colp") + (("outl",) if has_o else ()):
+                    want = (lambda y: y is not None and bool(y[k] is not None if k == "a" else y[k]))
+                    assert ctx.get(getattr(dut.need, k).now) == want(x), (e, k)
+                    assert ctx.get(getattr(dut.need, k).adv) == want(nx), (e, k, "adv")
+                assert ctx.get(dut.mac.issue) == (x["a"] is not None)
+                assert ctx.get(dut.drain.issue) == (x["drain"] is not None)
+                if x["a"] is not None:       # the B row addressed one clock earlier is this issue's row k
+                    checked["a"] += 1
+                    assert b_read == (x["a"] & kmask, x["bank"]), e
+                if x["drain"] is not None:
+                    checked["drain"] += 1
+                    row, t = x["drain"]
+                    assert (ctx.get(dut.drain.row), ctx.get(dut.drain.r0), ctx.get(dut.drain.c0)) == (row, t["r0"], t["c0"])
+                    assert ctx.get(dut.columns.read_bank) == t["bank"]
+                if has_o:
+                    assert ctx.get(dut.outliers.issue) == x["outl"]
+                    assert ctx.get(dut.outliers.tile_start) == x["tile_start"]
+                    if x["outl"]:
+                        checked["outl"] += 1
+                        assert (ctx.get(dut.outliers.row0), ctx.get(dut.outliers.m)) == (x["cur"]["r0"], x["cur"]["m"])
+                assert ctx.get(dut.columns.commit) == x["commit"]
+                if x["commit"]:
+                    assert ctx.get(dut.columns.commit_bank) == x["cur"]["bank"]
+                assert ctx.get(dut.loader.block) == (x["block"] is not None)
+                if x["block"] is not None:
+                    assert ctx.get(dut.loader.bank) == x["block"]
+                if e > 0:                     # operand column reaching the array (one enabled cycle later)
+                    p = ev[e - 1]["a"]
+                    assert ctx.get(dut.mac.valid) == (p is not None)
+                    if p is not None:
+                        assert (ctx.get(dut.mac.first), ctx.get(dut.mac.last)) == (p == 0, p == K - 1)
+                en = rng.random() < 0.6
+                ctx.set(dut.en, en)
+                assert ctx.get(dut.descriptors.load) == (en and x["rowp"])
+                assert ctx.get(dut.descriptors.shift) == (en and x["shift"])
+                if x["shift"]:
+                    assert ctx.get(dut.descriptors.take) == x["take"]
+                if x["drain"] is not None and nx is not None and nx["drain"] is not None:
+                    assert ctx.get(dut.drain.row_adv) == nx["drain"][0]
+                b_read = (ctx.get(dut.b_read.k), ctx.get(dut.b_read.bank))
+                await ctx.tick()
+                if en and x["rowp"]:          # act as the descriptor registers: beats of the loaded tile
+                    checked["rowp"] += 1
+                    ctx.set(dut.descriptors.nb, beats[loads])
+                    loads += 1
+                e += en
+            assert not ctx.get(dut.status.busy) and ctx.get(dut.cycles) == len(ev)
+            assert loads == len(beats)
+            for _ in range(2):
+                await ctx.tick()
+
+    _simulate(dut, bench)
+    assert checked["a"] > 100 and checked["drain"] > 30 and (checked["outl"] > 5 or not has_o)
+
+
+# ------------------------------------------------------------------------------------------ global stall
+def test_global_stall_enable_buffers_and_invariants():
+    streams = {"a": 4, "b": 3, "colp": 5, "rowp": 2, "outl": 6}
+    depth = 4
+    dut = GlobalStall(streams, rows=2, cols=3, fifo_depth=depth)
+    rng = random.Random(5)
+    counts = {"pops": 0, "en": 0, "stalls": 0}
+
+    async def bench(ctx):
+        q = {s: deque() for s in streams}
+        en, busy, level = 0, 0, 0
+        need = dict.fromkeys(streams, 0)
+        outl_next = None
+        copies = [dut.en.ctl, dut.en.dec, dut.en.drain, *dut.en.mac, *dut.en.col, *dut.en.ou]
+        for _ in range(1500):
+            start = int(not busy and rng.random() < 0.3)
+            busy_adv = int(busy and rng.random() < 0.98)
+            need_adv = {s: int(rng.random() < 0.5) for s in streams}
+            pending = int(busy and rng.random() < 0.5)
+            valid = {s: int(rng.random() < 0.7) for s in streams}
+            for s, w in streams.items():
+                ctx.set(getattr(dut, s).valid, valid[s])
+                ctx.set(getattr(dut, s).payload, rng.getrandbits(w))
+                port = dut.need_b if s == "b" else getattr(dut.need, s)
+                ctx.set(port.now, need[s])
+                ctx.set(port.adv, need_adv[s])
+            for name, v in (("start", start), ("busy", busy), ("busy_adv", busy_adv)):
+                ctx.set(getattr(dut.status, name), v)
+            ctx.set(dut.fifo.level, level)
+            ctx.set(dut.fifo.pending, pending)
+            # every enable copy is the model's enable; the stall never pops an empty buffer
+            assert [ctx.get(c) for c in copies] == [en] * len(copies)
+            for s in streams:
+                assert ctx.get(getattr(dut, s).ready) == (len(q[s]) < 2)
+                if q[s]:
+                    assert ctx.get(getattr(dut.head, s)) == q[s][0]
+                if en and need[s]:
+                    assert q[s], s
+            if outl_next is not None and q["outl"]:
+                assert outl_next == q["outl"][0]
+            payload = {s: ctx.get(getattr(dut, s).payload) for s in streams}
+            outl_next = ctx.get(dut.outl_next)
+            # model of the clock edge: pop what the schedule needed (if enabled), accept offered beats
+            for s in streams:
+                accept = valid[s] and len(q[s]) < 2
+                if en and need[s]:
+                    q[s].popleft()
+                    counts["pops"] += 1
+                if accept:
+                    q[s].append(payload[s])
+            level_no_read = level + (en and pending)      # FIFO level next cycle if nothing is read
+            assert level_no_read <= depth
+            level = level_no_read - int(level > 0 and rng.random() < 0.4)
+            busy_n = 1 if start else (busy_adv if en else busy)
+            need_n = {s: (need_adv[s] if en else need[s]) for s in streams}
+            if start:
+                need_n = {s: int(rng.random() < 0.5) for s in streams}
+            # the next cycle is enabled iff a layer runs, every stream it needs holds a beat, and the
+            # FIFO can take a row even if nothing is read
+            ok = busy_n and level_no_read <= depth - 1 and all(q[s] or not need_n[s] for s in streams)
+            counts["en"] += en
+            counts["stalls"] += busy and not en
+            en = int(not start and ok)
+            busy, need = busy_n, need_n
+            await ctx.tick()
+
+    _simulate(dut, bench)
+    assert counts["pops"] > 500 and counts["en"] > 200 and counts["stalls"] > 200
+
+
+# ------------------------------------------------------------------------------------------ B buffer
+BUF_CFG = EngineConfig(rows=2, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=2, outlier_lanes=2,
+                       max_k=8)
+
+
+def test_b_buffer_loader_and_read_ahead_rows():
+    cfg = BUF_CFG
+    dut = BBuffer(cfg)
+    rng = random.Random(3)
+    kb, C, L = cfg.k_bits, cfg.cols, cfg.outlier_lanes
+    stats = {"writes": 0, "nonzero_reads": 0}
+
+    async def bench(ctx):
+        mem = [[0] * C for _ in range(2 << kb)]
+        active, cnt, bank, K = 0, 0, 0, 1
+        row, rd, orow, ord_ = [0] * C, [0] * C, [[0] * C] * L, [[0] * C] * L
+        for cyc in range(1200):
+            start = int(rng.random() < 0.01 or cyc == 0)
+            new_k = rng.randint(1, cfg.max_k) if start else K      # K of the layer that starts
+            en = int(not start and rng.random() < 0.7)
+            block = int(not start and rng.random() < 0.1)
+            nbank = rng.randint(0, 1)
+            b = [_rs(cfg.b_bits, rng) for _ in range(C)]
+            rk, rbank = rng.randint(0, (1 << kb) - 1), rng.randint(0, 1)
+            cols = [rng.randint(0, (1 << 16) - 1) for _ in range(L)]
+            oen = int(rng.random() < 0.7)
+            ctx.set(dut.k, K)
+            for name, v in (("start", start), ("start_last", int(new_k == 1)), ("block", block), ("bank", nbank)):
+                ctx.set(getattr(dut.ctl, name), v)
+            ctx.set(dut.en, en)
+            for c in range(C):
+                ctx.set(dut.b[c], b[c])
+            ctx.set(dut.read.k, rk)
+            ctx.set(dut.read.bank, rbank)
+            for l in range(L):
+                ctx.set(dut.outl_next[l].col, cols[l])
+            ctx.set(dut.outl_en, oen)
+            # the loader's state and the registered rows
+            adv = 1 if block else (0 if active and cnt + 1 == K else active)
+            assert (ctx.get(dut.need.now), ctx.get(dut.need.adv)) == (active, adv)
+            assert (ctx.get(dut.load.active), ctx.get(dut.load.first)) == (active, cnt == 0)
+            assert [ctx.get(dut.load.row[c]) for c in range(C)] == b
+            assert [ctx.get(dut.row[c]) for c in range(C)] == row
+            assert [[ctx.get(dut.outl_rows[l][c]) for c in range(C)] for l in range(L)] == orow
+            stats["nonzero_reads"] += any(row)
+            # clock edge: registers load the previous cycle's memory read; the memory reads before it writes
+            if en:
+                row = rd
+            if oen:
+                orow = ord_
+            rd = list(mem[(rbank << kb) | rk])
+            ord_ = [list(mem[(rbank << kb) | (cols[l] & ((1 << kb) - 1))]) for l in range(L)]
+            if start:
+                active, cnt, bank, K = 1, 0, 0, new_k
+            elif en:
+                if active:
+                    mem[(bank << kb) | cnt] = b
+                    stats["writes"] += 1
+                if block:
+                    active, cnt, bank = 1, 0, nbank
+                elif active:
+                    cnt += 1
+                    active = int(cnt < K)
+            await ctx.tick()
+
+    _simulate(dut, bench)
+    assert stats["writes"] > 250 and stats["nonzero_reads"] > 300, stats
+
+
+# ------------------------------------------------------------------------------------ column parameters
+def test_column_params_sum_loaded_rows_and_swap_banks():
+    cfg = BUF_CFG
+    dut = ColumnParams(cfg)
+    rng = random.Random(4)
+    C, cb = cfg.cols, cfg.colsum_bits
+    commits = [0]
+
+    async def bench(ctx):
+        acc, scratch = [0] * C, [(0, 0, 0)] * C
+        banks = [([0] * C, [(0, 0, 0)] * C) for _ in range(2)]
+        for _ in range(800):
+            en, active, first = (int(rng.random() < p) for p in (0.7, 0.8, 0.15))
+            row = [_rs(cfg.b_bits, rng) for _ in range(C)]
+            colp = [(rng.getrandbits(16), rng.randint(0, 47), _rs(48, rng)) for _ in range(C)]
+            commit, cbank, rbank = int(rng.random() < 0.1), rng.randint(0, 1), rng.randint(0, 1)
+            ctx.set(dut.en, en)
+            ctx.set(dut.load.active, active)
+            ctx.set(dut.load.first, first)
+            for c in range(C):
+                ctx.set(dut.load.row[c], row[c])
+                ctx.set(dut.colp[c].mc, colp[c][0])
+                ctx.set(dut.colp[c].sc, colp[c][1])
+                ctx.set(dut.colp[c].bq, colp[c][2])
+            for name, v in (("commit", commit), ("commit_bank", cbank), ("read_bank", rbank)):
+                ctx.set(getattr(dut.ctl, name), v)
+            sums, params = banks[rbank]
+            assert [ctx.get(dut.colsum[c]) for c in range(C)] == sums
+            assert [(ctx.get(dut.params[c].mc), ctx.get(dut.params[c].sc), ctx.get(dut.params[c].bq))
+                    for c in range(C)] == params
+            if en and commit:            # the bank takes the values before this edge
+                banks[cbank] = (list(acc), list(scratch))
+                commits[0] += 1
+            if en and active:
+                acc = [_s((0 if first else acc[c]) + row[c], cb) for c in range(C)]
+                if first:
+                    scratch = colp
+            await ctx.tick()
+
+    _simulate(dut, bench)
+    assert commits[0] > 30
+
+
+# ------------------------------------------------------------------------------------ tile descriptors
+def test_tile_descriptors_next_current_previous():
+    cfg = EngineConfig(rows=3, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=4, outlier_lanes=2,
+                       max_k=8)
+    dut = TileDescriptors(cfg)
+    rng = random.Random(6)
+    R, L = cfg.rows, cfg.outlier_lanes
+    zero = {"mr": [0] * R, "za": [0] * R, "n_out": 0}
+
+    async def bench(ctx):
+        nxt, cur, prev, nb = zero, zero, zero, 0
+        for _ in range(600):
+            load, shift, take = (int(rng.random() < p) for p in (0.3, 0.3, 0.8))
+            d = {"mr": [rng.getrandbits(16) for _ in range(R)], "za": [rng.getrandbits(24) for _ in range(R)],
+                 "n_out": rng.choice([0, 1, 2, 3, 7, 8, rng.getrandbits(16)])}
+            row = rng.randint(0, R - 1)
+            for r in range(R):
+                ctx.set(dut.rowp.mr[r], d["mr"][r])
+                ctx.set(dut.rowp.za[r], d["za"][r])
+            ctx.set(dut.rowp.n_out, d["n_out"])
+            for name, v in (("load", load), ("shift", shift), ("take", take)):
+                ctx.set(getattr(dut.ctl, name), v)
+            ctx.set(dut.drain_row, row)
+            assert ctx.get(dut.ctl.nb) == nb and ctx.get(dut.cur_n_out) == cur["n_out"]
+            assert (ctx.get(dut.za), ctx.get(dut.mr)) == (prev["za"][row], prev["mr"][row])
+            if shift:
+                prev, cur = cur, (nxt if take else cur)
+            if load:
+                nxt, nb = d, -(-d["n_out"] // L)          # ceil(n_out / L) outlier beats
+            await ctx.tick()
+
+    _simulate(dut, bench)
+
+
+# ------------------------------------------------------------------------------------- drain pipeline
+DRAIN_CFG = EngineConfig(rows=3, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=2, outlier_lanes=1,
+                         max_k=8)
+
+
+@pytest.mark.parametrize("fo, n", [(2, 7), (0, 3)])
+def test_drain_pipeline_zero_point_fo_outliers(fo, n):
+    """acc = ((acc_raw - za * colsum) << FO) + corr, truncated to acc_bits, with the range flag (section 6)."""
+    cfg = DRAIN_CFG
+    dut = DrainPipeline(cfg)
+    rng = random.Random(fo * 10 + n)
+    C, W, rb = cfg.cols, cfg.acc_bits, max(1, (cfg.rows - 1).bit_length())
+    seen = {"valid": 0, "fault": 0}
+
+    async def bench(ctx):
+        pipe = deque([None] * PRE_REQUANT_LATENCY)       # rows in D1 .. D6
+        fault = 0
+        rows = [0] * C
+        ctx.set(dut.fo, fo)
+        ctx.set(dut.n, n)
+        for cyc in range(700):
+            start = int(cyc == 0)
+            en = int(not start and rng.random() < 0.7)
+            issue = int(rng.random() < 0.6)
+            row, row_adv = rng.randint(0, cfg.rows - 1), rng.randint(0, cfg.rows - 1)
+            r0, c0 = rng.choice([0, 3, 6, 65533]), rng.choice([0, 2, 4, 6])
+            big = rng.random() < 0.2
+            za, mr = rng.getrandbits(24 if big else 4), rng.getrandbits(16)
+            acc = [_rs(W if big else 12, rng) for _ in range(C)]
+            colsum = [_rs(cfg.colsum_bits, rng) for _ in range(C)]
+            corr = [_rs(cfg.corr_bits if big else 10, rng) for _ in range(C)]
+            params = [(rng.getrandbits(16), rng.randint(0, 47), _rs(48, rng)) for _ in range(C)]
+            for name, v in (("issue", issue), ("row", row), ("row_adv", row_adv), ("r0", r0), ("c0", c0)):
+                ctx.set(getattr(dut.ctl, name), v)
+            ctx.set(dut.za, za)
+            ctx.set(dut.mr, mr)
+            ctx.set(dut.start, start)
+            ctx.set(dut.en, en)
+            ctx.set(dut.en_col, (1 << C) - 1 if en else 0)
+            for c in range(C):
+                ctx.set(dut.acc[c], acc[c])
+                ctx.set(dut.colsum[c], colsum[c])
+                ctx.set(dut.corr[c], corr[c])
+                for f, v in zip(("mc", "sc", "bq"), params[c]):
+                    ctx.set(getattr(dut.params[c], f), v)
+            # outputs: the row that entered PRE_REQUANT_LATENCY enabled cycles ago
+            assert [ctx.get(dut.rows[c]) for c in range(C)] == rows
+            out = pipe[-1]
+            assert ctx.get(dut.o.fault) == fault
+            if out is not None:
+                assert ctx.get(dut.o.valid) == out["valid"]
+                if out["valid"]:
+                    seen["valid"] += 1
+                    assert (ctx.get(dut.o.row), ctx.get(dut.o.col)) == (out["row"], out["col"])
+                    assert [ctx.get(dut.o.acc[c]) for c in range(C)] == out["acc"]
+                    assert [ctx.get(dut.o.mr[c]) for c in range(C)] == [out["mr"]] * C
+                    assert [tuple(ctx.get(getattr(dut.o.params[c], f)) for f in ("mc", "sc", "bq"))
+                            for c in range(C)] == out["params"]
+            # model: the drained row's acc (exact integers), then acc_bits
+            full = [((acc[c] - za * colsum[c]) << fo) + corr[c] for c in range(C)]
+            new = {"valid": issue, "row": (r0 + row) & 0xFFFF, "col": c0, "mr": mr, "params": params,
+                   "acc": [_s(v, W) for v in full],
+                   "bad": any(issue and c < n - c0 and not -(1 << (W - 1)) <= full[c] < (1 << (W - 1))
+                              for c in range(C))}
+            if start:
+                rows = [(-DRAIN_OFFSET) % (1 << rb)] * C
+            elif en:
+                rows = [row_adv] * C
+            if en:
+                fault = int(out is not None and out["bad"])
+                seen["fault"] += fault
+                pipe.pop()
+                pipe.appendleft(new)
+            await ctx.tick()
+
+    _simulate(dut, bench)
+    assert seen["valid"] > 150 and seen["fault"] > 5
+
+
+# --------------------------------------------------------------------------------------- output stage
+def _requant(acc, mr, mc, sc, bq, sr, z_out, lo, hi, acc_bits):
+    """docs/datapath.md section 7, written out: (value, saturated, t out of acc_bits)."""
+    def round_shift(x, s):
+        return (x + (1 << (s - 1))) >> s if s else x
+    t = round_shift(acc * mr, sr)
+    t_lo, t_hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    fault = not t_lo <= t <= t_hi
+    t = min(max(t, t_lo), t_hi)                      # the RTL clamps t (a config fault, flagged)
+    y = round_shift(t * mc + bq, sc) + z_out
+    return min(max(y, lo), hi), not lo <= y <= hi, fault
+
+
+@pytest.mark.parametrize("out_fmt, out_k, z_out, sr", [(0, 8, 20, 4), (1, 4, 0, 2), (3, 8, 0, 0)],
+                         ids=["ucode8", "scode4", "fixed32"])
+def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z_out, sr):
+    cfg = DRAIN_CFG
+    dut = OutputStage(cfg)
+    rng = random.Random(out_fmt)
+    C, W = cfg.cols, cfg.acc_bits
+    lo, hi = {0: (0, (1 << out_k) - 1), 1: (-(1 << (out_k - 1)) + 1, (1 << (out_k - 1)) - 1),
+              3: (-(1 << 31), (1 << 31) - 1)}[out_fmt]
+    n = 3
+    got = {"rows": 0, "sat": 0, "faults": 0}
+
+    async def bench(ctx):
+        for name, v in (("sr", sr), ("z_out", z_out), ("out_fmt", out_fmt), ("out_k", out_k), ("n", n)):
+            ctx.set(getattr(dut, name), v)
+        ctx.set(dut.clear, 1)
+        for _ in range(REQUANT_LATENCY + 2):          # the requantisers fill with invalid rows
+            await ctx.tick()
+        ctx.set(dut.clear, 0)
+        pipe = deque([None] * REQUANT_LATENCY)
+        fifo, fault = deque(), 0
+        for _ in range(900):
+            last = pipe[-1]
+            pending = int(last is not None and last["valid"])
+            en = int(rng.random() < 0.7 and len(fifo) + pending <= 3)   # act as the global stall
+            ready = int(rng.random() < 0.5)
+            valid, dfault, clear = int(rng.random() < 0.7), int(rng.random() < 0.02), int(rng.random() < 0.03)
+            row, col = rng.getrandbits(16), rng.choice([0, 2, 4])
+            acc = [_rs(rng.choice([8, 16, W]), rng) for _ in range(C)]
+            mr = rng.randint(0, (1 << sr) + (3 if rng.random() < 0.05 else 0))
+            params = [(rng.getrandbits(rng.choice([4, 16])), rng.randint(0, 47) if out_fmt == 3 else rng.randint(0, 12),
+                       _rs(rng.choice([8, 47]), rng)) for _ in range(C)]
+            ctx.set(dut.en, en)
+            ctx.set(dut.en_col, (1 << C) - 1 if en else 0)
+            ctx.set(dut.out.ready, ready)
+            ctx.set(dut.clear, clear)
+            for name, v in (("valid", valid), ("row", row), ("col", col), ("fault", dfault)):
+                ctx.set(getattr(dut.i, name), v)
+            for c in range(C):
+                ctx.set(dut.i.acc[c], acc[c])
+                ctx.set(dut.i.mr[c], mr)
+                for f, v in zip(("mc", "sc", "bq"), params[c]):
+                    ctx.set(getattr(dut.i.params[c], f), v)
+            assert ctx.get(dut.fifo.level) == len(fifo) and ctx.get(dut.fifo.pending) == pending
+            assert ctx.get(dut.out.valid) == bool(fifo) and ctx.get(dut.acc_fault) == fault
+            if fifo:
+                p = dut.out.payload
+                assert (ctx.get(p.row), ctx.get(p.col), [ctx.get(p.data[c]) for c in range(C)],
+                        ctx.get(p.sat)) == fifo[0]
+            # model of the edge: read, push the row leaving the requantisers, take the new row
+            if ready and fifo:
+                fifo.popleft()
+                got["rows"] += 1
+            if en:
+                push = pending
+                if push:
+                    fifo.append((last["row"], last["col"], [v for v, _, _ in last["lanes"]],
+                                 sum(int(s) << c for c, (_, s, _) in enumerate(last["lanes"]))))
+                    got["sat"] += any(s for _, s, _ in last["lanes"])
+                rq_fault = push and any(f for c, (_, _, f) in enumerate(last["lanes"]) if c < n - last["col"])
+                if (dfault or rq_fault) and not clear:
+                    fault = 1
+                    got["faults"] += 1
+                pipe.pop()
+                pipe.appendleft({"valid": valid, "row": row, "col": col,
+                                 "lanes": [_requant(acc[c], mr, *params[c], sr, z_out, lo, hi, W) for c in range(C)]})
+            if clear:
+                fault = 0
+            await ctx.tick()
+
+    _simulate(dut, bench)
+    assert got["rows"] > 150 and got["sat"] > 10 and got["faults"] > 3
