@@ -15,6 +15,7 @@ Operand roles follow docs/datapath.md section 2: the QKV linear layer becomes th
 from __future__ import annotations
 
 from vitaccel.sim.cli_args import parse_bits
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.names import suggest_model_names
 
 import functools
@@ -110,7 +111,7 @@ def suggest_models(name: str, n: int = 5) -> list[str]:
     return suggest_model_names(name, _model_names(), n)
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """The model name is not a timm model."""
 
 
