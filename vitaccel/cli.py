@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    name = " ".join(str(v) for v in (args.command, getattr(args, "hw_command", None),
-                                     getattr(args, "tb_command", None)) if v)
+    name = args.command
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
