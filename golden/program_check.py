@@ -158,7 +158,8 @@ def _check_model(c: _Checker, model) -> dict:
             for x in v:
                 c.float_(x, f"model.data_config.{key}", positive=key == "std")
         c.float_(dc["crop_pct"], "model.data_config.crop_pct", positive=True)
-        c.str_(dc["interpolation"], "model.data_config.interpolation")
+        c.str_(dc["interpolation"], "model.data_config.interpolation",
+               ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos", "random"))
         c.str_(dc["crop_mode"], "model.data_config.crop_mode", ("center", "squash", "border"))
     return out
 
@@ -521,6 +522,11 @@ def check_golden(man: dict, arrays: dict, prog, error, where: str) -> int:
             head = rec[len(base):]
             if rec != base and not (head.startswith(".h") and head[2:].isdigit()):
                 c.fail(f"record name {rec!r} does not belong to {base!r}")
+    for key in arrays:  # every array belongs to a listed record (a record missing from golden.json is an error)
+        rec, _, field = key.rpartition("/")
+        listed = man["encoders"] if rec.startswith("enc:") else man["layers"]
+        if rec.removeprefix("enc:") not in listed:
+            c.fail(f"vectors.npz holds {key!r}, but golden.json does not list the record {rec.removeprefix('enc:')!r}")
     for rec, base in man["layers"].items():
         _check_golden_layer(c, rec, prog.layer_spec(base), arrays, n)
     for rec, base in man["encoders"].items():
