@@ -80,7 +80,7 @@ def front_end(out_dir: Path, *, shared: Path, calib_size: int, seed: int, n_imag
         xs.append(x)
         ys.append(int(y))
     t1 = time.monotonic()
-    write_golden(prog, xs, str(out_dir), ys)
+    write_golden(prog, xs, str(out_dir), ys, force=True)
     t_gold = time.monotonic() - t1
     info = {"model": MODEL, "method": "adfq w4a4, no AMO (accuracy.py row adfq-noamo:w4a4)",
             "calib_size": calib_size, "seed": seed, "golden_images": n_images, "labels": ys,

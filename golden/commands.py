@@ -9,21 +9,28 @@
   ``--float-fakequant``) in floating point; ``--shard I/N`` evaluates every N-th image and writes per-image
   predictions to ``--json``; ``merge`` combines shard files.
 * ``export-golden PROGRAM --data DIR --images N -o DIR`` writes golden vectors for ``tb/``.
+
+Nothing is lost and nothing is mixed: every output path is checked before the slow part starts
+(:mod:`vitaccel.sim.outputs`), output directories are written to a temporary sibling and renamed
+into place when complete (an existing non-empty one is replaced only with ``--force``), and an
+unreadable image is an error naming the file (or, with ``--skip-bad-images``, left out and counted).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
-import warnings
 
 import numpy as np
 import torch
 
 from vitaccel.sim import formats as SF
-from vitaccel.sim.cli_args import add_json_arg, add_program_arg, parse_bits, program_from_args
+from vitaccel.sim.cli_args import (add_force_arg, add_json_arg, add_program_arg, nonneg_int, parse_bits, positive_int,
+                                   program_from_args)
 from vitaccel.sim.errors import UserError
+from vitaccel.sim.outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
 
 
 # ------------------------------------------------------------------------------------------------
@@ -33,12 +40,20 @@ def _threads():
     return n
 
 
+def _warn(cmd: str, msg: str) -> None:
+    print(f"vitaccel {cmd}: warning: {msg}", file=sys.stderr)
+
+
 def _data_args(p, required=True):
     p.add_argument("--data", required=required, metavar="DIR",
-                   help="ImageNet-layout folder ROOT/CLASS/*.JPEG, or embedded:digits[:split]")
+                   help="ImageNet-layout folder ROOT/CLASS/*.JPEG, or embedded:digits[:split] "
+                   "(split: train, calib, test (default), all)")
     p.add_argument("--class-map", metavar="FILE", help="class folder names, one per line (e.g. synsets.txt)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--workers", type=nonneg_int, default=None, help="DataLoader workers (default: up to 4)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out (they are counted and listed in the report) instead of "
+                   "stopping with an error that names the file")
 
 
 def _model_args(p, required=True):
@@ -52,7 +67,7 @@ def _transform_for(model_name: str, model=None, data_config: dict | None = None)
         from .embedded import eval_transform  # noqa: PLC0415
 
         return eval_transform()
-    from timm.data import create_transform, resolve_data_config  # noqa: PLC0415
+    from timm.data import create_transform  # noqa: PLC0415
 
     cfg = dict(data_config) if data_config else _data_config(model_name, model)
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
@@ -63,6 +78,8 @@ def _dataset(args, model_name, model=None, data_config=None):
     from .data import image_folder  # noqa: PLC0415
 
     if args.data.startswith("embedded:"):
+        if args.class_map:
+            raise UserError("--class-map applies to image folders; the embedded digits carry their own labels")
         return image_folder(args.data)
     return image_folder(args.data, class_map=args.class_map,
                         transform=_transform_for(model_name, model, data_config))
@@ -80,222 +97,321 @@ def _data_config(model_name, model):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
+def _model_facts(model=None, manifest: dict | None = None) -> tuple[tuple | None, int | None]:
+    """``((C, H, W) input shape, number of classes)`` of a float/fake-quant model or a program."""
+    if manifest is not None:
+        m = manifest["model"]
+        return (m["in_chans"], *m["img_size"]), m["num_classes"]
+    net = getattr(model, "model", model)  # QuantViT wraps the timm model
+    pe = getattr(net, "patch_embed", None)
+    shape = None
+    if pe is not None and getattr(pe, "img_size", None) is not None and getattr(pe, "proj", None) is not None:
+        shape = (int(pe.proj.weight.shape[1]), *(int(v) for v in pe.img_size))
+    n = getattr(net, "num_classes", None)
+    return shape, (int(n) if isinstance(n, int) else None)
+
+
+def _check_data(args, ds, who: str, model=None, manifest=None, strict_labels: bool = True) -> None:
+    """Input shape of the data vs the model, and folder-order labels without a class map."""
+    from .data import check_input_shape, check_labels  # noqa: PLC0415
+
+    shape, classes = _model_facts(model, manifest)
+    if shape is not None:
+        check_input_shape(ds, shape, who, args.data)
+    msg = check_labels(ds, classes, args.data, strict=strict_labels)
+    if msg:
+        _warn(args.command, msg)
+
+
 def _loader(ds, args):
     from .data import loader  # noqa: PLC0415
 
-    return loader(ds, args.batch_size, args.workers if args.workers is not None else min(4, os.cpu_count() or 1))
+    workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
+    return loader(ds, args.batch_size, workers, skip_bad=getattr(args, "skip_bad_images", False))
 
 
-def _shard(ds, shard: str | None):
-    if not shard:
-        return ds, list(range(len(ds)))
-    try:
-        i, n = (int(v) for v in shard.split("/"))
-        assert 0 <= i < n
-    except Exception:
-        raise UserError(f"--shard must be I/N with 0 <= I < N, got {shard!r}") from None
-    idx = list(range(i, len(ds), n))
-    return torch.utils.data.Subset(ds, idx), idx
+def _report_skipped(cmd: str, skipped) -> list:
+    """Print a warning for images left out by ``--skip-bad-images``; return them as records."""
+    if skipped:
+        _warn(cmd, f"{len(skipped)} unreadable image(s) left out (--skip-bad-images); first: {skipped[0][1]}")
+    return [{"index": int(i), "error": m} for i, m in skipped]
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
 # ------------------------------------------------------------------------------------------------
+def _capacity_warnings(prog, cap) -> list[str]:
+    """Layers whose calibration saw more outliers in one tile than ``--outlier-capacity`` holds."""
+    if prog is None or cap is None:
+        return []
+    out = []
+    for name, e in prog.manifest["layers"].items():
+        seen = e.get("max_tile_outliers")
+        if e.get("fo") and seen is not None and seen > cap:
+            out.append(f"{name}: {seen} outliers in one {e.get('tile_rows')}-row tile during calibration, "
+                       f"--outlier-capacity {cap}")
+    return out
+
+
 def cmd_calibrate(args) -> int:
     from .calibrate import calibrate_model, collect_images  # noqa: PLC0415
     from .data import subset  # noqa: PLC0415
     from .models import create_model  # noqa: PLC0415
     from .presets import ABLATIONS, preset  # noqa: PLC0415
     from .program import ProgramError, export_program, save_program  # noqa: PLC0415
-    from .quantizers import QuantizerError  # noqa: PLC0415
 
+    check_output_dir(args.output, force=args.force, what="program directory")
+    check_output_file(args.json, what="--json file", not_inside=[args.output])
     _threads()
     parse_bits(args.bits)
     torch.manual_seed(args.seed)
     model = create_model(args.model, args.weights, args.pretrained_download)
     ds = _dataset(args, args.model, model)
+    _check_data(args, ds, f"model {args.model}", model=model, strict_labels=False)
     calib = subset(ds, args.calib_size, args.seed)
-    images = collect_images(_loader(calib, args), args.calib_size)
+    ld = _loader(calib, args)
+    images = collect_images(ld, args.calib_size)
+    skipped = _report_skipped("calibrate", ld.skipped)
     overrides = {}
     for flag, over in ABLATIONS.items():
         if getattr(args, flag, False):
             overrides.update(over)
     for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "mp_target_bits",
-                "amo_iters"):
+                "amo_iters", "embed_bits", "head_bits"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
-    for key in ("embed_bits", "head_bits"):
-        v = getattr(args, key, None)
-        if v is not None:
-            overrides[key] = v
-    try:
-        cfg = preset(args.method, args.bits, **overrides)
-        t0 = time.time()
-        qvit = calibrate_model(model, images, cfg, args.model, batch_size=min(args.batch_size, 16))
-    except QuantizerError as exc:
-        raise UserError(str(exc)) from None
+    cfg = preset(args.method, args.bits, **overrides)
+    t0 = time.time()
+    qvit = calibrate_model(model, images, cfg, args.model, batch_size=min(args.batch_size, 16))
     dt = time.time() - t0
-    os.makedirs(args.output, exist_ok=True)
-    torch.save(qvit, os.path.join(args.output, "fakequant.pt"))
     report = {"model": args.model, "method": cfg.method, "bits": args.bits, "config": cfg.to_dict(),
-              "calib_size": len(images), "seed": args.seed, "seconds": round(dt, 1),
+              "calib_size": len(images), "seed": args.seed, "seconds": round(dt, 1), "skipped_images": skipped,
               "outliers": {n: {"outlier_ratio": r["outlier_ratio"], "max_tile_outliers": r["max_tile_outliers"]}
                            for n, r in qvit.outlier_report().items()}}
-    exported = True
     try:
         prog = export_program(qvit, _data_config(args.model, model), args.outlier_capacity)
-        save_program(prog, args.output)
     except ProgramError as exc:
-        exported = False
+        prog = None
         report["program"] = f"not exported: {exc}"
-        warnings.warn(f"integer program not exported: {exc}", stacklevel=1)
-    for path in [os.path.join(args.output, "calibration.json")] + ([str(args.json)] if args.json else []):
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        _warn("calibrate", f"integer program not exported: {exc}")
+    over = _capacity_warnings(prog, args.outlier_capacity)
+    if over:
+        report["capacity_warnings"] = over
+        _warn("calibrate", f"--outlier-capacity {args.outlier_capacity} is below the outliers measured in "
+              f"{len(over)} layer(s); the simulator and the hardware will stop on such tiles. First: {over[0]}. "
+              "Raise --outlier-capacity (or leave it unset)")
+    with atomic_output_dir(args.output, force=args.force, what="program directory") as tmp:
+        torch.save(qvit, os.path.join(tmp, "fakequant.pt"))
+        if prog is not None:
+            save_program(prog, str(tmp))
+        with open(os.path.join(tmp, "calibration.json"), "w") as f:
+            f.write(_dump(report))
+    if args.json:
+        write_text_atomic(args.json, _dump(report), what="--json file")
     for n, r in report["outliers"].items():
         print(f"  outliers {n}: {100 * r['outlier_ratio']:.4f} %")
     print(f"calibrated {args.model} ({cfg.method}, {args.bits}) on {len(images)} images in {dt:.0f} s -> "
-          f"{args.output}{'' if exported else ' (fake-quant model only)'}")
+          f"{args.output}{'' if prog is not None else ' (fake-quant model only)'}")
     return 0
 
 
 def _load_fakequant(path):
+    from .qmodel import QuantViT  # noqa: PLC0415
+
     f = os.path.join(path, "fakequant.pt")
     if not os.path.isfile(f):
         raise UserError(f"{path} has no fakequant.pt (run `vitaccel calibrate ... -o {path}`)")
-    return torch.load(f, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, foreign pickle, missing class: all a bad file
+        raise UserError(f"cannot load {f}: truncated, corrupt or not written by `vitaccel calibrate` "
+                        f"({type(exc).__name__}: {str(exc)[:200]}); re-run `vitaccel calibrate`") from None
+    if not isinstance(obj, QuantViT):
+        raise UserError(f"{f} holds a {type(obj).__name__}, not a vitaccel fake-quant model; re-run "
+                        "`vitaccel calibrate`")
+    return obj
 
 
 def _topk_stats(top5: torch.Tensor, labels: torch.Tensor) -> dict:
     n = len(labels)
-    t1 = (top5[:, 0] == labels).float().sum().item()
-    t5 = (top5 == labels[:, None]).any(dim=1).float().sum().item()
+    t1 = (top5[:, 0] == labels).float().sum().item() if n else 0.0
+    t5 = (top5 == labels[:, None]).any(dim=1).float().sum().item() if n else 0.0
     return {"n": n, "top1": 100 * t1 / max(n, 1), "top5": 100 * t5 / max(n, 1)}
+
+
+def _eval_model(args, res: dict):
+    """``(model, program, name, data_config, manifest, source)`` of ``eval``'s backend."""
+    from .models import create_model  # noqa: PLC0415
+    from .program import load_program, program_digest  # noqa: PLC0415
+    from .shards import file_sha256  # noqa: PLC0415
+
+    if args.backend == "fp":
+        if not args.model:
+            raise UserError("eval --backend fp needs --model")
+        if args.program:
+            raise UserError("eval --backend fp evaluates --model; --program is for --backend fakequant / sim")
+        model = create_model(args.model, args.weights, args.pretrained_download)
+        source = {"model": args.model, "weights_sha256": file_sha256(args.weights) if args.weights else None,
+                  "pretrained_download": bool(args.pretrained_download)}
+        return model, None, args.model, None, None, source
+    if not args.program:
+        raise UserError(f"eval --backend {args.backend} needs --program PATH (a directory from `vitaccel calibrate`)")
+    given = [f for f, v in (("--model", args.model), ("--weights", args.weights),
+                            ("--pretrained-download", args.pretrained_download)) if v]
+    if given:
+        raise UserError(f"{'/'.join(given)} select the float model of --backend fp; --backend {args.backend} takes "
+                        f"its model from --program {args.program}: drop {' '.join(given)}")
+    has_manifest = os.path.isfile(os.path.join(args.program, "manifest.json"))
+    prog = load_program(args.program) if (args.backend == "sim" or (has_manifest and not args.float_fakequant)) \
+        else None
+    if args.backend == "fakequant" and not os.path.isdir(args.program):
+        raise UserError(f"program not found: {args.program}")
+    use_fq = args.backend == "fakequant" or os.path.isfile(os.path.join(args.program, "fakequant.pt"))
+    model = _load_fakequant(args.program) if use_fq else None
+    if model is not None and prog is not None and not args.float_fakequant:
+        model.use_integer_grid(prog)
+        res["fakequant_mode"] = "integer grid"
+    elif model is not None:
+        res["fakequant_mode"] = "float"
+    if args.backend == "sim":
+        name, dcfg, man = prog.manifest["model"]["name"], prog.manifest["model"].get("data_config") or None, \
+            prog.manifest
+    else:
+        name, dcfg, man = model.model_name, None, None
+    source = {"program_sha256": program_digest(args.program, ("fakequant.pt",) if use_fq else ())}
+    return model, prog, name, dcfg, man, source
+
+
+def _run_sim(args, prog, model, ld, res):
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from .int_eval import ProgramRunner  # noqa: PLC0415
+
+    runner = ProgramRunner(prog, backend=args.sim_backend)
+    tops, labs, fq = [], [], []
+    for x, y in tqdm(ld, desc="int-sim", leave=False):
+        logits = torch.stack([runner.run_image(img) for img in x])
+        tops.append(logits.topk(min(5, logits.shape[-1]), dim=-1).indices)
+        labs.append(y)
+        if model is not None:
+            with torch.no_grad():
+                fq.append(model(x).argmax(-1))
+    if not tops:
+        raise UserError("no image could be evaluated (every image was unreadable)")
+    top5, labels = torch.cat(tops), torch.cat(labs)
+    if fq:
+        fq = torch.cat(fq)
+        res["agreement"] = 100 * (fq == top5[:, 0]).float().mean().item()
+        res["fakequant_top1"] = 100 * (fq == labels).float().mean().item()
+    res["saturations"] = runner.saturations
+    return top5, labels
 
 
 def cmd_eval(args) -> int:
     from .calibrate import predict  # noqa: PLC0415
-    from .models import create_model  # noqa: PLC0415
+    from .data import data_fingerprint, subset  # noqa: PLC0415
+    from .shards import parse_shard, provenance  # noqa: PLC0415
 
     args.program = program_from_args(args)
+    shard = parse_shard(args.shard)
+    check_output_file(args.json, what="--json file")
     _threads()
     res: dict = {"backend": args.backend}
-    if args.backend == "fp":
-        if not args.model:
-            raise UserError("eval --backend fp needs --model")
-        model = create_model(args.model, args.weights, args.pretrained_download)
-        name, dcfg = args.model, None
-    else:
-        if not args.program:
-            raise UserError(f"eval --backend {args.backend} needs --program PATH (a directory from `vitaccel calibrate`)")
-        if args.backend == "sim":
-            from .program import load_program  # noqa: PLC0415
-
-            prog = load_program(args.program)
-            name, dcfg = prog.manifest["model"]["name"], prog.manifest["model"].get("data_config") or None
-        model = _load_fakequant(args.program) if (args.backend == "fakequant" or os.path.isfile(
-            os.path.join(args.program, "fakequant.pt"))) else None
-        if args.backend == "fakequant":
-            name, dcfg = model.model_name, None
-        if model is not None and not args.float_fakequant \
-                and os.path.isfile(os.path.join(args.program, "manifest.json")):
-            from .program import load_program  # noqa: PLC0415
-
-            model.use_integer_grid(prog if args.backend == "sim" else load_program(args.program))
-            res["fakequant_mode"] = "integer grid"
-        elif model is not None:
-            res["fakequant_mode"] = "float"
-    ds = _dataset(args, name, model.model if hasattr(model, "model") else model, dcfg)
-    if args.limit:
-        from .data import subset  # noqa: PLC0415
-
-        ds = subset(ds, args.limit, 0)
-    ds, idx = _shard(ds, args.shard)
+    model, prog, name, dcfg, man, source = _eval_model(args, res)
+    net = model.model if hasattr(model, "model") else model
+    ds_all = _dataset(args, name, net, dcfg)
+    _check_data(args, ds_all, f"{args.backend} model {name}", model=net, manifest=man)
+    ds = subset(ds_all, args.limit, 0) if args.limit else ds_all
+    selected = len(ds)
+    idx = list(range(selected))
+    if shard:
+        idx = idx[shard[0]::shard[1]]
+        ds = torch.utils.data.Subset(ds, idx)
+    if not idx:
+        raise UserError(f"shard {args.shard} of {selected} image(s) holds no image: use at most {selected} shards")
+    ld = _loader(ds, args)
     t0 = time.time()
     if args.backend in ("fp", "fakequant"):
-        top5, labels = predict(model, _loader(ds, args), desc=args.backend)
+        if not len(ds):
+            raise UserError("no images to evaluate")
+        top5, labels = predict(model, ld, desc=args.backend)
     else:
-        from .int_eval import ProgramRunner  # noqa: PLC0415
-        from tqdm.auto import tqdm  # noqa: PLC0415
-
-        runner = ProgramRunner(prog, backend=args.sim_backend)
-        tops, labs, fq = [], [], []
-        for x, y in tqdm(_loader(ds, args), desc="int-sim", leave=False):
-            logits = torch.stack([runner.run_image(img) for img in x])
-            tops.append(logits.topk(min(5, logits.shape[-1]), dim=-1).indices)
-            labs.append(y)
-            if model is not None:
-                with torch.no_grad():
-                    fq.append(model(x).argmax(-1))
-        top5, labels = torch.cat(tops), torch.cat(labs)
-        if fq:
-            fq = torch.cat(fq)
-            res["agreement"] = 100 * (fq == top5[:, 0]).float().mean().item()
-            res["fakequant_top1"] = 100 * (fq == labels).float().mean().item()
-        res["saturations"] = runner.saturations
+        top5, labels = _run_sim(args, prog, model, ld, res)
+    skipped = _report_skipped("eval", [(idx[p], m) for p, m in ld.skipped])
+    kept = [idx[p] for p in ld.kept]
     res.update(_topk_stats(top5, labels))
     res["seconds"] = round(time.time() - t0, 1)
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
+    if skipped:
+        line += f"  [{len(skipped)} unreadable image(s) left out]"
     if "agreement" in res:
         line += f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %"
     elif args.backend == "fakequant":
         line += f"  [{res['fakequant_mode']}]"
     print(line)
     if args.json:
-        res.update({"indices": idx, "top5_pred": top5.tolist(), "labels": labels.tolist(), "shard": args.shard})
-        with open(args.json, "w") as f:
-            json.dump(res, f)
+        data = {"spec": args.data, "sha256": data_fingerprint(ds_all, args.data), "images": len(ds_all)}
+        res.update({"indices": kept, "top5_pred": top5.tolist(), "labels": labels.tolist(), "shard": args.shard,
+                    "skipped": skipped,
+                    "provenance": provenance(backend=args.backend, fakequant_mode=res.get("fakequant_mode"),
+                                             model=source, data=data, limit=args.limit, selected=selected,
+                                             shard=shard, skip_bad_images=args.skip_bad_images)})
+        write_text_atomic(args.json, json.dumps(res), what="--json file")
     return 0
 
 
 def cmd_merge(args) -> int:
-    parts = []
-    for path in args.files:
-        try:
-            with open(path) as f:
-                parts.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read shard result {path}: {exc}") from None
-        if "top5_pred" not in parts[-1] or "indices" not in parts[-1]:
-            raise UserError(f"{path} is not a per-image eval result (run eval with --shard and --json)")
-    seen = {}
-    for p in parts:
-        for i, t, y in zip(p["indices"], p["top5_pred"], p["labels"]):
-            if i in seen:
-                raise UserError(f"image {i} appears in more than one shard")
-            seen[i] = (t, y)
-    order = sorted(seen)
-    top5 = torch.tensor([seen[i][0] for i in order])
-    labels = torch.tensor([seen[i][1] for i in order])
-    res = _topk_stats(top5, labels)
-    res["backend"] = parts[0].get("backend")
-    print(f"merged {len(parts)} shards: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)")
+    from .shards import merge_results  # noqa: PLC0415
+
+    check_output_file(args.json, what="--json file")
+    order, top5, labels, info = merge_results(args.files)
+    res = _topk_stats(torch.tensor(top5), torch.tensor(labels))
+    res["backend"] = info["provenance"]["backend"]
+    res.update(info)
+    extra = f", {len(info['skipped'])} unreadable image(s) left out" if info["skipped"] else ""
+    print(f"merged {info['shards']} shards: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  "
+          f"({res['n']} images{extra})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f)
+        write_text_atomic(args.json, json.dumps(res), what="--json file")
     return 0
 
 
 def cmd_export_golden(args) -> int:
+    from .data import BadImageError  # noqa: PLC0415
     from .golden_vectors import write_golden  # noqa: PLC0415
     from .program import load_program  # noqa: PLC0415
 
     args.program = program_from_args(args)
+    check_output_dir(args.output, force=args.force, what="golden-vector directory")
+    check_output_file(args.json, what="--json file", not_inside=[args.output])
     _threads()
     prog = load_program(args.program)
     name = prog.manifest["model"]["name"]
     ds = _dataset(args, name, None, prog.manifest["model"].get("data_config") or None)
-    if args.images < 1:
-        raise UserError("--images must be >= 1")
-    xs, ys = [], []
-    for i in range(min(args.images, len(ds))):
-        x, y = ds[i]
+    _check_data(args, ds, f"program {args.program}", manifest=prog.manifest, strict_labels=False)
+    xs, ys, skipped = [], [], []
+    for i in range(len(ds)):
+        if len(xs) == args.images:
+            break
+        try:
+            x, y = ds[i]
+        except BadImageError as exc:
+            if not args.skip_bad_images:
+                raise
+            skipped.append((i, str(exc)))
+            continue
         xs.append(x)
         ys.append(int(y))
-    man = write_golden(prog, xs, args.output, ys, backend=args.sim_backend)
+    _report_skipped("export-golden", skipped)
+    if not xs:
+        raise UserError(f"no readable image in {args.data}")
+    man = write_golden(prog, xs, args.output, ys, backend=args.sim_backend, force=args.force)
     print(f"golden vectors of {man['n_images']} image(s), {len(man['layers'])} layer records -> {args.output}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(man, f, indent=1, default=str)
+        write_text_atomic(args.json, json.dumps(man, indent=1, default=str), what="--json file")
     return 0
 
 
@@ -308,7 +424,7 @@ def add_subcommands(subparsers) -> None:
     _data_args(p)
     p.add_argument("--method", choices=METHODS, default="adfq")
     p.add_argument("--bits", default="w4a4", help="w4a4, w6a6 or w8a8")
-    p.add_argument("--calib-size", type=int, default=32)
+    p.add_argument("--calib-size", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha-qkv", type=float, dest="alpha_qkv")
     p.add_argument("--alpha-fc1", type=float, dest="alpha_fc1")
@@ -324,13 +440,14 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--head-bits", type=int, choices=SF.BITS, dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")
     p.add_argument("--amo-iters", type=int, dest="amo_iters")
-    p.add_argument("--outlier-capacity", type=int, default=None,
+    p.add_argument("--outlier-capacity", type=nonneg_int, default=None,
                    help="outliers per row tile the hardware holds (default: unlimited in the bound)")
     for flag in ("no-poq", "no-slq", "no-amo", "no-qdrop", "no-sq", "no-three-region", "no-mp"):
         p.add_argument(f"--{flag}", action="store_true", dest=flag.replace("-", "_"), help=f"ablation: {flag[3:]} off")
     p.add_argument("--static-poq", action="store_true", dest="static_poq",
                    help="ablation: POQ with static per-position scales (same as --poq-mode static)")
     p.add_argument("-o", "--output", required=True, metavar="PROGRAM", help="output program directory")
+    add_force_arg(p)
     add_json_arg(p, help="also write the calibration report (calibration.json) to this file")
     p.set_defaults(func=cmd_calibrate)
 
@@ -344,7 +461,8 @@ def add_subcommands(subparsers) -> None:
                         "(the default when the directory holds a program; see golden/integer_grid.py)")
     _model_args(p, required=False)
     _data_args(p)
-    p.add_argument("--limit", type=int, help="evaluate a random subset of this many images")
+    p.add_argument("--limit", type=positive_int,
+                   help="evaluate a random subset of this many images (seed 0: the same subset in every shard)")
     p.add_argument("--shard", metavar="I/N", help="evaluate images I, I+N, I+2N, ...")
     add_json_arg(p, help="write results (with per-image predictions) as JSON")
     p.set_defaults(func=cmd_eval)
@@ -352,9 +470,10 @@ def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser("export-golden", help="golden vectors (per-layer codes, acc, out) for tb/")
     add_program_arg(p, required=True, legacy_positional=True)
     _data_args(p)
-    p.add_argument("--images", type=int, default=2)
+    p.add_argument("--images", type=positive_int, default=2)
     p.add_argument("--sim-backend", choices=("auto", "numba", "reference"), default="auto")
     p.add_argument("-o", "--output", required=True, metavar="DIR")
+    add_force_arg(p)
     add_json_arg(p, help="also write the golden-vector manifest (golden.json) to this file")
     p.set_defaults(func=cmd_export_golden)
 

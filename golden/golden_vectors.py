@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import zipfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from vitaccel.sim.errors import UserError
+from vitaccel.sim.outputs import atomic_output_dir, check_output_dir
+
 from .int_eval import ProgramRunner
-from .program import Program, load_program, read_versioned_manifest, save_program
+from .program import Program, ProgramError, load_npz, load_program, read_versioned_manifest, save_program
+from .program_check import check_golden
 
 FORMAT = "vitaccel-golden"
 FORMAT_VERSION = 2
@@ -44,8 +45,14 @@ class GoldenError(UserError):
 
 
 def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str = "auto",
-                 progress: bool = True) -> dict:
-    """Run ``images`` through the simulator and write the golden vectors to ``out_dir``."""
+                 progress: bool = True, force: bool = False) -> dict:
+    """Run ``images`` through the simulator and write the golden vectors to ``out_dir``.
+
+    The directory is written atomically (:func:`vitaccel.sim.outputs.atomic_output_dir`, with
+    ``golden.json`` last): an existing non-empty ``out_dir`` is replaced only with ``force``, and
+    only once the new vectors are complete.
+    """
+    check_output_dir(out_dir, force=force, what="golden-vector directory")
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     runner = ProgramRunner(prog, backend=backend, trace=True)
@@ -97,21 +104,17 @@ def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str 
         if d["row_index"]:
             arrays[f"enc:{name}/row_index"] = np.stack(d["row_index"]).astype(np.int64)
             arrays[f"enc:{name}/row_zero"] = np.stack(d["row_zero"]).astype(np.int64)
-    os.makedirs(out_dir, exist_ok=True)
-    pdir = os.path.join(out_dir, "program")
-    if os.path.isdir(pdir):
-        shutil.rmtree(pdir)
-    save_program(prog, pdir)
-    np.savez_compressed(os.path.join(out_dir, "vectors.npz"), **arrays)
-
     def base(rec):
         head = rec.rsplit(".h", 1)
         return head[0] if len(head) == 2 and head[1].isdigit() else rec
     man = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_images": len(images),
            "labels": None if labels is None else [int(x) for x in labels], "backend": backend,
            "layers": {r: base(r) for r in per_layer}, "encoders": {r: base(r) for r in per_enc}}
-    with open(os.path.join(out_dir, "golden.json"), "w") as f:
-        json.dump(man, f, indent=1)
+    with atomic_output_dir(out_dir, force=force, what="golden-vector directory") as tmp:
+        save_program(prog, os.path.join(tmp, "program"))
+        np.savez_compressed(os.path.join(tmp, "vectors.npz"), **arrays)
+        with open(os.path.join(tmp, "golden.json"), "w") as f:  # last: marks the directory complete
+            json.dump(man, f, indent=1)
     return man
 
 
@@ -124,12 +127,12 @@ def _open(path: str):
     for key in ("n_images", "layers", "encoders"):
         if key not in man:
             raise GoldenError(f"{mpath} lacks {key!r}")
+    arrays = load_npz(vpath, GoldenError, "golden vectors")
     try:
-        with np.load(vpath, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise GoldenError(f"{vpath} is malformed or truncated: {exc}") from None
-    prog = load_program(os.path.join(path, "program"))
+        prog = load_program(os.path.join(path, "program"))
+    except ProgramError as exc:
+        raise GoldenError(f"golden vectors {path}: their program is unusable: {exc}") from None
+    check_golden(man, arrays, prog, GoldenError, f"golden vectors {path}")
     return man, arrays, prog
 
 
@@ -191,6 +194,6 @@ def load_golden_encoders(path: str) -> dict:
 
 
 def export_golden(program_path: str, images: torch.Tensor, out_dir: str, labels=None, backend: str = "auto",
-                  progress: bool = True) -> dict:
+                  progress: bool = True, force: bool = False) -> dict:
     """Load ``program_path`` and write golden vectors of ``images`` to ``out_dir``."""
-    return write_golden(load_program(program_path), images, out_dir, labels, backend, progress)
+    return write_golden(load_program(program_path), images, out_dir, labels, backend, progress, force)

@@ -98,7 +98,12 @@ class ProgramRunner:
 
     def _gemm(self, name: str, spec, a_codes, outliers=None, b=None, record_as=None, rows=None):
         spec = self.row_spec(spec, rows)
-        res = self.run_layer(spec, a_codes, outliers, b) if b is not None else self.run_layer(spec, a_codes, outliers)
+        try:
+            res = self.run_layer(spec, a_codes, outliers, b) if b is not None else self.run_layer(spec, a_codes, outliers)
+        except ref.DatapathError as exc:  # name the layer (a user error: the program or its capacity)
+            hint = ("; calibrate again with a larger --outlier-capacity (or none)"
+                    if isinstance(exc, ref.OutlierCapacityError) else "")
+            raise type(exc)(f"layer {record_as or name}: {exc}{hint}") from None
         self.saturations += int(getattr(res, "saturations", 0) or 0)
         if self.trace:
             self.records[record_as or name] = {"a_codes": np.asarray(a_codes), "outliers": np.asarray(outliers) if outliers is not None else np.zeros((0, 3), np.int64),

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from vitaccel.sim import formats as SF
+from vitaccel.sim.errors import UserError
 
 I64 = torch.int64
 
@@ -45,7 +46,7 @@ I64 = torch.int64
 _INT62 = 1 << 62
 
 
-class IntegerGridError(RuntimeError):
+class IntegerGridError(UserError, RuntimeError):
     """An integer-grid computation left the ranges the spec allows (never wrapped silently)."""
 
 

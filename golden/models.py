@@ -50,6 +50,17 @@ def _check_weights_file(path: str) -> None:
             raise UserError(f"cannot read weights file {path}: corrupt or not a safetensors file ({exc})") from None
 
 
+def _check_state_dict(sd, path: str) -> None:
+    """Raise :class:`UserError` unless ``sd`` is a dict of parameter name -> tensor."""
+    if not isinstance(sd, dict):
+        raise UserError(f"weights file {path} holds a {type(sd).__name__}, not a state dict (a dict of parameter "
+                        "name -> tensor, as saved by torch.save(model.state_dict(), path))")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise UserError(f"weights file {path} is not a state dict: entry {k!r} holds a {type(v).__name__}, "
+                            "not a tensor")
+
+
 def _load_state_dict_strict(model: nn.Module, path: str) -> None:
     """Load ``path`` into ``model`` listing missing/unexpected keys and shape mismatches clearly."""
     try:
@@ -65,6 +76,7 @@ def _load_state_dict_strict(model: nn.Module, path: str) -> None:
                 sd = sd["state_dict"]
     except Exception as exc:
         raise UserError(f"cannot read weights file {path}: corrupt or unsupported ({exc})") from None
+    _check_state_dict(sd, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))

@@ -17,10 +17,12 @@ token pooling, no LayerScale) can be exported; Swin runs calibrate + fake-quant 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +34,7 @@ from vitaccel.sim.errors import UserError
 from vitaccel.sim.layer import EncoderSpec, LayerSpec
 from vitaccel.sim.reference import round_half_up
 
+from .program_check import check_program
 from .qlayers import QuantAttention, QuantConv2d, QuantLinear
 
 FORMAT = "vitaccel-program"
@@ -132,6 +135,12 @@ class Program:
             e = self.manifest["layers"][name]
         except KeyError:
             raise ProgramError(f"program has no layer {name!r}") from None
+        try:
+            return self._layer_spec(name, e)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ProgramError(f"program layer {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+
+    def _layer_spec(self, name: str, e: dict) -> LayerSpec:
         a = e["a"]
         rq = e["requant"]
         b = self.t(e["b"]) if e["b"] != "runtime" else np.zeros((e["shape"][1], 0), np.int64)
@@ -150,6 +159,12 @@ class Program:
             e = self.manifest["encoders"][name]
         except KeyError:
             raise ProgramError(f"program has no encoder {name!r}") from None
+        try:
+            return self._encoder_spec(e)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ProgramError(f"program encoder {name!r} is malformed ({type(exc).__name__}: {exc})") from None
+
+    def _encoder_spec(self, e: dict) -> EncoderSpec:
         lad = e.get("ladder")
         return EncoderSpec(kind=e["kind"], bits=e["bits"], in_frac=e["in_frac"], in_bits=e.get("in_bits", 32),
                            r=self.t(e["r"]).astype(np.int64), se=e["se"], z=self.t(e["z"]).astype(np.int64),
@@ -187,16 +202,31 @@ def read_versioned_manifest(mpath: str, fmt: str, version: int, error: type[Exce
                             hint: str = "") -> dict:
     """Read a JSON manifest and check its ``format`` and ``format_version``; raise ``error`` clearly."""
     try:
-        with open(mpath) as f:
+        with open(mpath, encoding="utf-8") as f:
             man = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise error(f"{what} manifest {mpath} is malformed or truncated: {exc}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} manifest {mpath}: {exc.strerror or exc}") from None
     if not isinstance(man, dict) or man.get("format") != fmt:
         raise error(f"{mpath} is not a vitaccel {what} manifest")
     if man.get("format_version") != version:
         raise error(f"{what} {os.path.dirname(mpath)} has format_version {man.get('format_version')!r}; "
                     f"this vitaccel reads version {version}{hint}")
     return man
+
+
+def load_npz(path: str, error: type[Exception], what: str) -> dict:
+    """Every array of an ``.npz`` file (no pickles); a truncated, corrupt or foreign file raises ``error``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+        raise error(f"{what} {path} are malformed or truncated: {exc}") from None
+    except AttributeError:  # np.load returned a plain array (a .npy file): no context manager
+        raise error(f"{what} {path} are not an .npz archive") from None
 
 
 def load_program(path: str) -> Program:
@@ -212,17 +242,16 @@ def load_program(path: str) -> Program:
     for key in ("model", "graph", "layers", "encoders", "host"):
         if key not in man:
             raise ProgramError(f"program manifest {mpath} lacks the {key!r} section")
-    try:
-        with np.load(tpath, allow_pickle=False) as z:
-            tensors = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ProgramError(f"program tensors {tpath} are malformed or truncated: {exc}") from None
+    if not os.access(tpath, os.R_OK):
+        raise ProgramError(f"cannot read program tensors {tpath} (permission denied)")
+    tensors = load_npz(tpath, ProgramError, "program tensors")
     need: set = set()
     _refs({k: man[k] for k in ("layers", "encoders", "host")}, need)
     missing = sorted(need - set(tensors))
     if missing:
         raise ProgramError(f"program {path}: tensors.npz lacks {', '.join(missing[:5])}"
                            f"{' ...' if len(missing) > 5 else ''}")
+    check_program(man, tensors, ProgramError, f"program {path}")
     prog = Program(man, tensors)
     for name in man["layers"]:
         spec = prog.layer_spec(name)
@@ -231,6 +260,21 @@ def load_program(path: str) -> Program:
         except ValueError as exc:
             raise ProgramError(f"program {path}: layer {name} is invalid: {exc}") from None
     return prog
+
+
+def program_digest(path: str, extra: tuple = ()) -> str:
+    """SHA-256 of a program's content (``manifest.json``, ``tensors.npz`` and the files ``extra``,
+    e.g. ``fakequant.pt``, that exist): the identity recorded in shard results (``eval --json``)."""
+    h = hashlib.sha256()
+    for name in ("manifest.json", "tensors.npz", *extra):
+        f = os.path.join(path, name)
+        if not os.path.isfile(f):
+            continue
+        h.update(name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------

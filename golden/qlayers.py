@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitaccel.sim.errors import UserError
+
 from . import integer_grid
 from .quantizers.base import Quantizer
 from .quantizers.weight import PerChannelWeightQuantizer
@@ -25,7 +27,7 @@ __all__ = ["UnsupportedModelError", "QuantLinear", "QuantConv2d", "QuantMatMul",
            "QuantWindowAttention"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError, ValueError):
     """The model contains a module the quantized wrapper cannot convert."""
 
 

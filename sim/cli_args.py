@@ -24,7 +24,8 @@ from vitaccel.sim.errors import UserError
 __all__ = [
     "ENGINE_DEFAULTS", "parse_bits", "positive_int", "add_engine_args", "engine_fields_from_args",
     "engine_config_from_args", "add_freq_arg", "freq_mhz_from_args", "add_program_arg", "program_from_args",
-    "add_json_arg", "deprecated", "BUILD_DIR_ENV", "add_build_dir_arg", "apply_build_dir",
+    "add_json_arg", "deprecated", "BUILD_DIR_ENV", "add_build_dir_arg", "apply_build_dir", "nonneg_int",
+    "add_force_arg",
 ]
 
 #: Defaults of the shared engine flags (the same in every subcommand; docs/user-guide.md).
@@ -60,6 +61,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
 
 
@@ -239,3 +251,11 @@ def apply_build_dir(args) -> None:
 def add_json_arg(parser, *, help: str = "write the results as JSON to this file") -> None:
     """``--json PATH``."""
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help=help)
+
+
+def add_force_arg(parser, *, what: str = "the output directory") -> None:
+    """``--force``: replace an existing non-empty output directory (atomically, once the new output
+    is complete; :mod:`vitaccel.sim.outputs`). Without it such a directory is refused up front."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {what} if it exists and is not empty (the old content stays until the "
+                        f"new output is complete)")

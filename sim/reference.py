@@ -12,12 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import formats as F
+from .errors import UserError
 
 I64 = np.int64
 
 
-class DatapathError(ValueError):
-    """An input violates the datapath spec (bad code, width, shape or range)."""
+class DatapathError(UserError, ValueError):
+    """An input violates the datapath spec (bad code, width, shape or range); a :class:`UserError`
+    because a program or golden file a user passes can cause it."""
 
 
 class AccumulatorOverflowError(DatapathError):

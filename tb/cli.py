@@ -84,7 +84,8 @@ def _golden_case(vec, golden_dir, layer: str, image: int, cfg):
                         f"{spec.a_kind} A, {spec.b_bits}-bit B) cannot run on the engine {cfg.to_dict()}: "
                         f"{exc}") from None
     gold = np.asarray(rec["out"][image])
-    # the golden vectors and sim/reference.py must agree before the RTL is compared with them
+    # the golden vectors and sim/reference.py must agree (acc and out) before the RTL is compared with them
+    _check_golden_acc(rec, spec, layer, image, q, o)
     for e in case["expected"]:
         g = [int(x) for x in gold[e["row"], e["col"]:e["col"] + e["n"]]]
         if g != e["data"]:
@@ -92,6 +93,22 @@ def _golden_case(vec, golden_dir, layer: str, image: int, cfg):
     M = q.shape[0]
     counts = ref.outliers_per_tile(o, M, cfg.rows) if len(o) else np.zeros(-(-M // cfg.rows), np.int64)
     return cfg, case, [int(c) for c in counts]
+
+
+def _check_golden_acc(rec, spec, layer: str, image: int, q, o) -> None:
+    """The golden ``acc`` of one image must be the accumulator sim/reference.py computes (spec section 6)."""
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.layer import run_layer_reference
+
+    b = None if rec["b"] is None else np.asarray(rec["b"][image])
+    res = run_layer_reference(spec, q, o if len(o) else None, b)
+    gold = np.asarray(rec["acc"][image])
+    if gold.shape != np.shape(res.acc) or not np.array_equal(gold, np.asarray(res.acc)):
+        bad = np.argwhere(gold != np.asarray(res.acc)) if gold.shape == np.shape(res.acc) else [[0, 0]]
+        r, c = (int(v) for v in bad[0])
+        raise UserError(f"golden acc of {layer} (image {image}) disagrees with sim/reference.py at row {r}, column "
+                        f"{c}: the golden vectors are corrupt or from another vitaccel version; re-run "
+                        f"`vitaccel export-golden`")
 
 
 def run_golden_layers(golden_dir: str, layers, *, image: int = 0, rows: int = 4, cols: int = 4, cfg=None,
@@ -178,6 +195,14 @@ def _engine_from_args(args, golden_dir, layers, image):
 
 
 def _run(args) -> int:
+    from vitaccel.sim.errors import UserError
+    from vitaccel.sim.outputs import check_output_file
+
+    check_output_file(args.json, what="--json file")
+    for flag in ("valid_prob", "ready_prob"):
+        v = getattr(args, flag)
+        if not 0 < v <= 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be in (0, 1], got {v}")
     apply_build_dir(args)
     layers = list(dict.fromkeys(args.layer))
     cfg = _engine_from_args(args, str(args.golden_dir), layers, args.image)
@@ -193,8 +218,9 @@ def _run(args) -> int:
               f"MAC utilisation {res['utilisation']:.3f}")
     print(f"run dir {results[0]['run_dir']} (simulation {results[0]['sim_s']:.1f} s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        from vitaccel.sim.outputs import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=1) + "\n", what="--json file")
     return 0
 
 

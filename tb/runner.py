@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.cli_args import BUILD_DIR_ENV  # root of all generated files (``--build-dir`` sets it)
 #: Environment variable holding the path of the JSON test-data file given to a cocotb module.
 DATA_ENV = "VITACCEL_TB_DATA"
@@ -69,7 +70,7 @@ _elaborated: dict[str, Path] = {}
 _built: set[str] = set()
 
 
-class VerilatorNotFoundError(RuntimeError):
+class VerilatorNotFoundError(UserError, RuntimeError):
     """Raised when no Verilator executable can be found."""
 
 

@@ -1,5 +1,9 @@
 """The ``vitaccel`` command line: one entry point, subcommands registered by each package.
 
+Errors a user can cause derive from :class:`vitaccel.sim.errors.UserError`; :func:`main` prints them
+as ``vitaccel COMMAND: error: MESSAGE`` without a traceback and returns 2. Ctrl-C returns 130 after
+one line. Any other exception is an internal bug and keeps its traceback.
+
 Each package that offers subcommands has a module with a function
 ``add_subcommands(subparsers)`` that adds its parsers and sets ``func`` (a callable taking the parsed
 ``argparse.Namespace`` and returning an exit code) with ``parser.set_defaults(func=...)``.
@@ -46,11 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    name = args.command
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"vitaccel {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vitaccel {name}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # outputs are written to temporary siblings and renamed into place only when complete
+        # (vitaccel.sim.outputs): nothing partial is left behind
+        print(f"vitaccel {name}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

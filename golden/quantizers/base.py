@@ -60,12 +60,13 @@ import torch
 from torch import nn
 
 from vitaccel.sim import formats as SF
+from vitaccel.sim.errors import UserError
 
 #: Smallest scale any quantizer may use (zero-range rows/channels, e.g. LayerNorm gamma == 0).
 MIN_SCALE = 1e-8
 
 
-class QuantizerError(ValueError):
+class QuantizerError(UserError, ValueError):
     """Invalid quantizer configuration or calibration data (non-finite statistics, bad bits)."""
 
 

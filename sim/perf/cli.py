@@ -6,8 +6,9 @@ import sys
 
 from vitaccel.sim.cli_args import (ENGINE_DEFAULTS, add_engine_args, add_freq_arg, add_json_arg, add_program_arg,
                                    deprecated, engine_fields_from_args, freq_mhz_from_args, parse_bits,
-                                   program_from_args)
+                                   positive_int, program_from_args)
 from vitaccel.sim.errors import UserError
+from vitaccel.sim.outputs import atomic_output_file, check_output_file, write_text_atomic
 
 #: Clock assumed when ``--freq`` is not given (MHz).
 DEFAULT_FREQ_MHZ = 200.0
@@ -44,7 +45,8 @@ def add_subcommands(subparsers) -> None:
                      help="bits of patch embedding and head for --model (default 8; 'same' = --bits)")
     src.add_argument("--batch-size", type=int, default=1, help="images per inference (default 1)")
     src.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # deprecated spelling
-    src.add_argument("--img-size", type=int, default=None, help="override the model's input resolution")
+    src.add_argument("--img-size", type=positive_int, default=None,
+                     help="override the model's input resolution (a multiple of its patch size)")
     src.add_argument("--outliers-per-tile", type=int, default=0,
                      help="assumed outliers per row tile on q/k/v/fc1 inputs for --model (default 0)")
     eng = add_engine_args(p, bits_help="wXaY code widths of the --model workload, X and Y in 4, 6, 8 "
@@ -105,17 +107,19 @@ def build_estimate(args):
 def run_estimate(args) -> int:
     from . import report
 
+    for flag in ("csv", "json", "plot"):  # before any work (vitaccel.sim.outputs)
+        check_output_file(getattr(args, flag), what=f"--{flag} file")
     est = build_estimate(args)
     if args.quiet:
         print(report.summary_text(est))
     else:
         print(report.table(est, max_rows=args.max_rows))
-    for path, text in ((args.csv, report.to_csv), (args.json, report.to_json)):
+    for flag, path, text in (("csv", args.csv, report.to_csv), ("json", args.json, report.to_json)):
         if path:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text(est))
+            write_text_atomic(path, text(est), what=f"--{flag} file")
             print(f"wrote {path}")
     if args.plot:
-        report.plot(est, args.plot)
+        with atomic_output_file(args.plot, what="--plot file") as tmp:
+            report.plot(est, str(tmp))
         print(f"wrote {args.plot}")
     return 0

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.formats import A_FORMATS, BITS, OPS, OUT_FORMATS
 
 from .shapes import OUTLIER_KINDS, Gemm
 
 
-class ProgramError(ValueError):
+class ProgramError(UserError, ValueError):
     """A missing or malformed program manifest."""
 
 

@@ -15,6 +15,7 @@ Operand roles follow docs/datapath.md section 2: the QKV linear layer becomes th
 from __future__ import annotations
 
 from vitaccel.sim.cli_args import parse_bits
+from vitaccel.sim.errors import UserError
 from vitaccel.sim.names import suggest_model_names
 
 import functools
@@ -110,7 +111,7 @@ def suggest_models(name: str, n: int = 5) -> list[str]:
     return suggest_model_names(name, _model_names(), n)
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """The model name is not a timm model."""
 
 
@@ -141,6 +142,7 @@ def _trace_raw(model: str, batch: int, img_size: int | None) -> tuple[_Raw, ...]
     with torch.device("meta"):
         net = timm.create_model(model, pretrained=False, **kwargs)
     net.eval()
+    _check_img_size(model, net, img_size)
     calls: list[_Raw] = []
 
     def linear_hook(name):
@@ -187,6 +189,23 @@ def _trace_raw(model: str, batch: int, img_size: int | None) -> tuple[_Raw, ...]
     for h in handles:
         h.remove()
     return tuple(calls)
+
+
+def _check_img_size(model: str, net, img_size: int | None) -> None:
+    """``--img-size`` must be positive and a multiple of the model's patch size (else timm silently
+    drops the border pixels or fails deep inside the model)."""
+    if img_size is None:
+        return
+    pe = getattr(net, "patch_embed", None)
+    ps = getattr(pe, "patch_size", None)
+    p = int(ps[0] if isinstance(ps, (tuple, list)) else ps) if ps is not None else 1
+    if img_size < p or img_size % p:
+        raise InputSizeError(f"--img-size {img_size} does not fit {model}: the input resolution must be a positive "
+                             f"multiple of its patch size {p}")
+
+
+class InputSizeError(UserError, ValueError):
+    """An input resolution the model cannot take."""
 
 
 def _block_of(name: str) -> str:

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vitaccel.sim.errors import UserError
+
 from .shapes import Gemm
 
 #: Bytes of one outlier list entry (row uint16, col uint16, val int16), docs/datapath.md section 5.
@@ -53,7 +55,7 @@ REQUANT_COL_BYTES = 2 + 1 + 6
 SCHEDULES = ("resident", "b-strip", "a-strip", "stream")
 
 
-class SramTooSmall(ValueError):
+class SramTooSmall(UserError, ValueError):
     """The SRAM cannot hold the minimum working set of a tile."""
 
 

@@ -97,6 +97,9 @@ def estimate_model(model: str, hw: Hardware, *, bits: str = "w8a8", batch: int =
         close = suggest_models(model)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UserError(f"unknown timm model {model!r}{hint}") from None
+    if not any(g.kind == "qk" for g in gemms):
+        raise UserError(f"{model} has no attention layers: estimate models vision transformers (timm ViT, DeiT, "
+                        "Swin), the networks vitaccel quantizes")
     gemms = with_outliers(gemms, outliers_per_tile)
     est = run_estimate_checked(gemms, hw, model=model, batch=batch, bits=bits.lower(), source="timm",
                                freq_mhz=freq_mhz, device=device)

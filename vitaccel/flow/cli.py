@@ -5,9 +5,11 @@ import argparse
 import os
 from pathlib import Path
 
-from vitaccel.sim.cli_args import add_build_dir_arg, add_engine_args, add_json_arg, apply_build_dir, engine_fields_from_args, parse_bits, positive_int
+from vitaccel.sim.cli_args import (add_build_dir_arg, add_engine_args, add_force_arg, add_json_arg, apply_build_dir,
+                                   engine_fields_from_args, parse_bits, positive_int)
 from vitaccel.sim.engine_config import make_engine_config
 from vitaccel.sim.errors import UserError
+from vitaccel.sim.outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
 
 from .run import run_flow
 from .stages import DEFAULT_METHODS, EMBEDDED_MODEL
@@ -77,14 +79,21 @@ def cmd_flow(args: argparse.Namespace) -> int:
         raise UserError("--class-map needs --data")
     if args.model != EMBEDDED_MODEL and not args.data:
         raise UserError(f"--model {args.model} needs --data DIR (the embedded digits only fit {EMBEDDED_MODEL})")
+    check_output_dir(args.output, force=args.force)
+    check_output_file(args.json, what="--json file")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    doc = run_flow(args, command=command_line(args))
+    # the whole folder is built next to OUT and renamed into place when the flow ends (also when some
+    # stages failed: the report says which); a setup error or Ctrl-C leaves OUT untouched
+    with atomic_output_dir(args.output, force=args.force) as tmp:
+        doc = run_flow(argparse.Namespace(**{**vars(args), "output": str(tmp)}), command=command_line(args),
+                       label=str(args.output))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text((Path(args.output) / "report.json").read_text())
+        write_text_atomic(args.json, (Path(args.output) / "report.json").read_text(), what="--json file")
     print(f"\nreport: {Path(args.output) / 'report.md'}")
     width = max(len(s["name"]) for s in doc["stages"])
     for s in doc["stages"]:
@@ -110,6 +119,7 @@ def add_subcommands(subparsers) -> None:
         "vectors, Verilog and PNG plots. Default: the embedded digits ViT (no network, no downloads).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", default="vitaccel-flow", metavar="DIR", help="output folder (default vitaccel-flow)")
+    add_force_arg(p)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=EMBEDDED_MODEL, help=f"timm model name (default {EMBEDDED_MODEL})")
     g.add_argument("--weights", metavar="FILE", help="local .safetensors / .pth checkpoint of --model")

@@ -43,19 +43,21 @@ STAGES = (
 )
 
 
-def run_flow(args: argparse.Namespace, *, stages: tuple = STAGES, command: str = "") -> dict:
+def run_flow(args: argparse.Namespace, *, stages: tuple = STAGES, command: str = "", label: str | None = None) -> dict:
     """Run ``stages`` in order, print a stage list, write the report; returns the report document.
 
     A stage whose dependencies did not end ``ok`` is ``skipped``; a stage that raises
-    :class:`StageError` (or any non-user error) is ``failed`` and the flow goes on; a
-    :class:`UserError` stops the flow. ``command`` is the command line recorded in the report."""
+    :class:`StageError`, a :class:`UserError` (e.g. a program the simulator refuses) or any other
+    error is ``failed`` and the flow goes on; a :class:`UserError` of the ``setup`` stage (model,
+    data) stops the flow. ``command`` is the command line recorded in the report; ``label`` the
+    output folder named in the progress line (default ``args.output``)."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     ctx = FlowContext(args=args, out=out)
     results: dict[str, StageResult] = {}
     t_all = time.time()
     todo = [s for s in stages if not (s.rtl and args.skip_rtl)]
-    print(f"vitaccel flow: {len(todo)} stages -> {out}", file=sys.stderr)
+    print(f"vitaccel flow: {len(todo)} stages -> {label or out}", file=sys.stderr)
     for stage in stages:
         res = StageResult(stage.name)
         results[stage.name] = res
@@ -73,8 +75,10 @@ def run_flow(args: argparse.Namespace, *, stages: tuple = STAGES, command: str =
         try:
             res.message = stage.func(ctx) or ""
             res.status = "ok"
-        except UserError:
-            raise
+        except UserError as exc:
+            if stage.name == "setup":
+                raise
+            res.status, res.message = "failed", f"error: {exc}"
         except StageError as exc:
             res.status, res.message = "failed", str(exc)
         except Exception as exc:  # noqa: BLE001 - recorded in the report, flow continues
