@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/vitaccel flow -o demo-out $(DEMO_ARGS)
+	$(BIN)/vitaccel flow -o demo-out --force $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile -q $(PYTEST_ARGS)

@@ -46,8 +46,8 @@ def _warn(cmd: str, msg: str) -> None:
 
 def _data_args(p, required=True):
     p.add_argument("--data", required=required, metavar="DIR",
-                   help="ImageNet-layout folder ROOT/CLASS/*.JPEG, or embedded:digits[:split] "
-                   "(split: train, calib, test (default), all)")
+                   help="ImageNet-layout folder ROOT/CLASS/*.JPEG, or embedded:digits[:split] (short: "
+                   "embedded:split; split: train, calib, test (default), all)")
     p.add_argument("--class-map", metavar="FILE", help="class folder names, one per line (e.g. synsets.txt)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=nonneg_int, default=None, help="DataLoader workers (default: up to 4)")

@@ -37,12 +37,16 @@ def eval_transform(model):
 
 
 def embedded_split(root: str) -> str:
-    """The split of ``embedded:digits[:split]`` (default ``test``); :class:`UserError` otherwise."""
+    """The split of ``embedded:digits[:split]`` or the short ``embedded:split`` (default ``test``);
+    :class:`UserError` otherwise."""
     parts = root.split(":")
-    if len(parts) not in (2, 3) or parts[0] != "embedded" or parts[1] != "digits":
+    rest = parts[1:]
+    if rest and rest[0] == "digits":
+        rest = rest[1:]
+    if parts[0] != "embedded" or len(rest) > 1:
         raise UserError(f"unknown embedded data set {root!r}: use embedded:digits[:split] with split one of "
                         f"{', '.join(EMBEDDED_SPLITS)}")
-    split = parts[2] if len(parts) == 3 else "test"
+    split = rest[0] if rest else "test"
     if split not in EMBEDDED_SPLITS:
         raise UserError(f"unknown split {split!r} of {EMBEDDED_DATA}: use one of {', '.join(EMBEDDED_SPLITS)}")
     return split

@@ -486,6 +486,9 @@ def test_embedded_data_with_a_split(capsys, monkeypatch):
     rc, out, err = run(capsys, "eval", "--backend", "fp", "--model", "vitaccel-digits", "--data",
                        "embedded:digits:test", "--limit", "8", "--workers", "0")
     assert rc == 0 and "(8 images)" in out, err
+    rc, out2, err = run(capsys, "eval", "--backend", "fp", "--model", "vitaccel-digits", "--data", "embedded:test",
+                        "--limit", "8", "--workers", "0")  # the short form of the user guide
+    assert rc == 0 and out2 == out, err
     user_error(capsys, "eval", "--backend", "fp", "--model", "vitaccel-digits", "--data", "embedded:digits:dev",
                says="unknown split 'dev'")
 
