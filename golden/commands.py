@@ -38,7 +38,8 @@ def _data_args(p, required=True):
                    help="ImageNet-layout folder ROOT/CLASS/*.JPEG, or embedded:digits[:split]")
     p.add_argument("--class-map", metavar="FILE", help="class folder names, one per line (e.g. synsets.txt)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (eval default: one per 4 cores, at least 1; else all cores)")
 
 
 def _model_args(p, required=True):
@@ -176,9 +177,11 @@ def cmd_eval(args) -> int:
     from .calibrate import predict  # noqa: PLC0415
     from .models import create_model  # noqa: PLC0415
 
+    from .eval_runtime import cpu_budget, peak_rss_mb, sim_predict  # noqa: PLC0415  (issue 20)
+
     args.program = program_from_args(args)
-    _threads()
-    res: dict = {"backend": args.backend}
+    threads, args.workers = cpu_budget(getattr(args, "threads", None), args.workers)
+    res: dict = {"backend": args.backend, "threads": threads, "workers": args.workers}
     if args.backend == "fp":
         if not args.model:
             raise UserError("eval --backend fp needs --model")
@@ -192,8 +195,9 @@ def cmd_eval(args) -> int:
 
             prog = load_program(args.program)
             name, dcfg = prog.manifest["model"]["name"], prog.manifest["model"].get("data_config") or None
-        model = _load_fakequant(args.program) if (args.backend == "fakequant" or os.path.isfile(
-            os.path.join(args.program, "fakequant.pt"))) else None
+        want_fq = args.backend == "fakequant" or getattr(args, "agreement", False)  # sim: only with --agreement
+        model = _load_fakequant(args.program) if (want_fq and (args.backend == "fakequant" or os.path.isfile(
+            os.path.join(args.program, "fakequant.pt")))) else None
         if args.backend == "fakequant":
             name, dcfg = model.model_name, None
         if model is not None and not args.float_fakequant \
@@ -215,28 +219,24 @@ def cmd_eval(args) -> int:
         top5, labels = predict(model, _loader(ds, args), desc=args.backend)
     else:
         from .int_eval import ProgramRunner  # noqa: PLC0415
-        from tqdm.auto import tqdm  # noqa: PLC0415
 
         runner = ProgramRunner(prog, backend=args.sim_backend)
-        tops, labs, fq = [], [], []
-        for x, y in tqdm(_loader(ds, args), desc="int-sim", leave=False):
-            logits = torch.stack([runner.run_image(img) for img in x])
-            tops.append(logits.topk(min(5, logits.shape[-1]), dim=-1).indices)
-            labs.append(y)
-            if model is not None:
-                with torch.no_grad():
-                    fq.append(model(x).argmax(-1))
-        top5, labels = torch.cat(tops), torch.cat(labs)
-        if fq:
-            fq = torch.cat(fq)
+        out = sim_predict(runner, _loader(ds, args), model)
+        top5, labels = out["top5"], out["labels"]
+        if "fq_pred" in out:
+            fq = out["fq_pred"]
             res["agreement"] = 100 * (fq == top5[:, 0]).float().mean().item()
             res["fakequant_top1"] = 100 * (fq == labels).float().mean().item()
+            res["identical_logits"] = out["identical"]
         res["saturations"] = runner.saturations
     res.update(_topk_stats(top5, labels))
     res["seconds"] = round(time.time() - t0, 1)
+    res["images_per_s"] = round(res["n"] / max(time.time() - t0, 1e-9), 3)
+    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
     if "agreement" in res:
-        line += f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %"
+        line += (f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %, "
+                 f"bit-identical logits {res['identical_logits']}/{res['n']}")
     elif args.backend == "fakequant":
         line += f"  [{res['fakequant_mode']}]"
     print(line)
@@ -346,6 +346,13 @@ def add_subcommands(subparsers) -> None:
     _data_args(p)
     p.add_argument("--limit", type=int, help="evaluate a random subset of this many images")
     p.add_argument("--shard", metavar="I/N", help="evaluate images I, I+N, I+2N, ...")
+    # issue 20: CPU budget and the optional agreement pass (golden/eval_runtime.py)
+    p.add_argument("--threads", type=int, default=None,
+                   help="compute threads (torch/oneDNN and numba, which run in turn); default: the cores "
+                        "left after --workers, at least 1")
+    p.add_argument("--agreement", action="store_true",
+                   help="sim backend: also run the fake-quant model on the same batches and report the "
+                        "prediction agreement and bit-identical logits (doubles the work)")
     add_json_arg(p, help="write results (with per-image predictions) as JSON")
     p.set_defaults(func=cmd_eval)
 
