@@ -50,7 +50,8 @@ def _data_args(p, required=True):
                    "embedded:split; split: train, calib, test (default), all)")
     p.add_argument("--class-map", metavar="FILE", help="class folder names, one per line (e.g. synsets.txt)")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--workers", type=nonneg_int, default=None, help="DataLoader workers (default: up to 4)")
+    p.add_argument("--workers", type=nonneg_int, default=None,
+                   help="DataLoader worker processes (eval default: one per 4 cores, at least 1; else up to 4)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out (they are counted and listed in the report) instead of "
                    "stopping with an error that names the file")
@@ -269,7 +270,8 @@ def _eval_model(args, res: dict):
         else None
     if args.backend == "fakequant" and not os.path.isdir(args.program):
         raise UserError(f"program not found: {args.program}")
-    use_fq = args.backend == "fakequant" or os.path.isfile(os.path.join(args.program, "fakequant.pt"))
+    use_fq = args.backend == "fakequant" or (getattr(args, "agreement", False)  # sim: only with --agreement
+                                             and os.path.isfile(os.path.join(args.program, "fakequant.pt")))
     model = _load_fakequant(args.program) if use_fq else None
     if model is not None and prog is not None and not args.float_fakequant:
         model.use_integer_grid(prog)
@@ -286,26 +288,19 @@ def _eval_model(args, res: dict):
 
 
 def _run_sim(args, prog, model, ld, res):
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
+    """Integer-simulator predictions in batches (:meth:`ProgramRunner.run_batch`, docs/simulator.md);
+    with a fake-quant model (``--agreement``) also its predictions and bit-identical logits."""
+    from .eval_runtime import sim_predict  # noqa: PLC0415  (issue 20)
     from .int_eval import ProgramRunner  # noqa: PLC0415
 
     runner = ProgramRunner(prog, backend=args.sim_backend)
-    tops, labs, fq = [], [], []
-    for x, y in tqdm(ld, desc="int-sim", leave=False):
-        logits = torch.stack([runner.run_image(img) for img in x])
-        tops.append(logits.topk(min(5, logits.shape[-1]), dim=-1).indices)
-        labs.append(y)
-        if model is not None:
-            with torch.no_grad():
-                fq.append(model(x).argmax(-1))
-    if not tops:
-        raise UserError("no image could be evaluated (every image was unreadable)")
-    top5, labels = torch.cat(tops), torch.cat(labs)
-    if fq:
-        fq = torch.cat(fq)
+    out = sim_predict(runner, ld, model)
+    top5, labels = out["top5"], out["labels"]
+    if "fq_pred" in out:
+        fq = out["fq_pred"]
         res["agreement"] = 100 * (fq == top5[:, 0]).float().mean().item()
         res["fakequant_top1"] = 100 * (fq == labels).float().mean().item()
+        res["identical_logits"] = out["identical"]
     res["saturations"] = runner.saturations
     return top5, labels
 
@@ -316,10 +311,12 @@ def cmd_eval(args) -> int:
     from .shards import parse_shard, provenance  # noqa: PLC0415
 
     args.program = program_from_args(args)
+    from .eval_runtime import cpu_budget, peak_rss_mb  # noqa: PLC0415  (issue 20)
+
     shard = parse_shard(args.shard)
     check_output_file(args.json, what="--json file")
-    _threads()
-    res: dict = {"backend": args.backend}
+    threads, args.workers = cpu_budget(getattr(args, "threads", None), args.workers)
+    res: dict = {"backend": args.backend, "threads": threads, "workers": args.workers}
     model, prog, name, dcfg, man, source = _eval_model(args, res)
     net = model.model if hasattr(model, "model") else model
     ds_all = _dataset(args, name, net, dcfg)
@@ -344,11 +341,14 @@ def cmd_eval(args) -> int:
     kept = [idx[p] for p in ld.kept]
     res.update(_topk_stats(top5, labels))
     res["seconds"] = round(time.time() - t0, 1)
+    res["images_per_s"] = round(res["n"] / max(time.time() - t0, 1e-9), 3)
+    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
     if skipped:
         line += f"  [{len(skipped)} unreadable image(s) left out]"
     if "agreement" in res:
-        line += f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %"
+        line += (f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %, "
+                 f"bit-identical logits {res['identical_logits']}/{res['n']}")
     elif args.backend == "fakequant":
         line += f"  [{res['fakequant_mode']}]"
     print(line)
@@ -464,6 +464,13 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--limit", type=positive_int,
                    help="evaluate a random subset of this many images (seed 0: the same subset in every shard)")
     p.add_argument("--shard", metavar="I/N", help="evaluate images I, I+N, I+2N, ...")
+    # issue 20: CPU budget and the optional agreement pass (golden/eval_runtime.py)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="compute threads (torch/oneDNN and numba, which run in turn); default: the cores "
+                        "left after --workers, at least 1")
+    p.add_argument("--agreement", action="store_true",
+                   help="sim backend: also run the fake-quant model on the same batches and report the "
+                        "prediction agreement and bit-identical logits (doubles the work)")
     add_json_arg(p, help="write results (with per-image predictions) as JSON")
     p.set_defaults(func=cmd_eval)
 

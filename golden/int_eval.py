@@ -2,45 +2,54 @@
 
 Host steps (LayerNorm, softmax, GELU, residual adds, class token / position embedding, patchify)
 are float32 torch operations, the same ops the fake-quant model uses; every boundary to the
-datapath is ``to_fixed`` / ``from_fixed`` of docs/datapath.md section 1. Each image runs separately
-(``M`` = tokens of one image, so per-patch scales line up with rows).
+datapath is ``to_fixed`` / ``from_fixed`` of docs/datapath.md section 1.
 
-The layer API is ``sim.simulator.run_layer`` / ``run_encoder`` (numba) when available, else the numpy
-reference ``run_layer_reference`` / ``run_encoder_reference`` (bit-identical, much slower).
+Images run as a **batch**: each encoder and each GEMM takes all images at once through the batched
+layer API (``sim.batched``: ``run_encoder_batch``, ``LayerPlan.run``), which gives exactly the integers of
+one call per image (per-patch scales, outlier tiles and capacity stay per image: ``M`` = tokens of one
+image), but with one GEMM per linear layer and one call per attention matmul for all images and heads.
+Host steps run on the batch like the fake-quant model's.
+
+Backends: ``numba`` (``auto``; the int8 / BLAS / numba simulator) or ``reference`` (the numpy reference,
+``run_layer_batch_reference``: one ``run_layer_reference`` per image and head; bit-identical, slow).
 """
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitaccel.sim import layer as sim_layer
+from vitaccel.sim import batched as sim_batched
 from vitaccel.sim import reference as ref
 
 from .program import Program, ProgramError
 
 
 def layer_api(backend: str = "auto"):
-    """``(run_layer, run_encoder)`` of the chosen simulator backend (``auto``/``numba``/``reference``)."""
-    fast = getattr(sim_layer, "run_layer", None), getattr(sim_layer, "run_encoder", None)
-    if fast[0] is None or fast[1] is None:
+    """``(run_layer, run_encoder)`` of the chosen simulator backend (``auto``/``numba``/``reference``):
+    the single-layer API (``sim.simulator`` or ``sim.layer``'s reference)."""
+    from vitaccel.sim import layer as sim_layer  # noqa: PLC0415
+
+    if backend in ("auto", "numba"):
         try:
             from vitaccel.sim import simulator  # noqa: PLC0415  (numba layer API)
 
-            fast = simulator.run_layer, simulator.run_encoder
-        except (ImportError, AttributeError):
-            fast = (None, None)
-    if backend in ("auto", "numba") and fast[0] is not None and fast[1] is not None:
-        return fast
-    if backend == "numba":
-        raise ProgramError("the numba simulator (sim.layer.run_layer) is not available")
+            return simulator.run_layer, simulator.run_encoder
+        except ImportError:
+            if backend == "numba":
+                raise ProgramError("the numba simulator (sim.simulator) is not available") from None
     return sim_layer.run_layer_reference, sim_layer.run_encoder_reference
 
 
+def _heads(x: np.ndarray, b: int, n: int, h: int, hd: int, transpose: bool = False) -> np.ndarray:
+    """``(B, N, H * hd)`` -> per (image, head) groups ``(B * H, N, hd)`` (``(B * H, hd, N)`` transposed)."""
+    y = x.reshape(b, n, h, hd)
+    y = y.transpose(0, 2, 3, 1) if transpose else y.transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(y).reshape(b * h, *y.shape[2:])
+
+
 class ProgramRunner:
-    """Interpreter of a program's graph for single images.
+    """Interpreter of a program's graph for a batch of images.
 
     Parameters
     ----------
@@ -48,12 +57,17 @@ class ProgramRunner:
     backend : {"auto", "numba", "reference"}
     trace : bool
         Keep, per layer (heads as ``LAYER.hJ``), the A codes, outliers, B (runtime operands), acc
-        and out of the last image, and per quantizer name the codes it produced (``codes``).
+        and out of the last image of the last batch, and per quantizer name the codes it produced
+        (``codes``).
     """
 
     def __init__(self, prog: Program, backend: str = "auto", trace: bool = False):
+        if backend not in ("auto", "numba", "reference"):
+            raise ProgramError(f"unknown simulator backend {backend!r}; expected auto, numba or reference")
         self.prog = prog
-        self.run_layer, self.run_encoder = layer_api(backend)
+        self.reference = backend == "reference"
+        if not self.reference:
+            layer_api(backend)               # fails early when numba is requested but missing
         self.specs = {n: prog.layer_spec(n) for n in prog.manifest["layers"]}
         self.encs = {n: prog.encoder_spec(n) for n in prog.manifest["encoders"]}
         self.trace = trace
@@ -62,141 +76,200 @@ class ProgramRunner:
         self.saturations = 0
         self.enc_inputs: dict = {}
         self.enc_records: dict = {}
+        self._plans: dict = {}
+        self._enc_plans: dict = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def _t(self, key):
         return torch.from_numpy(self.prog.t(key).astype(np.float32))
 
-    def _encode(self, name: str, x: torch.Tensor, record_as: str | None = None):
+    def _encode(self, name: str, x: torch.Tensor, record: bool = True):
+        """Encode ``x`` ``(G, M, K)``: ``(codes, outliers (n, 4), rows)``, ``rows = (j, z)`` ``(G, M)`` for a
+        dynamic per-patch encoder (section 8.1.1), else None."""
         enc = self.encs[name]
-        x_fx, nsat = ref.to_fixed(x.detach().numpy().astype(np.float32), enc.in_frac, enc.in_bits)
-        self.saturations += nsat
-        res = self.run_encoder(enc, x_fx)
-        if self.trace:
-            self.enc_records[record_as or name] = {"x_fx": x_fx, "codes": np.asarray(res.codes),
-                                                    "outliers": np.asarray(res.outliers).reshape(-1, 3)}
+        xn = x.detach().contiguous().numpy()
+        if self.reference or self.trace:
+            res = sim_batched.run_encoder_batch(enc, xn, reference=self.reference, keep_x_fx=self.trace)
+        else:
+            key = (name, xn.shape[1])
+            plan = self._enc_plans.get(key)
+            if plan is None:
+                plan = self._enc_plans[key] = sim_batched.EncoderPlan(enc, xn.shape[1])
+            res = plan.run(xn)
+        self.saturations += res.host_saturations
+        rows = None if res.row_index is None else (res.row_index, res.row_zero)
+        if self.trace and record:
+            self._record_encoder(name, name, x[-1], res, -1)
+        return res.codes, res.outliers, rows
+
+    def _record_encoder(self, name: str, record_as: str, x_last, res, g: int):
+        o = res.outliers
+        gi = res.codes.shape[0] - 1 if g < 0 else g
+        rec = {"x_fx": np.asarray(res.x_fx[gi], np.int64), "codes": np.asarray(res.codes[gi], np.int64),
+               "outliers": o[o[:, 0] == gi][:, 1:]}
+        if res.row_index is not None:
+            rec.update(row_index=res.row_index[gi], row_zero=res.row_zero[gi])
+        self.enc_records[record_as] = rec
+        self.enc_inputs.setdefault(name, []).append(x_last.detach().clone())
         q = self.prog.manifest["encoders"][name].get("quantizer")
-        if self.trace:
-            self.enc_inputs.setdefault(name, []).append(x.detach().clone())
-        if self.trace and q:
-            self.codes[q] = np.asarray(res.codes)
-        rows = None if res.row_index is None else (np.asarray(res.row_index), np.asarray(res.row_zero))
-        if self.trace and rows is not None:
-            self.enc_records[record_as or name].update(row_index=rows[0], row_zero=rows[1])
-        return np.asarray(res.codes), np.asarray(res.outliers), rows
+        if q and record_as == name:
+            self.codes[q] = rec["codes"]
 
-    @staticmethod
-    def row_spec(spec, rows):
-        """``spec`` with the run-time row parameters of a dynamic per-patch A operand (spec 8.1.1):
-        ``Mr[r] = MrL[j[r]]`` (the program's ``mr`` is the ladder's gain table), ``za[r] = z[r]``."""
-        if not spec.meta.get("dynamic_rows"):
-            return spec
-        if rows is None:
-            raise ProgramError(f"{spec.name}: a dynamic per-patch A operand needs the encoder's row parameters")
-        j, z = rows
-        return replace(spec, mr=np.asarray(spec.mr)[j], za=np.asarray(z, np.int64))
+    def _plan(self, spec, m: int, b_shape):
+        key = (spec.name, m, b_shape)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = sim_batched.LayerPlan(spec, m, b_shape)
+        return plan
 
-    def _gemm(self, name: str, spec, a_codes, outliers=None, b=None, record_as=None, rows=None):
-        spec = self.row_spec(spec, rows)
+    def _gemm(self, spec, a_codes, outliers=None, b=None, rows=None):
+        """One layer for ``G`` groups; returns the output (torch float32 for ``fixed`` outputs, integer
+        codes otherwise) and the batch result (integers, ``acc`` when tracing)."""
+        mr = za = None
+        if spec.meta.get("dynamic_rows"):
+            if rows is None:
+                raise ProgramError(f"{spec.name}: a dynamic per-patch A operand needs the encoder's row parameters")
+            mr, za = np.asarray(spec.mr)[rows[0]], rows[1]
+        fixed = spec.out_fmt.startswith("fixed")
+        host_frac = spec.out_frac if fixed and not self.trace else None
+        out_dtype = np.int64 if (self.trace or fixed) else (np.uint8 if spec.out_fmt == "ucode" else np.int8)
+        o = outliers if outliers is not None and len(outliers) else None
         try:
-            res = self.run_layer(spec, a_codes, outliers, b) if b is not None else self.run_layer(spec, a_codes, outliers)
+            if self.reference:
+                res = sim_batched.run_layer_batch_reference(spec, a_codes, o, b, mr=mr, za=za, host_frac=host_frac,
+                                                            out_dtype=out_dtype, want_acc=self.trace)
+            else:
+                m = np.shape(a_codes)[1]
+                plan = self._plan(spec, m, None if b is None else tuple(np.shape(b)[1:]))
+                res = plan.run(a_codes, o, b, mr=mr, za=za, host_frac=host_frac, out_dtype=out_dtype,
+                               want_acc=self.trace)
         except ref.DatapathError as exc:  # name the layer (a user error: the program or its capacity)
             hint = ("; calibrate again with a larger --outlier-capacity (or none)"
                     if isinstance(exc, ref.OutlierCapacityError) else "")
-            raise type(exc)(f"layer {record_as or name}: {exc}{hint}") from None
-        self.saturations += int(getattr(res, "saturations", 0) or 0)
-        if self.trace:
-            self.records[record_as or name] = {"a_codes": np.asarray(a_codes), "outliers": np.asarray(outliers) if outliers is not None else np.zeros((0, 3), np.int64),
-                                               "b": None if b is None else np.asarray(b), "acc": np.asarray(res.acc), "out": np.asarray(res.out)}
-            if rows is not None:  # the row parameters the GEMM ran with (dynamic per-patch A operand)
-                self.records[record_as or name].update(row_index=np.asarray(rows[0]), mr=np.asarray(spec.mr),
-                                                       za=np.asarray(spec.za))
-        out = np.asarray(res.out)
-        if spec.out_fmt.startswith("fixed"):
-            return torch.from_numpy(ref.from_fixed(out, spec.out_frac))
-        return out
+            raise type(exc)(f"layer {spec.name}: {exc}{hint}") from None
+        self.saturations += int(res.saturations)
+        out = res.out
+        if fixed:
+            out = torch.from_numpy(out if host_frac is not None else ref.from_fixed(out, spec.out_frac))
+        return out, res, (mr, za)
 
-    # -- one image -----------------------------------------------------------------------------
+    def _record_gemm(self, record_as: str, a_codes, outliers, b, res, g: int, row_params=(None, None), rows=None):
+        o = np.zeros((0, 3), np.int64) if outliers is None or not len(outliers) else outliers[outliers[:, 0] == g][:, 1:]
+        rec = {"a_codes": np.asarray(a_codes[g], np.int64), "outliers": o,
+               "b": None if b is None else np.asarray(b[g], np.int64), "acc": res.acc[g],
+               "out": np.asarray(res.out[g], np.int64)}
+        if rows is not None:          # the row parameters the GEMM ran with (dynamic per-patch A operand)
+            rec.update(row_index=np.asarray(rows[0][g]), mr=np.asarray(row_params[0][g]),
+                       za=np.asarray(row_params[1][g], np.int64))
+        self.records[record_as] = rec
+
+    # -- a batch of images ---------------------------------------------------------------------
     def run_image(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (float32) of one image ``(C, H, W)`` (already transformed)."""
+        return self.run_batch(image[None])[0]
+
+    @torch.no_grad()
+    def run_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, classes)`` (float32) of a batch ``(B, C, H, W)`` (already transformed)."""
+        x = images.float()
+        if x.dim() != 4:
+            raise ProgramError(f"run_batch expects images (B, C, H, W), got shape {tuple(x.shape)}")
         self.enc_inputs = {}
-        env: dict = {"image": image.float()}
+        env: dict = {"image": x}
         codes_env: dict = {}
+        bsz = x.shape[0]
         for step in self.prog.graph:
             op = step["op"]
             if op == "patchify":
-                p = step["patch_size"]
-                x = env[step["in"]]
-                c, hh, ww = x.shape
-                t = x.reshape(c, hh // p, p, ww // p, p).permute(1, 3, 0, 2, 4).reshape(-1, c * p * p)
-                env[step["out"]] = t
+                env[step["out"]] = _patchify_batch(env[step["in"]], step["patch_size"])
             elif op == "encode":
                 codes_env[step["out"]] = self._encode(step["encoder"], env[step["in"]])
             elif op == "gemm":
-                name = step["layer"]
-                a = codes_env.get(step["in"])
-                if a is None:  # the input is the integer output of a previous GEMM
-                    a = (env[step["in"]], None, None)
-                spec = self.specs[name]
-                out = self._gemm(name, spec, a[0], a[1] if a[1] is not None and len(a[1]) else None, rows=a[2])
-                if isinstance(out, torch.Tensor):
-                    env[step["out"]] = out
-                else:
-                    env[step["out"]] = out
-                    q = spec.meta.get("quantizer_out")
-                    if self.trace and q:
-                        self.codes[q] = out
+                self._gemm_step(step, env, codes_env)
             elif op == "embed":
                 tok = env[step["in"]]
-                cls = self._t(step["cls_token"])[None, :]
-                env[step["out"]] = torch.cat([cls, tok], dim=0) + self._t(step["pos_embed"])
+                cls = self._t(step["cls_token"]).reshape(1, 1, -1).expand(bsz, 1, -1)
+                env[step["out"]] = torch.cat([cls, tok], dim=1) + self._t(step["pos_embed"])
             elif op == "layernorm":
-                x = env[step["in"]]
-                env[step["out"]] = F.layer_norm(x, (x.shape[-1],), self._t(step["weight"]), self._t(step["bias"]), step["eps"])
+                h = env[step["in"]]
+                env[step["out"]] = F.layer_norm(h, (h.shape[-1],), self._t(step["weight"]), self._t(step["bias"]),
+                                                step["eps"])
             elif op == "add":
                 a, b = step["in"]
                 env[step["out"]] = env[a] + env[b]
             elif op == "gelu":
                 env[step["out"]] = F.gelu(env[step["in"]], approximate=step.get("approximate", "none"))
             elif op == "pool":
-                env[step["out"]] = env[step["in"]][:1]
+                env[step["out"]] = env[step["in"]][:, :1]
             elif op == "attention":
                 env[step["out"]] = self._attention(step, env)
             else:
                 raise ProgramError(f"unknown graph step {op!r}")
-        logits = env["logits"]
-        return logits.reshape(-1)
+        return env["logits"].reshape(bsz, -1)
+
+    def _gemm_step(self, step, env, codes_env):
+        name = step["layer"]
+        spec = self.specs[name]
+        a = codes_env.get(step["in"])
+        if a is None:  # the input is the integer output of a previous GEMM
+            a = (env[step["in"]], None, None)
+        out, res, row_params = self._gemm(spec, a[0], a[1], rows=a[2])
+        env[step["out"]] = out
+        if self.trace:
+            g = np.shape(a[0])[0] - 1
+            self._record_gemm(name, a[0], a[1], None, res, g, row_params, a[2])
+            q = spec.meta.get("quantizer_out")
+            if q and not isinstance(out, torch.Tensor):
+                self.codes[q] = np.asarray(out[g], np.int64)
 
     def _attention(self, step, env):
         h, hd = step["heads"], step["head_dim"]
         q, k, v = env[step["q"]], env[step["k"]], env[step["v"]]
+        bsz, n = q.shape[0], q.shape[1]
         qk, av = self.specs[step["qk"]], self.specs[step["av"]]
-        outs = []
-        soft_codes = []
-        for j in range(h):
-            cols = slice(j * hd, (j + 1) * hd)
-            s = self._gemm(step["qk"], qk, q[:, cols], None, np.ascontiguousarray(k[:, cols].T), record_as=f"{step['qk']}.h{j}")
-            attn = torch.softmax(s, dim=-1)
-            a_codes, _, _ = self._encode(step["softmax"], attn, record_as=f"{step['softmax']}.h{j}")
-            soft_codes.append(a_codes)
-            outs.append(self._gemm(step["av"], av, a_codes, None, np.ascontiguousarray(v[:, cols]), record_as=f"{step['av']}.h{j}"))
+        qa, kt, vb = _heads(q, bsz, n, h, hd), _heads(k, bsz, n, h, hd, True), _heads(v, bsz, n, h, hd)
+        s, res_qk, _ = self._gemm(qk, qa, None, kt)                    # (B * H, N, N) fixed -> float
+        attn = torch.softmax(s, dim=-1)
+        a_codes, _, _ = self._encode(step["softmax"], attn, record=False)
+        o, res_av, _ = self._gemm(av, a_codes, None, vb)               # (B * H, N, hd) codes
+        out = np.ascontiguousarray(o.reshape(bsz, h, n, hd).transpose(0, 2, 1, 3)).reshape(bsz, n, h * hd)
         if self.trace:
-            qn = self.prog.manifest["encoders"][step["softmax"]].get("quantizer")
-            self.codes[qn] = np.stack(soft_codes)
-        out = np.concatenate(outs, axis=1)
-        q = av.meta.get("quantizer_out")
-        if self.trace and q:
-            self.codes[q] = out
+            self._trace_attention(step, qa, kt, vb, attn, a_codes, res_qk, res_av, bsz, h, out)
         return out
 
+    def _trace_attention(self, step, qa, kt, vb, attn, a_codes, res_qk, res_av, bsz, h, out):
+        enc = self.encs[step["softmax"]]
+        last = slice((bsz - 1) * h, bsz * h)
+        res = sim_batched.run_encoder_batch(enc, attn[last].contiguous().numpy(), reference=self.reference,
+                                            keep_x_fx=True)
+        for j in range(h):
+            g = (bsz - 1) * h + j
+            self._record_gemm(f"{step['qk']}.h{j}", qa, None, kt, res_qk, g)
+            self._record_encoder(step["softmax"], f"{step['softmax']}.h{j}", attn[g], res, j)
+            self._record_gemm(f"{step['av']}.h{j}", a_codes, None, vb, res_av, g)
+        qn = self.prog.manifest["encoders"][step["softmax"]].get("quantizer")
+        self.codes[qn] = np.asarray(a_codes[last], np.int64)
+        qo = self.specs[step["av"]].meta.get("quantizer_out")
+        if qo:
+            self.codes[qo] = np.asarray(out[-1], np.int64)
 
-def run_program(prog: Program, images, backend: str = "auto", progress: bool = True) -> torch.Tensor:
-    """Logits ``(N, classes)`` of ``images`` (tensor or iterable of image tensors)."""
+
+def _patchify_batch(x: torch.Tensor, p: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, patches, C * p * p)`` (channel, row, column order within a patch)."""
+    b, c, hh, ww = x.shape
+    return x.reshape(b, c, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * p * p)
+
+
+def run_program(prog: Program, images, backend: str = "auto", progress: bool = True,
+                batch_size: int = 32) -> torch.Tensor:
+    """Logits ``(N, classes)`` of ``images`` (a tensor ``(N, C, H, W)`` or an iterable of image tensors)."""
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     runner = ProgramRunner(prog, backend)
-    outs = [runner.run_image(img) for img in tqdm(images, desc="int-sim", disable=not progress, leave=False)]
-    return torch.stack(outs)
+    imgs = images if isinstance(images, torch.Tensor) else torch.stack(list(images))
+    outs = [runner.run_batch(imgs[i:i + batch_size])
+            for i in tqdm(range(0, len(imgs), batch_size), desc="int-sim", disable=not progress, leave=False)]
+    return torch.cat(outs) if outs else torch.zeros((0, 0))
 
 
 def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -32,6 +32,8 @@ calibration use the float fake-quant mode; the grid is attached afterwards).
 """
 from __future__ import annotations
 
+import math
+import os
 import warnings
 
 import numpy as np
@@ -44,6 +46,8 @@ I64 = torch.int64
 
 #: 2^62: no intermediate of the requantizer may reach it (spec section 7); checked, never wrapped.
 _INT62 = 1 << 62
+#: Elements per chunk of the float64 fast path (a few hundred KiB: stays in the CPU caches).
+_CHUNK = 1 << 17
 
 
 class IntegerGridError(UserError, RuntimeError):
@@ -76,6 +80,80 @@ def to_fixed(x: torch.Tensor, frac_bits: int, bits: int = 32) -> torch.Tensor:
 def from_fixed(v: torch.Tensor, frac_bits: int) -> torch.Tensor:
     """``float32(float64(v) * 2^-F)``."""
     return (v.double() * 2.0 ** -frac_bits).float()
+
+
+_INT8: dict = {}
+
+
+def _int8_ok() -> bool:
+    """Whether ``torch._int_mm`` gives exact int32 products here (checked once against float64 matmuls
+    on worst-case int8 operands; exact: every sum is below 2^53). ``VITACCEL_INT8=0`` disables it."""
+    if "ok" not in _INT8:
+        ok = os.environ.get("VITACCEL_INT8", "1") != "0" and hasattr(torch, "_int_mm")
+        if ok:
+            try:
+                gen = torch.Generator().manual_seed(7)
+                for m, k, n in ((1, 1, 1), (5, 3, 2), (33, 129, 17), (197, 768, 40)):
+                    for lo_a, hi_a, lo_b, hi_b in ((-128, 128, -127, 128), (127, 128, 127, 128), (-128, -127, 127, 128)):
+                        a = torch.randint(lo_a, hi_a, (m, k), generator=gen, dtype=torch.int8)
+                        b = torch.randint(lo_b, hi_b, (k, n), generator=gen, dtype=torch.int8)
+                        got = torch._int_mm(a, b)
+                        ok = ok and got.dtype == torch.int32 and torch.equal(got.double(), a.double() @ b.double())
+                        bt = b.t().contiguous().t()
+                        ok = ok and torch.equal(torch._int_mm(a, bt), got)
+            except RuntimeError:
+                ok = False
+        _INT8["ok"] = bool(ok)
+    return _INT8["ok"]
+
+
+class _Beyond53(Exception):
+    """Internal: a float64 product could leave the exact integer range; use the int64 path."""
+
+
+def to_fixed_f64(x: torch.Tensor, frac_bits: int, bits: int = 32, warn: bool = True):
+    """:func:`to_fixed` as exact integers in float64: ``(x_fx, min, max, saturations)``.
+
+    ``float64(x) * 2^F`` is exact and ``+ 0.5`` and ``floor`` of an exactly representable value are
+    exact, so the float64 tensor holds the spec's integers; saturation is detected on its range."""
+    v = x.to(torch.float64).mul_(2.0 ** frac_bits).add_(0.5).floor_()
+    mn, mx = (float(t) for t in torch.aminmax(v)) if v.numel() else (0.0, 0.0)
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        raise IntegerGridError("non-finite value at a host -> fixed-point boundary")
+    lo, hi = -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    nsat = 0
+    if mn < lo or mx > hi:
+        nsat = int(((v < lo) | (v > hi)).sum())
+        if warn:
+            warnings.warn(f"integer grid: {nsat} value(s) saturated at a host -> fixed-point boundary "
+                          f"({bits} bits, {frac_bits} fraction bits)", RuntimeWarning, stacklevel=2)
+        v.clamp_(lo, hi)
+        mn, mx = max(mn, lo), min(mx, hi)
+    return v, mn, mx, nsat
+
+
+def log_thresholds(fn, levels) -> torch.Tensor:
+    """``W[i] = min{w >= 1 : fn(w) <= levels[i]}`` for a non-increasing integer function ``fn`` of int64
+    tensors (``2^62`` where none): the steps of a log encoder's code (section 8.2), found by bisection on
+    this module's own ``round_log2`` / ``round_log_sqrt2`` and checked at every step."""
+    out = []
+    top = 1 << 62
+    for lev in levels:
+        lo, hi = 1, top
+        if int(fn(torch.tensor([top - 1]))[0]) > lev:
+            out.append(top)
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int(fn(torch.tensor([mid]))[0]) <= lev:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+    for w, lev in zip(out, levels):          # the step is exactly there
+        if w < top and not (int(fn(torch.tensor([w]))[0]) <= lev and (w == 1 or int(fn(torch.tensor([w - 1]))[0]) > lev)):
+            raise IntegerGridError("log threshold table is inconsistent")  # pragma: no cover
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def bit_length_minus_one(v: torch.Tensor) -> torch.Tensor:
@@ -131,6 +209,8 @@ class GridEncoder:
         lad = entry.get("ladder")
         self.ladder_r = None if lad is None else torch.from_numpy(np.asarray(tensors[lad["r"]], np.int64).reshape(-1))
         self.ladder_t = None if lad is None else torch.from_numpy(np.asarray(tensors[lad["t"]], np.int64).reshape(-1))
+        self._ladder_t_f = None if lad is None else self.ladder_t.double()   # exact (T < 2^34)
+        self._thr = None
 
     def dynamic_rows(self, x_fx: torch.Tensor):
         """Section 8.1.1 per row (last axis = channels): ``(j, r, z)``, ``r``/``z`` shaped ``(..., M, 1)``."""
@@ -151,8 +231,161 @@ class GridEncoder:
 
     def encode(self, x: torch.Tensor):
         """``(codes, outlier_values, rows)``; outlier values (units ``s[r] 2^-FO``, 0 elsewhere) or None;
-        ``rows = (j, z)`` per row for the dynamic per-patch encoder (section 8.1.1), else None."""
-        x_fx = to_fixed(x, self.in_frac, self.in_bits)
+        ``rows = (j, z)`` per row for the dynamic per-patch encoder (section 8.1.1), else None.
+
+        Codes are int64; the computation is :meth:`encode_sparse` (outliers scattered into a dense tensor)."""
+        codes, outl, rows = self.encode_sparse(x)
+        codes = codes.to(I64)
+        if self.kind != "uniform" or self.alpha_fx is None:
+            return codes, None, rows
+        dense = torch.zeros(codes.shape, dtype=I64)
+        if outl is not None:
+            dense[tuple(outl[0].t())] = outl[1]
+        return codes, dense, rows
+
+    # -- fast path: exact integers carried in float64 where the bound allows (docs/performance.md) --
+    def _log_tables(self):
+        """Threshold tables of the log encoders (section 8.2), from this module's ``round_log2`` /
+        ``round_log_sqrt2``: ``code = QMAX - #{j : w >= W[j]}`` (log2: below ``W_zero`` the ZERO code)."""
+        if getattr(self, "_thr", None) is not None:
+            return
+        k = self.bits
+        if self.kind == "log2":
+            qmax = SF.log2_qmax(k)
+            thr = log_thresholds(lambda a: self.in_frac - round_log2(a), range(qmax, -1, -1))
+            self._zero_thr, self._thr = float(thr[0]), thr[1:].contiguous()
+        else:
+            qmax = SF.shiftlog2_qmax(k, self.base)
+            c, rl = (2 * SF.LOG_FRAC, round_log_sqrt2) if self.base == "sqrt2" else (SF.LOG_FRAC, round_log2)
+            self._thr = log_thresholds(lambda w: c - rl(w), range(qmax - 1, -1, -1))
+        # the code of every input up to the last step, as a table (beyond it the code is constant)
+        finite = [float(t) for t in self._thr if t < 2.0 ** 62] + ([self._zero_thr] if self.kind == "log2" else [])
+        self._wmax = max(finite + [0.0])
+        w = torch.arange(int(self._wmax) + 1, dtype=torch.float64)
+        cnt = torch.bucketize(w, self._thr, right=True)
+        if self.kind == "log2":
+            lut = (SF.log2_qmax(k) - cnt).masked_fill_(w < self._zero_thr, SF.log2_zero_code(k))
+        else:
+            lut = SF.shiftlog2_qmax(k, self.base) - cnt
+        self._code_lut = lut.to(torch.int32)
+
+    def _lut_codes(self, w: torch.Tensor) -> torch.Tensor:
+        """Codes of the exact integers ``w`` (float64) through the table of :meth:`_log_tables`."""
+        idx = w.clamp_(0, self._wmax).to(torch.int32)
+        return self._code_lut.index_select(0, idx.reshape(-1)).reshape(w.shape)
+
+    def encode_sparse(self, x: torch.Tensor):
+        """``(codes, outliers, rows)`` with sparse outliers ``(index (n, x.dim()), values (n,))`` or None.
+
+        Codes come back as exact integers in float32 (uniform) or int32 (log encoders). The input is
+        processed in chunks (whole rows; the intermediates stay in the CPU caches), in float64 where
+        every product is checked against ``2^53`` first; beyond it the int64 path
+        (:meth:`_encode_int64`) computes the same integers."""
+        if self.in_bits > 32 or self.kind == "three_region":
+            return self._encode_int64(x)
+        self._nsat = 0
+        try:
+            if self.kind == "uniform":
+                res = self._uniform_chunks(x)
+            elif self.kind in ("log2", "shiftlog2"):
+                res = self._log_chunks(x)
+            else:
+                raise IntegerGridError(f"unknown encoder kind {self.kind!r}")
+        except _Beyond53:
+            return self._encode_int64(x)
+        if self._nsat:  # a range fault of the host boundary (spec section 1): saturated, never wrapped, reported
+            warnings.warn(f"integer grid: {self._nsat} value(s) saturated at a host -> fixed-point boundary "
+                          f"({self.in_bits} bits, {self.in_frac} fraction bits)", RuntimeWarning, stacklevel=2)
+        return res
+
+    def _fx(self, x: torch.Tensor):
+        x_fx, mn, mx, nsat = to_fixed_f64(x, self.in_frac, self.in_bits, warn=False)
+        self._nsat += nsat
+        return x_fx, max(-mn, mx)
+
+    def _log_chunks(self, x: torch.Tensor):
+        self._log_tables()
+        flat = x.reshape(-1)
+        out = torch.empty(flat.shape, dtype=torch.int32)
+        r = int(self.r[0]) if self.kind == "shiftlog2" else 1
+        for i0 in range(0, flat.numel(), _CHUNK):
+            x_fx, amax = self._fx(flat[i0:i0 + _CHUNK])
+            if self.kind == "shiftlog2":
+                if (amax + abs(self.sh)) * r + 2.0 ** self.se >= 2.0 ** 53:
+                    raise _Beyond53
+                rs = r * 2.0 ** -self.se
+                x_fx.mul_(rs).add_(self.sh * rs + (0.5 if self.se > 0 else 0.0)).floor_()  # w; w <= 0 -> QMAX
+            out[i0:i0 + _CHUNK] = self._lut_codes(x_fx)       # log2: x_fx < 0 counts as 0, as _encode_int64
+        return out.reshape(x.shape), None, None
+
+    def _uniform_chunks(self, x: torch.Tensor):
+        if x.dim() < 2:
+            raise IntegerGridError(f"a uniform encoder needs (..., M, K) input, got shape {tuple(x.shape)}")
+        lead, m, k = x.shape[:-2], x.shape[-2], x.shape[-1]
+        g = math.prod(lead)
+        x3 = x.reshape(g, m, k)
+        codes = torch.empty((g, m, k), dtype=torch.float32)
+        js, zs, idxs, vals = [], [], [], []
+        step = max(1, _CHUNK // (m * k))
+        for g0 in range(0, g, step):
+            x_fx, amax = self._fx(x3[g0:g0 + step])
+            q, outl, rows = self._uniform_f64(x_fx, amax)
+            codes[g0:g0 + step] = q
+            if rows is not None:
+                js.append(rows[0])
+                zs.append(rows[1])
+            if outl is not None:
+                idx = outl[0].clone()
+                idx[:, 0] += g0
+                idxs.append(idx)
+                vals.append(outl[1])
+        rows = None if not js else (torch.cat(js).reshape(*lead, m), torch.cat(zs).reshape(*lead, m))
+        outl = None
+        if idxs:
+            idx, val = torch.cat(idxs), torch.cat(vals)
+            if len(lead) != 1:                        # back to the input's own leading dimensions
+                gi = torch.stack(torch.unravel_index(idx[:, 0], tuple(lead)), dim=1) if lead else idx[:, :0]
+                idx = torch.cat([gi, idx[:, 1:]], dim=1)
+            outl = (idx, val)
+        return codes.reshape(x.shape), outl, rows
+
+    def _uniform_f64(self, x_fx: torch.Tensor, amax: float):
+        k, se = self.bits, self.se
+        qhi = 2 ** k - 1
+        has_out = self.alpha_fx is not None and amax > int(self.alpha_fx)
+        mask = x_fx.abs() > int(self.alpha_fx) if has_out else None
+        rows = None
+        if self.ladder_r is not None:                         # section 8.1.1, per row
+            inl = x_fx if mask is None else x_fx.masked_fill(mask, 0.0)
+            lo, hi = torch.aminmax(inl, dim=-1)
+            lo, span = lo.clamp(max=0), hi.clamp(min=0) - lo.clamp(max=0)
+            j = ((self._ladder_t_f >= span[..., None]).sum(dim=-1) - 1).clamp(min=0)
+            r_i = self.ladder_r[j]
+            z_i = round_shift(-lo.to(I64) * r_i, se).clamp(0, qhi)
+            rows = (j, z_i)
+            r, z = r_i[..., None].double(), z_i[..., None].double()
+            rmax, zmax = float(self.ladder_r.max()), float(qhi)
+        else:
+            r, z = self._rows(self.r, x_fx).double(), self._rows(self.z, x_fx).double()
+            rmax, zmax = float(self.r.max()), float(self.z.max())
+        if amax * rmax + 2.0 ** se + zmax * 2.0 ** se >= 2.0 ** 53:
+            raise _Beyond53
+        q = torch.addcmul(z + (0.5 if se > 0 else 0.0), x_fx, r * 2.0 ** -se).floor_().clamp_(0, qhi)
+        if not has_out:
+            return q, None, rows
+        q = torch.where(mask, z.expand_as(q), q)
+        idx = mask.nonzero()
+        xv = x_fx[mask].to(I64)
+        rv = r.expand_as(x_fx)[mask].to(I64)
+        val = round_shift(xv * rv, se - self.fo).clamp(-2 ** 15, 2 ** 15 - 1)
+        return q, (idx, val), rows
+
+    def _encode_int64(self, x, x_fx=None):
+        """The int64 encoders of section 8 (any input range); sparse outliers as :meth:`encode_sparse`."""
+        if x_fx is None:
+            x_fx = to_fixed(x, self.in_frac, self.in_bits)
+        else:
+            x_fx = x_fx.to(I64)
         k = self.bits
         if self.kind == "uniform":
             rows = None
@@ -166,7 +399,7 @@ class GridEncoder:
                 return q, None, rows
             out = x_fx.abs() > int(self.alpha_fx)
             val = round_shift(x_fx * r, self.se - self.fo).clamp(-2 ** 15, 2 ** 15 - 1)
-            return torch.where(out, z.expand_as(q), q), torch.where(out, val, torch.zeros_like(val)), rows
+            return torch.where(out, z.expand_as(q), q), (out.nonzero(), val[out]), rows
         if self.kind == "log2":
             qmax, zero = SF.log2_qmax(k), SF.log2_zero_code(k)
             a = x_fx.clamp(min=0)
@@ -256,6 +489,264 @@ class GridGemm:
         else:
             width = 16 if self.out_fmt == "fixed16" else 32
             self.lo, self.hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
+
+        self.b_bits = int(entry["b_bits"])
+        self._plans: dict = {}
+        self._bad, self._nsat = False, 0
+        # B operand (exact: |b| <= 127), stored transposed (the layout the float32 GEMM is fastest with)
+        self._b32 = None if self.b is None else self.b.t().contiguous().float().t()
+        self._b8 = None if self.b is None else self.b.t().contiguous().to(torch.int8).t()
+        self._b64 = None if self.b is None else self.b.double()
+        self._colsum = None if self.b is None else self.b.double().sum(dim=0)
+
+    # -- fast path (docs/performance.md): float32 GEMM planes and a float64 requantiser, both exact --
+    def _lut(self):
+        """``D`` of every code as float64 (NaN for invalid codes) and the range of the valid ones."""
+        if getattr(self, "_lut_f", None) is None:
+            vals = []
+            for c in range(2 ** self.bits):
+                try:
+                    vals.append(float(decode(torch.tensor([c]), self.kind, self.bits, self.base, self.m0, self.m1)[0]))
+                except IntegerGridError:
+                    vals.append(float("nan"))
+            self._lut_f = torch.tensor(vals, dtype=torch.float64)
+            ok = self._lut_f[~torch.isnan(self._lut_f)]
+            self._drange = (float(ok.min()), float(ok.max()))
+            self._identity = self.kind == "uniform"
+        return self._lut_f
+
+    def _plan(self, k: int):
+        """Exact float32 GEMM plan for reduction length ``k``: ``X = D - za - O`` is split into balanced
+        digits ``|d| <= H`` of base ``P = 2H + 1`` with ``K * H * Bmax < 2^24``, so every partial sum of
+        every digit GEMM is an integer below 2^24 (exact in float32 whatever the summation order); and the
+        static bounds that make the float64 requantiser exact (``_exact``). Returns None when the float
+        path is not exact (the int64 path is used)."""
+        if k in self._plans:
+            return self._plans[k]
+        self._lut()
+        bmax = 2 ** (self.b_bits - 1) - 1
+        zmax = float(2 ** self.bits - 1) if self.dynamic_rows else float(self.za.abs().max())
+        zmin = 0.0 if self.dynamic_rows else float(self.za.min())
+        dmin, dmax = self._drange
+        lo, hi = dmin - zmax, dmax - zmin
+        o = math.floor((lo + hi) / 2)
+        # int8 digits (|d| <= 127) through torch._int_mm when its int32 partial sums are bounded
+        # (K * 256 * Bmax < 2^31, with a margin for kernels that add 128 to one operand) and the
+        # backend passed this module's own check (_int8_ok); else float32 digits with K * H * Bmax < 2^24
+        int8 = bmax <= 127 and k * 256 * bmax < 2 ** 31 and _int8_ok()
+        h = 127 if int8 else max(1, (2 ** 24 - 1) // max(1, k * bmax))
+        p, n, cover = 2 * h + 1, 1, h
+        while cover < max(hi - o, o - lo):
+            n, cover = n + 1, cover + h * p ** n
+        amax = max(abs(dmin), abs(dmax)) + zmax
+        bound = 2 ** self.fo * k * amax * bmax + (k * 2 ** 15 * bmax if self.fo else 0)    # section 6
+        mr_max = float(self.mr.max()) if self.mr.numel() else 0.0
+        sc_max, bq_max = int(self.sc.max()), float(self.bq.abs().max())
+        exact = (n <= 3 and bound * 2.0 ** 16 + 2.0 ** self.sr < 2 ** 52 and
+                 bound * float(self.mc.max()) + bq_max + 2.0 ** sc_max + abs(self.z_out) * 2.0 ** sc_max < 2 ** 52)
+        plan = None
+        if exact:
+            ident1 = not self.dynamic_rows and bool((self.mr == 2 ** self.sr).all())
+            two_fo = 2.0 ** self.fo
+            mc2 = self.mc.double() * 2.0 ** -self.sc.double()
+            c2 = (self.bq.double() + torch.where(self.sc > 0, 2.0 ** (self.sc.double() - 1), 0.0)
+                  + self.z_out * 2.0 ** self.sc.double()) * 2.0 ** -self.sc.double()
+            # the largest |v| the requantiser can produce (section 7 with |t| <= bound): when it is inside
+            # [lo, hi] no output can saturate, and the range check / clamp are skipped
+            vmax = (bound * float(self.mc.max()) + bq_max + 2.0 ** sc_max) * 2.0 ** -int(self.sc.min()) + abs(self.z_out)
+            inside = -vmax >= self.lo and vmax <= self.hi
+            nan_possible = not int8 and bool(torch.isnan(self._lut_f).any())
+            plan = {"check": nan_possible or (self.out_fmt.startswith("fixed") and not inside), "clamp": not inside,
+                    "o": float(o), "h": h, "p": p, "n": n, "int8": int8, "ident1": ident1, "mc2": mc2, "c2": c2,
+                    "mc2_fo": mc2 * two_fo, "s1": two_fo * 2.0 ** -self.sr,
+                    "half1_t": torch.tensor(0.5 if self.sr > 0 else 0.0, dtype=torch.float64), "mr_max": mr_max}
+        self._plans[k] = plan
+        return plan
+
+    def _plane_luts(self, plan) -> list:
+        """Per digit plane, the float32 digit of ``X = D - za - O`` for every code (per-tensor ``za``);
+        NaN for invalid codes (an invalid code then shows as a non-finite output and raises)."""
+        if "luts" not in plan:
+            za = float(self.za.reshape(-1)[0])
+            x = self._lut_f - (za + plan["o"])
+            nan = torch.isnan(x)
+            planes = self._digits(x.masked_fill(nan, 0.0), plan)
+            if plan["int8"]:                  # int8 has no NaN: invalid codes are checked separately
+                plan["luts"] = planes
+                plan["valid"] = None if not bool(nan.any()) else (~nan).to(torch.int32)
+            else:
+                plan["luts"] = [p.masked_fill(nan, float("nan")) for p in planes]
+                plan["valid"] = None
+        return plan["luts"]
+
+    def _digits(self, x: torch.Tensor, plan) -> list:
+        """Balanced base-``P`` digits of the exact float64 integers ``x`` (``|d| <= H``), float32 or int8."""
+        dt = torch.int8 if plan["int8"] else torch.float32
+        if plan["n"] == 1:
+            return [x.to(dt)]
+        h, p = plan["h"], plan["p"]
+        out = []
+        for _ in range(plan["n"] - 1):
+            d = torch.remainder(x + h, p).sub_(h)        # exact: |x + h| < 2^53, quotient far from ties
+            out.append(d.to(dt))
+            x = (x - d).div_(p)                          # exact: x - d is a multiple of p
+        out.append(x.to(dt))
+        return out
+
+    def _matmul(self, a: torch.Tensor, b, plan) -> torch.Tensor:
+        """One digit GEMM: ``a (G, M, K) @ b`` (``(K, N)`` shared or ``(G, K, N)``), exact integers."""
+        if not plan["int8"]:
+            return torch.matmul(a, b)
+        g, m, k = a.shape
+        if b.dim() == 2:
+            return torch._int_mm(a.reshape(g * m, k), b).reshape(g, m, -1)
+        out = torch.empty((g, m, b.shape[2]), dtype=torch.int32)
+        for i in range(g):
+            torch._int_mm(a[i], b[i], out=out[i])
+        return out
+
+    def run(self, codes: torch.Tensor, outliers=None, rows=None, b: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on codes ``(..., M, K)`` (sections 4, 6, 7): float32 ``from_fixed`` host values for a
+        ``fixed`` output, else the output codes (exact small integers in float32). ``outliers = (index,
+        values)`` from :meth:`GridEncoder.encode_sparse`; ``b`` the run-time B codes ``(..., K, N)``.
+
+        Rows are processed in chunks of about ``_CHUNK`` elements, so that the float64 intermediates of
+        the requantiser stay in the CPU caches (measured 8x faster than whole-tensor passes)."""
+        self._row_check(rows)
+        k = codes.shape[-1]
+        plan = self._plan(k)
+        if plan is None:
+            return self._to_out(self._run_int64(codes, outliers, rows, b))
+        m = codes.shape[-2]
+        lead = codes.shape[:-2]
+        g = math.prod(lead)
+        c3 = codes.reshape(g, m, k)
+        if self.dynamic_rows:
+            za = rows[1].reshape(g, m, 1).double()
+            mr = self.mr[rows[0]].reshape(g, m, 1).double() if not plan["ident1"] else None
+        else:
+            za = self.za.double().reshape(()) if self.za.numel() == 1 else self.za.double()[:, None]
+            mr = None if plan["ident1"] else (self.mr.double().reshape(()) if self.mr.numel() == 1
+                                              else self.mr.double()[:, None])
+        if b is None:
+            b32, colsum, n = (self._b8 if plan["int8"] else self._b32), self._colsum, self._b32.shape[1]
+        else:
+            b3 = b.reshape(g, k, -1)
+            b32 = b3.to(torch.int8).contiguous() if plan["int8"] else b3.float()
+            colsum, n = b3.double().sum(dim=1, keepdim=True), b3.shape[2]
+        orow = self._outlier_rows(outliers, codes.shape) if outliers is not None and len(outliers[1]) else None
+        # the digit GEMMs on the whole operand (exact integer results), then the exact finish chunk by chunk
+        raws = [self._matmul(pl, b32, plan) for pl in self._planes(c3, za, plan)]
+        out = torch.empty((g, m, n), dtype=torch.float32)
+        if b is None and (g == 1 or mr is None or mr.dim() != 2):
+            # shared B, row parameters per (group, row) or per tensor: chunk over flat rows
+            rows_all, step = g * m, max(1, _CHUNK // n)
+            flat = [r.reshape(rows_all, n) for r in raws]
+            o2 = out.reshape(rows_all, n)
+            mr2 = mr.reshape(rows_all, 1) if mr is not None and mr.dim() == 3 else mr
+            for r0 in range(0, rows_all, step):
+                r1 = min(rows_all, r0 + step)
+                self._finish([f[r0:r1] for f in flat], None if mr2 is None else (mr2 if mr2.dim() == 0 else
+                             (mr2[r0:r1] if mr2.shape[0] == rows_all else mr2[torch.arange(r0, r1) % m])),
+                             colsum, orow, r0, r1, plan, o2[r0:r1])
+        else:                                 # run-time B or per-row parameters (M,): chunk over whole groups
+            step = max(1, (2 * _CHUNK) // (m * n))
+            for g0 in range(0, g, step):
+                g1 = min(g, g0 + step)
+                sl = slice(g0, g1)
+                self._finish([r[sl] for r in raws], mr, colsum if colsum.dim() == 1 else colsum[sl], orow,
+                             g0 * m, g1 * m, plan, out[sl])
+        self._report()
+        return out.reshape(*lead, m, n)
+
+    def _outlier_rows(self, outliers, shape):
+        """Sparse outliers as ``(flat_row, col, value * 2^-FO)`` sorted by row (``acc`` is kept in units of
+        ``2^FO``: the ``<< FO`` of section 6 is folded into the requantiser's multipliers)."""
+        idx, val = outliers
+        row = torch.zeros(len(val), dtype=I64)
+        for ax in range(idx.shape[1] - 1):
+            row = row * shape[ax] + idx[:, ax]
+        order = torch.argsort(row, stable=True)
+        return row[order], idx[order, -1], val[order].double() * 2.0 ** -self.fo
+
+    def _planes(self, c, za, plan) -> list:
+        """Float32 digit planes of ``X = D - za - O`` for codes ``c`` (section 4 decode + digits)."""
+        o = plan["o"]
+        if self._identity and plan["n"] == 1:                     # uniform codes: X = q - za - O
+            zo = za + o
+            return [(c - (zo.float() if isinstance(zo, torch.Tensor) else zo)).to(
+                torch.int8 if plan["int8"] else torch.float32)]
+        if self.za.numel() == 1 and not self.dynamic_rows:       # X depends on the code alone: tables
+            flat = c.reshape(-1)
+            flat = flat if flat.dtype in (torch.int32, I64) else flat.to(torch.int32)
+            luts = self._plane_luts(plan)
+            if plan["valid"] is not None and not bool(plan["valid"].index_select(0, flat).all()):
+                raise IntegerGridError(f"{self.name}: invalid A code (no decoded value)")
+            return [t.index_select(0, flat).reshape(c.shape) for t in luts]
+        d = self._lut_f.index_select(0, c.reshape(-1).to(torch.int32)).reshape(c.shape)
+        if plan["int8"] and bool(torch.isnan(d).any()):
+            raise IntegerGridError(f"{self.name}: invalid A code (no decoded value)")
+        return self._digits(d.sub_(za + o), plan)
+
+    def _finish(self, raws, mr, colsum, orow, r0, r1, plan, out) -> None:
+        """Flat rows ``r0:r1`` of the layer from the digit GEMM results ``raws``: ``acc`` (digits combined,
+        ``O * colsum``, outliers; in units of ``2^FO``), the requantiser and the output, into ``out``."""
+        o = plan["o"]
+        acc = raws[0]
+        if len(raws) > 1 or o or orow is not None:
+            acc = acc.double()
+            for i, r in enumerate(raws[1:], start=1):
+                acc.add_(r, alpha=float(plan["p"] ** i))
+            if o:
+                acc.add_(colsum * o)
+            if orow is not None:
+                row, col, val = orow
+                lo_i, hi_i = (int(v) for v in torch.searchsorted(row, torch.tensor([r0, r1])))
+                if hi_i > lo_i:
+                    a2 = acc.reshape(-1, acc.shape[-1])
+                    a2.index_add_(0, row[lo_i:hi_i] - r0, val[lo_i:hi_i, None] * self._b64[col[lo_i:hi_i]])
+        if mr is None:
+            v = torch.addcmul(plan["c2"], acc, plan["mc2_fo"])
+        else:
+            t = torch.addcmul(plan["half1_t"], acc, mr * plan["s1"]).floor_()
+            v = torch.addcmul(plan["c2"], t, plan["mc2"])
+        v.floor_()
+        if plan["check"]:                    # NaN (invalid code) possible, or a fixed output may saturate
+            mn, mx = (float(t) for t in torch.aminmax(v))
+            if not (math.isfinite(mn) and math.isfinite(mx)):
+                self._bad = True
+            elif mn < self.lo or mx > self.hi:
+                self._nsat += int(((v < self.lo) | (v > self.hi)).sum())
+        if plan["clamp"]:
+            v.clamp_(self.lo, self.hi)
+        out.copy_(v.mul_(2.0 ** -self.out_frac) if self.out_fmt.startswith("fixed") else v)
+
+    def _report(self) -> None:
+        bad, nsat = getattr(self, "_bad", False), getattr(self, "_nsat", 0)
+        self._bad, self._nsat = False, 0
+        if bad:
+            raise IntegerGridError(f"{self.name}: invalid A code (no decoded value)")
+        if nsat and self.out_fmt.startswith("fixed"):  # fixed-point saturation is a range fault (section 1)
+            warnings.warn(f"integer grid: {self.name}: {nsat} {self.out_fmt} output(s) saturated",
+                          RuntimeWarning, stacklevel=3)
+
+    def _to_out(self, v: torch.Tensor) -> torch.Tensor:
+        """Exact output integers as :meth:`run` returns them (from_fixed floats, or codes)."""
+        return from_fixed(v, self.out_frac) if self.out_fmt.startswith("fixed") else v.float()
+
+    def _run_int64(self, codes, outliers, rows, b):
+        """The int64 path (any range): dense outliers, float64 accumulation checked below 2^52,
+        int64 requantiser."""
+        dense = None
+        if outliers is not None and self.fo:
+            dense = torch.zeros(codes.shape, dtype=I64)
+            dense[tuple(outliers[0].t())] = outliers[1]
+        acc = self.accumulate(self.operand(codes.to(I64), rows), self.b if b is None else b.to(I64), dense)
+        return self.requantize(acc, rows)
+
+    def code_host(self, codes: torch.Tensor) -> torch.Tensor:
+        """Output codes as the host float values the float model would pass on (``(c - z) * s``)."""
+        return ((codes.double() - self.z_out) * self.s_out).float()
 
     def _row_check(self, rows):
         if self.dynamic_rows and rows is None:
@@ -356,10 +847,21 @@ def detach_integer_grid(qvit) -> None:
 
 
 def _input_codes(quantizer, x: torch.Tensor):
+    """``(codes, sparse outliers, rows)`` of a quantized module's input: the program's encoder, or (an
+    operand that is the integer output of an earlier GEMM) the quantizer's own codes."""
     enc = getattr(quantizer, "grid_encoder", None)
     if enc is not None:
-        return enc.encode(x)
+        return enc.encode_sparse(x)
     return quantizer.quantize(x), None, None
+
+
+def _linear_codes(layer, codes, outl, rows, host: bool = True):
+    """Every program layer of a QuantLinear (q/k/v parts or one) on the same input codes."""
+    outs = []
+    for g in layer.grid:
+        v = g.run(codes, outl if g.fo else None, rows)
+        outs.append(g.code_host(v) if host and not g.out_fmt.startswith("fixed") else v)
+    return outs
 
 
 @torch.no_grad()
@@ -369,10 +871,7 @@ def linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
     if squeeze:
         x = x[:, None, :]
     codes, outl, rows = _input_codes(layer.input_quantizer, x)
-    outs = []
-    for g in layer.grid:
-        acc = g.accumulate(g.operand(codes, rows), g.b, outl if g.fo else None)
-        outs.append(g.to_host(g.requantize(acc, rows)))
+    outs = _linear_codes(layer, codes, outl, rows)
     y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
     return y[:, 0, :] if squeeze else y
 
@@ -389,9 +888,32 @@ def patch_embed_forward(conv, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def matmul_forward(mm, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Integer-grid ``q @ k^T`` / ``attn @ v`` (per head, batched); the qk gain is inside ``Mc``."""
+    """Integer-grid ``q @ k^T`` / ``attn @ v`` on host float operands (per head, batched); the qk gain
+    is inside ``Mc``. (:func:`attention_forward` passes the integer codes directly instead.)"""
     g = mm.grid[0]
     a_codes, _, _ = _input_codes(mm.a_quantizer, a)
     b_codes = mm.b_quantizer.quantize(b)
-    acc = g.accumulate(g.operand(a_codes), b_codes, None)
-    return g.to_host(g.requantize(acc))
+    v = g.run(a_codes, None, None, b_codes)
+    return v if g.out_fmt.startswith("fixed") else g.code_host(v)
+
+
+@torch.no_grad()
+def attention_forward(att, x: torch.Tensor) -> torch.Tensor:
+    """Integer-grid multi-head attention (QuantAttention of a ViT with a program): the integer codes of
+    q, k, v, the softmax codes and the proj input pass from GEMM to GEMM as integers; softmax is the
+    host's float32 op on ``from_fixed(q @ k^T)``, as in the float model."""
+    bsz, n, _ = x.shape
+    h, hd = att.num_heads, att.head_dim
+    codes, outl, rows = _input_codes(att.qkv.input_quantizer, x)
+    q, k, v = _linear_codes(att.qkv, codes, outl, rows, host=False)
+    q = q.reshape(bsz, n, h, hd).transpose(1, 2)                    # (B, H, N, hd) codes
+    kt = k.reshape(bsz, n, h, hd).permute(0, 2, 3, 1)                # (B, H, hd, N)
+    v = v.reshape(bsz, n, h, hd).transpose(1, 2)
+    gqk, gav = att.qk.grid[0], att.av.grid[0]
+    s = gqk.run(q, None, None, kt)                                    # fixed32 -> float32 (B, H, N, N)
+    attn = s.softmax(dim=-1)
+    a_codes, _, _ = _input_codes(att.av.a_quantizer, attn)
+    o = gav.run(a_codes, None, None, v)                             # proj input codes (B, H, N, hd)
+    o = o.transpose(1, 2).reshape(bsz, n, h * hd)
+    (y,) = _linear_codes(att.proj, o, None, None)
+    return y

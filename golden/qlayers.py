@@ -138,6 +138,8 @@ class QuantAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise UnsupportedModelError("attention masks are not supported by the quantized ViT")
+        if getattr(self.qkv, "grid", None) and getattr(self.qk, "grid", None) and getattr(self.proj, "grid", None):
+            return integer_grid.attention_forward(self, x)      # integer codes from GEMM to GEMM
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

@@ -428,3 +428,59 @@ def encode_three_region(x, r: int, se: int, bits: int, m0: int, m1: int) -> np.n
     if big:
         raise DatapathError("round_shift: |x| must be < 2^62 (x * R)")
     return q.reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# host -> fixed point (section 1)
+# --------------------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _to_fixed_range(x, scale, lo, hi, out, i0, i1):
+    """``_to_fixed_kernel`` on ``x[i0:i1]``; returns ``(saturations, non_finite)``."""
+    s = 0
+    nb = 0
+    for i in range(i0, i1):
+        xv = np.float64(x[i])
+        if not np.isfinite(xv):
+            nb += 1
+            out[i] = 0
+            continue
+        f = np.floor(xv * scale + 0.5)
+        s += (f < lo) | (f > hi)
+        out[i] = np.int64(min(max(f, lo), hi))
+    return s, nb
+
+
+@njit(cache=True, parallel=True)
+def _to_fixed_kernel(x, scale, lo, hi, out):
+    """``out = saturate(floor(float64(x) * 2^F + 0.5), lo, hi)`` on a flat array; returns
+    ``(saturations, non_finite)``."""
+    n = x.shape[0]
+    nch = min(n, 256)
+    sats = np.zeros(nch, np.int64)
+    bad = np.zeros(nch, np.int64)
+    for ch in prange(nch):
+        s, nb = _to_fixed_range(x, scale, lo, hi, out, ch * n // nch, (ch + 1) * n // nch)
+        sats[ch] = s
+        bad[ch] = nb
+    return sats.sum(), bad.sum()
+
+
+def to_fixed(x, frac_bits: int, bits: int = 32, out_dtype=I64):
+    """Host float -> signed fixed point (section 1), numba; ``(x_fx, saturations)`` like the reference.
+
+    ``x_fx`` has ``x``'s shape and ``out_dtype`` (int64, or int32 when ``bits <= 32``); non-finite inputs
+    raise ``DatapathError``. The float64 product by ``2^F`` is exact, so the result is the reference's.
+    """
+    a = np.asarray(x)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    if np.dtype(out_dtype) == np.int32 and bits > 32:
+        raise ValueError("to_fixed: an int32 result needs bits <= 32")
+    flat = np.ascontiguousarray(a).reshape(-1)
+    out = np.empty(flat.size, out_dtype)
+    lo, hi = float(-(1 << (bits - 1))), float((1 << (bits - 1)) - 1)
+    nsat, nbad = _to_fixed_kernel(flat, 2.0 ** frac_bits, lo, hi, out)
+    if nbad:
+        raise DatapathError("to_fixed: input contains NaN or infinity")
+    return out.reshape(a.shape), int(nsat)

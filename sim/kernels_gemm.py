@@ -233,6 +233,190 @@ def drain_requant(raw, za, colsum, fo, optr, ocol, oval, b, lim, do_requant, che
     return bad.sum(), sats.sum(), errs.sum(axis=0)
 
 
+@njit(cache=True)
+def _requant_store_row(arow, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out_row):
+    """Range check of ``acc`` against ``[-lim, lim - 1]`` fused with the unchecked requantiser
+    (``requantize_row_unchecked``) and the store: integers, or ``from_fixed`` float32
+    (``float32(float64(v) * host_scale)``, section 1) when ``host_scale`` is non-zero.
+    Returns ``(n_outside, saturations)``; the caller discards the row's results if ``n_outside``."""
+    n = arow.shape[0]
+    rh = round_half(sr)
+    nb = 0
+    sat = 0
+    if host_scale != 0.0:
+        for c in range(n):
+            a = arow[c]
+            nb += (a < -lim) | (a > lim - 1)
+            t = (a * mr + rh) >> sr
+            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+            w = min(max(v, lo), hi)
+            sat += w != v
+            out_row[c] = np.float32(np.float64(w) * host_scale)
+    else:
+        for c in range(n):
+            a = arow[c]
+            nb += (a < -lim) | (a > lim - 1)
+            t = (a * mr + rh) >> sr
+            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+            w = min(max(v, lo), hi)
+            sat += w != v
+            out_row[c] = w
+    return nb, sat
+
+
+@njit(cache=True)
+def _store_row(v, out_row, host_scale):
+    """``out_row = v`` (integers), or ``from_fixed`` float32 when ``host_scale`` (``2^-F``) is non-zero."""
+    if host_scale != 0.0:
+        for c in range(v.shape[0]):
+            out_row[c] = np.float32(np.float64(v[c]) * host_scale)
+    else:
+        for c in range(v.shape[0]):
+            out_row[c] = v[c]
+
+
+@njit(cache=True)
+def _combine_row(raw, g, r, zr, colsum_row, scale, arow):
+    """``arow = (sum_i raw[g, i, r] << 8i - zr * colsum) * 2^FO`` (digit planes of the int8 path)."""
+    nd = raw.shape[1]
+    n = arow.shape[0]
+    r0 = raw[g, 0, r]
+    if nd == 1:
+        for c in range(n):
+            arow[c] = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+    else:
+        r1 = raw[g, 1, r]
+        for c in range(n):
+            arow[c] = np.int64(r0[c]) + (np.int64(r1[c]) << 8) - zr * colsum_row[c]
+        for i in range(2, nd):
+            ri = raw[g, i, r]
+            for c in range(n):
+                arow[c] += np.int64(ri[c]) << (8 * i)
+        for c in range(n):
+            arow[c] *= scale
+
+
+@njit(cache=True, parallel=True)
+def drain_requant_groups(raw, za, colsum, fo, optr, ocol, oval, b, lim, do_requant, checked,
+                         mr, sr, mc, sc, bq, z_out, lo, hi, host_scale, want_acc, acc, out):
+    """``drain_requant`` for ``G`` groups of ``M`` rows and a digit axis (the batched layer API).
+
+    ``raw`` is ``(G, n, M, N)``: ``n`` digit-plane products of the int8 path (int32, combined as
+    ``sum_i raw[g, i] << 8i``) or ``n = 1`` for the float / int64 paths; ``za`` and ``mr`` are ``(G, M)``
+    (``za`` already minus the digit centre ``O``); ``colsum`` ``(Gb, N)`` and ``b`` ``(Gb, K, N)`` with
+    ``Gb`` 1 (shared B) or ``G``; ``optr`` the CSR row pointers of the outliers over the ``G * M``
+    stacked rows. Per row: ``acc = (raw - za * colsum) << FO + outliers``, range check against
+    ``[-lim, lim - 1]``, then the two-stage requantiser into ``out`` (``(G, M, N)``, any integer dtype, or
+    float32 with ``host_scale = 2^-F``: ``from_fixed``). ``acc`` is stored only if ``want_acc``.
+    ``checked`` selects the requantiser with range-fault counters (``acc_bits > 46``).
+    Returns ``(n_acc_outside, saturations, errs)`` as ``drain_requant``; when ``n_acc_outside`` is
+    non-zero the outputs are not meaningful (the caller raises).
+    """
+    g_n, nd, m, n = raw.shape
+    gb = colsum.shape[0]
+    rows = g_n * m
+    nch = min(rows, 256)
+    bad = np.zeros(nch, np.int64)
+    sats = np.zeros(nch, np.int64)
+    errs = np.zeros((nch, N_ERR), np.int64)
+    sc_half = np.empty(n, np.int64)
+    for c in range(n):
+        sc_half[c] = round_half(sc[c])
+    scale = np.int64(1) << fo
+    for ch in prange(nch):
+        arow = np.empty(n, np.int64)
+        vrow = np.empty(n, np.int64)
+        for gr in range(ch * rows // nch, (ch + 1) * rows // nch):
+            g = gr // m
+            r = gr - g * m
+            bg = g if gb > 1 else 0
+            _combine_row(raw, g, r, za[g, r], colsum[bg], scale, arow)
+            for j in range(optr[gr], optr[gr + 1]):
+                col = ocol[j]
+                val = oval[j]
+                brow = b[bg, col]
+                for c in range(n):
+                    arow[c] += val * np.int64(brow[c])
+            if want_acc:
+                acc_row = acc[g, r]
+                for c in range(n):
+                    acc_row[c] = arow[c]
+            if not do_requant:
+                bad[ch] += count_outside(arow, lim)
+            elif checked:
+                nb = count_outside(arow, lim)
+                bad[ch] += nb
+                if nb == 0:
+                    sats[ch] += requantize_row(arow, mr[g, r], sr, mc, sc_half, sc, bq, z_out, lo, hi, vrow, errs[ch])
+                    _store_row(vrow, out[g, r], host_scale)
+            else:
+                nb, st = _requant_store_row(arow, lim, mr[g, r], sr, mc, sc_half, sc, bq, z_out, lo, hi,
+                                            host_scale, out[g, r])
+                bad[ch] += nb
+                sats[ch] += st
+    return bad.sum(), sats.sum(), errs.sum(axis=0)
+
+
+@njit(cache=True, parallel=True)
+def prepare_b_groups(b, bmax, out, colsum):
+    """``prepare_b`` for ``(Gb, K, N)`` B operands: copy into ``out`` (the GEMM operand dtype), column
+    sums into ``colsum`` ``(Gb, N)``; returns the number of codes outside ``[-bmax, bmax]``."""
+    gb, k, n = b.shape
+    nbad = np.zeros(gb, np.int64)
+    for g in prange(gb):
+        for c in range(n):
+            colsum[g, c] = 0
+        nb = 0
+        for kk in range(k):
+            for c in range(n):
+                v = np.int64(b[g, kk, c])
+                colsum[g, c] += v
+                out[g, kk, c] = v
+                nb += (v < -bmax) | (v > bmax)
+        nbad[g] = nb
+    return nbad.sum()
+
+
+@njit(cache=True, parallel=True)
+def scan_outliers_groups(o, g_n, m, k, tile_rows):
+    """``scan_outliers`` for a grouped list ``(n, 4)`` of ``[group, row, col, val]`` sorted by group, row,
+    column: validity, CSR pointers over the ``G * M`` stacked rows, and the largest count in any tile of
+    ``tile_rows`` rows *of one group* (tiles start at row 0 of every group, as for one image).
+    Returns ``(ok, optr, max_tile_count)``."""
+    n = o.shape[0]
+    optr = np.zeros(g_n * m + 1, np.int64)
+    ok = True
+    prev = np.int64(-1)
+    for i in range(n):
+        g = o[i, 0]
+        r = o[i, 1]
+        c = o[i, 2]
+        v = o[i, 3]
+        if g < 0 or g >= g_n or r < 0 or r >= m or c < 0 or c >= k or v < -32768 or v > 32767:
+            ok = False
+            break
+        key = (g * m + r) * k + c
+        if key <= prev:
+            ok = False
+            break
+        prev = key
+        optr[g * m + r + 1] += 1
+    max_tile = 0
+    if ok:
+        for gr in range(g_n * m):
+            optr[gr + 1] += optr[gr]
+        t_count = 0
+        t_cur = np.int64(-1)
+        for i in range(n):
+            t = o[i, 0] * m + (o[i, 1] // tile_rows) * tile_rows       # first stacked row of the tile
+            if t != t_cur:
+                t_cur = t
+                t_count = 0
+            t_count += 1
+            max_tile = max(max_tile, t_count)
+    return ok, optr, max_tile
+
+
 def requant_needs_checks(acc_bits: int) -> bool:
     """Whether the requantiser's 2^62 range checks can fire once ``|acc| < 2^(acc_bits-1)`` is known.
 

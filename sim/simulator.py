@@ -41,6 +41,7 @@ from .kernels_gemm import (
     requant_needs_checks,
 )
 from .kernels_requant import check_z_out, raise_requant_errors, requant_params
+from .batched import PATHS, LayerPlan, allowed_paths
 from .layer import EncoderResult, EncoderSpec, LayerResult, LayerSpec, run_encoder_with
 from .reference import AccumulatorOverflowError, DatapathError
 
@@ -72,9 +73,33 @@ def _rows_i64(v, m: int) -> np.ndarray:
 
 
 def layer_gemm_path(spec: LayerSpec, k: int) -> str:
-    """The GEMM path ``run_layer`` takes for ``spec`` with reduction length ``k`` (``gemm_path`` on the
-    format's ``Dmax`` and the ``sym`` format's ``Bmax = 2^(kb-1) - 1``)."""
-    return gemm_path(k, spec.dmax(), (1 << (spec.b_bits - 1)) - 1)
+    """The GEMM path ``run_layer`` takes for ``spec`` with reduction length ``k``: the first of
+    ``layer_paths`` (``int8`` when the checked int8 backend exists and ``K * 256 * Bmax < 2^31``, else
+    ``gemm_path`` on the format's ``Dmax`` and the ``sym`` format's ``Bmax = 2^(kb-1) - 1``)."""
+    return layer_paths(spec, k)[0]
+
+
+def layer_paths(spec: LayerSpec, k: int) -> list[str]:
+    """Every exact GEMM path of ``spec`` at reduction length ``k``, preferred first (section 6)."""
+    return allowed_paths(k, spec.dmax(), (1 << (spec.b_bits - 1)) - 1)
+
+
+def _fast_single(spec: LayerSpec, q, outliers, b, path):
+    """The batched fast path (``sim.batched.LayerPlan``) for one group, or None if it declines."""
+    if q.ndim != 2 or q.dtype.kind not in "iu":
+        return None
+    bb = None if b is None else np.asarray(b)
+    if bb is not None and (bb.ndim != 2 or bb.dtype.kind not in "iu"):
+        return None
+    o4 = None
+    if outliers is not None and np.size(outliers):
+        o = np.asarray(outliers)
+        if o.ndim != 2 or o.shape[1] != 3 or o.dtype.kind not in "iu":
+            return None
+        o4 = np.concatenate([np.zeros((len(o), 1), I64), o.astype(I64)], axis=1)
+    plan = LayerPlan(spec, q.shape[0], None if bb is None else bb.shape, path=path, dynamic_rows=False)
+    res = plan.try_fast(q[None], o4, None if bb is None else bb[None], want_acc=True)
+    return None if res is None else LayerResult(res.acc[0], res.out[0], res.saturations)
 
 
 def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | None = None) -> LayerResult:
@@ -86,16 +111,27 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
     a_codes : (M, K) int array of A codes.
     outliers : (n, 3) int array ``[row, col, val]`` or None.
     b : (K, N) int array or None; the B operand (defaults to ``spec.b``; ``qk``/``av`` pass it here).
-    path : {None, "float32", "float64", "int64"}
-        Force the GEMM path (testing); ``None`` uses ``layer_gemm_path``. A float path that the
-        exactness bound does not allow raises ``ValueError``.
+    path : {None, "int8", "float32", "float64", "int64"}
+        Force the GEMM path (testing); ``None`` uses ``layer_gemm_path``. A path that the exactness
+        bound does not allow raises ``ValueError``.
 
     Returns
     -------
     LayerResult
         ``acc`` and ``out`` (int64) and the saturation count, equal to ``run_layer_reference``.
+
+    The common case runs through the batched fast path (``sim.batched.LayerPlan`` with one group:
+    int8 or BLAS GEMM, fused drain); anything it declines (an error about to be raised, unusual input
+    types) takes the step-by-step path below, which raises the reference's errors in its order.
     """
     q = np.asarray(a_codes)
+    if path is not None and path not in PATHS:
+        raise ValueError(f"unknown GEMM path {path!r}; expected one of {PATHS}")
+    fast = _fast_single(spec, q, outliers, b, path)
+    if fast is not None:
+        return fast
+    if path == "int8":              # an exact path like the others: the checked path below decides
+        path = None
     if q.ndim != 2:
         raise DatapathError(f"{spec.name}: A codes must be (M, K), got shape {q.shape}")
     F.check_bits(spec.b_bits)
@@ -132,7 +168,7 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
         except ValueError as exc:
             raise b_first(exc) from None
 
-    auto = layer_gemm_path(spec, k)
+    auto = gemm_path(k, spec.dmax(), (1 << (spec.b_bits - 1)) - 1)
     if path is None:
         path = auto
     elif path not in PATH_DTYPE:

@@ -108,12 +108,22 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     shards = []
     for i in range(2):
         js = tmp_path / f"s{i}.json"
-        code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--sim-backend", "reference", "--data", data,
-                        "--class-map", cmap, "--workers", "0", "--shard", f"{i}/2", "--json", js)
+        code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--sim-backend",
+                        "reference" if i == 0 else "auto", "--data", data, "--class-map", cmap, "--workers", "0",
+                        "--shard", f"{i}/2", "--json", js, "--agreement", "--threads", "1")
         assert code == 0, out.err
-        # the integer grid fake-quant and the numpy reference compute the same integers
-        assert "agreement with fake-quant (integer grid) 100.00 %" in out.out
+        # the integer grid fake-quant and the simulator (numpy reference / numba + int8) compute the same integers
+        assert "agreement with fake-quant (integer grid) 100.00 %, bit-identical logits 3/3" in out.out
+        res = json.loads(js.read_text())
+        assert res["identical_logits"] == 3 and res["threads"] == 1 and res["peak_rss_mb"] > 0
         shards.append(js)
+    code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--data", data, "--class-map", cmap,
+                    "--workers", "0")
+    assert code == 0 and "agreement" not in out.out            # the agreement pass is opt-in
+    for bad in (["--threads", "0"], ["--workers", "-1"]):  # argparse rejects them (exit 2) before any work
+        with pytest.raises(SystemExit) as exc:
+            run(capsys, "eval", "--program", prog, "--backend", "sim", "--data", data, "--class-map", cmap, *bad)
+        assert exc.value.code == 2 and "must be >=" in capsys.readouterr().err
     code, out = run(capsys, "merge", *shards, "--json", tmp_path / "m.json")
     assert code == 0 and "(6 images)" in out.out
     merged = json.loads((tmp_path / "m.json").read_text())
