@@ -146,3 +146,12 @@ ABLATIONS = {
     "no_three_region": {"fc2": "uniform"},
     "no_mp": {"mixed_precision": False},
 }
+
+#: Calibration schedules of the benchmarks (``benchmarks/accuracy.py --preset``): calibration images
+#: per seed and the AMO overrides applied to ``adfq`` rows. ``fast`` is what the 2-core machine runs
+#: (AMO defaults of ``golden.reconstruct.AMOConfig``: 200 iterations, batch 8); ``paper`` is the
+#: ADFQ-ViT paper's schedule (1 024 calibration images, 3 000 AMO iterations per module, batch 32).
+CALIBRATION_PRESETS = {
+    "fast": {"calib_size": 32},
+    "paper": {"calib_size": 1024, "amo_iters": 3000, "amo_num_samples": 1024, "amo_batch_size": 32},
+}
