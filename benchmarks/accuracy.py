@@ -52,6 +52,15 @@ ROWS = {
     "mptq-nosq:w4a4": ("mptq", "w4a4", ABLATIONS["no_sq"]),
     "mptq-no3r:w4a4": ("mptq", "w4a4", ABLATIONS["no_three_region"]),
 }
+# MPTQ-ViT Table 2 (single precision: baseline -> SQ -> SQ-b -> SQ-b + OPT-m) and Table 3 (greedy MP)
+for _b in ("w4a4", "w6a6"):
+    ROWS[f"mptq-sq:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"], **ABLATIONS["no_sq_bias"]})
+    ROWS[f"mptq-sqb:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"]})
+    ROWS[f"mptq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"]})
+    ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})
+    ROWS[f"mptq-nosq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_sq"]})
+ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 6.0})
+ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 5.0})
 
 
 @torch.no_grad()

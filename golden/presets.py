@@ -63,6 +63,8 @@ class QuantConfig:
     amo_input_drop: float | None = None  # QDrop probability in AMO (None: AMOConfig default, 0.5)
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
+    sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)
+    fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
     layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
@@ -79,6 +81,8 @@ class QuantConfig:
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:
             raise QuantizerError(f"amo_input_drop must be a probability in [0, 1], got {self.amo_input_drop}")
+        if self.fc2_metric not in ("mse", "hessian"):
+            raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 
@@ -143,6 +147,7 @@ ABLATIONS = {
     "no_qdrop": {"amo_input_drop": 0.0},
     "static_poq": {"poq_mode": "static"},
     "no_sq": {"smoothquant": False},
+    "no_sq_bias": {"sq_bias": False},
     "no_three_region": {"fc2": "uniform"},
     "no_mp": {"mixed_precision": False},
 }
