@@ -58,6 +58,7 @@ for _b in ("w4a4", "w6a6"):
     ROWS[f"mptq-sqb:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"]})
     ROWS[f"mptq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"]})
     ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})
+    ROWS[f"mptq-sp-hall:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian", "act_metric": "hessian"})
     ROWS[f"mptq-nosq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_sq"]})
 ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 6.0})
 ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 5.0})

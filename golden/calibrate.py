@@ -25,6 +25,7 @@ from .qlayers import QuantConv2d
 from .qmodel import QuantViT, quantize_model
 from .quantizers.base import QuantizerError
 from .quantizers.three_region import ThreeRegionQuantizer, three_region_fake_quant
+from .quantizers.uniform import UniformQuantizer
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -146,6 +147,30 @@ def fc2_output_gradients(qvit: QuantViT, images: torch.Tensor, layers: dict, bat
 
 
 @torch.no_grad()
+def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
+    """Hessian-guided range search (PTQ4ViT / MPTQ-ViT) of every block linear's per-tensor input.
+
+    Every :class:`golden.qlayers.QuantLinear` inside the blocks whose input quantizer is an
+    asymmetric per-tensor :class:`UniformQuantizer` (q/k/v, proj, FC1, a uniform FC2) re-chooses its
+    clipping ratio among the MSE search's candidates by ``sum (dL/dO)^2 (O^q - O)^2`` (see
+    :func:`hessian_three_region`), the same metric OPT-m uses. Returns ``name -> chosen metric``.
+    """
+    layers = {n: l for n, l in qvit.quant_layers().items()
+              if "blocks." in n and type(l.input_quantizer) is UniformQuantizer}
+    if not layers:
+        return {}
+    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
+    chosen = {}
+    for n, layer in layers.items():
+        x, g = data[n]
+        w = layer.qweight().detach()
+        ref = x @ w.t()
+        g2 = g * g
+        chosen[n] = layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()))
+    return chosen
+
+
+@torch.no_grad()
 def hessian_three_region(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
     """OPT-m with the Hessian-guided metric: re-choose every three-region FC2 input's ``(s0, m0, m1)``.
 
@@ -222,6 +247,8 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
     if config.weight_search == "hessian":
         hessian_weight_ranges(qvit, images, batch_size, progress)
     observe_activations(qvit, images, batch_size, progress)
+    if config.act_metric == "hessian":
+        hessian_input_ranges(qvit, images, progress=progress)
     if config.fc2 == "three_region" and config.fc2_metric == "hessian":
         hessian_three_region(qvit, images, progress=progress)
     if config.amo:

@@ -65,6 +65,7 @@ class QuantConfig:
     sq_alpha: float = 0.5
     sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)
     fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
+    act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
     layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
@@ -81,6 +82,8 @@ class QuantConfig:
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:
             raise QuantizerError(f"amo_input_drop must be a probability in [0, 1], got {self.amo_input_drop}")
+        if self.act_metric not in ("mse", "hessian"):
+            raise QuantizerError(f"unknown activation range metric {self.act_metric!r} (use 'mse' or 'hessian')")
         if self.fc2_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.fc2 not in ("uniform", "slq", "three_region"):

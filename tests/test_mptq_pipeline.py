@@ -92,3 +92,27 @@ def test_hessian_opt_m_minimises_the_weighted_output_error():
         e = q.export()
         assert err(e["s0"], e["m0"], e["m1"]) <= min(errs) * (1 + 1e-6)
         assert max(errs) > min(errs)  # the metric separates the candidates
+
+
+def test_hessian_input_ranges_minimise_the_weighted_output_error():
+    """act_metric=hessian: each block linear's uniform input range is the candidate with the smallest
+    gradient-weighted output error (recomputed here in float64 from the FP rows and gradients)."""
+    from vitaccel.golden.calibrate import fc2_output_gradients
+    from vitaccel.golden.quantizers.uniform import UniformQuantizer
+
+    x = torch.randn(6, 3, 32, 32)
+    qvit = calibrate_model(_tiny(), x, preset("baseline", "w4a4", act_metric="hessian"), progress=False)
+    layers = {n: l for n, l in qvit.quant_layers().items() if "blocks." in n}
+    assert all(type(l.input_quantizer) is UniformQuantizer for l in layers.values())
+    data = fc2_output_gradients(qvit, x, layers, batch_size=3, progress=False)
+    for n, layer in layers.items():
+        q = layer.input_quantizer
+        xr, g = (t.double() for t in data[n])
+        w = layer.qweight().detach().double()
+
+        def err(s, z):
+            xq = ((torch.clamp(torch.floor(xr / s + 0.5) + z, q.qmin, q.qmax) - z) * s)
+            return float(((g * ((xq - xr) @ w.t())) ** 2).sum())
+
+        errs = [err(*(float(t) for t in q._params(lo, hi))) for lo, hi in q.candidates()]
+        assert err(float(q.scale), float(q.zero_point)) <= min(errs) * (1 + 1e-6)
