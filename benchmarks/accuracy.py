@@ -60,8 +60,8 @@ for _b in ("w4a4", "w6a6"):
     ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})
     ROWS[f"mptq-sp-hall:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian", "act_metric": "hessian"})
     ROWS[f"mptq-nosq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_sq"]})
-ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 6.0})
-ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mixed_precision": True, "mp_target_bits": 5.0})
+ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
+ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
 
 
 @torch.no_grad()
@@ -196,6 +196,11 @@ def split_table(results) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, by_seed in groups.items():
         es = [by_seed[s] for s in sorted(by_seed, key=lambda s: (s is None, s))]
+        if any(e.get("float_only") for e in es):  # exploration rows: float fake-quant only
+            f = mean_spread(e["top1"] for e in es)
+            lines.append(f"| {key[0]} (float only) | {es[0].get('bits')} | {key[2]} | "
+                         f"{','.join(str(e.get('seed')) for e in es)} | not measured | | | {f['mean']:.1f} | | |")
+            continue
         g = mean_spread(e["grid_top1"] for e in es)
         f = mean_spread(e["top1"] for e in es)
         t5 = mean_spread(e["grid_top5"] for e in es)
@@ -435,7 +440,7 @@ def main(argv=None):
                 qvit.use_float_fakequant()
                 base.update(grid_top1=g1, grid_top5=g5, grid_correct=_bits(pred == y))
             else:
-                base.update(grid_top1=None, grid_top5=None, protocol="2-float-only")
+                base.update(grid_top1=None, grid_top5=None, grid_correct=None, float_only=True)
             base["seconds"] = round(time.time() - t0)
             _record(results, args.out, base)
             if row == args.sim_row and args.sim_images and not args.float_only:

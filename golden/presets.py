@@ -12,8 +12,9 @@ adfq      ADFQ-ViT: POQ (per-patch + outliers, alpha_qkv = 5, alpha_fc1 = 10) on
           (module reconstruction of rounding + activation scales with QDrop input mixing,
           ``golden.reconstruct``).
 mptq      MPTQ-ViT: SQ-b (SmoothQuant with bias, ``golden.smoothquant``), OPT-m three-region
-          FC2 input (``golden.quantizers.three_region``), greedy mixed precision
-          (``golden.mixed_precision``).
+          FC2 input (``golden.quantizers.three_region``); single precision, or greedy mixed
+          precision (``golden.mixed_precision``) when ``mp_target_bits`` is given
+          (``--mp-target-bits``).
 ========  ==================================================================================
 
 Every component is a switch of :class:`QuantConfig` (ablation rows: ``--no-poq``, ``--no-slq``,
@@ -112,9 +113,9 @@ def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:
     elif method == "adfq":
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, poq_mode="dynamic", fc2="slq", amo=True,
                           adaround=True)
-    elif method == "mptq":
+    elif method == "mptq":  # single precision (the paper's Table 1/2) unless a Greedy MP target is given
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, smoothquant=True, fc2="three_region",
-                          mixed_precision=True)
+                          mixed_precision=overrides.get("mp_target_bits") is not None)
     else:
         raise QuantizerError(f"unknown method {method!r}; choose one of {METHODS}")
     return replace(cfg, **overrides) if overrides else cfg
