@@ -1,16 +1,22 @@
 """Accuracy benchmark: FP vs fake-quant (baseline / ADFQ-ViT / MPTQ-ViT, ablations) vs integer sim.
 
-Default data (``../shared`` beside the checkout): DeiT-tiny weights and the 500 ImageNet dev images.
-Calibration uses ``--calib-size`` images drawn (``--seed``) from the same dev folder (PTQ needs no
-labels; there is no separate calibration split in ``../shared``); evaluation uses all dev images
-(or ``--eval-limit``). Results are appended to ``--out`` (JSON, one entry per row) as they finish.
+Protocol (docs/accuracy.md, ``golden/protocol.py``): the dev images are split once
+(``--split-seed``) into a calibration/selection pool of ``--pool-size`` images and a disjoint
+evaluation set. Each calibration seed (``--seeds``) draws ``--calib-size`` images from the pool only;
+rows are evaluated on the evaluation set (``--eval-on eval``, reported figures) or on the seed's
+selection set (pool images it did not calibrate on; ``--eval-on selection``, for choosing settings),
+on the integer grid and in float fake-quant. Each entry (appended to ``--out`` as it finishes)
+records the split, the calibration indices and the per-image correctness of both modes, so
+``--table`` (mean +- std over seeds, bootstrap interval) and ``--compare A B`` (paired bootstrap and
+McNemar) need no re-run.
 
 Example::
 
-    .venv/bin/python benchmarks/accuracy.py --rows fp baseline:w4a4 adfq:w4a4 --eval-limit 100
+    .venv/bin/python benchmarks/accuracy.py --threads 1 --rows fp baseline:w4a4 mptq:w4a4 --seeds 0 1 2
 
 Two runs side by side must not share ``--out`` (each rewrites the whole file): give the second its
-own file and append it afterwards with ``--merge``.
+own file and append it afterwards with ``--merge``. ``--table`` on a pre-protocol file
+(``benchmarks/accuracy_results.json``) prints its v1 table.
 """
 from __future__ import annotations
 
