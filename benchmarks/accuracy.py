@@ -1,16 +1,22 @@
 """Accuracy benchmark: FP vs fake-quant (baseline / ADFQ-ViT / MPTQ-ViT, ablations) vs integer sim.
 
-Default data (``../shared`` beside the checkout): DeiT-tiny weights and the 500 ImageNet dev images.
-Calibration uses ``--calib-size`` images drawn (``--seed``) from the same dev folder (PTQ needs no
-labels; there is no separate calibration split in ``../shared``); evaluation uses all dev images
-(or ``--eval-limit``). Results are appended to ``--out`` (JSON, one entry per row) as they finish.
+Protocol (docs/accuracy.md, ``golden/protocol.py``): the dev images are split once
+(``--split-seed``) into a calibration/selection pool of ``--pool-size`` images and a disjoint
+evaluation set. Each calibration seed (``--seeds``) draws ``--calib-size`` images from the pool only;
+rows are evaluated on the evaluation set (``--eval-on eval``, reported figures) or on the seed's
+selection set (pool images it did not calibrate on; ``--eval-on selection``, for choosing settings),
+on the integer grid and in float fake-quant. Each entry (appended to ``--out`` as it finishes)
+records the split, the calibration indices and the per-image correctness of both modes, so
+``--table`` (mean +- std over seeds, bootstrap interval) and ``--compare A B`` (paired bootstrap and
+McNemar) need no re-run.
 
 Example::
 
-    .venv/bin/python benchmarks/accuracy.py --rows fp baseline:w4a4 adfq:w4a4 --eval-limit 100
+    .venv/bin/python benchmarks/accuracy.py --threads 1 --rows fp baseline:w4a4 mptq:w4a4 --seeds 0 1 2
 
 Two runs side by side must not share ``--out`` (each rewrites the whole file): give the second its
-own file and append it afterwards with ``--merge``.
+own file and append it afterwards with ``--merge``. ``--table`` on a pre-protocol file
+(``benchmarks/accuracy_results.json``) prints its v1 table.
 """
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from vitaccel.golden.data import image_folder, loader, subset  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model  # noqa: E402
+from vitaccel.golden.data import image_folder, loader  # noqa: E402
 from vitaccel.golden.models import create_model  # noqa: E402
-from vitaccel.golden.presets import ABLATIONS, preset  # noqa: E402
+from vitaccel.golden.presets import ABLATIONS, CALIBRATION_PRESETS, preset  # noqa: E402
+from vitaccel.golden.protocol import calibration_draw, selection_set, split_pool_eval  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared")
 
@@ -51,6 +58,16 @@ ROWS = {
     "mptq-nosq:w4a4": ("mptq", "w4a4", ABLATIONS["no_sq"]),
     "mptq-no3r:w4a4": ("mptq", "w4a4", ABLATIONS["no_three_region"]),
 }
+# MPTQ-ViT Table 2 (single precision: baseline -> SQ -> SQ-b -> SQ-b + OPT-m) and Table 3 (greedy MP)
+for _b in ("w4a4", "w6a6"):
+    ROWS[f"mptq-sq:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"], **ABLATIONS["no_sq_bias"]})
+    ROWS[f"mptq-sqb:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"]})
+    ROWS[f"mptq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"]})
+    ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})
+    ROWS[f"mptq-sp-hall:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian", "act_metric": "hessian"})
+    ROWS[f"mptq-nosq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_sq"]})
+ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
+ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
 
 
 @torch.no_grad()
@@ -137,118 +154,313 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def _bits(correct) -> str:
+    """Per-image correctness as a '0'/'1' string (stored in the results for paired comparisons)."""
+    return "".join("1" if c else "0" for c in correct.tolist())
+
+
+def _load(ds, indices):
+    xs, ys = [], []
+    for xb, yb in loader(torch.utils.data.Subset(ds, list(indices)), 50, workers=min(2, os.cpu_count() or 1)):
+        xs.append(xb)
+        ys.append(yb)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _group_key(e) -> tuple:
+    """Entries of one table line: same row, evaluation set and calibration setup (seeds differ)."""
+    over = e.get("overrides", {})
+    return (e["row"], e["eval_on"], e["eval_images"], e.get("calib_size"), over.get("amo_iters"),
+            e.get("preset_name", "fast"))
+
+
+def _scores(entries, key="grid_correct"):
+    """Per-image score (mean correctness over the seeds' entries) as a float array."""
+    import numpy as np  # noqa: PLC0415
+
+    return np.mean([[c == "1" for c in e[key]] for e in entries], axis=0)
+
+
+def protocol_groups(results) -> dict:
+    """Protocol-2 entries grouped by :func:`_group_key`; the latest entry per seed wins."""
+    groups: dict = {}
+    for e in results:
+        if e.get("protocol") != 2 or "sim_images" in e:
+            continue
+        groups.setdefault(_group_key(e), {})[e.get("seed")] = e
+    return groups
+
+
+def split_table(results) -> str:
+    """Markdown table of protocol-2 rows: mean +- std over calibration seeds, both modes."""
+    from vitaccel.golden.protocol import bootstrap_accuracy, mean_spread  # noqa: PLC0415
+
+    groups = protocol_groups(results)
+    fp = {k[1:3]: list(v.values())[-1]["grid_top1"] for k, v in groups.items() if k[0] == "fp"}
+    lines = ["| row | bits | eval images | seeds | top-1 % integer grid (mean +- std) | 95 % CI (images) "
+             "| drop vs FP | top-1 % float fake-quant (mean +- std) | top-5 % grid | calib s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, by_seed in groups.items():
+        es = [by_seed[s] for s in sorted(by_seed, key=lambda s: (s is None, s))]
+        if any(e.get("float_only") for e in es):  # exploration rows: float fake-quant only
+            f = mean_spread(e["top1"] for e in es)
+            lines.append(f"| {key[0]} (float only) | {es[0].get('bits')} | {key[2]} | "
+                         f"{','.join(str(e.get('seed')) for e in es)} | not measured | | | {f['mean']:.1f} | | |")
+            continue
+        g = mean_spread(e["grid_top1"] for e in es)
+        f = mean_spread(e["top1"] for e in es)
+        t5 = mean_spread(e["grid_top5"] for e in es)
+        lo, hi = bootstrap_accuracy(_scores(es) >= 0.5) if len(es) == 1 else _score_ci(_scores(es))
+        name = key[0].split(":")[0]
+        if key[4]:
+            name += f" (AMO {key[4]} it.)"
+        if key[5] != "fast":
+            name += f" [{key[5]}]"
+        if key[1] != "eval":
+            name += f" ({key[1]} images)"
+        base = fp.get(key[1:3])
+        drop = "" if base is None or key[0] == "fp" else f"{base - g['mean']:.1f}"
+        seeds = ",".join(str(e.get("seed")) for e in es) if key[0] != "fp" else "-"
+        pm = (lambda s: f"{s['mean']:.1f} +- {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}")
+        lines.append(f"| {name} | {es[0].get('bits', 'fp32')} | {key[2]} | {seeds} | {pm(g)} | {lo:.1f}-{hi:.1f} "
+                     f"| {drop} | {'' if key[0] == 'fp' else pm(f)} | {t5['mean']:.1f} "
+                     f"| {round(sum(e.get('calib_seconds', 0) for e in es) / len(es))} |")
+    return "\n".join(lines)
+
+
+def _score_ci(scores, n_boot=10000, seed=0):
+    """Percentile bootstrap interval (in %) of the mean of per-image scores in [0, 1]."""
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    reps = scores[rng.integers(0, scores.size, size=(n_boot, scores.size))].mean(axis=1) * 100
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def compare(results, row_a: str, row_b: str, mode: str = "grid") -> list[str]:
+    """Paired comparisons of two rows on the same evaluation images, seed by seed and seed-averaged."""
+    from vitaccel.golden.protocol import paired_bootstrap  # noqa: PLC0415
+
+    key = "grid_correct" if mode == "grid" else "float_correct"
+    groups = protocol_groups(results)
+    ga = [v for k, v in groups.items() if k[0] == row_a]
+    gb = [v for k, v in groups.items() if k[0] == row_b]
+    if not ga or not gb:
+        raise SystemExit(f"--compare: no protocol-2 results for {row_a if not ga else row_b}")
+    a, b = ga[-1], gb[-1]
+    lines = []
+    if set(a) == {None} or set(b) == {None}:  # fp has no calibration seed: pair it with every seed
+        pairs = [(sa, sb) for sa in a for sb in b]
+    else:
+        pairs = [(s, s) for s in sorted(set(a) & set(b))]
+    if not pairs:
+        raise SystemExit(f"--compare: {row_a} and {row_b} share no calibration seed")
+    if len({len(a[sa][key]) for sa, _ in pairs} | {len(b[sb][key]) for _, sb in pairs}) != 1:
+        raise SystemExit("--compare: the two rows were evaluated on different image sets")
+    for sa, sb in pairs:
+        r = paired_bootstrap([c == "1" for c in a[sa][key]], [c == "1" for c in b[sb][key]])
+        lines.append(f"{row_a} - {row_b} ({mode}, seed {sa if sa is not None else sb}, {r.n} images): "
+                     f"{r.diff:+.1f} points (95 % paired bootstrap CI {r.ci_low:+.1f} .. {r.ci_high:+.1f}); "
+                     f"{r.only_a} images only {row_a} right, {r.only_b} only {row_b}; McNemar p = {r.p_mcnemar:.3g}")
+    if len(pairs) > 1:
+        import numpy as np  # noqa: PLC0415
+
+        da = _scores([a[sa] for sa, _ in pairs], key) - _scores([b[sb] for _, sb in pairs], key)
+        rng = np.random.default_rng(0)
+        reps = da[rng.integers(0, da.size, size=(10000, da.size))].mean(axis=1) * 100
+        lo, hi = np.quantile(reps, [0.025, 0.975])
+        lines.append(f"{row_a} - {row_b} ({mode}, mean over {len(pairs)} seeds): {da.mean() * 100:+.1f} points "
+                     f"(95 % bootstrap CI over images {lo:+.1f} .. {hi:+.1f})")
+    return lines
+
+
+def _merge(ap, args):
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else []
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                extra = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            ap.error(f"--merge {path}: {exc}")
+        if not isinstance(extra, list) or not all(isinstance(e, dict) and "row" in e for e in extra):
+            ap.error(f"--merge {path}: not an accuracy.py result file (a list of entries with a 'row')")
+        results += extra
+        print(f"{path}: {len(extra)} entries appended to {args.out}")
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def _parser():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="deit_tiny_patch16_224")
     ap.add_argument("--weights", default=os.path.join(SHARED, "models", "deit_tiny_patch16_224.safetensors"))
     ap.add_argument("--data", default=os.path.join(SHARED, "imagenet-sample", "dev"))
     ap.add_argument("--class-map", default=os.path.join(SHARED, "imagenet-sample", "synsets.txt"))
-    ap.add_argument("--calib-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--eval-limit", type=int, default=None, help="evaluate this many images (default all)")
+    ap.add_argument("--pool-size", type=positive_int, default=150,
+                    help="images of the calibration/selection pool (the rest is the evaluation set)")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the pool/evaluation split")
+    ap.add_argument("--calib-size", type=positive_int, default=None,
+                    help="calibration images per seed, drawn from the pool (default: the preset's, 32)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration seeds (one row per seed)")
+    ap.add_argument("--preset", choices=sorted(CALIBRATION_PRESETS), default="fast",
+                    help="calibration schedule: fast (32 images, AMO 200 it.) or paper (1024 images, AMO 3000 it.)")
+    ap.add_argument("--eval-on", choices=("eval", "selection"), default="eval",
+                    help="evaluate on the evaluation set (reported rows) or on the seed's selection set "
+                         "(pool images it did not calibrate on; for choosing settings)")
+    ap.add_argument("--eval-limit", type=int, default=None, help="evaluate the first N images of the set only")
+    ap.add_argument("--float-only", action="store_true",
+                    help="skip the integer-grid evaluation (exploration only; recorded rows need both modes)")
     ap.add_argument("--rows", nargs="+", default=["fp", "baseline:w4a4", "adfq-noamo:w4a4", "mptq:w4a4"],
                     help=f"rows: fp, {', '.join(ROWS)}")
-    ap.add_argument("--amo-iters", type=int, default=None, help="AMO iterations per module (default: reconstruct's)")
+    ap.add_argument("--amo-iters", type=int, default=None, help="AMO iterations per module (default: the preset's)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra QuantConfig overrides for every row (exploration), e.g. sq_alpha=0.6")
     ap.add_argument("--sim-row", default=None, help="row whose program also runs through the integer simulator")
     ap.add_argument("--sim-images", type=int, default=0, help="images for the integer-sim evaluation")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_results.json"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_split_results.json"))
     ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
+    ap.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), default=None,
+                    help="only print paired comparisons (bootstrap CI, McNemar) of two rows of --out")
+    ap.add_argument("--compare-mode", choices=("grid", "float"), default="grid")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="only append the entries of these result files (runs side by side with their own --out) "
                          "to --out")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch threads (default: all cores; use 1 when two benchmarks share a 2-core machine)")
+    return ap
+
+
+def _parse_set(items) -> dict:
+    out = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _sim_check(entry_row, prog, qvit, x, y, pred, fpred, n_images, record):
+    """Run the program through the integer simulator and compare with the integer-grid model."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
+    from vitaccel.golden.int_eval import ProgramRunner  # noqa: PLC0415
+
+    runner = ProgramRunner(prog)
+    n = min(n_images, len(x))
+    ts = time.time()
+    logits = torch.stack([runner.run_image(img) for img in tqdm(x[:n], desc="int-sim")])
+    sim = logits.argmax(-1)
+    qvit.use_integer_grid(prog)
+    with torch.no_grad():
+        same = sum(bool(torch.equal(a, b)) for a, b in zip(logits, torch.cat(
+            [qvit(x[i:i + 50]) for i in range(0, n, 50)])[:n]))
+    qvit.use_float_fakequant()
+    record({"row": entry_row + " int-sim", "sim_images": n, "sim_top1": 100 * (sim == y[:n]).float().mean().item(),
+            "sim_agreement": 100 * (sim == pred[:n]).float().mean().item(),
+            "sim_agreement_float": 100 * (sim == fpred[:n]).float().mean().item(),
+            "sim_bit_identical": same,
+            "fq_top1_same_images": 100 * (pred[:n] == y[:n]).float().mean().item(),
+            "sim_seconds": round(time.time() - ts),
+            "sim_backend": runner.run_layer.__module__ + "." + runner.run_layer.__name__})
+
+
+def main(argv=None):
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.table:
-        print(table(json.load(open(args.out))))
+        results = json.load(open(args.out))
+        print(split_table(results) if any(e.get("protocol") == 2 for e in results) else table(results))
+        return
+    if args.compare:
+        print("\n".join(compare(json.load(open(args.out)), *args.compare, mode=args.compare_mode)))
         return
     if args.merge:
-        results = json.load(open(args.out)) if os.path.isfile(args.out) else []
-        for path in args.merge:
-            try:
-                with open(path) as f:
-                    extra = json.load(f)
-            except (OSError, json.JSONDecodeError) as exc:
-                ap.error(f"--merge {path}: {exc}")
-            if not isinstance(extra, list) or not all(isinstance(e, dict) and "row" in e for e in extra):
-                ap.error(f"--merge {path}: not an accuracy.py result file (a list of entries with a 'row')")
-            results += extra
-            print(f"{path}: {len(extra)} entries appended to {args.out}")
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        _merge(ap, args)
         return
+    for row in args.rows:
+        if row != "fp" and row not in ROWS:
+            ap.error(f"unknown row {row!r}; choose fp or one of {', '.join(ROWS)}")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    torch.manual_seed(args.seed)
+    sched = dict(CALIBRATION_PRESETS[args.preset])
+    calib_size = args.calib_size or sched.pop("calib_size")
+    sched.pop("calib_size", None)
+    extra = _parse_set(args.set)
 
     model = create_model(args.model, args.weights)
     ds = image_folder(args.data, model, args.class_map)
-    ev = subset(ds, args.eval_limit, 1) if args.eval_limit else ds
-    x, y = [], []
-    for xb, yb in loader(ev, 50, workers=min(2, os.cpu_count() or 1)):
-        x.append(xb)
-        y.append(yb)
-    x, y = torch.cat(x), torch.cat(y)
-    calib = collect_images(loader(subset(ds, args.calib_size, args.seed), 16, 0), args.calib_size)
-    print(f"eval images {len(x)}, calibration images {len(calib)}", flush=True)
+    split = split_pool_eval(len(ds), args.pool_size, args.split_seed)
     results = json.load(open(args.out)) if os.path.isfile(args.out) else []
+    cache = {}
 
-    def record(entry):
-        entry.update(eval_images=len(x), calib_size=len(calib), seed=args.seed, model=args.model)
-        results.append(entry)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
-        print(json.dumps(entry), flush=True)
+    def eval_set(calib_idx):
+        idx = split.eval if args.eval_on == "eval" else selection_set(split.pool, calib_idx)
+        idx = idx[:args.eval_limit] if args.eval_limit else idx
+        if idx not in cache:
+            cache.clear()
+            cache[idx] = _load(ds, idx)
+        return idx, cache[idx]
 
-    fp_pred = None
-    for row in args.rows:
-        t0 = time.time()
-        if row == "fp":
-            t1, t5, fp_pred = evaluate(create_model(args.model, args.weights), x, y)
-            record({"row": "fp", "top1": t1, "top5": t5, "seconds": round(time.time() - t0)})
-            continue
-        method, bits, over = ROWS[row]
-        over = dict(over)
-        if args.amo_iters is not None:
-            over["amo_iters"] = args.amo_iters
-        cfg = preset(method, bits, **over)
-        qvit = calibrate_model(create_model(args.model, args.weights), calib, cfg, args.model)
-        tc = time.time() - t0
-        t1, t5, fpred = evaluate(qvit, x, y)
-        entry = {"row": row, "method": method, "bits": bits, "overrides": over, "config": cfg.to_dict(),
-                 "top1": t1, "top5": t5,
-                 "calib_seconds": round(tc),
-                 "outlier_ratio": {n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()}}
-        # the same model on the integer grid of its program (golden/integer_grid.py)
-        from vitaccel.golden.program import export_program  # noqa: PLC0415
+    for seed in args.seeds:
+        calib_idx = calibration_draw(split.pool, calib_size, seed)
+        assert not set(calib_idx) & set(split.eval)  # never evaluate on calibration images
+        torch.manual_seed(seed)
+        calib = _load(ds, calib_idx)[0]
+        for row in args.rows:
+            if row == "fp" and seed != args.seeds[0]:
+                continue
+            idx, (x, y) = eval_set(calib_idx)
+            print(f"{row} seed {seed}: eval images {len(x)} ({args.eval_on}), calibration images {len(calib)}",
+                  flush=True)
+            t0 = time.time()
+            base = {"protocol": 2, "row": row, "eval_on": args.eval_on, "eval_images": len(x),
+                    "split_seed": args.split_seed, "pool_size": args.pool_size, "dataset_size": len(ds),
+                    "eval_indices_first": list(idx[:5]), "model": args.model, "preset_name": args.preset}
+            if row == "fp":
+                t1, t5, pred = evaluate(create_model(args.model, args.weights), x, y)
+                correct = _bits(pred == y)
+                base.update(seed=None, top1=t1, top5=t5, grid_top1=t1, grid_top5=t5, grid_correct=correct,
+                            float_correct=correct, seconds=round(time.time() - t0))
+                _record(results, args.out, base)
+                continue
+            method, bits, over = ROWS[row]
+            over = {**over, **{k: v for k, v in sched.items() if method == "adfq"}, **extra}
+            if args.amo_iters is not None:
+                over["amo_iters"] = args.amo_iters
+            cfg = preset(method, bits, **over)
+            qvit = calibrate_model(create_model(args.model, args.weights), calib, cfg, args.model)
+            tc = time.time() - t0
+            t1, t5, fpred = evaluate(qvit, x, y)
+            base.update(seed=seed, method=method, bits=bits, overrides=over, config=cfg.to_dict(),
+                        calib_size=len(calib), calib_indices=list(calib_idx), top1=t1, top5=t5,
+                        float_correct=_bits(fpred == y), calib_seconds=round(tc),
+                        outlier_ratio={n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()})
+            if not args.float_only:
+                from vitaccel.golden.program import export_program  # noqa: PLC0415
 
-        prog = export_program(qvit)
-        qvit.use_integer_grid(prog)
-        g1, g5, pred = evaluate(qvit, x, y)
-        qvit.use_float_fakequant()
-        entry.update(grid_top1=g1, grid_top5=g5, seconds=round(time.time() - t0))
-        record(entry)
-        if row == args.sim_row and args.sim_images:
-            from vitaccel.golden.int_eval import ProgramRunner  # noqa: PLC0415
+                prog = export_program(qvit)
+                qvit.use_integer_grid(prog)
+                g1, g5, pred = evaluate(qvit, x, y)
+                qvit.use_float_fakequant()
+                base.update(grid_top1=g1, grid_top5=g5, grid_correct=_bits(pred == y))
+            else:
+                base.update(grid_top1=None, grid_top5=None, grid_correct=None, float_only=True)
+            base["seconds"] = round(time.time() - t0)
+            _record(results, args.out, base)
+            if row == args.sim_row and args.sim_images and not args.float_only:
+                _sim_check(f"{row} seed {seed}", prog, qvit, x, y, pred, fpred, args.sim_images,
+                           lambda e: _record(results, args.out, {**e, "protocol": 2, "eval_on": args.eval_on,
+                                                                 "seed": seed}))
 
-            runner = ProgramRunner(prog)
-            from tqdm.auto import tqdm  # noqa: PLC0415
 
-            n = min(args.sim_images, len(x))
-            ts = time.time()
-            logits = torch.stack([runner.run_image(img) for img in tqdm(x[:n], desc="int-sim")])
-            sim = logits.argmax(-1)
-            qvit.use_integer_grid(prog)
-            with torch.no_grad():
-                same = sum(bool(torch.equal(a, b)) for a, b in zip(logits, torch.cat(
-                    [qvit(x[i:i + 50]) for i in range(0, n, 50)])[:n]))
-            qvit.use_float_fakequant()
-            record({"row": row + " int-sim", "sim_images": n, "sim_top1": 100 * (sim == y[:n]).float().mean().item(),
-                    "sim_agreement": 100 * (sim == pred[:n]).float().mean().item(),
-                    "sim_agreement_float": 100 * (sim == fpred[:n]).float().mean().item(),
-                    "sim_bit_identical": same,
-                    "fq_top1_same_images": 100 * (pred[:n] == y[:n]).float().mean().item(),
-                    "sim_seconds": round(time.time() - ts),
-                    "sim_backend": runner.run_layer.__module__ + "." + runner.run_layer.__name__})
+def _record(results, out, entry):
+    results.append(entry)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps({k: v for k, v in entry.items() if not k.endswith("_correct") and k not in
+                      ("config", "outlier_ratio", "calib_indices")}), flush=True)
 
 
 if __name__ == "__main__":

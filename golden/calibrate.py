@@ -24,6 +24,8 @@ from .presets import QuantConfig
 from .qlayers import QuantConv2d
 from .qmodel import QuantViT, quantize_model
 from .quantizers.base import QuantizerError
+from .quantizers.three_region import ThreeRegionQuantizer, three_region_fake_quant
+from .quantizers.uniform import UniformQuantizer
 
 
 def _batches(images: torch.Tensor, batch_size: int):
@@ -94,6 +96,107 @@ def hessian_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int 
         l.calibrate_weight()
 
 
+def fc2_output_gradients(qvit: QuantViT, images: torch.Tensor, layers: dict, batch_size: int = 8,
+                         max_rows: int = 4096, progress: bool = True) -> dict:
+    """FP input rows of each layer in ``layers`` and the task-loss gradient at its output, per row.
+
+    The model runs in full precision (every quantizer disabled); the loss is the cross entropy of
+    its logits against its own top-1 prediction (the float model's label, so no dataset labels are
+    needed), summed over images. A zero leaf tensor that requires grad is added to each hooked
+    layer's output, so one backward pass gives ``dL/dO`` of every hooked layer as the leaf's gradient
+    (the graph through later layers stays whole). Returns ``name -> (X rows, dL/dO rows)`` with at most
+    ``max_rows`` random token rows (fixed seed) per layer.
+    """
+    rows = {n: ([], []) for n in layers}
+    leaves: dict = {}
+
+    def hook(name):
+        def fwd(_mod, args, out):
+            leaf = torch.zeros_like(out, requires_grad=True)
+            leaves[name] = (args[0].detach(), leaf)
+            return out + leaf
+        return fwd
+
+    handles = [l.register_forward_hook(hook(n)) for n, l in layers.items()]
+    saved = {q: q.enabled for _, q in qvit.quantizers()}
+    qvit.set_quant(weights=False, activations=False)
+    try:
+        for x in tqdm(list(_batches(images, batch_size)), desc="OPT-m gradients", disable=not progress, leave=False):
+            leaves.clear()
+            with torch.enable_grad():
+                logits = qvit(x)
+                loss = torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+                loss.backward()
+            for n, (inp, leaf) in leaves.items():
+                rows[n][0].append(inp.reshape(-1, inp.shape[-1]))
+                rows[n][1].append(leaf.grad.reshape(-1, leaf.shape[-1]))
+    finally:
+        for h in handles:
+            h.remove()
+        for q, flag in saved.items():
+            q.enabled = flag
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for n, (xs, gs) in rows.items():
+        x, g = torch.cat(xs), torch.cat(gs)
+        if x.shape[0] > max_rows:
+            keep = torch.randperm(x.shape[0], generator=gen)[:max_rows]
+            x, g = x[keep], g[keep]
+        out[n] = (x, g)
+    return out
+
+
+@torch.no_grad()
+def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
+    """Hessian-guided range search (PTQ4ViT / MPTQ-ViT) of every block linear's per-tensor input.
+
+    Every :class:`golden.qlayers.QuantLinear` inside the blocks whose input quantizer is an
+    asymmetric per-tensor :class:`UniformQuantizer` (q/k/v, proj, FC1, a uniform FC2) re-chooses its
+    clipping ratio among the MSE search's candidates by ``sum (dL/dO)^2 (O^q - O)^2`` (see
+    :func:`hessian_three_region`), the same metric OPT-m uses. Returns ``name -> chosen metric``.
+    """
+    layers = {n: l for n, l in qvit.quant_layers().items()
+              if "blocks." in n and type(l.input_quantizer) is UniformQuantizer}
+    if not layers:
+        return {}
+    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
+    chosen = {}
+    for n, layer in layers.items():
+        x, g = data[n]
+        w = layer.qweight().detach()
+        ref = x @ w.t()
+        g2 = g * g
+        chosen[n] = layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()))
+    return chosen
+
+
+@torch.no_grad()
+def hessian_three_region(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
+    """OPT-m with the Hessian-guided metric: re-choose every three-region FC2 input's ``(s0, m0, m1)``.
+
+    For each FC2 layer with a :class:`ThreeRegionQuantizer` input, the candidates of its search
+    (:meth:`ThreeRegionQuantizer.candidates`) are scored by the PTQ4ViT / MPTQ-ViT Hessian-guided
+    metric, the diagonal (Fisher) approximation of the task-loss change
+    ``sum_rows sum_c (dL/dO_c)^2 (O^q_c - O_c)^2`` with ``O = X W_q^T + b`` on the FP input ``X`` and
+    ``O^q = Q(X) W_q^T + b`` (``W_q`` the layer's quantized weight), and the smallest is kept.
+    Returns ``name -> chosen metric``.
+    """
+    layers = {n: l for n, l in qvit.fc2_layers().items() if isinstance(l.input_quantizer, ThreeRegionQuantizer)}
+    if not layers:
+        return {}
+    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
+    chosen = {}
+    for n, layer in layers.items():
+        x, g = data[n]
+        w = layer.qweight().detach()
+        ref = x @ w.t()
+        g2 = g * g
+        q = layer.input_quantizer
+        chosen[n] = q.select(lambda s0, m0, m1: float(
+            (g2 * (three_region_fake_quant(x, s0, q.bits, m0, m1) @ w.t() - ref) ** 2).sum()))
+    return chosen
+
+
 @torch.no_grad()
 def observe_activations(qvit: QuantViT, images: torch.Tensor, batch_size: int = 16, progress: bool = True) -> None:
     """Run the calibration images through the model with every activation quantizer observing."""
@@ -125,7 +228,8 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
         if sq is None:
             warnings.warn("golden.smoothquant is missing: SQ-b skipped", stacklevel=2)
         else:
-            sq.smoothquant_bias(model, images, alpha=config.sq_alpha, batch_size=batch_size, progress=progress)
+            sq.smoothquant_bias(model, images, alpha=config.sq_alpha, batch_size=batch_size, progress=progress,
+                                bias=config.sq_bias)
             notes["smoothquant"] = True
     if config.mixed_precision:
         mp = _optional("vitaccel.golden.mixed_precision")
@@ -143,6 +247,10 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
     if config.weight_search == "hessian":
         hessian_weight_ranges(qvit, images, batch_size, progress)
     observe_activations(qvit, images, batch_size, progress)
+    if config.act_metric == "hessian":
+        hessian_input_ranges(qvit, images, progress=progress)
+    if config.fc2 == "three_region" and config.fc2_metric == "hessian":
+        hessian_three_region(qvit, images, progress=progress)
     if config.amo:
         rec = _optional("vitaccel.golden.reconstruct")
         if rec is None:

@@ -12,8 +12,9 @@ adfq      ADFQ-ViT: POQ (per-patch + outliers, alpha_qkv = 5, alpha_fc1 = 10) on
           (module reconstruction of rounding + activation scales with QDrop input mixing,
           ``golden.reconstruct``).
 mptq      MPTQ-ViT: SQ-b (SmoothQuant with bias, ``golden.smoothquant``), OPT-m three-region
-          FC2 input (``golden.quantizers.three_region``), greedy mixed precision
-          (``golden.mixed_precision``).
+          FC2 input (``golden.quantizers.three_region``); single precision, or greedy mixed
+          precision (``golden.mixed_precision``) when ``mp_target_bits`` is given
+          (``--mp-target-bits``).
 ========  ==================================================================================
 
 Every component is a switch of :class:`QuantConfig` (ablation rows: ``--no-poq``, ``--no-slq``,
@@ -63,6 +64,9 @@ class QuantConfig:
     amo_input_drop: float | None = None  # QDrop probability in AMO (None: AMOConfig default, 0.5)
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
+    sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)
+    fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
+    act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
     layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
@@ -79,6 +83,10 @@ class QuantConfig:
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:
             raise QuantizerError(f"amo_input_drop must be a probability in [0, 1], got {self.amo_input_drop}")
+        if self.act_metric not in ("mse", "hessian"):
+            raise QuantizerError(f"unknown activation range metric {self.act_metric!r} (use 'mse' or 'hessian')")
+        if self.fc2_metric not in ("mse", "hessian"):
+            raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 
@@ -105,9 +113,9 @@ def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:
     elif method == "adfq":
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, poq_mode="dynamic", fc2="slq", amo=True,
                           adaround=True)
-    elif method == "mptq":
+    elif method == "mptq":  # single precision (the paper's Table 1/2) unless a Greedy MP target is given
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, smoothquant=True, fc2="three_region",
-                          mixed_precision=True)
+                          mixed_precision=overrides.get("mp_target_bits") is not None)
     else:
         raise QuantizerError(f"unknown method {method!r}; choose one of {METHODS}")
     return replace(cfg, **overrides) if overrides else cfg
@@ -143,6 +151,16 @@ ABLATIONS = {
     "no_qdrop": {"amo_input_drop": 0.0},
     "static_poq": {"poq_mode": "static"},
     "no_sq": {"smoothquant": False},
+    "no_sq_bias": {"sq_bias": False},
     "no_three_region": {"fc2": "uniform"},
     "no_mp": {"mixed_precision": False},
+}
+
+#: Calibration schedules of the benchmarks (``benchmarks/accuracy.py --preset``): calibration images
+#: per seed and the AMO overrides applied to ``adfq`` rows. ``fast`` is what the 2-core machine runs
+#: (AMO defaults of ``golden.reconstruct.AMOConfig``: 200 iterations, batch 8); ``paper`` is the
+#: ADFQ-ViT paper's schedule (1 024 calibration images, 3 000 AMO iterations per module, batch 32).
+CALIBRATION_PRESETS = {
+    "fast": {"calib_size": 32},
+    "paper": {"calib_size": 1024, "amo_iters": 3000, "amo_num_samples": 1024, "amo_batch_size": 32},
 }

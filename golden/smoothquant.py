@@ -199,6 +199,7 @@ def smoothing_factors(
     alpha: float = 0.5,
     gamma: torch.Tensor | None = None,
     beta: torch.Tensor | None = None,
+    bias: bool = True,
 ) -> SmoothingFactors:
     """SQ-b factors ``mu`` and ``eps`` of one pair from activation statistics and the weight.
 
@@ -212,10 +213,15 @@ def smoothing_factors(
         Migration strength in ``[0, 1]``: ``eps = max|X - mu|^alpha / max|W|^(1 - alpha)``.
     gamma, beta : torch.Tensor, optional
         LayerNorm affine parameters; channels with ``gamma == 0`` get ``eps = 1`` and ``mu = beta``.
+    bias : bool
+        ``False`` gives plain SmoothQuant: ``mu = 0`` and ``eps = max|X|^alpha / max|W|^(1 - alpha)``
+        (the "SQ" row of MPTQ-ViT's ablation); ``gamma == 0`` channels keep ``eps = 1``.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     mean = mean.to(torch.float64)
+    if not bias:
+        mean = torch.zeros_like(mean)
     act_range = torch.maximum(xmax.to(torch.float64) - mean, mean - xmin.to(torch.float64))
     w_range = weight.detach().abs().amax(0).to(torch.float64).cpu()
     if w_range.shape != mean.shape:
@@ -229,7 +235,7 @@ def smoothing_factors(
     if gamma is not None:
         zero_gamma = gamma.detach().cpu() == 0
         bad |= zero_gamma
-        if beta is not None:
+        if beta is not None and bias:
             mu = torch.where(zero_gamma, beta.detach().cpu().to(torch.float64), mu)
     eps = torch.where(bad, torch.ones_like(eps), eps)
     return SmoothingFactors(mu.to(torch.float32), eps.to(torch.float32), int(bad.sum()))
@@ -275,6 +281,7 @@ def smoothquant_bias(
     device: str | torch.device | None = None,
     pairs: list[NormLinearPair] | None = None,
     progress: bool = True,
+    bias: bool = True,
 ) -> dict[str, SmoothingFactors]:
     """Apply SQ-b to every LayerNorm -> Linear pair of ``model`` in place.
 
@@ -294,6 +301,8 @@ def smoothquant_bias(
         Pairs to transform; default :func:`find_norm_linear_pairs`.
     progress : bool
         Show a tqdm progress bar.
+    bias : bool
+        Apply the mean shift ``mu`` (SQ-b, default) or not (plain SmoothQuant).
 
     Returns
     -------
@@ -311,7 +320,7 @@ def smoothquant_bias(
     for p in pairs:
         mean, lo, hi = stats[p.norm_name]
         factors = smoothing_factors(
-            mean, lo, hi, _linear_weight(p.linear), alpha, p.norm.weight, p.norm.bias
+            mean, lo, hi, _linear_weight(p.linear), alpha, p.norm.weight, p.norm.bias, bias=bias
         )
         apply_smoothing(p.norm, p.linear, factors)
         applied[p.linear_name] = factors

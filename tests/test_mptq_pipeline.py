@@ -38,3 +38,81 @@ def test_mptq_preset_calibrates():
         qvit.set_quant(False, False)
         torch.testing.assert_close(qvit(x), ref, rtol=1e-4, atol=1e-4)
     assert torch.isfinite(out).all()
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                             embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+
+
+def test_fc2_output_gradients_match_autograd_on_a_copy():
+    """dL/dO of each FC2 from the detached-leaf hooks equals torch.autograd.grad on a plain FP copy."""
+    from vitaccel.golden.calibrate import fc2_output_gradients
+
+    model = _tiny()
+    fp = copy.deepcopy(model)
+    x = torch.randn(4, 3, 32, 32)
+    qvit = calibrate_model(model, x, preset("mptq", "w4a4", mixed_precision=False), progress=False)
+    data = fc2_output_gradients(qvit, x, qvit.fc2_layers(), batch_size=4, progress=False)
+    outs = {}
+    hooks = [fp.get_submodule(n).register_forward_hook(lambda m, a, o, n=n: outs.__setitem__(n, (a[0], o)))
+             for n in data]
+    logits = fp(x)
+    loss = torch.nn.functional.cross_entropy(logits, logits.detach().argmax(-1), reduction="sum")
+    grads = torch.autograd.grad(loss, [outs[n][1] for n in data])
+    for h in hooks:
+        h.remove()
+    for (n, (xr, gr)), g in zip(data.items(), grads):
+        # the mptq model is SQ-b-transformed, but FC2's input and output are the FP model's
+        torch.testing.assert_close(xr, outs[n][0].reshape(-1, xr.shape[-1]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gr, g.reshape(-1, g.shape[-1]), rtol=1e-3, atol=1e-6)
+
+
+def test_hessian_opt_m_minimises_the_weighted_output_error():
+    """The Hessian-guided choice has the smallest gradient-weighted FC2 output error of all candidates
+    (recomputed here in float64), and is a valid three-region parameter set."""
+    from vitaccel.golden.calibrate import fc2_output_gradients
+    from vitaccel.golden.quantizers.three_region import three_region_fake_quant
+
+    x = torch.randn(6, 3, 32, 32)
+    qvit = calibrate_model(_tiny(), x, preset("mptq", "w4a4", mixed_precision=False, fc2_metric="hessian"),
+                           progress=False)
+    data = fc2_output_gradients(qvit, x, qvit.fc2_layers(), batch_size=3, progress=False)
+    for n, layer in qvit.fc2_layers().items():
+        q = layer.input_quantizer
+        xr, g = (t.double() for t in data[n])
+        w = layer.qweight().detach().double()
+
+        def err(s0, m0, m1):
+            xq = three_region_fake_quant(xr.float(), s0, q.bits, m0, m1).double()
+            return float(((g * ((xq - xr) @ w.t())) ** 2).sum())
+
+        errs = [err(*c) for c in q.candidates()]
+        e = q.export()
+        assert err(e["s0"], e["m0"], e["m1"]) <= min(errs) * (1 + 1e-6)
+        assert max(errs) > min(errs)  # the metric separates the candidates
+
+
+def test_hessian_input_ranges_minimise_the_weighted_output_error():
+    """act_metric=hessian: each block linear's uniform input range is the candidate with the smallest
+    gradient-weighted output error (recomputed here in float64 from the FP rows and gradients)."""
+    from vitaccel.golden.calibrate import fc2_output_gradients
+    from vitaccel.golden.quantizers.uniform import UniformQuantizer
+
+    x = torch.randn(6, 3, 32, 32)
+    qvit = calibrate_model(_tiny(), x, preset("baseline", "w4a4", act_metric="hessian"), progress=False)
+    layers = {n: l for n, l in qvit.quant_layers().items() if "blocks." in n}
+    assert all(type(l.input_quantizer) is UniformQuantizer for l in layers.values())
+    data = fc2_output_gradients(qvit, x, layers, batch_size=3, progress=False)
+    for n, layer in layers.items():
+        q = layer.input_quantizer
+        xr, g = (t.double() for t in data[n])
+        w = layer.qweight().detach().double()
+
+        def err(s, z):
+            xq = ((torch.clamp(torch.floor(xr / s + 0.5) + z, q.qmin, q.qmax) - z) * s)
+            return float(((g * ((xq - xr) @ w.t())) ** 2).sum())
+
+        errs = [err(*(float(t) for t in q._params(lo, hi))) for lo, hi in q.candidates()]
+        assert err(float(q.scale), float(q.zero_point)) <= min(errs) * (1 + 1e-6)

@@ -149,3 +149,24 @@ def test_fp_equivalent_on_swin():
                              "layers.1.blocks.0.attn.qkv", "layers.1.blocks.0.mlp.fc1"]
     with torch.no_grad():
         torch.testing.assert_close(model(test), before, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_smoothquant_without_bias():
+    """bias=False (the "SQ" row of MPTQ-ViT's ablation): mu = 0, eps = max|X|^a / max|W|^(1-a), FP kept."""
+    xmin, xmax = torch.tensor([-1.0, -4.0, 0.5]), torch.tensor([3.0, 2.0, 2.0])
+    mean = torch.tensor([1.0, -1.0, 1.2])
+    w = torch.tensor([[1.0, -0.25, 4.0], [-2.0, 0.5, 1.0]])
+    f = smoothing_factors(mean, xmin, xmax, w, alpha=0.5, bias=False)
+    # max|X| = 3, 4, 2 ; max|W| per input column = 2, 0.5, 4 -> eps = sqrt(3/2), sqrt(4/0.5), sqrt(2/4)
+    torch.testing.assert_close(f.eps, torch.tensor([math.sqrt(1.5), math.sqrt(8.0), math.sqrt(0.5)]))
+    assert (f.mu == 0).all()
+    fb = smoothing_factors(mean, xmin, xmax, w, alpha=0.5)  # SQ-b: ranges around the mean
+    torch.testing.assert_close(fb.eps, torch.tensor([math.sqrt(2.0 / 2), math.sqrt(3.0 / 0.5), math.sqrt(0.8 / 4)]))
+    model = tiny_vit()
+    test = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(test)
+    applied = smoothquant_bias(model, torch.randn(8, 3, 32, 32), progress=False, bias=False)
+    assert all((a.mu == 0).all() for a in applied.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(test), before, rtol=1e-4, atol=1e-4)

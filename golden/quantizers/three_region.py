@@ -26,8 +26,10 @@ Calibration (OPT-m, MSE variant)
 3. ``m0`` in ``0..m1`` (and, with ``search_s0``, ``s0`` scaled by each factor of ``s0_factors``, ``m1``
    recomputed for it) chosen by the smallest mean squared quantization error on the sample.
 
-MPTQ-ViT selects the ratio with a Hessian-guided metric; this implementation uses the plain output
-MSE of the quantizer (documented in docs/quantization-methods.md).
+MPTQ-ViT selects the ratio with a Hessian-guided metric: ``QuantConfig.fc2_metric = "hessian"`` re-runs
+the same search (:meth:`ThreeRegionQuantizer.select`) with the FC2 layer's output error weighted by
+the squared task-loss gradient (``golden.calibrate.hessian_three_region``); the quantizer alone uses
+the plain MSE of its output (docs/quantization-methods.md).
 """
 from __future__ import annotations
 
@@ -140,6 +142,7 @@ class ThreeRegionQuantizer(Quantizer):
         self._samples: list[torch.Tensor] = []
         self._n_seen = 0
         self._gen = torch.Generator().manual_seed(0)
+        self.range: tuple[float, float] | None = None  #: (x_low, x_up) seen by the last finalize
 
     # -- calibration ---------------------------------------------------------------------------
     def observe(self, x: torch.Tensor) -> None:
@@ -170,22 +173,45 @@ class ThreeRegionQuantizer(Quantizer):
         sample = torch.cat(self._samples)
         if sample.numel() > self.max_samples:
             sample = sample_values(sample, self.max_samples, self._gen)
-        base = self._initial_s0(x_low, x_up)
-        factors = self.s0_factors if self.search_s0 else (1.0,)
-        p = (1 << (self.bits - 2)) - 1
-        best = None
+        self.range = (x_low, x_up)
         with torch.no_grad():
-            for f in factors:
-                s0 = max(base * f, x_up / (p * 2.0 ** M_MAX), MIN_SCALE)
-                m1 = three_region_m1(x_up, s0, self.bits)
-                for m0 in range(m1 + 1):
-                    err = float(((three_region_fake_quant(sample, s0, self.bits, m0, m1) - sample) ** 2).mean())
-                    if best is None or err < best[0]:
-                        best = (err, s0, m0, m1)
-        _err, s0, m0, m1 = best
-        self.set_params(s0, m0, m1)
+            self.select(lambda s0, m0, m1: float(
+                ((three_region_fake_quant(sample, s0, self.bits, m0, m1) - sample) ** 2).mean()))
         self._samples = []
         self._lo, self._hi, self._n_seen = math.inf, -math.inf, 0
+
+    def candidates(self) -> list[tuple[float, int, int]]:
+        """The ``(s0, m0, m1)`` grid OPT-m searches, from the observed range (set by :meth:`finalize`).
+
+        ``s0`` is the initial ``|x_low| / (2^(k-1) - 1)`` times each of ``s0_factors`` (only 1.0
+        without ``search_s0``), ``m1`` the smallest exponent that covers ``x_up`` for that ``s0`` and
+        ``m0`` every integer in ``0..m1``.
+        """
+        if getattr(self, "range", None) is None:
+            raise QuantizerError(f"three_region quantizer {self.name or ''}: candidates() before finalize()")
+        x_low, x_up = self.range
+        base = self._initial_s0(x_low, x_up)
+        p = (1 << (self.bits - 2)) - 1
+        out = []
+        for f in (self.s0_factors if self.search_s0 else (1.0,)):
+            s0 = max(base * f, x_up / (p * 2.0 ** M_MAX), MIN_SCALE)
+            m1 = three_region_m1(x_up, s0, self.bits)
+            out += [(s0, m0, m1) for m0 in range(m1 + 1)]
+        return out
+
+    def select(self, metric) -> float:
+        """Set the candidate (:meth:`candidates`) with the smallest ``metric(s0, m0, m1)``; returns it.
+
+        Ties go to the earlier candidate. ``finalize`` uses the quantization MSE of the sample;
+        ``golden.calibrate.hessian_three_region`` the Hessian-guided output error of the layer.
+        """
+        best = None
+        for s0, m0, m1 in self.candidates():
+            err = float(metric(s0, m0, m1))
+            if best is None or err < best[0]:
+                best = (err, s0, m0, m1)
+        self.set_params(*best[1:])
+        return best[0]
 
     def set_params(self, s0: float, m0: int, m1: int) -> None:
         """Set ``s0``, ``m0``, ``m1`` directly (marks the quantizer calibrated)."""

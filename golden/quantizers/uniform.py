@@ -68,6 +68,7 @@ class UniformQuantizer(Quantizer):
         self.scale = nn.Parameter(torch.tensor(1.0), requires_grad=False)
         self.register_buffer("zero_point", torch.tensor(0.0))
         self._obs = None
+        self.range = None  #: (lo, hi) observed before the last finalize
         if self.symmetric:
             self.qmin, self.qmax = -(2 ** (self.bits - 1) - 1), 2 ** (self.bits - 1) - 1
         else:
@@ -96,6 +97,7 @@ class UniformQuantizer(Quantizer):
             raise QuantizerError(f"quantizer {self.name} saw no calibration data")
         obs, self._obs = self._obs, None
         lo, hi = obs.lo, obs.hi
+        self.range = (lo, hi)
         if self.method == "percentile":
             smp = obs.sample()
             q = torch.quantile(smp[: 1 << 24], torch.tensor([1 - self.percentile / 100, self.percentile / 100]))
@@ -113,6 +115,31 @@ class UniformQuantizer(Quantizer):
         self.scale = nn.Parameter(s.float(), requires_grad=False)
         self.zero_point = z.float()
         self.calibrated = True
+
+    def candidates(self, ratios=None) -> list[tuple[float, float]]:
+        """Clipped ranges ``(lo * r, hi * r)`` of the observed range (set by :meth:`finalize`)."""
+        if getattr(self, "range", None) is None:
+            raise QuantizerError(f"quantizer {self.name}: candidates() before finalize()")
+        lo, hi = self.range
+        ratios = torch.linspace(1.0, 0.2, 25).tolist() if ratios is None else ratios
+        return [(lo * r, hi * r) for r in ratios]
+
+    def select(self, metric) -> float:
+        """Set the candidate range with the smallest ``metric(fake_quant)``; returns that metric.
+
+        ``fake_quant`` maps a tensor to its fake-quantized value under the candidate's scale and zero
+        point (round half up, as :meth:`finalize`'s MSE search). Ties go to the wider range.
+        """
+        best = None
+        for lo, hi in self.candidates():
+            s, z = self._params(lo, hi)
+            err = float(metric(lambda x, s=s, z=z: self._fq(x, s, z)))
+            if best is None or err < best[0]:
+                best = (err, s, z)
+        self.scale = nn.Parameter(best[1].float(), requires_grad=False)
+        self.zero_point = best[2].float()
+        self.calibrated = True
+        return best[0]
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

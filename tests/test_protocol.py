@@ -1,0 +1,119 @@
+"""The accuracy protocol (golden/protocol.py, benchmarks/accuracy.py): splits, seeds, paired statistics.
+
+Expected values are worked out by hand in the comments (binomial tails, bootstrap of constant
+differences), never taken from the code under test.
+"""
+import importlib.util
+import os
+
+import pytest
+
+from vitaccel.golden.protocol import (bootstrap_accuracy, calibration_draw, mcnemar, mean_spread,
+                                      paired_bootstrap, selection_set, split_pool_eval)
+from vitaccel.sim.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_split_is_disjoint_complete_and_seeded():
+    s = split_pool_eval(500, 150, seed=0)
+    assert len(s.pool) == 150 and len(s.eval) == 350
+    assert not set(s.pool) & set(s.eval)
+    assert sorted(s.pool + s.eval) == list(range(500))
+    assert list(s.pool) == sorted(s.pool) and list(s.eval) == sorted(s.eval)
+    assert split_pool_eval(500, 150, seed=0) == s  # reproducible from the seed
+    assert split_pool_eval(500, 150, seed=1).pool != s.pool
+    assert s.to_dict()["seed"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_draws_only_from_the_pool(seed):
+    s = split_pool_eval(60, 20, seed=3)
+    calib = calibration_draw(s.pool, 8, seed)
+    assert len(set(calib)) == 8 and set(calib) <= set(s.pool)
+    assert not set(calib) & set(s.eval)
+    sel = selection_set(s.pool, calib)
+    assert len(sel) == 12 and not set(sel) & set(calib) and set(sel) | set(calib) == set(s.pool)
+    assert calibration_draw(s.pool, 8, seed) == calib
+
+
+def test_calibration_draws_differ_between_seeds():
+    pool = tuple(range(100))
+    assert len({calibration_draw(pool, 10, s) for s in range(3)}) == 3
+
+
+def test_split_errors():
+    with pytest.raises(UserError, match="pool size"):
+        split_pool_eval(10, 10)
+    with pytest.raises(UserError, match="pool size"):
+        split_pool_eval(10, 0)
+    with pytest.raises(UserError, match="calibration size"):
+        calibration_draw(range(5), 6, 0)
+
+
+def test_mcnemar_hand_checked():
+    # only_a = 0, only_b = 5: P(X <= 0) = 1/32 for X ~ B(5, 1/2), two-sided 2/32
+    assert mcnemar(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar(5, 0) == pytest.approx(2 / 32)
+    # 1 vs 9: P(X <= 1) = (1 + 10) / 1024, two-sided 22/1024
+    assert mcnemar(1, 9) == pytest.approx(22 / 1024)
+    # 3 vs 3: P(X <= 3) = (1 + 6 + 15 + 20) / 64 = 42/64 > 1/2, capped at 1
+    assert mcnemar(3, 3) == 1.0
+    assert mcnemar(0, 0) == 1.0
+    with pytest.raises(ValueError):
+        mcnemar(-1, 2)
+
+
+def test_paired_bootstrap_hand_checked():
+    # identical models: every replicate difference is 0
+    r = paired_bootstrap([1, 0, 1, 1], [1, 0, 1, 1])
+    assert (r.diff, r.ci_low, r.ci_high, r.only_a, r.only_b, r.p_mcnemar) == (0.0, 0.0, 0.0, 0, 0, 1.0)
+    # A right on all 10, B wrong on all 10: every replicate is +100
+    r = paired_bootstrap([1] * 10, [0] * 10)
+    assert (r.acc_a, r.acc_b, r.diff, r.ci_low, r.ci_high) == (100.0, 0.0, 100.0, 100.0, 100.0)
+    assert (r.only_a, r.only_b) == (10, 0) and r.p_mcnemar == pytest.approx(2 / 1024)
+    # 4 images, A right on 3, B on 1 (the shared one): diff +50, discordant 2 vs 0, p = 2 * 1/4
+    r = paired_bootstrap([1, 1, 1, 0], [1, 0, 0, 0], n_boot=2000)
+    assert r.diff == 50.0 and (r.only_a, r.only_b) == (2, 0) and r.p_mcnemar == pytest.approx(0.5)
+    # per-image differences are 0 or +1, so replicates lie in [0, 100]; the interval holds the mean
+    assert 0.0 <= r.ci_low <= 50.0 <= r.ci_high <= 100.0
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap([1, 0], [1, 0, 1])
+
+
+def test_bootstrap_accuracy_and_mean_spread():
+    lo, hi = bootstrap_accuracy([1] * 7 + [0] * 3, seed=1)
+    assert 0.0 <= lo <= 70.0 <= hi <= 100.0
+    assert bootstrap_accuracy([1, 1, 1]) == (100.0, 100.0)
+    assert mean_spread([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert mean_spread([5.0])["std"] == 0.0
+
+
+def _accuracy_module():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", os.path.join(ROOT, "benchmarks", "accuracy.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _entry(row, seed, correct, grid=True):
+    bits = "".join(str(c) for c in correct)
+    t1 = 100 * sum(correct) / len(correct)
+    return {"protocol": 2, "row": row, "eval_on": "eval", "eval_images": len(correct), "seed": seed,
+            "calib_size": 4, "bits": "w4a4", "top1": t1, "top5": t1, "grid_top1": t1, "grid_top5": t1,
+            "grid_correct": bits, "float_correct": bits, "overrides": {}}
+
+
+def test_benchmark_table_and_compare_on_synthetic_results():
+    acc = _accuracy_module()
+    results = [_entry("fp", None, [1, 1, 1, 1]),
+               _entry("a:w4a4", 0, [1, 1, 0, 0]), _entry("a:w4a4", 1, [1, 1, 1, 0]),
+               _entry("b:w4a4", 0, [1, 0, 0, 0]), _entry("b:w4a4", 1, [1, 0, 0, 0])]
+    text = acc.split_table(results)
+    # a: seeds 50 and 75 -> mean 62.5, sample std 17.7; drop vs FP 100 - 62.5
+    assert "| a | w4a4 | 4 | 0,1 | 62.5 +- 17.7 |" in text and "| 37.5 |" in text
+    lines = acc.compare(results, "a:w4a4", "b:w4a4")
+    # seed 0: 2 vs 1 correct, A-only 1 image -> +25; seed 1: 3 vs 1 -> +50; mean over seeds +37.5
+    assert "+25.0 points" in lines[0] and "1 images only a:w4a4 right, 0 only b:w4a4" in lines[0]
+    assert "+50.0 points" in lines[1] and "McNemar p = 0.5" in lines[1]
+    assert "mean over 2 seeds): +37.5 points" in lines[2]
