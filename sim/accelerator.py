@@ -412,20 +412,23 @@ def layer_plan(cfg: AcceleratorConfig, g: LayerGeometry) -> LayerPlan:
 
 
 # ------------------------------------------------------------------------------------------- cycles
-#: Cycle constants of the RTL (hw/accelerator.py); docs/hardware.md, "Accelerator cycles", derives
-#: each one from the state machine.  They are checked by the RTL tests.
-#: Cycles from the first cycle of a layer (``DESC`` state, read address issued) to the cycle after
-#: the last descriptor word: the read latency and ``desc_words`` beats are added to it.
-DESC_OVERHEAD = 1
-#: Cycles from the last descriptor word to the first region read address (descriptor decode/check).
-DECODE_CYCLES = 2
-#: Cycles from the last region word to the engine command handshake (feeders primed).
+#: Cycle constants of the sequencer (hw/accelerator.py); docs/hardware.md, "Accelerator cycles",
+#: derives each one from the state machine, and the RTL tests check them.
+#: Descriptor phase = ``DESC_OVERHEAD + mem_latency + desc_words``: the DESC state (request taken by
+#: the DMA), the read address one cycle later, the data beats, the cycle the DMA turns idle, DECODE.
+DESC_OVERHEAD = 3
+#: Load phase = ``LOAD_OVERHEAD`` + the read timing of the bursts (:func:`_load_cycles`): the first
+#: read address follows the first LOAD cycle, and the DMA turns idle one cycle after the last beat.
+LOAD_OVERHEAD = 2
+#: PRIME state: feeders read their first word (1), it enters the word FIFO (1), the unpacker takes
+#: it (1), the sequencer sees every feeder primed (1).
 PRIME_CYCLES = 4
-#: Engine cycles that are not counted by its counter, and the output path after the last row:
-#: command cycle, start stall, FIFO, writer register, write response.
+#: CMD state (1) + the engine's uncounted start cycle (1) + output FIFO, writer register and write
+#: response after the last counted engine cycle (3) + the cycle the sequencer sees it idle (1).
 RUN_EXTRA = 6
-#: Cycles of the status write (address/data handshake, write response) before the next layer starts.
-STATUS_CYCLES = 3
+#: STATUS state (1), the write's address/data handshake (1), its response (1), the cycle the
+#: sequencer sees the writer idle (1).
+STATUS_CYCLES = 4
 #: Cycles between a write handshake and its response in the bench memory.
 WRITE_RESPONSE_LATENCY = 1
 
@@ -486,16 +489,17 @@ class TopCycles:
 
 
 def layer_cycles_top(cfg: AcceleratorConfig, plan: LayerPlan) -> TopCycles:
-    """Exact cycles of one layer on the top: the RTL's status record ``layer_cycles`` (docs/hardware.md)."""
+    """Exact cycles of one layer on the top, from its first descriptor-read cycle to the first cycle
+    of the next layer (the bench's ``layer_done`` pulses); the status record's ``layer_cycles`` is
+    ``total - status``, its ``run_cycles`` is ``run - 1`` and ``engine_cycles`` is ``engine.total``."""
     g = plan.geometry
     eng = layer_cycles(cfg.engine, g.M, g.K, g.N, g.counts(cfg.engine.rows))
-    desc = DESC_OVERHEAD + cfg.mem_latency + cfg.desc_words + DECODE_CYCLES - 1
-    load = _load_cycles(cfg, [n for _r, n in read_bursts(cfg, plan)])
-    prime = PRIME_CYCLES
+    desc = DESC_OVERHEAD + cfg.mem_latency + cfg.desc_words
+    load = LOAD_OVERHEAD + _load_cycles(cfg, [n for _r, n in read_bursts(cfg, plan)])
     run = eng.total + RUN_EXTRA
-    status = STATUS_CYCLES + WRITE_RESPONSE_LATENCY
-    total = desc + load + prime + run + status
-    return TopCycles(total=total, desc=desc, load=load, prime=prime, run=run, status=status, engine=eng)
+    total = desc + load + PRIME_CYCLES + run + STATUS_CYCLES
+    return TopCycles(total=total, desc=desc, load=load, prime=PRIME_CYCLES, run=run, status=STATUS_CYCLES,
+                     engine=eng)
 
 
 def model_traffic(cfg: AcceleratorConfig, plan: LayerPlan) -> dict:

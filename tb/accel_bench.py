@@ -28,10 +28,20 @@ import numpy as np
 
 from vitaccel.sim import accelerator as spec
 from vitaccel.sim.accelerator import AcceleratorConfig
+from vitaccel.sim.engine_config import EngineConfig
 from vitaccel.tb.runner import (_file_lock, _hw_sources_digest, _tail, build_root, fst_support, verilator_bin_dir,
                                 wave_format)
 
-__all__ = ["build_bench", "run_bench", "BenchRun", "BENCH_BUILD_ARGS"]
+__all__ = ["build_bench", "run_bench", "BenchRun", "BENCH_BUILD_ARGS", "SMALL_ACCEL", "port_traffic"]
+
+#: The small accelerator the RTL tests build (one Verilator build, shared by tests/test_accelerator.py and
+#: the embedded-model test): a 4 x 4 engine with two outlier lanes, a 128-bit memory port and buffers
+#: that hold every layer of the embedded ``vitaccel-digits`` model (largest K = 256).
+SMALL_ACCEL = AcceleratorConfig(
+    engine=EngineConfig(rows=4, cols=4, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=16, outlier_lanes=2,
+                        max_k=256),
+    bus_bits=128, a_buf_words=512, b_buf_words=1024, outl_buf_words=64, rowp_buf_beats=16, colp_buf_beats=64,
+    mem_latency=20)
 
 CSRC = Path(__file__).resolve().parent / "csrc" / "accel_bench.cpp"
 #: Verilator options of the bench build (no ``--public-flat-rw``: nothing is read from outside the ports).
@@ -126,6 +136,19 @@ class BenchRun:
     stdout: str = ""
     extra: dict = field(default_factory=dict)
 
+    def layer_cycles(self) -> list[int]:
+        """Cycles of each layer: from its first cycle (the cycle after ``start``, after the previous
+        layer's ``layer_done`` pulse, or after the ``resume`` that ended a pause) to the next layer's."""
+        out, t = [], self.start_cycle + 1
+        resumes = sorted(self.extra.get("resumes", []))
+        for end in self.layer_end:
+            out.append(end - t)
+            t = end
+            after = [r for r in resumes if r >= end]
+            if after and (len(out) == len(self.layer_end) or after[0] < self.layer_end[len(out)]):
+                t = after[0] + 1
+        return out
+
     @property
     def cycles_per_second(self) -> float:
         return self.cycles / self.seconds if self.seconds > 0 else float("nan")
@@ -165,7 +188,7 @@ def run_bench(exe: Path, image, run_dir: Path, *, latency: int, max_cycles: int 
     if end is None:
         raise RuntimeError(f"accelerator bench {exe} ended without a result (exit {proc.returncode}):\n{stderr[-2000:]}")
     status, cycles, error, done, secs = int(end[1]), int(end[2]), int(end[3]), int(end[4]), float(end[5])
-    reads, writes, layer_end = [], [], []
+    reads, writes, layer_end, resumes, irqs = [], [], [], [], []
     with open(log_path) as fh:
         for ln in fh:
             p = ln.split()
@@ -175,10 +198,15 @@ def run_bench(exe: Path, image, run_dir: Path, *, latency: int, max_cycles: int 
                 writes.append((int(p[1]), int(p[2]), int(p[3])))
             elif p[0] == "L":
                 layer_end.append(int(p[1]))
+            elif p[0] == "P":
+                resumes.append(int(p[1]))
+            elif p[0] == "I":
+                irqs.append(int(p[1]))
     run = BenchRun(status=status, cycles=cycles, error=error, layers_done=done, seconds=secs,
                    start_cycle=START_CYCLE, layer_end=layer_end,
                    reads=np.array(reads, np.int64).reshape(-1, 3), writes=np.array(writes, np.int64).reshape(-1, 3),
-                   mem=out_path.read_bytes(), run_dir=run_dir, stdout="".join(lines) + stderr)
+                   mem=out_path.read_bytes(), run_dir=run_dir, stdout="".join(lines) + stderr,
+                   extra={"resumes": resumes, "irqs": irqs})
     if status == 2:
         raise AssertionError(f"AXI protocol error in the accelerator bench:\n{stderr[-2000:]}")
     return run

@@ -29,7 +29,7 @@ from vitaccel.sim.accelerator import AccelError, AcceleratorConfig, LayerGeometr
 from vitaccel.sim.errors import UserError
 
 __all__ = ["ImageLayer", "MemoryImage", "build_image", "layers_from_golden", "read_outputs", "read_status",
-           "pack_bits"]
+           "pack_bits", "random_image_layer"]
 
 
 @dataclass
@@ -212,12 +212,19 @@ def build_image(cfg: AcceleratorConfig, layers: list, *, pause_after: set | None
     """
     if not layers:
         raise UserError("the accelerator image needs at least one layer")
+    from vitaccel.sim.engine_config import ConfigError, check_layer_acc
+
     plans = []
     for lay in layers:
         try:
             plans.append(layer_plan(cfg, lay.geometry(cfg.engine.rows)))
+            check_layer_acc(cfg.engine, lay.shape[1], lay.a_kind, lay.a_bits, lay.b_bits,
+                            int(np.max(lay.za)) if np.size(lay.za) else 0, lay.fo, a_base=lay.a_base,
+                            m0=lay.m0, m1=lay.m1)
         except AccelError as exc:
             raise UserError(f"layer {exc}") from None
+        except ConfigError as exc:
+            raise UserError(f"layer {lay.name}: {exc} (--acc-bits)") from None
     n = len(layers)
     ds, ss = spec.DESC_BITS // 8, spec.STATUS_BITS // 8
     desc_addr = 0
@@ -315,3 +322,50 @@ def read_status(img: MemoryImage, mem: bytes, i: int) -> dict:
         out[name] = (word >> pos) & ((1 << bits) - 1)
         pos += bits
     return out
+
+
+def random_image_layer(rng: np.random.Generator, name: str, M: int, K: int, N: int, *, rows: int,
+                       a_kind: str = "uniform", a_bits: int = 8, b_bits: int = 8, base: str = "2",
+                       out_fmt: str = "fixed32", out_bits: int = 32, outliers_per_tile: int = 0) -> ImageLayer:
+    """A random valid layer (every code type of the format, per-row zero points and gains, outliers
+    with their dense code set to the row's zero point) with its expected output from
+    ``sim/reference.py``."""
+    from vitaccel.sim import formats as F
+    from vitaccel.sim import reference as ref
+    from vitaccel.tb.engine_streams import random_codes
+
+    q = random_codes(rng, a_kind, a_bits, (M, K), base)
+    lo, hi = F.sym_range(b_bits)
+    b = rng.integers(lo, hi + 1, (K, N))
+    m0 = m1 = 0
+    if a_kind == "uniform":
+        za = rng.integers(0, 1 << a_bits, M)
+    elif a_kind == "shiftlog2":
+        za = np.full(M, int(rng.integers(0, 1 << 12)))
+    else:
+        za = np.zeros(M, np.int64)
+    if a_kind == "three_region":
+        m0 = int(rng.integers(0, 8))
+        m1 = int(rng.integers(m0, 16))
+    fo = 2 if outliers_per_tile else 0
+    outl = []
+    for t in range(-(-M // rows) if outliers_per_tile else 0):
+        m = min(rows, M - t * rows)
+        for cell in sorted(rng.choice(m * K, size=min(outliers_per_tile, m * K), replace=False)):
+            r, k = t * rows + cell // K, cell % K
+            outl.append((r, k, int(rng.integers(-(1 << 15), 1 << 15))))
+            q[r, k] = za[r]
+    outl = np.array(outl, np.int64).reshape(-1, 3)
+    sr = int(rng.integers(0, 17))
+    mr = np.minimum(rng.integers(0, (1 << sr) + 1, M), (1 << 16) - 1)
+    d = ref.decode(q, a_kind, a_bits, base=base, m0=m0, m1=m1)
+    _r, _d, acc = ref.accumulate(d, b, za, fo, outl)
+    amax = max(1, int(np.abs(acc).max()))
+    _lo, hi_out = F.out_range(out_fmt, out_bits)
+    mc = rng.integers(1 << 14, 1 << 16, N)
+    sc = np.clip(np.array([(amax * int(x)).bit_length() - max(1, hi_out).bit_length() for x in mc]), 0, 47)
+    bq = rng.integers(-(1 << 20), 1 << 20, N) * (1 << np.minimum(sc, 26)) // (1 << 20)
+    z_out = int(rng.integers(0, hi_out + 1)) if out_fmt == "ucode" else 0
+    out, _sat = ref.requantize(acc, mr, sr, mc, sc, bq, z_out, out_fmt, out_bits)
+    return ImageLayer(name, q, b, a_kind, a_bits, b_bits, za, mr, sr, mc, sc, bq, out_fmt, out_bits, z_out, fo,
+                      outl, a_base=base, m0=m0, m1=m1, expected=out)

@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
     std::deque<uint64_t> awq, bq;
     uint64_t cycle = 0;
     int status = 0;       // 0 running, 1 done, 2 protocol error, 3 timeout
+    bool resume_next = false, pause_seen = false;
     auto t0 = std::chrono::steady_clock::now();
 
     top->rst = 1; top->start = 0; top->resume = 0; top->desc_addr = (uint32_t)desc;
@@ -124,6 +125,8 @@ int main(int argc, char** argv) {
         top->m_axi_bresp = 0;
         if (cycle == 4) top->rst = 0;
         top->start = cycle == 6;
+        top->resume = resume_next;   // the host resumes one cycle after it sees a pause
+        resume_next = false;
 
         top->clk = 0;
         top->eval();
@@ -144,6 +147,14 @@ int main(int argc, char** argv) {
             std::fprintf(log, "L %llu %u\n", (unsigned long long)cycle, (unsigned)top->layer_index);
             if (!quiet) { std::printf("LAYER %u %llu\n", (unsigned)top->layer_index, (unsigned long long)cycle); std::fflush(stdout); }
         }
+        if (top->irq) std::fprintf(log, "I %llu\n", (unsigned long long)cycle);
+        bool finished = top->done;
+        if (top->paused && !pause_seen) {
+            pause_seen = true;
+            resume_next = true;
+            std::fprintf(log, "P %llu\n", (unsigned long long)cycle + 1);   // cycle of the resume pulse
+        }
+        if (!top->paused) pause_seen = false;
         if (w_hs) {
             if (awq.empty() && !aw_hs) {
                 std::fprintf(stderr, "protocol error: write data without address at cycle %llu\n", (unsigned long long)cycle);
@@ -212,7 +223,7 @@ int main(int argc, char** argv) {
         }
         if (b_hs) bq.pop_front();
         ++cycle;
-        if (top->done) { if (!status) status = 1; }
+        if (finished && !status) status = 1;
         if (status) break;
         if (cycle >= max_cycles) { status = 3; break; }
     }
