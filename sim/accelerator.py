@@ -70,6 +70,7 @@ __all__ = [
     "layer_plan", "layer_cycles_top", "DESC_BITS", "DESC_FIELDS", "STATUS_BITS", "STATUS_FIELDS",
     "REGIONS", "REGION_ALIGN", "out_lane_bits", "desc_layout_bits", "default_bus_bits",
     "read_bursts", "ROWP_BEAT_BITS", "COLP_BEAT_BITS", "OUTL_ENTRY_BITS", "CMD_BITS", "status_flags",
+    "sized_config", "model_traffic",
 ]
 
 # ------------------------------------------------------------------------------------------- constants
@@ -512,3 +513,24 @@ def model_traffic(cfg: AcceleratorConfig, plan: LayerPlan) -> dict:
     d["read"] = sum(d[r] for r in REGIONS) + d["desc"]
     d["write"] = d["out"] + d["status"]
     return d
+
+
+def sized_config(engine: EngineConfig, layers: Sequence[LayerGeometry], *, bus_bits: int | None = None,
+                 mem_latency: int = 20, **buffers) -> AcceleratorConfig:
+    """An accelerator whose buffers just hold the largest region of ``layers`` (give each layer the
+    outlier counts it may have, e.g. the capacity in every tile, to size the outlier buffer for the
+    worst case); ``buffers`` (``a_buf_words=...``) override the sizes.  Raises :class:`AccelError`
+    when a layer cannot run on ``engine`` or ``bus_bits``."""
+    big = (1 << 24) - 1
+    probe = AcceleratorConfig(engine=engine, bus_bits=bus_bits or default_bus_bits(engine), a_buf_words=big,
+                              b_buf_words=big, outl_buf_words=big, rowp_buf_beats=big, colp_buf_beats=big,
+                              mem_latency=mem_latency)
+    need = {"a": 1, "b": 1, "outl": 0, "rowp": 1, "colp": 1}
+    for g in layers:
+        plan = layer_plan(probe, g)
+        for name, reg in plan.regions.items():
+            need[name] = max(need[name], reg.beats if name in ("rowp", "colp") else reg.words)
+    sizes = {"a_buf_words": need["a"], "b_buf_words": need["b"], "outl_buf_words": need["outl"],
+             "rowp_buf_beats": need["rowp"], "colp_buf_beats": need["colp"]}
+    sizes.update({k: v for k, v in buffers.items() if v is not None})
+    return replace(probe, **sizes)

@@ -127,6 +127,7 @@ class BenchRun:
     error: int                     # the top's error flags
     layers_done: int
     seconds: float                 # wall time of the simulation loop
+    cpu_seconds: float             # CPU time of the bench process (the machine may be shared)
     start_cycle: int
     layer_end: list                # cycle of each layer_done pulse
     reads: np.ndarray              # (n, 3) cycle, address, words
@@ -151,7 +152,13 @@ class BenchRun:
 
     @property
     def cycles_per_second(self) -> float:
+        """Simulated cycles per wall-clock second of the simulation loop."""
         return self.cycles / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def cycles_per_cpu_second(self) -> float:
+        """Simulated cycles per CPU second (what one unloaded core does)."""
+        return self.cycles / self.cpu_seconds if self.cpu_seconds > 0 else float("nan")
 
 
 #: Cycle in which the bench pulses ``start`` (reset is released at cycle 4).
@@ -188,6 +195,7 @@ def run_bench(exe: Path, image, run_dir: Path, *, latency: int, max_cycles: int 
     if end is None:
         raise RuntimeError(f"accelerator bench {exe} ended without a result (exit {proc.returncode}):\n{stderr[-2000:]}")
     status, cycles, error, done, secs = int(end[1]), int(end[2]), int(end[3]), int(end[4]), float(end[5])
+    cpu = float(end[6])
     reads, writes, layer_end, resumes, irqs = [], [], [], [], []
     with open(log_path) as fh:
         for ln in fh:
@@ -206,7 +214,7 @@ def run_bench(exe: Path, image, run_dir: Path, *, latency: int, max_cycles: int 
                    start_cycle=START_CYCLE, layer_end=layer_end,
                    reads=np.array(reads, np.int64).reshape(-1, 3), writes=np.array(writes, np.int64).reshape(-1, 3),
                    mem=out_path.read_bytes(), run_dir=run_dir, stdout="".join(lines) + stderr,
-                   extra={"resumes": resumes, "irqs": irqs})
+                   cpu_seconds=cpu, extra={"resumes": resumes, "irqs": irqs})
     if status == 2:
         raise AssertionError(f"AXI protocol error in the accelerator bench:\n{stderr[-2000:]}")
     return run

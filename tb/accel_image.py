@@ -57,6 +57,8 @@ class ImageLayer:
     m0: int = 0
     m1: int = 0
     expected: np.ndarray | None = None   # (M, N) golden output
+    op: str = "linear"                   # linear, qk, av
+    capacity: int | None = None          # the program's outlier capacity per tile (None: unlimited)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -290,7 +292,8 @@ def layers_from_golden(vec: dict, image: int, records=None) -> list:
             bq=np.broadcast_to(np.asarray(s.bq, np.int64).reshape(-1), (N,)),
             out_fmt=s.out_fmt, out_bits=int(s.out_bits), z_out=int(s.z_out), fo=int(s.fo),
             outliers=np.asarray(rec["outliers"][image], np.int64).reshape(-1, 3), a_base=s.a_base,
-            m0=int(s.m0), m1=int(s.m1), expected=np.asarray(rec["out"][image], np.int64)))
+            m0=int(s.m0), m1=int(s.m1), expected=np.asarray(rec["out"][image], np.int64), op=s.op,
+            capacity=s.outlier_capacity))
     return out
 
 

@@ -13,6 +13,7 @@
 // Usage: accel_bench --image IMG.bin --mem-bytes N --desc ADDR --out MEM.bin --log LOG.txt
 //                    [--latency L] [--max-cycles N] [--waves FILE --wave-layer K] [--quiet]
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -99,6 +100,7 @@ int main(int argc, char** argv) {
     int status = 0;       // 0 running, 1 done, 2 protocol error, 3 timeout
     bool resume_next = false, pause_seen = false;
     auto t0 = std::chrono::steady_clock::now();
+    std::clock_t c0 = std::clock();
 
     top->rst = 1; top->start = 0; top->resume = 0; top->desc_addr = (uint32_t)desc;
     for (;;) {
@@ -228,6 +230,7 @@ int main(int argc, char** argv) {
         if (cycle >= max_cycles) { status = 3; break; }
     }
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double cpu = (double)(std::clock() - c0) / CLOCKS_PER_SEC;   // CPU time of this process (the machine is shared)
 #if VM_TRACE
     if (tfp) { tfp->close(); delete tfp; }
 #endif
@@ -237,8 +240,8 @@ int main(int argc, char** argv) {
     if (!f) { std::fprintf(stderr, "cannot write %s\n", out.c_str()); return 2; }
     std::fwrite(mem.data(), 1, mem_bytes, f);
     std::fclose(f);
-    std::printf("END %d %llu %u %u %.3f\n", status, (unsigned long long)cycle, (unsigned)top->error,
-                (unsigned)top->layer_index, secs);
+    std::printf("END %d %llu %u %u %.3f %.3f\n", status, (unsigned long long)cycle, (unsigned)top->error,
+                (unsigned)top->layer_index, secs, cpu);
     top->final();
     delete top;
     delete ctx;
