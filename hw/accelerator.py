@@ -407,7 +407,8 @@ class Accelerator(wiring.Component):
         for name, shape in shapes.items():
             kind, size = cfg.region_kind(name)
             width = data.Layout.cast(shape).size
-            options = opts.get(name) or [(size if kind == "packed" else size * cfg.bus_bits, lambda bits, w=width: bits[:w])]
+            slot = size if kind == "packed" else size * cfg.bus_bits
+            options = opts.get(name) or [(slot, lambda bits, w=width: bits[:w])]
             buf = OperandBuffer(cfg.bus_bits, max(1, depth[name]), kind, size if kind == "wide" else 1,
                                 shape, options)
             m.submodules[f"{name}_buf"] = bufs[name] = buf
@@ -441,7 +442,7 @@ class Accelerator(wiring.Component):
 
     # ------------------------------------------------------------------ sequencer
     def _sequencer(self, m, eng, dma, wr, bufs):
-        cfg, e = self.cfg, self.cfg.engine
+        cfg = self.cfg
         dl = desc_layout()
         dwords = cfg.desc_words
         desc_raw = Signal(dwords * cfg.bus_bits)
@@ -462,7 +463,7 @@ class Accelerator(wiring.Component):
         for i, w in enumerate(OUT_LANE_OPTIONS):
             with m.If(ob == w):
                 m.d.comb += ob_sel.eq(i)
-        k_sel = lambda k: Mux(k == 4, 0, Mux(k == 6, 1, 2))  # noqa: E731
+        k_sel = lambda k: Mux(k == 4, 0, Mux(k == 6, 1, 2))
         settings = {"a": (desc.a_words, desc.a_beats, desc.n_blocks, k_sel(cmd.a_k)),
                     "rowp": (desc.rowp_words, desc.n_row_tiles, desc.n_blocks, 0),
                     "outl": (desc.outl_words, desc.outl_beats, desc.n_blocks, 0),

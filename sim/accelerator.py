@@ -58,7 +58,6 @@ the order the engine produces them (column block outer, row inner).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Sequence
 
@@ -136,12 +135,12 @@ def desc_layout_bits() -> int:
     return sum(b for _n, b in DESC_FIELDS)
 
 
-def ROWP_BEAT_BITS(rows: int) -> int:  # noqa: N802 (a width, like the layouts of hw.engine)
+def ROWP_BEAT_BITS(rows: int) -> int:
     """Bits of a row-parameter beat (``hw.engine.rowp_layout``)."""
     return rows * (16 + ZA_BITS) + DIM_BITS
 
 
-def COLP_BEAT_BITS(cols: int) -> int:  # noqa: N802
+def COLP_BEAT_BITS(cols: int) -> int:
     """Bits of a column-parameter beat (``hw.engine.colp_layout``)."""
     return cols * COLP_COL_BITS
 
@@ -403,8 +402,9 @@ def layer_plan(cfg: AcceleratorConfig, g: LayerGeometry) -> LayerPlan:
         key, limit = limits[name]
         need = reg.beats if key.endswith("_beats") else reg.words
         if need > limit:
-            raise AccelError(f"{g.name}: its {name} region needs {need} {'beats' if key.endswith('_beats') else 'words'}"
-                             f", the accelerator's {key} = {limit} (--{key.replace('_', '-')} {need})")
+            unit = "beats" if key.endswith("_beats") else "words"
+            raise AccelError(f"{g.name}: its {name} region needs {need} {unit}, the accelerator's {key} = {limit} "
+                             f"(--{key.replace('_', '-')} {need})")
     rows_out = n_n * g.M
     per_word = cfg.bus_bits // out_slot
     return LayerPlan(geometry=g, n_row_tiles=n_m, n_blocks=n_n, regions=regions, out_rows=rows_out,

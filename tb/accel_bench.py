@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 from vitaccel.sim import accelerator as spec
 from vitaccel.sim.accelerator import AcceleratorConfig
 from vitaccel.sim.engine_config import EngineConfig
-from vitaccel.tb.runner import (_file_lock, _hw_sources_digest, _tail, build_root, fst_support, verilator_bin_dir,
+from vitaccel.tb.runner import (_file_lock, _hw_sources_digest, _tail, build_root, verilator_bin_dir,
                                 wave_format)
 
 __all__ = ["build_bench", "run_bench", "BenchRun", "BENCH_BUILD_ARGS", "SMALL_ACCEL", "port_traffic"]
@@ -86,6 +84,7 @@ def build_bench(cfg: AcceleratorConfig, *, waves: bool = False, extra_args=(), p
     RuntimeError
         When the build fails (message with the log tail).
     """
+    bindir = verilator_bin_dir()          # fails first, with a clear message, when Verilator is missing
     vfile = accelerator_verilog_file(cfg)
     fmt = wave_format(waves)
     args = list(BENCH_BUILD_ARGS) + list(extra_args)
@@ -97,7 +96,6 @@ def build_bench(cfg: AcceleratorConfig, *, waves: bool = False, extra_args=(), p
     bdir = build_root() / "sim" / f"accel_bench_{key}"
     exe = bdir / "accel_bench"
     stamp = bdir / ".vitaccel_built"
-    bindir = verilator_bin_dir()
     with _file_lock(build_root() / "locks" / f"sim_accel_bench_{key}.lock"):
         if stamp.exists() and exe.exists():
             return exe
@@ -193,7 +191,8 @@ def run_bench(exe: Path, image, run_dir: Path, *, latency: int, max_cycles: int 
     stderr = proc.stderr.read()
     proc.wait()
     if end is None:
-        raise RuntimeError(f"accelerator bench {exe} ended without a result (exit {proc.returncode}):\n{stderr[-2000:]}")
+        raise RuntimeError(f"accelerator bench {exe} ended without a result (exit {proc.returncode}):\n"
+                           f"{stderr[-2000:]}")
     status, cycles, error, done, secs = int(end[1]), int(end[2]), int(end[3]), int(end[4]), float(end[5])
     cpu = float(end[6])
     reads, writes, layer_end, resumes, irqs = [], [], [], [], []

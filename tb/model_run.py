@@ -59,8 +59,8 @@ def size_for_layers(layers, engine_fields: dict, *, bus_bits: int | None = None,
                     buffers: dict | None = None) -> AcceleratorConfig:
     """The accelerator for ``layers`` (:class:`tb.accel_image.ImageLayer`): the engine of
     ``engine_fields`` (flags; unset ``max_k``, ``a_bits`` / ``b_bits`` and outlier capacity sized to
-    the layers: largest K, widest codes, capacity at least 32) and buffers for the largest region with every outlier tile full, so every
-    image of the same program runs on the same build."""
+    the layers: largest K, widest codes, capacity at least 32) and buffers for the largest region
+    with every outlier tile full, so every image of the same program runs on the same build."""
     from vitaccel.sim.engine_config import make_engine_config
 
     fields = dict(engine_fields)
@@ -234,8 +234,9 @@ def report_markdown(rep: dict) -> str:
     ]
     if rep["first_mismatch"]:
         fm = rep["first_mismatch"]
+        what = fm.get("detail") or f"{fm.get('elements')} elements differ"
         lines.append(f"- first mismatch: layer {fm.get('layer')}, row {fm.get('row')}, column {fm.get('column')}: "
-                     f"expected {fm.get('expected')}, got {fm.get('got')} ({fm.get('detail') or str(fm.get('elements')) + ' elements differ'})")
+                     f"expected {fm.get('expected')}, got {fm.get('got')} ({what})")
     if rep.get("waves"):
         lines.append(f"- waveform of that layer: {rep['waves']}")
     lines += ["", "| layer | M x K x N | exact | RTL cycles | estimate | engine | stall | read bytes | written bytes |",
@@ -248,8 +249,8 @@ def report_markdown(rep: dict) -> str:
         rd = sum(v for k, v in b.items() if k not in ("out", "status"))
         wr = b.get("out", 0) + b.get("status", 0)
         lines.append(f"| {c['name']} | {'x'.join(map(str, c['shape']))} | {'yes' if c['exact'] else '**no**'} | "
-                     f"{c['rtl_cycles']:,} | {c['estimate_cycles']:,} | {c['engine_cycles']:,} | {c['stall_cycles']:,} | "
-                     f"{rd:,} | {wr:,} |")
+                     f"{c['rtl_cycles']:,} | {c['estimate_cycles']:,} | {c['engine_cycles']:,} | "
+                     f"{c['stall_cycles']:,} | {rd:,} | {wr:,} |")
     return "\n".join(lines) + "\n"
 
 

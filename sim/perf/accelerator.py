@@ -21,7 +21,8 @@ from vitaccel.sim.accelerator import AcceleratorConfig, LayerGeometry
 from .shapes import Gemm
 from .traffic import Traffic
 
-__all__ = ["gemm_geometry", "accelerator_config_for", "estimate_layer", "buffer_note", "port_note", "DEFAULT_MEM_LATENCY"]
+__all__ = ["gemm_geometry", "accelerator_config_for", "estimate_layer", "buffer_note", "port_note",
+           "DEFAULT_MEM_LATENCY"]
 
 #: Memory read latency (cycles) assumed when ``--mem-latency`` is not given.
 DEFAULT_MEM_LATENCY = 20
