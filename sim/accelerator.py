@@ -516,11 +516,13 @@ def model_traffic(cfg: AcceleratorConfig, plan: LayerPlan) -> dict:
 
 
 def sized_config(engine: EngineConfig, layers: Sequence[LayerGeometry], *, bus_bits: int | None = None,
-                 mem_latency: int = 20, **buffers) -> AcceleratorConfig:
-    """An accelerator whose buffers just hold the largest region of ``layers`` (give each layer the
+                 mem_latency: int = 20, exact: bool = False, **buffers) -> AcceleratorConfig:
+    """An accelerator whose buffers hold the largest region of ``layers`` (give each layer the
     outlier counts it may have, e.g. the capacity in every tile, to size the outlier buffer for the
-    worst case); ``buffers`` (``a_buf_words=...``) override the sizes.  Raises :class:`AccelError`
-    when a layer cannot run on ``engine`` or ``bus_bits``."""
+    worst case): each buffer is the :class:`AcceleratorConfig` default, or the next power of two
+    when a layer needs more (so similar programs share one build); ``exact=True`` sizes each buffer
+    to the largest region.  ``buffers`` (``a_buf_words=...``) override the sizes.  Raises
+    :class:`AccelError` when a layer cannot run on ``engine`` or ``bus_bits``."""
     big = (1 << 24) - 1
     probe = AcceleratorConfig(engine=engine, bus_bits=bus_bits or default_bus_bits(engine), a_buf_words=big,
                               b_buf_words=big, outl_buf_words=big, rowp_buf_beats=big, colp_buf_beats=big,
@@ -532,5 +534,8 @@ def sized_config(engine: EngineConfig, layers: Sequence[LayerGeometry], *, bus_b
             need[name] = max(need[name], reg.beats if name in ("rowp", "colp") else reg.words)
     sizes = {"a_buf_words": need["a"], "b_buf_words": need["b"], "outl_buf_words": need["outl"],
              "rowp_buf_beats": need["rowp"], "colp_buf_beats": need["colp"]}
+    if not exact:
+        default = AcceleratorConfig()
+        sizes = {k: max(getattr(default, k), _pow2ceil(v)) for k, v in sizes.items()}
     sizes.update({k: v for k, v in buffers.items() if v is not None})
     return replace(probe, **sizes)

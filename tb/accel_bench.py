@@ -32,14 +32,15 @@ from vitaccel.tb.runner import (_file_lock, _hw_sources_digest, _tail, build_roo
 
 __all__ = ["build_bench", "run_bench", "BenchRun", "BENCH_BUILD_ARGS", "SMALL_ACCEL", "port_traffic"]
 
-#: The small accelerator the RTL tests build (one Verilator build, shared by tests/test_accelerator.py and
-#: the embedded-model test): a 4 x 4 engine with two outlier lanes, a 128-bit memory port and buffers
-#: that hold every layer of the embedded ``vitaccel-digits`` model (largest K = 256).
+#: The small accelerator the RTL tests build (one Verilator build, shared by tests/test_accelerator.py,
+#: tests/test_rtl_model.py and the flow test): a 4 x 4 engine with two outlier lanes, a 128-bit memory
+#: port and the default buffers, which hold every layer of the embedded ``vitaccel-digits`` model
+#: (largest K = 256): what ``vitaccel tb model`` / ``vitaccel flow`` size for that model with
+#: ``--rows 4 --cols 4 --acc-bits 40 --outlier-capacity 16 --outlier-lanes 2``.
 SMALL_ACCEL = AcceleratorConfig(
     engine=EngineConfig(rows=4, cols=4, a_bits=8, b_bits=8, acc_bits=40, outlier_capacity=16, outlier_lanes=2,
                         max_k=256),
-    bus_bits=128, a_buf_words=512, b_buf_words=1024, outl_buf_words=64, rowp_buf_beats=16, colp_buf_beats=64,
-    mem_latency=20)
+    bus_bits=128, mem_latency=20)
 
 CSRC = Path(__file__).resolve().parent / "csrc" / "accel_bench.cpp"
 #: Verilator options of the bench build (no ``--public-flat-rw``: nothing is read from outside the ports).

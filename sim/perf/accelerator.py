@@ -42,7 +42,7 @@ def accelerator_config_for(gemms: list[Gemm], hw, engine_cfg) -> AcceleratorConf
     for the largest region of the workload (:func:`sim.accelerator.sized_config`)."""
     return acc.sized_config(engine_cfg, [gemm_geometry(g, engine_cfg.rows) for g in gemms],
                             bus_bits=getattr(hw, "bus_bits", None),
-                            mem_latency=getattr(hw, "mem_latency", None) or DEFAULT_MEM_LATENCY)
+                            mem_latency=getattr(hw, "mem_latency", None) or DEFAULT_MEM_LATENCY, exact=True)
 
 
 def estimate_layer(g: Gemm, hw, cfg: AcceleratorConfig):
