@@ -84,8 +84,10 @@ def test_layer_plan_errors_name_the_limit():
     g = LayerGeometry("big_k", 8, 300, 8, 4, 4, "fixed32", 32)
     with pytest.raises(AccelError, match="max_k = 256"):
         layer_plan(cfg, g)
-    with pytest.raises(AccelError, match="b_buf_words = 1024"):
-        layer_plan(cfg, LayerGeometry("wide_n", 8, 256, 200, 8, 8, "fixed32", 32))
+    with pytest.raises(AccelError, match="b_buf_words = 4096"):
+        layer_plan(cfg, LayerGeometry("wide_n", 8, 256, 300, 8, 8, "fixed32", 32))
+    with pytest.raises(AccelError, match="colp_buf_beats = 128"):
+        layer_plan(cfg, LayerGeometry("many_blocks", 8, 16, 600, 8, 8, "fixed32", 32))
     with pytest.raises(AccelError, match="outlier_capacity = 16"):
         layer_plan(cfg, LayerGeometry("outl", 8, 16, 8, 4, 4, "fixed32", 32, (17, 0)))
     with pytest.raises(AccelError, match="w8a8"):
@@ -160,3 +162,41 @@ def test_random_layers_on_the_rtl_top(tmp_path, latency):
         for op, nbytes in traffic[i].items():
             assert nbytes == want[op], (lay.name, op)
         assert sum(traffic[i].values()) == want["read"] + want["write"], lay.name
+
+
+def test_estimate_dataflow_accelerator(tmp_path, capsys):
+    """``vitaccel estimate --dataflow accelerator`` reports sim/accelerator.py's cycles and bytes for
+    every layer (the figures tests/test_rtl_model.py checks against the RTL)."""
+    import json
+
+    from vitaccel.cli import main as vitaccel
+    from vitaccel.sim.perf.accelerator import gemm_geometry
+    from vitaccel.sim.perf.estimate import Hardware
+    from vitaccel.sim.perf.workload import estimate_model
+
+    hw = Hardware(rows=16, cols=16, dataflow="accelerator", bus_bits=512, mem_latency=33)
+    est = estimate_model("deit_tiny_patch16_224", hw, bits="w4a4", outliers_per_tile=5)
+    eng = EngineConfig(rows=16, cols=16, a_bits=8, b_bits=8, max_k=768)
+    cfg = AcceleratorConfig(engine=eng, bus_bits=512, a_buf_words=1 << 20, b_buf_words=1 << 20,
+                            outl_buf_words=1 << 20, rowp_buf_beats=1 << 20, colp_buf_beats=1 << 20, mem_latency=33)
+    assert len(est.layers) == 1 + 8 * 12 + 1
+    for l in est.layers:
+        plan = layer_plan(cfg, gemm_geometry(l.gemm, 16))
+        tc = layer_cycles_top(cfg, plan)
+        by = spec.model_traffic(cfg, plan)
+        c = l.gemm.count
+        assert l.total == tc.total * c and l.compute == tc.engine.total * c and l.stall == tc.stall * c, l.gemm.name
+        assert l.traffic.dram_total == (by["read"] + by["write"]) * c, l.gemm.name
+        assert l.traffic.extra["bytes"] == {k: v * c for k, v in by.items()}
+    assert any("512-bit AXI4" in n for n in est.notes)
+
+    out = tmp_path / "est.json"
+    assert vitaccel(["estimate", "--model", "deit_tiny_patch16_224", "--bits", "w4a4", "--dataflow", "accelerator",
+                     "--bus-bits", "512", "--mem-latency", "33", "--outliers-per-tile", "5", "--quiet",
+                     "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["cycles"] == est.cycles and doc["summary"]["dataflow"] == "accelerator"
+    capsys.readouterr()
+    assert vitaccel(["estimate", "--model", "deit_tiny_patch16_224", "--dataflow", "accelerator",
+                     "--bus-bits", "96"]) == 2
+    assert "bus_bits must be 128, 256, 512 or 1024" in capsys.readouterr().err
