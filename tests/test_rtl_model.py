@@ -97,3 +97,28 @@ def test_tb_model_errors(tmp_path, digits_golden, monkeypatch, capsys):
     assert vitaccel(["tb", "model", "--program", prog, "--golden", golden, "--no-progress",
                      *small_accel_flags()]) == 2
     assert "Verilator not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tb_model_reports_the_first_mismatch(tmp_path, digits_golden):
+    """A golden vector changed in one element: the run fails (exit 1) and reports exactly that
+    element as the first mismatch (layer, row, column, expected, got)."""
+    import shutil
+
+    prog, golden = digits_golden
+    bad = tmp_path / "golden_bad"
+    shutil.copytree(golden, bad)
+    with np.load(bad / "vectors.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    layer, row, col = "blocks.1.mlp.fc1", 5, 77
+    good = int(arrays[f"{layer}/out"][0, row, col])
+    arrays[f"{layer}/out"][0, row, col] = good + 1
+    np.savez_compressed(bad / "vectors.npz", **arrays)
+    out = tmp_path / "model.json"
+    rc = vitaccel(["tb", "model", "--program", prog, "--golden", str(bad), "--no-progress", "--json", str(out),
+                   *small_accel_flags()])
+    rep = json.loads(out.read_text())
+    assert rc == 1 and not rep["all_exact"] and rep["cycles_match"]
+    assert rep["first_mismatch"] == {"layer": layer, "row": row, "column": col, "expected": good + 1, "got": good,
+                                     "elements": 1}
+    assert [c["name"] for c in rep["layers"] if not c["exact"]] == [layer]
