@@ -218,8 +218,9 @@ class OperandBuffer(wiring.Component):
         m.d.comb += [consume.eq(have & self.o.ready), end_rep.eq(bc + 1 == self.beats),
                      end_word.eq(end_rep | last_slot)]
         with m.If(consume):
-            m.d.sync += [bc.eq(Mux(end_rep, 0, bc + 1)), si.eq(Mux(end_word, 0, si + 1)),
-                         cur.eq(self._select([cur >> s for s in slot_bits]))]
+            m.d.sync += [bc.eq(Mux(end_rep, 0, bc + 1)), si.eq(Mux(end_word, 0, si + 1))]
+            if max(per_word) > 1:       # several beats per word: shift the next one down
+                m.d.sync += cur.eq(self._select([cur >> s if p > 1 else cur for s, p in zip(slot_bits, per_word)]))
             with m.If(end_word):
                 m.d.sync += have.eq(0)
         with m.If((~have | (consume & end_word)) & fifo.r_rdy):
@@ -232,6 +233,8 @@ class OperandBuffer(wiring.Component):
 
     def _select(self, values):
         """``values[sel]`` (the last option for larger ``sel``)."""
+        if len(values) == 1:
+            return values[0]
         out = values[-1]
         for i in range(len(values) - 2, -1, -1):
             out = Mux(self.sel == i, values[i], out)

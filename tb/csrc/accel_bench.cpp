@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
     auto t0 = std::chrono::steady_clock::now();
     std::clock_t c0 = std::clock();
 
-    top->rst = 1; top->start = 0; top->resume = 0; top->desc_addr = (uint32_t)desc;
+    // reset: accel_bench_top.v holds the accelerator in reset for cycles 0 .. 3
+    top->start = 0; top->resume = 0; top->desc_addr = (uint32_t)desc;
     for (;;) {
         // ---- memory outputs of this cycle (functions of the model state only)
         top->m_axi_arready = rq.size() < AR_QUEUE;
@@ -125,7 +126,6 @@ int main(int argc, char** argv) {
         top->m_axi_wready = 1;
         top->m_axi_bvalid = !bq.empty() && cycle >= bq.front();
         top->m_axi_bresp = 0;
-        if (cycle == 4) top->rst = 0;
         top->start = cycle == 6;
         top->resume = resume_next;   // the host resumes one cycle after it sees a pause
         resume_next = false;
