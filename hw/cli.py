@@ -19,12 +19,33 @@ def _check_outputs(args) -> None:
     check_output_file(args.json, what="--json file")
 
 
+def _accel_from_args(args, cfg):
+    """The accelerator top of ``--top accelerator`` (memory port and buffer flags)."""
+    from vitaccel.sim.accelerator import AccelError, AcceleratorConfig, default_bus_bits
+
+    kw = {k: getattr(args, k) for k in ("a_buf_words", "b_buf_words", "outl_buf_words", "rowp_buf_beats",
+                                        "colp_buf_beats") if getattr(args, k) is not None}
+    try:
+        return AcceleratorConfig(engine=cfg, bus_bits=args.bus_bits or default_bus_bits(cfg), **kw)
+    except AccelError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _generate(args) -> int:
-    from .synth import generate
+    from .synth import OPTIONAL_TOPS, _tops, generate
     _check_outputs(args)
     cfg = engine_config_from_args(args)
+    tops = None
+    if args.top:
+        tops = list(dict.fromkeys(args.top))
+        known = list(_tops(cfg))
+        bad = [t for t in tops if t not in known]
+        if bad:
+            raise UserError(f"unknown --top {', '.join(bad)}; available: {', '.join(known)} "
+                            f"({', '.join(OPTIONAL_TOPS)} only when named)")
+    accel = _accel_from_args(args, cfg) if tops and "accelerator" in tops else None
     with atomic_output_dir(args.output, force=args.force) as tmp:
-        s = generate(cfg, tmp)
+        s = generate(cfg, tmp, tops=tops, accel=accel)
     for name, t in s["tops"].items():
         print(f"{args.output / t['file']}: {name}, {len(t['ports'])} ports")
     print(f"{args.output / 'summary.json'}, {args.output / 'summary.md'}")
@@ -73,6 +94,19 @@ def add_subcommands(sub) -> None:
     add_engine_args(g)
     g.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     add_force_arg(g)
+    g.add_argument("--top", action="append", default=None, metavar="TOP",
+                   help="write only this top (repeatable): layer_engine, mac_array, outlier_unit, or the opt-in "
+                        "accelerator (AXI4 top with buffers and sequencer, hw/accelerator.py) and "
+                        "dynamic_per_patch_encoder (default: the engine and its sub-blocks)")
+    acc = g.add_argument_group("accelerator", "--top accelerator: memory port and on-chip buffers "
+                               "(docs/hardware.md, 'Accelerator top')")
+    acc.add_argument("--bus-bits", type=int, default=None, help="AXI4 data width (default max(128, 32 x cols))")
+    for name, default, what in (("a-buf-words", 4096, "A buffer depth, bus words"),
+                                ("b-buf-words", 4096, "B buffer depth, bus words"),
+                                ("outl-buf-words", 256, "outlier buffer depth, bus words"),
+                                ("rowp-buf-beats", 64, "row-parameter buffer depth (row tiles per layer)"),
+                                ("colp-buf-beats", 128, "column-parameter buffer depth (column blocks per layer)")):
+        acc.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default {default})")
     add_json_arg(g, help="also write the summary (tops, ports, configuration) as JSON to this file")
     g.set_defaults(func=_generate)
 

@@ -38,7 +38,7 @@ def ports_of(component) -> list[dict]:
     return rows
 
 
-def _tops(cfg: EngineConfig):
+def _tops(cfg: EngineConfig, accel=None):
     from .engine import LayerEngine, mac_en_groups
     from .mac_array import MacArray
     from .outlier_unit import OutlierUnit
@@ -56,18 +56,26 @@ def _tops(cfg: EngineConfig):
     # the engine's A codes and per-row (j, z), with a row buffer for rows of up to K = max_k elements
     from .dynamic_per_patch import DynamicPerPatchEncoder
     tops["dynamic_per_patch_encoder"] = lambda: DynamicPerPatchEncoder(max_k=cfg.max_k)
+    # opt-in: the accelerator top (hw/accelerator.py: AXI4 port, buffers, sequencer around the engine)
+    from vitaccel.sim.accelerator import AcceleratorConfig, default_bus_bits
+
+    from .accelerator import Accelerator
+    acfg = accel or AcceleratorConfig(engine=cfg, bus_bits=default_bus_bits(cfg))
+    tops["accelerator"] = lambda: Accelerator(acfg)
     return tops
 
 
-#: Tops that :func:`generate` writes only when named in ``tops`` (e.g. ``vitaccel hw synth --top
-#: dynamic_per_patch_encoder``): units the engine does not instantiate.
-OPTIONAL_TOPS = ("dynamic_per_patch_encoder",)
+#: Tops that :func:`generate` writes only when named in ``tops`` (e.g. ``vitaccel hw generate --top
+#: accelerator``): units the engine does not instantiate, and the accelerator around it.
+OPTIONAL_TOPS = ("dynamic_per_patch_encoder", "accelerator")
 
 
-def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None) -> dict:
+def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None, accel=None) -> dict:
     """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary.
 
     ``tops=None`` writes the engine and its sub-blocks (every top but :data:`OPTIONAL_TOPS`).
+    ``accel``: the :class:`sim.accelerator.AcceleratorConfig` of the ``accelerator`` top (default:
+    ``cfg`` with the default memory port and buffers).
     """
     from amaranth.back import verilog
     from vitaccel.sim.engine_config import acc_bits_at_max_k
@@ -78,12 +86,16 @@ def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = No
     summary = {"config": cfg.to_dict(), "derived": {
         "corr_bits": cfg.corr_bits, "colsum_bits": cfg.colsum_bits, "drain_latency": cfg.drain_latency,
         "requant_latency": cfg.requant_latency, "acc_bits_at_max_k": acc_bits_at_max_k(cfg)}, "tops": {}}
-    avail = _tops(cfg)
+    avail = _tops(cfg, accel)
     for name in tops or [n for n in avail if n not in OPTIONAL_TOPS]:
         if name not in avail:
             raise ConfigError(f"unknown top {name!r}; available: {sorted(avail)}")
         comp = avail[name]()
         text = verilog.convert(comp, name=name, emit_src=False)
+        if name == "accelerator":
+            from .accelerator import compact_memory_init
+            text = compact_memory_init(text)
+            summary["accelerator"] = comp.cfg.to_dict()
         path = out / f"{name}.v"
         path.write_text(text)
         summary["tops"][name] = {"file": path.name, "ports": ports_of(comp), "lines": text.count("\n")}

@@ -102,6 +102,19 @@ def _fast_single(spec: LayerSpec, q, outliers, b, path):
     return None if res is None else LayerResult(res.acc[0], res.out[0], res.saturations)
 
 
+def _checked_path(spec: LayerSpec, k: int, path: str | None) -> str:
+    """The GEMM path of a layer: ``path`` when given and exact for it (section 6 bound), else the
+    fastest exact one (``gemm_path``); ``ValueError`` for an unknown or inexact forced path."""
+    auto = gemm_path(k, spec.dmax(), (1 << (spec.b_bits - 1)) - 1)
+    if path is None:
+        return auto
+    if path not in PATH_DTYPE:
+        raise ValueError(f"unknown GEMM path {path!r}; expected one of {_PATH_ORDER}")
+    if _PATH_ORDER.index(path) < _PATH_ORDER.index(auto):
+        raise ValueError(f"{spec.name}: the {path} path is not exact for this layer (section 6 needs {auto})")
+    return path
+
+
 def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | None = None) -> LayerResult:
     """Run one layer bit-exactly: decode, GEMM, drain, check, requantise (section 9).
 
@@ -168,14 +181,7 @@ def run_layer(spec: LayerSpec, a_codes, outliers=None, b=None, *, path: str | No
         except ValueError as exc:
             raise b_first(exc) from None
 
-    auto = gemm_path(k, spec.dmax(), (1 << (spec.b_bits - 1)) - 1)
-    if path is None:
-        path = auto
-    elif path not in PATH_DTYPE:
-        raise ValueError(f"unknown GEMM path {path!r}; expected one of {_PATH_ORDER}")
-    elif _PATH_ORDER.index(path) < _PATH_ORDER.index(auto):
-        raise ValueError(f"{spec.name}: the {path} path is not exact for this layer (section 6 needs {auto})")
-    dt = PATH_DTYPE[path]
+    dt = PATH_DTYPE[_checked_path(spec, k, path)]
     bmax = (1 << (spec.b_bits - 1)) - 1
 
     # 3. decode (reference order: codes are checked before the outlier list)

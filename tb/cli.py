@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitaccel.sim.cli_args import add_build_dir_arg, add_engine_args, add_json_arg, apply_build_dir, engine_fields_from_args
+from vitaccel.sim.cli_args import (add_build_dir_arg, add_engine_args, add_json_arg, add_program_arg, apply_build_dir,
+                                   engine_fields_from_args, program_from_args)
 from vitaccel.sim.engine_config import make_engine_config
 
 __all__ = ["add_subcommands", "run_golden_layer", "run_golden_layers", "engine_config_for",
@@ -224,6 +225,60 @@ def _run(args) -> int:
     return 0
 
 
+def _model(args) -> int:
+    """``vitaccel tb model``: every GEMM of one image through the RTL accelerator top (tb/model_run.py)."""
+    from vitaccel.tb.model_run import report_markdown, run_model, write_reports
+
+    apply_build_dir(args)
+    program = program_from_args(args)
+    fields = engine_fields_from_args(args)
+    if args.bits is None and getattr(args, "wbits", None) is None and getattr(args, "abits", None) is None \
+            and args.config is None:
+        del fields["a_bits"], fields["b_bits"]     # the widest codes of the program (tb/model_run.py)
+    records = [r.strip() for r in args.layers.split(",") if r.strip()] if args.layers else None
+    buffers = {k: getattr(args, k) for k in ("a_buf_words", "b_buf_words", "outl_buf_words", "rowp_buf_beats",
+                                             "colp_buf_beats")}
+    rep = run_model(str(args.golden), image=args.image, engine_fields=fields, program=program, records=records,
+                    waves=args.waves, progress=not args.no_progress, bus_bits=args.bus_bits,
+                    mem_latency=args.mem_latency, buffers=buffers)
+    md = report_markdown(rep)
+    print(md)
+    write_reports(rep, args.json, args.markdown)
+    for path in (args.json, args.markdown):
+        if path:
+            print(f"wrote {path}")
+    ok = rep["all_exact"] and rep["cycles_match"] and rep["bytes_match"]
+    return 0 if ok else 1
+
+
+def _add_model_parser(tsub) -> None:
+    m = tsub.add_parser("model", help="run every GEMM of one image through the RTL accelerator top (fast bench)",
+                        description="Run every GEMM of one image of golden vectors through the RTL accelerator "
+                        "top (hw/accelerator.py, Verilator + a C++ AXI memory): bit-exact check per layer, RTL "
+                        "cycles against `vitaccel estimate --dataflow accelerator`, bytes on the memory port.")
+    add_program_arg(m, required=True, legacy_positional=True,
+                    help="the integer program the golden vectors were exported from")
+    m.add_argument("--golden", required=True, type=Path, help="directory written by `vitaccel export-golden`")
+    m.add_argument("--image", type=int, default=0, help="image index (default 0)")
+    m.add_argument("--layers", default=None, help="comma-separated golden records to run (default: all, in order)")
+    add_engine_args(m)
+    acc = m.add_argument_group("accelerator", "memory port and buffers (default: sized to the program)")
+    acc.add_argument("--bus-bits", type=int, default=None, help="AXI4 data width (default max(128, 32 x cols))")
+    acc.add_argument("--mem-latency", type=int, default=20, help="bench memory read latency in cycles (default 20)")
+    for name, what in (("a-buf-words", "A buffer depth in bus words"), ("b-buf-words", "B buffer depth in bus words"),
+                       ("outl-buf-words", "outlier buffer depth in bus words"),
+                       ("rowp-buf-beats", "row-parameter buffer depth (row tiles)"),
+                       ("colp-buf-beats", "column-parameter buffer depth (column blocks)")):
+        acc.add_argument(f"--{name}", type=int, default=None, help=what)
+    m.add_argument("--waves", action="store_true",
+                   help="on a mismatch, run again with tracing and keep the waveform of the first mismatching layer")
+    m.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="write the Markdown report here")
+    add_json_arg(m, help="write the JSON report here")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_build_dir_arg(m)
+    m.set_defaults(func=_model)
+
+
 def add_subcommands(sub) -> None:
     tb = sub.add_parser("tb", help="RTL testbenches (cocotb + Verilator)")
     tsub = tb.add_subparsers(dest="tb_command", metavar="TB_COMMAND")
@@ -241,3 +296,4 @@ def add_subcommands(sub) -> None:
     add_json_arg(r, help="write the per-layer results here")
     add_build_dir_arg(r)
     r.set_defaults(func=_run)
+    _add_model_parser(tsub)

@@ -104,9 +104,10 @@ def test_failed_stage_skips_dependants_and_report_says_so(tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_flow_end_to_end_on_embedded_default(tmp_path):
     out = tmp_path / "flow"
+    # the engine flags select tb.accel_bench.SMALL_ACCEL for the RTL check (the build the other RTL tests use)
     rc = main(["flow", "--methods", "baseline,adfq", "--bits", "w8a8", "--amo-iters", "5",
-               "--calib-size", "24", "--eval-size", "16", "--rows", "4", "--cols", "4",
-               "--threads", "1", "-o", str(out)])
+               "--calib-size", "24", "--eval-size", "16", "--rows", "4", "--cols", "4", "--acc-bits", "40",
+               "--outlier-capacity", "16", "--outlier-lanes", "2", "--threads", "1", "-o", str(out)])
     doc = json.loads((out / "report.json").read_text())
     status = {s["name"]: s for s in doc["stages"]}
     failed = {n: s["message"] for n, s in status.items() if s["status"] != "ok"}
@@ -126,14 +127,18 @@ def test_flow_end_to_end_on_embedded_default(tmp_path):
             # 16 images: every percentage is a multiple of 100/16
             assert abs(v * 16 / 100 - round(v * 16 / 100)) < 1e-9
 
-    # RTL: one linear layer and one attention matmul ran bit-exact in Verilator
+    # RTL: every GEMM of the golden image ran bit-exact through the accelerator top, cycles == estimator
     assert doc["export_method"] == "adfq"
     checks = doc["rtl"]["checks"]
+    golden = json.loads((out / "golden" / "golden.json").read_text())
+    assert [c["record"] for c in checks] == list(golden["layers"])
     kinds = {c["kind"] for c in checks}
-    assert "linear" in kinds and ({"qk", "av"} & kinds)
+    assert kinds == {"linear", "qk", "av"}
     for c in checks:
         assert c["bit_exact"] is True, c
-        assert c["cycles"] == c["model_cycles"] > 0
+        assert c["cycles"] == c["model_cycles"] > c["engine_cycles"] > 0
+    from vitaccel.tb.accel_bench import SMALL_ACCEL
+    assert doc["rtl"]["accelerator"] == SMALL_ACCEL.to_dict()
     assert doc["rtl"]["verilog"] and all((out / v).is_file() for v in doc["rtl"]["verilog"])
     assert any("module layer_engine" in (out / v).read_text() for v in doc["rtl"]["verilog"])
 

@@ -2,7 +2,8 @@
 
 The tiny embedded model ``vitaccel-digits`` (no ``../shared``) is calibrated through the real CLI
 (``vitaccel calibrate``, ADFQ-ViT with POQ outliers and Shift-Log2 post-GELU codes, AMO off to keep it
-fast) and its golden vectors are exported (``vitaccel export-golden``, one image).  Then one linear
+fast) and its golden vectors are exported (``vitaccel export-golden``, one image): the session fixture
+``digits_golden`` of tests/conftest.py, shared with tests/test_rtl_model.py.  Then one linear
 layer with the outlier path (``FO = 2``), the ``q`` projection, one ``q @ k^T`` and one ``attn @ v``
 matmul (log2 A codes) run on the 4 x 4 RTL layer engine the other engine tests build
 (:data:`tb.engine_streams.SMALL_ENGINE`, so no extra Verilator build).
@@ -18,7 +19,6 @@ import json
 import numpy as np
 import pytest
 
-from vitaccel.cli import main as vitaccel
 from vitaccel.golden.golden_vectors import load_golden
 from vitaccel.sim.schedule import layer_cycles
 from vitaccel.sim import reference as ref
@@ -26,21 +26,9 @@ from vitaccel.tb.cli import run_golden_layers
 from vitaccel.tb.engine_streams import SMALL_ENGINE
 
 
-def _front_end(tmp_path) -> str:
-    prog, vec = tmp_path / "prog", tmp_path / "vec"
-    rc = vitaccel(["calibrate", "--model", "vitaccel-digits", "--data", "embedded:digits", "--method", "adfq",
-                   "--no-amo", "--bits", "w4a4", "--calib-size", "4", "--batch-size", "4", "--workers", "0",
-                   "--alpha-qkv", "3", "--alpha-fc1", "3", "--outlier-capacity", "16", "-o", str(prog)])
-    assert rc == 0
-    rc = vitaccel(["export-golden", "--program", str(prog), "--data", "embedded:digits", "--images", "1", "--workers", "0",
-                   "-o", str(vec)])
-    assert rc == 0
-    return str(vec)
-
-
 @pytest.mark.slow
-def test_golden_layers_on_rtl_engine(tmp_path):
-    golden_dir = _front_end(tmp_path)
+def test_golden_layers_on_rtl_engine(tmp_path, digits_golden):
+    golden_dir = digits_golden[1]
     vec = load_golden(golden_dir)
     cfg = SMALL_ENGINE
     # the linear layer with the outlier path that has the most outliers on image 0 (K must fit max_k)

@@ -55,8 +55,15 @@ def add_subcommands(subparsers) -> None:
                  "sim/perf/synth_table.json, else 200 MHz, stated as assumed)")
     eng.add_argument("--dram-bw", type=_float, default=16.0, help="DRAM bandwidth, bytes/cycle (default 16)")
     eng.add_argument("--sram-kib", type=_float, default=256.0, help="on-chip buffer, KiB (default 256)")
-    eng.add_argument("--dataflow", default="engine", choices=("engine", "os", "ws", "is"),
-                     help="engine = exact vitaccel engine (sim.schedule); os/ws/is = SCALE-Sim closed form")
+    eng.add_argument("--dataflow", default="engine", choices=("engine", "accelerator", "os", "ws", "is"),
+                     help="engine = exact vitaccel engine (sim.schedule); accelerator = the engine inside the "
+                     "AXI top (sim/accelerator.py: descriptor, load, run, status per layer); os/ws/is = "
+                     "SCALE-Sim closed form")
+    # --dataflow accelerator only (sim/perf/accelerator.py)
+    eng.add_argument("--bus-bits", type=int, default=None,
+                     help="accelerator: memory port width in bits (default max(128, 32 x cols))")
+    eng.add_argument("--mem-latency", type=int, default=None,
+                     help="accelerator: memory read latency in cycles (default 20)")
     eng.add_argument("--device", default=None, help="FPGA for the resource check (default LFE5U-85F; "
                      "LFE5U-25F, LFE5U-45F, LFE5U-85F)")
     out = p.add_argument_group("output")
@@ -77,7 +84,8 @@ def hardware_from_args(args):
     return Hardware(rows=fields["rows"], cols=fields["cols"], freq=(freq or DEFAULT_FREQ_MHZ) * 1e6,
                     dram_bw=args.dram_bw, sram_kib=args.sram_kib, dataflow=args.dataflow,
                     acc_bits=fields.get("acc_bits"), outlier_capacity=fields.get("outlier_capacity"),
-                    outlier_lanes=fields.get("outlier_lanes"), max_k=fields.get("max_k"))
+                    outlier_lanes=fields.get("outlier_lanes"), max_k=fields.get("max_k"),
+                    bus_bits=args.bus_bits, mem_latency=args.mem_latency)
 
 
 def build_estimate(args):

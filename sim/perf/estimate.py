@@ -56,6 +56,10 @@ class Hardware:
     outlier_capacity: int | None = None
     outlier_lanes: int | None = None
     max_k: int | None = None
+    # dataflow "accelerator" (sim/perf/accelerator.py): memory port width (bits; None = the default
+    # of sim.accelerator.default_bus_bits) and memory read latency (cycles; None = 20)
+    bus_bits: int | None = None
+    mem_latency: int | None = None
 
     @property
     def sram_bytes(self) -> int:
@@ -77,8 +81,8 @@ class Hardware:
             raise ValueError(f"--dram-bw must be a positive number of bytes per cycle, got {self.dram_bw!r}")
         if not (self.sram_kib > 0 and math.isfinite(self.sram_kib)):
             raise ValueError(f"--sram-kib must be positive, got {self.sram_kib!r}")
-        if self.dataflow not in ("engine",) + DATAFLOWS:
-            raise ValueError(f"unknown dataflow {self.dataflow!r}; expected engine, os, ws or is")
+        if self.dataflow not in ("engine", "accelerator") + DATAFLOWS:
+            raise ValueError(f"unknown dataflow {self.dataflow!r}; expected engine, accelerator, os, ws or is")
         for name in ("acc_bits", "outlier_capacity", "outlier_lanes", "max_k"):
             v = getattr(self, name)
             if v is not None and v < (1 if name != "outlier_capacity" else 0):
@@ -332,6 +336,11 @@ def estimate_layer(g: Gemm, hw: Hardware, cfg=None) -> LayerEstimate:
 
     Raises ``traffic.SramTooSmall`` or ``sim.engine_config.ConfigError``.
     """
+    if hw.dataflow == "accelerator":   # the AXI top around the engine (sim/perf/accelerator.py)
+        from . import accelerator
+        if cfg is None:
+            cfg = accelerator.accelerator_config_for([g], hw, engine_config_for([g], hw))
+        return accelerator.estimate_layer(g, hw, cfg)
     if hw.dataflow == "engine":
         if cfg is None:
             cfg = engine_config_for([g], hw)
@@ -350,13 +359,20 @@ def estimate(gemms: list[Gemm], hw: Hardware, *, model: str = "", batch: int = 1
     hw.validate()
     if not gemms:
         raise ValueError("the workload has no GEMM layers")
-    cfg = engine_config_for(gemms, hw) if hw.dataflow == "engine" else None
+    cfg = engine_config_for(gemms, hw) if hw.dataflow in ("engine", "accelerator") else None
+    if hw.dataflow == "accelerator":   # sim/perf/accelerator.py
+        from . import accelerator
+        cfg = accelerator.accelerator_config_for(gemms, hw, cfg)
     it = gemms
     if progress:
         from tqdm import tqdm
         it = tqdm(gemms, desc="estimate", unit="layer", leave=False)
     layers = [estimate_layer(g, hw, cfg) for g in it]
     est = ModelEstimate(model, hw, batch, bits, layers, source)
+    if hw.dataflow == "accelerator":
+        note = accelerator.buffer_note(cfg, layers, hw.sram_bytes)
+        est.notes.extend([accelerator.port_note(cfg)] + ([note] if note else []))
+        cfg = cfg.engine
     if cfg is not None:
         est.engine_config = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
         over = [l.gemm.name for l in layers if l.gemm.outliers

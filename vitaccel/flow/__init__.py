@@ -19,8 +19,9 @@ in :mod:`~vitaccel.flow.cli`):
                (:class:`vitaccel.golden.int_eval.ProgramRunner`), agreement with fake-quant, outliers.
 ``golden``     golden vectors of the exported method (:func:`vitaccel.golden.golden_vectors.write_golden`).
 ``verilog``    Verilog of the layer engine for ``--rows`` x ``--cols`` (``hw``).
-``rtl_check``  the cocotb testbench in Verilator on the golden vectors of one linear layer and one
-               attention matmul (``tb``), bit-exact comparison.
+``rtl_check``  every GEMM of one golden image through the RTL accelerator top in Verilator
+               (``tb.model_run``, as ``vitaccel tb model``): bit-exact, cycles and memory bytes
+               equal to ``estimate --dataflow accelerator``.
 ``estimate``   per-layer cycles and DRAM traffic of the whole program (``sim.perf``).
 ``plots``      PNG figures.
 =============  ====================================================================================

@@ -143,8 +143,8 @@ def add_subcommands(subparsers) -> None:
     h = add_engine_args(p, with_bits=False)
     h.add_argument("--golden-images", type=positive_int, default=1, help="images in the golden vectors (default 1)")
     h.add_argument("--rtl-layers", default=None, metavar="R1,R2",
-                   help="golden records to check in RTL (default: the first block linear layer, preferring one "
-                   "with an outlier path, and the first q @ k^T head, e.g. blocks.0.attn.q,blocks.0.attn.qk.h0)")
+                   help="golden records to run through the RTL accelerator top (default: every GEMM of the "
+                   "image, e.g. blocks.0.attn.q,blocks.0.attn.qk.h0 for two)")
     h.add_argument("--skip-rtl", action="store_true", help="skip Verilog generation and the RTL check")
     add_build_dir_arg(h)
     p.add_argument("--quick", action="store_true",

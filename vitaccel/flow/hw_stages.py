@@ -1,5 +1,6 @@
 """The hardware stages of ``vitaccel flow``: Verilog of the layer engine sized for the exported
-program (``vitaccel hw generate``) and the cocotb + Verilator check on golden vectors (``vitaccel tb run``)."""
+program (``vitaccel hw generate``) and every GEMM of one golden image through the RTL accelerator top
+(``vitaccel tb model``: Verilator + C++ memory, bit-exact, cycles and bytes against the estimator)."""
 from __future__ import annotations
 
 import json
@@ -36,61 +37,61 @@ def stage_verilog(ctx: FlowContext) -> str:
     return f"{len(files)} Verilog files for a {cfg.rows}x{cfg.cols} engine (max_k {cfg.max_k}, acc {cfg.acc_bits} bits)"
 
 
-def _default_rtl_records(golden_layers: dict, prog) -> list[str]:
-    """One linear layer (one with an outlier path when there is one) and one ``q @ k^T`` head."""
-    layers = prog.manifest["layers"]
-    linear = [r for r, l in golden_layers.items() if layers.get(l, {}).get("op") == "linear"
-              and r.startswith("blocks.")]
-    with_outliers = [r for r in linear if layers[golden_layers[r]].get("fo", 0)]
-    qk = [r for r, l in golden_layers.items() if layers.get(l, {}).get("op") == "qk"]
-    picks = []
-    if with_outliers or linear:
-        picks.append((with_outliers or linear)[0])
-    if qk:
-        picks.append(qk[0])
-    return picks
-
-
 def stage_rtl_check(ctx: FlowContext) -> str:
-    """Run the cocotb layer-engine testbench in Verilator on golden records
-    (:func:`vitaccel.tb.cli.run_golden_layer`, as ``vitaccel tb run``)."""
-    from vitaccel.tb.cli import run_golden_layer
+    """Every GEMM of one golden image through the RTL accelerator top (:func:`vitaccel.tb.model_run.run_model`,
+    as ``vitaccel tb model``): bit-exact per layer, RTL cycles == ``estimate --dataflow accelerator``,
+    bytes on the memory port == the estimator's.  ``--rtl-layers`` restricts it to some records."""
+    import shutil
 
-    eng = ctx.engine_fields()
+    from vitaccel.tb.model_run import run_model, write_reports
+
     golden_dir = ctx.out / "golden"
     man = json.loads((golden_dir / "golden.json").read_text())
     prog = ctx.programs[ctx.export_method()]
+    records = None
     if ctx.args.rtl_layers:
         records = [r.strip() for r in ctx.args.rtl_layers.split(",") if r.strip()]
         unknown = [r for r in records if r not in man["layers"]]
         if unknown:
             raise StageError(f"--rtl-layers {', '.join(unknown)} not in the golden vectors; records are e.g. "
                              + ", ".join(list(man["layers"])[:8]))
-    else:
-        records = _default_rtl_records(man["layers"], prog)
-    if not records:
-        raise StageError("the golden vectors hold no linear or attention records")
+    fields = {k: v for k, v in ctx.engine_fields().items() if k not in ("a_bits", "b_bits")}
+    t0 = time.time()
+    rep = run_model(str(golden_dir), image=0, engine_fields=fields, records=records, progress=False,
+                    log=lambda msg: print(f"  {msg}", flush=True))
+    out = ctx.out / "rtl"
+    out.mkdir(parents=True, exist_ok=True)
+    write_reports(rep, out / "model.json", out / "model.md")
+    acc = rep["accelerator"]
+    e = acc["engine"]
+    command = (f"vitaccel tb model --program {ctx.rel(golden_dir / 'program')} --golden {ctx.rel(golden_dir)} "
+               f"--rows {e['rows']} --cols {e['cols']}")
     checks = []
-    for rec in records:
-        op = prog.manifest["layers"][man["layers"][rec]]["op"]
-        entry = {"record": rec, "kind": op, "bit_exact": False,
-                 "command": f"vitaccel tb run {ctx.rel(golden_dir)} --layer {rec} --rows {eng['rows']} "
-                            f"--cols {eng['cols']}"}
-        t0 = time.time()
-        try:
-            res = run_golden_layer(str(golden_dir), rec, rows=eng["rows"], cols=eng["cols"])
-        except AssertionError as exc:  # the testbench's scoreboard / cycle / flag checks
-            entry["detail"] = str(exc).splitlines()[0][:300]
-        else:
-            entry.update(bit_exact=True, cycles=int(res["cycles"]), model_cycles=int(res["model_cycles"]),
-                         rows=int(res["rows"]), shape=list(res["shape"]), engine=res.get("engine"),
-                         detail=f"{res['rows']} output rows exact; {res['cycles']} cycles "
-                                f"(sim/schedule.py {res['model_cycles']})")
-        entry["seconds"] = round(time.time() - t0, 1)
-        checks.append(entry)
-    ctx.results.setdefault("rtl", {})["checks"] = checks
-    bad = [c["record"] for c in checks if not c["bit_exact"]]
-    if bad:
-        raise StageError(f"RTL mismatch on {', '.join(bad)}: " + "; ".join(
-            c.get("detail", "") for c in checks if not c["bit_exact"]))
-    return ", ".join(f"{c['record']} ({c['kind']}) bit-exact" for c in checks)
+    for c in rep["layers"]:
+        checks.append({"record": c["name"], "kind": prog.manifest["layers"][man["layers"][c["name"]]]["op"],
+                       "bit_exact": bool(c["exact"]), "cycles": c.get("rtl_cycles"),
+                       "model_cycles": c.get("estimate_cycles"), "engine_cycles": c.get("engine_cycles"),
+                       "bytes": c.get("bytes_total"), "shape": c.get("shape"),
+                       "detail": (f"{c['rtl_cycles']:,} cycles (estimator {c['estimate_cycles']:,}), "
+                                  f"{c['bytes_total']:,} bytes on the memory port") if "shape" in c
+                       else c.get("detail", "")})
+    rtl = ctx.results.setdefault("rtl", {})
+    rtl.update(checks=checks, command=command, report=ctx.rel(out / "model.md"), accelerator=acc,
+               total_cycles=rep["total_cycles"], sim_cycles_per_second=rep["sim_cycles_per_second"],
+               seconds=round(time.time() - t0, 1))
+    from vitaccel.sim.accelerator import AcceleratorConfig
+    from vitaccel.tb.accel_bench import accelerator_verilog_file
+
+    vfile = accelerator_verilog_file(AcceleratorConfig.from_dict(acc))
+    shutil.copyfile(vfile, out / "accelerator.v")
+    rtl.setdefault("verilog", []).append(ctx.rel(out / "accelerator.v"))
+    bad = [c for c in rep["layers"] if not c["exact"]]
+    if bad or not rep["all_exact"]:
+        fm = rep["first_mismatch"] or {}
+        raise StageError(f"RTL mismatch in {len(bad)} of {len(rep['layers'])} layers; first: layer {fm.get('layer')} "
+                         f"row {fm.get('row')} column {fm.get('column')}: expected {fm.get('expected')}, "
+                         f"got {fm.get('got')} ({command} --waves keeps its waveform)")
+    if not (rep["cycles_match"] and rep["bytes_match"]):
+        raise StageError("RTL cycles or memory-port bytes differ from the estimator: see " + ctx.rel(out / "model.md"))
+    return (f"{len(rep['layers'])} GEMM layers of one image bit-exact in the {e['rows']}x{e['cols']} accelerator top, "
+            f"{rep['total_cycles']:,} cycles == estimator, {rep['sim_cycles_per_second']:,} simulated cycles/s")

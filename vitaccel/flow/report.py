@@ -56,8 +56,10 @@ def report_markdown(doc: dict) -> str:
                          f"| {_fmt(acc.get('intsim_agreement', {}).get(m))} |")
     rtl = doc.get("rtl", {})
     if rtl.get("checks"):
-        lines += ["", "## RTL check (cocotb + Verilator on golden vectors)", "",
-                  "| record | kind | result | detail |", "| --- | --- | --- | --- |"]
+        lines += ["", "## RTL check (every GEMM of one golden image through the accelerator top, Verilator)", ""]
+        if rtl.get("command"):
+            lines += [f"Command: `{rtl['command']}`; report `{rtl.get('report')}`.", ""]
+        lines += ["| record | kind | result | detail |", "| --- | --- | --- | --- |"]
         for c in rtl["checks"]:
             lines.append(f"| {c['record']} | {c['kind']} | {'bit-exact' if c['bit_exact'] else 'MISMATCH'} "
                          f"| {c.get('detail', '')} |")
