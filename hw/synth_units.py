@@ -120,12 +120,14 @@ def ecp5_unit_cells(verilog_file: str | Path, top: str, out_dir: str | Path, tim
 
 
 def unit_report(cfg: EngineConfig, out_dir: str | Path, target: str = "asic", units=None,
-                timeout: float | None = None, lut_mapper: str = "abc9", log=print) -> dict:
+                timeout: float | None = None, lut_mapper: str = "abc9", log=print,
+                known: dict | None = None) -> dict:
     """Synthesise every unit of :data:`UNIT_TOPS` (or ``units``) for ``target`` (``asic`` / ``ecp5``).
 
     Returns ``{"target", "config", "units": {top: {..., count, per_instance...}}, "per_pe", "rest"}``:
     the MAC array per PE, every unit times its count in the engine, and the engine minus the
-    listed units ("rest": controller, stall, buffers, drain, FIFO).
+    listed units ("rest": controller, stall, buffers, drain, FIFO).  ``known`` holds results of
+    units synthesised elsewhere (e.g. the ECP5 engine run), used instead of a new run.
     """
     from amaranth.back import verilog
     out = Path(out_dir)
@@ -135,6 +137,12 @@ def unit_report(cfg: EngineConfig, out_dir: str | Path, target: str = "asic", un
     rep = {"target": target, "config": cfg.to_dict(), "metric": key, "units": {}}
     for top in todo:
         factory, count = comps[top]
+        if known and top in known:
+            rep["units"][top] = {**known[top], "count": count}
+            if target == "ecp5":
+                c = known[top]["cells"]
+                rep["units"][top]["comb_est"] = c.get("LUT4", 0) + 2 * c.get("CCU2C", 0)
+            continue
         udir = out / top
         udir.mkdir(parents=True, exist_ok=True)
         vfile = udir / f"{top}.v"
