@@ -127,7 +127,9 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int, en_copies: int = 1,
-                 drain_copies: int = 1):
+                 drain_copies: int = 1, edge_sh: int = 2):
+        self.edge_sh = edge_sh
+        self.magf_bits = 9 + (1 << edge_sh) - 1
         if not 1 <= en_copies <= rows * cols:
             raise ValueError(f"MacArray: en_copies must be in 1..{rows * cols}, got {en_copies}")
         self.rows, self.cols, self.b_bits, self.acc_bits = rows, cols, b_bits, acc_bits
@@ -171,7 +173,7 @@ class MacArray(wiring.Component):
         a_edge, b_edge = [], []
         for r in range(R):
             t = self.a[r]
-            a_edge.append((t.neg, t.mag << t.sh[:2], t.sh[2:4]))
+            a_edge.append((t.neg, t.mag << t.sh[:self.edge_sh], t.sh[self.edge_sh:4]))
         for c in range(C):
             b = self.b[c]
             b_edge.append((Mux(b[-1], -b, b)[:B - 1], b[-1]))
@@ -179,7 +181,7 @@ class MacArray(wiring.Component):
             for c in range(C):
                 g = self.group_of(r, c)
                 for key, edge, names, widths, store in (
-                        ((g, r), a_edge[r], ("neg", "magf", "sh"), (1, MAGF_BITS, 2), a_reg),
+                        ((g, r), a_edge[r], ("neg", "magf", "sh"), (1, self.magf_bits, 4 - self.edge_sh), a_reg),
                         ((g, c), b_edge[c], ("absb", "bneg"), (B - 1, 1), b_reg)):
                     if key in store:
                         continue
@@ -211,7 +213,7 @@ class MacArray(wiring.Component):
                 # multiples of 4) is in the accumulate stage
                 prod = pe_product_abs(m, absb, magf, name=f"pe{r}_{c}")
                 fine = Signal(len(prod), name=f"pe{r}_{c}_p")
-                coarse = Signal(2, name=f"pe{r}_{c}_sh")
+                coarse = Signal(4 - self.edge_sh, name=f"pe{r}_{c}_sh")
                 sign = Signal(name=f"pe{r}_{c}_s")
                 acc = Signal(signed(W), name=f"pe{r}_{c}_acc")
                 shadow = Signal(signed(W), name=f"pe{r}_{c}_shadow")
@@ -219,7 +221,8 @@ class MacArray(wiring.Component):
                 with m.If(en):
                     m.d.sync += [fine.eq(prod), coarse.eq(sh_c), sign.eq(neg ^ bneg)]
                 # +-p as a one's complement plus carry-in: base + (p ^ -s) + s
-                px = ((fine << Cat(Const(0, 2), coarse))[:W]) ^ sign.replicate(W)
+                shifted = (fine << Cat(Const(0, self.edge_sh), coarse)) if len(coarse) else fine
+                px = shifted[:W] ^ sign.replicate(W)
                 base = acc           # 0 at the first column of every tile (cleared by ``last``)
                 # one W+1-bit carry chain: (2 base + s) + (2 px + s) = 2 (base + px + s)
                 total = (Cat(sign, base) + Cat(sign, px))[1:W + 1].as_signed()
