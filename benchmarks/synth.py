@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vitaccel.hw.synth import generate, synthesize  # noqa: E402
-from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version  # noqa: E402
-from vitaccel.sim.cli_args import parse_bits  # noqa: E402
-from vitaccel.sim.engine_config import make_engine_config  # noqa: E402
+from vitaccel.hw.synth import generate, synthesize
+from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
+from vitaccel.sim.cli_args import parse_bits
+from vitaccel.sim.engine_config import make_engine_config
 
 TABLE = ROOT / "sim" / "perf" / "synth_table.json"
 

@@ -218,7 +218,8 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
            "lut_mapper": lut_mapper, "seed": seed if pnr else None, "router": router if pnr else None,
-           "tools": _tool_versions(yosys, nextpnr if pnr else None), "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
+           "tools": _tool_versions(yosys, nextpnr if pnr else None),
+           "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
     if pnr:
         t1 = time.monotonic()
         plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,
