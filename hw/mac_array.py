@@ -22,10 +22,15 @@ The PE multiplier ``|b| * mag`` is written as a shift-and-add over the ``b_bits 
 Pipeline (all registers advance only when ``en`` is high -- the engine's global stall; ``en`` and the
 product-stage control come in ``en_copies`` identical copies, one per group of PEs, to bound fanout)::
 
-    cycle t   : triples + B row valid at the inputs (decoder register / B buffer row register)
-    cycle t   : p = (|b| * mag) << sh[0:2], sh[2:4], s = neg ^ (b < 0)  -> product register
-    cycle t+1 : q = p << 4 sh[2:4]; acc = acc +- q ;
+    cycle t   : triples + B row valid at the inputs (decoder register / B buffer row register);
+                at the edge magf = mag << sh[0:2], |b|, b < 0            -> broadcast registers
+    cycle t+1 : p = |b| * magf, sh[2:4], s = neg ^ (b < 0)              -> product register
+    cycle t+2 : q = p << 4 sh[2:4]; acc = acc +- q ;
                 last -> shadow                                          -> accumulator / shadow
+
+The broadcast registers hold one copy of a row's triple / a column's B code per enable group that
+uses it (with the group's ``valid`` / ``last``), so the long nets from the array edge end at a few
+registers and each group's PEs are driven by a local copy (docs/hardware.md, "Fmax").
 
 (the shift ``<< sh`` is split over the two stages; ``+-q`` is ``(q ^ -s) + s`` with the ``+ s`` as the
 carry-in of the accumulator's one carry chain).
@@ -36,23 +41,23 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacArray", "TripleLayout", "pe_product", "adder_tree"]
+__all__ = ["MacArray", "TripleLayout", "pe_product_abs", "adder_tree", "MAGF_BITS"]
 
 #: A decoded A operand as seen by the array (docs/datapath.md section 4).
 TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": unsigned(4)})
 
 
-def pe_product(m: Module, b, mag, b_bits: int, mag_bits: int = 9, name: str = "pe"):
-    """``|b| * mag`` as a shift-and-add (no ``*`` operator, so no DSP block is inferred).
+#: Width of a pre-shifted magnitude ``mag << sh[0:2]`` (9 + 3 bits).
+MAGF_BITS = 12
 
-    Returns ``(product, b_negative)``; ``product`` is unsigned ``b_bits - 1 + mag_bits`` bits.
-    """
-    absb = Signal(b_bits - 1)
-    m.d.comb += absb.eq(Mux(b[-1], -b, b)[:b_bits - 1])
-    terms = [Mux(absb[i], mag << i, 0) for i in range(b_bits - 1)]
-    prod = Signal(b_bits - 1 + mag_bits)
+
+def pe_product_abs(m: Module, absb, magf, name: str = "pe"):
+    """``absb * magf`` (both unsigned) as a shift-and-add over the bits of ``absb`` (LUTs and
+    carry chains, no DSP block); unsigned ``len(absb) + len(magf)`` bits."""
+    terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
+    prod = Signal(len(absb) + len(magf), name=f"{name}_prod")
     m.d.comb += prod.eq(adder_tree(m, terms, f"{name}_sum"))
-    return prod, b[-1]
+    return prod
 
 
 def adder_tree(m: Module, terms: list, name: str = "sum"):
@@ -122,7 +127,9 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int, en_copies: int = 1,
-                 drain_copies: int = 1):
+                 drain_copies: int = 1, edge_sh: int = 2):
+        self.edge_sh = edge_sh
+        self.magf_bits = 9 + (1 << edge_sh) - 1
         if not 1 <= en_copies <= rows * cols:
             raise ValueError(f"MacArray: en_copies must be in 1..{rows * cols}, got {en_copies}")
         self.rows, self.cols, self.b_bits, self.acc_bits = rows, cols, b_bits, acc_bits
@@ -144,37 +151,78 @@ class MacArray(wiring.Component):
         """Enable / control group of PE ``(r, c)``."""
         return (r * self.cols + c) * self.en_copies // (self.rows * self.cols)
 
+    def _broadcast(self, m: Module):
+        """Operand broadcast registers (one copy per enable group that uses the operand).
+
+        At the array edge each row's triple is pre-shifted by its fine shift (``magf = mag <<
+        sh[0:2]``, ``coarse = sh[2:4]``) and each column's B code split into ``|b|`` and its sign;
+        group ``g`` registers a copy of the operands of the rows / columns of its PEs and its own
+        ``valid`` / ``last``.  Each copy loads on its group's enable ``en[g]``, so no net from the
+        array edge drives more than the group registers, and yosys cannot merge the copies.
+
+        Returns ``(a_of, b_of, valid, last)``: ``a_of(g, r)`` = ``(neg, magf, coarse)`` and
+        ``b_of(g, c)`` = ``(absb, bneg)`` of group ``g``.
+        """
+        R, C, E, B = self.rows, self.cols, self.en_copies, self.b_bits
+        a_reg, b_reg = {}, {}
+        o_valid = [Signal(name=f"o_valid{g}") for g in range(E)]
+        o_last = [Signal(name=f"o_last{g}") for g in range(E)]
+        for g in range(E):
+            with m.If(self.en[g]):
+                m.d.sync += [o_valid[g].eq(self.valid), o_last[g].eq(self.last)]
+        a_edge, b_edge = [], []
+        for r in range(R):
+            t = self.a[r]
+            a_edge.append((t.neg, t.mag << t.sh[:self.edge_sh], t.sh[self.edge_sh:4]))
+        for c in range(C):
+            b = self.b[c]
+            b_edge.append((Mux(b[-1], -b, b)[:B - 1], b[-1]))
+        for r in range(R):
+            for c in range(C):
+                g = self.group_of(r, c)
+                for key, edge, names, widths, store in (
+                        ((g, r), a_edge[r], ("neg", "magf", "sh"), (1, self.magf_bits, 4 - self.edge_sh), a_reg),
+                        ((g, c), b_edge[c], ("absb", "bneg"), (B - 1, 1), b_reg)):
+                    if key in store:
+                        continue
+                    regs = tuple(Signal(w, name=f"bc{g}_{n}{key[1]}") for n, w in zip(names, widths))
+                    with m.If(self.en[g]):
+                        m.d.sync += [reg.eq(v) for reg, v in zip(regs, edge)]
+                    store[key] = regs
+        return (lambda g, r: a_reg[g, r]), (lambda g, c: b_reg[g, c]), o_valid, o_last
+
     def elaborate(self, platform):
         m = Module()
         R, C, W, E = self.rows, self.cols, self.acc_bits, self.en_copies
+        a_of, b_of, o_valid, o_last = self._broadcast(m)
         # product stage control, one copy per enable group
         p_valid = [Signal(name=f"p_valid{g}") for g in range(E)]
         p_last = [Signal(name=f"p_last{g}") for g in range(E)]
         for g in range(E):
             with m.If(self.en[g]):
-                m.d.sync += [p_valid[g].eq(self.valid), p_last[g].eq(self.last)]
+                m.d.sync += [p_valid[g].eq(o_valid[g]), p_last[g].eq(o_last[g])]
         shadows = []
         for r in range(R):
             row_sh = []
-            trip = self.a[r]
             for c in range(C):
                 g = self.group_of(r, c)
                 en = self.en[g]
-                prod, bneg = pe_product(m, self.b[c], trip.mag, self.b_bits, name=f"pe{r}_{c}")
-                # the shift by sh is split: fine part (sh[0:2]) in the product stage, coarse part
-                # (sh[2:4], multiples of 4) in the accumulate stage, so neither stage has the whole
-                # barrel shifter in series with its carry chains
-                fine = Signal(len(prod) + 3, name=f"pe{r}_{c}_p")
-                coarse = Signal(2, name=f"pe{r}_{c}_sh")
+                neg, magf, sh_c = a_of(g, r)
+                absb, bneg = b_of(g, c)
+                # (|b| * mag) << sh[0:2] = |b| * (mag << sh[0:2]); the coarse shift (sh[2:4],
+                # multiples of 4) is in the accumulate stage
+                prod = pe_product_abs(m, absb, magf, name=f"pe{r}_{c}")
+                fine = Signal(len(prod), name=f"pe{r}_{c}_p")
+                coarse = Signal(4 - self.edge_sh, name=f"pe{r}_{c}_sh")
                 sign = Signal(name=f"pe{r}_{c}_s")
                 acc = Signal(signed(W), name=f"pe{r}_{c}_acc")
                 shadow = Signal(signed(W), name=f"pe{r}_{c}_shadow")
                 # the product register loads every enabled cycle (a product without p_valid is unused)
                 with m.If(en):
-                    m.d.sync += [fine.eq(prod << trip.sh[:2]), coarse.eq(trip.sh[2:4]),
-                                 sign.eq(trip.neg ^ bneg)]
+                    m.d.sync += [fine.eq(prod), coarse.eq(sh_c), sign.eq(neg ^ bneg)]
                 # +-p as a one's complement plus carry-in: base + (p ^ -s) + s
-                px = ((fine << Cat(Const(0, 2), coarse))[:W]) ^ sign.replicate(W)
+                shifted = (fine << Cat(Const(0, self.edge_sh), coarse)) if len(coarse) else fine
+                px = shifted[:W] ^ sign.replicate(W)
                 base = acc           # 0 at the first column of every tile (cleared by ``last``)
                 # one W+1-bit carry chain: (2 base + s) + (2 px + s) = 2 (base + px + s)
                 total = (Cat(sign, base) + Cat(sign, px))[1:W + 1].as_signed()

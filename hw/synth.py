@@ -127,11 +127,22 @@ def parse_yosys_stat(log: str) -> dict:
 
 
 def parse_nextpnr_log(log: str) -> dict:
-    """Utilisation and Fmax from a nextpnr-ecp5 log."""
+    """Utilisation, Fmax and the critical path from a nextpnr-ecp5 log.
+
+    Every resource of the utilisation report is returned as ``{used, available, percent}`` (the
+    main ones also under their own name, for older readers) in ``resources``; ``critical_path``
+    holds the first source, the last sink, the logic / routing split and the report's lines.
+    """
     res = {}
     fm = re.findall(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", log)
     if fm:
         res["fmax_mhz"] = float(fm[-1][1])
+    resources = {}
+    for name, used, avail in re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log, re.M):
+        u, a = int(used), int(avail)
+        resources[name] = {"used": u, "available": a, "percent": round(100.0 * u / a, 1) if a else None}
+    if resources:
+        res["resources"] = resources
     for name in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", "TRELLIS_SLICE"):
         m = re.findall(rf"{name}:\s+(\d+)/\s*(\d+)", log)
         if m:
@@ -140,13 +151,16 @@ def parse_nextpnr_log(log: str) -> dict:
     i = log.rfind("Critical path report for clock")
     if i >= 0:
         block = log[i:]
+        end = re.search(r"[\d.]+ ns logic, [\d.]+ ns routing", block)
         src = re.search(r"clk-to-q\s+[\d.]+\s+[\d.]+\s+Source\s+(\S+)", block)
         sinks = re.findall(r"setup\s+[\d.]+\s+[\d.]+\s+Source\s+(\S+)", block)
         split = re.search(r"([\d.]+) ns logic, ([\d.]+) ns routing", block)
+        lines = block[:end.end()].splitlines()[1:] if end else []
         res["critical_path"] = {
             "from": src.group(1) if src else None, "to": sinks[0] if sinks else None,
             "logic_ns": float(split.group(1)) if split else None,
             "routing_ns": float(split.group(2)) if split else None,
+            "report": [ln.removeprefix("Info:").rstrip() for ln in lines],
         }
     return res
 
@@ -160,6 +174,19 @@ def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None
         tail = "\n".join(text.splitlines()[-30:])
         raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
     return text + f"\n# vitaccel: {cmd[0]} took {time.monotonic() - t0:.1f} s\n"
+
+
+def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
+    """Version lines of the two tools (``-V``)."""
+    out = {}
+    for key, exe in (("yosys", yosys), ("nextpnr", nextpnr)):
+        if exe:
+            try:
+                v = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=120)
+                out[key] = (v.stdout or v.stderr).strip().splitlines()[0].split(", Clang")[0].split(" (git")[0]
+            except (OSError, subprocess.SubprocessError, IndexError):
+                out[key] = "unknown"
+    return out
 
 
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
@@ -202,7 +229,9 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
          out / "yosys_stdout.log", timeout, cwd=out)
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
-           "lut_mapper": lut_mapper, "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
+           "lut_mapper": lut_mapper, "seed": seed if pnr else None, "router": router if pnr else None,
+           "tools": _tool_versions(yosys, nextpnr if pnr else None),
+           "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
     if pnr:
         t1 = time.monotonic()
         plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,

@@ -8,7 +8,7 @@ The array has no stream ports; its flow control is the engine's global stall ``e
   ``a``/``b``/``valid``/``first``/``last`` while ``en`` is low) and random ``valid = 0`` bubbles;
 * a **monitor** that reads the shadow registers of a finished tile row by row through the
   combinational ``drain_row`` -> ``shadow_row`` port, at the first cycle the tile's ``acc_raw`` is
-  there (two enabled clock edges after its last column, ``MAC_LATENCY - 1``), while the next tile is
+  there (``MAC_LATENCY - 1`` enabled clock edges after its last column), while the next tile is
   already computing;
 * a **scoreboard** comparing the ``m x n`` valid part of each tile (lanes outside it carry random
   padding) with the expected ``acc_raw``.
@@ -26,6 +26,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
+from vitaccel.sim.engine_config import MAC_LATENCY
 from vitaccel.tb.bench import Field, PayloadCodec, Scoreboard, Testbench
 from vitaccel.tb.runner import read_test_data
 
@@ -116,7 +117,8 @@ class MacArrayDriver:
 
     The cycle loop runs between rising edges: inputs are set just after an edge, the monitor reads
     ``shadow_row`` at the falling edge.  ``en_edges`` counts enabled rising edges; a tile whose last
-    column was taken at enabled edge ``e`` is in the shadow registers after enabled edge ``e + 1``
+    column was taken at enabled edge ``e`` is in the shadow registers after enabled edge
+    ``e + MAC_LATENCY - 2`` (broadcast, product and accumulate registers)
     and stays there at least until the next enabled edge.
     """
 
@@ -182,7 +184,7 @@ class MacArrayDriver:
                     t, j = issuing
                     if j == tiles[t]["k"] - 1:
                         last_taken[t] = en_edges
-                        due[t] = en_edges + 1
+                        due[t] = en_edges + MAC_LATENCY - 2
             await FallingEdge(self.tb.clk)
             for t in [t for t, e in due.items() if e == en_edges]:
                 tile = tiles[t]

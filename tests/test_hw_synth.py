@@ -60,3 +60,71 @@ def test_synthesize_tiny_design_under_tmp(tmp_path, mapper):
     if mapper == "abc":
         assert res["pnr"]["fmax_mhz"] > 0
         assert res["pnr"]["TRELLIS_FF"]["used"] == res["cells"]["TRELLIS_FF"]
+
+
+def test_parse_nextpnr_log_resources_and_critical_path_report():
+    log = ("Info: Device utilisation:\n"
+           "Info: \t          TRELLIS_IO:       0/    365     0%\n"
+           "Info: \t        TRELLIS_COMB:   41820/  83640    50%\n"
+           "Info: \t          MULT18X18D:      48/    156    30%\n"
+           "Info: Critical path report for clock 'clk' (posedge -> posedge):\n"
+           "Info:       type curr  total name\n"
+           "Info:   clk-to-q  0.52  0.52 Source a_reg.Q\n"
+           "Info:    routing  1.00  1.52 Net x\n"
+           "Info:      setup  0.10  1.62 Source b_reg.DI\n"
+           "Info: 0.62 ns logic, 1.00 ns routing\n")
+    res = parse_nextpnr_log(log)
+    assert res["resources"]["TRELLIS_COMB"] == {"used": 41820, "available": 83640, "percent": 50.0}
+    assert res["resources"]["MULT18X18D"]["percent"] == round(100 * 48 / 156, 1)
+    assert res["resources"]["TRELLIS_IO"]["used"] == 0
+    cp = res["critical_path"]
+    assert (cp["from"], cp["to"], cp["logic_ns"], cp["routing_ns"]) == ("a_reg.Q", "b_reg.DI", 0.62, 1.0)
+    assert cp["report"][0].split() == ["type", "curr", "total", "name"] and len(cp["report"]) == 5
+
+
+def test_parse_cmos_stat():
+    from vitaccel.hw.synth_units import parse_cmos_stat
+    log = ("13. Printing statistics.\n\n=== tiny ===\n     2828 cells\n      162   $_DFF_P_\n"
+           "     1109   $_NAND_\n     1258   $_NOR_\n      299   $_NOT_\n        1   $mem_v2\n\n"
+           "   Estimated number of transistors:      12658+\n")
+    res = parse_cmos_stat(log)
+    assert res["ff"] == 162 and res["gates"] == {"$_NAND_": 1109, "$_NOR_": 1258, "$_NOT_": 299}
+    assert res["transistors"] == 12658 and res["nand2_eq"] == 12658 / 4
+    assert res["memories"] == 1 and res["unmapped_cells"] is True
+
+
+@pytest.mark.slow
+def test_asic_area_of_tiny_design(tmp_path):
+    """The technology-independent flow counts the 32 flip-flops and prices gates at 4 transistors
+    per NAND2 / NOR2, 2 per NOT, 16 per flip-flop (yosys ``stat -tech cmos``)."""
+    from vitaccel.hw.synth_units import asic_area
+    v = tmp_path / "tiny.v"
+    v.write_text(TINY_V)
+    res = asic_area(v, "tiny", tmp_path / "asic")
+    assert res["ff"] == 32 and not res["unmapped_cells"] and res["memory_bits"] == 0
+    g = res["gates"]
+    assert set(g) <= {"$_NAND_", "$_NOR_", "$_NOT_"} and g.get("$_NAND_", 0) + g.get("$_NOR_", 0) > 50
+    assert res["transistors"] == 4 * (g.get("$_NAND_", 0) + g.get("$_NOR_", 0)) + 2 * g.get("$_NOT_", 0) + 16 * 32
+
+
+def test_cli_rejects_unknown_unit(tmp_path, capsys):
+    from vitaccel.cli import main as vitaccel
+    rc = vitaccel(["hw", "synth", "--rows", "2", "--cols", "2", "--bits", "w4a4", "--target", "asic",
+                   "--units", "mac_array,alu", "-o", str(tmp_path / "out")])
+    assert rc == 2 and "unknown unit(s) alu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_asic_units_per_pe(tmp_path):
+    """``hw synth --target asic``: per-unit area and the MAC array per PE in synth.json."""
+    from vitaccel.cli import main as vitaccel
+    out = tmp_path / "asic"
+    assert vitaccel(["hw", "synth", "--rows", "2", "--cols", "2", "--bits", "w4a4", "--target", "asic",
+                     "--units", "mac_array,decoder", "-o", str(out)]) == 0
+    rep = json.loads((out / "synth.json").read_text())
+    u = rep["units"]
+    assert set(u) == {"mac_array", "decoder"} and rep["target"] == "asic"
+    assert rep["per_pe"]["nand2_eq"] == round(u["mac_array"]["nand2_eq"] / 4, 1)
+    # each PE holds at least its accumulator and shadow register (2 x acc_bits flip-flops)
+    assert rep["per_pe"]["ff"] >= 2 * rep["config"]["acc_bits"]
+    assert rep["tools"].startswith("Yosys")

@@ -13,24 +13,25 @@ from vitaccel.sim.schedule import layer_cycles, tile_cycles, tile_order, window_
 
 def test_single_tile_hand_computed():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40)
-    # fill K=10, one window W=max(10, 0+2)=10, drain 2 + 3 rows + 6, requant 10 -> 10+10+11+10
-    assert tile_cycles(cfg, 3, 10, 4) == 41
+    # fill K=10, one window W=max(10, 0+3)=10, drain 3 + 3 rows + 6, requant 10 -> 10+10+12+10
+    assert tile_cycles(cfg, 3, 10, 4) == 42
     b = layer_cycles(cfg, 3, 10, 4)
-    assert (b.fill, b.compute, b.overhead, b.outlier, b.drain, b.requant) == (10, 10, 0, 0, 11, 10)
+    assert (b.fill, b.compute, b.overhead, b.outlier, b.drain, b.requant) == (10, 10, 0, 0, 12, 10)
     assert b.total == b.fill + b.compute + b.overhead + b.outlier + b.drain + b.requant
 
 
 def test_windows_small_k_and_outliers():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2)
-    assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 2) hidden under K
-    assert window_cycles(cfg, 3, 4, 0) == 6             # a = 1 -> 1 + 3 = 4; drain needs 4 + 2
-    assert window_cycles(cfg, 10, 4, 9) == 11           # 5 outlier beats after the drain: 4 + 5 + 2
-    assert window_cycles(cfg, 1, 0, 0) == 2             # first window lasts at least DRAIN_OFFSET
-    # two tiles of 4 rows, K = 3: fill 3, W0 = 3, W1 = 6, drain 2 + 4 + 6, requant 10
-    assert layer_cycles(cfg, 8, 3, 4).total == 3 + 3 + 6 + 12 + 10
-    # per-row-tile outlier counts: only the second tile pays
+    # DRAIN_OFFSET = 3 (MAC_LATENCY 4: decoder, broadcast, product, accumulator), OUTLIER_LATENCY = 2
+    assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 3) hidden under K
+    assert window_cycles(cfg, 3, 4, 0) == 7             # a = 1 -> 1 + 3 = 4; drain needs 4 + 3
+    assert window_cycles(cfg, 10, 4, 9) == 12           # 5 outlier beats after the drain: 4 + 3 + 5
+    assert window_cycles(cfg, 1, 0, 0) == 3             # first window lasts at least DRAIN_OFFSET
+    # two tiles of 4 rows, K = 3: fill 3, W0 = 3, W1 = 7, drain 3 + 4 + 6, requant 10
+    assert layer_cycles(cfg, 8, 3, 4).total == 3 + 3 + 7 + 13 + 10
+    # per-row-tile outlier counts: only the second tile pays (12 instead of 10)
     b = layer_cycles(cfg, 8, 10, 4, [0, 9])
-    assert b.outlier == 1 and b.total == layer_cycles(cfg, 8, 10, 4).total + 1
+    assert b.outlier == 2 and b.total == layer_cycles(cfg, 8, 10, 4).total + 2
 
 
 def test_tile_order_column_blocks_outer():
