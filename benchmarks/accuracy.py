@@ -31,11 +31,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vitaccel.golden.calibrate import calibrate_model  # noqa: E402
-from vitaccel.golden.data import image_folder, loader  # noqa: E402
-from vitaccel.golden.models import create_model  # noqa: E402
-from vitaccel.golden.presets import ABLATIONS, CALIBRATION_PRESETS, preset  # noqa: E402
-from vitaccel.golden.protocol import calibration_draw, selection_set, split_pool_eval  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.data import image_folder, loader
+from vitaccel.golden.models import create_model
+from vitaccel.golden.presets import ABLATIONS, CALIBRATION_PRESETS, preset
+from vitaccel.golden.protocol import calibration_draw, selection_set, split_pool_eval
 
 SHARED = os.path.join(ROOT, "..", "shared")
 
@@ -176,7 +176,7 @@ def _group_key(e) -> tuple:
 
 def _scores(entries, key="grid_correct"):
     """Per-image score (mean correctness over the seeds' entries) as a float array."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     return np.mean([[c == "1" for c in e[key]] for e in entries], axis=0)
 
@@ -193,7 +193,7 @@ def protocol_groups(results) -> dict:
 
 def split_table(results) -> str:
     """Markdown table of protocol-2 rows: mean +- std over calibration seeds, both modes."""
-    from vitaccel.golden.protocol import bootstrap_accuracy, mean_spread  # noqa: PLC0415
+    from vitaccel.golden.protocol import bootstrap_accuracy, mean_spread
 
     groups = protocol_groups(results)
     fp = {k[1:3]: list(v.values())[-1]["grid_top1"] for k, v in groups.items() if k[0] == "fp"}
@@ -230,7 +230,7 @@ def split_table(results) -> str:
 
 def _score_ci(scores, n_boot=10000, seed=0):
     """Percentile bootstrap interval (in %) of the mean of per-image scores in [0, 1]."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     rng = np.random.default_rng(seed)
     reps = scores[rng.integers(0, scores.size, size=(n_boot, scores.size))].mean(axis=1) * 100
@@ -240,7 +240,7 @@ def _score_ci(scores, n_boot=10000, seed=0):
 
 def compare(results, row_a: str, row_b: str, mode: str = "grid") -> list[str]:
     """Paired comparisons of two rows on the same evaluation images, seed by seed and seed-averaged."""
-    from vitaccel.golden.protocol import paired_bootstrap  # noqa: PLC0415
+    from vitaccel.golden.protocol import paired_bootstrap
 
     key = "grid_correct" if mode == "grid" else "float_correct"
     groups = protocol_groups(results)
@@ -264,7 +264,7 @@ def compare(results, row_a: str, row_b: str, mode: str = "grid") -> list[str]:
                      f"{r.diff:+.1f} points (95 % paired bootstrap CI {r.ci_low:+.1f} .. {r.ci_high:+.1f}); "
                      f"{r.only_a} images only {row_a} right, {r.only_b} only {row_b}; McNemar p = {r.p_mcnemar:.3g}")
     if len(pairs) > 1:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         da = _scores([a[sa] for sa, _ in pairs], key) - _scores([b[sb] for _, sb in pairs], key)
         rng = np.random.default_rng(0)
@@ -344,9 +344,9 @@ def _parse_set(items) -> dict:
 
 def _sim_check(entry_row, prog, qvit, x, y, pred, fpred, n_images, record):
     """Run the program through the integer simulator and compare with the integer-grid model."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
-    from vitaccel.golden.int_eval import ProgramRunner  # noqa: PLC0415
+    from vitaccel.golden.int_eval import ProgramRunner
 
     runner = ProgramRunner(prog)
     n = min(n_images, len(x))
@@ -438,7 +438,7 @@ def main(argv=None):
                         float_correct=_bits(fpred == y), calib_seconds=round(tc),
                         outlier_ratio={n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()})
             if not args.float_only:
-                from vitaccel.golden.program import export_program  # noqa: PLC0415
+                from vitaccel.golden.program import export_program
 
                 prog = export_program(qvit)
                 qvit.use_integer_grid(prog)

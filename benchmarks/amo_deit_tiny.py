@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from vitaccel.golden.data import loader, subset  # noqa: E402
-from shared_data import deit_tiny_and_dev  # noqa: E402
-from vitaccel.golden.presets import preset  # noqa: E402
-from vitaccel.golden.reconstruct import AMOConfig, reconstruct_amo  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.data import loader, subset
+from shared_data import deit_tiny_and_dev
+from vitaccel.golden.presets import preset
+from vitaccel.golden.reconstruct import AMOConfig, reconstruct_amo
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def main():
     qvit = calibrate_model(model, calib, preset("adfq", args.bits, amo=False), "deit_tiny_patch16_224")
     t_cal = time.time() - t0
     before = top1(qvit, ev_x, ev_y)
-    from vitaccel.golden.reconstruct import find_amo_units  # noqa: PLC0415
+    from vitaccel.golden.reconstruct import find_amo_units
     units = find_amo_units(qvit)
     if args.units:
         units = units[:args.units]

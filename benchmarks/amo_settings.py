@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from vitaccel.golden.data import loader  # noqa: E402
-from vitaccel.golden.presets import ABLATIONS, QuantConfig, preset  # noqa: E402
-from vitaccel.golden.program import export_program  # noqa: E402
-from vitaccel.golden.reconstruct import AMOConfig, reconstruct_amo  # noqa: E402
-from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model, collect_images
+from vitaccel.golden.data import loader
+from vitaccel.golden.presets import ABLATIONS, QuantConfig, preset
+from vitaccel.golden.program import export_program
+from vitaccel.golden.reconstruct import AMOConfig, reconstruct_amo
+from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev
 
-from accuracy import evaluate, positive_int  # noqa: E402
+from accuracy import evaluate, positive_int
 
 
 #: QuantConfig fields ``--quant-set`` may change (the rest is the ``adfq`` preset's).

@@ -4,9 +4,12 @@ Evaluates 150 dev images (FP first), then calibrates once per size given on the 
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calib_size_deit_tiny.py 32 128
 """
-import sys, os, torch, time
+import sys
+import os
+import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from shared_data import deit_tiny_and_dev, MODEL
 from vitaccel.golden.calibrate import calibrate_model, collect_images
 from vitaccel.golden.data import loader, subset
@@ -17,7 +20,8 @@ model, ds = deit_tiny_and_dev(os.path.join(ROOT, "..", "shared"))
 ev = subset(ds, 150, 1)
 xs, ys = [], []
 for xb, yb in loader(ev, 50, 0):
-    xs.append(xb); ys.append(yb)
+    xs.append(xb)
+    ys.append(yb)
 x, y = torch.cat(xs), torch.cat(ys)
 @torch.no_grad()
 def acc(m):

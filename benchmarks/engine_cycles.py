@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitaccel.cli import main as vitaccel  # noqa: E402
-from vitaccel.hw.engine import build_engine  # noqa: E402
-from vitaccel.tb.cli import cycle_record, run_golden_layers  # noqa: E402
-from vitaccel.tb.engine_streams import SMALL_ENGINE, random_layer  # noqa: E402
-from vitaccel.tb.runner import run_cocotb, verilog_for  # noqa: E402
+from vitaccel.cli import main as vitaccel
+from vitaccel.hw.engine import build_engine
+from vitaccel.tb.cli import cycle_record, run_golden_layers
+from vitaccel.tb.engine_streams import SMALL_ENGINE, random_layer
+from vitaccel.tb.runner import run_cocotb, verilog_for
 
 GOLDEN_LAYERS = ["blocks.0.mlp.fc1", "blocks.0.attn.q", "blocks.0.attn.proj", "blocks.0.attn.qk.h0",
                  "blocks.0.attn.av.h0", "blocks.1.attn.qk.h2", "blocks.1.attn.av.h2"]

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vitaccel.golden.data import loader, subset  # noqa: E402
-from vitaccel.golden.mixed_precision import average_bits, greedy_mixed_precision, linear_layers, linear_output_sqnr_fn  # noqa: E402
-from shared_data import deit_tiny_and_dev  # noqa: E402
-from vitaccel.golden.smoothquant import smoothquant_bias  # noqa: E402
+from vitaccel.golden.data import loader, subset
+from vitaccel.golden.mixed_precision import average_bits, greedy_mixed_precision, linear_layers, linear_output_sqnr_fn
+from shared_data import deit_tiny_and_dev
+from vitaccel.golden.smoothquant import smoothquant_bias
 
 
 def main():

@@ -16,13 +16,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy as acc  # noqa: E402
+import accuracy as acc
 
-from vitaccel.golden.calibrate import calibrate_model  # noqa: E402
-from vitaccel.golden.models import create_model  # noqa: E402
-from vitaccel.golden.presets import preset  # noqa: E402
-from vitaccel.golden.data import image_folder  # noqa: E402
-from vitaccel.golden.protocol import calibration_draw, selection_set, split_pool_eval  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model
+from vitaccel.golden.models import create_model
+from vitaccel.golden.presets import preset
+from vitaccel.golden.data import image_folder
+from vitaccel.golden.protocol import calibration_draw, selection_set, split_pool_eval
 
 GROUPS = {
     "weights": lambda n: "weight_quantizer" in n,
@@ -56,7 +56,6 @@ def main():
     x, y = acc._load(ds, selection_set(split.pool, cidx))
     cfg = preset(args.method, args.bits, **acc._parse_set(args.set))
     qvit = calibrate_model(model, calib, cfg, progress=False)
-    names = [n for n, _ in qvit.quantizers()]
     out = {"config": args.set, "bits": args.bits, "images": len(x)}
     qvit.set_quant(False, False)
     out["fp"] = acc.evaluate(qvit, x, y)[0]

@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vitaccel.sim.engine_config import EngineConfig  # noqa: E402
-from vitaccel.hw.engine import build_engine  # noqa: E402
-from vitaccel.tb.engine_streams import random_layer  # noqa: E402
-from vitaccel.tb.runner import run_cocotb, verilog_for  # noqa: E402
+from vitaccel.sim.engine_config import EngineConfig
+from vitaccel.hw.engine import build_engine
+from vitaccel.tb.engine_streams import random_layer
+from vitaccel.tb.runner import run_cocotb, verilog_for
 
 LAYERS = {"qkv_197x192x576": (197, 192, 576), "fc2_197x768x192": (197, 768, 192)}
 

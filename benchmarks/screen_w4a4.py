@@ -21,14 +21,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from vitaccel.golden.data import loader, subset  # noqa: E402
-from vitaccel.golden.presets import ABLATIONS, QuantConfig, preset  # noqa: E402
-from vitaccel.golden.program import export_program  # noqa: E402
-from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model, collect_images
+from vitaccel.golden.data import loader, subset
+from vitaccel.golden.presets import ABLATIONS, QuantConfig, preset
+from vitaccel.golden.program import export_program
+from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev
 
-from accuracy import evaluate, positive_int  # noqa: E402
-from amo_settings import QUANT_FIELDS, parse_settings  # noqa: E402
+from accuracy import evaluate, positive_int
+from amo_settings import QUANT_FIELDS, parse_settings
 
 
 def main(argv=None):

@@ -21,14 +21,14 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from accuracy import ROWS  # noqa: E402
-from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev  # noqa: E402
+from accuracy import ROWS
+from shared_data import DEFAULT_SHARED, MODEL, deit_tiny_and_dev
 
-from vitaccel.golden.calibrate import calibrate_model, collect_images  # noqa: E402
-from vitaccel.golden.data import loader, subset  # noqa: E402
-from vitaccel.golden.int_eval import ProgramRunner, layer_agreement  # noqa: E402
-from vitaccel.golden.presets import preset  # noqa: E402
-from vitaccel.golden.program import export_program  # noqa: E402
+from vitaccel.golden.calibrate import calibrate_model, collect_images
+from vitaccel.golden.data import loader, subset
+from vitaccel.golden.int_eval import ProgramRunner, layer_agreement
+from vitaccel.golden.presets import preset
+from vitaccel.golden.program import export_program
 
 
 def main(argv=None) -> None:
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
           f"float fake-quant {agree}/{len(x)}, with integer-grid fake-quant {agree_grid}/{len(x)} "
           f"(bit-identical logits on {exact}/{len(x)} images)")
     rep = layer_agreement(qvit, runner.prog, runner)
-    key = lambda kv: -max(kv[1].get("frac_diff", 0.0), kv[1].get("rel_err", 0.0))  # noqa: E731
+    key = lambda kv: -max(kv[1].get("frac_diff", 0.0), kv[1].get("rel_err", 0.0))
     for name, r in sorted(rep.items(), key=key)[: args.worst]:
         print(f"  {name}: {json.dumps(r)}")
 

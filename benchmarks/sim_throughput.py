@@ -140,7 +140,7 @@ def main(argv=None) -> int:
           "| best-of sim / BLAS |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows + [dict(tot, name="**all shapes** (sum of times)", M="", K="", N="", path="")]:
-        g = lambda t: r["macs"] / t / 1e9                                 # noqa: E731, B023
+        g = lambda t: r["macs"] / t / 1e9
         shape = f"{r['M']}x{r['K']}x{r['N']}" if r["M"] else ""
         print(f"| {r['name']} | {shape} | {r['path']} | {g(r['t_sim']):.2f} | {g(r['t_ref']):.4f} | "
               f"{g(r['t_blas']):.2f} | {r['t_blas'] / r['t_sim']:.0%} | {r['best_blas'] / r['best_sim']:.0%} |")

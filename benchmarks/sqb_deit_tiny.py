@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vitaccel.golden.data import loader, subset  # noqa: E402
-from shared_data import deit_tiny_and_dev  # noqa: E402
-from vitaccel.golden.smoothquant import collect_norm_statistics, find_norm_linear_pairs, smoothquant_bias  # noqa: E402
+from vitaccel.golden.data import loader, subset
+from shared_data import deit_tiny_and_dev
+from vitaccel.golden.smoothquant import collect_norm_statistics, find_norm_linear_pairs, smoothquant_bias
 
 
 def asymmetry(model, x):

@@ -5,9 +5,12 @@ on ("all") and with one group of quantizers switched back to full precision at a
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/w4a4_sensitivity.py w4a4
 """
-import sys, os, torch, time
+import sys
+import os
+import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT); sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from shared_data import deit_tiny_and_dev, MODEL
 from vitaccel.golden.calibrate import calibrate_model, collect_images
 from vitaccel.golden.data import loader, subset
@@ -18,7 +21,8 @@ calib = collect_images(loader(subset(ds, 32, 0), 16, 0), 32)
 ev = subset(ds, 150, 1)
 xs, ys = [], []
 for xb, yb in loader(ev, 50, 0):
-    xs.append(xb); ys.append(yb)
+    xs.append(xb)
+    ys.append(yb)
 x, y = torch.cat(xs), torch.cat(ys)
 bits = sys.argv[1] if len(sys.argv) > 1 else "w4a4"
 qvit = calibrate_model(model, calib, preset("adfq", bits, **ABLATIONS["no_amo"]), MODEL)

@@ -17,13 +17,11 @@ unreadable image is an error naming the file (or, with ``--skip-bad-images``, le
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 from vitaccel.sim import formats as SF
@@ -65,10 +63,10 @@ def _model_args(p, required=True):
 
 def _transform_for(model_name: str, model=None, data_config: dict | None = None):
     if model_name == "vitaccel-digits":
-        from .embedded import eval_transform  # noqa: PLC0415
+        from .embedded import eval_transform
 
         return eval_transform()
-    from timm.data import create_transform  # noqa: PLC0415
+    from timm.data import create_transform
 
     cfg = dict(data_config) if data_config else _data_config(model_name, model)
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
@@ -76,7 +74,7 @@ def _transform_for(model_name: str, model=None, data_config: dict | None = None)
 
 
 def _dataset(args, model_name, model=None, data_config=None):
-    from .data import image_folder  # noqa: PLC0415
+    from .data import image_folder
 
     if args.data.startswith("embedded:"):
         if args.class_map:
@@ -89,7 +87,7 @@ def _dataset(args, model_name, model=None, data_config=None):
 def _data_config(model_name, model):
     if model_name == "vitaccel-digits":
         return {}
-    from timm.data import resolve_data_config  # noqa: PLC0415
+    from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     pe = getattr(model, "patch_embed", None)
@@ -114,7 +112,7 @@ def _model_facts(model=None, manifest: dict | None = None) -> tuple[tuple | None
 
 def _check_data(args, ds, who: str, model=None, manifest=None, strict_labels: bool = True) -> None:
     """Input shape of the data vs the model, and folder-order labels without a class map."""
-    from .data import check_input_shape, check_labels  # noqa: PLC0415
+    from .data import check_input_shape, check_labels
 
     shape, classes = _model_facts(model, manifest)
     if shape is not None:
@@ -125,7 +123,7 @@ def _check_data(args, ds, who: str, model=None, manifest=None, strict_labels: bo
 
 
 def _loader(ds, args):
-    from .data import loader  # noqa: PLC0415
+    from .data import loader
 
     workers = args.workers if args.workers is not None else min(4, os.cpu_count() or 1)
     return loader(ds, args.batch_size, workers, skip_bad=getattr(args, "skip_bad_images", False))
@@ -157,11 +155,11 @@ def _capacity_warnings(prog, cap) -> list[str]:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import calibrate_model, collect_images  # noqa: PLC0415
-    from .data import subset  # noqa: PLC0415
-    from .models import create_model  # noqa: PLC0415
-    from .presets import ABLATIONS, preset  # noqa: PLC0415
-    from .program import ProgramError, export_program, save_program  # noqa: PLC0415
+    from .calibrate import calibrate_model, collect_images
+    from .data import subset
+    from .models import create_model
+    from .presets import ABLATIONS, preset
+    from .program import ProgramError, export_program, save_program
 
     check_output_dir(args.output, force=args.force, what="program directory")
     check_output_file(args.json, what="--json file", not_inside=[args.output])
@@ -220,7 +218,7 @@ def cmd_calibrate(args) -> int:
 
 
 def _load_fakequant(path):
-    from .qmodel import QuantViT  # noqa: PLC0415
+    from .qmodel import QuantViT
 
     f = os.path.join(path, "fakequant.pt")
     if not os.path.isfile(f):
@@ -245,9 +243,9 @@ def _topk_stats(top5: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def _eval_model(args, res: dict):
     """``(model, program, name, data_config, manifest, source)`` of ``eval``'s backend."""
-    from .models import create_model  # noqa: PLC0415
-    from .program import load_program, program_digest  # noqa: PLC0415
-    from .shards import file_sha256  # noqa: PLC0415
+    from .models import create_model
+    from .program import load_program, program_digest
+    from .shards import file_sha256
 
     if args.backend == "fp":
         if not args.model:
@@ -290,8 +288,8 @@ def _eval_model(args, res: dict):
 def _run_sim(args, prog, model, ld, res):
     """Integer-simulator predictions in batches (:meth:`ProgramRunner.run_batch`, docs/simulator.md);
     with a fake-quant model (``--agreement``) also its predictions and bit-identical logits."""
-    from .eval_runtime import sim_predict  # noqa: PLC0415  (issue 20)
-    from .int_eval import ProgramRunner  # noqa: PLC0415
+    from .eval_runtime import sim_predict
+    from .int_eval import ProgramRunner
 
     runner = ProgramRunner(prog, backend=args.sim_backend)
     out = sim_predict(runner, ld, model)
@@ -306,12 +304,12 @@ def _run_sim(args, prog, model, ld, res):
 
 
 def cmd_eval(args) -> int:
-    from .calibrate import predict  # noqa: PLC0415
-    from .data import data_fingerprint, subset  # noqa: PLC0415
-    from .shards import parse_shard, provenance  # noqa: PLC0415
+    from .calibrate import predict
+    from .data import data_fingerprint, subset
+    from .shards import parse_shard, provenance
 
     args.program = program_from_args(args)
-    from .eval_runtime import cpu_budget, peak_rss_mb  # noqa: PLC0415  (issue 20)
+    from .eval_runtime import cpu_budget, peak_rss_mb
 
     shard = parse_shard(args.shard)
     check_output_file(args.json, what="--json file")
@@ -364,7 +362,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .shards import merge_results  # noqa: PLC0415
+    from .shards import merge_results
 
     check_output_file(args.json, what="--json file")
     order, top5, labels, info = merge_results(args.files)
@@ -380,9 +378,9 @@ def cmd_merge(args) -> int:
 
 
 def cmd_export_golden(args) -> int:
-    from .data import BadImageError  # noqa: PLC0415
-    from .golden_vectors import write_golden  # noqa: PLC0415
-    from .program import load_program  # noqa: PLC0415
+    from .data import BadImageError
+    from .golden_vectors import write_golden
+    from .program import load_program
 
     args.program = program_from_args(args)
     check_output_dir(args.output, force=args.force, what="golden-vector directory")
@@ -417,7 +415,7 @@ def cmd_export_golden(args) -> int:
 
 # ------------------------------------------------------------------------------------------------
 def add_subcommands(subparsers) -> None:
-    from .presets import METHODS  # noqa: PLC0415
+    from .presets import METHODS
 
     p = subparsers.add_parser("calibrate", help="calibrate a timm ViT and export its integer program")
     _model_args(p)

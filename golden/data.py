@@ -30,7 +30,7 @@ class BadImageError(UserError):
 
 
 def eval_transform(model):
-    from timm.data import create_transform, resolve_data_config  # noqa: PLC0415
+    from timm.data import create_transform, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     return create_transform(**cfg, is_training=False)
@@ -73,7 +73,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        from PIL import Image  # noqa: PLC0415
+        from PIL import Image
 
         path, label = self.samples[index]
         try:
@@ -102,10 +102,10 @@ def image_folder(root: str, model=None, class_map: str | None = None, transform=
     Bad input raises :class:`vitaccel.sim.errors.UserError` with a clear message.
     """
     if root.startswith("embedded:"):
-        from .embedded import digits_dataset  # noqa: PLC0415
+        from .embedded import digits_dataset
 
         return digits_dataset(embedded_split(root))
-    from timm.data import create_dataset  # noqa: PLC0415
+    from timm.data import create_dataset
 
     if not os.path.isdir(root):
         raise UserError(f"data folder not found: {root}")

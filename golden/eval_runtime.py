@@ -53,7 +53,7 @@ def sim_predict(runner, loader, fq_model=None, progress: bool = True) -> dict:
     Returns ``{"top5", "labels"}`` and, with a fake-quant model, ``"fq_pred"`` (its top-1) and
     ``"identical"`` (images whose simulator and fake-quant logits are bit-identical).
     """
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     tops, labs, fq, same = [], [], [], 0
     for x, y in tqdm(loader, desc="int-sim", leave=False, disable=not progress):

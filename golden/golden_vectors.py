@@ -53,7 +53,7 @@ def write_golden(prog: Program, images, out_dir: str, labels=None, backend: str 
     only once the new vectors are complete.
     """
     check_output_dir(out_dir, force=force, what="golden-vector directory")
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     runner = ProgramRunner(prog, backend=backend, trace=True)
     per_layer: dict = {}

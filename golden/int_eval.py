@@ -28,11 +28,11 @@ from .program import Program, ProgramError
 def layer_api(backend: str = "auto"):
     """``(run_layer, run_encoder)`` of the chosen simulator backend (``auto``/``numba``/``reference``):
     the single-layer API (``sim.simulator`` or ``sim.layer``'s reference)."""
-    from vitaccel.sim import layer as sim_layer  # noqa: PLC0415
+    from vitaccel.sim import layer as sim_layer
 
     if backend in ("auto", "numba"):
         try:
-            from vitaccel.sim import simulator  # noqa: PLC0415  (numba layer API)
+            from vitaccel.sim import simulator
 
             return simulator.run_layer, simulator.run_encoder
         except ImportError:
@@ -263,7 +263,7 @@ def _patchify_batch(x: torch.Tensor, p: int) -> torch.Tensor:
 def run_program(prog: Program, images, backend: str = "auto", progress: bool = True,
                 batch_size: int = 32) -> torch.Tensor:
     """Logits ``(N, classes)`` of ``images`` (a tensor ``(N, C, H, W)`` or an iterable of image tensors)."""
-    from tqdm.auto import tqdm  # noqa: PLC0415
+    from tqdm.auto import tqdm
 
     runner = ProgramRunner(prog, backend)
     imgs = images if isinstance(images, torch.Tensor) else torch.stack(list(images))

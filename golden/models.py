@@ -20,7 +20,7 @@ EMBEDDED_NAME = "vitaccel-digits"
 
 
 def _known_models() -> list[str]:
-    import timm  # noqa: PLC0415
+    import timm
 
     return list(timm.list_models()) + [EMBEDDED_NAME]
 
@@ -42,7 +42,7 @@ def _check_weights_file(path: str) -> None:
         raise UserError(f"weights file {path} must be .safetensors or .pth")
     if path.endswith(".safetensors"):
         try:
-            from safetensors import safe_open  # noqa: PLC0415
+            from safetensors import safe_open
 
             with safe_open(path, "pt") as f:
                 list(f.keys())
@@ -65,7 +65,7 @@ def _load_state_dict_strict(model: nn.Module, path: str) -> None:
     """Load ``path`` into ``model`` listing missing/unexpected keys and shape mismatches clearly."""
     try:
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file  # noqa: PLC0415
+            from safetensors.torch import load_file
 
             sd = load_file(path)
         else:
@@ -112,7 +112,7 @@ def create_model(name: str, weights: str | None = None, pretrained_download: boo
     check_model_name(name)
     if name == EMBEDDED_NAME:
         try:
-            from .embedded import create_embedded_model  # noqa: PLC0415
+            from .embedded import create_embedded_model
         except ImportError as exc:
             raise UserError(f"the embedded model is not available: {exc}") from None
         if weights:
@@ -121,7 +121,7 @@ def create_model(name: str, weights: str | None = None, pretrained_download: boo
             _load_state_dict_strict(model, weights)
             return model.eval()
         return create_embedded_model().eval()
-    import timm  # noqa: PLC0415
+    import timm
 
     kw = {} if num_classes is None else {"num_classes": num_classes}
     if weights:

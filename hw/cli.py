@@ -1,7 +1,6 @@
 """``vitaccel hw generate`` and ``vitaccel hw synth``."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

@@ -13,7 +13,7 @@ statements to a given :class:`amaranth.hdl.Module`; the components in :mod:`hw.d
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import enum
 
 __all__ = ["CodeFormat", "OutFormat", "LogBase", "round_half", "round_shift", "saturate",

@@ -27,13 +27,13 @@ def configure_threads(n: int | None = None) -> int:
     if n < 1:
         raise ValueError("the thread count must be >= 1")
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         torch.set_num_threads(n)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     try:
-        import numba  # noqa: PLC0415
+        import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except ImportError:  # pragma: no cover

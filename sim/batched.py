@@ -39,7 +39,6 @@ from .kernels_decode import decode_lut_2d, lut_for
 from .kernels_gemm import (
     FLOAT32_EXACT,
     FLOAT64_EXACT,
-    INT62,
     drain_requant_groups,
     gemm_int64,
     prepare_b_groups,
@@ -311,7 +310,7 @@ class LayerPlan:
 def _per_group(spec, q, outliers, b, mr, za, host_frac, out_dtype, want_acc, run_layer=None) -> BatchLayerResult:
     """``G`` calls of ``run_layer`` (or ``run_layer``-like ``run_layer``): the reference's errors and order."""
     if run_layer is None:
-        from .simulator import run_layer  # noqa: PLC0415  (simulator imports this module)
+        from .simulator import run_layer
     q = np.asarray(q)
     if q.ndim != 3:
         raise ref.DatapathError(f"{spec.name}: batched A codes must be (G, M, K), got shape {q.shape}")
@@ -507,7 +506,7 @@ def run_encoder_batch(enc: EncoderSpec, x_host, strict: bool = True, *, referenc
     if reference:
         res = run_encoder_reference(enc_t, x2, strict)
     else:
-        from .simulator import run_encoder  # noqa: PLC0415
+        from .simulator import run_encoder
         res = run_encoder(enc_t, x2, strict)
     o = np.asarray(res.outliers).reshape(-1, 3)
     o4 = np.empty((len(o), 4), I64)

@@ -299,7 +299,7 @@ def make_engine_config(base: EngineConfig | dict | None = None, **overrides) -> 
         raise ConfigError(f"engine config: unknown field(s) {', '.join(unknown)}")
     if "acc_bits" not in merged:
         defaults = EngineConfig()
-        pick = lambda k: merged.get(k, getattr(defaults, k))  # noqa: E731
+        pick = lambda k: merged.get(k, getattr(defaults, k))
         a, b = pick("a_bits"), pick("b_bits")
         if a not in F.BITS or b not in F.BITS:
             raise ConfigError(f"engine config: code widths must be one of {F.BITS} (got w{b}a{a})")

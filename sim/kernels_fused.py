@@ -258,13 +258,13 @@ def log_code_table(kind: str, bits: int, base: str = "2", frac_bits: int = F.SOF
     if kind == "shiftlog2":
         qmax = F.shiftlog2_qmax(bits, base)
         c, rl = (2 * F.LOG_FRAC, round_log_sqrt2_scalar) if base == "sqrt2" else (F.LOG_FRAC, round_log2_scalar)
-        g = lambda w: c - int(rl(np.int64(w)))                          # noqa: E731
+        g = lambda w: c - int(rl(np.int64(w)))
         thr = [_first_at_most(g, qmax - j) for j in range(1, qmax + 1)]
-        code = lambda w: qmax if w <= 0 else min(max(c - int(rl(np.int64(w))), 0), qmax)  # noqa: E731
-        table_code = lambda w: qmax - sum(w >= t for t in thr)         # noqa: E731
+        code = lambda w: qmax if w <= 0 else min(max(c - int(rl(np.int64(w))), 0), qmax)
+        table_code = lambda w: qmax - sum(w >= t for t in thr)
     elif kind == "log2":
         qmax, zero = F.log2_qmax(bits), F.log2_zero_code(bits)
-        g = lambda a: frac_bits - int(round_log2_scalar(np.int64(a)))  # noqa: E731
+        g = lambda a: frac_bits - int(round_log2_scalar(np.int64(a)))
         thr = [_first_at_most(g, qmax - j) for j in range(0, qmax + 1)]
 
         def code(a):
@@ -273,7 +273,7 @@ def log_code_table(kind: str, bits: int, base: str = "2", frac_bits: int = F.SOF
             v = max(frac_bits - int(round_log2_scalar(np.int64(a))), 0)
             return zero if v > qmax else v
 
-        table_code = lambda a: zero if a < thr[0] else qmax - sum(a >= t for t in thr[1:])  # noqa: E731
+        table_code = lambda a: zero if a < thr[0] else qmax - sum(a >= t for t in thr[1:])
     else:
         raise ValueError(f"no threshold table for {kind!r}")
     probes = {0, 1, 2, (1 << 62) - 1}

@@ -108,7 +108,7 @@ def int8_k_ok(k: int, bmax: int) -> bool:
 
 def _probe(int_mm) -> bool:
     """``int_mm`` equals exact integer products on worst-case int8 operands at several shapes."""
-    import torch  # noqa: PLC0415
+    import torch
 
     rng = np.random.default_rng(12345)
     shapes = [(1, 1, 1), (3, 5, 2), (17, 129, 9), (64, 256, 48), (197, 64, 197), (200, 1024, 33)]
@@ -143,12 +143,12 @@ def int8_backend():
     fn = None
     if os.environ.get("VITACCEL_INT8", "1") != "0":
         try:
-            import torch  # noqa: PLC0415
+            import torch
 
             cand = getattr(torch, "_int_mm", None)
             if cand is not None and _probe(cand):
                 fn = cand
-        except Exception:                                     # noqa: BLE001 - any failure: no int8 path
+        except Exception:
             fn = None
     _BACKEND["fn"] = fn
     return fn
@@ -169,11 +169,11 @@ def int8_info() -> dict:
             "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
             "amx_int8": "amx_int8" in flags, "avx512f": "avx512f" in flags}
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         info["torch"] = torch.__version__
         info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    except Exception:                                         # noqa: BLE001
+    except Exception:
         pass
     return info
 
@@ -182,7 +182,7 @@ def gemm_int8(a8: np.ndarray, b8: np.ndarray, out: np.ndarray | None = None) -> 
     """``a8 @ b8`` (int8 ``(M, K)`` x ``(K, N)``) as int32 through the checked backend.
 
     The caller has checked ``int8_k_ok``; ``out`` (int32 ``(M, N)``, C-contiguous) receives the result."""
-    import torch  # noqa: PLC0415
+    import torch
 
     fn = int8_backend()
     ta, tb = torch.from_numpy(a8), torch.from_numpy(b8)

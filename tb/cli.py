@@ -6,7 +6,6 @@ must reproduce the golden ``out`` exactly and its cycle counter must equal :mod:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path

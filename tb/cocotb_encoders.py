@@ -13,7 +13,6 @@ Launched by ``tests/test_rtl_units.py::test_per_patch_encoder_rtl`` / ``test_act
 from __future__ import annotations
 
 import math
-import random
 
 import cocotb
 import numpy as np

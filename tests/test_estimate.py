@@ -267,7 +267,7 @@ def test_cli_program(tmp_path, capsys):
 
 def _program_manifest():
     """A hand-written manifest in the golden/program.py layout (one block of a 2-head toy ViT)."""
-    lin = lambda shape, bits, b_bits, fo=0, outl=None, qin=None, out=("fixed32", 32): dict(  # noqa: E731
+    lin = lambda shape, bits, b_bits, fo=0, outl=None, qin=None, out=("fixed32", 32): dict(
         op="linear", shape=shape, a=dict(kind="uniform", bits=bits, za="x/za"), b_bits=b_bits, fo=fo,
         tile_rows=16, out_fmt=out[0], out_bits=out[1], quantizer_in=qin, max_tile_outliers=outl)
     layers = {

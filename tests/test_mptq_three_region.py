@@ -1,5 +1,4 @@
 """OPT-m three-region post-GELU quantizer: spec grid, region boundaries, calibration search."""
-import math
 
 import numpy as np
 import pytest

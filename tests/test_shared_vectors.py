@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from vitaccel.golden import integer_grid as G
@@ -356,7 +356,6 @@ def test_encode_per_patch_dynamic(impl):
 
 def _rtl_activation(fmt, bits: int, x: list, **cfg) -> list[int]:
     """:class:`hw.encoders.ActivationEncoder` codes of the inputs ``x`` (none flagged invalid)."""
-    from vitaccel.hw.common import CodeFormat
     from vitaccel.hw.encoders import ActivationEncoder
 
     config = {"fmt": fmt, "bits": bits, "frac": 0, "sh": 0, "r": 1, "se": 0, "m0": 0, "m1": 0, **cfg}
@@ -441,7 +440,7 @@ def _rtl_requantize(v) -> tuple[list, int]:
             "fixed32": OutFormat.FIXED32}
     acc = v["acc"]
     n = len(acc[0])
-    col = lambda key, c: v[key][c if len(v[key]) > 1 else 0]  # noqa: E731
+    col = lambda key, c: v[key][c if len(v[key]) > 1 else 0]
     items = [{"acc": a, "mr": v["mr"][r if len(v["mr"]) > 1 else 0], "mc": col("mc", c), "sc": col("sc", c),
               "bq": col("bq", c), "tag": 0} for r, row in enumerate(acc) for c, a in enumerate(row)]
     cfg = {"sr": v["sr"], "z_out": v["z_out"], "out_fmt": fmts[v["out_fmt"]],

@@ -30,7 +30,7 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 def outcome(f):
     try:
         return f(), None
-    except Exception as exc:                                      # noqa: BLE001 - class compared below
+    except Exception as exc:
         return None, exc
 
 

@@ -27,7 +27,7 @@ def same(f_ref, f_sim):
     """Both raise the same exception class, or both return equal results (arrays compared exactly)."""
     try:
         want = f_ref()
-    except Exception as exc:                                    # noqa: BLE001 - any class must match
+    except Exception as exc:
         with pytest.raises(Exception) as info:
             f_sim()
         assert type(info.value) is type(exc), (type(info.value), type(exc), str(exc))

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .digits import CHECKPOINT, MODEL_NAME, build_model, digits_loader, evaluate_fp, load_digits_split
 

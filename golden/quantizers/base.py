@@ -128,7 +128,7 @@ class Quantizer(nn.Module):
         self.calibrated = False
 
     # -- state machine -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - documented in the module
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
         if self.observing:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vitaccel.sim.cli_args import (ENGINE_DEFAULTS, add_engine_args, add_freq_arg, add_json_arg, add_program_arg,
                                    deprecated, engine_fields_from_args, freq_mhz_from_args, parse_bits,

@@ -126,7 +126,6 @@ def max_outliers_per_tile(g: Gemm) -> int:
 
 def operand_bytes(g: Gemm, rows: int) -> dict:
     """Sizes in bytes of one instance's operands (see module docstring)."""
-    n_m = _ceil_div(g.M, rows)
     a_codes = _bits_to_bytes(g.M * g.K * g.a_bits)
     a_vec = g.M * ROW_VECTOR_BYTES if g.per_patch else 0
     outl = OUTLIER_ENTRY_BYTES * total_outliers(g, rows) if g.outliers else 0

@@ -81,7 +81,7 @@ def run_flow(args: argparse.Namespace, *, stages: tuple = STAGES, command: str =
             res.status, res.message = "failed", f"error: {exc}"
         except StageError as exc:
             res.status, res.message = "failed", str(exc)
-        except Exception as exc:  # noqa: BLE001 - recorded in the report, flow continues
+        except Exception as exc:
             res.status, res.message = "failed", f"{type(exc).__name__}: {exc}"
             if args.verbose:
                 traceback.print_exc()
