@@ -30,5 +30,6 @@ def acc(m):
 print("fp", acc(model), flush=True)
 for n in [int(a) for a in sys.argv[1:]]:
     calib = collect_images(loader(subset(ds, n, 0), 16, 0), n)
-    q = calibrate_model(copy.deepcopy(model), calib, preset("adfq", "w4a4", **ABLATIONS["no_amo"]), MODEL, progress=False)
+    q = calibrate_model(copy.deepcopy(model), calib, preset("adfq", "w4a4", **ABLATIONS["no_amo"]), MODEL,
+                        progress=False)
     print("calib", n, acc(q), flush=True)

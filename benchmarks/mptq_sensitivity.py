@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = create_model("deit_tiny_patch16_224", os.path.join(acc.SHARED, "models", "deit_tiny_patch16_224.safetensors"))
+    model = create_model("deit_tiny_patch16_224",
+                         os.path.join(acc.SHARED, "models", "deit_tiny_patch16_224.safetensors"))
     ds = image_folder(os.path.join(acc.SHARED, "imagenet-sample", "dev"), model,
                       os.path.join(acc.SHARED, "imagenet-sample", "synsets.txt"))
     split = split_pool_eval(len(ds), args.pool_size, 0)

@@ -154,7 +154,8 @@ class ProgramRunner:
         return out, res, (mr, za)
 
     def _record_gemm(self, record_as: str, a_codes, outliers, b, res, g: int, row_params=(None, None), rows=None):
-        o = np.zeros((0, 3), np.int64) if outliers is None or not len(outliers) else outliers[outliers[:, 0] == g][:, 1:]
+        o = np.zeros((0, 3), np.int64) if outliers is None or not len(outliers) else outliers[outliers[:, 0] == g][:,
+                1:]
         rec = {"a_codes": np.asarray(a_codes[g], np.int64), "outliers": o,
                "b": None if b is None else np.asarray(b[g], np.int64), "acc": res.acc[g],
                "out": np.asarray(res.out[g], np.int64)}

@@ -94,7 +94,8 @@ def _int8_ok() -> bool:
             try:
                 gen = torch.Generator().manual_seed(7)
                 for m, k, n in ((1, 1, 1), (5, 3, 2), (33, 129, 17), (197, 768, 40)):
-                    for lo_a, hi_a, lo_b, hi_b in ((-128, 128, -127, 128), (127, 128, 127, 128), (-128, -127, 127, 128)):
+                    for lo_a, hi_a, lo_b, hi_b in ((-128, 128, -127, 128), (127, 128, 127, 128),
+                                                   (-128, -127, 127, 128)):
                         a = torch.randint(lo_a, hi_a, (m, k), generator=gen, dtype=torch.int8)
                         b = torch.randint(lo_b, hi_b, (k, n), generator=gen, dtype=torch.int8)
                         got = torch._int_mm(a, b)

@@ -221,7 +221,8 @@ class TileDescriptors(wiring.Component):
         m = Module()
         cfg, L = self.cfg, self.cfg.outlier_lanes
         layout = rowp_layout(cfg.rows)
-        nxt, cur, prev = Signal(layout, name="nxt_desc"), Signal(layout, name="cur_desc"), Signal(layout, name="prev_desc")
+        nxt, cur, prev = Signal(layout, name="nxt_desc"), Signal(layout, name="cur_desc"), Signal(layout,
+                name="prev_desc")
         nb = Signal(DIM_BITS, name="nxt_nb")            # outlier beats of the next tile
         with m.If(self.ctl.load):
             m.d.sync += nxt.eq(self.rowp)

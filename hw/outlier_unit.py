@@ -169,7 +169,8 @@ class OutlierUnit(wiring.Component):
             for l in range(L):
                 m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l])]
                 for c in range(C):
-                    m.d.sync += s2_p[l][c].eq(val_times_b(m, s1_val[l], self.rd_data[l][c], self.b_bits, f"outl_p{l}_{c}"))
+                    m.d.sync += s2_p[l][c].eq(val_times_b(m, s1_val[l], self.rd_data[l][c], self.b_bits,
+                                                          f"outl_p{l}_{c}"))
 
         # ---- stage 2: accumulate into the correction registers; drain reads and clears a row
         corr = [[Signal(signed(self.corr_bits), name=f"corr{r}_{c}") for c in range(C)] for r in range(R)]

@@ -177,7 +177,8 @@ class Requantiser(wiring.Component):
         # 5: partial products
         pp2 = partial_products(t4, mc4, self.chunk)
         s5 = [stage(prod, f"col_pp{j}") for j, (prod, _) in enumerate(pp2)]
-        sc5, bqr5, tag5, fault5 = stage(sc4, "sc5"), stage(bqr4, "bq_round5"), stage(tag4, "tag5"), stage(fault4, "fault5")
+        sc5, bqr5 = stage(sc4, "sc5"), stage(bqr4, "bq_round5")
+        tag5, fault5 = stage(tag4, "tag5"), stage(fault4, "fault5")
         # 6: sum (+ Bq + rounding constant)
         sum2 = sum_products(s5, [sh for _, sh in pp2], bqr5)
         s6 = stage(sum2, "col_sum")

@@ -119,7 +119,8 @@ def parse_yosys_stat(log: str) -> dict:
     """Cell counts of the last ``stat`` block of a yosys log."""
     cells = {}
     block = log[log.rfind("Number of cells"):] if "Number of cells" in log else log
-    for name in ("LUT4", "TRELLIS_FF", "MULT18X18D", "DP16KD", "CCU2C", "TRELLIS_DPR16X4", "ALU54B", "PFUMX", "L6MUX21"):
+    for name in ("LUT4", "TRELLIS_FF", "MULT18X18D", "DP16KD", "CCU2C", "TRELLIS_DPR16X4", "ALU54B", "PFUMX",
+                 "L6MUX21"):
         m = re.search(rf"^\s+(\d+)\s+{name}\s*$", block, re.M) or re.search(rf"^\s+{name}\s+(\d+)\s*$", block, re.M)
         if m:
             cells[name] = int(m.group(1))

@@ -412,7 +412,8 @@ class EncoderPlan:
         if enc.kind == "shiftlog2":
             if abs(int(enc.sh)) >= (1 << 31):
                 raise _EncFallback("SH")
-            self.thr, self.steps = kernels_fused.padded_table(kernels_fused.log_code_table("shiftlog2", enc.bits, enc.base))
+            self.thr, self.steps = kernels_fused.padded_table(kernels_fused.log_code_table("shiftlog2", enc.bits,
+                    enc.base))
             return
         if enc.kind == "three_region":
             ref._check_m(enc.m0, enc.m1)

@@ -79,7 +79,8 @@ def make_groups(formats=None, bits_list=BITS, seed: int = 0, lanes: int = LANES)
                     "pulse": ["clear"],
                     "inputs": [{f"code[{i}]": c for i, c in enumerate(beat)} for beat in beats],
                     "expected": [
-                        {f"{k}[{i}]": v for i, c in enumerate(beat) for k, v in ref_decode(c, fmt, bits, m0, m1).items()}
+                        {f"{k}[{i}]": v for i, c in enumerate(beat) for k,
+                         v in ref_decode(c, fmt, bits, m0, m1).items()}
                         for beat in beats],
                     "after": {"invalid_seen": int(any(ref_decode(c, fmt, bits, m0, m1)["invalid"] for c in codes))},
                 })

@@ -129,7 +129,8 @@ def test_engine_controller_follows_the_schedule_under_random_stalls(cfg):
                 if x["drain"] is not None:
                     checked["drain"] += 1
                     row, t = x["drain"]
-                    assert (ctx.get(dut.drain.row), ctx.get(dut.drain.r0), ctx.get(dut.drain.c0)) == (row, t["r0"], t["c0"])
+                    assert (ctx.get(dut.drain.row), ctx.get(dut.drain.r0), ctx.get(dut.drain.c0)) == (row, t["r0"],
+                            t["c0"])
                     assert ctx.get(dut.columns.read_bank) == t["bank"]
                 if has_o:
                     assert ctx.get(dut.outliers.issue) == x["outl"]

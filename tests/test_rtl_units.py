@@ -32,7 +32,8 @@ def test_decoder_rtl():
     from vitaccel.tb import cocotb_decoders as tbm
 
     groups = tbm.make_groups(seed=1)
-    run_cocotb("operand_decoder", [_decoder_verilog()], "vitaccel.tb.cocotb_decoders", data={"groups": groups, "seed": 1})
+    run_cocotb("operand_decoder", [_decoder_verilog()], "vitaccel.tb.cocotb_decoders",
+               data={"groups": groups, "seed": 1})
 
 
 def test_decoder_amaranth_sim():
@@ -98,7 +99,8 @@ def test_requantiser_rtl():
     from vitaccel.tb import cocotb_requantiser as tbm
 
     groups = tbm.make_groups(seed=1)
-    run_cocotb("requantiser", [_requantiser_verilog()], "vitaccel.tb.cocotb_requantiser", data={"groups": groups, "seed": 1})
+    run_cocotb("requantiser", [_requantiser_verilog()], "vitaccel.tb.cocotb_requantiser",
+               data={"groups": groups, "seed": 1})
 
 
 def test_requantiser_amaranth_sim():

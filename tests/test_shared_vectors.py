@@ -374,7 +374,8 @@ def test_encode_log2(impl):
         elif impl == "numba":
             got = ke.encode_log2(_i64([v["x"]]), v["frac"], v["bits"])[0].tolist()
         elif impl == "torch":
-            got = _grid_encoder("log2", v["bits"], in_frac=v["frac"]).encode(_fx_to_float(v["x"], v["frac"]))[0].tolist()
+            got = _grid_encoder("log2", v["bits"],
+                                in_frac=v["frac"]).encode(_fx_to_float(v["x"], v["frac"]))[0].tolist()
         else:
             got = _rtl_activation(CodeFormat.LOG2, v["bits"], v["x"], frac=v["frac"])
         assert got == v["codes"], v

@@ -127,14 +127,17 @@ def batch_cases(draw):
     base = draw(st.sampled_from(F.LOG_BASES))
     m0, m1 = sorted(draw(st.tuples(st.integers(0, 15), st.integers(0, 15))))
     g = draw(st.sampled_from([1, 2, 3, 5]))
-    m, k, n = draw(st.sampled_from([1, 3, 7, 17])), draw(st.sampled_from([1, 5, 64, 130])), draw(st.sampled_from([1, 4, 33]))
+    m = draw(st.sampled_from([1, 3, 7, 17]))
+    k = draw(st.sampled_from([1, 5, 64, 130]))
+    n = draw(st.sampled_from([1, 4, 33]))
     runtime_b = draw(st.booleans())
     dynamic = a_kind == "uniform" and draw(st.booleans())
     fo = 2 if a_kind == "uniform" and draw(st.booleans()) else 0
     out_fmt = draw(st.sampled_from(F.OUT_FORMATS))
     out_bits = draw(st.sampled_from(F.BITS)) if out_fmt in ("ucode", "scode") else int(out_fmt[5:])
     bmax = (1 << (b_bits - 1)) - 1
-    b = rng.integers(-bmax, bmax + 1, (g, k, n) if runtime_b else (k, n)).astype(draw(st.sampled_from([np.int8, np.int64])))
+    b = rng.integers(-bmax, bmax + 1,
+                     (g, k, n) if runtime_b else (k, n)).astype(draw(st.sampled_from([np.int8, np.int64])))
     if a_kind == "uniform":
         za = rng.integers(0, 1 << a_bits, m if draw(st.booleans()) else 1)
     elif a_kind == "shiftlog2":
@@ -152,13 +155,15 @@ def batch_cases(draw):
     spec.acc_bits = int(min(F.ACC_BITS_MAX, spec.acc_bits_required(k) + draw(st.sampled_from([0, 3, -1]))))
     lo, hi = F.out_range(out_fmt, out_bits)
     typical = max(1.0, np.sqrt(k) * spec.dmax() * bmax * (1 << fo))
-    spec.sc = np.clip(np.round(np.log2(spec.mc * typical / (hi * rng.uniform(0.3, 3.0, n)))), 0, F.SC_MAX).astype(np.int64)
+    spec.sc = np.clip(np.round(np.log2(spec.mc * typical / (hi * rng.uniform(0.3, 3.0, n)))), 0,
+                      F.SC_MAX).astype(np.int64)
     spec.bq = np.clip(rng.uniform(-hi, hi, n) * 2.0 ** spec.sc, -(2.0 ** 46), 2.0 ** 46).astype(np.int64)
     spec.z_out = int(rng.integers(0, hi + 1)) if out_fmt == "ucode" else 0
     q = _codes(rng, spec, (g, m, k))
     rows = {}
     if dynamic:
-        rows = {"mr": rng.integers(0, min(1 << sr, (1 << 16) - 1) + 1, (g, m)), "za": rng.integers(0, 1 << a_bits, (g, m))}
+        rows = {"mr": rng.integers(0, min(1 << sr, (1 << 16) - 1) + 1, (g, m)),
+                "za": rng.integers(0, 1 << a_bits, (g, m))}
     o = None
     density = draw(st.sampled_from(["none", "some", "at_cap", "over_cap"])) if fo else "none"
     if density != "none":

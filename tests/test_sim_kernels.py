@@ -206,7 +206,8 @@ def test_encode_errors_match_reference():
     big = np.array([1 << 39])                                         # x * R = 2^62
     same(lambda: ref.encode_three_region(big, (1 << 23), 0, 4, 0, 1),
          lambda: ke.encode_three_region(big, (1 << 23), 0, 4, 0, 1))
-    same(lambda: ref.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"), lambda: ke.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"))
+    same(lambda: ref.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"),
+         lambda: ke.encode_shiftlog2(big, 0, (1 << 23), 0, 4, "2"))
 
 
 def _scale_ladder(rng, n_lad, bits, frac, se, kind, span=1.0):
@@ -353,7 +354,8 @@ def test_encode_shiftlog2_and_three_region_match_reference(seed, bits, base, se,
     r = int(rng.integers(1, 1 << 24))
     same(lambda: ref.encode_shiftlog2(x, sh, r, se, bits, base), lambda: ke.encode_shiftlog2(x, sh, r, se, bits, base))
     m0, m1 = sorted(m)
-    same(lambda: ref.encode_three_region(x, r, se, bits, m0, m1), lambda: ke.encode_three_region(x, r, se, bits, m0, m1))
+    same(lambda: ref.encode_three_region(x, r, se, bits, m0, m1),
+         lambda: ke.encode_three_region(x, r, se, bits, m0, m1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def _run_counter(tmp_path, cycles: int = 40):
 
     src = tmp_path / "wave_counter.v"
     src.write_text(VERILOG)
-    return runner.run_cocotb("wave_counter", [src], "vitaccel.tb.cocotb_wave_counter", data={"cycles": cycles}, waves=True)
+    return runner.run_cocotb("wave_counter", [src], "vitaccel.tb.cocotb_wave_counter", data={"cycles": cycles},
+                             waves=True)
 
 
 @pytest.mark.slow

@@ -102,7 +102,8 @@ def train(epochs: int = 150, batch_size: int = 32, lr: float = 2e-3, weight_deca
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m golden.embedded.train_digits", description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=CHECKPOINT, help="checkpoint path (default: the committed one)")
+    parser.add_argument("-o", "--output", type=Path, default=CHECKPOINT,
+                        help="checkpoint path (default: the committed one)")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)

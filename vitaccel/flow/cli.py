@@ -118,7 +118,8 @@ def add_subcommands(subparsers) -> None:
         description="Run the whole vitaccel flow and write OUT/report.md, OUT/report.json, the programs, golden "
         "vectors, Verilog and PNG plots. Default: the embedded digits ViT (no network, no downloads).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-o", "--output", default="vitaccel-flow", metavar="DIR", help="output folder (default vitaccel-flow)")
+    p.add_argument("-o", "--output", default="vitaccel-flow", metavar="DIR",
+                   help="output folder (default vitaccel-flow)")
     add_force_arg(p)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=EMBEDDED_MODEL, help=f"timm model name (default {EMBEDDED_MODEL})")

@@ -14,7 +14,8 @@ def _plot_accuracy(ctx: FlowContext, path: Path) -> bool:
 
     acc = ctx.results.get("accuracy", {})
     methods = list(ctx.args.methods)
-    kinds = [("fakequant_float", "float fake-quant"), ("fakequant", "fake-quant, integer grid"), ("intsim", "integer sim")]
+    kinds = [("fakequant_float", "float fake-quant"), ("fakequant", "fake-quant, integer grid"),
+             ("intsim", "integer sim")]
     if not any(acc.get(k) for k, _ in kinds) and "fp32" not in acc:
         return False
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(methods) + 2), 4), constrained_layout=True)

@@ -37,7 +37,8 @@ STAGES = (
     Stage("int_eval", stage_int_eval, ("export",), title="evaluate integer simulator"),
     Stage("golden", stage_golden, ("export",), title="golden vectors"),
     Stage("verilog", stage_verilog, (), rtl=True, title="generate Verilog"),
-    Stage("rtl_check", stage_rtl_check, ("golden", "verilog"), rtl=True, title="every GEMM of one image in the RTL accelerator top"),
+    Stage("rtl_check", stage_rtl_check, ("golden", "verilog"), rtl=True,
+          title="every GEMM of one image in the RTL accelerator top"),
     Stage("estimate", stage_estimate, ("export",), title="estimate cycles and traffic"),
     Stage("plots", stage_plots, (), title="plots"),
 )
