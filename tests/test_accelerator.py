@@ -212,7 +212,8 @@ def test_hw_generate_top_accelerator(tmp_path, capsys):
 
     out = tmp_path / "rtl"
     assert vitaccel(["hw", "generate", "--top", "accelerator", "--rows", "2", "--cols", "2", "--max-k", "16",
-                     "--a-buf-words", "1024", "--bus-bits", "256", "-o", str(out), "--json", str(tmp_path / "s.json")]) == 0
+                     "--a-buf-words", "1024", "--bus-bits", "256", "-o", str(out),
+                     "--json", str(tmp_path / "s.json")]) == 0
     text = (out / "accelerator.v").read_text()
     assert "module accelerator(" in text and "vitaccel_zero_init_" in text
     assert "mem[1023] =" not in text
