@@ -25,7 +25,6 @@ docs/hardware-deit-tiles.md ("The whole image through the accelerator top") hold
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
