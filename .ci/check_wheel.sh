@@ -23,6 +23,8 @@ extra = [t for t in top if t != "vitaccel" and not (t.startswith("vitaccel-") an
 assert not extra, f"wheel has top-level entries besides vitaccel/: {extra}"
 for sub in ("sim", "hw", "golden", "tb", "flow"):
     assert any(n.startswith(f"vitaccel/{sub}/") for n in names), f"wheel lacks vitaccel/{sub}/"
+for f in ("vitaccel/tb/csrc/accel_bench.cpp", "vitaccel/tb/csrc/accel_bench_top.v"):   # the accelerator bench
+    assert f in names, f"wheel lacks {f}"
 print(f"wheel ok: {len(names)} files, top level {top}")
 PYEOF
 

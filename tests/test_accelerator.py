@@ -200,3 +200,32 @@ def test_estimate_dataflow_accelerator(tmp_path, capsys):
     assert vitaccel(["estimate", "--model", "deit_tiny_patch16_224", "--dataflow", "accelerator",
                      "--bus-bits", "96"]) == 2
     assert "bus_bits must be 128, 256, 512 or 1024" in capsys.readouterr().err
+
+
+def test_hw_generate_top_accelerator(tmp_path, capsys):
+    """``vitaccel hw generate --top accelerator``: the AXI4 top's Verilog (memories initialised by a
+    loop, not one line per word), its ports and configuration in the summary; a bad port width is a
+    clear error."""
+    import json
+
+    from vitaccel.cli import main as vitaccel
+
+    out = tmp_path / "rtl"
+    assert vitaccel(["hw", "generate", "--top", "accelerator", "--rows", "2", "--cols", "2", "--max-k", "16",
+                     "--a-buf-words", "1024", "--bus-bits", "256", "-o", str(out),
+                     "--json", str(tmp_path / "s.json")]) == 0
+    text = (out / "accelerator.v").read_text()
+    assert "module accelerator(" in text and "vitaccel_zero_init_" in text
+    assert "mem[1023] =" not in text
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert list(s["tops"]) == ["accelerator"]
+    ports = {p["name"]: p for p in s["tops"]["accelerator"]["ports"]}
+    assert ports["m_axi_rdata"]["width"] == 256 and ports["m_axi_wstrb"]["width"] == 32
+    assert ports["m_axi_araddr"]["dir"] == "output" and ports["start"]["dir"] == "input"
+    assert s["accelerator"]["a_buf_words"] == 1024 and s["accelerator"]["bus_bits"] == 256
+    capsys.readouterr()
+    assert vitaccel(["hw", "generate", "--top", "accelerator", "--rows", "2", "--cols", "2", "--bus-bits", "100",
+                     "-o", str(tmp_path / "bad")]) == 2
+    assert "bus_bits must be 128, 256, 512 or 1024" in capsys.readouterr().err
+    assert vitaccel(["hw", "generate", "--top", "nope", "-o", str(tmp_path / "bad2")]) == 2
+    assert "unknown --top nope" in capsys.readouterr().err
