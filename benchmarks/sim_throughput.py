@@ -1,18 +1,27 @@
-"""Throughput of the bit-accurate simulator on the DeiT-Small GEMM shapes at W4A4.
+"""Throughput of the bit-accurate simulator on the DeiT-Small GEMM shapes at W4A4, against float32 BLAS.
 
-For every shape (M x K x N) it times, in one run and on the same data:
+For every shape (M x K x N) it times, in one run, interleaved call by call and on the same data:
 
-* ``sim``: ``sim.simulator.run_layer`` -- the full exact layer: 4-bit per-patch uniform A codes
-  (per-row zero points and row gains ``Mr``), 4-bit ``sym`` weights, 0.1 % sparse outliers (FO = 2),
-  two-stage requantisation to 4-bit ``ucode``, accumulator range checks, saturation counting;
-* ``reference``: ``sim.layer.run_layer_reference`` on the same layer (plain numpy, exact Python ints);
-* ``blas``: a float32 numpy matmul of the same shapes (the speed-of-light of the host).
+* ``int8``: the exact layer through ``sim.batched.LayerPlan.run`` (a layer prepared once, as the
+  program runner uses it) on the int8 path (``torch._int_mm`` on digit planes) -- 4-bit per-patch
+  uniform A codes (per-row zero points and row gains ``Mr``), 4-bit ``sym`` weights, 0.1 % sparse
+  outliers (FO = 2), two-stage requantisation to 4-bit ``ucode``, accumulator range checks,
+  saturation counting;
+* ``float``: the same prepared layer forced onto the exact float BLAS path (float32, or float64 where
+  the bound of docs/datapath.md section 6 needs it);
+* ``run_layer``: the one-off single-layer API (validation and B preparation in every call);
+* ``reference``: ``sim.layer.run_layer_reference`` (plain numpy, exact Python ints; fewer calls);
+* ``BLAS``: a float32 matmul of the same shape with numpy (OpenBLAS) and with torch (MKL); the ratios
+  use the faster of the two.
 
-Warm-up calls (numba compilation, BLAS threads) are excluded; each figure is the median of
-``--repeat`` calls (sim and BLAS interleaved so both see the same machine load); the last column
-also compares the fastest call of each. Prints a Markdown table (and writes ``--json``)::
+The per-head shapes (``q @ k^T``, ``attn @ v``) run as one batched call over the 6 heads of an image
+(run-time B per head, as the program runner does), against float32 BLAS on the same 6 heads
+(``np.matmul`` / ``torch.bmm`` on the stacks).
 
-    .venv/bin/python benchmarks/sim_throughput.py [--repeat 30] [--threads N] [--json out.json]
+Warm-up calls are excluded; each figure is from the median (and the fastest) of ``--repeat`` calls.
+Prints a Markdown table, the CPU's VNNI / AMX support and the load average (and writes ``--json``)::
+
+    .venv/bin/python benchmarks/sim_throughput.py [--repeat 30] [--threads 1] [--json out.json]
 """
 from __future__ import annotations
 
@@ -22,71 +31,67 @@ import os
 import sys
 import time
 
-SHAPES = [  # (name, M, K, N): DeiT-Small, 197 tokens, d = 384, 6 heads of 64
-    ("qkv", 197, 384, 1152),
-    ("proj", 197, 384, 384),
-    ("fc1", 197, 384, 1536),
-    ("fc2", 197, 1536, 384),
-    ("q@k^T (per head)", 197, 64, 197),
-    ("attn@v (per head)", 197, 197, 64),
+SHAPES = [  # (name, M, K, N, heads): DeiT-Small, 197 tokens, d = 384, 6 heads of 64
+    ("qkv", 197, 384, 1152, 0),
+    ("proj", 197, 384, 384, 0),
+    ("fc1", 197, 384, 1536, 0),
+    ("fc2", 197, 1536, 384, 0),
+    ("q@k^T (6 heads, one call)", 197, 64, 197, 6),
+    ("attn@v (6 heads, one call)", 197, 197, 64, 6),
 ]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=30, help="timed calls per figure (median), default 30")
-    p.add_argument("--ref-repeat", type=int, default=3, help="timed calls of the slow reference, default 3")
-    p.add_argument("--threads", type=int, default=None, help="numba and BLAS threads (default: all cores)")
+    p.add_argument("--ref-repeat", type=int, default=2, help="timed calls of the slow reference, default 2")
+    p.add_argument("--threads", type=int, default=1, help="numba, torch and BLAS threads (default 1)")
     p.add_argument("--outlier-fraction", type=float, default=0.001, help="fraction of A elements that are outliers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     return p.parse_args(argv)
 
 
-def make_layer(name, m, k, n, rng, outlier_fraction):
-    """A W4A4 per-patch linear layer with sparse outliers and a 4-bit ucode output, plus its inputs."""
+def make_layer(name, m, k, n, rng, outlier_fraction, groups=0):
+    """A W4A4 per-patch layer with sparse outliers and a 4-bit ucode output, plus its inputs.
+
+    ``groups`` > 0: that many groups (heads) with a run-time B each; returns ``(spec, q, o, b)`` with
+    ``q`` ``(G, M, K)``, ``o`` ``[group, row, col, val]`` and ``b`` ``(G, K, N)`` (else ``b`` is None and
+    ``q`` ``(M, K)``, ``o`` ``(n, 3)``)."""
     import numpy as np
 
     from vitaccel.sim import formats as F
     from vitaccel.sim.layer import LayerSpec
 
+    g = max(groups, 1)
     z = rng.integers(4, 12, m)
-    q = rng.integers(0, 16, (m, k))
-    n_out = int(round(outlier_fraction * m * k))
-    flat = np.sort(rng.choice(m * k, size=n_out, replace=False))
-    rows, cols = flat // k, flat % k
-    q[rows, cols] = z[rows]                                         # dense code at an outlier = zero point
+    q = rng.integers(0, 16, (g, m, k))
+    n_out = int(round(outlier_fraction * g * m * k))
+    flat = np.sort(rng.choice(g * m * k, size=n_out, replace=False))
+    gi, rows, cols = flat // (m * k), (flat // k) % m, flat % k
+    q[gi, rows, cols] = z[rows]                                     # dense code at an outlier = zero point
     vals = rng.integers(-4000, 4000, n_out)
-    outliers = np.stack([rows, cols, vals], axis=1).astype(np.int64)
-    b = rng.integers(-7, 8, (k, n)).astype(np.int8)                  # 4-bit sym weights, stored as int8
+    o4 = np.stack([gi, rows, cols, vals], axis=1).astype(np.int64)
+    b = rng.integers(-7, 8, (g, k, n)).astype(np.int8)               # 4-bit sym codes, stored as int8
     tile = 16
-    cap = max(8, int(np.bincount(rows // tile).max()) if n_out else 8)
-    spec = LayerSpec(name=name, op="linear", a_kind="uniform", a_bits=4, b=b, b_bits=4, za=z,
-                     mr=rng.integers(1 << 15, 1 << 16, m), sr=16, mc=rng.integers(1 << 15, 1 << 16, n),
-                     sc=np.full(n, 0), bq=np.zeros(n, np.int64), out_fmt="ucode", out_bits=4, z_out=8,
-                     acc_bits=48, fo=2, outlier_capacity=cap, tile_rows=tile)
+    cap = max(8, int(np.bincount(gi * m + rows // tile * tile).max()) if n_out else 8)
+    spec = LayerSpec(name=name, op="linear", a_kind="uniform", a_bits=4, b=b[0] if not groups else np.zeros((k, 0)),
+                     b_bits=4, za=z, mr=rng.integers(1 << 15, 1 << 16, m), sr=16,
+                     mc=rng.integers(1 << 15, 1 << 16, n), sc=np.full(n, 0), bq=np.zeros(n, np.int64),
+                     out_fmt="ucode", out_bits=4, z_out=8, acc_bits=48, fo=2, outlier_capacity=cap, tile_rows=tile)
     spec.acc_bits = spec.acc_bits_required(k)
     # Sc so that the typical |acc| maps to ~4 output steps: outputs spread over the range, some clamp
     typical = np.sqrt(k) * 7 * 7 * 4
     spec.sc = np.full(n, int(np.round(np.log2(2**15 * typical / 4))), np.int64)
     spec.bq = rng.integers(-(1 << int(spec.sc[0])), 1 << int(spec.sc[0]), n)
     assert spec.acc_bits <= F.ACC_BITS_MAX
-    return spec, q, outliers
-
-
-def median_time(f, repeat):
-    import numpy as np
-
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    if groups:
+        return spec, q, o4, b
+    return spec, q[0], o4[:, 1:], None
 
 
 def median_times(fs, repeat):
-    """Median time of each callable, calling them round-robin ``repeat`` times."""
+    """``(median, fastest)`` time of each callable, calling them round-robin ``repeat`` times."""
     import numpy as np
 
     ts = [[] for _ in fs]
@@ -98,6 +103,57 @@ def median_times(fs, repeat):
     return [(float(np.median(t)), float(np.min(t))) for t in ts]
 
 
+def measure(name, m, k, n, heads, rng, args):
+    """Check every path against the reference on this data, then time them interleaved."""
+    import numpy as np
+    import torch
+
+    from vitaccel.sim import batched as B
+    from vitaccel.sim import simulator as S
+
+    spec, q, o, b = make_layer(name, m, k, n, rng, args.outlier_fraction, heads)
+    g = max(heads, 1)
+    q3 = q if heads else q[None]
+    o4 = o if heads else np.concatenate([np.zeros((len(o), 1), np.int64), o], axis=1)
+    bshape = None if b is None else (k, n)
+    paths = B.allowed_paths(k, spec.dmax(), 7)
+    float_path = next(p for p in paths if p != "int8")
+    plan_i8 = B.LayerPlan(spec, m, bshape) if "int8" in paths else None
+    plan_fl = B.LayerPlan(spec, m, bshape, path=float_path)
+    want = B.run_layer_batch_reference(spec, q3, o4, b)             # correctness on this very data first
+    calls = {}
+    for label, plan in (("int8", plan_i8), ("float", plan_fl)):
+        if plan is None:
+            continue
+        got = plan.run(q3, o4, b, want_acc=True)
+        assert np.array_equal(got.out, want.out) and np.array_equal(got.acc, want.acc) \
+            and got.saturations == want.saturations, label
+        calls[label] = (lambda plan=plan: plan.run(q3, o4, b))
+    if not heads:
+        calls["run_layer"] = lambda: S.run_layer(spec, q, o)
+    af = q3.astype(np.float32)
+    bf = (b if heads else spec.b[None]).astype(np.float32)
+    ta, tb = torch.from_numpy(af), torch.from_numpy(bf)
+    if heads:
+        calls["blas_numpy"] = lambda: np.matmul(af, bf)
+        calls["blas_torch"] = lambda: torch.bmm(ta, tb)
+    else:
+        a2, b2, tb2 = af[0], bf[0], tb[0]
+        calls["blas_numpy"] = lambda: a2 @ b2
+        calls["blas_torch"] = lambda: torch.mm(ta[0], tb2)
+    for f in calls.values():                                       # warm-up (compilation, BLAS threads)
+        for _ in range(3):
+            f()
+    res = dict(zip(calls, median_times(list(calls.values()), args.repeat)))
+    t0 = time.perf_counter()
+    for _ in range(args.ref_repeat):
+        B.run_layer_batch_reference(spec, q3, o4, b)
+    res["reference"] = ((time.perf_counter() - t0) / args.ref_repeat,) * 2
+    return dict(name=name, M=m, K=k, N=n, groups=g, macs=g * m * k * n, outliers=len(o4), acc_bits=spec.acc_bits,
+                float_path=float_path, digits=1 if plan_i8 is None else plan_i8._digits_n(),
+                saturations=want.saturations, times=res)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -105,51 +161,52 @@ def main(argv=None) -> int:
             os.environ[var] = str(args.threads)
     import numba
     import numpy as np
+    import torch
     from tqdm import tqdm
 
-    from vitaccel.sim import simulator as S
-    from vitaccel.sim.layer import run_layer_reference
+    from vitaccel.sim.kernels_int8 import int8_info
 
+    torch.set_num_threads(args.threads or os.cpu_count())
     rng = np.random.default_rng(args.seed)
-    rows = []
-    for name, m, k, n in tqdm(SHAPES, desc="shapes", file=sys.stderr):
-        spec, q, o = make_layer(name, m, k, n, rng, args.outlier_fraction)
-        macs = m * k * n
-        # correctness on this very data before timing
-        want = run_layer_reference(spec, q, o)
-        got = S.run_layer(spec, q, o)
-        assert np.array_equal(got.acc, want.acc) and np.array_equal(got.out, want.out)
-        assert got.saturations == want.saturations
-        af, bf = q.astype(np.float32), spec.b.astype(np.float32)
-        for _ in range(3):                                          # warm-up
-            S.run_layer(spec, q, o)
-            af @ bf
-        # interleaved, so that both see the same machine load
-        (t_sim, b_sim), (t_blas, b_blas) = median_times([lambda: S.run_layer(spec, q, o), lambda: af @ bf],
-                                                        args.repeat)
-        t_ref = median_time(lambda: run_layer_reference(spec, q, o), args.ref_repeat)
-        rows.append(dict(name=name, M=m, K=k, N=n, macs=macs, outliers=len(o), path=S.layer_gemm_path(spec, k),
-                         acc_bits=spec.acc_bits, saturations=got.saturations,
-                         t_sim=t_sim, t_ref=t_ref, t_blas=t_blas, best_sim=b_sim, best_blas=b_blas))
-    tot = {key: sum(r[key] for r in rows) for key in ("macs", "t_sim", "t_ref", "t_blas", "best_sim", "best_blas")}
+    rows = [measure(*s, rng, args) for s in tqdm(SHAPES, desc="shapes", file=sys.stderr)]
+    info = int8_info()
     load = os.getloadavg()
-    print(f"W4A4 exact linear layer (per-patch scales, {args.outlier_fraction:.1%} outliers, requantization); "
-          f"numba threads {numba.get_num_threads()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"W4A4 exact layer (per-patch scales, {args.outlier_fraction:.1%} outliers, requantization); "
+          f"numba threads {numba.get_num_threads()}, torch threads {torch.get_num_threads()}, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"CPU: avx512_vnni {info['avx512_vnni']}, avx_vnni {info['avx_vnni']}, amx_int8 {info['amx_int8']}; "
+          f"torch {info.get('torch')} CPU capability {info.get('cpu_capability')}; int8 path available: "
+          f"{info['int8_path']}")
     print()
-    print("| layer | M x K x N | GEMM path | sim GMAC/s | reference GMAC/s | float32 BLAS GMAC/s | sim / BLAS "
-          "| best-of sim / BLAS |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows + [dict(tot, name="**all shapes** (sum of times)", M="", K="", N="", path="")]:
-        g = lambda t: r["macs"] / t / 1e9
-        shape = f"{r['M']}x{r['K']}x{r['N']}" if r["M"] else ""
-        print(f"| {r['name']} | {shape} | {r['path']} | {g(r['t_sim']):.2f} | {g(r['t_ref']):.4f} | "
-              f"{g(r['t_blas']):.2f} | {r['t_blas'] / r['t_sim']:.0%} | {r['best_blas'] / r['best_sim']:.0%} |")
+    print("| layer | M x K x N | int8 GMAC/s (digits) | float path GMAC/s | run_layer GMAC/s | reference GMAC/s "
+          "| f32 BLAS numpy / torch GMAC/s | int8 / BLAS (median, best-of) | float / BLAS (median, best-of) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    tot: dict = {}
+    for r in rows:
+        t = r["times"]
+        for key, (med, best) in t.items():
+            a = tot.setdefault(key, [0.0, 0.0])
+            a[0] += med
+            a[1] += best
+    tot_row = dict(name="**all shapes** (sum of times)", M="", macs=sum(r["macs"] for r in rows), times=tot,
+                   float_path="", digits="")
+    for r in rows + [tot_row]:
+        t = r["times"]
+        g = lambda key, i=0: r["macs"] / t[key][i] / 1e9 if key in t else float("nan")
+        blas_med = min(t["blas_numpy"][0], t["blas_torch"][0])
+        blas_best = min(t["blas_numpy"][1], t["blas_torch"][1])
+        ratio = lambda key: (f"{blas_med / t[key][0]:.2f}x, {blas_best / t[key][1]:.2f}x"
+                             if key in t else "")
+        shape = f"{r['groups']}x{r['M']}x{r['K']}x{r['N']}".removeprefix("1x") if r["M"] else ""
+        print(f"| {r['name']} | {shape} | {g('int8'):.1f} ({r['digits']}) | {g('float'):.1f} ({r['float_path']}) | "
+              f"{g('run_layer'):.1f} | {g('reference'):.3f} | {g('blas_numpy'):.1f} / {g('blas_torch'):.1f} | "
+              f"{ratio('int8')} | {ratio('float')} |")
     print()
-    print("GMAC/s from the median of the timed calls; 'best-of' compares the fastest call of each "
-          "(less sensitive to other processes on a shared machine).")
+    print("GMAC/s from the median call; ratios: BLAS time (faster of numpy and torch) / layer time, from the "
+          "median and from the fastest call of each (less sensitive to other processes).")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(rows=rows, total=tot, threads=numba.get_num_threads(), loadavg=load,
+            json.dump(dict(rows=rows, total=tot, threads=numba.get_num_threads(), loadavg=load, cpu=info,
                            outlier_fraction=args.outlier_fraction), fh, indent=2)
     return 0
 

@@ -83,6 +83,7 @@ def from_fixed(v: torch.Tensor, frac_bits: int) -> torch.Tensor:
 
 
 _INT8: dict = {}
+_HALF = torch.tensor([0.5], dtype=torch.float64)
 
 
 def _int8_ok() -> bool:
@@ -117,7 +118,11 @@ def to_fixed_f64(x: torch.Tensor, frac_bits: int, bits: int = 32, warn: bool = T
 
     ``float64(x) * 2^F`` is exact and ``+ 0.5`` and ``floor`` of an exactly representable value are
     exact, so the float64 tensor holds the spec's integers; saturation is detected on its range."""
-    v = x.to(torch.float64).mul_(2.0 ** frac_bits).add_(0.5).floor_()
+    # one pass: float32 x promoted to float64 inside addcmul (0.5 + x * 2^F, exact), then floor
+    # (the float64 operands have a dimension: a 0-dim tensor would not promote a float32 x to float64)
+    v = torch.addcmul(_HALF, x, torch.tensor([2.0 ** frac_bits], dtype=torch.float64)).floor_()
+    if v.dtype != torch.float64 or v.shape != x.shape:
+        raise IntegerGridError("to_fixed: expected a float64 result")  # pragma: no cover
     mn, mx = (float(t) for t in torch.aminmax(v)) if v.numel() else (0.0, 0.0)
     if not (math.isfinite(mn) and math.isfinite(mx)):
         raise IntegerGridError("non-finite value at a host -> fixed-point boundary")
@@ -304,7 +309,23 @@ class GridEncoder:
         self._nsat += nsat
         return x_fx, max(-mn, mx)
 
-    def _log_chunks(self, x: torch.Tensor):
+    def encode_index(self, x: torch.Tensor):
+        """Log encoders: ``(index, code_lut)`` with ``codes = code_lut[index]`` (the table position of each
+        input, :meth:`_log_tables`), so that a GEMM can compose its decode tables with ``code_lut`` and
+        skip the codes tensor; None for the other encoders (use :meth:`encode_sparse`)."""
+        if self.in_bits > 32 or self.kind not in ("log2", "shiftlog2"):
+            return None
+        self._nsat = 0
+        try:
+            index = self._log_chunks(x, index_only=True)[0]
+        except _Beyond53:
+            return None
+        if self._nsat:
+            warnings.warn(f"integer grid: {self._nsat} value(s) saturated at a host -> fixed-point boundary "
+                          f"({self.in_bits} bits, {self.in_frac} fraction bits)", RuntimeWarning, stacklevel=2)
+        return index, self._code_lut
+
+    def _log_chunks(self, x: torch.Tensor, index_only: bool = False):
         self._log_tables()
         flat = x.reshape(-1)
         out = torch.empty(flat.shape, dtype=torch.int32)
@@ -316,7 +337,10 @@ class GridEncoder:
                     raise _Beyond53
                 rs = r * 2.0 ** -self.se
                 x_fx.mul_(rs).add_(self.sh * rs + (0.5 if self.se > 0 else 0.0)).floor_()  # w; w <= 0 -> QMAX
-            out[i0:i0 + _CHUNK] = self._lut_codes(x_fx)       # log2: x_fx < 0 counts as 0, as _encode_int64
+            if index_only:
+                out[i0:i0 + _CHUNK] = x_fx.clamp_(0, self._wmax)
+            else:
+                out[i0:i0 + _CHUNK] = self._lut_codes(x_fx)   # log2: x_fx < 0 counts as 0, as _encode_int64
         return out.reshape(x.shape), None, None
 
     def _uniform_chunks(self, x: torch.Tensor):
@@ -354,10 +378,14 @@ class GridEncoder:
         k, se = self.bits, self.se
         qhi = 2 ** k - 1
         has_out = self.alpha_fx is not None and amax > int(self.alpha_fx)
-        mask = x_fx.abs() > int(self.alpha_fx) if has_out else None
+        idx = (x_fx.abs() > int(self.alpha_fx)).nonzero() if has_out else None   # few: index them directly
+        pos = None if idx is None else tuple(idx.t())
         rows = None
         if self.ladder_r is not None:                         # section 8.1.1, per row
-            inl = x_fx if mask is None else x_fx.masked_fill(mask, 0.0)
+            inl = x_fx
+            if idx is not None:
+                inl = x_fx.clone()
+                inl[pos] = 0.0
             lo, hi = torch.aminmax(inl, dim=-1)
             lo, span = lo.clamp(max=0), hi.clamp(min=0) - lo.clamp(max=0)
             j = ((self._ladder_t_f >= span[..., None]).sum(dim=-1) - 1).clamp(min=0)
@@ -374,10 +402,9 @@ class GridEncoder:
         q = torch.addcmul(z + (0.5 if se > 0 else 0.0), x_fx, r * 2.0 ** -se).floor_().clamp_(0, qhi)
         if not has_out:
             return q, None, rows
-        q = torch.where(mask, z.expand_as(q), q)
-        idx = mask.nonzero()
-        xv = x_fx[mask].to(I64)
-        rv = r.expand_as(x_fx)[mask].to(I64)
+        q[pos] = z.expand_as(q)[pos]                           # dense code at an outlier = zero point
+        xv = x_fx[pos].to(I64)
+        rv = r.expand_as(x_fx)[pos].to(I64)
         val = round_shift(xv * rv, se - self.fo).clamp(-2 ** 15, 2 ** 15 - 1)
         return q, (idx, val), rows
 
@@ -491,7 +518,7 @@ class GridGemm:
             width = 16 if self.out_fmt == "fixed16" else 32
             self.lo, self.hi = -(2 ** (width - 1)), 2 ** (width - 1) - 1
 
-        self.b_bits = int(entry["b_bits"])
+        self.b_bits = int(entry.get("b_bits", 8))
         self._plans: dict = {}
         self._bad, self._nsat = False, 0
         # B operand (exact: |b| <= 127), stored transposed (the layout the float32 GEMM is fastest with)
@@ -522,8 +549,11 @@ class GridGemm:
         every digit GEMM is an integer below 2^24 (exact in float32 whatever the summation order); and the
         static bounds that make the float64 requantiser exact (``_exact``). Returns None when the float
         path is not exact (the int64 path is used)."""
-        if k in self._plans:
-            return self._plans[k]
+        force = getattr(self, "force_path", None)              # tests: "int8", "float32" or "int64"
+        if (k, force) in self._plans:
+            return self._plans[(k, force)]
+        if force == "int64":
+            return None
         self._lut()
         bmax = 2 ** (self.b_bits - 1) - 1
         zmax = float(2 ** self.bits - 1) if self.dynamic_rows else float(self.za.abs().max())
@@ -534,7 +564,9 @@ class GridGemm:
         # int8 digits (|d| <= 127) through torch._int_mm when its int32 partial sums are bounded
         # (K * 256 * Bmax < 2^31, with a margin for kernels that add 128 to one operand) and the
         # backend passed this module's own check (_int8_ok); else float32 digits with K * H * Bmax < 2^24
-        int8 = bmax <= 127 and k * 256 * bmax < 2 ** 31 and _int8_ok()
+        int8 = bmax <= 127 and k * 256 * bmax < 2 ** 31 and _int8_ok() and force != "float32"
+        if force == "int8" and not int8:
+            raise IntegerGridError(f"{self.name}: the int8 path is not exact / available for K = {k}")
         h = 127 if int8 else max(1, (2 ** 24 - 1) // max(1, k * bmax))
         p, n, cover = 2 * h + 1, 1, h
         while cover < max(hi - o, o - lo):
@@ -560,8 +592,8 @@ class GridGemm:
             plan = {"check": nan_possible or (self.out_fmt.startswith("fixed") and not inside), "clamp": not inside,
                     "o": float(o), "h": h, "p": p, "n": n, "int8": int8, "ident1": ident1, "mc2": mc2, "c2": c2,
                     "mc2_fo": mc2 * two_fo, "s1": two_fo * 2.0 ** -self.sr,
-                    "half1_t": torch.tensor(0.5 if self.sr > 0 else 0.0, dtype=torch.float64), "mr_max": mr_max}
-        self._plans[k] = plan
+                    "half1_t": torch.tensor([0.5 if self.sr > 0 else 0.0], dtype=torch.float64), "mr_max": mr_max}
+        self._plans[(k, force)] = plan
         return plan
 
     def _plane_luts(self, plan) -> list:
@@ -606,7 +638,8 @@ class GridGemm:
             torch._int_mm(a[i], b[i], out=out[i])
         return out
 
-    def run(self, codes: torch.Tensor, outliers=None, rows=None, b: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, codes: torch.Tensor, outliers=None, rows=None, b: torch.Tensor | None = None,
+            code_lut: torch.Tensor | None = None) -> torch.Tensor:
         """The layer on codes ``(..., M, K)`` (sections 4, 6, 7): float32 ``from_fixed`` host values for a
         ``fixed`` output, else the output codes (exact small integers in float32). ``outliers = (index,
         values)`` from :meth:`GridEncoder.encode_sparse`; ``b`` the run-time B codes ``(..., K, N)``.
@@ -616,6 +649,8 @@ class GridGemm:
         self._row_check(rows)
         k = codes.shape[-1]
         plan = self._plan(k)
+        if code_lut is not None and (plan is None or self._identity or self.za.numel() != 1 or self.dynamic_rows):
+            codes, code_lut = code_lut.index_select(0, codes.reshape(-1)).reshape(codes.shape), None
         if plan is None:
             return self._to_out(self._run_int64(codes, outliers, rows, b))
         m = codes.shape[-2]
@@ -627,7 +662,7 @@ class GridGemm:
             mr = self.mr[rows[0]].reshape(g, m, 1).double() if not plan["ident1"] else None
         else:
             za = self.za.double().reshape(()) if self.za.numel() == 1 else self.za.double()[:, None]
-            mr = None if plan["ident1"] else (self.mr.double().reshape(()) if self.mr.numel() == 1
+            mr = None if plan["ident1"] else (self.mr.double().reshape(1) if self.mr.numel() == 1
                                               else self.mr.double()[:, None])
         if b is None:
             b32, colsum, n = (self._b8 if plan["int8"] else self._b32), self._colsum, self._b32.shape[1]
@@ -635,9 +670,11 @@ class GridGemm:
             b3 = b.reshape(g, k, -1)
             b32 = b3.to(torch.int8).contiguous() if plan["int8"] else b3.float()
             colsum, n = b3.double().sum(dim=1, keepdim=True), b3.shape[2]
-        orow = self._outlier_rows(outliers, codes.shape) if outliers is not None and len(outliers[1]) else None
+        orow = None
+        if outliers is not None and len(outliers[1]):
+            orow = self._outlier_rows(outliers, codes.shape, None if b is None else b.reshape(g, k, -1), m)
         # the digit GEMMs on the whole operand (exact integer results), then the exact finish chunk by chunk
-        raws = [self._matmul(pl, b32, plan) for pl in self._planes(c3, za, plan)]
+        raws = [self._matmul(pl, b32, plan) for pl in self._planes(c3, za, plan, code_lut)]
         out = torch.empty((g, m, n), dtype=torch.float32)
         if b is None and (g == 1 or mr is None or mr.dim() != 2):
             # shared B, row parameters per (group, row) or per tensor: chunk over flat rows
@@ -647,7 +684,7 @@ class GridGemm:
             mr2 = mr.reshape(rows_all, 1) if mr is not None and mr.dim() == 3 else mr
             for r0 in range(0, rows_all, step):
                 r1 = min(rows_all, r0 + step)
-                self._finish([f[r0:r1] for f in flat], None if mr2 is None else (mr2 if mr2.dim() == 0 else
+                self._finish([f[r0:r1] for f in flat], None if mr2 is None else (mr2 if mr2.dim() == 1 else
                              (mr2[r0:r1] if mr2.shape[0] == rows_all else mr2[torch.arange(r0, r1) % m])),
                              colsum, orow, r0, r1, plan, o2[r0:r1])
         else:                                 # run-time B or per-row parameters (M,): chunk over whole groups
@@ -660,18 +697,21 @@ class GridGemm:
         self._report()
         return out.reshape(*lead, m, n)
 
-    def _outlier_rows(self, outliers, shape):
-        """Sparse outliers as ``(flat_row, col, value * 2^-FO)`` sorted by row (``acc`` is kept in units of
-        ``2^FO``: the ``<< FO`` of section 6 is folded into the requantiser's multipliers)."""
+    def _outlier_rows(self, outliers, shape, b3, m):
+        """Sparse outliers as ``(flat_row, val * 2^-FO * b[col, :])`` sorted by row (``acc`` is kept in units
+        of ``2^FO``: the ``<< FO`` of section 6 is folded into the requantiser's multipliers)."""
         idx, val = outliers
         row = torch.zeros(len(val), dtype=I64)
         for ax in range(idx.shape[1] - 1):
             row = row * shape[ax] + idx[:, ax]
         order = torch.argsort(row, stable=True)
-        return row[order], idx[order, -1], val[order].double() * 2.0 ** -self.fo
+        row, col, val = row[order], idx[order, -1], val[order].double() * 2.0 ** -self.fo
+        brows = self._b64[col] if b3 is None else b3.double()[row // m, col]
+        return row, val[:, None] * brows
 
-    def _planes(self, c, za, plan) -> list:
-        """Float32 digit planes of ``X = D - za - O`` for codes ``c`` (section 4 decode + digits)."""
+    def _planes(self, c, za, plan, code_lut=None) -> list:
+        """Digit planes of ``X = D - za - O`` for codes ``c`` (section 4 decode + digits); with ``code_lut``
+        ``c`` holds table positions of a log encoder and the plane tables are composed with it."""
         o = plan["o"]
         if self._identity and plan["n"] == 1:                     # uniform codes: X = q - za - O
             zo = za + o
@@ -680,8 +720,14 @@ class GridGemm:
         if self.za.numel() == 1 and not self.dynamic_rows:       # X depends on the code alone: tables
             flat = c.reshape(-1)
             flat = flat if flat.dtype in (torch.int32, I64) else flat.to(torch.int32)
-            luts = self._plane_luts(plan)
-            if plan["valid"] is not None and not bool(plan["valid"].index_select(0, flat).all()):
+            luts, valid = self._plane_luts(plan), plan["valid"]
+            if code_lut is not None:                          # composed tables (cached per code table)
+                key = ("composed", code_lut.data_ptr(), code_lut.numel())
+                if key not in plan:
+                    plan[key] = ([t.index_select(0, code_lut) for t in luts],
+                                 None if valid is None else valid.index_select(0, code_lut))
+                luts, valid = plan[key]
+            if valid is not None and not bool(valid.index_select(0, flat).all()):
                 raise IntegerGridError(f"{self.name}: invalid A code (no decoded value)")
             return [t.index_select(0, flat).reshape(c.shape) for t in luts]
         d = self._lut_f.index_select(0, c.reshape(-1).to(torch.int32)).reshape(c.shape)
@@ -701,16 +747,18 @@ class GridGemm:
             if o:
                 acc.add_(colsum * o)
             if orow is not None:
-                row, col, val = orow
+                row, contrib = orow
                 lo_i, hi_i = (int(v) for v in torch.searchsorted(row, torch.tensor([r0, r1])))
                 if hi_i > lo_i:
                     a2 = acc.reshape(-1, acc.shape[-1])
-                    a2.index_add_(0, row[lo_i:hi_i] - r0, val[lo_i:hi_i, None] * self._b64[col[lo_i:hi_i]])
+                    a2.index_add_(0, row[lo_i:hi_i] - r0, contrib[lo_i:hi_i])
         if mr is None:
             v = torch.addcmul(plan["c2"], acc, plan["mc2_fo"])
         else:
             t = torch.addcmul(plan["half1_t"], acc, mr * plan["s1"]).floor_()
             v = torch.addcmul(plan["c2"], t, plan["mc2"])
+        if v.dtype != torch.float64:     # every operand above has a dimension, so float64 wins the promotion
+            raise IntegerGridError(f"{self.name}: requantiser not in float64")  # pragma: no cover
         v.floor_()
         if plan["check"]:                    # NaN (invalid code) possible, or a fixed output may saturate
             mn, mx = (float(t) for t in torch.aminmax(v))
@@ -720,7 +768,9 @@ class GridGemm:
                 self._nsat += int(((v < self.lo) | (v > self.hi)).sum())
         if plan["clamp"]:
             v.clamp_(self.lo, self.hi)
-        out.copy_(v.mul_(2.0 ** -self.out_frac) if self.out_fmt.startswith("fixed") else v)
+        out.copy_(v)
+        if self.out_fmt.startswith("fixed"):   # from_fixed: float32(v * 2^-F) = float32(v) * 2^-F (exact scaling)
+            out.mul_(2.0 ** -self.out_frac)
 
     def _report(self) -> None:
         bad, nsat = getattr(self, "_bad", False), getattr(self, "_nsat", 0)
@@ -856,11 +906,22 @@ def _input_codes(quantizer, x: torch.Tensor):
     return quantizer.quantize(x), None, None
 
 
-def _linear_codes(layer, codes, outl, rows, host: bool = True):
+def _input_index(quantizer, x: torch.Tensor):
+    """``(codes or table positions, sparse outliers, rows, code_lut)`` of a module input: a log encoder
+    gives table positions and its code table (:meth:`GridEncoder.encode_index`), the rest codes."""
+    enc = getattr(quantizer, "grid_encoder", None)
+    if enc is not None:
+        got = enc.encode_index(x)
+        if got is not None:
+            return got[0], None, None, got[1]
+    return (*_input_codes(quantizer, x), None)
+
+
+def _linear_codes(layer, codes, outl, rows, host: bool = True, code_lut=None):
     """Every program layer of a QuantLinear (q/k/v parts or one) on the same input codes."""
     outs = []
     for g in layer.grid:
-        v = g.run(codes, outl if g.fo else None, rows)
+        v = g.run(codes, outl if g.fo else None, rows, code_lut=code_lut)
         outs.append(g.code_host(v) if host and not g.out_fmt.startswith("fixed") else v)
     return outs
 
@@ -871,8 +932,8 @@ def linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
     squeeze = x.dim() == 2
     if squeeze:
         x = x[:, None, :]
-    codes, outl, rows = _input_codes(layer.input_quantizer, x)
-    outs = _linear_codes(layer, codes, outl, rows)
+    codes, outl, rows, code_lut = _input_index(layer.input_quantizer, x)
+    outs = _linear_codes(layer, codes, outl, rows, code_lut=code_lut)
     y = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
     return y[:, 0, :] if squeeze else y
 
@@ -913,8 +974,8 @@ def attention_forward(att, x: torch.Tensor) -> torch.Tensor:
     gqk, gav = att.qk.grid[0], att.av.grid[0]
     s = gqk.run(q, None, None, kt)                                    # fixed32 -> float32 (B, H, N, N)
     attn = s.softmax(dim=-1)
-    a_codes, _, _ = _input_codes(att.av.a_quantizer, attn)
-    o = gav.run(a_codes, None, None, v)                             # proj input codes (B, H, N, hd)
+    a_idx, _, _, a_lut = _input_index(att.av.a_quantizer, attn)
+    o = gav.run(a_idx, None, None, v, code_lut=a_lut)               # proj input codes (B, H, N, hd)
     o = o.transpose(1, 2).reshape(bsz, n, h * hd)
     (y,) = _linear_codes(att.proj, o, None, None)
     return y

@@ -185,7 +185,11 @@ class LayerPlan:
         b3 = np.ascontiguousarray(b3)
         if b3.dtype.kind not in "iu":
             raise _Fallback("non-integer B")
-        out = np.empty(b3.shape, self._op_dtype())
+        if self.path == "int8" and b3.shape[0] == 1:
+            # a shared int8 B operand is stored transposed (N, K): oneDNN's int8 GEMM is fastest with it
+            out = np.empty((1, b3.shape[2], b3.shape[1]), np.int8).transpose(0, 2, 1)
+        else:
+            out = np.empty(b3.shape, self._op_dtype())
         colsum = np.empty((b3.shape[0], b3.shape[2]), I64)
         if prepare_b_groups(b3, self.bmax, out, colsum):
             raise _Fallback("invalid B code")

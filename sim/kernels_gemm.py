@@ -265,6 +265,35 @@ def _requant_store_row(arow, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, ho
 
 
 @njit(cache=True)
+def _fused_row(r0, zr, colsum_row, scale, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out_row):
+    """One output row in one loop (one digit plane, no outliers, ``acc`` not kept): zero-point
+    correction, ``<< FO``, range check, unchecked requantiser, store. Returns ``(n_outside, saturations)``."""
+    n = out_row.shape[0]
+    rh = round_half(sr)
+    nb = 0
+    sat = 0
+    if host_scale != 0.0:
+        for c in range(n):
+            a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+            nb += (a < -lim) | (a > lim - 1)
+            t = (a * mr + rh) >> sr
+            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+            w = min(max(v, lo), hi)
+            sat += w != v
+            out_row[c] = np.float32(np.float64(w) * host_scale)
+    else:
+        for c in range(n):
+            a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+            nb += (a < -lim) | (a > lim - 1)
+            t = (a * mr + rh) >> sr
+            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+            w = min(max(v, lo), hi)
+            sat += w != v
+            out_row[c] = w
+    return nb, sat
+
+
+@njit(cache=True)
 def _store_row(v, out_row, host_scale):
     """``out_row = v`` (integers), or ``from_fixed`` float32 when ``host_scale`` (``2^-F``) is non-zero."""
     if host_scale != 0.0:
@@ -330,6 +359,12 @@ def drain_requant_groups(raw, za, colsum, fo, optr, ocol, oval, b, lim, do_requa
             g = gr // m
             r = gr - g * m
             bg = g if gb > 1 else 0
+            if nd == 1 and do_requant and not checked and not want_acc and optr[gr] == optr[gr + 1]:
+                nb, st = _fused_row(raw[g, 0, r], za[g, r], colsum[bg], scale, lim, mr[g, r], sr, mc, sc_half, sc,
+                                    bq, z_out, lo, hi, host_scale, out[g, r])
+                bad[ch] += nb
+                sats[ch] += st
+                continue
             _combine_row(raw, g, r, za[g, r], colsum[bg], scale, arow)
             for j in range(optr[gr], optr[gr + 1]):
                 col = ocol[j]
