@@ -184,7 +184,9 @@ def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
         if exe:
             try:
                 v = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=120)
-                out[key] = (v.stdout or v.stderr).strip().splitlines()[0].split(", Clang")[0].split(" (git")[0]
+                line = (v.stdout or v.stderr).strip().splitlines()[0]
+                ver = re.search(r"Version ([^)\s]+)", line)
+                out[key] = ver.group(1) if ver else line.split(", Clang")[0].split(" (git")[0]
             except (OSError, subprocess.SubprocessError, IndexError):
                 out[key] = "unknown"
     return out
