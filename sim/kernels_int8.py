@@ -111,7 +111,7 @@ def _probe(int_mm) -> bool:
     import torch
 
     rng = np.random.default_rng(12345)
-    shapes = [(1, 1, 1), (3, 5, 2), (17, 129, 9), (64, 256, 48), (197, 64, 197), (200, 1024, 33)]
+    shapes = [(1, 1, 1), (3, 1, 4), (3, 5, 2), (2, 4, 1), (17, 129, 9), (64, 256, 48), (197, 64, 197), (200, 1024, 33)]
     for m, k, n in shapes:
         for mode in ("random", "max", "min", "mixed"):
             if mode == "random":
@@ -127,10 +127,25 @@ def _probe(int_mm) -> bool:
                 a = np.where(rng.random((m, k)) < 0.5, -128, 127)
                 b = np.where(rng.random((k, n)) < 0.5, -127, 127)
             want = a.astype(I64) @ b.astype(I64)
-            got = int_mm(torch.from_numpy(a.astype(np.int8)), torch.from_numpy(b.astype(np.int8)))
-            if got.dtype != torch.int32 or not np.array_equal(got.numpy().astype(I64), want):
-                return False
+            b8 = b.astype(np.int8)
+            b8t = np.ascontiguousarray(b8.T).T        # the transposed layout LayerPlan stores B in
+            for bl in (b8, b8t):
+                got = int_mm(torch.from_numpy(a.astype(np.int8)), torch.from_numpy(_mm_layout(bl)))
+                if got.dtype != torch.int32 or not np.array_equal(got.numpy().astype(I64), want):
+                    return False
     return True
+
+
+def _mm_layout(b8: np.ndarray) -> np.ndarray:
+    """``b8`` as it is when its strides are exactly row-major or exactly a transpose with both sides
+    > 1, else a fresh row-major copy. A transposed ``(K, N)`` view with ``K = 1`` has strides ``(1, 1)``
+    (numpy calls it contiguous all the same), which torch 2.14's ``_int_mm`` on CPU gets wrong (found
+    by tests/test_sim_layer.py)."""
+    k, n = b8.shape
+    s = b8.itemsize
+    if b8.strides == (n * s, s) or (b8.strides == (s, k * s) and min(k, n) > 1):
+        return b8
+    return np.array(b8, order="C", copy=True)
 
 
 def int8_backend():
@@ -185,7 +200,7 @@ def gemm_int8(a8: np.ndarray, b8: np.ndarray, out: np.ndarray | None = None) -> 
     import torch
 
     fn = int8_backend()
-    ta, tb = torch.from_numpy(a8), torch.from_numpy(b8)
+    ta, tb = torch.from_numpy(_mm_layout(a8)), torch.from_numpy(_mm_layout(b8))
     if out is None:
         return fn(ta, tb).numpy()
     fn(ta, tb, out=torch.from_numpy(out))

@@ -107,6 +107,27 @@ def test_int8_backend_is_exact_on_extreme_operands():
     assert k8.int8_info()["int8_path"] is True
 
 
+@pytest.mark.parametrize("layout", ["row-major", "transposed"])
+def test_int8_gemm_degenerate_shapes_both_layouts(layout):
+    """K = 1 (or N = 1) in the transposed B layout LayerPlan stores: strides (1, 1), which the raw
+    ``torch._int_mm`` got wrong; every small shape, called twice, equals numpy integers."""
+    if k8.int8_backend() is None:
+        pytest.skip("no int8 GEMM backend on this machine")
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 5):
+        for k in (1, 2, 3):
+            for n in (1, 2, 4):
+                a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+                b = rng.integers(-127, 128, (k, n)).astype(np.int8)
+                if layout == "transposed":
+                    b = np.ascontiguousarray(b.T).T
+                want = a.astype(np.int64) @ b.astype(np.int64)
+                for _ in range(2):
+                    out = np.empty((m, n), np.int32)
+                    k8.gemm_int8(a, b, out)
+                    np.testing.assert_array_equal(out, want, err_msg=f"{(m, k, n)}")
+
+
 # --------------------------------------------------------------------------------------------------
 # random batched layers
 # --------------------------------------------------------------------------------------------------
