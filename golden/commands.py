@@ -177,10 +177,14 @@ def cmd_eval(args) -> int:
     from .calibrate import predict  # noqa: PLC0415
     from .models import create_model  # noqa: PLC0415
 
-    from .eval_runtime import cpu_budget, peak_rss_mb, sim_predict  # noqa: PLC0415  (issue 20)
+    from .eval_runtime import cpu_budget, cpu_seconds, peak_rss_mb, sim_predict  # noqa: PLC0415  (issue 20)
 
     args.program = program_from_args(args)
     threads, args.workers = cpu_budget(getattr(args, "threads", None), args.workers)
+    if getattr(args, "agreement", False) and (args.backend != "sim" or not args.program or not os.path.isfile(
+            os.path.join(args.program, "fakequant.pt"))):
+        raise UserError("--agreement compares --backend sim with the program's fake-quant model: it needs "
+                        "--backend sim and a program directory with fakequant.pt (from `vitaccel calibrate`)")
     res: dict = {"backend": args.backend, "threads": threads, "workers": args.workers}
     if args.backend == "fp":
         if not args.model:
@@ -214,7 +218,7 @@ def cmd_eval(args) -> int:
 
         ds = subset(ds, args.limit, 0)
     ds, idx = _shard(ds, args.shard)
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     if args.backend in ("fp", "fakequant"):
         top5, labels = predict(model, _loader(ds, args), desc=args.backend)
     else:
@@ -233,6 +237,7 @@ def cmd_eval(args) -> int:
     res["seconds"] = round(time.time() - t0, 1)
     res["images_per_s"] = round(res["n"] / max(time.time() - t0, 1e-9), 3)
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    res["cpu_s"] = round(cpu_seconds() - cpu0, 1)   # evaluation loop incl. DataLoader workers
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
     if "agreement" in res:
         line += (f"  agreement with fake-quant ({res['fakequant_mode']}) {res['agreement']:.2f} %, "

@@ -120,6 +120,8 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--data", data, "--class-map", cmap,
                     "--workers", "0")
     assert code == 0 and "agreement" not in out.out            # the agreement pass is opt-in
+    code, out = run(capsys, "eval", "--program", prog, "--backend", "fakequant", "--data", data, "--agreement")
+    assert code == 2 and "--agreement" in out.err
     for bad in (["--threads", "0"], ["--workers", "-1"]):
         code, out = run(capsys, "eval", "--program", prog, "--backend", "sim", "--data", data, "--class-map", cmap, *bad)
         assert code == 2 and "must be >=" in out.err
