@@ -553,8 +553,11 @@ class GridGemm:
         self._plans: dict = {}
         self._bad, self._nsat = False, 0
         # B operand (exact: |b| <= 127), stored transposed (the layout the float32 GEMM is fastest with)
-        self._b32 = None if self.b is None else self.b.t().contiguous().float().t()
-        self._b8 = None if self.b is None else self.b.t().contiguous().to(torch.int8).t()
+        # (not for K = 1: a (1, N) view with strides (1, 1) would reach the GEMM with leading dimension 1)
+        tr = self.b is not None and self.b.shape[0] > 1
+        self._b32 = None if self.b is None else (self.b.t().contiguous().float().t() if tr else self.b.float())
+        self._b8 = None if self.b is None else (self.b.t().contiguous().to(torch.int8).t() if tr
+                                                 else self.b.to(torch.int8).contiguous())
         self._b64 = None if self.b is None else self.b.double()
         self._colsum = None if self.b is None else self.b.double().sum(dim=0)
 
@@ -966,8 +969,10 @@ def _fused_raws(layer, codes, rows):
         return None
     cat = getattr(layer, "_grid_bcat", None)
     if cat is None:
-        bt = torch.cat([g.b for g in parts], dim=1).t().contiguous()
-        cat = layer._grid_bcat = (bt.to(torch.int8).t(), bt.float().t())
+        bc = torch.cat([g.b for g in parts], dim=1)
+        bt = bc.t().contiguous()
+        cat = layer._grid_bcat = ((bt.to(torch.int8).t(), bt.float().t()) if k > 1 else
+                                  (bc.to(torch.int8).contiguous(), bc.float().contiguous()))
     m = codes.shape[-2]
     g = math.prod(codes.shape[:-2])
     za = rows[1].reshape(g, m, 1).double() if g0.dynamic_rows else (

@@ -186,8 +186,9 @@ class LayerPlan:
         b3 = np.ascontiguousarray(b3)
         if b3.dtype.kind not in "iu":
             raise _Fallback("non-integer B")
-        if self.path == "int8" and b3.shape[0] == 1:
+        if self.path == "int8" and b3.shape[0] == 1 and b3.shape[1] > 1:
             # a shared int8 B operand is stored transposed (N, K): oneDNN's int8 GEMM is fastest with it
+            # (not for K = 1: torch would take the (1, N) view as row-major with leading dimension 1)
             out = np.empty((1, b3.shape[2], b3.shape[1]), np.int8).transpose(0, 2, 1)
         else:
             out = np.empty(b3.shape, self._op_dtype())

@@ -303,3 +303,15 @@ def test_encoder_plan_rejects_non_finite_like_the_reference():
     x[0, 1, 2] = np.nan
     with pytest.raises(ref.DatapathError):
         B.EncoderPlan(enc, 2).run(x)
+
+
+def test_single_column_reduction_k1():
+    """K = 1 (a degenerate GEMM whose transposed B view has leading dimension 1) on every path."""
+    b = np.array([[7, 2, 0]])
+    spec = LayerSpec(name="k1", op="linear", a_kind="log2", a_bits=4, b=b, b_bits=4, za=np.array([0]),
+                     mr=np.array([16]), sr=4, mc=np.array([56357, 48304, 61247]), sc=np.array([28, 27, 28]),
+                     bq=np.array([0, 0, 0]), out_fmt="ucode", out_bits=4, acc_bits=18, z_out=4)
+    q = np.arange(16).reshape(2, 8, 1) % 16
+    for p in B.allowed_paths(1, spec.dmax(), 7):
+        got = assert_same_batch(spec, q, path=p)
+        assert got is not None
