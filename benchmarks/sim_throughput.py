@@ -123,6 +123,7 @@ def measure(name, m, k, n, heads, rng, args):
     plan_i8 = B.LayerPlan(spec, m, bshape) if "int8" in paths else None
     plan_fl = B.LayerPlan(spec, m, bshape, path=float_path)
     want = B.run_layer_batch_reference(spec, q3, o4, b)             # correctness on this very data first
+    q3 = q3.astype(np.uint8)                                        # codes as the program runner keeps them
     calls = {}
     for label, plan in (("int8", plan_i8), ("float", plan_fl)):
         if plan is None:
@@ -130,7 +131,7 @@ def measure(name, m, k, n, heads, rng, args):
         got = plan.run(q3, o4, b, want_acc=True)
         assert np.array_equal(got.out, want.out) and np.array_equal(got.acc, want.acc) \
             and got.saturations == want.saturations, label
-        calls[label] = (lambda plan=plan: plan.run(q3, o4, b))
+        calls[label] = (lambda plan=plan: plan.run(q3, o4, b, out_dtype=np.uint8))    # codes as the runner keeps them
     if not heads:
         calls["run_layer"] = lambda: S.run_layer(spec, q, o)
     af = q3.astype(np.float32)
@@ -186,19 +187,22 @@ def main(argv=None) -> int:
           "| f32 BLAS numpy / torch GMAC/s | int8 / BLAS (median, best-of) | float / BLAS (median, best-of) |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     tot: dict = {}
+    tot_macs: dict = {}
     for r in rows:
         t = r["times"]
         for key, (med, best) in t.items():
             a = tot.setdefault(key, [0.0, 0.0])
             a[0] += med
             a[1] += best
-    tot_row = dict(name="**all shapes** (sum of times)", M="", macs=sum(r["macs"] for r in rows), times=tot,
-                   float_path="", digits="")
+            tot_macs[key] = tot_macs.get(key, 0) + r["macs"]
+    tot_row = dict(name="**all shapes** (sum of times)", M="", macs=tot_macs, times=tot, float_path="", digits="")
     for r in rows + [tot_row]:
         t = r["times"]
-        g = lambda key, i=0: r["macs"] / t[key][i] / 1e9 if key in t else float("nan")   # noqa: E731, B023
+        g = lambda key, i=0: ((r["macs"][key] if isinstance(r["macs"], dict) else r["macs"]) / t[key][i] / 1e9  # noqa: E731, B023
+                              if key in t else float("nan"))
         blas_med = min(t["blas_numpy"][0], t["blas_torch"][0])
         blas_best = min(t["blas_numpy"][1], t["blas_torch"][1])
+        # (the total's run_layer column covers the linear shapes only; its ratios are not shown)
         ratio = lambda key: (f"{blas_med / t[key][0]:.2f}x, {blas_best / t[key][1]:.2f}x"   # noqa: E731, B023
                              if key in t else "")
         shape = f"{r['groups']}x{r['M']}x{r['K']}x{r['N']}".removeprefix("1x") if r["M"] else ""

@@ -668,8 +668,8 @@ class GridGemm:
         if b.dim() == 2:
             return torch._int_mm(a.reshape(g * m, k), b).reshape(g, m, -1)
         out = torch.empty((g, m, b.shape[2]), dtype=torch.int32)
-        for i in range(g):
-            torch._int_mm(a[i], b[i], out=out[i])
+        for ai, bi, oi in zip(a.unbind(0), b.unbind(0), out.unbind(0)):
+            torch._int_mm(ai, bi, out=oi)
         return out
 
     def run(self, codes: torch.Tensor, outliers=None, rows=None, b: torch.Tensor | None = None,

@@ -155,7 +155,7 @@ def batch_cases(draw):
     spec.sc = np.clip(np.round(np.log2(spec.mc * typical / (hi * rng.uniform(0.3, 3.0, n)))), 0, F.SC_MAX).astype(np.int64)
     spec.bq = np.clip(rng.uniform(-hi, hi, n) * 2.0 ** spec.sc, -(2.0 ** 46), 2.0 ** 46).astype(np.int64)
     spec.z_out = int(rng.integers(0, hi + 1)) if out_fmt == "ucode" else 0
-    q = _codes(rng, spec, (g, m, k))
+    q = _codes(rng, spec, (g, m, k)).astype(draw(st.sampled_from([np.int64, np.uint8])))   # the runner keeps uint8
     rows = {}
     if dynamic:
         rows = {"mr": rng.integers(0, min(1 << sr, (1 << 16) - 1) + 1, (g, m)), "za": rng.integers(0, 1 << a_bits, (g, m))}
@@ -203,7 +203,8 @@ def test_batch_errors_match_reference():
     over = np.array([[1, 0, 0, 5], [1, 1, 2, 5]])                  # two outliers in one tile of group 1
     ok_tiles = np.array([[1, 1, 0, 5], [1, 2, 2, 5]])              # rows 1 and 2: different tiles of group 1
     unsorted = np.array([[1, 2, 2, 5], [0, 1, 0, 5]])
-    for qq, oo in [(bad, None), (q, over), (q, ok_tiles), (q, unsorted), (q, np.array([[3, 0, 0, 1]])),
+    for qq, oo in [(bad, None), (bad.astype(np.uint8), None), (q, over), (q, ok_tiles), (q, unsorted),
+                   (q, np.array([[3, 0, 0, 1]])),
                    (q, np.array([[0, 0, 0, 40000]]))]:
         assert_same_batch(spec, qq, oo)
     narrow = LayerSpec(**{**spec.to_arrays(), "acc_bits": 10, "fo": 0})
