@@ -374,12 +374,10 @@ class GridEncoder:
         js, zs, idxs, vals = [], [], [], []
         step = max(1, _CHUNK // (m * k))
         for g0 in range(0, g, step):
-            if self.ladder_r is not None:             # dynamic rows: one per-row min/max pass serves both
-                x_fx, mm = self._fx_rows(x3[g0:g0 + step])
-                q, outl, rows = self._uniform_f64(x_fx, max(-float(mm[0].min()), float(mm[1].max())), mm)
-            else:
-                x_fx, amax = self._fx(x3[g0:g0 + step])
-                q, outl, rows = self._uniform_f64(x_fx, amax)
+            # per-row min / max in one pass: the global range, the dynamic rows' ranges and the rows
+            # that can hold outliers all come from it
+            x_fx, mm = self._fx_rows(x3[g0:g0 + step])
+            q, outl, rows = self._uniform_f64(x_fx, max(-float(mm[0].min()), float(mm[1].max())), mm)
             codes[g0:g0 + step] = q
             if rows is not None:
                 js.append(rows[0])
@@ -403,14 +401,27 @@ class GridEncoder:
         k, se = self.bits, self.se
         qhi = 2 ** k - 1
         has_out = self.alpha_fx is not None and amax > int(self.alpha_fx)
-        idx = (x_fx.abs() > int(self.alpha_fx)).nonzero() if has_out else None   # few: index them directly
+        idx = None
+        if has_out:                        # outliers are few: find them in the rows whose range exceeds alpha
+            alpha = int(self.alpha_fx)
+            if row_minmax is not None:
+                cand = ((row_minmax[0] < -alpha) | (row_minmax[1] > alpha)).reshape(-1).nonzero()[:, 0]
+                sub = x_fx.reshape(-1, x_fx.shape[-1])[cand]
+                rc = (sub.abs() > alpha).nonzero()
+                flat = cand[rc[:, 0]]
+                lead = torch.stack(torch.unravel_index(flat, tuple(x_fx.shape[:-1])), dim=1) if x_fx.dim() > 1 \
+                    else flat[:, :0]
+                idx = torch.cat([lead, rc[:, 1:]], dim=1)
+            else:
+                idx = (x_fx.abs() > alpha).nonzero()
+            has_out = len(idx) > 0
         pos = None if idx is None else tuple(idx.t())
         rows = None
         if self.ladder_r is not None:                         # section 8.1.1, per row
             if row_minmax is None:
                 row_minmax = torch.aminmax(x_fx, dim=-1)
             lo, hi = row_minmax
-            if idx is not None:                               # rows with outliers: min / max of the inliers
+            if has_out:                                       # rows with outliers: min / max of the inliers
                 flat_rows = torch.unique(idx[:, :-1] @ _strides(x_fx.shape[:-1]))
                 sub = x_fx.reshape(-1, x_fx.shape[-1])[flat_rows]
                 sub[sub.abs() > int(self.alpha_fx)] = 0.0
@@ -703,7 +714,7 @@ class GridGemm:
         else:
             b3 = b.reshape(g, k, -1)
             b32 = b3.to(torch.int8).contiguous() if plan["int8"] else b3.float()
-            colsum, n = b3.double().sum(dim=1, keepdim=True), b3.shape[2]
+            colsum, n = b3.sum(dim=1, keepdim=True, dtype=torch.float64), b3.shape[2]
         orow = None
         if outliers is not None and len(outliers[1]):
             orow = self._outlier_rows(outliers, codes.shape, None if b is None else b.reshape(g, k, -1), m)
