@@ -90,26 +90,32 @@ def main(argv=None) -> int:
         for b in backends:
             r = run_eval(args, b)
             runs[b].append(r)
-            print(f"round {rnd + 1} {b:9s}: {r['images_per_s']:.2f} images/s  loop {r['seconds']} s  process "
-                  f"{r['wall']} s  peak RSS {r['peak_rss_mb']:.0f} MiB  top-1 {r['top1']:.2f} %  "
+            print(f"round {rnd + 1} {b:9s}: {r['images_per_s']:.2f} images/s  loop {r['seconds']} s  CPU "
+                  f"{r['cpu_s']} s  process {r['wall']} s  peak RSS {r['peak_rss_mb']:.0f} MiB  top-1 {r['top1']:.2f} %  "
                   f"(threads {r['threads']}, workers {r['workers']}, load {os.getloadavg()[0]:.1f})",
                   file=sys.stderr)
     agree = None if args.no_agreement else run_eval(args, "sim", ["--agreement"])
     load1 = os.getloadavg()
     best = {b: max(runs[b], key=lambda r: r["images_per_s"]) for b in backends}
-    med = {b: sorted(r["images_per_s"] for r in runs[b])[len(runs[b]) // 2] for b in backends}
+    # paired ratios: each round's backend against the same round's FP32 run (same machine load)
+    ratios = {b: sorted(runs[b][i]["images_per_s"] / runs["fp"][i]["images_per_s"] for i in range(args.rounds))
+              for b in backends}
+    cpu = {b: min(r["cpu_s"] / r["n"] for r in runs[b]) for b in backends}
     print(f"DeiT-tiny W4A4 program {args.program}, {args.images} ImageNet dev images, batch {args.batch_size}, "
           f"{args.rounds} round(s); threads {best['fp']['threads']}, DataLoader workers {best['fp']['workers']}; "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} cores")
     print()
-    print("| backend | images/s (best round) | images/s (median) | s / image | process wall time (s) "
-          "| peak RSS (MiB) | top-1 (%) | throughput / FP32 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| backend | images/s (best round) | throughput / FP32 (best rounds) | per-round ratios to FP32 "
+          "| CPU s / image | CPU h per 1000 images | process wall time (s) | peak RSS (MiB) | top-1 (%) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for b in backends:
         r = best[b]
-        print(f"| {b} | {r['images_per_s']:.2f} | {med[b]:.2f} | {1 / r['images_per_s']:.3f} | {r['wall']} | "
-              f"{r['peak_rss_mb']:.0f} | {r['top1']:.2f} | {r['images_per_s'] / best['fp']['images_per_s']:.2f}x |")
+        print(f"| {b} | {r['images_per_s']:.2f} | {r['images_per_s'] / best['fp']['images_per_s']:.2f}x | "
+              f"{', '.join(f'{x:.2f}x' for x in ratios[b])} | {cpu[b]:.3f} | {cpu[b] * 1000 / 3600:.2f} | "
+              f"{r['wall']} | {r['peak_rss_mb']:.0f} | {r['top1']:.2f} |")
     print()
+    print("CPU s / image: CPU time of the evaluation loop (compute threads and DataLoader workers) per image, "
+          "best round: the projected time per image on one core.")
     rss = best["sim"]["peak_rss_mb"] / best["fp"]["peak_rss_mb"]
     print(f"sim / FP32 peak RSS: {rss:.2f}x")
     if agree:

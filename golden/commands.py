@@ -309,11 +309,15 @@ def cmd_eval(args) -> int:
     from .shards import parse_shard, provenance
 
     args.program = program_from_args(args)
-    from .eval_runtime import cpu_budget, peak_rss_mb
+    from .eval_runtime import cpu_budget, cpu_seconds, peak_rss_mb
 
     shard = parse_shard(args.shard)
     check_output_file(args.json, what="--json file")
     threads, args.workers = cpu_budget(getattr(args, "threads", None), args.workers)
+    if getattr(args, "agreement", False) and (args.backend != "sim" or not args.program or not os.path.isfile(
+            os.path.join(args.program, "fakequant.pt"))):
+        raise UserError("--agreement compares --backend sim with the program's fake-quant model: it needs "
+                        "--backend sim and a program directory with fakequant.pt (from `vitaccel calibrate`)")
     res: dict = {"backend": args.backend, "threads": threads, "workers": args.workers}
     model, prog, name, dcfg, man, source = _eval_model(args, res)
     net = model.model if hasattr(model, "model") else model
@@ -328,7 +332,7 @@ def cmd_eval(args) -> int:
     if not idx:
         raise UserError(f"shard {args.shard} of {selected} image(s) holds no image: use at most {selected} shards")
     ld = _loader(ds, args)
-    t0 = time.time()
+    t0, cpu0 = time.time(), cpu_seconds()
     if args.backend in ("fp", "fakequant"):
         if not len(ds):
             raise UserError("no images to evaluate")
@@ -341,6 +345,7 @@ def cmd_eval(args) -> int:
     res["seconds"] = round(time.time() - t0, 1)
     res["images_per_s"] = round(res["n"] / max(time.time() - t0, 1e-9), 3)
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    res["cpu_s"] = round(cpu_seconds() - cpu0, 1)   # evaluation loop incl. DataLoader workers
     line = f"{args.backend}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  ({res['n']} images)"
     if skipped:
         line += f"  [{len(skipped)} unreadable image(s) left out]"

@@ -42,6 +42,12 @@ def cpu_budget(threads: int | None, workers: int | None, cores: int | None = Non
     return threads, workers
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (DataLoader workers), s."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, MiB (Linux ``ru_maxrss`` is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -109,6 +109,15 @@ def _int8_ok() -> bool:
     return _INT8["ok"]
 
 
+def _strides(shape) -> torch.Tensor:
+    """Row-major strides of ``shape`` (int64), to flatten an index ``(n, len(shape))``."""
+    st, acc = [], 1
+    for d in reversed(shape):
+        st.append(acc)
+        acc *= d
+    return torch.tensor(st[::-1], dtype=I64)
+
+
 class _Beyond53(Exception):
     """Internal: a float64 product could leave the exact integer range; use the int64 path."""
 
@@ -309,6 +318,20 @@ class GridEncoder:
         self._nsat += nsat
         return x_fx, max(-mn, mx)
 
+    def _fx_rows(self, x: torch.Tensor):
+        """``to_fixed`` (section 1) with per-row ``(min, max)`` instead of the global range."""
+        v = torch.addcmul(_HALF, x, torch.tensor([2.0 ** self.in_frac], dtype=torch.float64)).floor_()
+        lo_r, hi_r = torch.aminmax(v, dim=-1)
+        mn, mx = float(lo_r.min()), float(hi_r.max())
+        if not (math.isfinite(mn) and math.isfinite(mx)):
+            raise IntegerGridError("non-finite value at a host -> fixed-point boundary")
+        lo, hi = -(2.0 ** (self.in_bits - 1)), 2.0 ** (self.in_bits - 1) - 1
+        if mn < lo or mx > hi:
+            self._nsat += int(((v < lo) | (v > hi)).sum())
+            v.clamp_(lo, hi)
+            lo_r, hi_r = lo_r.clamp(lo, hi), hi_r.clamp(lo, hi)
+        return v, (lo_r, hi_r)
+
     def encode_index(self, x: torch.Tensor):
         """Log encoders: ``(index, code_lut)`` with ``codes = code_lut[index]`` (the table position of each
         input, :meth:`_log_tables`), so that a GEMM can compose its decode tables with ``code_lut`` and
@@ -353,8 +376,10 @@ class GridEncoder:
         js, zs, idxs, vals = [], [], [], []
         step = max(1, _CHUNK // (m * k))
         for g0 in range(0, g, step):
-            x_fx, amax = self._fx(x3[g0:g0 + step])
-            q, outl, rows = self._uniform_f64(x_fx, amax)
+            # per-row min / max in one pass: the global range, the dynamic rows' ranges and the rows
+            # that can hold outliers all come from it
+            x_fx, mm = self._fx_rows(x3[g0:g0 + step])
+            q, outl, rows = self._uniform_f64(x_fx, max(-float(mm[0].min()), float(mm[1].max())), mm)
             codes[g0:g0 + step] = q
             if rows is not None:
                 js.append(rows[0])
@@ -374,19 +399,38 @@ class GridEncoder:
             outl = (idx, val)
         return codes.reshape(x.shape), outl, rows
 
-    def _uniform_f64(self, x_fx: torch.Tensor, amax: float):
+    def _uniform_f64(self, x_fx: torch.Tensor, amax: float, row_minmax=None):
         k, se = self.bits, self.se
         qhi = 2 ** k - 1
         has_out = self.alpha_fx is not None and amax > int(self.alpha_fx)
-        idx = (x_fx.abs() > int(self.alpha_fx)).nonzero() if has_out else None   # few: index them directly
+        idx = None
+        if has_out:                        # outliers are few: find them in the rows whose range exceeds alpha
+            alpha = int(self.alpha_fx)
+            if row_minmax is not None:
+                cand = ((row_minmax[0] < -alpha) | (row_minmax[1] > alpha)).reshape(-1).nonzero()[:, 0]
+                sub = x_fx.reshape(-1, x_fx.shape[-1])[cand]
+                rc = (sub.abs() > alpha).nonzero()
+                flat = cand[rc[:, 0]]
+                lead = torch.stack(torch.unravel_index(flat, tuple(x_fx.shape[:-1])), dim=1) if x_fx.dim() > 1 \
+                    else flat[:, :0]
+                idx = torch.cat([lead, rc[:, 1:]], dim=1)
+            else:
+                idx = (x_fx.abs() > alpha).nonzero()
+            has_out = len(idx) > 0
         pos = None if idx is None else tuple(idx.t())
         rows = None
         if self.ladder_r is not None:                         # section 8.1.1, per row
-            inl = x_fx
-            if idx is not None:
-                inl = x_fx.clone()
-                inl[pos] = 0.0
-            lo, hi = torch.aminmax(inl, dim=-1)
+            if row_minmax is None:
+                row_minmax = torch.aminmax(x_fx, dim=-1)
+            lo, hi = row_minmax
+            if has_out:                                       # rows with outliers: min / max of the inliers
+                flat_rows = torch.unique(idx[:, :-1] @ _strides(x_fx.shape[:-1]))
+                sub = x_fx.reshape(-1, x_fx.shape[-1])[flat_rows]
+                sub[sub.abs() > int(self.alpha_fx)] = 0.0
+                s_lo, s_hi = torch.aminmax(sub, dim=-1)
+                lo, hi = lo.clone().reshape(-1), hi.clone().reshape(-1)
+                lo[flat_rows], hi[flat_rows] = s_lo, s_hi
+                lo, hi = lo.reshape(x_fx.shape[:-1]), hi.reshape(x_fx.shape[:-1])
             lo, span = lo.clamp(max=0), hi.clamp(min=0) - lo.clamp(max=0)
             j = ((self._ladder_t_f >= span[..., None]).sum(dim=-1) - 1).clamp(min=0)
             r_i = self.ladder_r[j]
@@ -522,8 +566,11 @@ class GridGemm:
         self._plans: dict = {}
         self._bad, self._nsat = False, 0
         # B operand (exact: |b| <= 127), stored transposed (the layout the float32 GEMM is fastest with)
-        self._b32 = None if self.b is None else self.b.t().contiguous().float().t()
-        self._b8 = None if self.b is None else self.b.t().contiguous().to(torch.int8).t()
+        # (not for K = 1: a (1, N) view with strides (1, 1) would reach the GEMM with leading dimension 1)
+        tr = self.b is not None and self.b.shape[0] > 1
+        self._b32 = None if self.b is None else (self.b.t().contiguous().float().t() if tr else self.b.float())
+        self._b8 = None if self.b is None else (self.b.t().contiguous().to(torch.int8).t() if tr
+                                                 else self.b.to(torch.int8).contiguous())
         self._b64 = None if self.b is None else self.b.double()
         self._colsum = None if self.b is None else self.b.double().sum(dim=0)
 
@@ -634,12 +681,12 @@ class GridGemm:
         if b.dim() == 2:
             return torch._int_mm(a.reshape(g * m, k), b).reshape(g, m, -1)
         out = torch.empty((g, m, b.shape[2]), dtype=torch.int32)
-        for i in range(g):
-            torch._int_mm(a[i], b[i], out=out[i])
+        for ai, bi, oi in zip(a.unbind(0), b.unbind(0), out.unbind(0)):
+            torch._int_mm(ai, bi, out=oi)
         return out
 
     def run(self, codes: torch.Tensor, outliers=None, rows=None, b: torch.Tensor | None = None,
-            code_lut: torch.Tensor | None = None) -> torch.Tensor:
+            code_lut: torch.Tensor | None = None, raws=None) -> torch.Tensor:
         """The layer on codes ``(..., M, K)`` (sections 4, 6, 7): float32 ``from_fixed`` host values for a
         ``fixed`` output, else the output codes (exact small integers in float32). ``outliers = (index,
         values)`` from :meth:`GridEncoder.encode_sparse`; ``b`` the run-time B codes ``(..., K, N)``.
@@ -669,12 +716,14 @@ class GridGemm:
         else:
             b3 = b.reshape(g, k, -1)
             b32 = b3.to(torch.int8).contiguous() if plan["int8"] else b3.float()
-            colsum, n = b3.double().sum(dim=1, keepdim=True), b3.shape[2]
+            colsum, n = b3.sum(dim=1, keepdim=True, dtype=torch.float64), b3.shape[2]
         orow = None
         if outliers is not None and len(outliers[1]):
             orow = self._outlier_rows(outliers, codes.shape, None if b is None else b.reshape(g, k, -1), m)
         # the digit GEMMs on the whole operand (exact integer results), then the exact finish chunk by chunk
-        raws = [self._matmul(pl, b32, plan) for pl in self._planes(c3, za, plan, code_lut)]
+        # (``raws``: the caller computed them, e.g. q / k / v in one GEMM: :func:`_linear_codes`)
+        if raws is None:
+            raws = [self._matmul(pl, b32, plan) for pl in self._planes(c3, za, plan, code_lut)]
         out = torch.empty((g, m, n), dtype=torch.float32)
         if b is None and (g == 1 or mr is None or mr.dim() != 2):
             # shared B, row parameters per (group, row) or per tensor: chunk over flat rows
@@ -917,11 +966,46 @@ def _input_index(quantizer, x: torch.Tensor):
     return (*_input_codes(quantizer, x), None)
 
 
+def _fused_raws(layer, codes, rows):
+    """The digit GEMMs of every part of a split layer (q / k / v) as one GEMM with the parts' B operands
+    side by side, when the parts decode their (shared) input identically; per part the column slices
+    of the results (exact integers, as each part's own GEMM would give), else None."""
+    parts = layer.grid
+    k = codes.shape[-1]
+    plans = [g._plan(k) for g in parts]
+    p0, g0 = plans[0], parts[0]
+    same = p0 is not None and all(
+        p is not None and p["int8"] == p0["int8"] and p["n"] == p0["n"] and p["o"] == p0["o"] and p["h"] == p0["h"]
+        and g.dynamic_rows == g0.dynamic_rows and torch.equal(g.za, g0.za) and g.kind == g0.kind and g.b is not None
+        for g, p in zip(parts, plans))
+    if not same or len(parts) < 2 or codes.dim() < 2:
+        return None
+    cat = getattr(layer, "_grid_bcat", None)
+    if cat is None:
+        bc = torch.cat([g.b for g in parts], dim=1)
+        bt = bc.t().contiguous()
+        cat = layer._grid_bcat = ((bt.to(torch.int8).t(), bt.float().t()) if k > 1 else
+                                  (bc.to(torch.int8).contiguous(), bc.float().contiguous()))
+    m = codes.shape[-2]
+    g = math.prod(codes.shape[:-2])
+    za = rows[1].reshape(g, m, 1).double() if g0.dynamic_rows else (
+        g0.za.double().reshape(()) if g0.za.numel() == 1 else g0.za.double()[:, None])
+    planes = g0._planes(codes.reshape(g, m, k), za, p0)
+    raws = [g0._matmul(pl, cat[0] if p0["int8"] else cat[1], p0) for pl in planes]
+    out, c0 = [], 0
+    for part in parts:
+        n = part.b.shape[1]
+        out.append([r[..., c0:c0 + n] for r in raws])
+        c0 += n
+    return out
+
+
 def _linear_codes(layer, codes, outl, rows, host: bool = True, code_lut=None):
     """Every program layer of a QuantLinear (q/k/v parts or one) on the same input codes."""
     outs = []
-    for g in layer.grid:
-        v = g.run(codes, outl if g.fo else None, rows, code_lut=code_lut)
+    fused = _fused_raws(layer, codes, rows) if code_lut is None and len(layer.grid) > 1 else None
+    for i, g in enumerate(layer.grid):
+        v = g.run(codes, outl if g.fo else None, rows, code_lut=code_lut, raws=None if fused is None else fused[i])
         outs.append(g.code_host(v) if host and not g.out_fmt.startswith("fixed") else v)
     return outs
 

@@ -45,8 +45,8 @@ from .kernels_gemm import (
     requant_needs_checks,
     scan_outliers_groups,
 )
-from .kernels_int8 import (decode_digits, decode_identity, digit_lut, gemm_int8, int8_backend, int8_k_ok, is_identity,
-                          packed_digit_table)
+from .kernels_int8 import (decode_digits, decode_identity, digit_lut, gemm_int8, gemm_int8_groups, int8_backend,
+                          int8_k_ok, is_identity, packed_digit_table)
 from .kernels_requant import requant_params
 from .layer import EncoderSpec, LayerSpec, run_encoder_reference, run_layer_reference
 
@@ -185,8 +185,9 @@ class LayerPlan:
         b3 = np.ascontiguousarray(b3)
         if b3.dtype.kind not in "iu":
             raise _Fallback("non-integer B")
-        if self.path == "int8" and b3.shape[0] == 1:
+        if self.path == "int8" and b3.shape[0] == 1 and b3.shape[1] > 1:
             # a shared int8 B operand is stored transposed (N, K): oneDNN's int8 GEMM is fastest with it
+            # (not for K = 1: torch would take the (1, N) view as row-major with leading dimension 1)
             out = np.empty((1, b3.shape[2], b3.shape[1]), np.int8).transpose(0, 2, 1)
         else:
             out = np.empty(b3.shape, self._op_dtype())
@@ -238,14 +239,20 @@ class LayerPlan:
                 raise _Fallback("static bound")
         optr, ocol, oval = self._outliers(outliers, g)
         # decode
-        op = np.empty((g, self._digits_n(), self.m, self.k), self._op_dtype())
         qc = np.ascontiguousarray(q)
-        if self.path == "int8" and self.identity:
-            nbad = decode_identity(qc, self.offset, len(self.valid) - 1, op)
-        elif self.path == "int8":
-            nbad = decode_digits(qc, self.packed, self.digits.shape[1], op)
+        if self.path == "int8" and self.identity and self.offset == 0 and qc.dtype == np.uint8 and len(self.valid) <= 128:
+            # uint8 codes below 128 are their own int8 digit: check the range, reinterpret, no copy
+            nbad = int(qc.size > 0 and int(qc.max()) > len(self.valid) - 1)
+            op = qc.view(np.int8).reshape(g, 1, self.m, self.k)
         else:
-            nbad = decode_lut_2d(qc.reshape(g * self.m, self.k), self.lut, self.valid, op.reshape(g * self.m, self.k))
+            op = np.empty((g, self._digits_n(), self.m, self.k), self._op_dtype())
+            if self.path == "int8" and self.identity:
+                nbad = decode_identity(qc, self.offset, len(self.valid) - 1, op)
+            elif self.path == "int8":
+                nbad = decode_digits(qc, self.packed, self.digits.shape[1], op)
+            else:
+                nbad = decode_lut_2d(qc.reshape(g * self.m, self.k), self.lut, self.valid,
+                                     op.reshape(g * self.m, self.k))
         if nbad:
             raise _Fallback("invalid A code")
         b_op, colsum, b_raw = self.b_op, self.colsum, None
@@ -298,8 +305,7 @@ class LayerPlan:
             if b_op.shape[0] == 1:
                 gemm_int8(op.reshape(g * nd * m, k), b_op[0], raw.reshape(g * nd * m, n))
             else:
-                for j in range(g):
-                    gemm_int8(op[j].reshape(nd * m, k), b_op[j], raw[j].reshape(nd * m, n))
+                gemm_int8_groups(op.reshape(g, nd * m, k), b_op, raw.reshape(g, nd * m, n))
             return raw
         if self.path == "int64":
             raw = np.empty((g, 1, m, n), I64)

@@ -124,6 +124,8 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
         with pytest.raises(SystemExit) as exc:
             run(capsys, "eval", "--program", prog, "--backend", "sim", "--data", data, "--class-map", cmap, *bad)
         assert exc.value.code == 2 and "must be >=" in capsys.readouterr().err
+    code, out = run(capsys, "eval", "--program", prog, "--backend", "fakequant", "--data", data, "--agreement")
+    assert code == 2 and "--agreement" in out.err
     code, out = run(capsys, "merge", *shards, "--json", tmp_path / "m.json")
     assert code == 0 and "(6 images)" in out.out
     merged = json.loads((tmp_path / "m.json").read_text())

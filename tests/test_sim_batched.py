@@ -180,7 +180,7 @@ def batch_cases(draw):
                       F.SC_MAX).astype(np.int64)
     spec.bq = np.clip(rng.uniform(-hi, hi, n) * 2.0 ** spec.sc, -(2.0 ** 46), 2.0 ** 46).astype(np.int64)
     spec.z_out = int(rng.integers(0, hi + 1)) if out_fmt == "ucode" else 0
-    q = _codes(rng, spec, (g, m, k))
+    q = _codes(rng, spec, (g, m, k)).astype(draw(st.sampled_from([np.int64, np.uint8])))   # the runner keeps uint8
     rows = {}
     if dynamic:
         rows = {"mr": rng.integers(0, min(1 << sr, (1 << 16) - 1) + 1, (g, m)),
@@ -229,7 +229,8 @@ def test_batch_errors_match_reference():
     over = np.array([[1, 0, 0, 5], [1, 1, 2, 5]])                  # two outliers in one tile of group 1
     ok_tiles = np.array([[1, 1, 0, 5], [1, 2, 2, 5]])              # rows 1 and 2: different tiles of group 1
     unsorted = np.array([[1, 2, 2, 5], [0, 1, 0, 5]])
-    for qq, oo in [(bad, None), (q, over), (q, ok_tiles), (q, unsorted), (q, np.array([[3, 0, 0, 1]])),
+    for qq, oo in [(bad, None), (bad.astype(np.uint8), None), (q, over), (q, ok_tiles), (q, unsorted),
+                   (q, np.array([[3, 0, 0, 1]])),
                    (q, np.array([[0, 0, 0, 40000]]))]:
         assert_same_batch(spec, qq, oo)
     narrow = LayerSpec(**{**spec.to_arrays(), "acc_bits": 10, "fo": 0})
@@ -329,3 +330,15 @@ def test_encoder_plan_rejects_non_finite_like_the_reference():
     x[0, 1, 2] = np.nan
     with pytest.raises(ref.DatapathError):
         B.EncoderPlan(enc, 2).run(x)
+
+
+def test_single_column_reduction_k1():
+    """K = 1 (a degenerate GEMM whose transposed B view has leading dimension 1) on every path."""
+    b = np.array([[7, 2, 0]])
+    spec = LayerSpec(name="k1", op="linear", a_kind="log2", a_bits=4, b=b, b_bits=4, za=np.array([0]),
+                     mr=np.array([16]), sr=4, mc=np.array([56357, 48304, 61247]), sc=np.array([28, 27, 28]),
+                     bq=np.array([0, 0, 0]), out_fmt="ucode", out_bits=4, acc_bits=18, z_out=4)
+    q = np.arange(16).reshape(2, 8, 1) % 16
+    for p in B.allowed_paths(1, spec.dmax(), 7):
+        got = assert_same_batch(spec, q, path=p)
+        assert got is not None
