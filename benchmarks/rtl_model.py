@@ -40,12 +40,12 @@ MODEL = "deit_tiny_patch16_224"
 def busy_processes(limit: int = 8) -> list[str]:
     """The busiest other processes (``ps``), to say what shared the machine."""
     try:
-        out = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True,
+        out = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True,
                              timeout=10).stdout.splitlines()[1:]
     except (OSError, subprocess.SubprocessError):
         return []
     me = str(os.getpid())
-    rows = [ln.strip()[:140] for ln in out if me not in ln and "ps -eo" not in ln]
+    rows = [ln.strip()[:140] for ln in out if ln.split()[0] != me and "ps -eo" not in ln]
     return rows[:limit]
 
 
