@@ -60,7 +60,8 @@ ROWS = {
 }
 # MPTQ-ViT Table 2 (single precision: baseline -> SQ -> SQ-b -> SQ-b + OPT-m) and Table 3 (greedy MP)
 for _b in ("w4a4", "w6a6"):
-    ROWS[f"mptq-sq:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"], **ABLATIONS["no_sq_bias"]})
+    ROWS[f"mptq-sq:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"],
+                                          **ABLATIONS["no_sq_bias"]})
     ROWS[f"mptq-sqb:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"]})
     ROWS[f"mptq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"]})
     ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})

@@ -47,7 +47,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = create_model("deit_tiny_patch16_224", os.path.join(acc.SHARED, "models", "deit_tiny_patch16_224.safetensors"))
+    model = create_model("deit_tiny_patch16_224",
+                         os.path.join(acc.SHARED, "models", "deit_tiny_patch16_224.safetensors"))
     ds = image_folder(os.path.join(acc.SHARED, "imagenet-sample", "dev"), model,
                       os.path.join(acc.SHARED, "imagenet-sample", "synsets.txt"))
     split = split_pool_eval(len(ds), args.pool_size, 0)
@@ -56,7 +57,6 @@ def main():
     x, y = acc._load(ds, selection_set(split.pool, cidx))
     cfg = preset(args.method, args.bits, **acc._parse_set(args.set))
     qvit = calibrate_model(model, calib, cfg, progress=False)
-    names = [n for n, _ in qvit.quantizers()]
     out = {"config": args.set, "bits": args.bits, "images": len(x)}
     qvit.set_quant(False, False)
     out["fp"] = acc.evaluate(qvit, x, y)[0]
