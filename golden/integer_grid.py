@@ -150,25 +150,40 @@ def to_fixed_f64(x: torch.Tensor, frac_bits: int, bits: int = 32, warn: bool = T
 def log_thresholds(fn, levels) -> torch.Tensor:
     """``W[i] = min{w >= 1 : fn(w) <= levels[i]}`` for a non-increasing integer function ``fn`` of int64
     tensors (``2^62`` where none): the steps of a log encoder's code (section 8.2), found by bisection on
-    this module's own ``round_log2`` / ``round_log_sqrt2`` and checked at every step."""
-    out = []
+    this module's own ``round_log2`` / ``round_log_sqrt2`` (all levels at once) and checked at every step."""
+    lev = torch.tensor(list(levels), dtype=I64)
     top = 1 << 62
-    for lev in levels:
-        lo, hi = 1, top
-        if int(fn(torch.tensor([top - 1]))[0]) > lev:
-            out.append(top)
-            continue
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int(fn(torch.tensor([mid]))[0]) <= lev:
-                hi = mid
-            else:
-                lo = mid + 1
-        out.append(lo)
-    for w, lev in zip(out, levels):          # the step is exactly there
-        if w < top and not (int(fn(torch.tensor([w]))[0]) <= lev and (w == 1 or int(fn(torch.tensor([w - 1]))[0]) > lev)):
-            raise IntegerGridError("log threshold table is inconsistent")  # pragma: no cover
-    return torch.tensor(out, dtype=torch.float64)
+    lo, hi = torch.ones_like(lev), torch.full_like(lev, top)
+    none = fn(torch.full_like(lev, top - 1)) > lev
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        ok = fn(mid) <= lev
+        hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid + 1)
+    w = torch.where(none, top, lo)
+    inside = w < top                          # the step is exactly there
+    good = (fn(w) <= lev) & ((w == 1) | (fn((w - 1).clamp(min=1)) > lev))
+    if not bool((good | ~inside).all()):
+        raise IntegerGridError("log threshold table is inconsistent")  # pragma: no cover
+    return w.to(torch.float64)
+
+
+_THRESHOLD_TABLES: dict = {}
+
+
+def _log_threshold_table(kind: str, k: int, in_frac: int | None, base: str | None) -> torch.Tensor:
+    """``log_thresholds`` of a log encoder (section 8.2), computed once per process for each
+    ``(kind, k, in_frac, base)``: every block's softmax / GELU encoder shares its table."""
+    key = (kind, k, in_frac, base)
+    if key not in _THRESHOLD_TABLES:
+        if kind == "log2":
+            qmax = SF.log2_qmax(k)
+            thr = log_thresholds(lambda a: in_frac - round_log2(a), range(qmax, -1, -1))
+        else:
+            qmax = SF.shiftlog2_qmax(k, base)
+            c, rl = (2 * SF.LOG_FRAC, round_log_sqrt2) if base == "sqrt2" else (SF.LOG_FRAC, round_log2)
+            thr = log_thresholds(lambda w: c - rl(w), range(qmax - 1, -1, -1))
+        _THRESHOLD_TABLES[key] = thr
+    return _THRESHOLD_TABLES[key].clone()
 
 
 def bit_length_minus_one(v: torch.Tensor) -> torch.Tensor:
@@ -266,13 +281,10 @@ class GridEncoder:
             return
         k = self.bits
         if self.kind == "log2":
-            qmax = SF.log2_qmax(k)
-            thr = log_thresholds(lambda a: self.in_frac - round_log2(a), range(qmax, -1, -1))
+            thr = _log_threshold_table("log2", k, int(self.in_frac), None)
             self._zero_thr, self._thr = float(thr[0]), thr[1:].contiguous()
         else:
-            qmax = SF.shiftlog2_qmax(k, self.base)
-            c, rl = (2 * SF.LOG_FRAC, round_log_sqrt2) if self.base == "sqrt2" else (SF.LOG_FRAC, round_log2)
-            self._thr = log_thresholds(lambda w: c - rl(w), range(qmax - 1, -1, -1))
+            self._thr = _log_threshold_table("shiftlog2", k, None, self.base)
         # the code of every input up to the last step, as a table (beyond it the code is constant)
         finite = [float(t) for t in self._thr if t < 2.0 ** 62] + ([self._zero_thr] if self.kind == "log2" else [])
         self._wmax = max(finite + [0.0])
