@@ -226,7 +226,7 @@ def build_image(cfg: AcceleratorConfig, layers: list, *, pause_after: set | None
         except AccelError as exc:
             raise UserError(f"layer {exc}") from None
         except ConfigError as exc:
-            raise UserError(f"layer {lay.name}: {exc} (--acc-bits)") from None
+            raise UserError(f"layer {lay.name}: {str(exc).removeprefix('layer: ')} (--acc-bits)") from None
     n = len(layers)
     ds, ss = spec.DESC_BITS // 8, spec.STATUS_BITS // 8
     desc_addr = 0

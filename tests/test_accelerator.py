@@ -98,6 +98,15 @@ def test_layer_plan_errors_name_the_limit():
         layer_plan(narrow, LayerGeometry("out", 8, 16, 8, 8, 8, "fixed32", 32))
     with pytest.raises(UserError, match="big_k"):
         build_image(cfg, [random_image_layer(np.random.default_rng(0), "big_k", 4, 300, 4, rows=4)])
+    # the accumulator width (spec section 6): K = 256 of 8-bit Shift-Log2 codes needs 32 bits, the build has 31
+    narrow_acc = cfg.replace(engine=cfg.engine.replace(acc_bits=31))
+    with pytest.raises(UserError, match=r"layer wide_acc: K = 256 .* needs a 32-bit accumulator .*acc_bits = 31 \(--acc-bits\)"):
+        build_image(narrow_acc, [random_image_layer(np.random.default_rng(0), "wide_acc", 4, 256, 4, rows=4,
+                                                    a_kind="shiftlog2")])
+    # outliers beyond the built capacity, through the loader (the message names the layer and the limit)
+    with pytest.raises(UserError, match=r"many_outl: .*outlier_capacity = 16 \(--outlier-capacity 17\)"):
+        build_image(cfg, [random_image_layer(np.random.default_rng(0), "many_outl", 4, 16, 4, rows=4,
+                                             outliers_per_tile=17)])
     with pytest.raises(AccelError, match="bus_bits"):
         AcceleratorConfig(engine=EngineConfig(rows=64, cols=4, max_k=64, acc_bits=40), bus_bits=128)
 
