@@ -89,17 +89,10 @@ class SkidBuffer(wiring.Component):
             push.eq(self.i.valid & ~level[1]),
             self.head.eq(e0),
             self.nonempty.eq(level != 0),
+            # next occupancy = level + push - pop
+            self.avail_if_hold.eq((level != 0) | self.i.valid),
+            self.avail_if_pop.eq(level[1] | (level[0] & self.i.valid)),
         ]
-        # next occupancy = level + push - pop.  The predictions for the enable come from a second
-        # copy of ``level`` that only feeds them (issue #15: the enable's critical path started at
-        # ``level``, which the placer keeps beside the payload registers); the copy feeds back into
-        # its own adder, so yosys does not merge it with ``level``.
-        level_e = Signal(2, name="level_e")
-        m.d.comb += [
-            self.avail_if_hold.eq((level_e != 0) | self.i.valid),
-            self.avail_if_pop.eq(level_e[1] | (level_e[0] & self.i.valid)),
-        ]
-        m.d.sync += level_e.eq(level_e + (self.i.valid & ~level_e[1]) - (self.pop & (level_e != 0)))
         pop = Signal()
         m.d.comb += pop.eq(self.pop & (level != 0))
         m.d.comb += self.head_next.eq(e0)
