@@ -13,25 +13,30 @@ a tile that announces more raises the sticky :attr:`OutlierUnit.overflow` flag -
 still consumed and added, never dropped.  An entry whose row is outside the tile or whose column is
 ``>= K`` raises :attr:`OutlierUnit.range_error` and is not added.
 
-Pipeline (registers advance only when ``en`` is high)::
+Pipeline (registers advance only when ``en`` is high; ``OUTLIER_LATENCY = 3`` of
+:mod:`sim.engine_config`)::
 
     cycle t   : beat issued: entries registered, B buffer read addresses = col (sync read ports)
-    cycle t+1 : p[l, c] = val_l * b[col_l, c]                         -> product registers
-    cycle t+2 : corr[row_l - row0, c] += p[l, c]                      -> correction registers
+    cycle t+1 : two partial products of val_l * b[col_l, c]          -> partial product registers
+    cycle t+2 : p[l, c] = sum of the two partial products             -> product registers
+    cycle t+3 : corr[row_l - row0, c] += p[l, c]                      -> correction registers
+
+The product is split in two stages so that each holds one carry chain (issue #15: the single-stage
+shift-and-add was the 8 x 8 engine's critical path, 12.6 ns).
 
 The B rows come from read ports of the engine's B buffer: :attr:`rd_addr` is driven in cycle ``t``,
 :attr:`rd_data` must hold the row in cycle ``t+1``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS
 from .mac_array import adder_tree
 
-__all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout"]
+__all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout", "val_times_b_halves"]
 
 #: One sparse outlier entry (section 5): row and column (uint16), value (int16, units of
 #: ``s[r] * 2^-FO``), and a lane-valid bit.
@@ -45,14 +50,24 @@ def outlier_beat_layout(lanes: int) -> data.ArrayLayout:
     return data.ArrayLayout(OutlierEntryLayout, lanes)
 
 
-def val_times_b(m: Module, val, b, b_bits: int, name: str = "outl_p"):
-    """``val * b`` (``b`` signed ``b_bits``).  For ``b_bits <= 4`` a shift-and-add in LUTs (a few
-    carry chains, faster than the ECP5 DSP block's combinational multiplier), else ``*`` (DSP)."""
+def val_times_b_halves(m: Module, val, b, b_bits: int, name: str = "outl_p"):
+    """``val * b`` (``b`` signed ``b_bits``) as two partial products ``(lo, hi)`` with
+    ``lo + hi == val * b``, to be registered before their sum.
+
+    For ``b_bits <= 4`` a shift-and-add in LUTs (faster than the ECP5 DSP block's combinational
+    multiplier), split so that each half is one carry chain: ``lo`` sums the terms of the low half of
+    ``b``'s magnitude bits, ``hi`` the remaining terms minus the sign term (weight ``-2^(k-1)``).
+    Wider ``b`` uses ``*`` (a DSP block) for ``lo`` and ``hi = 0``.
+    """
     if b_bits > 4:
-        return val * b
+        return val * b, Const(0, 1)
     terms = [Mux(b[i], val << i, 0) for i in range(b_bits - 1)]
-    terms.append(Mux(b[b_bits - 1], -(val << (b_bits - 1)), 0))   # sign bit has weight -2^(k-1)
-    return adder_tree(m, terms, name)
+    neg = Mux(b[b_bits - 1], val << (b_bits - 1), 0)          # sign bit has weight -2^(k-1)
+    half = (len(terms) + 1) // 2
+    lo = adder_tree(m, terms[:half], f"{name}_lo") if half else Const(0, 1)
+    rest = terms[half:]
+    hi = (adder_tree(m, rest, f"{name}_hi") - neg) if rest else -neg
+    return lo, hi
 
 
 class OutlierUnit(wiring.Component):
@@ -160,26 +175,32 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += [s1_ok[l].eq(self.issue & ok[l]), s1_row[l].eq(rel[l][:rbits]),
                              s1_val[l].eq(self.entries[l].val)]
 
-        # ---- stage 1: products val * b[col, c]
+        # ---- stage 1: partial products of val * b[col, c]; stage 2: their sum
         pbits = 16 + self.b_bits
         s2_ok = [Signal(name=f"s2_ok{l}") for l in range(L)]
         s2_row = [Signal(rbits, name=f"s2_row{l}") for l in range(L)]
-        s2_p = [[Signal(signed(pbits), name=f"s2_p{l}_{c}") for c in range(C)] for l in range(L)]
+        s3_ok = [Signal(name=f"s3_ok{l}") for l in range(L)]
+        s3_row = [Signal(rbits, name=f"s3_row{l}") for l in range(L)]
+        s3_p = [[Signal(signed(pbits), name=f"s3_p{l}_{c}") for c in range(C)] for l in range(L)]
         with m.If(en0):
             for l in range(L):
-                m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l])]
+                m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l]),
+                             s3_ok[l].eq(s2_ok[l]), s3_row[l].eq(s2_row[l])]
                 for c in range(C):
-                    m.d.sync += s2_p[l][c].eq(val_times_b(m, s1_val[l], self.rd_data[l][c], self.b_bits,
-                                                          f"outl_p{l}_{c}"))
+                    lo, hi = val_times_b_halves(m, s1_val[l], self.rd_data[l][c], self.b_bits,
+                                                f"outl_p{l}_{c}")
+                    s2_lo = Signal(signed(pbits), name=f"s2_lo{l}_{c}")
+                    s2_hi = Signal(signed(pbits), name=f"s2_hi{l}_{c}")
+                    m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
-        # ---- stage 2: accumulate into the correction registers; drain reads and clears a row
+        # ---- stage 3: accumulate into the correction registers; drain reads and clears a row
         corr = [[Signal(signed(self.corr_bits), name=f"corr{r}_{c}") for c in range(C)] for r in range(R)]
         for r in range(R):
-            hit = [s2_ok[l] & (s2_row[l] == r) for l in range(L)]
+            hit = [s3_ok[l] & (s3_row[l] == r) for l in range(L)]
             for c in range(C):
                 add = 0
                 for l in range(L):
-                    add = add + Mux(hit[l], s2_p[l][c], 0)
+                    add = add + Mux(hit[l], s3_p[l][c], 0)
                 with m.If(en_row(r)):
                     with m.If(self.drain & (self.drain_row[c * self.drain_copies // C] == r)):
                         m.d.sync += corr[r][c].eq(0)

@@ -34,10 +34,13 @@ MAC_LATENCY = 4
 #: Window cycle at which the drain of the previous tile starts: the last product of a tile is in
 #: the shadow registers ``MAC_LATENCY - 1`` cycles after the window that issued it ends.
 DRAIN_OFFSET = MAC_LATENCY - 1
-#: Register stages after an outlier beat is issued (B row read / entry register, product register,
-#: correction register) minus one: the window must last ``OUTLIER_LATENCY`` cycles after the last
-#: outlier beat so that the next drain sees every correction.
-OUTLIER_LATENCY = 2
+#: Register stages after an outlier beat is issued (B row read / entry register, partial product
+#: registers, product register, correction register) minus one: the window must last
+#: ``OUTLIER_LATENCY`` cycles after the last outlier beat so that the next drain sees every
+#: correction.  (3 since issue #15 split the product; the engine's controller relies on
+#: ``OUTLIER_LATENCY <= DRAIN_OFFSET``, so the window formula of :mod:`sim.schedule` is unchanged.)
+OUTLIER_LATENCY = 3
+assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows DRAIN_OFFSET cycles late"
 #: Drain stages before the requantiser: row select, zero-point partial products ``za * colsum``
 #: (DSP blocks) and their sum, ``acc_d = acc_raw - za * colsum``, ``(acc_d << FO) + corr``,
 #: truncation / range check.

@@ -28,6 +28,7 @@ from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
 from vitaccel.tb.bench import Field, PayloadCodec, Scoreboard, Testbench
 from vitaccel.tb.runner import read_test_data
+from vitaccel.sim.engine_config import OUTLIER_LATENCY
 
 
 def entry_codec(lanes: int) -> PayloadCodec:
@@ -195,9 +196,9 @@ class OutlierUnitDriver:
                 if en:
                     pos += 1
             await self._cycle(en)
-        # two more enabled edges: products, then correction registers
+        # OUTLIER_LATENCY more enabled edges: partial products, products, then correction registers
         done = 0
-        while done < 2:
+        while done < OUTLIER_LATENCY:
             self._idle_inputs()
             dut.drain.value = 0
             en = self._en()

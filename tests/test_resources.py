@@ -54,12 +54,12 @@ def test_recorded_table_numbers_are_the_ones_docs_hardware_reports():
 
 def test_clock_measured_assumed_modelled_given():
     c = R.engine_clock(8, 8, 4, 4)
-    assert (c.source, c.mhz) == ("measured", 79.32)
+    assert (c.source, c.mhz) == ("measured", 82.3)
     assert "measured Fmax of 8x8 w4a4 on LFE5U-85F" in c.text
     c = R.engine_clock(16, 16, 8, 8)
     assert c.source == "assumed" and c.mhz == R.ASSUMED_MHZ and "ASSUMED" in c.text and "--freq" in c.text
     c = R.engine_clock(16, 16, 8, 8, allow_model=True)
-    assert c.source == "modelled" and c.mhz == 79.32 and "8x8 w4a4" in c.text
+    assert c.source == "modelled" and c.mhz == 82.3 and "8x8 w4a4" in c.text
     c = R.engine_clock(8, 8, 4, 4, freq_mhz=123.0)
     assert (c.source, c.mhz, c.hz) == ("given", 123.0, 123e6)
 
@@ -143,11 +143,11 @@ def test_estimate_quotes_measured_clock_and_resources(tmp_path, capsys):
     assert main(["estimate", "--program", _manifest(tmp_path, 4), "--rows", "8", "--cols", "8", "--quiet",
                  "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
-    assert "clock: measured Fmax of 8x8 w4a4 on LFE5U-85F (79.32 MHz" in text
-    assert "resources: LUT4 25,655" in text and "fits LFE5U-85F" in text
+    assert "clock: measured Fmax of 8x8 w4a4 on LFE5U-85F (82.3 MHz" in text
+    assert "resources: LUT4 25,424" in text and "fits LFE5U-85F" in text
     s = json.loads(out_json.read_text())["summary"]
-    assert s["clock_source"] == "measured" and s["freq_hz"] == pytest.approx(79.32e6)
-    assert math.isclose(s["latency_ms"], s["cycles"] / 79.32e3, rel_tol=1e-12)
+    assert s["clock_source"] == "measured" and s["freq_hz"] == pytest.approx(82.3e6)
+    assert math.isclose(s["latency_ms"], s["cycles"] / 82.3e3, rel_tol=1e-12)
     assert s["resource_source"] == "measured" and s["fits_device"] is True
 
 

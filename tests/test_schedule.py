@@ -22,7 +22,7 @@ def test_single_tile_hand_computed():
 
 def test_windows_small_k_and_outliers():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2)
-    # DRAIN_OFFSET = 3 (MAC_LATENCY 4: decoder, broadcast, product, accumulator), OUTLIER_LATENCY = 2
+    # DRAIN_OFFSET = 3 (MAC_LATENCY 4: decoder, broadcast, product, accumulator), OUTLIER_LATENCY = 3
     assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 3) hidden under K
     assert window_cycles(cfg, 3, 4, 0) == 7             # a = 1 -> 1 + 3 = 4; drain needs 4 + 3
     assert window_cycles(cfg, 10, 4, 9) == 12           # 5 outlier beats after the drain: 4 + 3 + 5
