@@ -103,10 +103,6 @@ def _rows2d(v, g: int, m: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(a if a.size == m else a[:1], (g, m)))
 
 
-#: Raw GEMM products per chunk of groups when B is a run-time operand (about an L2 cache).
-_RAW_CHUNK_BYTES = 1 << 20
-
-
 class _Fallback(Exception):
     """Internal: the fast path saw something unusual; re-run group by group."""
 
@@ -189,9 +185,9 @@ class LayerPlan:
         b3 = np.ascontiguousarray(b3)
         if b3.dtype.kind not in "iu":
             raise _Fallback("non-integer B")
-        if self.path == "int8" and b3.shape[0] == 1 and b3.shape[1] > 1:
+        if self.path == "int8" and b3.shape[0] == 1:
             # a shared int8 B operand is stored transposed (N, K): oneDNN's int8 GEMM is fastest with it
-            # (not for K = 1: torch would take the (1, N) view as row-major with leading dimension 1)
+            # (for K = 1 the view's strides are ambiguous; ``gemm_int8`` passes a row-major copy then)
             out = np.empty((1, b3.shape[2], b3.shape[1]), np.int8).transpose(0, 2, 1)
         else:
             out = np.empty(b3.shape, self._op_dtype())
@@ -265,6 +261,7 @@ class LayerPlan:
             if b_raw.ndim != 3 or b_raw.shape != (g, self.k, self.n):
                 raise _Fallback("B shape")
             b_op, colsum = self._prep_b(b_raw)
+        raw = self._gemm(op, b_op)
         za_eff = za2 - self.offset if self.offset else za2
         if host_frac is not None:
             out = np.empty((g, self.m, self.n), np.float32)
@@ -274,22 +271,10 @@ class LayerPlan:
             host_scale = 0.0
         acc = np.empty((g, self.m, self.n) if want_acc else (1, 1, 1), I64)
         lim = 1 << (spec.acc_bits - 1)
-        checked = requant_needs_checks(spec.acc_bits)
-        shared = b_op.shape[0] == 1
-        # run-time B (per-head shapes): GEMM and drain a few groups at a time, so that the raw products
-        # are drained while they are still in the CPU caches (same kernels, same integers)
-        step = g if shared else max(1, _RAW_CHUNK_BYTES // (self._digits_n() * self.m * self.n * 4))
-        nbad_acc, sat, errs = 0, 0, 0
-        for g0 in range(0, g, step):
-            sl = slice(g0, min(g, g0 + step))
-            b_sl = b_op if shared else b_op[sl]
-            raw = self._gemm(op[sl], b_sl)
-            nb, st, er = drain_requant_groups(
-                raw, za_eff[sl], colsum if shared else colsum[sl], int(spec.fo),
-                optr[g0 * self.m:sl.stop * self.m + 1], ocol, oval, b_sl, lim, True, checked, mr2[sl], sr, mc, sc,
-                bq, z_out, lo, hi, host_scale, want_acc, acc[sl] if want_acc else acc, out[sl])
-            nbad_acc, sat, errs = nbad_acc + nb, sat + st, errs + er
-        if nbad_acc or np.any(errs):
+        nbad_acc, sat, errs = drain_requant_groups(
+            raw, za_eff, colsum, int(spec.fo), optr, ocol, oval, b_op, lim, True,
+            requant_needs_checks(spec.acc_bits), mr2, sr, mc, sc, bq, z_out, lo, hi, host_scale, want_acc, acc, out)
+        if nbad_acc or errs.any():
             raise _Fallback("accumulator / requantiser range")
         return BatchLayerResult(out, int(sat), acc if want_acc else None)
 
