@@ -265,31 +265,42 @@ def _requant_store_row(arow, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, ho
 
 
 @njit(cache=True)
-def _fused_row(r0, zr, colsum_row, scale, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out_row):
-    """One output row in one loop (one digit plane, no outliers, ``acc`` not kept): zero-point
-    correction, ``<< FO``, range check, unchecked requantiser, store. Returns ``(n_outside, saturations)``."""
-    n = out_row.shape[0]
+def _fused_rows(raw_g, za_g, colsum_row, mr_g, optr, base, r_lo, r_hi, scale, lim, sr, mc, sc_half, sc, bq, z_out,
+                lo, hi, host_scale, out_g):
+    """Rows ``r_lo .. r_hi - 1`` of one group in one loop nest (one digit plane, ``acc`` not kept),
+    skipping the rows that have outliers (``optr[base + r] != optr[base + r + 1]``, left to the
+    caller): zero-point correction, ``<< FO``, range check, unchecked requantiser, store. One call per
+    run of rows rather than per row: the call and its array views cost as much as the arithmetic of a
+    197-column row. Returns ``(n_outside, saturations)``."""
+    n = out_g.shape[1]
     rh = round_half(sr)
     nb = 0
     sat = 0
-    if host_scale != 0.0:
-        for c in range(n):
-            a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
-            nb += (a < -lim) | (a > lim - 1)
-            t = (a * mr + rh) >> sr
-            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
-            w = min(max(v, lo), hi)
-            sat += w != v
-            out_row[c] = np.float32(np.float64(w) * host_scale)
-    else:
-        for c in range(n):
-            a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
-            nb += (a < -lim) | (a > lim - 1)
-            t = (a * mr + rh) >> sr
-            v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
-            w = min(max(v, lo), hi)
-            sat += w != v
-            out_row[c] = w
+    for r in range(r_lo, r_hi):
+        if optr[base + r] != optr[base + r + 1]:
+            continue
+        r0 = raw_g[r]
+        zr = za_g[r]
+        mr = mr_g[r]
+        out_row = out_g[r]
+        if host_scale != 0.0:
+            for c in range(n):
+                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+                nb += (a < -lim) | (a > lim - 1)
+                t = (a * mr + rh) >> sr
+                v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+                w = min(max(v, lo), hi)
+                sat += w != v
+                out_row[c] = np.float32(np.float64(w) * host_scale)
+        else:
+            for c in range(n):
+                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+                nb += (a < -lim) | (a > lim - 1)
+                t = (a * mr + rh) >> sr
+                v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+                w = min(max(v, lo), hi)
+                sat += w != v
+                out_row[c] = w
     return nb, sat
 
 
@@ -352,19 +363,28 @@ def drain_requant_groups(raw, za, colsum, fo, optr, ocol, oval, b, lim, do_requa
     for c in range(n):
         sc_half[c] = round_half(sc[c])
     scale = np.int64(1) << fo
+    fused = nd == 1 and do_requant and not checked and not want_acc
     for ch in prange(nch):
         arow = np.empty(n, np.int64)
         vrow = np.empty(n, np.int64)
-        for gr in range(ch * rows // nch, (ch + 1) * rows // nch):
+        lo_gr, hi_gr = ch * rows // nch, (ch + 1) * rows // nch
+        if fused:
+            # the rows without outliers of each group in this chunk in one call; the rest below
+            gr = lo_gr
+            while gr < hi_gr:
+                g = gr // m
+                seg = min(hi_gr, (g + 1) * m)
+                nb, st = _fused_rows(raw[g, 0], za[g], colsum[g if gb > 1 else 0], mr[g], optr, g * m, gr - g * m,
+                                     seg - g * m, scale, lim, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out[g])
+                bad[ch] += nb
+                sats[ch] += st
+                gr = seg
+        for gr in range(lo_gr, hi_gr):
+            if fused and optr[gr] == optr[gr + 1]:
+                continue
             g = gr // m
             r = gr - g * m
             bg = g if gb > 1 else 0
-            if nd == 1 and do_requant and not checked and not want_acc and optr[gr] == optr[gr + 1]:
-                nb, st = _fused_row(raw[g, 0, r], za[g, r], colsum[bg], scale, lim, mr[g, r], sr, mc, sc_half, sc,
-                                    bq, z_out, lo, hi, host_scale, out[g, r])
-                bad[ch] += nb
-                sats[ch] += st
-                continue
             _combine_row(raw, g, r, za[g, r], colsum[bg], scale, arow)
             for j in range(optr[gr], optr[gr + 1]):
                 col = ocol[j]

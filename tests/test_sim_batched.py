@@ -256,6 +256,37 @@ def test_batched_attention_shapes_equal_per_head_reference():
     assert got is not None and got.out.dtype == np.uint8
 
 
+@pytest.mark.parametrize("out_fmt,host_frac,runtime_b", [("ucode", None, True), ("fixed32", 12, False),
+                                                          ("fixed32", 12, True)])
+def test_many_rows_fused_runs_with_outlier_rows_between(out_fmt, host_frac, runtime_b):
+    """More rows than the drain's 256 chunks: one chunk spans several rows and group boundaries, its
+    outlier-free rows go through ``_fused_rows`` in runs and the rows with outliers between them
+    through the row path; all equal the per-group reference."""
+    rng = np.random.default_rng(11)
+    g, m, k, n, tile, cap = 9, 97, 64, 33, 16, 64
+    b = rng.integers(-7, 8, (g, k, n) if runtime_b else (k, n)).astype(np.int8)
+    lo, hi = F.out_range(out_fmt, 4 if out_fmt == "ucode" else 32)
+    spec = LayerSpec(name="rows", op="linear", a_kind="uniform", a_bits=4, b=np.zeros((k, 0)) if runtime_b else b,
+                     b_bits=4, za=rng.integers(0, 16, m), mr=rng.integers(1 << 14, 1 << 16, m), sr=16,
+                     mc=rng.integers(1 << 14, 1 << 16, n), sc=np.full(n, 12 if out_fmt == "ucode" else 2),
+                     bq=rng.integers(-4096, 4096, n), out_fmt=out_fmt, out_bits=4 if out_fmt == "ucode" else 32,
+                     z_out=8 if out_fmt == "ucode" else 0, acc_bits=48, fo=2, outlier_capacity=cap, tile_rows=tile)
+    spec.acc_bits = spec.acc_bits_required(k)
+    q = rng.integers(0, 16, (g, m, k)).astype(np.uint8)
+    rows = sorted({(int(gi), int(r)) for gi, r in zip(rng.integers(0, g, 60), rng.integers(0, m, 60))})
+    o = np.array([[gi, r, int(c), int(rng.integers(-30000, 30000))] for gi, r in rows
+                  for c in np.sort(rng.choice(k, 2, replace=False))], np.int64)
+    got = assert_same_batch(spec, q, o, b if runtime_b else None, host_frac=host_frac,
+                            out_dtype=np.uint8 if out_fmt == "ucode" else np.int64)
+    assert got is not None and 0 < got.saturations < g * m * n
+    plan = B.LayerPlan(spec, m, (k, n) if runtime_b else None)
+    fast = plan.try_fast(q, o, b if runtime_b else None, host_frac=host_frac)
+    assert fast is not None                                         # the fast path ran, not the fallback
+    np.testing.assert_array_equal(fast.out, got.out)
+    dyn = {"mr": rng.integers(0, 1 << 16, (g, m)), "za": rng.integers(0, 16, (g, m))}
+    assert assert_same_batch(spec, q, o, b if runtime_b else None, host_frac=host_frac, **dyn) is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # fused encoders
 # --------------------------------------------------------------------------------------------------
