@@ -265,39 +265,52 @@ def _requant_store_row(arow, lim, mr, sr, mc, sc_half, sc, bq, z_out, lo, hi, ho
 
 
 @njit(cache=True)
-def _fused_rows(raw_g, za_g, colsum_row, mr_g, optr, base, r_lo, r_hi, scale, lim, sr, mc, sc_half, sc, bq, z_out,
-                lo, hi, host_scale, out_g):
-    """Rows ``r_lo .. r_hi - 1`` of one group in one loop nest (one digit plane, ``acc`` not kept),
-    skipping the rows that have outliers (``optr[base + r] != optr[base + r + 1]``, left to the
-    caller): zero-point correction, ``<< FO``, range check, unchecked requantiser, store. One call per
-    run of rows rather than per row: the call and its array views cost as much as the arithmetic of a
-    197-column row. Returns ``(n_outside, saturations)``."""
+def _fused_rows(raw_g, za_g, colsum_row, mr_g, optr, base, r_lo, r_hi, ocol, oval, b_g, scale, lim, sr, mc, sc_half,
+                sc, bq, z_out, lo, hi, host_scale, out_g):
+    """Rows ``r_lo .. r_hi - 1`` of one group in one loop nest (one digit plane, ``acc`` not kept):
+    zero-point correction, ``<< FO``, the row's outliers (``optr[base + r] .. optr[base + r + 1]``
+    into ``ocol`` / ``oval``, products with ``b_g``, collected in a correction vector first), range
+    check, unchecked requantiser, store. One call per run of rows rather than per row: the call and
+    its array views cost as much as the arithmetic of a 197-column row.
+    Returns ``(n_outside, saturations)``."""
     n = out_g.shape[1]
     rh = round_half(sr)
+    bqs = np.empty(n, np.int64)
+    for c in range(n):
+        bqs[c] = bq[c] + sc_half[c]
+    corr = np.zeros(n, np.int64)
+    dirty = False
     nb = 0
     sat = 0
     for r in range(r_lo, r_hi):
-        if optr[base + r] != optr[base + r + 1]:
-            continue
+        if dirty:
+            corr[:] = 0
+            dirty = False
+        for j in range(optr[base + r], optr[base + r + 1]):
+            val = oval[j]
+            brow = b_g[ocol[j]]
+            for c in range(n):
+                corr[c] += val * np.int64(brow[c])
+            dirty = True
         r0 = raw_g[r]
         zr = za_g[r]
         mr = mr_g[r]
         out_row = out_g[r]
         if host_scale != 0.0:
             for c in range(n):
-                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale + corr[c]
                 nb += (a < -lim) | (a > lim - 1)
                 t = (a * mr + rh) >> sr
-                v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+                v = ((t * mc[c] + bqs[c]) >> sc[c]) + z_out
                 w = min(max(v, lo), hi)
                 sat += w != v
                 out_row[c] = np.float32(np.float64(w) * host_scale)
         else:
             for c in range(n):
-                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale
+                a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale + corr[c]
                 nb += (a < -lim) | (a > lim - 1)
                 t = (a * mr + rh) >> sr
-                v = ((t * mc[c] + bq[c] + sc_half[c]) >> sc[c]) + z_out
+                v = ((t * mc[c] + bqs[c]) >> sc[c]) + z_out
                 w = min(max(v, lo), hi)
                 sat += w != v
                 out_row[c] = w
@@ -369,19 +382,19 @@ def drain_requant_groups(raw, za, colsum, fo, optr, ocol, oval, b, lim, do_requa
         vrow = np.empty(n, np.int64)
         lo_gr, hi_gr = ch * rows // nch, (ch + 1) * rows // nch
         if fused:
-            # the rows without outliers of each group in this chunk in one call; the rest below
+            # the chunk's rows of each group in one call
             gr = lo_gr
             while gr < hi_gr:
                 g = gr // m
+                bg = g if gb > 1 else 0
                 seg = min(hi_gr, (g + 1) * m)
-                nb, st = _fused_rows(raw[g, 0], za[g], colsum[g if gb > 1 else 0], mr[g], optr, g * m, gr - g * m,
-                                     seg - g * m, scale, lim, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out[g])
+                nb, st = _fused_rows(raw[g, 0], za[g], colsum[bg], mr[g], optr, g * m, gr - g * m, seg - g * m, ocol,
+                                     oval, b[bg], scale, lim, sr, mc, sc_half, sc, bq, z_out, lo, hi, host_scale, out[g])
                 bad[ch] += nb
                 sats[ch] += st
                 gr = seg
+            continue
         for gr in range(lo_gr, hi_gr):
-            if fused and optr[gr] == optr[gr + 1]:
-                continue
             g = gr // m
             r = gr - g * m
             bg = g if gb > 1 else 0
