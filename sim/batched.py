@@ -271,8 +271,10 @@ class LayerPlan:
             host_scale = 0.0
         acc = np.empty((g, self.m, self.n) if want_acc else (1, 1, 1), I64)
         lim = 1 << (spec.acc_bits - 1)
+        # proven: spec.validate (in _prepare) checked acc_bits against the bound for spec.za, the za
+        # override was checked above, codes and the outlier tiles are checked before the GEMM
         nbad_acc, sat, errs = drain_requant_groups(
-            raw, za_eff, colsum, int(spec.fo), optr, ocol, oval, b_op, lim, True,
+            raw, za_eff, colsum, int(spec.fo), optr, ocol, oval, b_op, lim, True, True,
             requant_needs_checks(spec.acc_bits), mr2, sr, mc, sc, bq, z_out, lo, hi, host_scale, want_acc, acc, out)
         if nbad_acc or errs.any():
             raise _Fallback("accumulator / requantiser range")
