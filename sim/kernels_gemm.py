@@ -296,6 +296,8 @@ def _fused_rows(raw_g, za_g, colsum_row, mr_g, optr, base, r_lo, r_hi, ocol, ova
         zr = za_g[r]
         mr = mr_g[r]
         out_row = out_g[r]
+        # two copies of the loop on purpose: with the store's branch inside one loop numba's LLVM
+        # does not unswitch it and the drain of q@k^T took 6.4 instead of 4.4 ms
         if host_scale != 0.0:
             for c in range(n):
                 a = (np.int64(r0[c]) - zr * colsum_row[c]) * scale + corr[c]
