@@ -259,13 +259,12 @@ def test_batched_attention_shapes_equal_per_head_reference():
 @pytest.mark.parametrize("out_fmt,host_frac,runtime_b", [("ucode", None, True), ("fixed32", 12, False),
                                                           ("fixed32", 12, True)])
 def test_many_rows_fused_runs_with_outlier_rows_between(out_fmt, host_frac, runtime_b):
-    """More rows than the drain's 256 chunks: one chunk spans several rows and group boundaries, its
-    outlier-free rows go through ``_fused_rows`` in runs and the rows with outliers between them
-    through the row path; all equal the per-group reference."""
+    """More rows than the drain's 256 chunks: one chunk spans several rows and group boundaries and
+    ``_fused_rows`` runs over rows with and without outliers (the correction vector is cleared
+    between them); all equal the per-group reference."""
     rng = np.random.default_rng(11)
     g, m, k, n, tile, cap = 9, 97, 64, 33, 16, 64
     b = rng.integers(-7, 8, (g, k, n) if runtime_b else (k, n)).astype(np.int8)
-    lo, hi = F.out_range(out_fmt, 4 if out_fmt == "ucode" else 32)
     spec = LayerSpec(name="rows", op="linear", a_kind="uniform", a_bits=4, b=np.zeros((k, 0)) if runtime_b else b,
                      b_bits=4, za=rng.integers(0, 16, m), mr=rng.integers(1 << 14, 1 << 16, m), sr=16,
                      mc=rng.integers(1 << 14, 1 << 16, n), sc=np.full(n, 12 if out_fmt == "ucode" else 2),
