@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -47,6 +48,8 @@ ROWS = {
     "adfq:w6a6": ("adfq", "w6a6", {}),
     "adfq-static:w4a4": ("adfq", "w4a4", ABLATIONS["static_poq"]),
     "adfq-noqdrop:w4a4": ("adfq", "w4a4", ABLATIONS["no_qdrop"]),
+    "adfq-block:w4a4": ("adfq", "w4a4", ABLATIONS["block_amo"]),
+    "adfq-block:w6a6": ("adfq", "w6a6", ABLATIONS["block_amo"]),
     "adfq-noamo:w4a4": ("adfq", "w4a4", ABLATIONS["no_amo"]),
     "adfq-noamo:w6a6": ("adfq", "w6a6", ABLATIONS["no_amo"]),
     "adfq-noamo-static:w4a4": ("adfq", "w4a4", {**ABLATIONS["no_amo"], **ABLATIONS["static_poq"]}),
@@ -168,11 +171,17 @@ def _load(ds, indices):
     return torch.cat(xs), torch.cat(ys)
 
 
+def _extra_set(e) -> dict:
+    """The ``--set`` overrides of an entry: its overrides beyond its row's own (and ``amo_iters``)."""
+    own = ROWS.get(e["row"], (None, None, {}))[2]
+    return {k: v for k, v in e.get("overrides", {}).items() if k != "amo_iters" and own.get(k, object()) != v}
+
+
 def _group_key(e) -> tuple:
     """Entries of one table line: same row, evaluation set and calibration setup (seeds differ)."""
     over = e.get("overrides", {})
     return (e["row"], e["eval_on"], e["eval_images"], e.get("calib_size"), over.get("amo_iters"),
-            e.get("preset_name", "fast"))
+            e.get("preset_name", "fast"), json.dumps(_extra_set(e), sort_keys=True))
 
 
 def _scores(entries, key="grid_correct"):
@@ -203,9 +212,10 @@ def split_table(results) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, by_seed in groups.items():
         es = [by_seed[s] for s in sorted(by_seed, key=lambda s: (s is None, s))]
+        extra = "" if key[6] == "{}" else " [" + " ".join(f"{k}={v}" for k, v in json.loads(key[6]).items()) + "]"
         if any(e.get("float_only") for e in es):  # exploration rows: float fake-quant only
             f = mean_spread(e["top1"] for e in es)
-            lines.append(f"| {key[0]} (float only) | {es[0].get('bits')} | {key[2]} | "
+            lines.append(f"| {key[0]}{extra} (float only) | {es[0].get('bits')} | {key[2]} | "
                          f"{','.join(str(e.get('seed')) for e in es)} | not measured | | | {f['mean']:.1f} | | |")
             continue
         g = mean_spread(e["grid_top1"] for e in es)
@@ -215,8 +225,11 @@ def split_table(results) -> str:
         name = key[0].split(":")[0]
         if key[4]:
             name += f" (AMO {key[4]} it.)"
+        if key[3] != CALIBRATION_PRESETS.get(key[5], {}).get("calib_size", key[3]) and key[0] != "fp":
+            name += f" ({key[3]} calibration images)"
         if key[5] != "fast":
             name += f" [{key[5]}]"
+        name += extra
         if key[1] != "eval":
             name += f" ({key[1]} images)"
         base = fp.get(key[1:3])
@@ -245,8 +258,21 @@ def compare(results, row_a: str, row_b: str, mode: str = "grid") -> list[str]:
 
     key = "grid_correct" if mode == "grid" else "float_correct"
     groups = protocol_groups(results)
-    ga = [v for k, v in groups.items() if k[0] == row_a]
-    gb = [v for k, v in groups.items() if k[0] == row_b]
+
+    def pick(row):  # "ROW", "ROW@calibN" (calibrated on N images), "ROW@itN" (N AMO iterations); no --set extras
+        name, *tags = row.split("@")
+        want = {}
+        for t in tags:
+            m = re.fullmatch(r"(calib|it)(\d+)", t)
+            if not m:
+                raise SystemExit(f"--compare: {row!r}: use ROW, ROW@calibN or ROW@itN")
+            want[3 if m[1] == "calib" else 4] = int(m[2])
+        found = [(k, v) for k, v in groups.items()
+                 if k[0] == name and k[6] == "{}" and all(k[i] == n for i, n in want.items())
+                 and (4 in want or k[4] is None)]
+        default = [v for k, v in found if k[3] == CALIBRATION_PRESETS.get(k[5], {}).get("calib_size")]
+        return default if 3 not in want and default else [v for _, v in found]
+    ga, gb = pick(row_a), pick(row_b)
     if not ga or not gb:
         raise SystemExit(f"--compare: no protocol-2 results for {row_a if not ga else row_b}")
     a, b = ga[-1], gb[-1]
@@ -322,7 +348,8 @@ def _parser():
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "accuracy_split_results.json"))
     ap.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
     ap.add_argument("--compare", nargs=2, metavar=("ROW_A", "ROW_B"), default=None,
-                    help="only print paired comparisons (bootstrap CI, McNemar) of two rows of --out")
+                    help="only print paired comparisons (bootstrap CI, McNemar) of two rows of --out "
+                         "(ROW@calibN: the ROW entries calibrated on N images; ROW@itN: with N AMO iterations)")
     ap.add_argument("--compare-mode", choices=("grid", "float"), default="grid")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="only append the entries of these result files (runs side by side with their own --out) "

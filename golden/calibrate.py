@@ -229,7 +229,7 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
             warnings.warn("golden.smoothquant is missing: SQ-b skipped", stacklevel=2)
         else:
             sq.smoothquant_bias(model, images, alpha=config.sq_alpha, batch_size=batch_size, progress=progress,
-                                bias=config.sq_bias)
+                                bias=config.sq_bias, center=config.sq_center)
             notes["smoothquant"] = True
     if config.mixed_precision:
         mp = _optional("vitaccel.golden.mixed_precision")

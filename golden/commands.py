@@ -178,7 +178,7 @@ def cmd_calibrate(args) -> int:
         if getattr(args, flag, False):
             overrides.update(over)
     for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "mp_target_bits",
-                "amo_iters", "embed_bits", "head_bits"):
+                "amo_iters", "amo_granularity", "embed_bits", "head_bits"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -443,6 +443,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--head-bits", type=int, choices=SF.BITS, dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")
     p.add_argument("--amo-iters", type=int, dest="amo_iters")
+    p.add_argument("--amo-granularity", choices=("module", "block"), dest="amo_granularity",
+                   help="AMO units: every MHA and MLP module (default, the ADFQ-ViT paper) or whole "
+                        "transformer blocks (BRECQ-style)")
     p.add_argument("--outlier-capacity", type=nonneg_int, default=None,
                    help="outliers per row tile the hardware holds (default: unlimited in the bound)")
     for flag in ("no-poq", "no-slq", "no-amo", "no-qdrop", "no-sq", "no-three-region", "no-mp"):

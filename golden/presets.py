@@ -62,9 +62,11 @@ class QuantConfig:
     amo_num_samples: int | None = None
     amo_batch_size: int | None = None
     amo_input_drop: float | None = None  # QDrop probability in AMO (None: AMOConfig default, 0.5)
+    amo_granularity: str | None = None  # AMO units: module (MHA / MLP, the paper) | block (None: module)
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
     sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)
+    sq_center: str = "mean"           # SQ-b's mu: channel mean | midpoint of the channel's range
     fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
     act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
     mixed_precision: bool = False     # MPTQ greedy mixed precision
@@ -83,10 +85,14 @@ class QuantConfig:
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:
             raise QuantizerError(f"amo_input_drop must be a probability in [0, 1], got {self.amo_input_drop}")
+        if self.amo_granularity not in (None, "module", "block"):
+            raise QuantizerError(f"unknown AMO granularity {self.amo_granularity!r} (use 'module' or 'block')")
         if self.act_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown activation range metric {self.act_metric!r} (use 'mse' or 'hessian')")
         if self.fc2_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
+        if self.sq_center not in ("mean", "midpoint"):
+            raise QuantizerError(f"unknown SQ-b centre {self.sq_center!r} (use 'mean' or 'midpoint')")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 
@@ -149,6 +155,7 @@ ABLATIONS = {
     "no_slq": {"fc2": "uniform"},
     "no_amo": {"amo": False, "adaround": False},
     "no_qdrop": {"amo_input_drop": 0.0},
+    "block_amo": {"amo_granularity": "block"},
     "static_poq": {"poq_mode": "static"},
     "no_sq": {"smoothquant": False},
     "no_sq_bias": {"sq_bias": False},

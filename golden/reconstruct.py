@@ -99,6 +99,11 @@ class AMOConfig:
         QDrop-style input mixing: in every optimisation step each element of the module's input is
         taken from the FP model's input to the module with this probability, else from the
         quantized model's (0 disables it; 0.5, the default, is what the released ADFQ-ViT code uses).
+    granularity : str
+        ``"module"`` (the ADFQ-ViT paper: every MHA and every MLP module reconstructed on its own,
+        24 units in DeiT-tiny) or ``"block"`` (BRECQ-style: each transformer block, attention and
+        MLP with both residual additions, is one unit whose output is the block's output; the
+        attention KL term covers the block's attention).
     device : str
         ``"auto"`` (cuda when available), ``"cpu"``, ``"cuda"``, ...
     seed : int
@@ -124,6 +129,7 @@ class AMOConfig:
     ln_weighted: bool = False
     readout_last_block: bool = False
     input_drop: float = 0.5
+    granularity: str = "module"
     device: str = "auto"
     seed: int = 0
     progress: bool = True
@@ -139,6 +145,8 @@ class AMOConfig:
             raise ValueError("need beta_start >= beta_end > 0")
         if not 0.0 <= self.input_drop <= 1.0:
             raise ValueError(f"input_drop must be a probability in [0, 1], got {self.input_drop}")
+        if self.granularity not in ("module", "block"):
+            raise ValueError(f"granularity must be 'module' or 'block', got {self.granularity!r}")
 
 
 @dataclass
@@ -188,9 +196,11 @@ def _root(model: nn.Module) -> nn.Module:
     return inner if isinstance(inner, nn.Module) and hasattr(model, "quant_layers") else model
 
 
-def find_amo_units(model: nn.Module) -> list[tuple[str, str]]:
-    """``[(module_name, kind)]`` of the MHA (``"mha"``) and MLP (``"mlp"``) modules, in model order.
+def find_amo_units(model: nn.Module, granularity: str = "module") -> list[tuple[str, str]]:
+    """``[(module_name, kind)]`` of the units to reconstruct, in model order.
 
+    ``granularity="module"``: the MHA (``"mha"``) and MLP (``"mlp"``) modules of every block;
+    ``"block"``: the blocks themselves (``"block"``: modules with ``attn`` and ``mlp`` children).
     Names are relative to the timm model (``QuantViT.model`` for a QuantViT).
     """
     units = []
@@ -198,8 +208,11 @@ def find_amo_units(model: nn.Module) -> list[tuple[str, str]]:
         attn, mlp = getattr(mod, "attn", None), getattr(mod, "mlp", None)
         if isinstance(attn, nn.Module) and isinstance(mlp, nn.Module):
             prefix = f"{name}." if name else ""
-            units.append((f"{prefix}attn", "mha"))
-            units.append((f"{prefix}mlp", "mlp"))
+            if granularity == "block":
+                units.append((name, "block"))
+            else:
+                units.append((f"{prefix}attn", "mha"))
+                units.append((f"{prefix}mlp", "mlp"))
     return units
 
 
@@ -226,7 +239,11 @@ def _calib_tensor(calib, num_samples: int | None) -> torch.Tensor:
 
 
 def _probs_site(unit: nn.Module):
-    """``(module, how)``: where the attention probabilities of ``unit`` can be observed."""
+    """``(module, how)``: where the attention probabilities of ``unit`` (an attention module, or a
+    block with an ``attn`` child) can be observed."""
+    attn = getattr(unit, "attn", None)
+    if isinstance(attn, nn.Module):
+        unit = attn
     av = getattr(unit, "av", None)
     if isinstance(av, nn.Module):
         return av, "input0"
@@ -278,9 +295,10 @@ class _Capture:
             site, how = _probs_site(u)
             if site is None:
                 raise QuantizerError(f"cannot observe the attention probabilities of {type(u).__name__}")
-            if getattr(u, "fused_attn", False):
-                u.fused_attn = False
-                self.handles.append(_Restore(u, "fused_attn", True))
+            au = u.attn if isinstance(getattr(u, "attn", None), nn.Module) else u
+            if getattr(au, "fused_attn", False):
+                au.fused_attn = False
+                self.handles.append(_Restore(au, "fused_attn", True))
             if how == "input0":
                 self.handles.append(site.register_forward_pre_hook(
                     lambda _m, args: self.probs.append(args[0] if self.keep_grad else args[0].detach())))
@@ -385,9 +403,13 @@ def readout_rows(root: nn.Module, name: str, units: list[tuple[str, str]]) -> li
     ``units`` are all the model's units (:func:`find_amo_units`). Only the modules of the last
     block (the last two ``units``) of a timm model with
     ``global_pool == "token"`` qualify: its head reads ``x[:, 0]`` after that block, so the other
-    tokens' outputs of that block reach nothing.
+    tokens' outputs of that block reach nothing. With block units only the last unit qualifies.
     """
-    if getattr(root, "global_pool", None) != "token" or len(units) < 2:
+    if getattr(root, "global_pool", None) != "token" or not units:
+        return None
+    if units[-1][1] == "block":
+        return [0] if name == units[-1][0] else None
+    if len(units) < 2:
         return None
     if name not in {n for n, _ in units[-2:]} or units[-2][0].rsplit(".", 1)[0] != units[-1][0].rsplit(".", 1)[0]:
         return None
@@ -468,7 +490,7 @@ def prepare_amo(qmodel: nn.Module, calib, fp_model: nn.Module | None, config: AM
     cfg = replace(config or AMOConfig(), **overrides) if overrides else (config or AMOConfig())
     device = resolve_device(cfg.device)
     x_all = _calib_tensor(calib, cfg.num_samples)
-    units = units if units is not None else find_amo_units(qmodel)
+    units = units if units is not None else find_amo_units(qmodel, cfg.granularity)
     if not units:
         raise ValueError("no MHA / MLP modules found (blocks with 'attn' and 'mlp' children)")
     qroot = _root(qmodel)
@@ -478,8 +500,8 @@ def prepare_amo(qmodel: nn.Module, calib, fp_model: nn.Module | None, config: AM
     for name, kind in units:
         if name not in qmods or name not in fpmods:
             raise ValueError(f"module {name!r} not found in the quantized and FP models")
-        if kind not in ("mha", "mlp"):
-            raise ValueError(f"unit kind must be 'mha' or 'mlp', got {kind!r}")
+        if kind not in ("mha", "mlp", "block"):
+            raise ValueError(f"unit kind must be 'mha', 'mlp' or 'block', got {kind!r}")
     lazy = {id(l.weight_quantizer) for l in _weight_layers(qroot)}  # calibrate from their weight
     for m in qroot.modules():
         if isinstance(m, Quantizer) and m.enabled and id(m) not in lazy and (m.observing or not m.calibrated):
@@ -692,10 +714,10 @@ def reconstruct_unit(s: _Setup, name: str, kind: str, gen: torch.Generator) -> U
     t0 = time.time()
     cfg = s.cfg
     qunit, fpunit = s.qmods[name], s.fpmods[name]
-    use_kl = kind == "mha" and cfg.kl_weight > 0
+    use_kl = kind in ("mha", "block") and cfg.kl_weight > 0
     data = collect_unit_data(s, qunit, fpunit, use_kl)
     ln_ok = bool(data.weights)
-    rows = readout_rows(s.qroot, name, find_amo_units(s.qmodel)) if cfg.readout_last_block else None
+    rows = readout_rows(s.qroot, name, find_amo_units(s.qmodel, cfg.granularity)) if cfg.readout_last_block else None
     rows = restrict_to_readout_rows(data, rows)
     job = _UnitJob(name=name, qunit=qunit, data=data, use_kl=use_kl, rows=rows, power=target_power(data), device=s.device,
                    n_img=s.n_img, forward_batch=cfg.forward_batch)

@@ -200,6 +200,7 @@ def smoothing_factors(
     gamma: torch.Tensor | None = None,
     beta: torch.Tensor | None = None,
     bias: bool = True,
+    center: str = "mean",
 ) -> SmoothingFactors:
     """SQ-b factors ``mu`` and ``eps`` of one pair from activation statistics and the weight.
 
@@ -216,10 +217,18 @@ def smoothing_factors(
     bias : bool
         ``False`` gives plain SmoothQuant: ``mu = 0`` and ``eps = max|X|^alpha / max|W|^(1 - alpha)``
         (the "SQ" row of MPTQ-ViT's ablation); ``gamma == 0`` channels keep ``eps = 1``.
+    center : str
+        The shift ``mu`` of SQ-b: ``"mean"`` (the channel's mean over the calibration tokens) or
+        ``"midpoint"`` (``(max + min) / 2``, which centres the channel's range on zero, so that
+        ``max|X - mu|`` is as small as a shift can make it).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if center not in ("mean", "midpoint"):
+        raise ValueError(f"center must be 'mean' or 'midpoint', got {center!r}")
     mean = mean.to(torch.float64)
+    if center == "midpoint":
+        mean = (xmax.to(torch.float64) + xmin.to(torch.float64)) / 2
     if not bias:
         mean = torch.zeros_like(mean)
     act_range = torch.maximum(xmax.to(torch.float64) - mean, mean - xmin.to(torch.float64))
@@ -282,6 +291,7 @@ def smoothquant_bias(
     pairs: list[NormLinearPair] | None = None,
     progress: bool = True,
     bias: bool = True,
+    center: str = "mean",
 ) -> dict[str, SmoothingFactors]:
     """Apply SQ-b to every LayerNorm -> Linear pair of ``model`` in place.
 
@@ -302,7 +312,10 @@ def smoothquant_bias(
     progress : bool
         Show a tqdm progress bar.
     bias : bool
-        Apply the mean shift ``mu`` (SQ-b, default) or not (plain SmoothQuant).
+        Apply the shift ``mu`` (SQ-b, default) or not (plain SmoothQuant).
+    center : str
+        ``mu`` is the channel mean (``"mean"``) or the middle of its range (``"midpoint"``);
+        see :func:`smoothing_factors`.
 
     Returns
     -------
@@ -320,7 +333,8 @@ def smoothquant_bias(
     for p in pairs:
         mean, lo, hi = stats[p.norm_name]
         factors = smoothing_factors(
-            mean, lo, hi, _linear_weight(p.linear), alpha, p.norm.weight, p.norm.bias, bias=bias
+            mean, lo, hi, _linear_weight(p.linear), alpha, p.norm.weight, p.norm.bias, bias=bias,
+            center=center,
         )
         apply_smoothing(p.norm, p.linear, factors)
         applied[p.linear_name] = factors

@@ -258,3 +258,46 @@ def test_input_drop_mixes_fp_and_quantized_inputs():
     assert 0.25 < from_fp / (from_fp + from_q) < 0.35
     with pytest.raises(ValueError, match="input_drop"):
         AMOConfig(input_drop=1.5)
+
+
+def test_block_granularity_reconstructs_whole_blocks():
+    """granularity="block": one unit per transformer block (attention and MLP with both residual
+    additions), its error measured on the block's output, with the attention KL term; its initial
+    error equals the block output error computed independently."""
+    qvit, fp, x = quantized(seed=3)
+    assert find_amo_units(qvit, "block") == [("blocks.0", "block"), ("blocks.1", "block")]
+    from vitaccel.golden.reconstruct import readout_rows
+
+    units = find_amo_units(qvit, "block")
+    assert [readout_rows(qvit.model, n, units) for n, _ in units] == [None, [0]]
+    with torch.no_grad():
+        ref, before = fp.forward_features(x), qvit.model.forward_features(x)
+    # independently: block 0's output error on the quantized model's input to it, over the FP power
+    blk = qvit.model.blocks[0]
+    with torch.no_grad():
+        qin, tgt = [], []
+        h = blk.register_forward_pre_hook(lambda _m, a: qin.append(a[0]))
+        qvit(x)
+        h.remove()
+        h = fp.blocks[0].register_forward_hook(lambda _m, _a, o: tgt.append(o))
+        fp(x)
+        h.remove()
+        out = blk(qin[0])
+    ref0 = float(((out - tgt[0]) ** 2).mean() / (tgt[0] ** 2).mean())
+    reps = reconstruct_amo(qvit, x, fp_model=fp, iters=60, batch_size=8, progress=False,
+                           revert_if_worse=False, device="cpu", granularity="block")
+    assert [(r.name, r.kind) for r in reps] == [("blocks.0", "block"), ("blocks.1", "block")]
+    assert all(r.kl_before is not None and len(r.losses) == 60 for r in reps)
+    assert sum(r.mse_after for r in reps) < sum(r.mse_before for r in reps)
+    with torch.no_grad():
+        after = qvit.model.forward_features(x)
+    assert ((after - ref) ** 2).mean() < ((before - ref) ** 2).mean()
+    assert reps[0].mse_before == pytest.approx(ref0, rel=1e-4)
+    for name, wq in qvit.weight_quantizers():
+        if "blocks" in name:
+            assert set(wq.rounding_parameters()[0].unique().tolist()) <= {HARD_V, -HARD_V}
+    with pytest.raises(ValueError, match="granularity"):
+        AMOConfig(granularity="layer")
+    from vitaccel.golden.presets import QuantConfig
+    with pytest.raises(QuantizerError, match="granularity"):
+        QuantConfig(method="adfq", amo_granularity="layer")

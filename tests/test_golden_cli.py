@@ -170,3 +170,29 @@ def test_quant_config_rejects_bad_qdrop_probability():
     with pytest.raises(QuantizerError, match="amo_input_drop"):
         preset("adfq", "w4a4", amo_input_drop=1.5)
     assert preset("adfq", "w4a4", **ABLATIONS["no_qdrop"]).amo_input_drop == 0.0
+
+
+def test_cli_calibrate_block_amo(capsys, folder, tmp_path, monkeypatch):
+    """--amo-granularity block reconstructs whole blocks; the manifest records the choice and the
+    calibration report lists one AMO unit per block."""
+    from vitaccel.golden import reconstruct as rec
+    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
+    seen = []
+    real = rec.reconstruct_unit
+    monkeypatch.setattr(rec, "reconstruct_unit", lambda s, name, kind, gen: seen.append((name, kind))
+                        or real(s, name, kind, gen))
+    data, cmap = folder
+    prog = tmp_path / "prog"
+    code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
+                    "--method", "adfq", "--amo-iters", "2", "--amo-granularity", "block", "--bits", "w4a4",
+                    "--calib-size", "4", "--workers", "0", "-o", prog)
+    assert code == 0, out.err
+    man = json.loads((prog / "manifest.json").read_text())
+    assert man["config"]["amo_granularity"] == "block"
+    depth = len(tiny_vit().blocks)
+    assert seen == [(f"blocks.{i}", "block") for i in range(depth)]
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
+            "--method", "adfq", "--amo-granularity", "layer", "-o", tmp_path / "p2")
+    assert exc.value.code == 2 and "--amo-granularity: invalid choice" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists()

@@ -100,7 +100,7 @@ def _entry(row, seed, correct, grid=True):
     bits = "".join(str(c) for c in correct)
     t1 = 100 * sum(correct) / len(correct)
     return {"protocol": 2, "row": row, "eval_on": "eval", "eval_images": len(correct), "seed": seed,
-            "calib_size": 4, "bits": "w4a4", "top1": t1, "top5": t1, "grid_top1": t1, "grid_top5": t1,
+            "calib_size": 32, "bits": "w4a4", "top1": t1, "top5": t1, "grid_top1": t1, "grid_top5": t1,
             "grid_correct": bits, "float_correct": bits, "overrides": {}}
 
 
@@ -117,3 +117,36 @@ def test_benchmark_table_and_compare_on_synthetic_results():
     assert "+25.0 points" in lines[0] and "1 images only a:w4a4 right, 0 only b:w4a4" in lines[0]
     assert "+50.0 points" in lines[1] and "McNemar p = 0.5" in lines[1]
     assert "mean over 2 seeds): +37.5 points" in lines[2]
+
+
+def test_compare_selects_rows_by_calibration_size():
+    """``ROW@calibN`` compares the entries of one row calibrated on N images with another setup."""
+    acc = _accuracy_module()
+    big = _entry("a:w4a4", 0, [1, 1, 1, 1])
+    big["calib_size"] = 64
+    results = [_entry("a:w4a4", 0, [1, 0, 0, 0]), big]
+    lines = acc.compare(results, "a:w4a4@calib64", "a:w4a4@calib32")
+    assert "+75.0 points" in lines[0] and "3 images only a:w4a4@calib64 right" in lines[0]
+    # plain ROW is the preset's calibration size (32), whatever order the entries came in
+    assert "-75.0 points" in acc.compare(results, "a:w4a4", "a:w4a4@calib64")[0]
+    assert "| a (64 calibration images) | w4a4 |" in acc.split_table(results)
+    with pytest.raises(SystemExit, match="no protocol-2 results for a:w4a4@calib16"):
+        acc.compare(results, "a:w4a4@calib16", "a:w4a4")
+    with pytest.raises(SystemExit, match="ROW@itN"):
+        acc.compare(results, "a:w4a4@calib", "a:w4a4")
+
+
+def test_set_overrides_are_their_own_table_line_and_compare_ignores_them():
+    """An exploration entry run with ``--set`` (overrides beyond its row's own) neither replaces the
+    row's recorded entry of the same seed nor is compared in its place."""
+    acc = _accuracy_module()
+    tuned = _entry("a:w4a4", 0, [1, 1, 1, 1])
+    tuned["overrides"] = {"sq_alpha": 0.3}
+    results = [_entry("a:w4a4", 0, [1, 0, 0, 0]), tuned, _entry("b:w4a4", 0, [1, 0, 0, 0])]
+    text = acc.split_table(results)
+    assert "| a | w4a4 | 4 | 0 | 25.0 |" in text and "| a [sq_alpha=0.3] | w4a4 | 4 | 0 | 100.0 |" in text
+    assert "+0.0 points" in acc.compare(results, "a:w4a4", "b:w4a4")[0]
+    # a row's own overrides (from ROWS) are not extras
+    own = _entry("mptq-sp:w4a4", 0, [1, 0, 0, 0])
+    own["overrides"] = dict(acc.ROWS["mptq-sp:w4a4"][2])
+    assert acc._extra_set(own) == {}
