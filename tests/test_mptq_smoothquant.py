@@ -170,3 +170,24 @@ def test_plain_smoothquant_without_bias():
     assert all((a.mu == 0).all() for a in applied.values())
     with torch.no_grad():
         torch.testing.assert_close(model(test), before, rtol=1e-4, atol=1e-4)
+
+
+def test_midpoint_centre():
+    """center="midpoint": mu = (max + min) / 2, eps from the half range (max - min) / 2; FP kept."""
+    xmin, xmax = torch.tensor([-1.0, -4.0, 0.5]), torch.tensor([3.0, 2.0, 2.0])
+    mean = torch.tensor([1.0, -1.0, 1.2])
+    w = torch.tensor([[1.0, -0.25, 4.0], [-2.0, 0.5, 1.0]])
+    f = smoothing_factors(mean, xmin, xmax, w, alpha=0.5, center="midpoint")
+    torch.testing.assert_close(f.mu, torch.tensor([1.0, -1.0, 1.25]))
+    # half ranges 2, 3, 0.75 ; max|W| per input column 2, 0.5, 4
+    torch.testing.assert_close(f.eps, torch.tensor([math.sqrt(2.0 / 2), math.sqrt(3.0 / 0.5), math.sqrt(0.75 / 4)]))
+    with pytest.raises(ValueError, match="center"):
+        smoothing_factors(mean, xmin, xmax, w, center="median")
+    model = tiny_vit()
+    test = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = model(test)
+    applied = smoothquant_bias(model, torch.randn(8, 3, 32, 32), progress=False, center="midpoint")
+    assert any((a.mu != 0).any() for a in applied.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(test), before, rtol=1e-4, atol=1e-4)
