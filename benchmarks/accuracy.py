@@ -67,9 +67,17 @@ for _b in ("w4a4", "w6a6"):
                              {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"], **ABLATIONS["no_sq_bias"]})
     ROWS[f"mptq-sqb:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_three_region"]})
     ROWS[f"mptq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"]})
-    ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian"})
+    ROWS[f"mptq-sp-hess:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian", "act_metric": "mse"})
     ROWS[f"mptq-sp-hall:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], "fc2_metric": "hessian", "act_metric": "hessian"})
     ROWS[f"mptq-nosq-sp:{_b}"] = ("mptq", _b, {**ABLATIONS["no_mp"], **ABLATIONS["no_sq"]})
+    # the paper's base framework without SQ-b / OPT-m: per-tensor ranges by the Hessian-guided metric
+    ROWS[f"baseline-hess:{_b}"] = ("baseline", _b, {"act_metric": "hessian"})
+    # the mptq preset before session 24 (ranges and OPT-m by the MSE metric); rows recorded then
+    ROWS[f"mptq-mse:{_b}"] = ("mptq", _b, {"fc2_metric": "mse", "act_metric": "mse"})
+    ROWS[f"mptq-mse-sq:{_b}"] = ("mptq", _b, {**ROWS[f"mptq-sq:{_b}"][2], "fc2_metric": "mse", "act_metric": "mse"})
+    ROWS[f"mptq-mse-sqb:{_b}"] = ("mptq", _b, {**ROWS[f"mptq-sqb:{_b}"][2], "fc2_metric": "mse", "act_metric": "mse"})
+ROWS["mptq-mse-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0, "fc2_metric": "mse", "act_metric": "mse"})
+ROWS["mptq-mse-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0, "fc2_metric": "mse", "act_metric": "mse"})
 ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
 ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
 

@@ -119,8 +119,10 @@ def preset(method: str, bits: str = "w4a4", **overrides) -> QuantConfig:
     elif method == "adfq":
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, poq=True, poq_mode="dynamic", fc2="slq", amo=True,
                           adaround=True)
-    elif method == "mptq":  # single precision (the paper's Table 1/2) unless a Greedy MP target is given
+    elif method == "mptq":  # single precision (the paper's Table 1/2) unless a Greedy MP target is given;
+        # ranges and OPT-m chosen by the paper's Hessian-guided metric (docs/accuracy.md, session 24)
         cfg = QuantConfig(method=method, w_bits=w, a_bits=a, smoothquant=True, fc2="three_region",
+                          fc2_metric="hessian", act_metric="hessian",
                           mixed_precision=overrides.get("mp_target_bits") is not None)
     else:
         raise QuantizerError(f"unknown method {method!r}; choose one of {METHODS}")
