@@ -400,7 +400,8 @@ def _sim_check(entry_row, prog, qvit, x, y, pred, fpred, n_images, record):
             "sim_bit_identical": same,
             "fq_top1_same_images": 100 * (pred[:n] == y[:n]).float().mean().item(),
             "sim_seconds": round(time.time() - ts),
-            "sim_backend": runner.run_layer.__module__ + "." + runner.run_layer.__name__})
+            "sim_backend": "golden.int_eval.ProgramRunner (" + ("numpy reference" if runner.reference
+                                                               else "numba / int8 batched plans") + ")"})
 
 
 def main(argv=None):

@@ -150,3 +150,33 @@ def test_set_overrides_are_their_own_table_line_and_compare_ignores_them():
     own = _entry("mptq-sp:w4a4", 0, [1, 0, 0, 0])
     own["overrides"] = dict(acc.ROWS["mptq-sp:w4a4"][2])
     assert acc._extra_set(own) == {}
+
+
+def test_sim_check_records_agreement_with_the_integer_grid():
+    """``--sim-row``: the program runs through the integer simulator; the record says how many logits
+    are bit-identical to the integer-grid fake-quant model and which backend ran."""
+    import copy
+
+    import torch
+    from golden_helpers import calibrated, images
+
+    from vitaccel.golden.int_eval import ProgramRunner
+    from vitaccel.golden.program import export_program
+
+    acc = _accuracy_module()
+    qvit = copy.deepcopy(calibrated("baseline"))
+    prog = export_program(qvit)
+    x = images(4, seed=5)
+    y = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        fpred = qvit(x).argmax(-1)
+        qvit.use_integer_grid(prog)
+        grid = qvit(x)
+        qvit.use_float_fakequant()
+    rec = []
+    acc._sim_check("baseline:w4a4 seed 0", prog, qvit, x, y, grid.argmax(-1), fpred, 3, rec.append)
+    (r,) = rec
+    sim = torch.stack([ProgramRunner(prog).run_image(img) for img in x[:3]])
+    assert r["row"] == "baseline:w4a4 seed 0 int-sim" and r["sim_images"] == 3
+    assert r["sim_bit_identical"] == sum(bool(torch.equal(a, b)) for a, b in zip(sim, grid[:3])) == 3
+    assert r["sim_agreement"] == 100.0 and "numba" in r["sim_backend"]
