@@ -238,12 +238,16 @@ def _calib_tensor(calib, num_samples: int | None) -> torch.Tensor:
     return x[:num_samples] if num_samples is not None else x
 
 
+def _attention(unit: nn.Module) -> nn.Module:
+    """The attention module of ``unit``: its ``attn`` child (a block unit), else ``unit`` itself."""
+    attn = getattr(unit, "attn", None)
+    return attn if isinstance(attn, nn.Module) else unit
+
+
 def _probs_site(unit: nn.Module):
     """``(module, how)``: where the attention probabilities of ``unit`` (an attention module, or a
     block with an ``attn`` child) can be observed."""
-    attn = getattr(unit, "attn", None)
-    if isinstance(attn, nn.Module):
-        unit = attn
+    unit = _attention(unit)
     av = getattr(unit, "av", None)
     if isinstance(av, nn.Module):
         return av, "input0"
@@ -295,7 +299,7 @@ class _Capture:
             site, how = _probs_site(u)
             if site is None:
                 raise QuantizerError(f"cannot observe the attention probabilities of {type(u).__name__}")
-            au = u.attn if isinstance(getattr(u, "attn", None), nn.Module) else u
+            au = _attention(u)
             if getattr(au, "fused_attn", False):
                 au.fused_attn = False
                 self.handles.append(_Restore(au, "fused_attn", True))

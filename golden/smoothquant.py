@@ -226,9 +226,9 @@ def smoothing_factors(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if center not in ("mean", "midpoint"):
         raise ValueError(f"center must be 'mean' or 'midpoint', got {center!r}")
-    mean = mean.to(torch.float64)
     if center == "midpoint":
-        mean = (xmax.to(torch.float64) + xmin.to(torch.float64)) / 2
+        mean = (xmax.to(torch.float64) + xmin.to(torch.float64)) / 2  # used as mu below, like the mean
+    mean = mean.to(torch.float64)
     if not bias:
         mean = torch.zeros_like(mean)
     act_range = torch.maximum(xmax.to(torch.float64) - mean, mean - xmin.to(torch.float64))
