@@ -51,7 +51,7 @@ Stream order (what the host / DMA must send): tiles are visited column block out
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -65,7 +65,7 @@ from .engine_drain import DrainPipeline, OutputStage
 from .engine_layouts import OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, out_layout, rowp_layout
 from .mac_array import MacArray
 from .outlier_unit import OutlierUnit, outlier_beat_layout
-from .stall import GlobalStall, mac_en_groups
+from .stall import BACK_END_DELAY, BackEndEnable, GlobalStall, connect_delayed, delay_line, mac_en_groups
 
 __all__ = ["LayerEngine", "build_engine", "cmd_layout", "rowp_layout", "colp_layout", "out_layout", "ZA_BITS"]
 
@@ -124,8 +124,13 @@ class LayerEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
+        R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
-        stall = m.submodules.stall = GlobalStall(streams, cfg.rows, cfg.cols, OUT_FIFO_DEPTH)
+        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH)
+        groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 3}
+        if cfg.has_outliers:
+            groups["ou"] = R
+        back = m.submodules.back_en = BackEndEnable(groups)
         ctl = m.submodules.control = EngineController(cfg)
         bbuf = m.submodules.bbuf = BBuffer(cfg)
         cols = m.submodules.columns = ColumnParams(cfg)
@@ -133,71 +138,86 @@ class LayerEngine(wiring.Component):
         drain = m.submodules.drain = DrainPipeline(cfg)
         outs = m.submodules.output = OutputStage(cfg)
         en, lc, start = stall.en, ctl.layer, ctl.status.start
+        self._late = lambda v, name: delay_line(m, v, d, name)      # front end -> back end
+        late_start = self._late(start, "start")
+        en_cols, en_drain, en_out = back.en.unit
 
-        # streams in and out; the controller's state and strobes to the units it schedules
+        # front end: streams in, the controller's state and strobes to the units it schedules
         for name in streams:
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(stall, name))
         wiring.connect(m, wiring.flipped(self.cmd), ctl.cmd)
-        wiring.connect(m, outs.out, wiring.flipped(self.out))
         wiring.connect(m, ctl.status, stall.status)
         wiring.connect(m, ctl.need, stall.need)
         wiring.connect(m, bbuf.need, stall.need_b)
-        wiring.connect(m, outs.fifo, stall.fifo)
         wiring.connect(m, ctl.loader, bbuf.ctl)
         wiring.connect(m, ctl.b_read, bbuf.read)
-        wiring.connect(m, bbuf.load, cols.load)
-        wiring.connect(m, ctl.columns, cols.ctl)
         wiring.connect(m, ctl.descriptors, desc.ctl)
-        wiring.connect(m, ctl.drain, drain.ctl)
-        wiring.connect(m, drain.o, outs.i)
         m.d.comb += [
-            ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), cols.en.eq(en.ctl), outs.en.eq(en.ctl),
-            drain.en.eq(en.drain), drain.en_col.eq(en.col), outs.en_col.eq(en.col),
-            drain.start.eq(start), outs.clear.eq(start),
-            bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b), cols.colp.eq(stall.head.colp), desc.rowp.eq(stall.head.rowp),
-            desc.drain_row.eq(ctl.drain.row), drain.za.eq(desc.za), drain.mr.eq(desc.mr),
-            drain.colsum.eq(cols.colsum), drain.params.eq(cols.params), drain.fo.eq(lc.fo), drain.n.eq(lc.n),
-            outs.sr.eq(lc.sr), outs.z_out.eq(lc.z_out), outs.out_fmt.eq(lc.out_fmt), outs.out_k.eq(lc.out_k),
-            outs.n.eq(lc.n),
+            back.x_adv.eq(stall.x_adv), back.x_hold.eq(stall.x_hold), back.start.eq(start),
+            ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(ctl.drain.row),
         ]
-        self._operands(m, stall, ctl, bbuf, drain)
+        # back end (BACK_END_DELAY cycles later): column parameters, drain, output stage
+        wiring.connect(m, outs.out, wiring.flipped(self.out))
+        wiring.connect(m, outs.fifo, stall.fifo)
+        wiring.connect(m, drain.o, outs.i)
+        connect_delayed(m, bbuf.load, cols.load, d, "load")
+        connect_delayed(m, ctl.columns, cols.ctl, d, "columns")
+        connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
+        m.d.comb += [
+            cols.en.eq(en_cols), cols.colp.eq(self._late(stall.head.colp, "colp")),
+            drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
+            drain.za.eq(self._late(desc.za, "za")), drain.mr.eq(self._late(desc.mr, "mr")),
+            drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
+            drain.fo.eq(self._late(lc.fo, "fo")), drain.n.eq(self._late(lc.n, "n")),
+            outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
+            *[getattr(outs, k).eq(self._late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
+        ]
+        self._operands(m, stall, ctl, bbuf, drain, back)
         if cfg.has_outliers:
-            self._outliers(m, stall, ctl, bbuf, desc, drain)
+            self._outliers(m, stall, ctl, bbuf, desc, drain, back, late_start)
         else:
             m.d.comb += [self.overflow.eq(0), self.range_error.eq(0)]
-        m.d.comb += [self.busy.eq(ctl.status.busy), self.cycles.eq(ctl.cycles), self.acc_fault.eq(outs.acc_fault)]
+        # busy until the back end has pushed the layer's last row (busy of the last d cycles)
+        busy = [ctl.status.busy]
+        for i in range(d):
+            busy.append(delay_line(m, busy[-1], 1, f"busy_back{i}"))
+        m.d.comb += [self.busy.eq(Cat(*busy).any()), self.cycles.eq(ctl.cycles), self.acc_fault.eq(outs.acc_fault)]
         return m
 
-    def _operands(self, m, stall, ctl, bbuf, drain):
-        """Operand decoder and MAC array (docs/datapath.md sections 4 and 6, ``acc_raw``)."""
-        cfg, lc = self.cfg, ctl.layer
+    def _operands(self, m, stall, ctl, bbuf, drain, back):
+        """Operand decoder (front end) and MAC array (back end) (docs/datapath.md sections 4 and 6)."""
+        cfg, lc, late = self.cfg, ctl.layer, self._late
         dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols)
         m.d.comb += [
             dec.i.valid.eq(1), dec.o.ready.eq(stall.en.dec), dec.clear.eq(ctl.status.start),
             dec.fmt.eq(lc.a_fmt), dec.bits.eq(lc.a_k), dec.m0.eq(lc.m0), dec.m1.eq(lc.m1),
-            mac.en.eq(stall.en.mac), mac.valid.eq(ctl.mac.valid), mac.first.eq(ctl.mac.first),
-            mac.last.eq(ctl.mac.last), mac.b.eq(bbuf.row), mac.drain_row.eq(drain.rows),
-            drain.acc.eq(mac.shadow_row), self.invalid_code.eq(dec.invalid_seen),
+            self.invalid_code.eq(dec.invalid_seen),
+            mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")), mac.drain_row.eq(drain.rows),
+            drain.acc.eq(mac.shadow_row),
         ]
+        connect_delayed(m, ctl.mac, mac, BACK_END_DELAY, "mac", names=("valid", "first", "last"))
+        triples = late(dec.o.payload, "mac_a")
         for r in range(cfg.rows):     # A codes enter the decoder only on issue cycles (else code 0)
-            d = dec.o.payload[r]
+            d = triples[r]
             m.d.comb += [dec.i.payload[r].eq(Mux(ctl.mac.issue, stall.head.a[r], 0)),
                          mac.a[r].neg.eq(d.neg), mac.a[r].mag.eq(d.mag), mac.a[r].sh.eq(d.sh)]
 
-    def _outliers(self, m, stall, ctl, bbuf, desc, drain):
-        """Sparse outlier unit (docs/datapath.md section 5) and its B buffer read ports."""
-        cfg = self.cfg
+    def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
+        """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""
+        cfg, late = self.cfg, self._late
         ou = m.submodules.outliers = OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
                                                  cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
                                                  en_copies=cfg.rows, drain_copies=cfg.cols)
+        connect_delayed(m, ctl.outliers, ou, BACK_END_DELAY, "outl", names=("issue", "row0", "m", "tile_start"))
         m.d.comb += [
-            ou.en.eq(stall.en.ou), ou.issue.eq(ctl.outliers.issue), ou.entries.eq(stall.head.outl),
-            ou.row0.eq(ctl.outliers.row0), ou.m.eq(ctl.outliers.m), ou.k.eq(ctl.layer.k),
-            ou.tile_start.eq(ctl.outliers.tile_start), ou.tile_count.eq(desc.cur_n_out),
-            ou.drain.eq(ctl.drain.issue), ou.drain_row.eq(drain.rows), ou.clear.eq(ctl.status.start),
-            bbuf.outl_next.eq(stall.outl_next), bbuf.outl_en.eq(stall.en.ou[0]), ou.rd_data.eq(bbuf.outl_rows),
+            ou.en.eq(back.en.ou), ou.entries.eq(late(stall.head.outl, "outl_entries")), ou.k.eq(late(ctl.layer.k, "k")),
+            ou.tile_count.eq(late(desc.cur_n_out, "tile_count")), ou.drain.eq(late(ctl.drain.issue, "outl_drain")),
+            ou.drain_row.eq(drain.rows), ou.clear.eq(late_start),
+            bbuf.outl_next.eq(stall.outl_next), bbuf.outl_en.eq(stall.en.buf),
+            ou.rd_data.eq(late(bbuf.outl_rows, "outl_rows")),
             drain.corr.eq(ou.corr_row), self.overflow.eq(ou.overflow), self.range_error.eq(ou.range_error),
         ]
 

@@ -169,7 +169,8 @@ class OutputStage(wiring.Component):
 
     Each requantiser advances with its column's enable copy (``o.ready``; its input is always
     valid).  Requantiser 0 carries the row's tag (valid, row, column); a valid tag at its output
-    is pushed into the FIFO when the engine advances (``fifo.pending``: the global stall counts it).
+    is pushed into the FIFO when the engine advances (the global stall keeps room for it from the
+    FIFO ``level``, hw/stall.py ``fifo_threshold``).
 
     Parameters
     ----------
@@ -190,7 +191,7 @@ class OutputStage(wiring.Component):
     out : Out(stream.Signature(out_layout(cols)))
         Output rows.
     fifo : Out(FifoFill)
-        FIFO level and a pending push, for the global stall.
+        FIFO level, for the global stall.
     acc_fault : Out(1)
         Sticky: a lane inside the layer did not fit ``acc_bits`` (drain or requantiser ``t``).
     """
@@ -228,7 +229,7 @@ class OutputStage(wiring.Component):
             outs.append(rq.o.payload)
         tag0 = outs[0].tag
         push = Signal()
-        m.d.comb += [push.eq(self.en & tag0[0]), self.fifo.pending.eq(tag0[0]), self.fifo.level.eq(fifo.level)]
+        m.d.comb += [push.eq(self.en & tag0[0]), self.fifo.level.eq(fifo.level)]
         w = Signal(out_layout(C))
         m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(tag0[1 + DIM_BITS:])]
         m.d.comb += [x for c in range(C) for x in (w.data[c].eq(outs[c].value), w.sat[c].eq(outs[c].sat))]

@@ -30,8 +30,9 @@ __all__ = [
 ZA_BITS = 24
 #: Output lane width (``fixed32`` is the widest output format).
 OUT_BITS = 32
-#: Output FIFO depth; the engine advances only if the FIFO has a free entry in the next cycle.
-OUT_FIFO_DEPTH = 4
+#: Output FIFO depth; the engine advances only if the FIFO has room for every row that may still
+#: reach it (hw/stall.py ``fifo_threshold``: level <= depth - 3 - BACK_END_DELAY).
+OUT_FIFO_DEPTH = 8
 
 #: Command (layer configuration), accepted when the engine is idle; starts the layer.
 cmd_layout = data.StructLayout({
@@ -147,6 +148,5 @@ def DrainedRowSignature(cols: int, acc_bits: int) -> wiring.Signature:
     })
 
 
-#: Output FIFO fill seen by the global stall: ``level`` entries, and a row ``pending`` in the
-#: requantisers that enters the FIFO if the engine advances.
-FifoFill = wiring.Signature({"level": Out(range(OUT_FIFO_DEPTH + 1)), "pending": Out(1)})
+#: Output FIFO fill seen by the global stall: ``level`` entries (hw/stall.py ``fifo_threshold``).
+FifoFill = wiring.Signature({"level": Out(range(OUT_FIFO_DEPTH + 1))})

@@ -1,26 +1,42 @@
-"""Registered global stall of the layer engine: input skid buffers and the enable register copies.
+"""Registered global stall of the layer engine: skid buffers, enable copies, the delayed back end.
 
-The engine (:mod:`hw.engine`) is a statically scheduled machine with a global stall: all its
-registers advance together when the enable ``en`` is high.  To keep ``en`` off the critical path it
-is a *register* (several identical copies, one per group of loads, see :func:`enable_copies`),
-computed one cycle ahead from registered state only:
+The engine (:mod:`hw.engine`) is a statically scheduled machine with a global stall: its registers
+advance together when the enable ``en`` is high.  To keep ``en`` off the critical path it is a
+*register* (several identical copies, see :func:`enable_copies`), computed one cycle ahead from
+registered state only:
 
 * every input stream enters through a 2-entry :class:`SkidBuffer`, whose ``ready`` is a register
   bit and whose occupancy in the next cycle is known one cycle ahead;
 * the controller computes which streams the schedule needs in the next cycle, both for the case
   that the engine advances now (``en = 1``) and for the case that it stalls (``en = 0``, then the
   needs stay as they are);
-* the output FIFO is required to have a free entry in the next cycle even if nothing is read from
-  it (an "almost full" threshold).
+* the output FIFO is required to have room for every row that can still reach it (below).
 
 Each copy ``en_i`` is loaded with ``Mux(en_i, X1, X0)`` where ``X1`` / ``X0`` are the next-cycle
 enable for "advance now" / "stall now".  The copies are always equal, but each one feeds back into
 its own next-state multiplexer, so synthesis cannot merge them (yosys ``opt_merge`` merges only
 structurally identical flip-flops).
 
-:class:`GlobalStall` puts these together for the engine: the five input skid buffers, the
-next-cycle enable (from the controller's stream needs, the buffers' next-cycle occupancy and the
-output FIFO fill) and every enable copy.
+Front end and delayed back end
+------------------------------
+Only the *front end* (controller, skid buffers, operand decoder, B buffer, tile descriptors) runs on
+``en`` itself.  The *back end* (MAC array, outlier unit, column parameters, drain, requantisers,
+output FIFO) is the same machine :data:`BACK_END_DELAY` cycles later: every signal it takes from the
+front end passes through that many free-running registers (:func:`delay_line`,
+:func:`connect_delayed`), and its enable copies are ``en`` delayed by as many cycles
+(:class:`BackEndEnable`: the recurrence ``e <= Mux(e, X1, X0)`` on ``X1`` / ``X0`` delayed, so the
+copies stay distinct registers).  A back-end register therefore holds at cycle ``t`` exactly what it
+held at ``t - BACK_END_DELAY`` in an engine without the delay, and the output rows, their order and
+the ``en`` cycle count are unchanged.  The gain: the enable's logic and its copies sit in the front
+end; only plain registers and the delayed copies' one-LUT recurrence span the array.
+
+The output FIFO is the one feedback from back to front: a decision ``en = 1`` taken now pushes its row
+up to ``BACK_END_DELAY + 1`` cycles later, so the stall requires (from a registered copy of the FIFO
+level, one cycle old) ``level <= depth - 1 - (BACK_END_DELAY + 2)`` (:func:`fifo_threshold`).
+
+:class:`GlobalStall` puts the front-end part together: the five input skid buffers, the next-cycle
+enable (from the controller's stream needs, the buffers' next-cycle occupancy and the FIFO check)
+and the front end's enable copies.
 """
 from __future__ import annotations
 
@@ -30,7 +46,11 @@ from amaranth.lib.wiring import In, Out
 
 from .engine_layouts import FifoFill, StatusSignature, StreamNeed
 
-__all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_en_groups"]
+__all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_en_groups", "BACK_END_DELAY",
+           "BackEndEnable", "delay_line", "connect_delayed", "fifo_threshold"]
+
+#: Cycles between the engine's front end and its back end (module docstring).
+BACK_END_DELAY = 2
 
 #: PEs per copy of the enable register (and of the product-stage control) in the MAC array.
 PES_PER_ENABLE = 4
@@ -108,6 +128,37 @@ class SkidBuffer(wiring.Component):
         return m
 
 
+def fifo_threshold(depth: int, delay: int = BACK_END_DELAY) -> int:
+    """Highest output FIFO level (as registered one cycle earlier) at which the engine may advance.
+
+    A decision taken in cycle ``t`` (``en`` of cycle ``t + 1``) pushes its row in cycle
+    ``t + 1 + delay`` at the latest; between the level register's sample (cycle ``t - 1``) and that
+    push at most ``delay + 2`` rows enter the FIFO, so the level must be at most
+    ``depth - 1 - (delay + 2)`` for the push to find a free entry.
+    """
+    thr = depth - 3 - delay
+    if thr < 0:
+        raise ValueError(f"output FIFO depth {depth} is too small for a back-end delay of {delay}")
+    return thr
+
+
+def delay_line(m: Module, value, cycles: int, name: str):
+    """``value`` delayed by ``cycles`` free-running registers (``value`` itself for 0 cycles)."""
+    shape = value.shape()
+    for i in range(cycles):
+        reg = Signal(shape, name=f"{name}_d{i + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+def connect_delayed(m: Module, src, dst, cycles: int, prefix: str, names=None):
+    """Drive every port of ``dst`` (or those in ``names``) from the same-named port of ``src``,
+    delayed by ``cycles`` registers (:func:`delay_line`)."""
+    for name in names or dst.signature.members:
+        m.d.comb += getattr(dst, name).eq(delay_line(m, getattr(src, name), cycles, f"{prefix}_{name}"))
+
+
 def enable_copies(m: Module, n: int, x_adv, x_hold, clear, prefix: str = "en") -> list[Signal]:
     """``n`` identical enable registers: ``en_i <= ~clear & Mux(en_i, x_adv, x_hold)``.
 
@@ -130,13 +181,14 @@ def enable_copies(m: Module, n: int, x_adv, x_hold, clear, prefix: str = "en") -
 
 
 class GlobalStall(wiring.Component):
-    """Input skid buffers and the registered global enable of the layer engine (all its copies).
+    """Input skid buffers and the registered global enable of the layer engine's front end.
 
     In every cycle the engine either advances (all registers load) or stalls (all hold).  The
     enable of the next cycle is ``x_adv`` if the engine advances now and ``x_hold`` if it stalls now
     (see the module docstring), where ``x`` requires: a layer is running, every stream the schedule
-    needs in the next cycle will hold a beat, and the output FIFO has a free entry even if nothing
-    is read from it and a pending row is pushed.
+    needs in the next cycle will hold a beat, and the output FIFO has room for every row the back end
+    may still push (:func:`fifo_threshold`).  ``x_adv`` / ``x_hold`` are outputs too: the back end's
+    enable copies (:class:`BackEndEnable`) are built from them.
 
     Parameters
     ----------
@@ -144,10 +196,10 @@ class GlobalStall(wiring.Component):
         Input streams (name -> payload shape) in the order the enable terms are built; each gets a
         2-entry :class:`SkidBuffer`.  ``"b"`` is the B loader's stream, the others are the
         controller's (see ``need``).
-    rows, cols : int
-        MAC array size (number of enable copies).
     fifo_depth : int
         Output FIFO depth.
+    delay : int
+        Back-end delay (:data:`BACK_END_DELAY`).
 
     Attributes
     ----------
@@ -165,20 +217,19 @@ class GlobalStall(wiring.Component):
     status : In(StatusSignature)
         ``start`` (clears every enable copy), ``busy``, ``busy_adv``.
     fifo : In(FifoFill)
-        Output FIFO ``level`` and ``pending`` (a row enters it if the engine advances).
+        Output FIFO ``level``.
     en : Out(Signature)
-        Identical enable copies: ``ctl`` (controller, loader, buffers, output push), ``dec``
-        (operand decoder), ``drain`` (drain row stages), ``mac`` (one per
-        :func:`mac_en_groups` group of PEs), ``col`` (one per output column), ``ou`` (one per
-        outlier correction row; only with an ``outl`` stream).
+        Identical enable copies of the front end: ``ctl`` (controller, B loader), ``dec`` (operand
+        decoder), ``buf`` (B buffer read registers, tile descriptors).
+    x_adv, x_hold : Out(1)
+        Next-cycle enable if the engine advances / stalls now (for :class:`BackEndEnable`).
     """
 
-    def __init__(self, streams: dict, rows: int, cols: int, fifo_depth: int):
-        self.streams, self.rows, self.cols, self.fifo_depth = dict(streams), rows, cols, fifo_depth
+    def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY):
+        self.streams, self.fifo_depth, self.delay = dict(streams), fifo_depth, delay
+        self.threshold = fifo_threshold(fifo_depth, delay)
         has_outl = "outl" in streams
-        en = {"ctl": Out(1), "dec": Out(1), "drain": Out(1), "mac": Out(mac_en_groups(rows, cols)), "col": Out(cols)}
-        if has_outl:
-            en["ou"] = Out(rows)
+        en = {"ctl": Out(1), "dec": Out(1), "buf": Out(1)}
         ports = {name: In(stream.Signature(shape)) for name, shape in streams.items()}
         ports.update({
             "head": Out(wiring.Signature({name: Out(shape) for name, shape in streams.items()})),
@@ -187,6 +238,8 @@ class GlobalStall(wiring.Component):
             "status": In(StatusSignature),
             "fifo": In(FifoFill),
             "en": Out(wiring.Signature(en)),
+            "x_adv": Out(1),
+            "x_hold": Out(1),
         })
         if has_outl:
             ports["outl_next"] = Out(streams["outl"])
@@ -205,24 +258,59 @@ class GlobalStall(wiring.Component):
         if "outl" in bufs:
             m.d.comb += self.outl_next.eq(bufs["outl"].head_next)
         # next-cycle enable: x_adv if the engine advances now, x_hold if it stalls now
-        st, fifo = self.status, self.fifo
-        ok_adv = st.busy_adv & (fifo.level + fifo.pending <= self.fifo_depth - 1)
-        ok_hold = st.busy & (fifo.level <= self.fifo_depth - 1)
+        st = self.status
+        fifo_ok = Signal()          # the FIFO level of the last cycle leaves room (fifo_threshold)
+        m.d.sync += fifo_ok.eq(self.fifo.level <= self.threshold)
+        ok_adv = st.busy_adv & fifo_ok
+        ok_hold = st.busy & fifo_ok
         for name, buf in bufs.items():
             ok_adv = ok_adv & (~need_adv[name] | Mux(need[name], buf.avail_if_pop, buf.avail_if_hold))
             ok_hold = ok_hold & (~need[name] | buf.avail_if_hold)
         x_adv, x_hold = Signal(), Signal()
-        m.d.comb += [x_adv.eq(ok_adv), x_hold.eq(ok_hold)]
-        R, C = self.rows, self.cols
-        copies = {
-            "mac": enable_copies(m, mac_en_groups(R, C), x_adv, x_hold, st.start, "en_mac"),
-            "col": enable_copies(m, C, x_adv, x_hold, st.start, "en_col"),
-        }
-        copies["ctl"], copies["dec"], copies["drain"] = enable_copies(m, 3, x_adv, x_hold, st.start, "en_unit")
-        if "outl" in bufs:
-            copies["ou"] = enable_copies(m, R, x_adv, x_hold, st.start, "en_ou")
-        for name, sigs in copies.items():
-            m.d.comb += getattr(self.en, name).eq(sigs if isinstance(sigs, Signal) else Cat(*sigs))
+        m.d.comb += [x_adv.eq(ok_adv), x_hold.eq(ok_hold), self.x_adv.eq(x_adv), self.x_hold.eq(x_hold)]
+        ctl, dec, buf_en = enable_copies(m, 3, x_adv, x_hold, st.start, "en_unit")
+        m.d.comb += [self.en.ctl.eq(ctl), self.en.dec.eq(dec), self.en.buf.eq(buf_en)]
         for name, buf in bufs.items():
-            m.d.comb += buf.pop.eq(copies["ctl"] & need[name])
+            m.d.comb += buf.pop.eq(ctl & need[name])
+        return m
+
+
+class BackEndEnable(wiring.Component):
+    """Enable copies of the engine's back end: the front end's ``en`` delayed by ``delay`` cycles.
+
+    ``en(t + 1) = ~start(t) & Mux(en(t), x_adv(t), x_hold(t))``, so ``en(t - d)`` obeys the same
+    recurrence on ``start``, ``x_adv`` and ``x_hold`` delayed by ``d``.  Each copy runs that
+    recurrence on its own output (:func:`enable_copies`), so the copies stay distinct registers
+    (a plain delay tree would be merged into one flip-flop by synthesis) and each is one LUT away
+    from the three delayed inputs.
+
+    Parameters
+    ----------
+    groups : dict of str to int
+        Copy groups (name -> number of copies).
+    delay : int
+        Back-end delay in cycles (>= 1).
+
+    Attributes
+    ----------
+    x_adv, x_hold, start : In(1)
+        The front end's next-cycle enable terms and layer start (:class:`GlobalStall`).
+    en : Out(Signature)
+        ``en.<group>``: that group's copies, each equal to the front end's ``en`` ``delay`` cycles ago.
+    """
+
+    def __init__(self, groups: dict, delay: int = BACK_END_DELAY):
+        if delay < 1:
+            raise ValueError(f"BackEndEnable: delay must be >= 1, got {delay}")
+        self.groups, self.delay = dict(groups), delay
+        super().__init__({
+            "x_adv": In(1), "x_hold": In(1), "start": In(1),
+            "en": Out(wiring.Signature({name: Out(n) for name, n in self.groups.items()})),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        xa, xh, clear = (delay_line(m, getattr(self, n), self.delay, f"be_{n}") for n in ("x_adv", "x_hold", "start"))
+        for name, n in self.groups.items():
+            m.d.comb += getattr(self.en, name).eq(Cat(*enable_copies(m, n, xa, xh, clear, f"en_{name}")))
         return m

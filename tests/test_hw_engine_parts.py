@@ -176,22 +176,22 @@ def test_engine_controller_follows_the_schedule_under_random_stalls(cfg):
 # ------------------------------------------------------------------------------------------ global stall
 def test_global_stall_enable_buffers_and_invariants():
     streams = {"a": 4, "b": 3, "colp": 5, "rowp": 2, "outl": 6}
-    depth = 4
-    dut = GlobalStall(streams, rows=2, cols=3, fifo_depth=depth)
+    depth, delay = 7, 2
+    dut = GlobalStall(streams, fifo_depth=depth, delay=delay)
     rng = random.Random(5)
-    counts = {"pops": 0, "en": 0, "stalls": 0}
+    counts = {"pops": 0, "en": 0, "stalls": 0, "fifo_stalls": 0, "pushes": 0, "max_level": 0}
 
     async def bench(ctx):
         q = {s: deque() for s in streams}
-        en, busy, level = 0, 0, 0
+        en, busy, level, fifo_ok = 0, 0, 0, 1
+        history = deque([0] * delay)        # en of the last `delay` cycles: the back end's enable now
         need = dict.fromkeys(streams, 0)
         outl_next = None
-        copies = [dut.en.ctl, dut.en.dec, dut.en.drain, *dut.en.mac, *dut.en.col, *dut.en.ou]
+        copies = [dut.en.ctl, dut.en.dec, dut.en.buf]
         for _ in range(1500):
             start = int(not busy and rng.random() < 0.3)
             busy_adv = int(busy and rng.random() < 0.98)
             need_adv = {s: int(rng.random() < 0.5) for s in streams}
-            pending = int(busy and rng.random() < 0.5)
             valid = {s: int(rng.random() < 0.7) for s in streams}
             for s, w in streams.items():
                 ctx.set(getattr(dut, s).valid, valid[s])
@@ -202,7 +202,6 @@ def test_global_stall_enable_buffers_and_invariants():
             for name, v in (("start", start), ("busy", busy), ("busy_adv", busy_adv)):
                 ctx.set(getattr(dut.status, name), v)
             ctx.set(dut.fifo.level, level)
-            ctx.set(dut.fifo.pending, pending)
             # every enable copy is the model's enable; the stall never pops an empty buffer
             assert [ctx.get(c) for c in copies] == [en] * len(copies)
             for s in streams:
@@ -223,24 +222,34 @@ def test_global_stall_enable_buffers_and_invariants():
                     counts["pops"] += 1
                 if accept:
                     q[s].append(payload[s])
-            level_no_read = level + (en and pending)      # FIFO level next cycle if nothing is read
-            assert level_no_read <= depth
-            level = level_no_read - int(level > 0 and rng.random() < 0.4)
+            # the back end (the engine `delay` cycles ago) may push a row whenever its enable is high;
+            # a push must always find a free entry
+            push = history[0] and rng.random() < 0.8
+            assert not push or level <= depth - 1
+            counts["pushes"] += bool(push)
+            fifo_ok_n = level <= depth - 3 - delay          # registered in this cycle
+            level = level + bool(push) - int(level > 0 and rng.random() < 0.3)
+            counts["max_level"] = max(counts["max_level"], level)
             busy_n = 1 if start else (busy_adv if en else busy)
             need_n = {s: (need_adv[s] if en else need[s]) for s in streams}
             if start:
                 need_n = {s: int(rng.random() < 0.5) for s in streams}
             # the next cycle is enabled iff a layer runs, every stream it needs holds a beat, and the
-            # FIFO can take a row even if nothing is read
-            ok = busy_n and level_no_read <= depth - 1 and all(q[s] or not need_n[s] for s in streams)
+            # FIFO level of the last cycle leaves room for the rows still in flight
+            ok = bool(busy_n and fifo_ok and all(q[s] or not need_n[s] for s in streams))
+            assert ctx.get(dut.x_adv if en else dut.x_hold) == ok or start
             counts["en"] += en
             counts["stalls"] += busy and not en
+            counts["fifo_stalls"] += busy_n and not fifo_ok
+            history.popleft()
+            history.append(en)
             en = int(not start and ok)
-            busy, need = busy_n, need_n
+            busy, need, fifo_ok = busy_n, need_n, fifo_ok_n
             await ctx.tick()
 
     _simulate(dut, bench)
     assert counts["pops"] > 500 and counts["en"] > 200 and counts["stalls"] > 200
+    assert counts["pushes"] > 200 and counts["fifo_stalls"] > 50 and counts["max_level"] >= depth - 2
 
 
 # ------------------------------------------------------------------------------------------ B buffer
@@ -505,7 +514,7 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
         for _ in range(900):
             last = pipe[-1]
             pending = int(last is not None and last["valid"])
-            en = int(rng.random() < 0.7 and len(fifo) + pending <= 3)   # act as the global stall
+            en = int(rng.random() < 0.7 and len(fifo) + pending <= 3)   # act as the global stall (one row in flight)
             ready = int(rng.random() < 0.5)
             valid, dfault, clear = int(rng.random() < 0.7), int(rng.random() < 0.02), int(rng.random() < 0.03)
             row, col = rng.getrandbits(16), rng.choice([0, 2, 4])
@@ -524,7 +533,7 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
                 ctx.set(dut.i.mr[c], mr)
                 for f, v in zip(("mc", "sc", "bq"), params[c]):
                     ctx.set(getattr(dut.i.params[c], f), v)
-            assert ctx.get(dut.fifo.level) == len(fifo) and ctx.get(dut.fifo.pending) == pending
+            assert ctx.get(dut.fifo.level) == len(fifo)
             assert ctx.get(dut.out.valid) == bool(fifo) and ctx.get(dut.acc_fault) == fault
             if fifo:
                 p = dut.out.payload

@@ -10,7 +10,9 @@ from collections import deque
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from vitaccel.hw.stall import SkidBuffer, enable_copies
+import pytest
+
+from vitaccel.hw.stall import BackEndEnable, SkidBuffer, delay_line, enable_copies, fifo_threshold
 
 
 def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle():
@@ -77,3 +79,57 @@ def test_enable_copies_track_the_next_cycle_enable():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
+
+
+@pytest.mark.parametrize("delay", [1, 2, 3])
+def test_back_end_enable_is_the_front_enable_delayed(delay):
+    dut = BackEndEnable({"a": 3, "b": 1}, delay=delay)
+    rng = random.Random(delay)
+    seen = {"high": 0, "low": 0}
+
+    async def bench(ctx):
+        en, past = 0, [0] * delay           # model: the front end's enable and its last `delay` values
+        for _ in range(300):
+            a, h, c = (int(rng.random() < p) for p in (0.7, 0.4, 0.1))
+            ctx.set(dut.x_adv, a)
+            ctx.set(dut.x_hold, h)
+            ctx.set(dut.start, c)
+            want = past[0]                   # en `delay` cycles ago
+            assert [ctx.get(dut.en.a[i]) for i in range(3)] + [ctx.get(dut.en.b)] == [want] * 4
+            seen["high" if want else "low"] += 1
+            await ctx.tick()
+            past = past[1:] + [en]
+            en = 0 if c else (a if en else h)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["high"] > 50 and seen["low"] > 50
+
+
+def test_delay_line_and_fifo_threshold():
+    m = Module()
+    x = Signal(4)
+    y = delay_line(m, x, 3, "x")
+    vals = [random.Random(1).getrandbits(4) for _ in range(40)]
+
+    async def bench(ctx):
+        got = []
+        for v in vals:
+            ctx.set(x, v)
+            got.append(ctx.get(y))
+            await ctx.tick()
+        assert got[3:] == vals[:-3] and got[:3] == [0, 0, 0]
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert delay_line(m, x, 0, "z") is x
+    # a decision taken now pushes its row delay + 1 cycles later; the level is one cycle old
+    assert fifo_threshold(8, 2) == 3 and fifo_threshold(5, 2) == 0
+    with pytest.raises(ValueError, match="too small"):
+        fifo_threshold(4, 2)
+    with pytest.raises(ValueError, match="delay must be >= 1"):
+        BackEndEnable({"a": 1}, delay=0)
