@@ -44,13 +44,11 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.sim.engine_config import BACK_END_DELAY
 from .engine_layouts import FifoFill, StatusSignature, StreamNeed
 
 __all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_en_groups", "BACK_END_DELAY",
            "BackEndEnable", "delay_line", "connect_delayed", "fifo_threshold"]
-
-#: Cycles between the engine's front end and its back end (module docstring).
-BACK_END_DELAY = 2
 
 #: PEs per copy of the enable register (and of the product-stage control) in the MAC array.
 PES_PER_ENABLE = 4

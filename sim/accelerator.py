@@ -61,7 +61,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Sequence
 
-from .engine_config import DIM_BITS, ConfigError, EngineConfig, check_layer_shape
+from .engine_config import BACK_END_DELAY, DIM_BITS, ConfigError, EngineConfig, check_layer_shape
 from .schedule import CycleBreakdown, layer_cycles
 
 __all__ = [
@@ -424,9 +424,10 @@ LOAD_OVERHEAD = 2
 #: PRIME state: feeders read their first word (1), it enters the word FIFO (1), the unpacker takes
 #: it (1), the sequencer sees every feeder primed (1).
 PRIME_CYCLES = 4
-#: CMD state (1) + the engine's uncounted start cycle (1) + output FIFO, writer register and write
-#: response after the last counted engine cycle (3) + the cycle the sequencer sees it idle (1).
-RUN_EXTRA = 6
+#: CMD state (1) + the engine's uncounted start cycle (1) + its back end's delay behind the counted
+#: cycles (BACK_END_DELAY) + output FIFO, writer register and write response after the last counted
+#: engine cycle (3) + the cycle the sequencer sees it idle (1).
+RUN_EXTRA = 6 + BACK_END_DELAY
 #: STATUS state (1), the write's address/data handshake (1), its response (1), the cycle the
 #: sequencer sees the writer idle (1).
 STATUS_CYCLES = 4

@@ -23,7 +23,7 @@ from vitaccel.sim.errors import UserError
 
 __all__ = [
     "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
-    "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
+    "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "BACK_END_DELAY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
     "acc_bits_at_max_k", "check_acc_for_max_k", "default_acc_bits", "make_engine_config",
 ]
 
@@ -47,6 +47,12 @@ assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows 
 PRE_REQUANT_LATENCY = 6
 #: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
 REQUANT_LATENCY = 10
+#: Cycles by which the engine's back end (MAC array, outlier unit, column parameters, drain,
+#: requantisers, output FIFO) runs behind its front end (controller, stream buffers, decoder): every
+#: signal between them passes this many registers, so no enable or control net of the front end
+#: spans the array (issue #15; hw/stall.py).  It adds this many cycles of latency per layer, not to
+#: the counted engine cycles.
+BACK_END_DELAY = 2
 #: Width of the run-time shape fields ``M``, ``K``, ``N`` and of outlier row/column indices.
 DIM_BITS = 16
 
