@@ -3,7 +3,8 @@
 Block diagram (see docs/hardware.md for the full description; component names in brackets)::
 
       cmd ─► [EngineController] windows, tile order, stream needs, cycle counter ──► strobes to all
-      a, b, colp, rowp, outl ─► [GlobalStall] skid buffers, registered enable `en` x copies
+      a, b, colp, rowp, outl ─► [GlobalStall] skid buffers, registered enable `en` (front end)
+                                [BackEndEnable] `en` BACK_END_DELAY cycles later x copies (back end)
       rowp ─► [TileDescriptors] Mr[r], za[r], n_outliers (next / current / previous tile) ───────┐
       colp ─► [ColumnParams] Mc, Sc, Bq + colsum, 2 banks ◄── loaded rows ─┐                     │
       b ────► [BBuffer] B loader ─► 2 banks x max_k rows x C codes ────────┘                     │
@@ -29,12 +30,16 @@ timing.
 Timing structure (docs/hardware.md, "Fmax"): ``en`` is a register, computed one cycle ahead
 (:mod:`hw.stall`): every input stream enters through a 2-entry skid buffer, the controller keeps its
 registers in "advance" form (``x_adv`` = value after an enabled cycle), so the stream needs of the
-next cycle are known, and the output FIFO must keep a free entry.  ``en`` exists in several identical
-register copies (one per group of :data:`hw.stall.PES_PER_ENABLE` PEs, one per output column, one per
-outlier correction row, one each for the controller, decoder and drain), so no enable net has more
-than a few hundred loads.  The next-cycle stream needs are registers too, computed from registered
-equality flags and free-running precomputed window arithmetic, so the enable logic is a few LUT
-levels deep.
+next cycle are known, and the output FIFO keeps room for the rows in flight.  The next-cycle stream
+needs are registers too, computed from registered equality flags and free-running precomputed window
+arithmetic, so the enable logic is a few LUT levels deep.  Only the *front end* (controller, skid
+buffers, B buffer, tile descriptors) uses ``en`` directly; the *back end* (operand decoder, MAC array,
+outlier unit, column parameters, drain, output stage) receives every front-end signal through
+:data:`sim.engine_config.BACK_END_DELAY` free-running registers and its own enable copies (one per
+group of :data:`hw.stall.PES_PER_ENABLE` PEs, per output column, per outlier correction row, per
+unit), which equal ``en`` of that many cycles ago (:class:`hw.stall.BackEndEnable`).  So no enable
+net has more than a few hundred loads, none spans the chip from the enable logic, and the back end
+computes exactly what it would without the delay, ``BACK_END_DELAY`` cycles later.
 Starting a layer costs one stalled (not counted) cycle.
 
 Stream order (what the host / DMA must send): tiles are visited column block outer, row tile inner
@@ -51,7 +56,7 @@ Stream order (what the host / DMA must send): tiles are visited column block out
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -127,7 +132,7 @@ class LayerEngine(wiring.Component):
         R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH)
-        groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 3}
+        groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 4}
         if cfg.has_outliers:
             groups["ou"] = R
         back = m.submodules.back_en = BackEndEnable(groups)
@@ -140,7 +145,7 @@ class LayerEngine(wiring.Component):
         en, lc, start = stall.en, ctl.layer, ctl.status.start
         self._late = lambda v, name: delay_line(m, v, d, name)      # front end -> back end
         late_start = self._late(start, "start")
-        en_cols, en_drain, en_out = back.en.unit
+        self._en_dec, en_cols, en_drain, en_out = back.en.unit
 
         # front end: streams in, the controller's state and strobes to the units it schedules
         for name in streams:
@@ -173,7 +178,7 @@ class LayerEngine(wiring.Component):
             outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
             *[getattr(outs, k).eq(self._late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
         ]
-        self._operands(m, stall, ctl, bbuf, drain, back)
+        self._operands(m, stall, ctl, bbuf, drain, back, late_start)
         if cfg.has_outliers:
             self._outliers(m, stall, ctl, bbuf, desc, drain, back, late_start)
         else:
@@ -185,25 +190,29 @@ class LayerEngine(wiring.Component):
         m.d.comb += [self.busy.eq(Cat(*busy).any()), self.cycles.eq(ctl.cycles), self.acc_fault.eq(outs.acc_fault)]
         return m
 
-    def _operands(self, m, stall, ctl, bbuf, drain, back):
-        """Operand decoder (front end) and MAC array (back end) (docs/datapath.md sections 4 and 6)."""
+    def _operands(self, m, stall, ctl, bbuf, drain, back, late_start):
+        """Operand decoder and MAC array, both in the back end (docs/datapath.md sections 4 and 6).
+
+        The A codes of an issue cycle (code 0 otherwise) reach the decoder through the back-end
+        delay; the decoder register is the array's first stage (``MAC_LATENCY``)."""
         cfg, lc, late = self.cfg, ctl.layer, self._late
         dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols)
+        codes = Signal.like(dec.i.payload, name="a_issue")
+        m.d.comb += [codes[r].eq(Mux(ctl.mac.issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
         m.d.comb += [
-            dec.i.valid.eq(1), dec.o.ready.eq(stall.en.dec), dec.clear.eq(ctl.status.start),
-            dec.fmt.eq(lc.a_fmt), dec.bits.eq(lc.a_k), dec.m0.eq(lc.m0), dec.m1.eq(lc.m1),
+            dec.i.valid.eq(1), dec.i.payload.eq(late(codes, "a_codes")), dec.o.ready.eq(self._en_dec),
+            dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
+                                        for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),
             mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")), mac.drain_row.eq(drain.rows),
             drain.acc.eq(mac.shadow_row),
         ]
         connect_delayed(m, ctl.mac, mac, BACK_END_DELAY, "mac", names=("valid", "first", "last"))
-        triples = late(dec.o.payload, "mac_a")
-        for r in range(cfg.rows):     # A codes enter the decoder only on issue cycles (else code 0)
-            d = triples[r]
-            m.d.comb += [dec.i.payload[r].eq(Mux(ctl.mac.issue, stall.head.a[r], 0)),
-                         mac.a[r].neg.eq(d.neg), mac.a[r].mag.eq(d.mag), mac.a[r].sh.eq(d.sh)]
+        for r in range(cfg.rows):
+            d = dec.o.payload[r]
+            m.d.comb += [mac.a[r].neg.eq(d.neg), mac.a[r].mag.eq(d.mag), mac.a[r].sh.eq(d.sh)]
 
     def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
         """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""

@@ -19,8 +19,8 @@ structurally identical flip-flops).
 
 Front end and delayed back end
 ------------------------------
-Only the *front end* (controller, skid buffers, operand decoder, B buffer, tile descriptors) runs on
-``en`` itself.  The *back end* (MAC array, outlier unit, column parameters, drain, requantisers,
+Only the *front end* (controller, skid buffers, B buffer, tile descriptors) runs on ``en`` itself.
+The *back end* (operand decoder, MAC array, outlier unit, column parameters, drain, requantisers,
 output FIFO) is the same machine :data:`BACK_END_DELAY` cycles later: every signal it takes from the
 front end passes through that many free-running registers (:func:`delay_line`,
 :func:`connect_delayed`), and its enable copies are ``en`` delayed by as many cycles
@@ -217,8 +217,8 @@ class GlobalStall(wiring.Component):
     fifo : In(FifoFill)
         Output FIFO ``level``.
     en : Out(Signature)
-        Identical enable copies of the front end: ``ctl`` (controller, B loader), ``dec`` (operand
-        decoder), ``buf`` (B buffer read registers, tile descriptors).
+        Identical enable copies of the front end: ``ctl`` (controller, B loader, skid buffer pops),
+        ``buf`` (outlier B row registers).
     x_adv, x_hold : Out(1)
         Next-cycle enable if the engine advances / stalls now (for :class:`BackEndEnable`).
     """
@@ -227,7 +227,7 @@ class GlobalStall(wiring.Component):
         self.streams, self.fifo_depth, self.delay = dict(streams), fifo_depth, delay
         self.threshold = fifo_threshold(fifo_depth, delay)
         has_outl = "outl" in streams
-        en = {"ctl": Out(1), "dec": Out(1), "buf": Out(1)}
+        en = {"ctl": Out(1), "buf": Out(1)}
         ports = {name: In(stream.Signature(shape)) for name, shape in streams.items()}
         ports.update({
             "head": Out(wiring.Signature({name: Out(shape) for name, shape in streams.items()})),
@@ -266,8 +266,8 @@ class GlobalStall(wiring.Component):
             ok_hold = ok_hold & (~need[name] | buf.avail_if_hold)
         x_adv, x_hold = Signal(), Signal()
         m.d.comb += [x_adv.eq(ok_adv), x_hold.eq(ok_hold), self.x_adv.eq(x_adv), self.x_hold.eq(x_hold)]
-        ctl, dec, buf_en = enable_copies(m, 3, x_adv, x_hold, st.start, "en_unit")
-        m.d.comb += [self.en.ctl.eq(ctl), self.en.dec.eq(dec), self.en.buf.eq(buf_en)]
+        ctl, buf_en = enable_copies(m, 2, x_adv, x_hold, st.start, "en_unit")
+        m.d.comb += [self.en.ctl.eq(ctl), self.en.buf.eq(buf_en)]
         for name, buf in bufs.items():
             m.d.comb += buf.pop.eq(ctl & need[name])
         return m

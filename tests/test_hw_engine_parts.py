@@ -187,7 +187,7 @@ def test_global_stall_enable_buffers_and_invariants():
         history = deque([0] * delay)        # en of the last `delay` cycles: the back end's enable now
         need = dict.fromkeys(streams, 0)
         outl_next = None
-        copies = [dut.en.ctl, dut.en.dec, dut.en.buf]
+        copies = [dut.en.ctl, dut.en.buf]
         for _ in range(1500):
             start = int(not busy and rng.random() < 0.3)
             busy_adv = int(busy and rng.random() < 0.98)
