@@ -166,10 +166,12 @@ class Requantiser(wiring.Component):
         # 3: variable right shift by Sr (its own stage)
         t_sh = stage(prod_r2 >> self.sr, "t_shifted")
         mc3, sc3, bqr3, tag3 = stage(mc2, "mc3"), stage(sc2, "sc3"), stage(bqr2, "bq_round3"), stage(tag2, "tag3")
-        # 4: range check against acc_bits and clamp
+        # 4: range check against acc_bits and clamp: t fits iff its bits from ab - 1 up are all equal
+        # (a LUT reduction; comparisons with the bounds would be two carry chains in series)
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        t_fault = (t_sh < t_lo) | (t_sh > t_hi)
-        t4 = stage(Mux(t_sh < t_lo, t_lo, Mux(t_sh > t_hi, t_hi, t_sh))[:ab].as_signed(), "t")
+        top = t_sh[ab - 1:]
+        t_fault = ~(top.all() | ~top.any())
+        t4 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t")
         fault4 = stage(t_fault, "fault4")
         mc4, sc4, bqr4, tag4 = stage(mc3, "mc4"), stage(sc3, "sc4"), stage(bqr3, "bq_round4"), stage(tag3, "tag4")
 
@@ -191,7 +193,13 @@ class Requantiser(wiring.Component):
 
         # ---- 9: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
         y9 = stage(v8[:32] + self.z_out, "y")       # only the low 32 bits are used (in range: no wrap)
-        below9, above9 = stage(v8 < lo_mz, "below"), stage(v8 > hi_mz, "above")
+        # the bounds fit 34 signed bits: compare 34-bit values when v does too (one short carry chain),
+        # else v's sign decides (a LUT reduction instead of a full-width comparison)
+        v_top = v8[33:]
+        v_fits = v_top.all() | ~v_top.any()
+        v34 = v8[:34].as_signed()
+        below9 = stage(Mux(v_fits, v34 < lo_mz, v8[-1]), "below")
+        above9 = stage(Mux(v_fits, v34 > hi_mz, ~v8[-1]), "above")
         tag9, fault9 = stage(tag8, "tag9"), stage(fault8, "fault9")
         # ---- 10: select
         out = self.o.payload
