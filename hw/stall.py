@@ -40,7 +40,7 @@ and the front end's enable copies.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -49,6 +49,9 @@ from .engine_layouts import FifoFill, StatusSignature, StreamNeed
 
 __all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_en_groups", "BACK_END_DELAY",
            "BackEndEnable", "delay_line", "connect_delayed", "fifo_threshold"]
+
+#: Payload bits per copy of a skid buffer's control (:class:`SkidBuffer`).
+SKID_SLICE_BITS = 64
 
 #: PEs per copy of the enable register (and of the product-stage control) in the MAC array.
 PES_PER_ENABLE = 4
@@ -66,6 +69,10 @@ class SkidBuffer(wiring.Component):
     ----------
     shape : ShapeLike
         Payload shape.
+    slice_bits : int
+        The payload is split into slices of at most this many bits, each with its own (identical)
+        copy of the occupancy register and push / pop logic, so that no control net of a wide
+        buffer (the ``colp`` and ``rowp`` beats are hundreds of bits) drives every payload register.
 
     Attributes
     ----------
@@ -84,8 +91,9 @@ class SkidBuffer(wiring.Component):
         (including an entry accepted from :attr:`i` in this cycle).
     """
 
-    def __init__(self, shape):
+    def __init__(self, shape, slice_bits: int = SKID_SLICE_BITS):
         self.shape = shape
+        self.slice_bits = slice_bits
         super().__init__({
             "i": In(stream.Signature(shape)),
             "head": Out(shape),
@@ -98,31 +106,38 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        e0 = Signal(self.shape, name="e0")
-        e1 = Signal(self.shape, name="e1")
-        level = Signal(2)          # 0, 1 or 2 entries
-        push = Signal()
+        data_in = Value.cast(self.i.payload)
+        width = len(data_in)
+        n = max(1, -(-width // self.slice_bits))
+        heads, nexts, levels = [], [], []
+        for j in range(n):       # one copy of the control per slice of the payload (bounded fanout)
+            lo, hi = j * width // n, (j + 1) * width // n
+            e0 = Signal(hi - lo, name=f"e0_{j}")
+            e1 = Signal(hi - lo, name=f"e1_{j}")
+            level = Signal(2, name=f"level_{j}")          # 0, 1 or 2 entries (every copy equal)
+            push, pop, nxt = Signal(name=f"push_{j}"), Signal(name=f"pop_{j}"), Signal(hi - lo, name=f"next_{j}")
+            m.d.comb += [push.eq(self.i.valid & ~level[1]), pop.eq(self.pop & (level != 0)), nxt.eq(e0)]
+            with m.If(pop):
+                m.d.comb += nxt.eq(e1)
+            with m.If(push):
+                with m.If((level == 0) | ((level == 1) & pop)):
+                    m.d.comb += nxt.eq(data_in[lo:hi])
+                with m.Else():
+                    m.d.sync += e1.eq(data_in[lo:hi])
+            m.d.sync += [e0.eq(nxt), level.eq(level + push - pop)]
+            heads.append(e0)
+            nexts.append(nxt)
+            levels.append(level)
+        level = levels[0]
         m.d.comb += [
             self.i.ready.eq(~level[1]),
-            push.eq(self.i.valid & ~level[1]),
-            self.head.eq(e0),
+            Value.cast(self.head).eq(Cat(*heads)),
+            Value.cast(self.head_next).eq(Cat(*nexts)),
             self.nonempty.eq(level != 0),
             # next occupancy = level + push - pop
             self.avail_if_hold.eq((level != 0) | self.i.valid),
             self.avail_if_pop.eq(level[1] | (level[0] & self.i.valid)),
         ]
-        pop = Signal()
-        m.d.comb += pop.eq(self.pop & (level != 0))
-        m.d.comb += self.head_next.eq(e0)
-        with m.If(pop):
-            m.d.comb += self.head_next.eq(e1)
-        with m.If(push):
-            with m.If((level == 0) | ((level == 1) & pop)):
-                m.d.comb += self.head_next.eq(self.i.payload)
-            with m.Else():
-                m.d.sync += e1.eq(self.i.payload)
-        m.d.sync += e0.eq(self.head_next)
-        m.d.sync += level.eq(level + push - pop)
         return m
 
 

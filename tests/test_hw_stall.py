@@ -15,8 +15,9 @@ import pytest
 from vitaccel.hw.stall import BackEndEnable, SkidBuffer, delay_line, enable_copies, fifo_threshold
 
 
-def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle():
-    dut = SkidBuffer(8)
+@pytest.mark.parametrize("slice_bits", [64, 3])
+def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
+    dut = SkidBuffer(8, slice_bits=slice_bits)    # 3: three slices with their own control copies
     rng = random.Random(7)
     log = []
 
