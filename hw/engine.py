@@ -131,7 +131,8 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
-        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH)
+        # colp is read only by the column parameters (back end): its wide buffer pops d cycles late
+        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=("colp",))
         groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 4}
         if cfg.has_outliers:
             groups["ou"] = R
@@ -170,7 +171,7 @@ class LayerEngine(wiring.Component):
         connect_delayed(m, ctl.columns, cols.ctl, d, "columns")
         connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
         m.d.comb += [
-            cols.en.eq(en_cols), cols.colp.eq(self._late(stall.head.colp, "colp")),
+            cols.en.eq(en_cols), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
             drain.za.eq(self._late(desc.za, "za")), drain.mr.eq(self._late(desc.mr, "mr")),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),

@@ -73,72 +73,114 @@ class SkidBuffer(wiring.Component):
         The payload is split into slices of at most this many bits, each with its own (identical)
         copy of the occupancy register and push / pop logic, so that no control net of a wide
         buffer (the ``colp`` and ``rowp`` beats are hundreds of bits) drives every payload register.
+    pop_delay : int
+        0: :attr:`pop` removes the head at the end of the same cycle.  ``d > 0`` (a *deferred*
+        buffer, for a payload only the delayed back end reads): :attr:`pop` takes the head for the
+        front end's accounting (:attr:`nonempty` and the ``avail_*`` outputs count only entries not
+        taken yet), but the entry leaves the payload registers ``d`` cycles later, so :attr:`head`
+        ``d`` cycles after a pop is the entry that pop took.  The payload slices are then driven by
+        a registered per-slice copy of the delayed pop, never by the front end's enable, and
+        :attr:`i` accepts a beat only when the payload registers have room (taken entries hold
+        their place until they leave).
 
     Attributes
     ----------
     i : In(stream.Signature(shape))
         Input stream; ``i.ready`` is a register bit (the buffer is not full).
     head : Out(shape)
-        Oldest entry (valid when :attr:`nonempty`).
+        Oldest entry (valid when :attr:`nonempty`; deferred: the oldest entry still held).
     nonempty : Out(1)
-        The buffer holds at least one entry.
+        The buffer holds at least one entry not taken yet.
     pop : In(1)
-        Remove the head at the end of this cycle (must only be high when :attr:`nonempty`).
+        Take the head in this cycle (must only be high when :attr:`nonempty`).
     head_next : Out(shape)
-        The head in the next cycle (for reading a memory one cycle ahead of the head).
+        The head in the next cycle (for reading a memory one cycle ahead of the head); only
+        without ``pop_delay``.
     avail_if_pop, avail_if_hold : Out(1)
-        The buffer will hold at least one entry in the next cycle if :attr:`pop` is high / low now
-        (including an entry accepted from :attr:`i` in this cycle).
+        The buffer will hold at least one entry not taken yet in the next cycle if :attr:`pop` is
+        high / low now (including an entry accepted from :attr:`i` in this cycle).
     """
 
-    def __init__(self, shape, slice_bits: int = SKID_SLICE_BITS):
+    def __init__(self, shape, slice_bits: int = SKID_SLICE_BITS, pop_delay: int = 0):
+        if pop_delay < 0:
+            raise ValueError(f"SkidBuffer: pop_delay must be >= 0, got {pop_delay}")
         self.shape = shape
         self.slice_bits = slice_bits
-        super().__init__({
+        self.pop_delay = pop_delay
+        ports = {
             "i": In(stream.Signature(shape)),
             "head": Out(shape),
-            "head_next": Out(shape),
             "nonempty": Out(1),
             "pop": In(1),
             "avail_if_pop": Out(1),
             "avail_if_hold": Out(1),
-        })
+        }
+        if not pop_delay:
+            ports["head_next"] = Out(shape)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         data_in = Value.cast(self.i.payload)
-        width = len(data_in)
+        width, d = len(data_in), self.pop_delay
         n = max(1, -(-width // self.slice_bits))
+        # the pop as the payload registers see it: d - 1 shared registers, then one per slice (below)
+        pop_shared = delay_line(m, self.pop, d - 1, "pop_late") if d else self.pop
         heads, nexts, levels = [], [], []
         for j in range(n):       # one copy of the control per slice of the payload (bounded fanout)
             lo, hi = j * width // n, (j + 1) * width // n
-            e0 = Signal(hi - lo, name=f"e0_{j}")
-            e1 = Signal(hi - lo, name=f"e1_{j}")
             level = Signal(2, name=f"level_{j}")          # 0, 1 or 2 entries (every copy equal)
-            push, pop, nxt = Signal(name=f"push_{j}"), Signal(name=f"pop_{j}"), Signal(hi - lo, name=f"next_{j}")
-            m.d.comb += [push.eq(self.i.valid & ~level[1]), pop.eq(self.pop & (level != 0)), nxt.eq(e0)]
-            with m.If(pop):
-                m.d.comb += nxt.eq(e1)
-            with m.If(push):
-                with m.If((level == 0) | ((level == 1) & pop)):
-                    m.d.comb += nxt.eq(data_in[lo:hi])
-                with m.Else():
-                    m.d.sync += e1.eq(data_in[lo:hi])
-            m.d.sync += [e0.eq(nxt), level.eq(level + push - pop)]
-            heads.append(e0)
+            if d:
+                # the slice's own pop register; "& level != 0" holds whenever the pop arrives (the
+                # entry is still held) and keeps the copies distinct for synthesis
+                pop = Signal(name=f"pop_{j}")
+                m.d.sync += pop.eq(pop_shared & (level != 0))
+            else:
+                pop = Signal(name=f"pop_{j}")
+                m.d.comb += pop.eq(self.pop & (level != 0))
+            head, nxt = self._slice(m, j, data_in[lo:hi], level, pop)
+            heads.append(head)
             nexts.append(nxt)
             levels.append(level)
-        level = levels[0]
+        m.d.comb += Value.cast(self.head).eq(Cat(*heads))
+        if d:
+            # front-end view: its own copy of the payload occupancy (for ready / push) and the count
+            # of entries not taken yet (for the enable predictions)
+            held, untaken = Signal(2, name="held"), Signal(2, name="untaken")
+            push = Signal(name="push_front")
+            left = delay_line(m, self.pop, d, "pop_left")       # the entry leaves the payload now
+            m.d.comb += push.eq(self.i.valid & ~held[1])
+            m.d.sync += [held.eq(held + push - left), untaken.eq(untaken + push - self.pop)]
+            ready = ~held[1]
+        else:
+            m.d.comb += Value.cast(self.head_next).eq(Cat(*nexts))
+            untaken = levels[0]
+            push = self.i.valid          # accepted whenever the buffer is not full (level 2 is != 0)
+            ready = ~untaken[1]
         m.d.comb += [
-            self.i.ready.eq(~level[1]),
-            Value.cast(self.head).eq(Cat(*heads)),
-            Value.cast(self.head_next).eq(Cat(*nexts)),
-            self.nonempty.eq(level != 0),
-            # next occupancy = level + push - pop
-            self.avail_if_hold.eq((level != 0) | self.i.valid),
-            self.avail_if_pop.eq(level[1] | (level[0] & self.i.valid)),
+            self.i.ready.eq(ready),
+            self.nonempty.eq(untaken != 0),
+            # next count = untaken + push - pop
+            self.avail_if_hold.eq((untaken != 0) | push),
+            self.avail_if_pop.eq(untaken[1] | (untaken[0] & push)),
         ]
         return m
+
+    def _slice(self, m, j, data_in, level, pop):
+        """One payload slice: entries ``e0`` (head) / ``e1``, its occupancy copy ``level``."""
+        w = len(data_in)
+        e0, e1, nxt = Signal(w, name=f"e0_{j}"), Signal(w, name=f"e1_{j}"), Signal(w, name=f"next_{j}")
+        push = Signal(name=f"push_{j}")
+        m.d.comb += [push.eq(self.i.valid & ~level[1]), nxt.eq(e0)]
+        with m.If(pop):
+            m.d.comb += nxt.eq(e1)
+        with m.If(push):
+            with m.If((level == 0) | ((level == 1) & pop)):
+                m.d.comb += nxt.eq(data_in)
+            with m.Else():
+                m.d.sync += e1.eq(data_in)
+        m.d.sync += [e0.eq(nxt), level.eq(level + push - pop)]
+        return e0, nxt
 
 
 def fifo_threshold(depth: int, delay: int = BACK_END_DELAY) -> int:
@@ -213,13 +255,17 @@ class GlobalStall(wiring.Component):
         Output FIFO depth.
     delay : int
         Back-end delay (:data:`BACK_END_DELAY`).
+    deferred : iterable of str
+        Streams only the back end reads: their buffers are deferred (``SkidBuffer(pop_delay=delay)``),
+        so their payload registers are driven by the back end's delayed pop and never by ``en``.
 
     Attributes
     ----------
     <name> : In(stream.Signature(shape))
         One input stream per entry of ``streams``.
     head : Out(Signature)
-        ``head.<name>``: the oldest beat of each stream (valid when the schedule needs it).
+        ``head.<name>``: the oldest beat of each stream (valid when the schedule needs it); for a
+        deferred stream, the beat taken ``delay`` cycles earlier (what the back end reads then).
     outl_next : Out(shape of ``outl``)
         Head of the ``outl`` buffer in the next cycle (B rows are read one cycle ahead); only with
         an ``outl`` stream.
@@ -238,8 +284,12 @@ class GlobalStall(wiring.Component):
         Next-cycle enable if the engine advances / stalls now (for :class:`BackEndEnable`).
     """
 
-    def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY):
+    def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY, deferred=()):
         self.streams, self.fifo_depth, self.delay = dict(streams), fifo_depth, delay
+        self.deferred = frozenset(deferred)
+        if not self.deferred <= set(self.streams) - {"b", "outl"}:
+            raise ValueError(f"GlobalStall: deferred streams {sorted(self.deferred)} must be among "
+                             f"{sorted(set(self.streams) - {'b', 'outl'})} (b and outl are read by the front end)")
         self.threshold = fifo_threshold(fifo_depth, delay)
         has_outl = "outl" in streams
         en = {"ctl": Out(1), "buf": Out(1)}
@@ -262,7 +312,8 @@ class GlobalStall(wiring.Component):
         m = Module()
         bufs, need, need_adv = {}, {}, {}
         for name, shape in self.streams.items():
-            buf = m.submodules[f"{name}_buf"] = SkidBuffer(shape)
+            buf = SkidBuffer(shape, pop_delay=self.delay if name in self.deferred else 0)
+            m.submodules[f"{name}_buf"] = buf
             wiring.connect(m, wiring.flipped(getattr(self, name)), buf.i)
             m.d.comb += getattr(self.head, name).eq(buf.head)
             bufs[name] = buf

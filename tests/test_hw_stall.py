@@ -12,7 +12,7 @@ from amaranth.sim import Simulator
 
 import pytest
 
-from vitaccel.hw.stall import BackEndEnable, SkidBuffer, delay_line, enable_copies, fifo_threshold
+from vitaccel.hw.stall import BackEndEnable, GlobalStall, SkidBuffer, delay_line, enable_copies, fifo_threshold
 
 
 @pytest.mark.parametrize("slice_bits", [64, 3])
@@ -57,6 +57,60 @@ def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
     sim.add_testbench(bench)
     sim.run()
     assert len(log) > 100 and log == [i % 256 for i in range(len(log))]   # in order, none lost or repeated
+
+
+@pytest.mark.parametrize("pop_delay,slice_bits", [(1, 64), (2, 3), (3, 3)])
+def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, slice_bits):
+    """``pop_delay = d``: the front end's view (nonempty, next-cycle predictions) counts the entries
+    not taken yet; ``head`` d cycles after a pop is the beat that pop took; ``ready`` reflects the
+    entries still held (a taken entry keeps its place for d cycles)."""
+    dut = SkidBuffer(8, slice_bits=slice_bits, pop_delay=pop_delay)
+    rng = random.Random(11 + pop_delay)
+    taken_log, back_log = [], []
+
+    async def bench(ctx):
+        untaken: deque[int] = deque()          # model: beats not taken yet
+        leaving: deque[tuple[int, int]] = deque()   # (cycle it leaves the payload, beat)
+        nxt_val, prev = 0, None
+        for t in range(500):
+            held = len(untaken) + len(leaving)
+            valid = rng.random() < 0.5
+            ctx.set(dut.i.valid, int(valid))
+            ctx.set(dut.i.payload, nxt_val)
+            nonempty = ctx.get(dut.nonempty)
+            pop = nonempty and rng.random() < 0.6
+            ctx.set(dut.pop, int(pop))
+            assert nonempty == (len(untaken) > 0)
+            assert ctx.get(dut.i.ready) == (held < 2)
+            if leaving and leaving[0][0] == t:          # the back end reads the taken beat now
+                back_log.append(ctx.get(dut.head))
+                assert back_log[-1] == leaving[0][1]
+                leaving.popleft()
+            if prev is not None:
+                a_pop, a_hold, popped = prev
+                assert (len(untaken) > 0) == (a_pop if popped else a_hold)
+            prev = (ctx.get(dut.avail_if_pop), ctx.get(dut.avail_if_hold), pop)
+            pushed = valid and held < 2
+            if pop:
+                beat = untaken.popleft()
+                taken_log.append(beat)
+                leaving.append((t + pop_delay, beat))
+            if pushed:
+                untaken.append(nxt_val)
+                nxt_val = (nxt_val + 1) % 256
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(back_log) > 80 and back_log == [i % 256 for i in range(len(back_log))]
+    assert taken_log[:len(back_log)] == back_log
+
+
+def test_deferred_stream_must_be_read_by_the_back_end_only():
+    with pytest.raises(ValueError, match="deferred streams"):
+        GlobalStall({"a": 4, "b": 4, "outl": 8}, 8, deferred=("outl",))
 
 
 def test_enable_copies_track_the_next_cycle_enable():
