@@ -36,7 +36,10 @@ level, one cycle old) ``level <= depth - 1 - (BACK_END_DELAY + 2)`` (:func:`fifo
 
 :class:`GlobalStall` puts the front-end part together: the five input skid buffers, the next-cycle
 enable (from the controller's stream needs, the buffers' next-cycle occupancy and the FIFO check)
-and the front end's enable copies.
+and the front end's enable copies.  A stream only the back end reads (``colp``) gets a *deferred*
+buffer (``SkidBuffer(pop_delay=BACK_END_DELAY)``): the front end takes its beat for the enable's
+accounting, the beat leaves the payload registers when the back end reads it, so no front-end enable
+drives those (wide) registers.
 """
 from __future__ import annotations
 
