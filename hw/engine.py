@@ -131,8 +131,9 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
-        # colp is read only by the column parameters (back end): its wide buffer pops d cycles late
-        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=("colp",))
+        # colp and rowp are read by the back end (column parameters, tile descriptors): their wide
+        # buffers pop d cycles late; the front end keeps only rowp's outlier count (for the schedule)
+        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred={"colp": (), "rowp": ("n_out",)})
         groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 4}
         if cfg.has_outliers:
             groups["ou"] = R
@@ -140,6 +141,9 @@ class LayerEngine(wiring.Component):
         ctl = m.submodules.control = EngineController(cfg)
         bbuf = m.submodules.bbuf = BBuffer(cfg)
         cols = m.submodules.columns = ColumnParams(cfg)
+        # the tile descriptors live in the back end; the front-end copy only provides the controller
+        # with the next tile's outlier beat count (synthesis removes its unused registers)
+        desc_front = m.submodules.descriptors_nb = TileDescriptors(cfg)
         desc = m.submodules.descriptors = TileDescriptors(cfg)
         drain = m.submodules.drain = DrainPipeline(cfg)
         outs = m.submodules.output = OutputStage(cfg)
@@ -157,11 +161,11 @@ class LayerEngine(wiring.Component):
         wiring.connect(m, bbuf.need, stall.need_b)
         wiring.connect(m, ctl.loader, bbuf.ctl)
         wiring.connect(m, ctl.b_read, bbuf.read)
-        wiring.connect(m, ctl.descriptors, desc.ctl)
+        wiring.connect(m, ctl.descriptors, desc_front.ctl)
         m.d.comb += [
             back.x_adv.eq(stall.x_adv), back.x_hold.eq(stall.x_hold), back.start.eq(start),
             ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b),
-            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(ctl.drain.row),
+            desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row.eq(0),
         ]
         # back end (BACK_END_DELAY cycles later): column parameters, drain, output stage
         wiring.connect(m, outs.out, wiring.flipped(self.out))
@@ -170,10 +174,12 @@ class LayerEngine(wiring.Component):
         connect_delayed(m, bbuf.load, cols.load, d, "load")
         connect_delayed(m, ctl.columns, cols.ctl, d, "columns")
         connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
+        connect_delayed(m, ctl.descriptors, desc.ctl, d, "desc_ctl", names=("load", "shift", "take"))
         m.d.comb += [
             cols.en.eq(en_cols), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
-            drain.za.eq(self._late(desc.za, "za")), drain.mr.eq(self._late(desc.mr, "mr")),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(self._late(ctl.drain.row, "desc_row")),
+            drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(self._late(lc.fo, "fo")), drain.n.eq(self._late(lc.n, "n")),
             outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
@@ -224,7 +230,7 @@ class LayerEngine(wiring.Component):
         connect_delayed(m, ctl.outliers, ou, BACK_END_DELAY, "outl", names=("issue", "row0", "m", "tile_start"))
         m.d.comb += [
             ou.en.eq(back.en.ou), ou.entries.eq(late(stall.head.outl, "outl_entries")), ou.k.eq(late(ctl.layer.k, "k")),
-            ou.tile_count.eq(late(desc.cur_n_out, "tile_count")), ou.drain.eq(late(ctl.drain.issue, "outl_drain")),
+            ou.tile_count.eq(desc.cur_n_out), ou.drain.eq(late(ctl.drain.issue, "outl_drain")),
             ou.drain_row.eq(drain.rows), ou.clear.eq(late_start),
             bbuf.outl_next.eq(stall.outl_next), bbuf.outl_en.eq(stall.en.buf),
             ou.rd_data.eq(late(bbuf.outl_rows, "outl_rows")),

@@ -44,7 +44,7 @@ drives those (wide) registers.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, Value
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import BACK_END_DELAY
@@ -258,9 +258,11 @@ class GlobalStall(wiring.Component):
         Output FIFO depth.
     delay : int
         Back-end delay (:data:`BACK_END_DELAY`).
-    deferred : iterable of str
-        Streams only the back end reads: their buffers are deferred (``SkidBuffer(pop_delay=delay)``),
-        so their payload registers are driven by the back end's delayed pop and never by ``en``.
+    deferred : iterable of str, or dict of str to tuple of str
+        Streams whose payload the back end reads: their buffers are deferred
+        (``SkidBuffer(pop_delay=delay)``), so their payload registers are driven by the back end's
+        delayed pop and never by ``en``.  As a dict, each stream maps to the payload fields the
+        front end reads as well (kept in a small non-deferred buffer beside it, port ``front``).
 
     Attributes
     ----------
@@ -269,6 +271,9 @@ class GlobalStall(wiring.Component):
     head : Out(Signature)
         ``head.<name>``: the oldest beat of each stream (valid when the schedule needs it); for a
         deferred stream, the beat taken ``delay`` cycles earlier (what the back end reads then).
+    front : Out(Signature)
+        ``front.<name>``: the front end's fields of a deferred stream's oldest beat not taken yet
+        (only for deferred streams with fields).
     outl_next : Out(shape of ``outl``)
         Head of the ``outl`` buffer in the next cycle (B rows are read one cycle ahead); only with
         an ``outl`` stream.
@@ -289,8 +294,9 @@ class GlobalStall(wiring.Component):
 
     def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY, deferred=()):
         self.streams, self.fifo_depth, self.delay = dict(streams), fifo_depth, delay
-        self.deferred = frozenset(deferred)
-        if not self.deferred <= set(self.streams) - {"b", "outl"}:
+        self.deferred = {name: tuple(fields) for name, fields in
+                         (deferred.items() if isinstance(deferred, dict) else ((name, ()) for name in deferred))}
+        if not set(self.deferred) <= set(self.streams) - {"b", "outl"}:
             raise ValueError(f"GlobalStall: deferred streams {sorted(self.deferred)} must be among "
                              f"{sorted(set(self.streams) - {'b', 'outl'})} (b and outl are read by the front end)")
         self.threshold = fifo_threshold(fifo_depth, delay)
@@ -309,6 +315,10 @@ class GlobalStall(wiring.Component):
         })
         if has_outl:
             ports["outl_next"] = Out(streams["outl"])
+        self.front_layouts = {name: data.StructLayout({f: data.Layout.cast(streams[name]).members[f] for f in fields})
+                              for name, fields in self.deferred.items() if fields}
+        if self.front_layouts:
+            ports["front"] = Out(wiring.Signature({name: Out(lay) for name, lay in self.front_layouts.items()}))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -324,6 +334,13 @@ class GlobalStall(wiring.Component):
             need[name], need_adv[name] = n.now, n.adv
         if "outl" in bufs:
             m.d.comb += self.outl_next.eq(bufs["outl"].head_next)
+        fronts = {}
+        for name, layout in self.front_layouts.items():     # the front end's fields of a deferred stream
+            fb = fronts[name] = m.submodules[f"{name}_front"] = SkidBuffer(layout)
+            src = getattr(self, name)
+            # it takes every beat the deferred buffer takes (its entries are a subset of those held)
+            m.d.comb += [fb.i.valid.eq(src.valid & bufs[name].i.ready), getattr(self.front, name).eq(fb.head),
+                         *[fb.i.payload[f].eq(src.payload[f]) for f in self.deferred[name]]]
         # next-cycle enable: x_adv if the engine advances now, x_hold if it stalls now
         st = self.status
         fifo_ok = Signal()          # the FIFO level of the last cycle leaves room (fifo_threshold)
@@ -339,6 +356,8 @@ class GlobalStall(wiring.Component):
         m.d.comb += [self.en.ctl.eq(ctl), self.en.buf.eq(buf_en)]
         for name, buf in bufs.items():
             m.d.comb += buf.pop.eq(ctl & need[name])
+            if name in fronts:
+                m.d.comb += fronts[name].pop.eq(buf.pop)
         return m
 
 

@@ -108,6 +108,51 @@ def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, s
     assert taken_log[:len(back_log)] == back_log
 
 
+def test_deferred_stream_front_fields_follow_the_untaken_head():
+    """A deferred stream with front-end fields: ``front.<name>`` is the oldest beat not taken yet,
+    ``head.<name>`` the beat taken ``delay`` cycles earlier (against a deque model)."""
+    from amaranth.lib import data
+    lay = data.StructLayout({"n_out": 8, "x": 8})
+    dut = GlobalStall({"b": 4, "rowp": lay}, 8, delay=2, deferred={"rowp": ("n_out",)})
+    rng = random.Random(5)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.status.busy, 1)
+        ctx.set(dut.status.busy_adv, 1)
+        untaken, leaving, nxt, need = deque(), deque(), 0, 1
+        for t in range(400):
+            valid = rng.random() < 0.5
+            ctx.set(dut.rowp.valid, int(valid))
+            ctx.set(dut.rowp.payload, {"n_out": nxt, "x": 255 - nxt})
+            need_adv = int(rng.random() < 0.5)     # the schedule: need after an advance
+            ctx.set(dut.need.rowp.now, need)
+            ctx.set(dut.need.rowp.adv, need_adv)
+            ready = ctx.get(dut.rowp.ready)
+            assert ready == (len(untaken) + len(leaving) < 2)     # entries leave at the end of the read cycle
+            en = ctx.get(dut.en.ctl)
+            if untaken:
+                assert ctx.get(dut.front.rowp.n_out) == untaken[0]
+            if leaving and leaving[0][0] == t:
+                beat = leaving.popleft()[1]
+                assert ctx.get(dut.head.rowp.n_out) == beat and ctx.get(dut.head.rowp.x) == 255 - beat
+                seen.append(beat)
+            if en and need:
+                assert untaken, "the enable was high with the needed beat missing"
+                leaving.append((t + 2, untaken.popleft()))
+            if valid and ready:
+                untaken.append(nxt)
+                nxt = (nxt + 1) % 256
+            need = need_adv if en else need
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(seen) > 50 and seen == list(range(len(seen)))
+
+
 def test_deferred_stream_must_be_read_by_the_back_end_only():
     with pytest.raises(ValueError, match="deferred streams"):
         GlobalStall({"a": 4, "b": 4, "outl": 8}, 8, deferred=("outl",))
