@@ -131,9 +131,12 @@ class LayerEngine(wiring.Component):
         cfg = self.cfg
         R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
-        # colp and rowp are read by the back end (column parameters, tile descriptors): their wide
-        # buffers pop d cycles late; the front end keeps only rowp's outlier count (for the schedule)
-        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred={"colp": (), "rowp": ("n_out",)})
+        # a, colp and rowp are read by the back end (operand decoder, column parameters, tile
+        # descriptors): their buffers pop d cycles late, so their payload and occupancy registers sit
+        # with the back end and the enable sees only small front-end counters; the front end keeps
+        # rowp's outlier count (for the schedule)
+        deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
+        stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
         groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 4}
         if cfg.has_outliers:
             groups["ou"] = R
@@ -200,16 +203,18 @@ class LayerEngine(wiring.Component):
     def _operands(self, m, stall, ctl, bbuf, drain, back, late_start):
         """Operand decoder and MAC array, both in the back end (docs/datapath.md sections 4 and 6).
 
-        The A codes of an issue cycle (code 0 otherwise) reach the decoder through the back-end
-        delay; the decoder register is the array's first stage (``MAC_LATENCY``)."""
+        The A codes of an issue cycle (code 0 otherwise) reach the decoder ``BACK_END_DELAY`` cycles
+        later from the deferred ``a`` buffer; the decoder register is the array's first stage
+        (``MAC_LATENCY``)."""
         cfg, lc, late = self.cfg, ctl.layer, self._late
         dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols)
-        codes = Signal.like(dec.i.payload, name="a_issue")
-        m.d.comb += [codes[r].eq(Mux(ctl.mac.issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
+        codes = Signal.like(dec.i.payload, name="a_issue")      # the deferred a buffer's head, d cycles later
+        issue = late(ctl.mac.issue, "a_issue")
+        m.d.comb += [codes[r].eq(Mux(issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
         m.d.comb += [
-            dec.i.valid.eq(1), dec.i.payload.eq(late(codes, "a_codes")), dec.o.ready.eq(self._en_dec),
+            dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(self._en_dec),
             dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
                                         for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),

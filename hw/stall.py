@@ -66,7 +66,7 @@ def mac_en_groups(rows: int, cols: int) -> int:
 
 
 class SkidBuffer(wiring.Component):
-    """Two-entry register FIFO on an input stream, with next-cycle occupancy outputs.
+    """Small register FIFO (2 entries by default) on an input stream, with next-cycle occupancy outputs.
 
     Parameters
     ----------
@@ -85,6 +85,9 @@ class SkidBuffer(wiring.Component):
         a registered per-slice copy of the delayed pop, never by the front end's enable, and
         :attr:`i` accepts a beat only when the payload registers have room (taken entries hold
         their place until they leave).
+    depth : int
+        Entries (a power of two, >= 2).  A deferred buffer needs ``2 + pop_delay`` (rounded up) to
+        take a beat in every cycle like a 2-entry buffer does.
 
     Attributes
     ----------
@@ -104,12 +107,15 @@ class SkidBuffer(wiring.Component):
         high / low now (including an entry accepted from :attr:`i` in this cycle).
     """
 
-    def __init__(self, shape, slice_bits: int = SKID_SLICE_BITS, pop_delay: int = 0):
+    def __init__(self, shape, slice_bits: int = SKID_SLICE_BITS, pop_delay: int = 0, depth: int = 2):
         if pop_delay < 0:
             raise ValueError(f"SkidBuffer: pop_delay must be >= 0, got {pop_delay}")
+        if depth < 2 or depth & (depth - 1):
+            raise ValueError(f"SkidBuffer: depth must be a power of two >= 2, got {depth}")
         self.shape = shape
         self.slice_bits = slice_bits
         self.pop_delay = pop_delay
+        self.depth = depth
         ports = {
             "i": In(stream.Signature(shape)),
             "head": Out(shape),
@@ -125,21 +131,21 @@ class SkidBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         data_in = Value.cast(self.i.payload)
-        width, d = len(data_in), self.pop_delay
+        width, d, depth = len(data_in), self.pop_delay, self.depth
+        cb = depth.bit_length()                   # count registers hold 0 .. depth (depth: top bit)
         n = max(1, -(-width // self.slice_bits))
         # the pop as the payload registers see it: d - 1 shared registers, then one per slice (below)
         pop_shared = delay_line(m, self.pop, d - 1, "pop_late") if d else self.pop
         heads, nexts, levels = [], [], []
         for j in range(n):       # one copy of the control per slice of the payload (bounded fanout)
             lo, hi = j * width // n, (j + 1) * width // n
-            level = Signal(2, name=f"level_{j}")          # 0, 1 or 2 entries (every copy equal)
+            level = Signal(cb, name=f"level_{j}")         # entries held (every copy equal)
+            pop = Signal(name=f"pop_{j}")
             if d:
                 # the slice's own pop register; "& level != 0" holds whenever the pop arrives (the
                 # entry is still held) and keeps the copies distinct for synthesis
-                pop = Signal(name=f"pop_{j}")
                 m.d.sync += pop.eq(pop_shared & (level != 0))
             else:
-                pop = Signal(name=f"pop_{j}")
                 m.d.comb += pop.eq(self.pop & (level != 0))
             head, nxt = self._slice(m, j, data_in[lo:hi], level, pop)
             heads.append(head)
@@ -149,41 +155,44 @@ class SkidBuffer(wiring.Component):
         if d:
             # front-end view: its own copy of the payload occupancy (for ready / push) and the count
             # of entries not taken yet (for the enable predictions)
-            held, untaken = Signal(2, name="held"), Signal(2, name="untaken")
+            held, untaken = Signal(cb, name="held"), Signal(cb, name="untaken")
             push = Signal(name="push_front")
             left = delay_line(m, self.pop, d, "pop_left")       # the entry leaves the payload now
-            m.d.comb += push.eq(self.i.valid & ~held[1])
+            m.d.comb += push.eq(self.i.valid & ~held[-1])
             m.d.sync += [held.eq(held + push - left), untaken.eq(untaken + push - self.pop)]
-            ready = ~held[1]
+            ready = ~held[-1]
         else:
             m.d.comb += Value.cast(self.head_next).eq(Cat(*nexts))
             untaken = levels[0]
-            push = self.i.valid          # accepted whenever the buffer is not full (level 2 is != 0)
-            ready = ~untaken[1]
+            push = self.i.valid          # accepted whenever the buffer is not full (a full one is != 0)
+            ready = ~untaken[-1]
         m.d.comb += [
             self.i.ready.eq(ready),
             self.nonempty.eq(untaken != 0),
             # next count = untaken + push - pop
             self.avail_if_hold.eq((untaken != 0) | push),
-            self.avail_if_pop.eq(untaken[1] | (untaken[0] & push)),
+            self.avail_if_pop.eq((untaken >= 2) | ((untaken == 1) & push)),
         ]
         return m
 
     def _slice(self, m, j, data_in, level, pop):
-        """One payload slice: entries ``e0`` (head) / ``e1``, its occupancy copy ``level``."""
-        w = len(data_in)
-        e0, e1, nxt = Signal(w, name=f"e0_{j}"), Signal(w, name=f"e1_{j}"), Signal(w, name=f"next_{j}")
+        """One payload slice: entries ``e0`` (head) .. ``e{depth-1}``, its occupancy copy ``level``.
+
+        On a pop every entry takes its successor's value; a pushed beat goes to entry
+        ``level - pop`` (the first free one after the pop)."""
+        w, depth = len(data_in), self.depth
+        e = [Signal(w, name=f"e{i}_{j}") for i in range(depth)]
         push = Signal(name=f"push_{j}")
-        m.d.comb += [push.eq(self.i.valid & ~level[1]), nxt.eq(e0)]
-        with m.If(pop):
-            m.d.comb += nxt.eq(e1)
-        with m.If(push):
-            with m.If((level == 0) | ((level == 1) & pop)):
-                m.d.comb += nxt.eq(data_in)
-            with m.Else():
-                m.d.sync += e1.eq(data_in)
-        m.d.sync += [e0.eq(nxt), level.eq(level + push - pop)]
-        return e0, nxt
+        m.d.comb += push.eq(self.i.valid & ~level[-1])
+        nxt = []
+        for i in range(depth):
+            ni = Signal(w, name=f"next{i}_{j}")
+            base = Mux(pop, e[i + 1], e[i]) if i + 1 < depth else e[i]
+            m.d.comb += ni.eq(Mux(push & (level - pop == i), data_in, base))
+            m.d.sync += e[i].eq(ni)
+            nxt.append(ni)
+        m.d.sync += level.eq(level + push - pop)
+        return e[0], nxt[0]
 
 
 def fifo_threshold(depth: int, delay: int = BACK_END_DELAY) -> int:
@@ -263,6 +272,10 @@ class GlobalStall(wiring.Component):
         (``SkidBuffer(pop_delay=delay)``), so their payload registers are driven by the back end's
         delayed pop and never by ``en``.  As a dict, each stream maps to the payload fields the
         front end reads as well (kept in a small non-deferred buffer beside it, port ``front``).
+    full_rate : iterable of str
+        Deferred streams the schedule may need in consecutive cycles (``a``): their buffers get
+        ``2 + delay`` entries (rounded up to a power of two), so they take a beat per cycle as a
+        2-entry buffer does.  The others (one beat per tile or column block) keep 2 entries.
 
     Attributes
     ----------
@@ -292,13 +305,14 @@ class GlobalStall(wiring.Component):
         Next-cycle enable if the engine advances / stalls now (for :class:`BackEndEnable`).
     """
 
-    def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY, deferred=()):
+    def __init__(self, streams: dict, fifo_depth: int, delay: int = BACK_END_DELAY, deferred=(), full_rate=()):
         self.streams, self.fifo_depth, self.delay = dict(streams), fifo_depth, delay
         self.deferred = {name: tuple(fields) for name, fields in
                          (deferred.items() if isinstance(deferred, dict) else ((name, ()) for name in deferred))}
         if not set(self.deferred) <= set(self.streams) - {"b", "outl"}:
             raise ValueError(f"GlobalStall: deferred streams {sorted(self.deferred)} must be among "
                              f"{sorted(set(self.streams) - {'b', 'outl'})} (b and outl are read by the front end)")
+        self.depths = {name: 1 << (1 + delay).bit_length() if name in full_rate else 2 for name in self.deferred}
         self.threshold = fifo_threshold(fifo_depth, delay)
         has_outl = "outl" in streams
         en = {"ctl": Out(1), "buf": Out(1)}
@@ -325,7 +339,8 @@ class GlobalStall(wiring.Component):
         m = Module()
         bufs, need, need_adv = {}, {}, {}
         for name, shape in self.streams.items():
-            buf = SkidBuffer(shape, pop_delay=self.delay if name in self.deferred else 0)
+            deferred = name in self.deferred
+            buf = SkidBuffer(shape, pop_delay=self.delay if deferred else 0, depth=self.depths.get(name, 2))
             m.submodules[f"{name}_buf"] = buf
             wiring.connect(m, wiring.flipped(getattr(self, name)), buf.i)
             m.d.comb += getattr(self.head, name).eq(buf.head)

@@ -15,9 +15,9 @@ import pytest
 from vitaccel.hw.stall import BackEndEnable, GlobalStall, SkidBuffer, delay_line, enable_copies, fifo_threshold
 
 
-@pytest.mark.parametrize("slice_bits", [64, 3])
-def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
-    dut = SkidBuffer(8, slice_bits=slice_bits)    # 3: three slices with their own control copies
+@pytest.mark.parametrize("slice_bits,depth", [(64, 2), (3, 2), (3, 4)])
+def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits, depth):
+    dut = SkidBuffer(8, slice_bits=slice_bits, depth=depth)    # 3: three slices with their own control copies
     rng = random.Random(7)
     log = []
 
@@ -34,7 +34,7 @@ def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
             ctx.set(dut.pop, int(pop))
             # state seen in this cycle against the model
             assert nonempty == (len(model) > 0)
-            assert ctx.get(dut.i.ready) == (len(model) < 2)
+            assert ctx.get(dut.i.ready) == (len(model) < depth)
             if model:
                 assert ctx.get(dut.head) == model[0]
             if prev is not None:
@@ -44,7 +44,7 @@ def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
                     assert head_next == model[0]
             prev = (ctx.get(dut.avail_if_pop), ctx.get(dut.avail_if_hold), pop, ctx.get(dut.head_next))
             # advance the model exactly as the clock edge will
-            pushed = valid and len(model) < 2
+            pushed = valid and len(model) < depth
             if pop:
                 log.append(model.popleft())
             if pushed:
@@ -59,14 +59,14 @@ def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits):
     assert len(log) > 100 and log == [i % 256 for i in range(len(log))]   # in order, none lost or repeated
 
 
-@pytest.mark.parametrize("pop_delay,slice_bits", [(1, 64), (2, 3), (3, 3)])
-def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, slice_bits):
+@pytest.mark.parametrize("pop_delay,slice_bits,depth", [(1, 64, 2), (2, 3, 2), (2, 3, 4), (3, 3, 8)])
+def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, slice_bits, depth):
     """``pop_delay = d``: the front end's view (nonempty, next-cycle predictions) counts the entries
     not taken yet; ``head`` d cycles after a pop is the beat that pop took; ``ready`` reflects the
     entries still held (a taken entry keeps its place for d cycles)."""
-    dut = SkidBuffer(8, slice_bits=slice_bits, pop_delay=pop_delay)
+    dut = SkidBuffer(8, slice_bits=slice_bits, pop_delay=pop_delay, depth=depth)
     rng = random.Random(11 + pop_delay)
-    taken_log, back_log = [], []
+    taken_log, back_log, fronts = [], [], {}      # fronts: cycle -> oldest beat not taken yet
 
     async def bench(ctx):
         untaken: deque[int] = deque()          # model: beats not taken yet
@@ -81,7 +81,11 @@ def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, s
             pop = nonempty and rng.random() < 0.6
             ctx.set(dut.pop, int(pop))
             assert nonempty == (len(untaken) > 0)
-            assert ctx.get(dut.i.ready) == (held < 2)
+            assert ctx.get(dut.i.ready) == (held < depth)
+            if untaken:
+                fronts[t] = untaken[0]
+            if t - pop_delay in fronts:    # in general: head(t + d) == the untaken head of cycle t
+                assert ctx.get(dut.head) == fronts[t - pop_delay]
             if leaving and leaving[0][0] == t:          # the back end reads the taken beat now
                 back_log.append(ctx.get(dut.head))
                 assert back_log[-1] == leaving[0][1]
@@ -90,7 +94,7 @@ def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, s
                 a_pop, a_hold, popped = prev
                 assert (len(untaken) > 0) == (a_pop if popped else a_hold)
             prev = (ctx.get(dut.avail_if_pop), ctx.get(dut.avail_if_hold), pop)
-            pushed = valid and held < 2
+            pushed = valid and held < depth
             if pop:
                 beat = untaken.popleft()
                 taken_log.append(beat)
@@ -106,6 +110,29 @@ def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, s
     sim.run()
     assert len(back_log) > 80 and back_log == [i % 256 for i in range(len(back_log))]
     assert taken_log[:len(back_log)] == back_log
+
+
+@pytest.mark.parametrize("depth,full_rate", [(2, False), (4, True)])
+def test_deferred_buffer_of_depth_2_plus_delay_takes_a_beat_every_cycle(depth, full_rate):
+    """With a source that is always valid and a pop whenever a beat is untaken, a deferred buffer
+    (delay 2) of 4 entries pops in every cycle after the first; 2 entries cannot (taken entries hold
+    their place for 2 cycles)."""
+    dut = SkidBuffer(8, pop_delay=2, depth=depth)
+    pops = []
+
+    async def bench(ctx):
+        ctx.set(dut.i.valid, 1)
+        for _ in range(100):
+            p = ctx.get(dut.nonempty)
+            ctx.set(dut.pop, p)
+            pops.append(p)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert (sum(pops[1:]) == 99) == full_rate
 
 
 def test_deferred_stream_front_fields_follow_the_untaken_head():
