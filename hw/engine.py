@@ -28,18 +28,21 @@ The cycle counter counts ``en`` cycles, so it equals :func:`sim.schedule.layer_c
 timing.
 
 Timing structure (docs/hardware.md, "Fmax"): ``en`` is a register, computed one cycle ahead
-(:mod:`hw.stall`): every input stream enters through a 2-entry skid buffer, the controller keeps its
+(:mod:`hw.stall`): every input stream enters through a small skid buffer, the controller keeps its
 registers in "advance" form (``x_adv`` = value after an enabled cycle), so the stream needs of the
 next cycle are known, and the output FIFO keeps room for the rows in flight.  The next-cycle stream
 needs are registers too, computed from registered equality flags and free-running precomputed window
 arithmetic, so the enable logic is a few LUT levels deep.  Only the *front end* (controller, skid
-buffers, B buffer, tile descriptors) uses ``en`` directly; the *back end* (operand decoder, MAC array,
-outlier unit, column parameters, drain, output stage) receives every front-end signal through
+buffer accounting, B buffer, the next tile's outlier count) uses ``en`` directly; the *back end*
+(operand decoder, MAC array, outlier unit, tile descriptors, column parameters, drain, output stage) receives every front-end signal through
 :data:`sim.engine_config.BACK_END_DELAY` free-running registers and its own enable copies (one per
 group of :data:`hw.stall.PES_PER_ENABLE` PEs, per output column, per outlier correction row, per
 unit), which equal ``en`` of that many cycles ago (:class:`hw.stall.BackEndEnable`).  So no enable
 net has more than a few hundred loads, none spans the chip from the enable logic, and the back end
-computes exactly what it would without the delay, ``BACK_END_DELAY`` cycles later.
+computes exactly what it would without the delay, ``BACK_END_DELAY`` cycles later.  The streams only
+the back end reads (``a``, ``colp``, ``rowp``) have *deferred* skid buffers: the front end takes a
+beat for its accounting, the beat leaves the buffer when the back end reads it, so those payload
+registers are driven only by back-end signals (the front end keeps ``rowp``'s outlier count).
 Starting a layer costs one stalled (not counted) cycle.
 
 Stream order (what the host / DMA must send): tiles are visited column block outer, row tile inner
@@ -151,9 +154,9 @@ class LayerEngine(wiring.Component):
         drain = m.submodules.drain = DrainPipeline(cfg)
         outs = m.submodules.output = OutputStage(cfg)
         en, lc, start = stall.en, ctl.layer, ctl.status.start
-        self._late = lambda v, name: delay_line(m, v, d, name)      # front end -> back end
-        late_start = self._late(start, "start")
-        self._en_dec, en_cols, en_drain, en_out = back.en.unit
+        late = _delayer(m)                                          # front end -> back end
+        late_start = late(start, "start")
+        _, en_cols, en_drain, en_out = back.en.unit                  # [0]: the operand decoder's
 
         # front end: streams in, the controller's state and strobes to the units it schedules
         for name in streams:
@@ -181,12 +184,12 @@ class LayerEngine(wiring.Component):
         m.d.comb += [
             cols.en.eq(en_cols), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
-            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(self._late(ctl.drain.row, "desc_row")),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(late(ctl.drain.row, "desc_row")),
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
-            drain.fo.eq(self._late(lc.fo, "fo")), drain.n.eq(self._late(lc.n, "n")),
+            drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
             outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
-            *[getattr(outs, k).eq(self._late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
+            *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
         ]
         self._operands(m, stall, ctl, bbuf, drain, back, late_start)
         if cfg.has_outliers:
@@ -206,15 +209,15 @@ class LayerEngine(wiring.Component):
         The A codes of an issue cycle (code 0 otherwise) reach the decoder ``BACK_END_DELAY`` cycles
         later from the deferred ``a`` buffer; the decoder register is the array's first stage
         (``MAC_LATENCY``)."""
-        cfg, lc, late = self.cfg, ctl.layer, self._late
+        cfg, lc, late = self.cfg, ctl.layer, _delayer(m)
         dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols)
-        codes = Signal.like(dec.i.payload, name="a_issue")      # the deferred a buffer's head, d cycles later
+        codes = Signal.like(dec.i.payload, name="a_codes")      # the deferred a buffer's head, d cycles later
         issue = late(ctl.mac.issue, "a_issue")
         m.d.comb += [codes[r].eq(Mux(issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
         m.d.comb += [
-            dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(self._en_dec),
+            dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(back.en.unit[0]),
             dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
                                         for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),
@@ -228,7 +231,7 @@ class LayerEngine(wiring.Component):
 
     def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
         """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""
-        cfg, late = self.cfg, self._late
+        cfg, late = self.cfg, _delayer(m)
         ou = m.submodules.outliers = OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
                                                  cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
                                                  en_copies=cfg.rows, drain_copies=cfg.cols)
@@ -241,6 +244,11 @@ class LayerEngine(wiring.Component):
             ou.rd_data.eq(late(bbuf.outl_rows, "outl_rows")),
             drain.corr.eq(ou.corr_row), self.overflow.eq(ou.overflow), self.range_error.eq(ou.range_error),
         ]
+
+
+def _delayer(m: Module):
+    """``late(value, name)``: ``value`` through the ``BACK_END_DELAY`` registers to the back end."""
+    return lambda value, name: delay_line(m, value, BACK_END_DELAY, name)
 
 
 def build_engine(**fields) -> LayerEngine:

@@ -19,9 +19,9 @@ structurally identical flip-flops).
 
 Front end and delayed back end
 ------------------------------
-Only the *front end* (controller, skid buffers, B buffer, tile descriptors) runs on ``en`` itself.
-The *back end* (operand decoder, MAC array, outlier unit, column parameters, drain, requantisers,
-output FIFO) is the same machine :data:`BACK_END_DELAY` cycles later: every signal it takes from the
+Only the *front end* (controller, skid buffer accounting, B buffer, the next tile's outlier count)
+runs on ``en`` itself.  The *back end* (operand decoder, MAC array, outlier unit, tile descriptors,
+column parameters, drain, requantisers, output FIFO, the payload of the deferred buffers) is the same machine :data:`BACK_END_DELAY` cycles later: every signal it takes from the
 front end passes through that many free-running registers (:func:`delay_line`,
 :func:`connect_delayed`), and its enable copies are ``en`` delayed by as many cycles
 (:class:`BackEndEnable`: the recurrence ``e <= Mux(e, X1, X0)`` on ``X1`` / ``X0`` delayed, so the
