@@ -15,6 +15,14 @@ import pytest
 from vitaccel.hw.stall import BackEndEnable, GlobalStall, SkidBuffer, delay_line, enable_copies, fifo_threshold
 
 
+def _simulate(dut, bench):
+    """Run the testbench ``bench`` on ``dut`` with a clock."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 @pytest.mark.parametrize("slice_bits,depth", [(64, 2), (3, 2), (3, 4)])
 def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits, depth):
     dut = SkidBuffer(8, slice_bits=slice_bits, depth=depth)    # 3: three slices with their own control copies
@@ -52,10 +60,7 @@ def test_skid_buffer_matches_fifo_model_and_predicts_next_cycle(slice_bits, dept
                 nxt_val = (nxt_val + 1) % 256
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     assert len(log) > 100 and log == [i % 256 for i in range(len(log))]   # in order, none lost or repeated
 
 
@@ -104,10 +109,7 @@ def test_deferred_skid_buffer_hands_each_taken_beat_to_the_back_end(pop_delay, s
                 nxt_val = (nxt_val + 1) % 256
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     assert len(back_log) > 80 and back_log == [i % 256 for i in range(len(back_log))]
     assert taken_log[:len(back_log)] == back_log
 
@@ -128,10 +130,7 @@ def test_deferred_buffer_of_depth_2_plus_delay_takes_a_beat_every_cycle(depth, f
             pops.append(p)
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     assert (sum(pops[1:]) == 99) == full_rate
 
 
@@ -173,10 +172,7 @@ def test_deferred_stream_front_fields_follow_the_untaken_head():
             need = need_adv if en else need
             await ctx.tick()
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     assert len(seen) > 50 and seen == list(range(len(seen)))
 
 
@@ -228,10 +224,7 @@ def test_back_end_enable_is_the_front_enable_delayed(delay):
             past = past[1:] + [en]
             en = 0 if c else (a if en else h)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _simulate(dut, bench)
     assert seen["high"] > 50 and seen["low"] > 50
 
 
