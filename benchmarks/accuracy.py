@@ -80,6 +80,8 @@ ROWS["mptq-mse-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0, "fc2_metric
 ROWS["mptq-mse-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0, "fc2_metric": "mse", "act_metric": "mse"})
 ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
 ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
+# the mptq preset with per-channel weight clipping by the expected output error (Hessian diagonal)
+ROWS["mptq-wh:w4a4"] = ("mptq", "w4a4", {"weight_search": "hessian"})
 
 
 @torch.no_grad()
