@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from checkout import code_commit, use_this_checkout
+
+use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
 from vitaccel.hw.synth import generate, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
@@ -47,10 +49,8 @@ def label(cfg) -> str:
 
 
 def commit() -> str:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return rev + ("+dirty" if dirty else "")
+    """The commit of the code that is synthesized (:func:`checkout.code_commit`)."""
+    return code_commit()
 
 
 def _cached(path: Path, force: bool, run):
