@@ -129,7 +129,8 @@ def units_table(results: dict, target: str) -> list[str]:
             ff = v["ff"] if target == "asic" else v["cells"].get("TRELLIS_FF", 0)
             tot = v[key] * v["count"]
             share = f"{100 * tot / eng:.0f} %" if eng else "-"
-            lines.append(f"| {lab} | {top} | {v['count']} | {_fmt(v[key])} | {_fmt(ff)} | {_fmt(tot)} | "
+            name = f"{top} (classic abc mapper: abc9 assertion)" if v.get("lut_mapper_note") else top
+            lines.append(f"| {lab} | {name} | {v['count']} | {_fmt(v[key])} | {_fmt(ff)} | {_fmt(tot)} | "
                          f"{share} | {tot / pes:.1f} |")
         if "rest" in rep:
             rest = rep["rest"][key]

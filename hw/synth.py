@@ -20,6 +20,7 @@ from pathlib import Path
 from amaranth.hdl import Shape
 
 from vitaccel.sim.engine_config import ConfigError, EngineConfig
+from vitaccel.sim.errors import UserError
 
 __all__ = ["generate", "synthesize", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
            "OPTIONAL_TOPS"]
@@ -166,14 +167,35 @@ def parse_nextpnr_log(log: str) -> dict:
     return res
 
 
-def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None = None) -> str:
+class SynthToolError(UserError, RuntimeError):
+    """yosys or nextpnr stopped with an error (message: its ERROR lines, the log, and a fix if known).
+
+    ``abc9_assertion`` is set for yosys 0.70's data-dependent ``abc9`` assertion
+    (``ABC_OPS_REINTEGRATE``), which the classic mapper (``lut_mapper="abc"``) avoids.
+    """
+
+    def __init__(self, message: str, abc9_assertion: bool = False):
+        super().__init__(message)
+        self.abc9_assertion = abc9_assertion
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None = None,
+         tool_log: Path | None = None) -> str:
+    """Run ``cmd`` with its output in ``log_path``; on failure raise :class:`SynthToolError` with the
+    ERROR lines of ``tool_log`` (the tool's own ``-l`` log, when it writes one) or of the output."""
     t0 = time.monotonic()
     with open(log_path, "w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
-        tail = "\n".join(text.splitlines()[-30:])
-        raise RuntimeError(f"{cmd[0]} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        log = tool_log if tool_log is not None and tool_log.is_file() else log_path
+        lines = log.read_text(errors="replace").splitlines()
+        errors = [ln.strip() for ln in lines if ln.lstrip().startswith("ERROR")] or lines[-5:]
+        abc9 = any("ABC_OPS_REINTEGRATE" in ln for ln in lines[-400:]) and any("Assert" in e for e in errors)
+        fix = ("; this is yosys 0.70's abc9 assertion: use the classic LUT mapper (--lut-mapper abc)"
+               if abc9 else "")
+        raise SynthToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {' / '.join(errors)}"
+                             f"{fix}; log {log}", abc9_assertion=abc9)
     return text + f"\n# vitaccel: {cmd[0]} took {time.monotonic() - t0:.1f} s\n"
 
 
@@ -229,7 +251,7 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
         flow = (f"synth_ecp5 -top {top} -run begin:map_luts; techmap -map +/lattice/latches_map.v; "
                 f"abc -lut 4:7 -dress; clean; synth_ecp5 -top {top} -json {netlist} -run map_cells:")
     _run([yosys, "-q", "-l", "yosys.log", "-p", f"read_verilog {src_rel}; {flow}; stat"],
-         out / "yosys_stdout.log", timeout, cwd=out)
+         out / "yosys_stdout.log", timeout, cwd=out, tool_log=out / "yosys.log")
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
            "lut_mapper": lut_mapper, "seed": seed if pnr else None, "router": router if pnr else None,

@@ -100,7 +100,7 @@ def asic_area(verilog_file: str | Path, top: str, out_dir: str | Path, timeout: 
     t0 = time.monotonic()
     log_name = f"asic_{top}.log"
     _run([exe, "-q", "-l", log_name, "-p", f"read_verilog {src}; " + ASIC_SCRIPT.format(top=top)],
-         out / f"asic_{top}_stdout.log", timeout, cwd=out)
+         out / f"asic_{top}_stdout.log", timeout, cwd=out, tool_log=out / log_name)
     res = parse_cmos_stat((out / log_name).read_text(errors="replace"))
     res["memory_list"] = _memories(out / f"{top}_memories.json")
     res["memory_bits"] = sum(m["bits"] for m in res["memory_list"])
@@ -111,9 +111,18 @@ def asic_area(verilog_file: str | Path, top: str, out_dir: str | Path, timeout: 
 def ecp5_unit_cells(verilog_file: str | Path, top: str, out_dir: str | Path, timeout: float | None = None,
                     lut_mapper: str = "abc9") -> dict:
     """``synth_ecp5`` cell counts of one unit (yosys only) plus ``comb_est = LUT4 + 2 CCU2C``
-    (the ``TRELLIS_COMB`` cells they need before packing; nextpnr's figure is a few % higher)."""
-    from .synth import synthesize
-    res = synthesize(verilog_file, top, out_dir, pnr=False, timeout=timeout, lut_mapper=lut_mapper)
+    (the ``TRELLIS_COMB`` cells they need before packing; nextpnr's figure is a few % higher).
+
+    A unit on which ``abc9`` hits yosys 0.70's ``ABC_OPS_REINTEGRATE`` assertion is mapped with the
+    classic ``abc`` instead, and the result says so (``lut_mapper``, ``lut_mapper_note``)."""
+    from .synth import SynthToolError, synthesize
+    try:
+        res = synthesize(verilog_file, top, out_dir, pnr=False, timeout=timeout, lut_mapper=lut_mapper)
+    except SynthToolError as exc:
+        if not exc.abc9_assertion:
+            raise
+        res = synthesize(verilog_file, top, out_dir, pnr=False, timeout=timeout, lut_mapper="abc")
+        res["lut_mapper_note"] = "abc9 hit yosys' ABC_OPS_REINTEGRATE assertion; mapped with the classic abc"
     c = res["cells"]
     res["comb_est"] = c.get("LUT4", 0) + 2 * c.get("CCU2C", 0)
     return res

