@@ -172,3 +172,26 @@ def test_estimate_states_an_assumed_clock_and_a_misfit(tmp_path, capsys):
     assert "ASSUMED 200 MHz: generic SCALE-Sim ws array" in capsys.readouterr().out
     assert main(["estimate", "--program", _manifest(tmp_path, 8), "--device", "nope", "--quiet"]) == 2
     assert "unknown --device" in capsys.readouterr().err
+
+
+def test_unplaced_run_gets_trellis_comb_from_the_packing_ratio_of_placed_runs():
+    """A yosys-only run has no TRELLIS_COMB: (LUT4 + 2 CCU2C) x the placed runs' mean TRELLIS_COMB /
+    (LUT4 + 2 CCU2C), said in a note, and the fit uses it as a point of its width."""
+    placed = [_entry(8, 8, fmax=90.0, LUT4=100, CCU2C=10, TRELLIS_COMB=132, FF=50, DSP=6, BRAM=1),
+              _entry(4, 4, a=8, b=8, fmax=80.0, LUT4=50, CCU2C=25, TRELLIS_COMB=90, FF=20, DSP=4, BRAM=1)]
+    t = _table(placed + [_entry(16, 16, LUT4=400, CCU2C=50, FF=200, DSP=24, BRAM=4)])
+    ratio = (132 / 120 + 90 / 100) / 2
+    assert R.packing_ratio(t) == pytest.approx(ratio)
+    assert R.resource_value(t.lookup(16, 16, 4, 4), "TRELLIS_COMB", t) == (pytest.approx(500 * ratio), True)
+    assert R.resource_value(t.lookup(8, 8, 4, 4), "TRELLIS_COMB", t) == (132, False)
+    m = R.engine_resources(16, 16, 4, 4, table=t)
+    assert m.source == "measured" and m.values["TRELLIS_COMB"] == round(500 * ratio)
+    assert any("packing ratio" in n and f"{ratio:.3f}" in n for n in m.notes)
+    f = R.fit_resource("TRELLIS_COMB", 4, 4, table=t)      # two w4a4 points: the measured and the derived one
+    assert sorted(f.points) == ["16x16 w4a4", "8x8 w4a4"] and f.terms == ("per_pe", "fixed")
+    assert f.predict(8, 8) == pytest.approx(132) and f.predict(16, 16) == pytest.approx(500 * ratio)
+    # derived values are not scored as if they were recorded
+    assert not [e for e in R.loo_errors(t) if e["config"] == "16x16 w4a4" and e["resource"] == "TRELLIS_COMB"]
+    # without a placed run nothing is derived
+    bare = _table([_entry(16, 16, LUT4=400, CCU2C=50)])
+    assert R.packing_ratio(bare) is None and R.resource_value(bare.lookup(16, 16, 4, 4), "TRELLIS_COMB", bare) == (None, False)

@@ -15,6 +15,9 @@ route, the cell counts and the command and commit that produced them. This modul
 * :func:`check_fit` -- whether the resources fit a device (TRELLIS_COMB, TRELLIS_FF, MULT18X18D,
   DP16KD of ``devices`` in the table); :func:`sram_bram` -- the DP16KD blocks of the on-chip buffer;
 * :func:`loo_errors` -- the model's error on each recorded configuration when that point is held back.
+
+A run that was synthesized but not placed has no ``TRELLIS_COMB``; :func:`resource_value` derives it
+from its ``LUT4 + 2 CCU2C`` and the packing ratio nextpnr showed on the placed runs (about 1.06).
 """
 from __future__ import annotations
 
@@ -225,7 +228,28 @@ class ResourceFit:
         return " + ".join(f"{c:.4g} {t}" for t, c in zip(self.terms, self.coef))
 
 
-def _fit_points(points: list[SynthRecord], resource: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+def packing_ratio(table: SynthTable) -> float | None:
+    """nextpnr's ``TRELLIS_COMB`` over yosys' ``LUT4 + 2 CCU2C`` (the cells before packing), the mean over
+    the placed runs of the table; ``None`` without a placed run."""
+    ratios = [r.values["TRELLIS_COMB"] / (r.values["LUT4"] + 2 * r.values["CCU2C"])
+              for r in table.preferred().values()
+              if all(r.values.get(k) for k in ("TRELLIS_COMB", "LUT4", "CCU2C"))]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def resource_value(rec: SynthRecord, resource: str, table: SynthTable) -> tuple[float | None, bool]:
+    """``(value, derived)`` of ``resource`` for a recorded run: the recorded value, or for the
+    ``TRELLIS_COMB`` of a run that was not placed, ``(LUT4 + 2 CCU2C) * packing_ratio`` (``derived``)."""
+    v = rec.values.get(resource)
+    if v is not None or resource != "TRELLIS_COMB":
+        return v, False
+    ratio = packing_ratio(table)
+    if ratio is None or rec.values.get("LUT4") is None or rec.values.get("CCU2C") is None:
+        return None, False
+    return (rec.values["LUT4"] + 2 * rec.values["CCU2C"]) * ratio, True
+
+
+def _fit_points(points: list[SynthRecord], resource: str, table: SynthTable) -> tuple[tuple[str, ...], tuple[float, ...]]:
     import numpy as np
 
     terms: list[str] = []
@@ -238,7 +262,7 @@ def _fit_points(points: list[SynthRecord], resource: str) -> tuple[tuple[str, ..
         if np.linalg.matrix_rank(cand) > X.shape[1]:
             terms.append(t)
             X = cand
-    y = np.array([float(p.values[resource]) for p in points])
+    y = np.array([float(resource_value(p, resource, table)[0]) for p in points])
     coef = np.linalg.lstsq(X, y, rcond=None)[0] if terms else np.zeros(0)
     tiny = 1e-9 * max(1.0, float(np.abs(y).max()))
     return tuple(terms), tuple(0.0 if abs(c) < tiny else float(c) for c in coef)
@@ -249,18 +273,20 @@ def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable |
     """Fit ``resource`` on the recorded configurations (one per array size and widths).
 
     Uses the configurations of the same widths when there are at least two, otherwise every recorded
-    configuration (``widths_extrapolated``: the widths were not synthesized). Terms enter in
+    configuration (``widths_extrapolated``: the widths were not synthesized); a run that was not
+    placed contributes its ``TRELLIS_COMB`` as :func:`resource_value` derives it. Terms enter in
     :data:`TERM_ORDER` while they raise the rank and there are more points than terms, so two recorded
     sizes give ``fixed + per-PE`` (logic) or ``fixed + per-column`` (DSP, BRAM). ``exclude`` holds
     configuration keys ``(R, C, a_bits, b_bits)`` to hold back. ``None`` when nothing is recorded.
     """
     table = table or load_table()
-    pts = [r for k, r in sorted(table.preferred().items()) if k not in exclude and r.values.get(resource) is not None]
+    pts = [r for k, r in sorted(table.preferred().items())
+           if k not in exclude and resource_value(r, resource, table)[0] is not None]
     same = [r for r in pts if (r.a_bits, r.b_bits) == (a_bits, b_bits)]
     use = same if len(same) >= 2 else pts
     if not use:
         return None
-    terms, coef = _fit_points(use, resource)
+    terms, coef = _fit_points(use, resource, table)
     return ResourceFit(resource, terms, coef, tuple(r.label for r in use),
                        any((r.a_bits, r.b_bits) != (a_bits, b_bits) for r in use))
 
@@ -300,11 +326,21 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
     if rec is not None:
         vals = dict(rec.values)
         missing = [k for k, v in vals.items() if v is None]
+        derived = []
         for k in missing:
+            v, was_derived = resource_value(rec, k, table)
+            if was_derived:
+                vals[k] = round(v)
+                derived.append(k)
+                continue
             f = fit_resource(k, a_bits, b_bits, table=table)
             vals[k] = round(f.predict(rows, cols)) if f else None
-        if missing:
-            notes.append(f"{', '.join(missing)} not reported by that run: from the model")
+        if derived:
+            notes.append(f"TRELLIS_COMB not reported (the run was not placed): LUT4 + 2 CCU2C times nextpnr's "
+                         f"packing ratio of the placed runs ({packing_ratio(table):.3f})")
+        if len(missing) > len(derived):
+            notes.append(f"{', '.join(k for k in missing if k not in derived)} not reported by that run: "
+                         "from the model")
         if cfg is not None and rec.build_differences(cfg):
             notes.append("synthesized with different build parameters: " + ", ".join(rec.build_differences(cfg)))
         return Resources(rows, cols, a_bits, b_bits, vals, "measured", f"{rec.label} on {rec.device}, {rec.origin}",
@@ -328,7 +364,7 @@ def loo_errors(table: SynthTable | None = None) -> list[dict]:
     out = []
     for key, rec in sorted(table.preferred().items()):
         for res in RESOURCES:
-            if rec.values.get(res) is None:
+            if rec.values.get(res) is None:       # only recorded values are checked (not derived ones)
                 continue
             f = fit_resource(res, rec.a_bits, rec.b_bits, table=table, exclude=(key,))
             if f is None:
