@@ -77,7 +77,8 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
 
 
 def _synth(args) -> int:
-    from .synth_units import UNIT_TOPS, unit_report, yosys_version
+    from .synth import SynthToolError
+    from .synth_units import UNIT_TOPS
     _check_outputs(args)
     cfg = engine_config_from_args(args)
     freq = freq_mhz_from_args(args)
@@ -89,6 +90,19 @@ def _synth(args) -> int:
         bad = [u for u in units if u not in UNIT_TOPS]
         if bad:
             raise UserError(f"unknown unit(s) {', '.join(bad)} for --units; choose from {', '.join(UNIT_TOPS)} or all")
+    try:
+        res = _synth_into(args, cfg, freq, units)
+    except SynthToolError as exc:      # the output directory (and the tool's log in it) is not kept
+        raise UserError(exc.summary) from None
+    print(json.dumps(_brief(res), indent=2))
+    if args.json:
+        _write_json(args.json, res)
+    return 0
+
+
+def _synth_into(args, cfg, freq, units) -> dict:
+    """The runs of ``hw synth`` into ``args.output`` (written only when they all succeed)."""
+    from .synth_units import unit_report, yosys_version
     with atomic_output_dir(args.output, force=args.force) as out:
         rep = None
         if units is not None:
@@ -104,10 +118,7 @@ def _synth(args) -> int:
             if rep is not None:
                 res["units"] = rep
         (out / "synth.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(_brief(res), indent=2))
-    if args.json:
-        _write_json(args.json, res)
-    return 0
+    return res
 
 
 def _brief(res: dict) -> dict:

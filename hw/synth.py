@@ -174,9 +174,9 @@ class SynthToolError(UserError, RuntimeError):
     (``ABC_OPS_REINTEGRATE``), which the classic mapper (``lut_mapper="abc"``) avoids.
     """
 
-    def __init__(self, message: str, abc9_assertion: bool = False):
-        super().__init__(message)
-        self.abc9_assertion = abc9_assertion
+    def __init__(self, summary: str, log: Path | None = None, abc9_assertion: bool = False):
+        super().__init__(summary + (f"; log {log}" if log is not None else ""))
+        self.summary, self.log, self.abc9_assertion = summary, log, abc9_assertion
 
 
 def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None = None,
@@ -190,12 +190,12 @@ def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None
     if proc.returncode != 0:
         log = tool_log if tool_log is not None and tool_log.is_file() else log_path
         lines = log.read_text(errors="replace").splitlines()
-        errors = [ln.strip() for ln in lines if ln.lstrip().startswith("ERROR")] or lines[-5:]
+        errors = [ln.strip() for ln in lines if "ERROR:" in ln] or [ln.strip() for ln in lines[-5:] if ln.strip()]
         abc9 = any("ABC_OPS_REINTEGRATE" in ln for ln in lines[-400:]) and any("Assert" in e for e in errors)
         fix = ("; this is yosys 0.70's abc9 assertion: use the classic LUT mapper (--lut-mapper abc)"
                if abc9 else "")
-        raise SynthToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {' / '.join(errors)}"
-                             f"{fix}; log {log}", abc9_assertion=abc9)
+        raise SynthToolError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}): {' / '.join(errors)}{fix}",
+                             log, abc9_assertion=abc9)
     return text + f"\n# vitaccel: {cmd[0]} took {time.monotonic() - t0:.1f} s\n"
 
 

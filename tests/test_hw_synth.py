@@ -130,6 +130,19 @@ def test_cli_asic_units_per_pe(tmp_path):
     assert rep["tools"].startswith("Yosys")
 
 
+@pytest.mark.slow
+def test_cli_reports_a_yosys_error_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """A Verilog file yosys rejects: exit 2, the ERROR line, no traceback, no output directory."""
+    from vitaccel.cli import main as vitaccel
+    bad = tmp_path / "bad.v"
+    bad.write_text("module x(input a, output b); assign b = a &; endmodule\n")
+    out = tmp_path / "out"
+    assert vitaccel(["hw", "synth", "--verilog", str(bad), "--top", "x", "--no-pnr", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ERROR: syntax error" in err and "Traceback" not in err and "log " not in err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
 def test_a_failing_tool_is_a_user_error_naming_its_error_lines_and_the_fix(tmp_path):
     """``_run`` reports the ERROR lines of the tool's own log; the abc9 assertion names --lut-mapper abc."""
     from vitaccel.hw.synth import SynthToolError, _run
@@ -142,6 +155,7 @@ def test_a_failing_tool_is_a_user_error_naming_its_error_lines_and_the_fix(tmp_p
     assert isinstance(err.value, UserError) and err.value.abc9_assertion
     msg = str(err.value)
     assert "ERROR: Assert `count_id" in msg and "--lut-mapper abc" in msg and str(tool_log) in msg
+    assert err.value.log == tool_log and str(tool_log) not in err.value.summary
     # any other failure: its ERROR line, no mapper advice
     with pytest.raises(SynthToolError) as err:
         _run(["sh", "-c", "echo 'ERROR: Module x not found!'; exit 1"], tmp_path / "out2.log", None, cwd=tmp_path)
