@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from checkout import code_commit, use_this_checkout
+from checkout import code_commit as commit  # the commit of the code that is synthesized
+from checkout import use_this_checkout
 
 use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
@@ -46,11 +47,6 @@ def parse_config(text: str):
 
 def label(cfg) -> str:
     return f"{cfg.rows}x{cfg.cols}:w{cfg.b_bits}a{cfg.a_bits}"
-
-
-def commit() -> str:
-    """The commit of the code that is synthesized (:func:`checkout.code_commit`)."""
-    return code_commit()
 
 
 def _cached(path: Path, force: bool, run):
