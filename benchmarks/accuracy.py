@@ -82,6 +82,10 @@ ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
 ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
 # the mptq preset with per-channel weight clipping by the expected output error (Hessian diagonal)
 ROWS["mptq-wh:w4a4"] = ("mptq", "w4a4", {"weight_search": "hessian"})
+# GPTQ weight rounding of the block linears (golden/gptq.py; session 28), on either preset
+for _b in ("w4a4", "w6a6"):
+    ROWS[f"mptq-gptq:{_b}"] = ("mptq", _b, {"weight_rounding": "gptq"})
+    ROWS[f"adfq-gptq:{_b}"] = ("adfq", _b, {"weight_rounding": "gptq"})
 
 
 @torch.no_grad()

@@ -9,8 +9,9 @@ Steps (each switched by :class:`golden.presets.QuantConfig`):
 4. weight scales (per channel; with ``weight_search="hessian"`` chosen by the expected output
    error, from the second moments of each layer's input), then activation statistics over the
    calibration images with the model in full precision (``observing``), then ``finalize`` of
-   every activation quantizer;
-5. AMO block reconstruction (``config.amo``; ``golden.reconstruct``) when that module exists.
+   every activation quantizer (and the Hessian-guided range searches when configured);
+5. GPTQ weight rounding of the block linears (``config.weight_rounding == "gptq"``; ``golden.gptq``);
+6. AMO block reconstruction (``config.amo``; ``golden.reconstruct``) when that module exists.
 """
 from __future__ import annotations
 
@@ -251,6 +252,9 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
         hessian_input_ranges(qvit, images, progress=progress)
     if config.fc2 == "three_region" and config.fc2_metric == "hessian":
         hessian_three_region(qvit, images, progress=progress)
+    if config.weight_rounding == "gptq":
+        from .gptq import gptq_model
+        gptq_model(qvit, images, source=config.gptq_source, batch_size=batch_size, progress=progress)
     if config.amo:
         rec = _optional("vitaccel.golden.reconstruct")
         if rec is None:

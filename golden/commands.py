@@ -177,7 +177,8 @@ def cmd_calibrate(args) -> int:
     for flag, over in ABLATIONS.items():
         if getattr(args, flag, False):
             overrides.update(over)
-    for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "mp_target_bits",
+    for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "weight_rounding",
+                "gptq_source", "mp_target_bits",
                 "amo_iters", "amo_granularity", "embed_bits", "head_bits"):
         v = getattr(args, key, None)
         if v is not None:
@@ -439,6 +440,12 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--weight-search", choices=("minmax", "mse", "hessian"), dest="weight_search",
                    help="per-channel weight clipping: abs max, weight MSE (default), or expected output "
                         "error weighted by the input second moments")
+    p.add_argument("--weight-rounding", choices=("nearest", "gptq"), dest="weight_rounding",
+                   help="block linears' weight codes: nearest rounding (default) or GPTQ (error spread "
+                        "through the layer's input Hessian; AMO's AdaRound then starts from it)")
+    p.add_argument("--gptq-source", choices=("fp", "quant", "target"), dest="gptq_source",
+                   help="GPTQ's input rows: float model, quantized input, or quantized input with the "
+                        "unquantized input's output as target (default)")
     p.add_argument("--embed-bits", type=int, choices=SF.BITS, dest="embed_bits")
     p.add_argument("--head-bits", type=int, choices=SF.BITS, dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")

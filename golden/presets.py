@@ -50,6 +50,8 @@ class QuantConfig:
     head_bits: int = 8
     act_method: str = "mse"           # per-tensor range search: minmax | percentile | mse
     weight_search: str = "mse"        # per-channel weight range: minmax | mse | hessian
+    weight_rounding: str = "nearest"  # block linears' weight codes: nearest | gptq (golden.gptq)
+    gptq_source: str = "target"       # GPTQ's rows / target: fp | quant | target (golden.gptq)
     poq: bool = False                 # ADFQ POQ on qkv / fc1 inputs
     alpha_qkv: float | None = 5.0
     alpha_fc1: float | None = 10.0
@@ -81,6 +83,10 @@ class QuantConfig:
         if self.weight_search not in ("minmax", "mse", "hessian"):
             raise QuantizerError(f"unknown weight range search {self.weight_search!r} "
                                  "(use 'minmax', 'mse' or 'hessian')")
+        if self.weight_rounding not in ("nearest", "gptq"):
+            raise QuantizerError(f"unknown weight rounding {self.weight_rounding!r} (use 'nearest' or 'gptq')")
+        if self.gptq_source not in ("fp", "quant", "target"):
+            raise QuantizerError(f"unknown GPTQ source {self.gptq_source!r} (use 'fp', 'quant' or 'target')")
         if self.poq_mode not in ("static", "dynamic"):
             raise QuantizerError(f"unknown POQ mode {self.poq_mode!r} (use 'static' or 'dynamic')")
         if self.amo_input_drop is not None and not 0.0 <= self.amo_input_drop <= 1.0:

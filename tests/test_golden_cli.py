@@ -93,10 +93,11 @@ def test_cli_calibrate_eval_shards_merge_golden(capsys, folder, tmp_path, monkey
     prog = tmp_path / "prog"
     code, out = run(capsys, "calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap,
                     "--method", "adfq", "--no-amo", "--bits", "w4a4", "--calib-size", "4", "--workers", "0",
-                    "--weight-search", "hessian", "-o", prog)
+                    "--weight-search", "hessian", "--weight-rounding", "gptq", "--gptq-source", "quant", "-o", prog)
     assert code == 0, out.err
     assert {"manifest.json", "tensors.npz", "fakequant.pt", "calibration.json"} <= set(os.listdir(prog))
-    assert json.loads((prog / "manifest.json").read_text())["config"]["weight_search"] == "hessian"
+    config = json.loads((prog / "manifest.json").read_text())["config"]
+    assert (config["weight_search"], config["weight_rounding"], config["gptq_source"]) == ("hessian", "gptq", "quant")
     rep = json.loads((prog / "calibration.json").read_text())
     assert rep["calib_size"] == 4 and "blocks.0.attn.qkv" in rep["outliers"]
     code, out = run(capsys, "eval", "--program", prog, "--backend", "fakequant", "--data", data, "--class-map", cmap,

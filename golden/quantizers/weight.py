@@ -52,6 +52,9 @@ class PerChannelWeightQuantizer(Quantizer):
         self.alpha = None  # AdaRound V, created by init_adaround()
         self.soft = False
         self.input_sq = None  # E[x_i^2] of the layer input ("hessian" search)
+        #: GPTQ's compensated weight (``golden.gptq``): when set, it is rounded instead of the layer's
+        #: weight (nearest rounding of it gives GPTQ's codes); cleared when the scales are re-chosen.
+        self.replacement = None
 
     def set_input_second_moment(self, sq: torch.Tensor) -> None:
         """``E[x_i^2]`` per input feature of the layer (one value per weight column), for ``"hessian"``."""
@@ -90,11 +93,14 @@ class PerChannelWeightQuantizer(Quantizer):
             absmax = best
         scale = safe_scale(absmax / self.qmax)  # zero channels get MIN_SCALE, never 0 or NaN
         self.scale = nn.Parameter(scale, requires_grad=False)
+        self.replacement = None
         self.calibrated = True
 
     # -- AdaRound ------------------------------------------------------------------------------
     def init_adaround(self, w: torch.Tensor) -> None:
-        """Create ``V`` so that ``h(V)`` equals the fractional part of ``w / s`` (start = nearest)."""
+        """Create ``V`` so that ``h(V)`` equals the fractional part of ``w / s`` (start = nearest;
+        from GPTQ's compensated weight when there is one)."""
+        w = self._source(w)
         x = w.detach().float() / self._bscale(w)
         rest = (x - torch.floor(x)).clamp(1e-4, 1 - 1e-4)
         v = -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
@@ -120,8 +126,18 @@ class PerChannelWeightQuantizer(Quantizer):
     def _bscale(self, w: torch.Tensor) -> torch.Tensor:
         return self.scale.reshape((-1,) + (1,) * (w.dim() - 1))
 
+    def _source(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight that is rounded: ``w``, or GPTQ's compensated weight in its place."""
+        r = self.replacement
+        if r is None:
+            return w
+        if r.shape != w.shape:
+            raise QuantizerError(f"{self.name or 'layer'}: GPTQ weight {tuple(r.shape)} does not match the "
+                                 f"weight {tuple(w.shape)}")
+        return r.to(w.dtype)
+
     def _int(self, w: torch.Tensor, ste: bool) -> torch.Tensor:
-        x = w / self._bscale(w)
+        x = self._source(w) / self._bscale(w)
         if self.alpha is not None:
             hard = (self.h() >= 0.5).to(x.dtype)
             up = self.h() if (ste and self.soft) else hard
