@@ -86,6 +86,9 @@ ROWS["mptq-wh:w4a4"] = ("mptq", "w4a4", {"weight_search": "hessian"})
 for _b in ("w4a4", "w6a6"):
     ROWS[f"mptq-gptq:{_b}"] = ("mptq", _b, {"weight_rounding": "gptq"})
     ROWS[f"adfq-gptq:{_b}"] = ("adfq", _b, {"weight_rounding": "gptq"})
+    # lower POQ outlier thresholds (more elements on the sparse path; needs a larger --outlier-capacity)
+    ROWS[f"adfq-a35:{_b}"] = ("adfq", _b, {"alpha_qkv": 3.0, "alpha_fc1": 5.0})
+    ROWS[f"adfq-a47:{_b}"] = ("adfq", _b, {"alpha_qkv": 4.0, "alpha_fc1": 7.0})
 
 
 @torch.no_grad()
