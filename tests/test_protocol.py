@@ -180,3 +180,28 @@ def test_sim_check_records_agreement_with_the_integer_grid():
     assert r["row"] == "baseline:w4a4 seed 0 int-sim" and r["sim_images"] == 3
     assert r["sim_bit_identical"] == sum(bool(torch.equal(a, b)) for a, b in zip(sim, grid[:3])) == 3
     assert r["sim_agreement"] == 100.0 and "numba" in r["sim_backend"]
+
+
+def test_poq_outlier_load_counts_tiles_of_a_tiny_model():
+    """benchmarks/poq_outliers.py: the outlier load it prints is the quantizers' own calibration counts."""
+    import argparse
+
+    import pytest
+    from golden_helpers import calibrated
+
+    spec = importlib.util.spec_from_file_location("poq_bench", os.path.join(ROOT, "benchmarks", "poq_outliers.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.alpha_pair("4,7") == (4.0, 7.0)
+    for bad in ("4", "a,b", "0,3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            mod.alpha_pair(bad)
+    qvit = calibrated("adfq", "w4a4")
+    load = mod.outlier_load(qvit)
+    reps = [q.stats for _, q in qvit.activation_quantizers() if getattr(q, "alpha", None) is not None
+            and getattr(q, "stats", None)]
+    assert load["layers"] == len(reps) > 0
+    assert load["max_row"] == max(int(r["max_row_outliers"].max()) for r in reps)
+    for t, v in load["max_tile"].items():
+        assert v == max(int(r["max_tile_outliers"][t]) for r in reps)
+    assert load["max_tile"][min(load["max_tile"])] <= load["max_tile"][max(load["max_tile"])]
