@@ -49,7 +49,8 @@ def test_points_clock_resources_and_pareto(tmp_path):
     assert by[(8, 8)]["clock_source"] == "measured" and by[(8, 8)]["fmax_mhz"] == rec.fmax_mhz
     assert by[(8, 8)]["resource_source"] == "measured" and by[(8, 8)]["TRELLIS_COMB"] == rec.values["TRELLIS_COMB"]
     assert {by[k]["clock_source"] for k in by if k != (8, 8)} == {"modelled"}
-    assert {by[k]["resource_source"] for k in by if k != (8, 8)} == {"model"}
+    for k in by:   # measured exactly where the recorded table holds the configuration (16 x 8 since session 28)
+        assert by[k]["resource_source"] == ("measured" if R.load_table().lookup(*k, 4, 4) else "model"), k
     for r in by.values():
         assert math.isclose(r["latency_ms"], r["cycles"] / (r["fmax_mhz"] * 1e3), rel_tol=1e-12)
         assert math.isclose(r["inferences_per_s"], 1e3 * r["batch"] / r["latency_ms"], rel_tol=1e-12)

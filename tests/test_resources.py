@@ -196,3 +196,29 @@ def test_unplaced_run_gets_trellis_comb_from_the_packing_ratio_of_placed_runs():
     # without a placed run nothing is derived
     bare = _table([_entry(16, 16, LUT4=400, CCU2C=50)])
     assert R.packing_ratio(bare) is None and R.resource_value(bare.lookup(16, 16, 4, 4), "TRELLIS_COMB", bare) == (None, False)
+
+
+def test_resource_validation_scores_predictions_of_unrecorded_runs(tmp_path):
+    """benchmarks/resource_validation.py: prediction of a run's configuration from a table that does not
+    hold it, against the run's own cell counts; a configuration the table records is skipped."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("resval", Path(__file__).parent.parent / "benchmarks" /
+                                                  "resource_validation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    t = _table([_entry(r, c, LUT4=_linear(r, c), CCU2C=_linear(r, c) // 10, FF=_linear(r, c) // 2, DSP=6 * c, BRAM=c)
+                for r, c in ((8, 8), (16, 16), (16, 8))])
+    run = {"config": dict(rows=8, cols=16, a_bits=4, b_bits=4), "lut_mapper": "abc",
+           "cells": {"LUT4": 30000, "CCU2C": 3000, "TRELLIS_FF": 15000, "MULT18X18D": 96, "DP16KD": 16}}
+    v = mod.validate(run, t)
+    pred = R.engine_resources(8, 16, 4, 4, table=t).values
+    assert v["source"] == "model" and v["measured"]["comb"] == 36000
+    assert v["predicted"]["comb"] == pred["LUT4"] + 2 * pred["CCU2C"]
+    assert v["error_pct"]["LUT4"] == pytest.approx(100 * (pred["LUT4"] - 30000) / 30000)
+    assert v["error_pct"]["DSP"] == pytest.approx(0.0)
+    run["config"] = dict(rows=16, cols=8, a_bits=4, b_bits=4)
+    assert mod.validate(run, t) is None
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="not an engine.json"):
+        mod.main([str(bad)])
