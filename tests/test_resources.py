@@ -222,3 +222,20 @@ def test_resource_validation_scores_predictions_of_unrecorded_runs(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="not an engine.json"):
         mod.main([str(bad)])
+
+
+def test_unsynthesized_width_uses_the_next_wider_synthesized_width():
+    """w6a6 with w4a4 and w8a8 runs (two sizes each): the w8a8 model, an upper bound, said in a note;
+    with only narrower runs, every run (no width dependence)."""
+    runs = [_entry(r, c, a=a, b=a, LUT4=k * _linear(r, c), CCU2C=k * 10 * r * c, FF=k * 5 * r * c, DSP=k * c,
+                   BRAM=c) for a, k in ((4, 1), (8, 2)) for r, c in ((8, 8), (16, 16))]
+    t = _table(runs)
+    m = R.engine_resources(32, 32, 6, 6, table=t)
+    w8 = R.fit_resource("LUT4", 8, 8, table=t)
+    assert m.source == "model" and m.values["LUT4"] == round(w8.predict(32, 32))
+    assert m.values["LUT4"] == pytest.approx(2 * _linear(32, 32), rel=0.05)   # the 8-bit law, not the 4-bit one
+    assert any("model of the w8a8 runs" in n and "upper bound" in n for n in m.notes)
+    assert sorted(R.fit_resource("LUT4", 6, 6, table=t).points) == ["16x16 w8a8", "8x8 w8a8"]
+    narrow = _table(runs[:2])           # w4a4 only: a w6a6 build falls back to every run
+    m = R.engine_resources(32, 32, 6, 6, table=narrow)
+    assert any("fitted on other widths" in n for n in m.notes)

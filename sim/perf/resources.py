@@ -272,8 +272,10 @@ def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable |
                  exclude: tuple = ()) -> ResourceFit | None:
     """Fit ``resource`` on the recorded configurations (one per array size and widths).
 
-    Uses the configurations of the same widths when there are at least two, otherwise every recorded
-    configuration (``widths_extrapolated``: the widths were not synthesized); a run that was not
+    Uses the configurations of the same widths when there are at least two; otherwise those of the
+    narrowest *wider* synthesized widths (both codes at least as wide) with at least two runs, an
+    upper bound (a 6-bit build from the 8-bit runs); otherwise every recorded configuration
+    (``widths_extrapolated`` in both cases: the widths were not synthesized); a run that was not
     placed contributes its ``TRELLIS_COMB`` as :func:`resource_value` derives it. Terms enter in
     :data:`TERM_ORDER` while they raise the rank and there are more points than terms, so two recorded
     sizes give ``fixed + per-PE`` (logic) or ``fixed + per-column`` (DSP, BRAM). ``exclude`` holds
@@ -282,8 +284,13 @@ def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable |
     table = table or load_table()
     pts = [r for k, r in sorted(table.preferred().items())
            if k not in exclude and resource_value(r, resource, table)[0] is not None]
-    same = [r for r in pts if (r.a_bits, r.b_bits) == (a_bits, b_bits)]
-    use = same if len(same) >= 2 else pts
+    by_width: dict = {}
+    for r in pts:
+        by_width.setdefault((r.a_bits, r.b_bits), []).append(r)
+    wider = sorted((w for w, rs in by_width.items() if len(rs) >= 2 and w[0] >= a_bits and w[1] >= b_bits),
+                   key=lambda w: (w[0] + w[1], w))
+    use = (by_width[(a_bits, b_bits)] if len(by_width.get((a_bits, b_bits), ())) >= 2
+           else by_width[wider[0]] if wider else pts)
     if not use:
         return None
     terms, coef = _fit_points(use, resource, table)
@@ -353,7 +360,13 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
             pts.update(f.points)
             extrap = extrap or f.widths_extrapolated
     if extrap:
-        notes.append(f"w{b_bits}a{a_bits} not synthesized: fitted on other widths, no width dependence modelled")
+        widths = sorted({p.split()[-1] for p in pts})   # "wBaA" labels
+        wider = len(widths) == 1 and all(int(v) >= n for v, n in zip(widths[0][1:].split("a"), (b_bits, a_bits)))
+        if wider:
+            notes.append(f"w{b_bits}a{a_bits} not synthesized: model of the {widths[0]} runs (the next wider "
+                         "synthesized width: an upper bound)")
+        else:
+            notes.append(f"w{b_bits}a{a_bits} not synthesized: fitted on other widths, no width dependence modelled")
     return Resources(rows, cols, a_bits, b_bits, vals, "model",
                      f"model fitted on {', '.join(sorted(pts))} (docs/estimator.md)", tuple(notes))
 
