@@ -219,6 +219,7 @@ class ResourceFit:
     coef: tuple[float, ...]
     points: tuple[str, ...]
     widths_extrapolated: bool = False
+    wider_width: str | None = None   #: ``wXaY`` of the wider runs the fit used in place of its own width
 
     def predict(self, rows: int, cols: int) -> float:
         return sum(c * TERMS[t](rows, cols) for t, c in zip(self.terms, self.coef))
@@ -289,13 +290,14 @@ def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable |
         by_width.setdefault((r.a_bits, r.b_bits), []).append(r)
     wider = sorted((w for w, rs in by_width.items() if len(rs) >= 2 and w[0] >= a_bits and w[1] >= b_bits),
                    key=lambda w: (w[0] + w[1], w))
-    use = (by_width[(a_bits, b_bits)] if len(by_width.get((a_bits, b_bits), ())) >= 2
-           else by_width[wider[0]] if wider else pts)
+    own = len(by_width.get((a_bits, b_bits), ())) >= 2
+    use = by_width[(a_bits, b_bits)] if own else by_width[wider[0]] if wider else pts
     if not use:
         return None
     terms, coef = _fit_points(use, resource, table)
     return ResourceFit(resource, terms, coef, tuple(r.label for r in use),
-                       any((r.a_bits, r.b_bits) != (a_bits, b_bits) for r in use))
+                       any((r.a_bits, r.b_bits) != (a_bits, b_bits) for r in use),
+                       None if own or not wider else f"w{wider[0][1]}a{wider[0][0]}")
 
 
 @dataclass(frozen=True)
@@ -352,21 +354,19 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
             notes.append("synthesized with different build parameters: " + ", ".join(rec.build_differences(cfg)))
         return Resources(rows, cols, a_bits, b_bits, vals, "measured", f"{rec.label} on {rec.device}, {rec.origin}",
                          tuple(notes))
-    vals, pts, extrap = {}, set(), False
+    vals, pts, extrap, wider = {}, set(), False, set()
     for k in RESOURCES:
         f = fit_resource(k, a_bits, b_bits, table=table)
         vals[k] = max(0, round(f.predict(rows, cols))) if f else None
         if f:
             pts.update(f.points)
             extrap = extrap or f.widths_extrapolated
-    if extrap:
-        widths = sorted({p.split()[-1] for p in pts})   # "wBaA" labels
-        wider = len(widths) == 1 and all(int(v) >= n for v, n in zip(widths[0][1:].split("a"), (b_bits, a_bits)))
-        if wider:
-            notes.append(f"w{b_bits}a{a_bits} not synthesized: model of the {widths[0]} runs (the next wider "
-                         "synthesized width: an upper bound)")
-        else:
-            notes.append(f"w{b_bits}a{a_bits} not synthesized: fitted on other widths, no width dependence modelled")
+            wider.add(f.wider_width)
+    if extrap and len(wider) == 1 and None not in wider:
+        notes.append(f"w{b_bits}a{a_bits} not synthesized: model of the {wider.pop()} runs (the next wider "
+                     "synthesized width: an upper bound)")
+    elif extrap:
+        notes.append(f"w{b_bits}a{a_bits} not synthesized: fitted on other widths, no width dependence modelled")
     return Resources(rows, cols, a_bits, b_bits, vals, "model",
                      f"model fitted on {', '.join(sorted(pts))} (docs/estimator.md)", tuple(notes))
 
