@@ -161,6 +161,9 @@ def cmd_calibrate(args) -> int:
     from .presets import ABLATIONS, preset
     from .program import ProgramError, export_program, save_program
 
+    if getattr(args, "gptq_source", None) is not None and getattr(args, "weight_rounding", None) != "gptq":
+        raise UserError(f"--gptq-source {args.gptq_source} only applies to GPTQ rounding: "
+                        "add --weight-rounding gptq (or drop --gptq-source)")
     check_output_dir(args.output, force=args.force, what="program directory")
     check_output_file(args.json, what="--json file", not_inside=[args.output])
     _threads()

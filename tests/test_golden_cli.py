@@ -48,6 +48,11 @@ def test_bad_bits(capsys, folder, tmp_path):
     code, out = run(capsys, "calibrate", "--model", "deit_tiny_patch16_224", "--data", folder[0], "--bits", "w4",
                     "-o", tmp_path / "p")
     assert code == 2 and "w4a4" in out.err
+    # a GPTQ option without GPTQ rounding is refused, not silently ignored (nothing is written)
+    code, out = run(capsys, "calibrate", "--model", "deit_tiny_patch16_224", "--data", folder[0], "--gptq-source", "fp",
+                    "-o", tmp_path / "p")
+    assert code == 2 and "add --weight-rounding gptq" in out.err and "Traceback" not in out.err
+    assert not (tmp_path / "p").exists()
 
 
 def test_weights_mismatch_and_corrupt(tmp_path):
