@@ -1,14 +1,14 @@
 """Sparse outlier unit (docs/datapath.md sections 5 and 6: the per-patch outlier path).
 
 For each outlier ``(row, col, val)`` of a row tile the unit adds ``val * b[col, :]`` into a per-tile
-*correction* register row ``corr[row - row0, :]``; the engine's drain adds ``corr[r, :]`` to
+*correction* row ``corr[row - row0, :]`` (held in small memories, one word per tile row); the engine's drain adds ``corr[r, :]`` to
 ``acc_d[r, :] << FO`` before requantisation::
 
     acc[r, c] = (acc_d[r, c] << FO) + sum_{(r, j, val)} val * b[j, c]
 
 Throughput: ``lanes`` entries per cycle (one stream beat holds ``lanes`` entries, each with its own
 ``valid`` bit); several lanes of one beat may hit the same row.  Capacity: the unit is sized for
-``capacity`` entries per row tile (the correction registers hold ``min(CAP, K) * (2^15-1) * Bmax``);
+``capacity`` entries per row tile (a correction word holds ``min(CAP, K) * (2^15-1) * Bmax``);
 a tile that announces more raises the sticky :attr:`OutlierUnit.overflow` flag -- the entries are
 still consumed and added, never dropped.  An entry whose row is outside the tile or whose column is
 ``>= K`` raises :attr:`OutlierUnit.range_error` and is not added.
@@ -19,7 +19,8 @@ Pipeline (registers advance only when ``en`` is high; ``OUTLIER_LATENCY = 3`` of
     cycle t   : beat issued: entries registered, B buffer read addresses = col (sync read ports)
     cycle t+1 : two partial products of val_l * b[col_l, c]          -> partial product registers
     cycle t+2 : p[l, c] = sum of the two partial products             -> product registers
-    cycle t+3 : corr[row_l - row0, c] += p[l, c]                      -> correction registers
+    cycle t+3 : corr_l[row_l - row0, c] += p[l, c]                    -> lane l's correction memories
+                (read-modify-write: asynchronous read, write at the clock edge)
 
 The product is split in two stages so that each holds one carry chain (issue #15: the single-stage
 shift-and-add was the 8 x 8 engine's critical path, 12.6 ns).
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS
@@ -71,7 +73,7 @@ def val_times_b_halves(m: Module, val, b, b_bits: int, name: str = "outl_p"):
 
 
 class OutlierUnit(wiring.Component):
-    """Sparse outlier accumulation into per-row correction registers.
+    """Sparse outlier accumulation into per-row corrections (one memory per lane and column).
 
     Parameters
     ----------
@@ -84,12 +86,13 @@ class OutlierUnit(wiring.Component):
     lanes : int
         Entries per beat.
     corr_bits : int
-        Signed width of a correction register.
+        Signed width of a correction word.
     addr_bits : int
         Width of a B buffer read address (``col`` is truncated to it after the range check).
     en_copies : int
-        Identical copies of the enable (default 1): copy 0 drives the entry / product stages and the
-        flags, the correction rows are split into ``en_copies`` groups (fanout of the enable).
+        Identical copies of the enable (default 1): copy 0 drives the entry / product stages, the
+        valid bits and the flags; column ``c``'s memory writes use copy ``c * en_copies // cols``
+        (fanout of the enable).
     drain_copies : int
         Identical copies of :attr:`drain_row` (default 1).
 
@@ -109,9 +112,10 @@ class OutlierUnit(wiring.Component):
     rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
         B buffer read ports (one per lane).
     drain : In(1), drain_row : In(ArrayLayout(range(rows), drain_copies))
-        Read correction row ``drain_row`` on :attr:`corr_row` and clear it (when ``en``);
-        ``drain_copies`` identical copies of the row number (column ``c`` uses copy
-        ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
+        Read correction row ``drain_row`` on :attr:`corr_row` (combinationally) and clear it (when
+        ``en``); ``drain_copies`` identical copies of the row number (column ``c`` uses copy
+        ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).  Never in the same
+        cycle as a stage-3 accumulation (they share each memory's read port).
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
         Sticky error flags, cleared by :attr:`clear`.
@@ -151,8 +155,6 @@ class OutlierUnit(wiring.Component):
         R, C, L = self.rows, self.cols, self.lanes
         en0 = self.en[0]
 
-        def en_row(r):
-            return self.en[r * self.en_copies // R]
         rbits = max(1, (R - 1).bit_length())
 
         # ---- stage 0: range check, register entries, address the B rows
@@ -193,25 +195,8 @@ class OutlierUnit(wiring.Component):
                     s2_hi = Signal(signed(pbits), name=f"s2_hi{l}_{c}")
                     m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
-        # ---- stage 3: accumulate into the correction registers; drain reads and clears a row
-        corr = [[Signal(signed(self.corr_bits), name=f"corr{r}_{c}") for c in range(C)] for r in range(R)]
-        for r in range(R):
-            hit = [s3_ok[l] & (s3_row[l] == r) for l in range(L)]
-            for c in range(C):
-                add = 0
-                for l in range(L):
-                    add = add + Mux(hit[l], s3_p[l][c], 0)
-                with m.If(en_row(r)):
-                    with m.If(self.drain & (self.drain_row[c * self.drain_copies // C] == r)):
-                        m.d.sync += corr[r][c].eq(0)
-                    with m.Elif(Cat(*hit).any()):
-                        m.d.sync += corr[r][c].eq(corr[r][c] + add)
-        for c in range(C):
-            with m.Switch(self.drain_row[c * self.drain_copies // C]):
-                for r in range(R):
-                    with m.Case(r):
-                        m.d.comb += self.corr_row[c].eq(corr[r][c])
-
+        # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
+        self._corrections(m, s3_ok, s3_row, s3_p)
         # ---- error flags
         with m.If(self.clear):
             m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
@@ -221,3 +206,43 @@ class OutlierUnit(wiring.Component):
             with m.If(self.issue & Cat(*bad).any()):
                 m.d.sync += self.range_error.eq(1)
         return m
+
+    def _corrections(self, m: Module, s3_ok, s3_row, s3_p) -> None:
+        """Correction storage: one memory of ``rows`` words per lane and column (section 5).
+
+        Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
+        for a write port, whatever their rows; the correction of row ``r`` is the sum over the lanes.
+        Each memory has one write port and one asynchronous read port, shared by the read-modify-write
+        of stage 3 (when that lane's stage 3 holds an entry) and the drain (otherwise): the engine's
+        schedule never drains and accumulates in the same cycle (``OUTLIER_LATENCY <= DRAIN_OFFSET``).
+        A valid bit per lane and row replaces clearing the words: the drain clears the row's bits,
+        the first write of a tile reads the word as 0.  On ECP5 the memories map to distributed RAM
+        (``TRELLIS_DPR16X4``) instead of ``rows x cols`` registers and adders.
+        """
+        R, C, L = self.rows, self.cols, self.lanes
+        depth, rbits = max(2, R), max(1, (R - 1).bit_length())
+        drain_row = [self.drain_row[c * self.drain_copies // C] for c in range(C)]
+        vld = [Signal(depth, name=f"corr_vld{l}") for l in range(L)]
+        lane_rows = []
+        for l in range(L):
+            row = []
+            for c in range(C):
+                mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
+                wp, rp = mem.write_port(), mem.read_port(domain="comb")
+                addr = Mux(s3_ok[l], s3_row[l], drain_row[c][:rbits])
+                word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
+                m.d.comb += [rp.addr.eq(addr), wp.addr.eq(s3_row[l]), wp.data.eq(word + s3_p[l][c]),
+                             wp.en.eq(self.en[c * self.en_copies // C] & s3_ok[l])]
+                row.append(word)
+            lane_rows.append(row)
+            with m.If(self.en[0]):
+                for r in range(R):
+                    with m.If(self.drain & (drain_row[0] == r)):
+                        m.d.sync += vld[l][r].eq(0)
+                    with m.Elif(s3_ok[l] & (s3_row[l] == r)):
+                        m.d.sync += vld[l][r].eq(1)
+        for c in range(C):
+            total = lane_rows[0][c]
+            for l in range(1, L):
+                total = total + lane_rows[l][c]
+            m.d.comb += self.corr_row[c].eq(total)
