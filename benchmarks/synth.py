@@ -38,15 +38,20 @@ TABLE = ROOT / "sim" / "perf" / "synth_table.json"
 
 
 def parse_config(text: str):
-    """``"8x8:w4a4"`` -> an EngineConfig with the default acc_bits / capacity / max_k."""
-    size, _, bits = text.partition(":")
+    """``"8x8:w4a4"`` -> an EngineConfig with the default acc_bits / capacity / max_k;
+    ``"16x16:w4a4:s2"`` with ``requant_share = 2``."""
+    size, _, rest = text.partition(":")
+    bits, _, share = rest.partition(":")
     r, c = (int(x) for x in size.lower().split("x"))
     w, a = parse_bits(bits or "w4a4")
-    return make_engine_config(rows=r, cols=c, a_bits=a, b_bits=w)
+    if share and not (share[:1] == "s" and share[1:].isdigit()):
+        raise SystemExit(f"synth.py: bad configuration {text!r}: expected RxC:wXaY or RxC:wXaY:sN (N = requant_share)")
+    return make_engine_config(rows=r, cols=c, a_bits=a, b_bits=w, requant_share=int(share[1:]) if share else 1)
 
 
 def label(cfg) -> str:
-    return f"{cfg.rows}x{cfg.cols}:w{cfg.b_bits}a{cfg.a_bits}"
+    share = f":s{cfg.requant_share}" if cfg.requant_share > 1 else ""
+    return f"{cfg.rows}x{cfg.cols}:w{cfg.b_bits}a{cfg.a_bits}{share}"
 
 
 def _cached(path: Path, force: bool, run):
@@ -144,6 +149,7 @@ def record(results: dict) -> None:
         comb = (p.get("resources") or {}).get("TRELLIS_COMB")
         entry = {**{k: cfg[k] for k in ("rows", "cols", "a_bits", "b_bits", "acc_bits", "max_k",
                                         "outlier_capacity", "outlier_lanes")},
+                 **({"requant_share": cfg["requant_share"]} if cfg.get("requant_share", 1) > 1 else {}),
                  "fmax_mhz": p.get("fmax_mhz"), "LUT4": c.get("LUT4"), "CCU2C": c.get("CCU2C"),
                  "TRELLIS_COMB": comb["used"] if comb else None, "FF": c.get("TRELLIS_FF"),
                  "DSP": c.get("MULT18X18D", 0), "BRAM": c.get("DP16KD", 0), "device": "LFE5U-85F",
@@ -153,9 +159,9 @@ def record(results: dict) -> None:
                  "tools": ", ".join(f"yowasp-{k} {v}" for k, v in e.get("tools", {}).items()),
                  "commit": e["commit"].replace("+dirty", ""), "command": e["command"],
                  "doc": "docs/hardware.md, 'Synthesis table' (benchmarks/synth.py)"}
-        key = tuple(entry[k] for k in ("rows", "cols", "a_bits", "b_bits"))
-        doc["entries"] = [x for x in doc["entries"]
-                          if tuple(x[k] for k in ("rows", "cols", "a_bits", "b_bits")) != key] + [entry]
+        def key(x):
+            return tuple(x[k] for k in ("rows", "cols", "a_bits", "b_bits")) + (x.get("requant_share", 1),)
+        doc["entries"] = [x for x in doc["entries"] if key(x) != key(entry)] + [entry]
     TABLE.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {TABLE}")
 

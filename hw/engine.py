@@ -70,7 +70,8 @@ from .engine_control import EngineController
 from .engine_drain import DrainPipeline, OutputStage
 # the stream payload layouts and ZA_BITS are the engine's interface: import them from here
 # (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
-from .engine_layouts import OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, out_layout, rowp_layout
+from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, drain_row_group, out_layout,
+                             rowp_layout)
 from .mac_array import MacArray
 from .outlier_unit import OutlierUnit, outlier_beat_layout
 from .stall import BACK_END_DELAY, BackEndEnable, GlobalStall, connect_delayed, delay_line, mac_en_groups
@@ -180,11 +181,12 @@ class LayerEngine(wiring.Component):
         connect_delayed(m, bbuf.load, cols.load, d, "load")
         connect_delayed(m, ctl.columns, cols.ctl, d, "columns")
         connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
+        drain_row, _ = drain_row_group(ctl.drain.pos, cfg.share_bits)
         connect_delayed(m, ctl.descriptors, desc.ctl, d, "desc_ctl", names=("load", "shift", "take"))
         m.d.comb += [
             cols.en.eq(en_cols), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
-            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(late(ctl.drain.row, "desc_row")),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(late(drain_row, "desc_row")),
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
@@ -232,13 +234,16 @@ class LayerEngine(wiring.Component):
     def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
         """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""
         cfg, late = self.cfg, _delayer(m)
+        _, group = drain_row_group(ctl.drain.pos, cfg.share_bits)
         ou = m.submodules.outliers = OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
                                                  cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
                                                  en_copies=cfg.rows, drain_copies=cfg.cols)
         connect_delayed(m, ctl.outliers, ou, BACK_END_DELAY, "outl", names=("issue", "row0", "m", "tile_start"))
         m.d.comb += [
             ou.en.eq(back.en.ou), ou.entries.eq(late(stall.head.outl, "outl_entries")), ou.k.eq(late(ctl.layer.k, "k")),
-            ou.tile_count.eq(desc.cur_n_out), ou.drain.eq(late(ctl.drain.issue, "outl_drain")),
+            # a correction row is cleared with the drain of its last column group
+            ou.tile_count.eq(desc.cur_n_out), ou.drain.eq(late(ctl.drain.issue & (group == cfg.requant_share - 1),
+                                                               "outl_drain")),
             ou.drain_row.eq(drain.rows), ou.clear.eq(late_start),
             bbuf.outl_next.eq(stall.outl_next), bbuf.outl_en.eq(stall.en.buf),
             ou.rd_data.eq(late(bbuf.outl_rows, "outl_rows")),

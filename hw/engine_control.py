@@ -95,7 +95,7 @@ class EngineController(wiring.Component):
             "b_read": Out(BReadSignature(cfg.k_bits)),
             "mac": Out(MacControl),
             "outliers": Out(OutlierControl),
-            "drain": Out(DrainControl(cfg.rows)),
+            "drain": Out(DrainControl(cfg.rows, cfg.share_bits)),
         })
 
     # ------------------------------------------------------------------------------------ state
@@ -117,7 +117,7 @@ class EngineController(wiring.Component):
         s.epi = Signal(name="epi")                # current window is the epilogue (drain of the last tile)
         s.commit = Signal(name="commit")          # commit the loaded column data (first cycle of a block)
         s.mac_rd = Signal(cfg.k_bits, name="mac_rd")            # B row of the MAC issue: wc - a_off
-        s.drain_row = Signal(row_bits(cfg.rows), name="drain_row")  # shadow row of the drain
+        s.drain_pos = Signal(row_bits(cfg.rows) + cfg.share_bits, name="drain_pos")  # drain: shadow row, group
 
         def tile(prefix):
             return {"valid": Signal(name=f"{prefix}_valid"), "r0": Signal(DIM_BITS, name=f"{prefix}_r0"),
@@ -137,7 +137,7 @@ class EngineController(wiring.Component):
         s.e_onz = Signal(name="e_onz")            # o_end != o_start (the current tile has outliers)
         flags = [s.e_a_end, s.e_a_off, s.e_o_start, s.e_o_end, s.e_drain0, s.e_onz]
         s.regs = [s.busy, s.wc, s.wc1, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
-                  s.mac_rd, s.drain_row, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
+                  s.mac_rd, s.drain_pos, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
                   *s.need.values(), *flags]
         return s
 
@@ -151,7 +151,8 @@ class EngineController(wiring.Component):
             m.d.sync += reg.eq(value)
             return reg
         cur, nxt = s.cur, s.nxt
-        m_eff = Mux(cur["valid"], cur["m"], 0)      # rows of the tile that becomes ``prev``
+        # drain cycles of the tile that becomes ``prev``: its rows times the requantiser sharing
+        m_eff = Mux(cur["valid"], cur["m"], 0) << cfg.share_bits
         f = {
             "a_next": free(Mux(m_eff > lc.k, m_eff - lc.k, 0), "f_a_next"),       # a_off of the next window
             "a_end": free(Mux(m_eff > lc.k, m_eff, lc.k), "f_a_end"),             # its a_off + K
@@ -169,7 +170,7 @@ class EngineController(wiring.Component):
     def _advance(self, m, s, f, A):
         """Next state after an enabled cycle (window boundary: next tile; else count the window)."""
         cfg = self.cfg
-        R, C, kb, rbits = cfg.rows, cfg.cols, cfg.k_bits, row_bits(cfg.rows)
+        R, C, kb, rbits = cfg.rows, cfg.cols, cfg.k_bits, row_bits(cfg.rows) + cfg.share_bits
         cur, prev, nxt = s.cur, s.prev, s.nxt
         nb = self.descriptors.nb                    # outlier beats of the next tile
         o_end_next = f["m2"] + nb
@@ -178,7 +179,7 @@ class EngineController(wiring.Component):
         m.d.comb += A(s.commit).eq(0)
         with m.If(s.bnd):
             m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.bnd).eq(0), A(s.mac_rd).eq((-f["a_next"])[:kb]),
-                         A(s.drain_row).eq((-DRAIN_OFFSET) % (1 << rbits))]
+                         A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
             with m.If(s.epi):
                 m.d.comb += A(s.busy).eq(0)
             with m.Else():
@@ -202,7 +203,7 @@ class EngineController(wiring.Component):
                     m.d.comb += [A(cur["valid"]).eq(0), A(s.epi).eq(1), A(s.wlen).eq(f["w_epi"]), A(s.a_off).eq(0)]
         with m.Else():
             m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc1 + 1), A(s.bnd).eq(s.wc1 + 1 == s.wlen),
-                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_row).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
+                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
 
     def _needs(self, m, s, f, A, load_start):
         """Stream needs of the next cycle (only equality compares on registers) and the flags."""
@@ -233,7 +234,7 @@ class EngineController(wiring.Component):
 
     def _registers(self, m, s, A, start):
         """Layer start (reset of the schedule state) and the enabled update."""
-        rbits = row_bits(self.cfg.rows)
+        rbits = row_bits(self.cfg.rows) + self.cfg.share_bits
         cmd, nxt = self.cmd.payload, s.nxt
         with m.If(start):
             m.d.sync += [
@@ -241,7 +242,7 @@ class EngineController(wiring.Component):
                 s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > 2, cmd.k, 2)),
                 s.cur["valid"].eq(0), s.prev["valid"].eq(0),
                 nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),
-                s.commit.eq(0), s.mac_rd.eq(0), s.drain_row.eq((-DRAIN_OFFSET) % (1 << rbits)),
+                s.commit.eq(0), s.mac_rd.eq(0), s.drain_pos.eq((-DRAIN_OFFSET) % (1 << rbits)),
                 self.cycles.eq(0),
                 # flags of the start state (wc1 = 1, a_off = 0); a_end / o_* are only used once a
                 # tile is current, after the first boundary has set them
@@ -294,7 +295,7 @@ class EngineController(wiring.Component):
             self.outliers.issue.eq(need["outl"] if self.cfg.has_outliers else Const(0, 1)),
             self.outliers.row0.eq(cur["r0"]), self.outliers.m.eq(cur["m"]),
             self.outliers.tile_start.eq(busy & cur["valid"] & (s.wc == 0)),
-            self.drain.issue.eq(need["drain"]), self.drain.row.eq(s.drain_row),
-            self.drain.row_adv.eq(A(s.drain_row)), self.drain.r0.eq(prev["r0"]), self.drain.c0.eq(prev["c0"]),
+            self.drain.issue.eq(need["drain"]), self.drain.pos.eq(s.drain_pos),
+            self.drain.pos_adv.eq(A(s.drain_pos)), self.drain.r0.eq(prev["r0"]), self.drain.c0.eq(prev["c0"]),
         ]
         return m

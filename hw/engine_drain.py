@@ -16,7 +16,7 @@ that column's copy (fanout of the global enable, :mod:`hw.stall`).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
 from .common import OutFormat, partial_products, sum_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
+                             drain_row_group,
                              out_layout, row_bits)
 from .requantiser import Requantiser
 
@@ -90,14 +91,14 @@ class DrainPipeline(wiring.Component):
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
-        C = cfg.cols
+        C, G = cfg.cols, cfg.drain_lanes
         ports = {
-            "en": In(1), "en_col": In(C), "start": In(1), "ctl": In(DrainControl(cfg.rows)),
+            "en": In(1), "en_col": In(C), "start": In(1), "ctl": In(DrainControl(cfg.rows, cfg.share_bits)),
             "fo": In(3), "n": In(DIM_BITS), "za": In(ZA_BITS), "mr": In(16),
             "acc": In(data.ArrayLayout(signed(cfg.acc_bits), C)),
             "colsum": In(data.ArrayLayout(signed(cfg.colsum_bits), C)), "params": In(colp_layout(C)),
             "rows": Out(data.ArrayLayout(row_bits(cfg.rows), C)),
-            "o": Out(DrainedRowSignature(C, cfg.acc_bits)),
+            "o": Out(DrainedRowSignature(G, cfg.acc_bits)),
         }
         if cfg.has_outliers:
             ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
@@ -105,61 +106,73 @@ class DrainPipeline(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        C, W, rb = self.cfg.cols, self.cfg.acc_bits, row_bits(self.cfg.rows)
+        C, G, W = self.cfg.cols, self.cfg.drain_lanes, self.cfg.acc_bits
+        S, sb = self.cfg.requant_share, self.cfg.share_bits
+        pb = row_bits(self.cfg.rows) + sb
         ctl = self.ctl
-        for c in range(C):       # one copy of the drain row per column (shadow / correction row muxes)
+        pos = [Signal(pb, name=f"pos{c}") for c in range(C)]
+        for c in range(C):       # one copy of the drain position per column (shadow / correction row muxes)
             with m.If(self.start):
-                m.d.sync += self.rows[c].eq((-DRAIN_OFFSET) % (1 << rb))
+                m.d.sync += pos[c].eq((-DRAIN_OFFSET) % (1 << pb))
             with m.Elif(self.en_col[c]):
-                m.d.sync += self.rows[c].eq(ctl.row_adv)
+                m.d.sync += pos[c].eq(ctl.pos_adv)
+            m.d.comb += self.rows[c].eq(drain_row_group(pos[c], sb)[0])
 
         def row_stage(values, prefix):
             return _stage(m, [(v, self.en) for v in values], prefix)
 
         def col_stage(values, prefix):
-            return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)
-        corr = [self.corr[c] for c in range(C)] if self.cfg.has_outliers else [Const(0, 1)] * C
-        # D1: select the drained row; the row parameters za, Mr get one register copy per column
-        # (each feeds that column's DSP blocks)
-        d1_v, d1_row, d1_col = row_stage([ctl.issue, (ctl.r0 + ctl.row)[:DIM_BITS], ctl.c0], "d1")
-        d1_za, d1_mr = col_stage([self.za] * C, "d1_za"), col_stage([self.mr] * C, "d1_mr")
-        d1_acc = col_stage([self.acc[c] for c in range(C)], "d1_acc")
+            return _stage(m, [(values[j], self.en_col[j]) for j in range(G)], prefix)
+
+        def grouped(values):
+            """Lane ``j`` of the drained column group: column ``group * G + j`` (group from copy ``j``)."""
+            if S == 1:
+                return list(values)
+            return [Array(values[g * G + j] for g in range(S))[drain_row_group(pos[j], sb)[1]] for j in range(G)]
+        corr = grouped([self.corr[c] for c in range(C)]) if self.cfg.has_outliers else [Const(0, 1)] * G
+        row, group = drain_row_group(ctl.pos, sb)
+        # D1: select the drained row (and column group); the row parameters za, Mr get one register
+        # copy per lane (each feeds that lane's DSP blocks)
+        d1_v, d1_row, d1_col, d1_last = row_stage([ctl.issue, (ctl.r0 + row)[:DIM_BITS],
+                                                   (ctl.c0 + group * G)[:DIM_BITS], group == S - 1], "d1")
+        d1_za, d1_mr = col_stage([self.za] * G, "d1_za"), col_stage([self.mr] * G, "d1_mr")
+        d1_acc = col_stage(grouped([self.acc[c] for c in range(C)]), "d1_acc")
         d1_corr = col_stage(corr, "d1_corr")
-        d1_cs = col_stage([self.colsum[c] for c in range(C)], "d1_cs")
-        d1_cp = col_stage([self.params[c].as_value() for c in range(C)], "d1_cp")
+        d1_cs = col_stage(grouped([self.colsum[c] for c in range(C)]), "d1_cs")
+        d1_cp = col_stage(grouped([self.params[c].as_value() for c in range(C)]), "d1_cp")
         # D2: zero-point partial products za[r] * colsum[c] (18x18 DSP blocks)
-        zp_pp = [partial_products(d1_za[c], d1_cs[c]) for c in range(C)]
-        d2_v, d2_row, d2_col = row_stage([d1_v, d1_row, d1_col], "d2")
-        d2_pp = [_stage(m, [(p, self.en_col[c]) for p, _ in zp_pp[c]], f"d2_pp{c}") for c in range(C)]
+        zp_pp = [partial_products(d1_za[c], d1_cs[c]) for c in range(G)]
+        d2_v, d2_row, d2_col, d2_last = row_stage([d1_v, d1_row, d1_col, d1_last], "d2")
+        d2_pp = [_stage(m, [(p, self.en_col[c]) for p, _ in zp_pp[c]], f"d2_pp{c}") for c in range(G)]
         d2_acc, d2_corr, d2_cp, d2_mr = (col_stage(x, f"d2_{n}") for x, n in
                                          ((d1_acc, "acc"), (d1_corr, "corr"), (d1_cp, "cp"), (d1_mr, "mr")))
         # D3: zero-point product (sum of the partial products)
-        d3_v, d3_row, d3_col = row_stage([d2_v, d2_row, d2_col], "d3")
-        d3_zp = col_stage([sum_products(d2_pp[c], [sh for _, sh in zp_pp[c]]) for c in range(C)], "d3_zp")
+        d3_v, d3_row, d3_col, d3_last = row_stage([d2_v, d2_row, d2_col, d2_last], "d3")
+        d3_zp = col_stage([sum_products(d2_pp[c], [sh for _, sh in zp_pp[c]]) for c in range(G)], "d3_zp")
         d3_acc, d3_corr, d3_cp, d3_mr = (col_stage(x, f"d3_{n}") for x, n in
                                          ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
         # D4: acc_d = acc_raw - za * colsum
-        d4_v, d4_row, d4_col = row_stage([d3_v, d3_row, d3_col], "d4")
-        d4_diff = col_stage([d3_acc[c] - d3_zp[c] for c in range(C)], "d4_diff")
+        d4_v, d4_row, d4_col, d4_last = row_stage([d3_v, d3_row, d3_col, d3_last], "d4")
+        d4_diff = col_stage([d3_acc[c] - d3_zp[c] for c in range(G)], "d4_diff")
         d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
         # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer
-        d5_v, d5_row, d5_col = row_stage([d4_v, d4_row, d4_col], "d5")
-        d5_full = col_stage([(d4_diff[c] << self.fo) + d4_corr[c] for c in range(C)], "d5_full")
-        d5_in = col_stage([c < self.n - d4_col for c in range(C)], "d5_in")
+        d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
+        d5_full = col_stage([(d4_diff[c] << self.fo) + d4_corr[c] for c in range(G)], "d5_full")
+        d5_in = col_stage([c < self.n - d4_col for c in range(G)], "d5_in")
         d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
-        d6_v, d6_row, d6_col = row_stage([d5_v, d5_row, d5_col], "d6")
-        d6_acc = col_stage([d5_full[c][:W].as_signed() for c in range(C)], "d6_acc")
+        d6_v, d6_row, d6_col, d6_last = row_stage([d5_v, d5_row, d5_col, d5_last], "d6")
+        d6_acc = col_stage([d5_full[c][:W].as_signed() for c in range(G)], "d6_acc")
         d6_bad = col_stage([d5_v & d5_in[c] & ~((d5_full[c] >= -(1 << (W - 1))) & (d5_full[c] <= (1 << (W - 1)) - 1))
-                            for c in range(C)], "d6_bad")
+                            for c in range(G)], "d6_bad")
         d6_cp = col_stage(d5_cp, "d6_cp")
         d6_mr = col_stage(d5_mr, "d6_mr")
         fault = Signal()         # some lane of the drained row overflowed acc_bits (one cycle later)
         with m.If(self.en):
             m.d.sync += fault.eq(Cat(*d6_bad).any())
         o = self.o
-        m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.fault.eq(fault)]
-        m.d.comb += [x for c in range(C)
+        m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.last.eq(d6_last), o.fault.eq(fault)]
+        m.d.comb += [x for c in range(G)
                      for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
         return m
 
@@ -202,7 +215,7 @@ class OutputStage(wiring.Component):
         super().__init__({
             "en": In(1), "en_col": In(C), "clear": In(1),
             "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4), "n": In(DIM_BITS),
-            "i": In(DrainedRowSignature(C, cfg.acc_bits)),
+            "i": In(DrainedRowSignature(cfg.drain_lanes, cfg.acc_bits)),
             "out": Out(stream.Signature(out_layout(C))),
             "fifo": Out(FifoFill),
             "acc_fault": Out(1),
@@ -210,12 +223,12 @@ class OutputStage(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        C, W = self.cfg.cols, self.cfg.acc_bits
+        C, G, W, S = self.cfg.cols, self.cfg.drain_lanes, self.cfg.acc_bits, self.cfg.requant_share
         fifo = m.submodules.fifo = SyncFIFO(width=len(Signal(out_layout(C)).as_value()), depth=OUT_FIFO_DEPTH)
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data), fifo.r_en.eq(self.out.ready)]
-        tag_bits = 1 + 2 * DIM_BITS
+        tag_bits = 2 + 2 * DIM_BITS
         outs = []
-        for c in range(C):
+        for c in range(G):
             rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1)
             cp = self.i.params[c]
             m.d.comb += [
@@ -224,20 +237,31 @@ class OutputStage(wiring.Component):
                 rq.i.payload.mc.eq(cp.mc), rq.i.payload.sc.eq(cp.sc), rq.i.payload.bq.eq(cp.bq),
                 rq.sr.eq(self.sr), rq.z_out.eq(self.z_out), rq.out_fmt.eq(self.out_fmt), rq.bits.eq(self.out_k),
                 rq.clear.eq(self.clear),
-                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col) if c == 0 else self.i.valid),
+                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col, self.i.last) if c == 0
+                                    else self.i.valid),
             ]
             outs.append(rq.o.payload)
         tag0 = outs[0].tag
+        valid, col, last = tag0[0], tag0[1 + DIM_BITS:1 + 2 * DIM_BITS], tag0[1 + 2 * DIM_BITS]
+        # row assembly: the first S - 1 column groups wait in ``held`` (oldest first), the last
+        # group completes the row
+        groups = [[(Signal(signed(32), name=f"held{g}_{c}"), Signal(name=f"held_sat{g}_{c}")) for c in range(G)]
+                  for g in range(S - 1)]
+        with m.If(self.en & valid & ~last):
+            for g in range(S - 1):
+                src = groups[g + 1] if g + 1 < S - 1 else [(o.value, o.sat) for o in outs]
+                m.d.sync += [x.eq(y) for (hv, hs), (sv, ss) in zip(groups[g], src) for x, y in ((hv, sv), (hs, ss))]
+        lanes = [lane for g in groups for lane in g] + [(o.value, o.sat) for o in outs]
         push = Signal()
-        m.d.comb += [push.eq(self.en & tag0[0]), self.fifo.level.eq(fifo.level)]
+        m.d.comb += [push.eq(self.en & valid & last), self.fifo.level.eq(fifo.level)]
         w = Signal(out_layout(C))
-        m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(tag0[1 + DIM_BITS:])]
-        m.d.comb += [x for c in range(C) for x in (w.data[c].eq(outs[c].value), w.sat[c].eq(outs[c].sat))]
+        m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(col - (S - 1) * G)]
+        m.d.comb += [x for c in range(C) for x in (w.data[c].eq(lanes[c][0]), w.sat[c].eq(lanes[c][1]))]
         m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(w.as_value())]
-        ncols_valid = self.n - w.col
-        rq_fault_any = Cat(*[outs[c].fault & (c < ncols_valid) for c in range(C)]).any()
+        ncols_valid = self.n - col
+        rq_fault_any = Cat(*[outs[c].fault & (c < ncols_valid) for c in range(G)]).any()
         with m.If(self.clear):
             m.d.sync += self.acc_fault.eq(0)
-        with m.Elif(self.en & (self.i.fault | (push & rq_fault_any))):
+        with m.Elif(self.en & (self.i.fault | (valid & rq_fault_any))):
             m.d.sync += self.acc_fault.eq(1)
         return m

@@ -12,7 +12,7 @@ Widths follow docs/datapath.md: ``Mr`` u16, ``za`` up to 2^23 (section 6, ``Zs``
 """
 from __future__ import annotations
 
-from amaranth.hdl import signed, unsigned
+from amaranth.hdl import Const, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,7 +22,7 @@ from .common import CodeFormat, OutFormat
 __all__ = [
     "ZA_BITS", "OUT_BITS", "OUT_FIFO_DEPTH", "cmd_layout", "rowp_layout", "col_param_layout", "colp_layout",
     "out_layout", "row_bits", "StreamNeed", "StatusSignature", "DescriptorControl", "LoaderControl",
-    "LoadSignature", "BReadSignature", "ColumnControl", "MacControl", "OutlierControl", "DrainControl",
+    "LoadSignature", "BReadSignature", "ColumnControl", "MacControl", "OutlierControl", "DrainControl", "drain_row_group",
     "DrainedRowSignature", "FifoFill",
 ]
 
@@ -122,25 +122,38 @@ OutlierControl = wiring.Signature({
 })
 
 
-def DrainControl(rows: int) -> wiring.Signature:
-    """Drain issue of the previous tile: ``issue``, shadow row ``row`` (and ``row_adv``, its value
-    after an advance), the previous tile's first row ``r0`` and first column ``c0``."""
-    rb = row_bits(rows)
+def DrainControl(rows: int, share_bits: int = 0) -> wiring.Signature:
+    """Drain issue of the previous tile: ``issue``, drain position ``pos`` (and ``pos_adv``, its
+    value after an advance), the previous tile's first row ``r0`` and first column ``c0``.
+
+    ``pos = (row << share_bits) | group``: the shadow row and, when the engine shares each
+    requantiser between ``2^share_bits`` columns, the column group drained this cycle
+    (:func:`drain_row_group`)."""
+    pb = row_bits(rows) + share_bits
     return wiring.Signature({
-        "issue": Out(1), "row": Out(rb), "row_adv": Out(rb), "r0": Out(DIM_BITS), "c0": Out(DIM_BITS),
+        "issue": Out(1), "pos": Out(pb), "pos_adv": Out(pb), "r0": Out(DIM_BITS), "c0": Out(DIM_BITS),
     })
 
 
-def DrainedRowSignature(cols: int, acc_bits: int) -> wiring.Signature:
-    """One drained row entering the requantisers (docs/datapath.md section 7 inputs).
+def drain_row_group(pos, share_bits: int):
+    """``(row, group)`` of a drain position (``group`` is ``Const(0, 1)`` without sharing)."""
+    if share_bits == 0:
+        return pos, Const(0, 1)
+    return pos[share_bits:], pos[:share_bits]
 
-    ``valid`` / ``row`` / ``col``: a row of the layer, its absolute index and the block's first
-    column; ``acc``: ``acc[r, c]`` truncated to ``acc_bits``; ``mr``: ``Mr[r]`` per lane;
-    ``params``: ``Mc, Sc, Bq`` per lane; ``fault``: a lane inside the layer of the row of the
+
+def DrainedRowSignature(lanes: int, acc_bits: int) -> wiring.Signature:
+    """One drained column group entering the requantisers (docs/datapath.md section 7 inputs).
+
+    ``valid`` / ``row`` / ``col``: a row of the layer, its absolute index and the group's first
+    column; ``last``: the row's last column group (always 1 without requantiser sharing);
+    ``acc``: ``acc[r, c]`` truncated to ``acc_bits``; ``mr``: ``Mr[r]`` per lane;
+    ``params``: ``Mc, Sc, Bq`` per lane; ``fault``: a lane inside the layer of the group of the
     *previous* engine cycle did not fit ``acc_bits``.
     """
+    cols = lanes
     return wiring.Signature({
-        "valid": Out(1), "row": Out(DIM_BITS), "col": Out(DIM_BITS),
+        "valid": Out(1), "row": Out(DIM_BITS), "col": Out(DIM_BITS), "last": Out(1),
         "acc": Out(data.ArrayLayout(signed(acc_bits), cols)),
         "mr": Out(data.ArrayLayout(unsigned(16), cols)),
         "params": Out(colp_layout(cols)),

@@ -100,7 +100,8 @@ def add_engine_args(parser: argparse.ArgumentParser, *, bits_help: str | None = 
     """Add the shared engine flags (one argument group ``engine``) to ``parser``.
 
     ``--rows``/``--cols`` (default 16 x 16), ``--bits wXaY`` (widest codes the engine accepts,
-    default w8a8), ``--acc-bits``, ``--outlier-capacity``, ``--outlier-lanes``, ``--max-k`` and
+    default w8a8), ``--acc-bits``, ``--outlier-capacity``, ``--outlier-lanes``, ``--max-k``,
+    ``--requant-share`` and
     ``--config FILE`` (a JSON of :class:`sim.engine_config.EngineConfig` fields that the flags
     override). Flags left out are ``None`` so a subcommand can fill them from its workload (e.g.
     ``--max-k`` from the largest K of a program). ``with_bits=False`` leaves ``--bits`` to the
@@ -126,6 +127,9 @@ def add_engine_args(parser: argparse.ArgumentParser, *, bits_help: str | None = 
     g.add_argument("--outlier-lanes", type=int, default=None, help="outlier entries per cycle: 1, 2, 4, 8 (default 1)")
     g.add_argument("--max-k", type=int, default=None,
                    help="B buffer depth = largest K (default 1024, or the largest K of the workload)")
+    g.add_argument("--requant-share", type=int, default=None, metavar="S",
+                   help="columns per requantiser, a power of two dividing --cols (default 1); the drain "
+                   "then takes S cycles per output row (docs/hardware.md)")
     g.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="JSON file with EngineConfig fields (the flags above override it)")
     return g
@@ -157,7 +161,7 @@ def engine_fields_from_args(args, **workload) -> dict:
     bits = _bits_from_args(args)
     if bits is not None:
         fields["b_bits"], fields["a_bits"] = bits
-    for flag in ("rows", "cols", "acc_bits", "outlier_capacity", "outlier_lanes", "max_k"):
+    for flag in ("rows", "cols", "acc_bits", "outlier_capacity", "outlier_lanes", "max_k", "requant_share"):
         v = getattr(args, flag, None)
         if v is not None:
             fields[flag] = v

@@ -84,6 +84,11 @@ class EngineConfig:
         Outlier entries consumed per cycle (1, 2, 4 or 8).
     max_k : int
         Depth of the on-chip B buffer (each of its two banks): the largest ``K`` the engine runs.
+    requant_share : int
+        Columns per requantiser (1, 2, 4, ...; a power of two dividing ``cols``, default 1): the drain
+        and the ``cols / requant_share`` requantisers take ``requant_share`` cycles per output row
+        (one column group per cycle), so a tile's drain lasts ``requant_share * m`` cycles
+        (:mod:`sim.schedule`); it stays hidden while ``K >= requant_share * rows + DRAIN_OFFSET``.
     """
 
     rows: int = 16
@@ -94,6 +99,7 @@ class EngineConfig:
     outlier_capacity: int = 32
     outlier_lanes: int = 1
     max_k: int = 1024
+    requant_share: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -113,6 +119,10 @@ class EngineConfig:
             raise ConfigError(f"engine config: outlier_capacity must be in 0..4096, got {self.outlier_capacity}")
         if self.outlier_lanes not in (1, 2, 4, 8):
             raise ConfigError(f"engine config: outlier_lanes must be 1, 2, 4 or 8, got {self.outlier_lanes}")
+        s = self.requant_share
+        if s < 1 or s & (s - 1) or self.cols % s:
+            raise ConfigError(f"engine config: requant_share must be a power of two dividing cols = {self.cols}, "
+                              f"got {s}")
         if self.acc_bits > F.ACC_BITS_MAX:
             raise ConfigError(f"engine config: acc_bits must be at most {F.ACC_BITS_MAX}, got {self.acc_bits}")
         need = self.min_acc_bits
@@ -158,6 +168,16 @@ class EngineConfig:
     def k_bits(self) -> int:
         """Width of a B buffer address."""
         return max(1, (self.max_k - 1).bit_length())
+
+    @property
+    def share_bits(self) -> int:
+        """``log2(requant_share)``: bits of the drain's column-group phase."""
+        return self.requant_share.bit_length() - 1
+
+    @property
+    def drain_lanes(self) -> int:
+        """Columns drained and requantised per cycle (``cols / requant_share``)."""
+        return self.cols // self.requant_share
 
     @property
     def requant_latency(self) -> int:

@@ -19,22 +19,23 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
 
    * the MAC array issues ``K`` operand columns of tile ``s`` (one A beat = ``R`` codes per cycle)
      starting at cycle ``a_s = max(0, m_{s-1} - K)``;
-   * the drain of tile ``s-1`` issues one output row per cycle at cycles
-     ``DRAIN_OFFSET .. DRAIN_OFFSET + m_{s-1} - 1`` (zero-point correction, outliers, requantiser);
+   * the drain of tile ``s-1`` issues one output row per ``S = requant_share`` cycles (one group of
+     ``C / S`` columns per cycle) at cycles ``DRAIN_OFFSET .. DRAIN_OFFSET + d_{s-1} - 1``,
+     ``d_{s-1} = S * m_{s-1}`` (zero-point correction, outliers, requantiser);
    * the outlier unit consumes the ``n_s`` outliers of tile ``s`` (``nb_s = ceil(n_s / L)`` beats of
-     ``L = outlier_lanes`` entries) starting at cycle ``DRAIN_OFFSET + m_{s-1}``;
+     ``L = outlier_lanes`` entries) starting at cycle ``DRAIN_OFFSET + d_{s-1}``;
    * the B loader fills the other B bank with the next column block (first window of a block).
 
-   With ``m_{-1} = 0``::
+   With ``m_{-1} = 0`` and ``a_s = max(0, d_{s-1} - K)``::
 
-       W_s = max(a_s + K,  m_{s-1} + DRAIN_OFFSET,
-                 m_{s-1} + nb_s + max(DRAIN_OFFSET, OUTLIER_LATENCY)  if nb_s > 0)
+       W_s = max(a_s + K,  d_{s-1} + DRAIN_OFFSET,
+                 d_{s-1} + nb_s + max(DRAIN_OFFSET, OUTLIER_LATENCY)  if nb_s > 0)
 
-   so for every layer with ``K >= R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - R``,
+   so for every layer with ``K >= S * R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - S * R``,
    ``W_s = K``: drain, requantisation, outliers and B loading are completely hidden.
    (``DRAIN_OFFSET = 3``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 6``,
    ``REQUANT_LATENCY = 10``, see :mod:`sim.engine_config`.)
-3. **Drain** of the last tile: ``DRAIN_OFFSET + m_last + PRE_REQUANT_LATENCY`` cycles plus
+3. **Drain** of the last tile: ``DRAIN_OFFSET + S * m_last + PRE_REQUANT_LATENCY`` cycles plus
    ``requant = REQUANT_LATENCY`` cycles; the counter stops in the cycle the last output row enters
    the output FIFO.
 
@@ -94,11 +95,12 @@ def tile_order(cfg: EngineConfig, m: int, n: int) -> list[tuple[int, int, int, i
 def window_cycles(cfg: EngineConfig, k: int, m_prev: int, n_outliers: int) -> int:
     """Length ``W_s`` of a tile window: ``k`` reduction length, ``m_prev`` rows of the previous tile
     (0 for the first tile), ``n_outliers`` outliers of this tile."""
-    a = max(0, m_prev - k)
-    w = max(a + k, m_prev + DRAIN_OFFSET)
+    d = cfg.requant_share * m_prev          # drain cycles of the previous tile
+    a = max(0, d - k)
+    w = max(a + k, d + DRAIN_OFFSET)
     nb = _ceil_div(n_outliers, cfg.outlier_lanes)
     if nb:
-        w = max(w, m_prev + DRAIN_OFFSET + nb, m_prev + nb + OUTLIER_LATENCY)
+        w = max(w, d + DRAIN_OFFSET + nb, d + nb + OUTLIER_LATENCY)
     return w
 
 
@@ -143,7 +145,7 @@ def layer_cycles(cfg: EngineConfig, M: int, K: int, N: int,
         m_prev = m
     fill = max(K, 2)
     compute = len(tiles) * K
-    drain = DRAIN_OFFSET + m_prev + PRE_REQUANT_LATENCY
+    drain = DRAIN_OFFSET + cfg.requant_share * m_prev + PRE_REQUANT_LATENCY
     requant = cfg.requant_latency
     total = fill + windows + drain + requant
     macs = M * K * N

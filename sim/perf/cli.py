@@ -83,7 +83,8 @@ def hardware_from_args(args):
     return Hardware(rows=fields["rows"], cols=fields["cols"], freq=(freq or DEFAULT_FREQ_MHZ) * 1e6,
                     dram_bw=args.dram_bw, sram_kib=args.sram_kib, dataflow=args.dataflow,
                     acc_bits=fields.get("acc_bits"), outlier_capacity=fields.get("outlier_capacity"),
-                    outlier_lanes=fields.get("outlier_lanes"), max_k=fields.get("max_k"),
+                    outlier_lanes=fields.get("outlier_lanes"), requant_share=fields.get("requant_share"),
+                    max_k=fields.get("max_k"),
                     bus_bits=args.bus_bits, mem_latency=args.mem_latency)
 
 

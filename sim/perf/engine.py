@@ -14,7 +14,8 @@ from vitaccel.sim import engine_config, schedule
 
 
 def build_config(rows: int, cols: int, a_bits: int, b_bits: int, max_k: int, *, acc_bits: int | None = None,
-                 outlier_capacity: int | None = None, outlier_lanes: int | None = None):
+                 outlier_capacity: int | None = None, outlier_lanes: int | None = None,
+                 requant_share: int | None = None):
     """A :class:`sim.engine_config.EngineConfig` (``None`` keeps a field's default).
 
     ``a_bits`` / ``b_bits`` are the *widest* codes the build accepts (narrower layers select their
@@ -23,7 +24,7 @@ def build_config(rows: int, cols: int, a_bits: int, b_bits: int, max_k: int, *, 
     """
     kw = dict(rows=rows, cols=cols, a_bits=a_bits, b_bits=b_bits, max_k=max_k)
     for key, val in (("acc_bits", acc_bits), ("outlier_capacity", outlier_capacity),
-                     ("outlier_lanes", outlier_lanes)):
+                     ("outlier_lanes", outlier_lanes), ("requant_share", requant_share)):
         if val is not None:
             kw[key] = val
     return engine_config.EngineConfig(**kw)

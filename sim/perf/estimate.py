@@ -40,7 +40,7 @@ class Hardware:
         On-chip buffer size in KiB (1024 bytes).
     dataflow : str
         ``engine`` (cycles from sim.schedule) or a SCALE-Sim dataflow ``os``/``ws``/``is``.
-    acc_bits, outlier_capacity, outlier_lanes : int or None
+    acc_bits, outlier_capacity, outlier_lanes, requant_share : int or None
         Passed to ``sim.engine_config.EngineConfig`` (``None`` = its default).
     max_k : int or None
         Depth of each engine B bank (``None``: the largest K of the workload).
@@ -55,6 +55,7 @@ class Hardware:
     acc_bits: int | None = None
     outlier_capacity: int | None = None
     outlier_lanes: int | None = None
+    requant_share: int | None = None
     max_k: int | None = None
     # dataflow "accelerator" (sim/perf/accelerator.py): memory port width (bits; None = the default
     # of sim.accelerator.default_bus_bits) and memory read latency (cycles; None = 20)
@@ -83,7 +84,7 @@ class Hardware:
             raise ValueError(f"--sram-kib must be positive, got {self.sram_kib!r}")
         if self.dataflow not in ("engine", "accelerator") + DATAFLOWS:
             raise ValueError(f"unknown dataflow {self.dataflow!r}; expected engine, accelerator, os, ws or is")
-        for name in ("acc_bits", "outlier_capacity", "outlier_lanes", "max_k"):
+        for name in ("acc_bits", "outlier_capacity", "outlier_lanes", "requant_share", "max_k"):
             v = getattr(self, name)
             if v is not None and v < (1 if name != "outlier_capacity" else 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
@@ -328,7 +329,7 @@ def engine_config_for(gemms: list[Gemm], hw: Hardware):
     max_k = hw.max_k if hw.max_k is not None else max(g.K for g in gemms)
     return engine_mod.build_config(hw.rows, hw.cols, max(g.a_bits for g in gemms), max(g.b_bits for g in gemms),
                                    max_k, acc_bits=hw.acc_bits, outlier_capacity=hw.outlier_capacity,
-                                   outlier_lanes=hw.outlier_lanes)
+                                   outlier_lanes=hw.outlier_lanes, requant_share=hw.requant_share)
 
 
 def estimate_layer(g: Gemm, hw: Hardware, cfg=None) -> LayerEstimate:

@@ -46,7 +46,7 @@ TERMS = {"fixed": lambda r, c: 1.0, "per_pe": lambda r, c: float(r * c), "per_co
 TERM_ORDER = {res: ("per_pe", "fixed", "per_col", "per_row") for res in ("LUT4", "CCU2C", "TRELLIS_COMB", "FF")}
 TERM_ORDER.update(DSP=("per_col", "fixed", "per_row", "per_pe"), BRAM=("per_col", "fixed", "per_row", "per_pe"))
 
-_BUILD_FIELDS = ("acc_bits", "max_k", "outlier_capacity", "outlier_lanes")
+_BUILD_FIELDS = ("acc_bits", "max_k", "outlier_capacity", "outlier_lanes", "requant_share")
 
 
 def label(rows: int, cols: int, a_bits: int, b_bits: int) -> str:
@@ -75,6 +75,7 @@ class SynthRecord:
     commit: str
     command: str
     doc: str = ""
+    requant_share: int = 1
 
     @property
     def label(self) -> str:
@@ -97,7 +98,6 @@ class SynthRecord:
     def build_differences(self, cfg) -> list[str]:
         """Build parameters of ``cfg`` (an EngineConfig or dict) that differ from this run."""
         get = (lambda k: cfg[k]) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k))
-        return [f"{k} {get(k)} (synthesized: {getattr(self, k)})" for k in _BUILD_FIELDS
                 if get(k) is not None and get(k) != getattr(self, k)]
 
 
@@ -120,7 +120,8 @@ class SynthTable:
                 max_k=e["max_k"], outlier_capacity=e["outlier_capacity"], outlier_lanes=e["outlier_lanes"],
                 fmax_mhz=e.get("fmax_mhz"), values={k: e.get(k) for k in RESOURCES}, device=e["device"],
                 placed=bool(e.get("placed")), lut_mapper=e.get("lut_mapper", ""), seed=e.get("seed"),
-                commit=e.get("commit", ""), command=e.get("command", ""), doc=e.get("doc", "")))
+                commit=e.get("commit", ""), command=e.get("command", ""), doc=e.get("doc", ""),
+                requant_share=e.get("requant_share", 1)))
         return cls(tuple(recs), dict(doc.get("devices", {})), path)
 
     def preferred(self) -> dict:
