@@ -97,7 +97,8 @@ class SynthRecord:
 
     def build_differences(self, cfg) -> list[str]:
         """Build parameters of ``cfg`` (an EngineConfig or dict) that differ from this run."""
-        get = (lambda k: cfg[k]) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k))
+        get = (lambda k: cfg.get(k)) if isinstance(cfg, dict) else (lambda k: getattr(cfg, k, None))
+        return [f"{k} {get(k)} (synthesized: {getattr(self, k)})" for k in _BUILD_FIELDS
                 if get(k) is not None and get(k) != getattr(self, k)]
 
 
