@@ -107,11 +107,12 @@ def pick_block(vec, n_blocks: int) -> int:
     return max(range(n_blocks), key=key)
 
 
-def engine_config(rows: int, cols: int):
+def engine_config(rows: int, cols: int, requant_share: int = 1):
     """The 16 x 16 W4A4 engine of the benchmark: B buffer for K = 768 (FC2), every other field the
-    :class:`sim.engine_config.EngineConfig` default (acc 32 bits, outlier capacity 32, one outlier lane)."""
+    :class:`sim.engine_config.EngineConfig` default (acc 32 bits, outlier capacity 32, one outlier lane,
+    one requantiser per column unless ``requant_share`` is given)."""
     from vitaccel.sim.engine_config import EngineConfig
-    return EngineConfig(rows=rows, cols=cols, a_bits=4, b_bits=4, max_k=768)
+    return EngineConfig(rows=rows, cols=cols, a_bits=4, b_bits=4, max_k=768, requant_share=requant_share)
 
 
 def _rel(path) -> str:
@@ -130,7 +131,8 @@ def _n(x) -> str:
 def markdown(doc: dict) -> str:
     e = doc["engine"]
     lines = [f"Engine {e['rows']} x {e['cols']}, a_bits {e['a_bits']}, b_bits {e['b_bits']}, acc_bits {e['acc_bits']}, "
-             f"outlier_capacity {e['outlier_capacity']}, outlier_lanes {e['outlier_lanes']}, max_k {e['max_k']}; "
+             f"outlier_capacity {e['outlier_capacity']}, outlier_lanes {e['outlier_lanes']}, max_k {e['max_k']}, "
+             f"requant_share {e.get('requant_share', 1)}; "
              f"DeiT-tiny block {doc['block']}, image {doc['image']} (label {doc['label']}).", "",
              "| layer | M x K x N | A codes | outliers (total / max per 16-row tile) | RTL cycles | sim/schedule.py "
              "| MAC utilisation | outputs exact | Verilator wall s | cycles/s |",
@@ -161,6 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", nargs="+", default=["q", "k", "v", "fc1", "fc2"], choices=list(LAYER_NAMES))
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--cols", type=int, default=16)
+    ap.add_argument("--requant-share", type=int, default=1, help="columns per requantiser (engine build option)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "rtl_deit_tiles_results.json")
     ap.add_argument("--front-end-only", action="store_true")
     args = ap.parse_args(argv)
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
     if not 0 <= block < n_blocks:
         raise SystemExit(f"--block {block}: the model has blocks 0..{n_blocks - 1}")
     names = [f"blocks.{block}.{LAYER_NAMES[x]}" for x in args.layers]
-    cfg = engine_config(args.rows, args.cols)
+    cfg = engine_config(args.rows, args.cols, args.requant_share)
     R, C = cfg.rows, cfg.cols
 
     # per-layer facts from the golden vectors (image 0) and the engine's checks

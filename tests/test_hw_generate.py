@@ -93,6 +93,8 @@ def test_generate_dynamic_per_patch_encoder_on_request(tmp_path):
     (["--bits", "w8a8", "--acc-bits", "49"], "acc_bits must be at most 48"),
     (["--outlier-lanes", "3"], "outlier_lanes must be 1, 2, 4 or 8"),
     (["--outlier-capacity", "-1"], "outlier_capacity must be in 0..4096"),
+    (["--cols", "12", "--requant-share", "8"], "requant_share must be a power of two dividing cols = 12, got 8"),
+    (["--requant-share", "3"], "requant_share must be a power of two dividing cols = 16, got 3"),
     # too narrow for a single product of the widest formats
     (["--bits", "w8a8", "--acc-bits", "16"], "cannot hold even one product"),
     # too narrow for K = max_k: 4-bit uniform A x 4-bit B at K = 65535 needs 25 bits

@@ -34,6 +34,26 @@ def test_windows_small_k_and_outliers():
     assert b.outlier == 2 and b.total == layer_cycles(cfg, 8, 10, 4).total + 2
 
 
+def test_shared_requantisers_stretch_the_drain():
+    """``requant_share`` S: the drain of a tile lasts S * m cycles (hand-computed windows)."""
+    cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2, requant_share=2)
+    assert window_cycles(cfg, 20, 4, 0) == 20           # drain 2 * 4 + 3 = 11 still hidden under K = 20
+    assert window_cycles(cfg, 4, 4, 0) == 11            # a = 8 - 4 = 4 -> 4 + 4 = 8; drain needs 8 + 3
+    assert window_cycles(cfg, 20, 4, 9) == 20           # 5 outlier beats after the drain: 8 + 3 + 5 = 16
+    assert window_cycles(cfg, 12, 4, 9) == 16
+    # two tiles of 4 rows, K = 4: fill 4, W0 = 4, W1 = 11, drain 3 + 8 + 6, requant 10 (unshared: 38)
+    assert layer_cycles(cfg, 8, 4, 4).total == 4 + 4 + 11 + 17 + 10
+    assert layer_cycles(EngineConfig(rows=4, cols=4, acc_bits=40), 8, 4, 4).total == 4 + 4 + 7 + 13 + 10
+    # DeiT-tiny shapes on 16 x 16: K >= 2 * 16 + 3 keeps every window at K with S = 2, only the last
+    # tile's drain (5 of 197 rows) is 5 cycles longer; the K = 64 attention matmul pays with S = 4
+    # (4 * 16 + 3 = 67 > 64: 3 cycles after each of the 12 full row tiles of its 13 column blocks)
+    plain, s2, s4 = (EngineConfig(rows=16, cols=16, requant_share=s) for s in (1, 2, 4))
+    for M, K, N in [(197, 192, 576), (197, 768, 192), (197, 64, 197), (197, 197, 64)]:
+        assert layer_cycles(s2, M, K, N).total == layer_cycles(plain, M, K, N).total + 5
+    assert layer_cycles(plain, 197, 64, 197).overhead == 0
+    assert layer_cycles(s4, 197, 64, 197).overhead == 12 * 13 * 3
+
+
 def test_tile_order_column_blocks_outer():
     cfg = EngineConfig(rows=2, cols=3, acc_bits=40)
     assert tile_order(cfg, 3, 4) == [(0, 2, 0, 3), (2, 1, 0, 3), (0, 2, 3, 1), (2, 1, 3, 1)]
@@ -56,6 +76,9 @@ def test_bad_configs_and_layers():
         EngineConfig(acc_bits=12)
     with pytest.raises(ConfigError, match="outlier_lanes"):
         EngineConfig(outlier_lanes=3)
+    for share in (0, 3, 32):                       # not a power of two / does not divide cols = 16
+        with pytest.raises(ConfigError, match="requant_share"):
+            EngineConfig(requant_share=share)
     cfg = EngineConfig(rows=4, cols=4, acc_bits=24, a_bits=4, b_bits=4, max_k=256)
     with pytest.raises(ConfigError, match="K"):
         check_layer_shape(cfg, 4, 0, 4)
