@@ -239,3 +239,24 @@ def test_unsynthesized_width_uses_the_next_wider_synthesized_width():
     narrow = _table(runs[:2])           # w4a4 only: a w6a6 build falls back to every run
     m = R.engine_resources(32, 32, 6, 6, table=narrow)
     assert any("fitted on other widths" in n for n in m.notes)
+
+
+def test_shared_requantiser_builds_are_looked_up_not_fitted():
+    """Runs built with requant_share > 1 are quoted for that build only; the model and the unshared
+    lookups ignore them; an unsynthesized sharing falls back to the unshared build with a note."""
+    plain = [_entry(8, 8, fmax=90.0, LUT4=100, CCU2C=10, TRELLIS_COMB=132, FF=50, DSP=6, BRAM=1),
+             _entry(16, 16, LUT4=400, CCU2C=50, TRELLIS_COMB=530, FF=200, DSP=24, BRAM=4)]
+    shared = {**_entry(16, 16, fmax=70.0, LUT4=300, CCU2C=40, TRELLIS_COMB=400, FF=150, DSP=12, BRAM=4),
+              "requant_share": 2}
+    t = _table(plain + [shared])
+    assert t.lookup(16, 16, 4, 4).values["LUT4"] == 400 and t.lookup(16, 16, 4, 4, 2).values["LUT4"] == 300
+    f = R.fit_resource("LUT4", 4, 4, table=t)
+    assert f.predict(16, 16) == pytest.approx(400)            # fitted on the unshared runs only
+    m = R.engine_resources(16, 16, 4, 4, cfg=dict(rows=16, cols=16, requant_share=2), table=t)
+    assert m.source == "measured" and m.values["LUT4"] == 300 and "requant_share 2" in m.basis and not m.notes
+    m4 = R.engine_resources(16, 16, 4, 4, cfg=dict(rows=16, cols=16, requant_share=4), table=t)
+    assert m4.values["LUT4"] == 400 and any("requant_share 4 not synthesized" in n for n in m4.notes)
+    assert R.engine_clock(16, 16, 4, 4, table=t, requant_share=2).mhz == 70.0
+    c = R.engine_clock(8, 8, 4, 4, table=t, requant_share=2)
+    assert (c.mhz, c.source) == (90.0, "modelled") and "requant_share 2 not placed" in c.text
+    assert R.engine_clock(16, 16, 4, 4, table=t).source == "assumed"   # the shared run's clock is not the unshared one

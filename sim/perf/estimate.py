@@ -315,7 +315,8 @@ def with_synthesis(est: ModelEstimate, *, freq_mhz: float | None = None, device:
         est.hw, est.clock = replace(est.hw, freq=clock.hz), clock
         return est
     R, C, a, b = cfg["rows"], cfg["cols"], cfg["a_bits"], cfg["b_bits"]
-    clock = res.engine_clock(R, C, a, b, freq_mhz=freq_mhz, allow_model=allow_model_clock)
+    clock = res.engine_clock(R, C, a, b, freq_mhz=freq_mhz, allow_model=allow_model_clock,
+                             requant_share=cfg.get("requant_share", 1))
     resources = res.engine_resources(R, C, a, b, cfg=cfg)
     extra = res.sram_bram(est.hw.sram_bytes, engine_bank_bytes(C, cfg["max_k"], b))
     est.hw, est.clock, est.resources = replace(est.hw, freq=clock.hz), clock, resources

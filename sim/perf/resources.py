@@ -125,18 +125,21 @@ class SynthTable:
                 requant_share=e.get("requant_share", 1)))
         return cls(tuple(recs), dict(doc.get("devices", {})), path)
 
-    def preferred(self) -> dict:
-        """One record per configuration: placed runs first, then the most complete, then the default mapper."""
+    def preferred(self, requant_share: int = 1) -> dict:
+        """One record per configuration: placed runs first, then the most complete, then the default mapper.
+
+        Only runs built with ``requant_share`` (default 1: one requantiser per column, the design the
+        resource model is fitted on; shared builds are looked up, never fitted)."""
         best: dict = {}
-        for r in self.entries:
+        for r in (r for r in self.entries if r.requant_share == requant_share):
             score = (r.placed, r.fmax_mhz is not None, sum(v is not None for v in r.values.values()),
                      r.lut_mapper == "abc9")
             if r.key not in best or score > best[r.key][0]:
                 best[r.key] = (score, r)
         return {k: v[1] for k, v in best.items()}
 
-    def lookup(self, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
-        return self.preferred().get((rows, cols, a_bits, b_bits))
+    def lookup(self, rows: int, cols: int, a_bits: int, b_bits: int, requant_share: int = 1) -> SynthRecord | None:
+        return self.preferred(requant_share).get((rows, cols, a_bits, b_bits))
 
     def device(self, name: str) -> dict:
         if name not in self.devices:
@@ -166,15 +169,17 @@ class Clock:
         return self.mhz * 1e6
 
 
-def measured_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
-    """The placed run of exactly this array and widths with an Fmax, if any."""
-    runs = [r for r in table.entries if r.key == (rows, cols, a_bits, b_bits) and r.fmax_mhz is not None]
+def measured_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: int,
+                  requant_share: int = 1) -> SynthRecord | None:
+    """The placed run of exactly this array, widths and requantiser sharing with an Fmax, if any."""
+    runs = [r for r in table.entries if r.key == (rows, cols, a_bits, b_bits) and r.fmax_mhz is not None
+            and r.requant_share == requant_share]
     return max(runs, key=lambda r: (r.lut_mapper == "abc9", r.fmax_mhz)) if runs else None
 
 
 def nearest_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: int) -> SynthRecord | None:
     """The measured configuration closest to ``rows x cols wXaY`` (PE count, aspect ratio, widths)."""
-    runs = [r for r in table.entries if r.fmax_mhz is not None]
+    runs = [r for r in table.entries if r.fmax_mhz is not None and r.requant_share == 1]
 
     def dist(r):
         return (abs(math.log2(r.rows * r.cols / (rows * cols))) + 0.5 * abs(math.log2(r.rows * cols / (r.cols * rows)))
@@ -184,7 +189,7 @@ def nearest_fmax(table: SynthTable, rows: int, cols: int, a_bits: int, b_bits: i
 
 def engine_clock(rows: int, cols: int, a_bits: int, b_bits: int, *, freq_mhz: float | None = None,
                  allow_model: bool = False, assumed_mhz: float = ASSUMED_MHZ,
-                 table: SynthTable | None = None) -> Clock:
+                 table: SynthTable | None = None, requant_share: int = 1) -> Clock:
     """The clock of an ``rows x cols wXaY`` engine, and a one-line statement of where it comes from.
 
     ``freq_mhz`` (a user's ``--freq``) wins; then the measured Fmax of the configuration; then, with
@@ -195,8 +200,17 @@ def engine_clock(rows: int, cols: int, a_bits: int, b_bits: int, *, freq_mhz: fl
     lab = label(rows, cols, a_bits, b_bits)
     if freq_mhz is not None:
         return Clock(float(freq_mhz), "given", f"{freq_mhz:g} MHz (given with --freq)")
+    if requant_share > 1:
+        rec = measured_fmax(table, rows, cols, a_bits, b_bits, requant_share)
+        if rec is not None:
+            return Clock(rec.fmax_mhz, "measured", f"measured Fmax of {lab} with requant_share {requant_share} "
+                                                   f"on {rec.device} ({rec.fmax_mhz:g} MHz; {rec.origin})")
     rec = measured_fmax(table, rows, cols, a_bits, b_bits)
     if rec is not None:
+        if requant_share > 1:
+            return Clock(rec.fmax_mhz, "modelled", f"modelled: {lab} with requant_share {requant_share} not placed, "
+                                                   f"Fmax of the unshared build on {rec.device} ({rec.fmax_mhz:g} MHz; "
+                                                   f"{rec.origin})")
         return Clock(rec.fmax_mhz, "measured", f"measured Fmax of {lab} on {rec.device} ({rec.fmax_mhz:g} MHz; "
                                                f"{rec.origin})")
     if allow_model:
@@ -332,8 +346,15 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
     adds a note for every build parameter that differs from the synthesized run.
     """
     table = table or load_table()
-    rec = table.lookup(rows, cols, a_bits, b_bits)
+    share = (cfg.get("requant_share", 1) if isinstance(cfg, dict) else getattr(cfg, "requant_share", 1)) \
+        if cfg is not None else 1
+    rec = table.lookup(rows, cols, a_bits, b_bits, share) if share > 1 else None
     notes: list[str] = []
+    if share > 1 and rec is None:
+        notes.append(f"requant_share {share} not synthesized for this size: resources of the unshared build "
+                     "(an upper bound: sharing removes requantisers and drain lanes)")
+        cfg = {**(cfg if isinstance(cfg, dict) else cfg.to_dict()), "requant_share": 1}
+    rec = rec or table.lookup(rows, cols, a_bits, b_bits)
     if rec is not None:
         vals = dict(rec.values)
         missing = [k for k, v in vals.items() if v is None]
@@ -354,8 +375,9 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
                          "from the model")
         if cfg is not None and rec.build_differences(cfg):
             notes.append("synthesized with different build parameters: " + ", ".join(rec.build_differences(cfg)))
-        return Resources(rows, cols, a_bits, b_bits, vals, "measured", f"{rec.label} on {rec.device}, {rec.origin}",
-                         tuple(notes))
+        shared = f" (requant_share {rec.requant_share})" if rec.requant_share > 1 else ""
+        return Resources(rows, cols, a_bits, b_bits, vals, "measured",
+                         f"{rec.label}{shared} on {rec.device}, {rec.origin}", tuple(notes))
     vals, pts, extrap, wider = {}, set(), False, set()
     for k in RESOURCES:
         f = fit_resource(k, a_bits, b_bits, table=table)
