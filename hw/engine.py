@@ -191,7 +191,7 @@ class LayerEngine(wiring.Component):
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
             outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
-            *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k")],
+            *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
         ]
         self._operands(m, stall, ctl, bbuf, drain, back, late_start)
         if cfg.has_outliers:

@@ -165,7 +165,6 @@ class DrainPipeline(wiring.Component):
         d6_acc = col_stage([d5_full[c][:W].as_signed() for c in range(G)], "d6_acc")
         d6_bad = col_stage([d5_v & d5_in[c] & ~((d5_full[c] >= -(1 << (W - 1))) & (d5_full[c] <= (1 << (W - 1)) - 1))
                             for c in range(G)], "d6_bad")
-        d6_in = col_stage(d5_in, "d6_in")
         d6_cp = col_stage(d5_cp, "d6_cp")
         d6_mr = col_stage(d5_mr, "d6_mr")
         fault = Signal()         # some lane of the drained row overflowed acc_bits (one cycle later)
@@ -174,8 +173,7 @@ class DrainPipeline(wiring.Component):
         o = self.o
         m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.last.eq(d6_last), o.fault.eq(fault)]
         m.d.comb += [x for c in range(G)
-                     for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]),
-                               o.inside[c].eq(d6_in[c]))]
+                     for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
         return m
 
 
@@ -199,8 +197,8 @@ class OutputStage(wiring.Component):
         Enable copy per column (requantiser ``o.ready``).
     clear : In(1)
         Layer start: clears ``acc_fault`` and the requantisers' status.
-    sr, z_out, out_fmt, out_k : In
-        The layer's ``Sr``, ``z_out``, output format and output code width.
+    sr, z_out, out_fmt, out_k, n : In
+        The layer's ``Sr``, ``z_out``, output format, output code width and ``N``.
     i : In(DrainedRowSignature(cols, acc_bits))
         Drained row from :class:`DrainPipeline`.
     out : Out(stream.Signature(out_layout(cols)))
@@ -216,7 +214,7 @@ class OutputStage(wiring.Component):
         C = cfg.cols
         super().__init__({
             "en": In(1), "en_col": In(C), "clear": In(1),
-            "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4),
+            "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4), "n": In(DIM_BITS),
             "i": In(DrainedRowSignature(cfg.drain_lanes, cfg.acc_bits)),
             "out": Out(stream.Signature(out_layout(C))),
             "fifo": Out(FifoFill),
@@ -228,10 +226,10 @@ class OutputStage(wiring.Component):
         C, G, W, S = self.cfg.cols, self.cfg.drain_lanes, self.cfg.acc_bits, self.cfg.requant_share
         fifo = m.submodules.fifo = SyncFIFO(width=len(Signal(out_layout(C)).as_value()), depth=OUT_FIFO_DEPTH)
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data), fifo.r_en.eq(self.out.ready)]
-        tag_bits = 3 + 2 * DIM_BITS         # valid, row, col, last, inside (lanes > 0: valid, inside)
+        tag_bits = 2 + 2 * DIM_BITS
         outs = []
         for c in range(G):
-            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 2)
+            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1)
             cp = self.i.params[c]
             m.d.comb += [
                 rq.i.valid.eq(1), rq.o.ready.eq(self.en_col[c]),
@@ -239,8 +237,8 @@ class OutputStage(wiring.Component):
                 rq.i.payload.mc.eq(cp.mc), rq.i.payload.sc.eq(cp.sc), rq.i.payload.bq.eq(cp.bq),
                 rq.sr.eq(self.sr), rq.z_out.eq(self.z_out), rq.out_fmt.eq(self.out_fmt), rq.bits.eq(self.out_k),
                 rq.clear.eq(self.clear),
-                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col, self.i.last, self.i.inside[c]) if c == 0
-                                    else Cat(self.i.valid, self.i.inside[c])),
+                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col, self.i.last) if c == 0
+                                    else self.i.valid),
             ]
             outs.append(rq.o.payload)
         tag0 = outs[0].tag
@@ -260,8 +258,8 @@ class OutputStage(wiring.Component):
         m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(col - (S - 1) * G)]
         m.d.comb += [x for c in range(C) for x in (w.data[c].eq(lanes[c][0]), w.sat[c].eq(lanes[c][1]))]
         m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(w.as_value())]
-        # a requantiser fault counts for lanes inside the layer (the drain's D5 compare, carried in the tag)
-        rq_fault_any = Cat(*[outs[c].fault & outs[c].tag[-1] for c in range(G)]).any()
+        ncols_valid = self.n - col
+        rq_fault_any = Cat(*[outs[c].fault & (c < ncols_valid) for c in range(G)]).any()
         with m.If(self.clear):
             m.d.sync += self.acc_fault.eq(0)
         with m.Elif(self.en & (self.i.fault | (valid & rq_fault_any))):

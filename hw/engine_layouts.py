@@ -148,8 +148,7 @@ def DrainedRowSignature(lanes: int, acc_bits: int) -> wiring.Signature:
     ``valid`` / ``row`` / ``col``: a row of the layer, its absolute index and the group's first
     column; ``last``: the row's last column group (always 1 without requantiser sharing);
     ``acc``: ``acc[r, c]`` truncated to ``acc_bits``; ``mr``: ``Mr[r]`` per lane;
-    ``params``: ``Mc, Sc, Bq`` per lane; ``inside``: per lane, the column lies inside the layer
-    (``col + j < N``); ``fault``: a lane inside the layer of the group of the
+    ``params``: ``Mc, Sc, Bq`` per lane; ``fault``: a lane inside the layer of the group of the
     *previous* engine cycle did not fit ``acc_bits``.
     """
     cols = lanes
@@ -158,7 +157,6 @@ def DrainedRowSignature(lanes: int, acc_bits: int) -> wiring.Signature:
         "acc": Out(data.ArrayLayout(signed(acc_bits), cols)),
         "mr": Out(data.ArrayLayout(unsigned(16), cols)),
         "params": Out(colp_layout(cols)),
-        "inside": Out(data.ArrayLayout(1, cols)),
         "fault": Out(1),
     })
 
