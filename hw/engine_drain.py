@@ -8,8 +8,12 @@
 
   in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 6 register stages, then truncates to
   ``acc_bits`` and flags values that do not fit (``acc_fault``; section 6, accumulator bound).
-* :class:`OutputStage` -- one :class:`hw.requantiser.Requantiser` per column (section 7), the output
+* :class:`OutputStage` -- one :class:`hw.requantiser.Requantiser` per lane (section 7), the output
   row assembly and the output FIFO, and the sticky ``acc_fault`` flag.
+
+With ``requant_share = S`` (:class:`sim.engine_config.EngineConfig`) both work on ``cols / S`` lanes,
+one column group of a row per cycle (``S`` cycles a row); the output stage holds the first ``S - 1``
+groups and pushes the whole row with the last.
 
 Per-row values (valid, row, column) advance with the drain's enable copy, per-column values with
 that column's copy (fanout of the global enable, :mod:`hw.stall`).
@@ -24,8 +28,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
 from .common import OutFormat, partial_products, sum_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
-                             drain_row_group,
-                             out_layout, row_bits)
+                             drain_row_group, out_layout, row_bits)
 from .requantiser import Requantiser
 
 __all__ = ["DrainPipeline", "OutputStage"]
@@ -48,7 +51,7 @@ class DrainPipeline(wiring.Component):
     ======  ==========================================================================================
     stage   register contents
     ======  ==========================================================================================
-    D1      drained row: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per column
+    D1      drained column group: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per lane
     D2      partial products of ``za[r] * colsum[c]`` (18 x 18 DSP blocks)
     D3      ``za[r] * colsum[c]`` (sum of the partial products)
     D4      ``acc_d = acc_raw - za * colsum``
@@ -56,8 +59,9 @@ class DrainPipeline(wiring.Component):
     D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
     ======  ==========================================================================================
 
-    It also holds the ``cols`` register copies of the drained row number (:attr:`rows`) that select
-    the shadow row in the MAC array and the correction row in the outlier unit.
+    It also holds the ``cols`` register copies of the drain position (row, column group): the row
+    number (:attr:`rows`) selects the shadow row in the MAC array and the correction row in the
+    outlier unit, lane ``j`` takes column ``group * (cols / S) + j`` of them.
 
     Parameters
     ----------
@@ -71,8 +75,8 @@ class DrainPipeline(wiring.Component):
         Enable copy per column.
     start : In(1)
         Layer start (resets :attr:`rows`).
-    ctl : In(DrainControl(rows))
-        Drain issue, row (and its value after an advance), previous tile's ``r0``, ``c0``.
+    ctl : In(DrainControl(rows, share_bits))
+        Drain issue, position (and its value after an advance), previous tile's ``r0``, ``c0``.
     fo, n : In(3), In(16)
         The layer's ``FO`` and ``N``.
     za, mr : In(ZA_BITS), In(16)
@@ -85,8 +89,8 @@ class DrainPipeline(wiring.Component):
         Column data of the drained tile's block.
     rows : Out(ArrayLayout(unsigned(row_bits), cols))
         Drained row number, one register copy per column.
-    o : Out(DrainedRowSignature(cols, acc_bits))
-        The row entering the requantisers.
+    o : Out(DrainedRowSignature(cols / S, acc_bits))
+        The column group entering the requantisers.
     """
 
     def __init__(self, cfg: EngineConfig):
@@ -178,11 +182,12 @@ class DrainPipeline(wiring.Component):
 
 
 class OutputStage(wiring.Component):
-    """``cols`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
+    """``cols / S`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
 
-    Each requantiser advances with its column's enable copy (``o.ready``; its input is always
-    valid).  Requantiser 0 carries the row's tag (valid, row, column); a valid tag at its output
-    is pushed into the FIFO when the engine advances (the global stall keeps room for it from the
+    Each requantiser advances with its lane's enable copy (``o.ready``; its input is always
+    valid).  Requantiser 0 carries the group's tag (valid, row, column, last); the first ``S - 1``
+    groups of a row wait in holding registers, and a valid tag of a row's last group at its output
+    pushes the assembled row into the FIFO when the engine advances (the global stall keeps room for it from the
     FIFO ``level``, hw/stall.py ``fifo_threshold``).
 
     Parameters
@@ -194,13 +199,13 @@ class OutputStage(wiring.Component):
     en : In(1)
         Global enable (FIFO push, ``acc_fault``).
     en_col : In(cols)
-        Enable copy per column (requantiser ``o.ready``).
+        Enable copy per column (lane ``j``'s requantiser ``o.ready`` uses copy ``j``).
     clear : In(1)
         Layer start: clears ``acc_fault`` and the requantisers' status.
     sr, z_out, out_fmt, out_k, n : In
         The layer's ``Sr``, ``z_out``, output format, output code width and ``N``.
-    i : In(DrainedRowSignature(cols, acc_bits))
-        Drained row from :class:`DrainPipeline`.
+    i : In(DrainedRowSignature(cols / S, acc_bits))
+        Drained column group from :class:`DrainPipeline`.
     out : Out(stream.Signature(out_layout(cols)))
         Output rows.
     fifo : Out(FifoFill)

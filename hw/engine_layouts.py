@@ -151,12 +151,11 @@ def DrainedRowSignature(lanes: int, acc_bits: int) -> wiring.Signature:
     ``params``: ``Mc, Sc, Bq`` per lane; ``fault``: a lane inside the layer of the group of the
     *previous* engine cycle did not fit ``acc_bits``.
     """
-    cols = lanes
     return wiring.Signature({
         "valid": Out(1), "row": Out(DIM_BITS), "col": Out(DIM_BITS), "last": Out(1),
-        "acc": Out(data.ArrayLayout(signed(acc_bits), cols)),
-        "mr": Out(data.ArrayLayout(unsigned(16), cols)),
-        "params": Out(colp_layout(cols)),
+        "acc": Out(data.ArrayLayout(signed(acc_bits), lanes)),
+        "mr": Out(data.ArrayLayout(unsigned(16), lanes)),
+        "params": Out(colp_layout(lanes)),
         "fault": Out(1),
     })
 

@@ -112,10 +112,11 @@ class OutlierUnit(wiring.Component):
     rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
         B buffer read ports (one per lane).
     drain : In(1), drain_row : In(ArrayLayout(range(rows), drain_copies))
-        Read correction row ``drain_row`` on :attr:`corr_row` (combinationally) and clear it (when
-        ``en``); ``drain_copies`` identical copies of the row number (column ``c`` uses copy
-        ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).  Never in the same
-        cycle as a stage-3 accumulation (they share each memory's read port).
+        :attr:`corr_row` shows correction row ``drain_row`` (combinationally) whenever stage 3 does
+        not accumulate (they share each memory's read port; the engine's schedule never drains and
+        accumulates in the same cycle); ``drain`` clears that row (when ``en``; the engine raises it
+        with the row's last column group).  ``drain_copies`` identical copies of the row number
+        (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
         Sticky error flags, cleared by :attr:`clear`.
