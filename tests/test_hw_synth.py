@@ -60,6 +60,12 @@ def test_synthesize_tiny_design_under_tmp(tmp_path, mapper):
     if mapper == "abc":
         assert res["pnr"]["fmax_mhz"] > 0
         assert res["pnr"]["TRELLIS_FF"]["used"] == res["cells"]["TRELLIS_FF"]
+        # hw.sta re-times the routed design from nextpnr's SDF: its worst path is nextpnr's critical
+        # path (no distributed RAM here), to the report's 0.01 ns rounding
+        t = res["pnr"]["timing_by_unit"]
+        assert (out / "tiny.sdf").is_file()
+        assert 1000 / t["fmax_mhz"] == pytest.approx(1000 / res["pnr"]["fmax_mhz"], abs=0.015)
+        assert t["endpoints"] >= 32 and sum(t["histogram"].values()) == t["endpoints"]
 
 
 def test_parse_nextpnr_log_resources_and_critical_path_report():

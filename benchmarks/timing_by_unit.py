@@ -1,0 +1,59 @@
+"""Where the clock goes in routed engines: register-to-register paths per unit (hw/sta.py).
+
+For each ``vitaccel hw synth`` / ``benchmarks/synth.py`` output directory that holds a routed design
+(``layer_engine_routed.json``, or the ``layer_engine.sdf`` newer runs write), print the endpoints
+of every unit, how many miss the target clock, the unit's worst path and Fmax, and the histogram of
+endpoint Fmax.  Runs without an SDF get one from nextpnr (the routed design reloaded, about a
+minute each).
+
+    .venv/bin/python benchmarks/timing_by_unit.py build/s29_8x8/8x8_w4a4 [more dirs] [--freq 150] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitaccel.hw.synth import retime
+
+
+def table(name: str, t: dict) -> list[str]:
+    tgt = t["target_mhz"]
+    lines = [f"**{name}**: {t['endpoints']} endpoints, {t['failing']} miss {tgt:g} MHz; worst path "
+             f"{t['fmax_mhz']:g} MHz", "",
+             f"| unit (paths ending in it) | endpoints | miss {tgt:g} MHz | worst path ns | Fmax of the unit | worst path from -> to |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for u, v in t["units"].items():
+        lines.append(f"| `{u}` | {v['endpoints']} | {v['failing']} | {v['worst_ns']:.2f} | {v['fmax_mhz']:.1f} MHz | "
+                     f"`{v['worst_start'].rsplit('/', 1)[0]}` -> `{v['worst_end']}` |")
+    lines += ["", "| endpoint Fmax | " + " | ".join(t["histogram"]) + " |",
+              "| --- |" + " --- |" * len(t["histogram"]),
+              "| endpoints | " + " | ".join(str(n) for n in t["histogram"].values()) + " |"]
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dirs", nargs="+", type=Path, help="synthesis output directories (routed)")
+    ap.add_argument("--top", default="layer_engine")
+    ap.add_argument("--freq", type=float, default=150.0, help="target clock, MHz (default 150)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    missing = [d for d in args.dirs if not ((d / f"{args.top}.sdf").is_file() or (d / f"{args.top}_routed.json").is_file())]
+    if missing:
+        print(f"error: no routed design ({args.top}_routed.json or {args.top}.sdf) in "
+              f"{', '.join(map(str, missing))}: place and route it first (benchmarks/synth.py --pnr ...)",
+              file=sys.stderr)
+        return 2
+    out = {}
+    for d in args.dirs:
+        out[str(d)] = t = retime(d, args.top, freq=args.freq)
+        print("\n".join(table(str(d), t)) + "\n", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
