@@ -5,17 +5,19 @@ unit they end, :func:`unit_timing` re-times the whole routed design from the SDF
 (``--sdf``: the delay of every routed net arc and every cell arc) with a plain static timing
 analysis: arrival time of every pin (clock-to-out of every clocked cell, plus cell and net delays
 along the longest path), required time at every clocked input (period minus its setup time).  Its
-worst path is nextpnr's critical path (``tests/test_hw_synth.py`` checks that on a real run; on the
-8 x 8 engine nextpnr reports 10.44 ns and this analysis gives 10.442 ns for the same endpoint), except
-that the write ports of distributed RAM (``TRELLIS_DPR16X4``: ``WD`` / ``WAD`` / ``WRE`` setup to
-``WCK``), which nextpnr's report leaves out, are timed here too, so the worst figure can be a little
-lower than nextpnr's Fmax (95.51 against 95.77 MHz on that engine).
+worst path is nextpnr's critical path to within about 0.05 ns (``tests/test_hw_synth.py`` checks the
+agreement on a real run): the SDF gives the second half of a carry slice the first half's
+``FCI -> F`` delay (0.443 ns) where nextpnr's own model uses 0.40 ns, so a path ending in a carry
+chain's last bit reads up to 0.04 ns longer here.  On the 8 x 8 W4A4 engine (session 29) nextpnr
+reports 10.44 ns (95.77 MHz) and this analysis gives 10.442 ns for the same endpoint; its own worst
+path there (10.47 ns, a distributed-RAM write after a carry chain) is one of those 0.04 ns cases.
 
 Delays are the SDF's slow corner (the third value of each ``(min:typ:max)`` triple, the value
 nextpnr's own report prints).  A ``CCU2C`` carry slice is two ``TRELLIS_COMB`` halves; the SDF
 gives both halves a ``FCI -> FCO`` delay, nextpnr's timing (and its critical path report) counts it
-once per slice, on the first half: so does this analysis.  Paths through the contents of distributed RAM (write clock to read
-data) and from top-level ports are not timed, as in nextpnr's report of an out-of-context design.
+once per slice, on the first half: so does this analysis.  Paths through the contents of
+distributed RAM (write clock to read data) and from top-level ports are not timed, as in nextpnr's
+report of an out-of-context design.
 
 A *unit* is the first component of an instance name with yosys' ``$N`` suffixes removed
 (``mac``, ``drain``, ``output``, ``stall`` ...): the engine's submodule names (hw/engine.py), from
