@@ -70,12 +70,13 @@ def run_engine(cfg, out: Path, pnr: bool, args) -> dict:
         generate(cfg, out / "rtl", tops=["layer_engine"])
         res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=args.seed,
                          timeout=args.timeout, router=args.router, lut_mapper=args.lut_mapper,
-                         freq=args.freq)
+                         freq=args.freq, nextpnr_args=tuple(args.nextpnr_arg))
         res["config"] = cfg.to_dict()
         res["commit"] = rev
         res["command"] = (f".venv/bin/python benchmarks/synth.py --configs {label(cfg)}"
                           + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {args.seed} --router {args.router}"
                           + (f" --lut-mapper {args.lut_mapper}" if args.lut_mapper != "abc9" else "")
+                          + "".join(f" --nextpnr-arg={a}" for a in args.nextpnr_arg)
                           + f" -o {args.output}")
         return res
     return _cached(out / "engine.json", args.force, go)
@@ -178,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock, MHz (default 150)")
     ap.add_argument("--router", choices=("router1", "router2"), default="router1")
     ap.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9")
+    ap.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                    help="extra nextpnr option (repeatable), e.g. --nextpnr-arg=--placer-heap-timingweight=40")
     ap.add_argument("--timeout", type=float, default=None)
     ap.add_argument("--force", action="store_true", help="re-run cached steps")
     ap.add_argument("--record", action="store_true", help="write engine results to sim/perf/synth_table.json")

@@ -71,7 +71,7 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
           f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
     res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=freq,
                      pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
-                     lut_mapper=args.lut_mapper, seed=args.seed)
+                     lut_mapper=args.lut_mapper, seed=args.seed, nextpnr_args=tuple(args.nextpnr_arg))
     res["config"] = cfg.to_dict()
     return res
 
@@ -174,6 +174,9 @@ def add_subcommands(sub) -> None:
                    help="yosys LUT mapper: synth_ecp5's abc9 (default) or classic abc (workaround for "
                         "an abc9 assertion in yosys 0.70 on some large netlists)")
     s.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    s.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
+                   help="extra nextpnr option, recorded in synth.json (repeatable; give options as "
+                        "--nextpnr-arg=--placer-heap-timingweight=40)")
     s.add_argument("--target", choices=("ecp5", "asic"), default="ecp5",
                    help="ecp5: synth_ecp5 + nextpnr (default); asic: technology-independent area of each "
                         "unit (yosys generic synthesis, abc -g cmos2, stat -tech cmos: transistors, NAND2 "

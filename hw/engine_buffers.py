@@ -91,7 +91,9 @@ class BBuffer(wiring.Component):
                 m.d.comb += A(active).eq(0)
         with m.If(self.ctl.block):       # the next column block overrides the progress
             m.d.comb += [A(active).eq(1), A(cnt).eq(0), A(bank).eq(self.ctl.bank)]
-        m.d.comb += A(last).eq(A(cnt) + 1 == self.k)
+        # last after the cycle, A(cnt) + 1 == K, written as one compare per case of A(cnt) (0, cnt + 1,
+        # cnt) so the controller's block signal reaches only the final multiplexer, not an adder
+        m.d.comb += A(last).eq(Mux(self.ctl.block, self.k == 1, Mux(active, cnt + 2 == self.k, cnt + 1 == self.k)))
         with m.If(self.ctl.start):
             m.d.sync += [active.eq(1), cnt.eq(0), bank.eq(0), last.eq(self.ctl.start_last)]
         with m.Elif(self.en):

@@ -52,13 +52,20 @@ def test_synthesize_tiny_design_under_tmp(tmp_path, mapper):
     v = tmp_path / "tiny.v"
     v.write_text(TINY_V)
     out = tmp_path / "synth"
-    res = synthesize(v, "tiny", out, pnr=(mapper == "abc"), router="router1", lut_mapper=mapper)
+    extra = ("--placer-heap-timingweight=20",) if mapper == "abc" else ()
+    res = synthesize(v, "tiny", out, pnr=(mapper == "abc"), router="router1", lut_mapper=mapper, nextpnr_args=extra)
     assert res["lut_mapper"] == mapper
     assert res["cells"]["LUT4"] > 0 and res["cells"]["TRELLIS_FF"] >= 32  # acc + y registers
     assert (out / "tiny.json").is_file()
     assert json.loads((out / "synth.json").read_text())["cells"] == res["cells"]
     if mapper == "abc":
         assert res["pnr"]["fmax_mhz"] > 0
+        assert res["nextpnr_args"] == ["--placer-heap-timingweight=20"]
+        # the options reach nextpnr: an unknown one stops it with its own message
+        from vitaccel.hw.synth import SynthToolError
+        with pytest.raises(SynthToolError, match="nextpnr"):
+            synthesize(v, "tiny", tmp_path / "bad", router="router1", lut_mapper=mapper,
+                       nextpnr_args=("--no-such-option",))
         assert res["pnr"]["TRELLIS_FF"]["used"] == res["cells"]["TRELLIS_FF"]
         # hw.sta re-times the routed design from nextpnr's SDF: its worst path is nextpnr's critical
         # path (no distributed RAM here), to the report's 0.01 ns rounding
