@@ -77,6 +77,35 @@ def test_freq_sram_bandwidth_and_batch_axes(tmp_path):
     assert row[(256, 64, 1)]["BRAM_total"] > row[(64, 64, 1)]["BRAM_total"]
 
 
+def test_requant_share_axis(tmp_path, capsys):
+    """Shared requantisers: the drain takes S cycles a row (cycles from sim.schedule, never fewer), the
+    resources are the shared build's (looked up or modelled as the unshared build less the saving per
+    shared-away column, docs/estimator.md); an S that does not divide the columns is not estimable."""
+    from vitaccel.sim.perf.estimate import Hardware, estimate
+    from vitaccel.sim.perf.program import load_program_gemms
+
+    prog = _program(tmp_path)
+    points, meta = sweep(_args("--program", prog, "--rows", "8", "--cols", "4", "8", "--requant-share", "1", "2", "8"))
+    by = {(p.cols, p.requant_share): p.row for p in points}
+    assert len(points) == 6 and not by[(4, 8)]["feasible"] and "requant_share" in by[(4, 8)]["reason"]
+    gemms, _ = load_program_gemms(prog)
+    for (c, s), r in by.items():
+        if not r["feasible"]:
+            continue
+        want = estimate(gemms, Hardware(rows=8, cols=c, freq=1e6, requant_share=s), model="toy").summary()["cycles"]
+        assert r["cycles"] == want and r["requant_share"] == s
+        base = by[(c, 1)]
+        assert r["cycles"] >= base["cycles"]
+        if s > 1:
+            expect = R.engine_resources(8, c, 4, 4, cfg=dict(rows=8, cols=c, requant_share=s))
+            assert r["TRELLIS_COMB"] == expect.values["TRELLIS_COMB"] < base["TRELLIS_COMB"]
+    with pytest.raises(UserError, match="--requant-share: give powers of two"):
+        sweep(_args("--program", prog, "--rows", "8", "--cols", "8", "--requant-share", "3"))
+    assert main(["explore", "--program", prog, "--rows", "8", "--cols", "8", "--requant-share", "1", "2", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "8x8 program s1" in out and "8x8 program s2" in out
+
+
 def test_outputs_csv_json_png(tmp_path, capsys):
     c, j, png = tmp_path / "x.csv", tmp_path / "x.json", tmp_path / "x.png"
     assert main(["explore", "--program", _program(tmp_path), "--rows", "4", "8", "--cols", "4", "8",

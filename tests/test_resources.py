@@ -255,8 +255,19 @@ def test_shared_requantiser_builds_are_looked_up_not_fitted():
     assert f.predict(16, 16) == pytest.approx(400)            # fitted on the unshared runs only
     m = R.engine_resources(16, 16, 4, 4, cfg=dict(rows=16, cols=16, requant_share=2), table=t)
     assert m.source == "measured" and m.values["LUT4"] == 300 and "requant_share 2" in m.basis and not m.notes
+    # an unsynthesized sharing: the unshared build less the saving per shared-away column, fitted on
+    # the recorded pair (16x16: 400 -> 300 LUT4 with 8 columns shared away, 12.5 a column)
     m4 = R.engine_resources(16, 16, 4, 4, cfg=dict(rows=16, cols=16, requant_share=4), table=t)
-    assert m4.values["LUT4"] == 400 and any("requant_share 4 not synthesized" in n for n in m4.notes)
+    assert m4.source == "model" and any("requant_share 4 not synthesized" in n for n in m4.notes)
+    assert m4.values["LUT4"] == 400 - 12 * 12.5 and m4.values["DSP"] == 24 - 12 * 1.5 and m4.values["BRAM"] == 4
+    m8 = R.engine_resources(8, 8, 4, 4, cfg=dict(rows=8, cols=8, requant_share=2), table=t)
+    assert m8.values["FF"] == 50 - 4 * 6.25 and "less 4 shared-away" in m8.basis
+    # other widths take the saving of the recorded widths, and say so
+    w8 = R.engine_resources(16, 16, 8, 8, cfg=dict(rows=16, cols=16, requant_share=2), table=t)
+    assert any("w8a8 shared builds not synthesized" in n for n in w8.notes)
+    # without any recorded shared run: the unshared build, an upper bound
+    u = R.engine_resources(16, 16, 4, 4, cfg=dict(rows=16, cols=16, requant_share=4), table=_table(plain))
+    assert u.values["LUT4"] == 400 and any("upper bound" in n for n in u.notes)
     assert R.engine_clock(16, 16, 4, 4, table=t, requant_share=2).mhz == 70.0
     c = R.engine_clock(8, 8, 4, 4, table=t, requant_share=2)
     assert (c.mhz, c.source) == (90.0, "modelled") and "requant_share 2 not placed" in c.text

@@ -1,6 +1,6 @@
 """``vitaccel explore``: sweep engine configurations for one model or program; latency, resources, Pareto front.
 
-For every point of ``rows x cols x bits x SRAM x DRAM bandwidth x batch`` the estimator
+For every point of ``rows x cols x bits x requant_share x SRAM x DRAM bandwidth x batch`` the estimator
 (:func:`sim.perf.estimate.estimate`, engine dataflow: the exact cycle model of sim/schedule.py) gives
 cycles, MAC utilisation and DRAM traffic; :func:`sim.perf.estimate.with_synthesis` gives the clock
 (measured Fmax of the configuration, else the nearest measured configuration's, marked *modelled*;
@@ -28,7 +28,7 @@ sizes: a list (8 16 32), a range of powers of two (4..64) or a stepped range (8.
 """
 
 #: Columns of the CSV (and keys of each JSON point), in order.
-COLUMNS = ("rows", "cols", "bits", "sram_kib", "dram_bw", "batch", "feasible", "reason", "a_bits", "b_bits",
+COLUMNS = ("rows", "cols", "bits", "requant_share", "sram_kib", "dram_bw", "batch", "feasible", "reason", "a_bits", "b_bits",
            "cycles", "compute_cycles", "stall_cycles", "fmax_mhz", "clock_source", "latency_ms",
            "inferences_per_s", "utilisation", "dram_bytes", "LUT4", "CCU2C", "TRELLIS_COMB", "FF", "DSP",
            "BRAM_engine", "BRAM_total", "resource_source", "device", "fits", "limiting_resource",
@@ -94,6 +94,9 @@ def add_subcommands(subparsers) -> None:
     s.add_argument("--cols", nargs="+", default=["4..64"], help="array columns (default 4..64)")
     s.add_argument("--square", action="store_true", help="only rows == cols")
     s.add_argument("--bits", nargs="+", default=None, help="wXaY settings for --model (default w4a4 w6a6 w8a8)")
+    s.add_argument("--requant-share", nargs="+", type=int, default=[1], metavar="S",
+                   help="columns per requantiser (1 2 4 ...: powers of two dividing --cols; default 1). Shared builds "
+                   "drain S cycles a row and save the other columns' requantisers (resources: docs/estimator.md)")
     s.add_argument("--sram-kib", nargs="+", type=float, default=[256.0], help="on-chip buffer KiB (default 256)")
     s.add_argument("--dram-bw", nargs="+", type=float, default=[16.0], help="DRAM bytes/cycle (default 16)")
     s.add_argument("--batch-size", "--batch", dest="batch", nargs="+", type=int, default=[1],
@@ -122,6 +125,7 @@ class Point:
     sram_kib: float
     dram_bw: float
     batch: int
+    requant_share: int = 1
     row: dict = field(default_factory=dict)
 
     @property
@@ -167,8 +171,10 @@ def evaluate(gemms, name: str, pt: Point, *, freq_mhz=None, device=None, max_k=N
     from .estimate import Hardware, estimate, with_synthesis
     from .traffic import SramTooSmall
 
-    row = dict(rows=pt.rows, cols=pt.cols, bits=pt.bits, sram_kib=pt.sram_kib, dram_bw=pt.dram_bw, batch=pt.batch)
-    hw = Hardware(rows=pt.rows, cols=pt.cols, freq=1e6, dram_bw=pt.dram_bw, sram_kib=pt.sram_kib, max_k=max_k)
+    row = dict(rows=pt.rows, cols=pt.cols, bits=pt.bits, requant_share=pt.requant_share, sram_kib=pt.sram_kib,
+               dram_bw=pt.dram_bw, batch=pt.batch)
+    hw = Hardware(rows=pt.rows, cols=pt.cols, freq=1e6, dram_bw=pt.dram_bw, sram_kib=pt.sram_kib, max_k=max_k,
+                  requant_share=pt.requant_share)
     try:
         hw.validate()
         est = estimate(gemms, hw, model=name, batch=pt.batch, bits=pt.bits)
@@ -227,7 +233,10 @@ def sweep(args) -> tuple[list[Point], dict]:
     rows, cols = parse_sizes(args.rows, "rows"), parse_sizes(args.cols, "cols")
     bits_list = ["program"] if args.program else [b.lower() for b in (args.bits or ["w4a4", "w6a6", "w8a8"])]
     grid = [(r, c) for r in rows for c in cols if not args.square or r == c]
-    combos = list(itertools.product(grid, bits_list, args.sram_kib, args.dram_bw, args.batch))
+    shares = sorted(set(args.requant_share))
+    if any(v < 1 or v & (v - 1) for v in shares):
+        raise UserError(f"--requant-share: give powers of two (1 2 4 ...), got {shares}")
+    combos = list(itertools.product(grid, bits_list, args.sram_kib, args.dram_bw, args.batch, shares))
     if not combos:
         raise UserError("empty sweep: no (rows, cols) combination"
                         + (" with rows == cols (--square)" if args.square else "") + "; check --rows / --cols")
@@ -237,9 +246,9 @@ def sweep(args) -> tuple[list[Point], dict]:
         from tqdm import tqdm
         it = tqdm(combos, desc="explore", unit="config", leave=False)
     points = []
-    for (r, c), bits, sram, bw, batch in it:
+    for (r, c), bits, sram, bw, batch, share in it:
         gemms, name = work[(bits, batch)]
-        points.append(evaluate(gemms, name, Point(r, c, bits, sram, bw, batch), freq_mhz=args.freq,
+        points.append(evaluate(gemms, name, Point(r, c, bits, sram, bw, batch, share), freq_mhz=args.freq,
                                device=device, max_k=args.max_k))
     if not any(p.feasible for p in points):
         reasons = sorted({p.row["reason"].split(":")[0] if p.row["reason"].startswith("SRAM") else p.row["reason"]
@@ -254,6 +263,8 @@ def sweep(args) -> tuple[list[Point], dict]:
 
 def _label(p: Point, vary: set) -> str:
     s = f"{p.rows}x{p.cols} {p.bits}"
+    if "requant_share" in vary:
+        s += f" s{p.requant_share}"
     if "sram_kib" in vary:
         s += f" {p.sram_kib:g}K"
     if "dram_bw" in vary:
@@ -264,7 +275,7 @@ def _label(p: Point, vary: set) -> str:
 
 
 def _varying(points) -> set:
-    return {k for k in ("sram_kib", "dram_bw", "batch") if len({getattr(p, k) for p in points}) > 1}
+    return {k for k in ("requant_share", "sram_kib", "dram_bw", "batch") if len({getattr(p, k) for p in points}) > 1}
 
 
 def table(points: list[Point], meta: dict, *, show_all: bool = False) -> str:
@@ -306,7 +317,8 @@ def to_csv(points: list[Point]) -> str:
 def to_json(points: list[Point], meta: dict, args) -> str:
     def clean(v):
         return None if isinstance(v, float) and not math.isfinite(v) else v
-    sweep_args = {k: getattr(args, k) for k in ("model", "program", "rows", "cols", "square", "bits", "sram_kib",
+    sweep_args = {k: getattr(args, k) for k in ("model", "program", "rows", "cols", "square", "bits", "requant_share",
+                                                  "sram_kib",
                                                   "dram_bw", "batch", "freq", "device", "edge_bits", "max_k")}
     doc = dict(sweep=sweep_args, summary=meta,
                points=[{k: clean(p.row.get(k)) for k in COLUMNS} for p in points],

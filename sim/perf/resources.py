@@ -12,6 +12,8 @@ route, the cell counts and the command and commit that produced them. This modul
   has the configuration, otherwise from :func:`fit_resource`, a least-squares model over the recorded
   configurations with fixed, per-PE, per-column and per-row terms (as many as the recorded points can
   determine) -- flagged as estimated;
+* a build with shared requantisers (``requant_share`` S > 1) is looked up when recorded, otherwise
+  it is the unshared build less :func:`fit_share_saving`'s saving per shared-away column;
 * :func:`check_fit` -- whether the resources fit a device (TRELLIS_COMB, TRELLIS_FF, MULT18X18D,
   DP16KD of ``devices`` in the table); :func:`sram_bram` -- the DP16KD blocks of the on-chip buffer;
 * :func:`loo_errors` -- the model's error on each recorded configuration when that point is held back.
@@ -317,6 +319,61 @@ def fit_resource(resource: str, a_bits: int, b_bits: int, *, table: SynthTable |
 
 
 @dataclass(frozen=True)
+class ShareFit:
+    """What sharing saves: ``per_column`` of ``resource`` for every column whose requantiser and drain
+    lane are shared away (``cols - cols / S`` of them), fitted on ``points`` (``RxC wXaY:sS`` runs
+    against their unshared build of the same size)."""
+
+    resource: str
+    per_column: float
+    points: tuple[str, ...]
+    widths_extrapolated: bool
+
+
+def fit_share_saving(resource: str, a_bits: int, b_bits: int, *, table: SynthTable | None = None) -> ShareFit | None:
+    """Least squares through the origin of ``saving = per_column * (C - C / S)`` over the recorded shared
+    runs with an unshared run of the same size and widths; those of the widths asked for when there are
+    any, else all of them (``widths_extrapolated``).  ``None`` without such a pair."""
+    table = table or load_table()
+    pairs = []
+    for share in sorted({r.requant_share for r in table.entries if r.requant_share > 1}):
+        for key, rec in sorted(table.preferred(share).items()):
+            base = table.lookup(*key)
+            vs = resource_value(rec, resource, table)[0]
+            vb = resource_value(base, resource, table)[0] if base is not None else None
+            if vs is not None and vb is not None:
+                pairs.append((rec, rec.cols - rec.cols // share, vb - vs))
+    own = [p for p in pairs if (p[0].a_bits, p[0].b_bits) == (a_bits, b_bits)]
+    use = own or pairs
+    if not use:
+        return None
+    per_col = sum(n * v for _, n, v in use) / sum(n * n for _, n, _ in use)
+    return ShareFit(resource, per_col, tuple(f"{r.label}:s{r.requant_share}" for r, _, _ in use), not own)
+
+
+def _shared_resources(base: "Resources", share: int, table: SynthTable) -> "Resources | None":
+    """``base`` (the unshared build) less the fitted saving of ``cols - cols / share`` shared-away columns."""
+    removed = base.cols - base.cols // share
+    vals, used, extrap = dict(base.values), set(), False
+    for k, v in base.values.items():
+        f = fit_share_saving(k, base.a_bits, base.b_bits, table=table)
+        if v is None or f is None:
+            continue
+        vals[k] = max(0, round(v - f.per_column * removed))
+        used.update(f.points)
+        extrap = extrap or f.widths_extrapolated
+    if not used:
+        return None
+    notes = [*base.notes, f"requant_share {share} not synthesized for this size: the unshared build ({base.source}) "
+             f"less {removed} columns' requantiser and drain lane, the saving per column fitted on "
+             f"{', '.join(sorted(used))} (docs/estimator.md)"]
+    if extrap:
+        notes.append(f"w{base.b_bits}a{base.a_bits} shared builds not synthesized: saving per column of other widths")
+    return Resources(base.rows, base.cols, base.a_bits, base.b_bits, vals, "model",
+                     f"{base.basis}, less {removed} shared-away requantiser columns", tuple(notes))
+
+
+@dataclass(frozen=True)
 class Resources:
     """Resources of a configuration. ``source``: ``measured`` (a synthesis run) or ``model`` (estimated)."""
 
@@ -351,9 +408,13 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
     rec = table.lookup(rows, cols, a_bits, b_bits, share) if share > 1 else None
     notes: list[str] = []
     if share > 1 and rec is None:
+        cfg = {**(cfg if isinstance(cfg, dict) else cfg.to_dict()), "requant_share": 1}
+        base = engine_resources(rows, cols, a_bits, b_bits, cfg=cfg, table=table)
+        shared = _shared_resources(base, share, table)
+        if shared is not None:
+            return shared
         notes.append(f"requant_share {share} not synthesized for this size: resources of the unshared build "
                      "(an upper bound: sharing removes requantisers and drain lanes)")
-        cfg = {**(cfg if isinstance(cfg, dict) else cfg.to_dict()), "requant_share": 1}
     rec = rec or table.lookup(rows, cols, a_bits, b_bits)
     if rec is not None:
         vals = dict(rec.values)
