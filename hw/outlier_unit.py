@@ -112,9 +112,10 @@ class OutlierUnit(wiring.Component):
     rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
         B buffer read ports (one per lane).
     drain : In(1), drain_row : In(ArrayLayout(range(rows), drain_copies))
-        :attr:`corr_row` shows correction row ``drain_row`` (combinationally, through each memory's
-        drain read port); ``drain`` clears that row (when ``en``; the engine raises it with the
-        row's last column group).  ``drain_copies`` identical copies of the row number
+        :attr:`corr_row` shows correction row ``drain_row`` (combinationally) whenever stage 3 does
+        not accumulate (they share each memory's read port; the engine's schedule never drains and
+        accumulates in the same cycle); ``drain`` clears that row (when ``en``; the engine raises it
+        with the row's last column group).  ``drain_copies`` identical copies of the row number
         (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
@@ -212,14 +213,12 @@ class OutlierUnit(wiring.Component):
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
         for a write port, whatever their rows; the correction of row ``r`` is the sum over the lanes.
-        Each memory has one write port and two asynchronous read ports: one for the read-modify-write
-        of stage 3, one for the drain (the engine's schedule never drains and accumulates the same
-        row in one cycle, ``OUTLIER_LATENCY <= DRAIN_OFFSET``).  Separate ports keep the drain's row
-        number, which comes from across the chip, off the read-modify-write path (session 29's
-        16 x 16 critical path ran from a drain-row copy through a shared read address to the write
-        data).  A valid bit per lane and row replaces clearing the words: the drain clears the row's
-        bits, the first write of a tile reads the word as 0.  On ECP5 each read port is a copy of the
-        memory in distributed RAM (``TRELLIS_DPR16X4``), instead of ``rows x cols`` registers and adders.
+        Each memory has one write port and one asynchronous read port, shared by the read-modify-write
+        of stage 3 (when that lane's stage 3 holds an entry) and the drain (otherwise): the engine's
+        schedule never drains and accumulates in the same cycle (``OUTLIER_LATENCY <= DRAIN_OFFSET``).
+        A valid bit per lane and row replaces clearing the words: the drain clears the row's bits,
+        the first write of a tile reads the word as 0.  On ECP5 the memories map to distributed RAM
+        (``TRELLIS_DPR16X4``) instead of ``rows x cols`` registers and adders.
         """
         R, C, L = self.rows, self.cols, self.lanes
         depth, rbits = max(2, R), max(1, (R - 1).bit_length())
@@ -230,12 +229,12 @@ class OutlierUnit(wiring.Component):
             row = []
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
-                wp, rp, rd = mem.write_port(), mem.read_port(domain="comb"), mem.read_port(domain="comb")
-                word = Mux(vld[l].bit_select(s3_row[l], 1), rp.data, 0)
-                m.d.comb += [rp.addr.eq(s3_row[l]), wp.addr.eq(s3_row[l]), wp.data.eq(word + s3_p[l][c]),
-                             wp.en.eq(self.en[c * self.en_copies // C] & s3_ok[l]),
-                             rd.addr.eq(drain_row[c][:rbits])]
-                row.append(Mux(vld[l].bit_select(drain_row[c][:rbits], 1), rd.data, 0))
+                wp, rp = mem.write_port(), mem.read_port(domain="comb")
+                addr = Mux(s3_ok[l], s3_row[l], drain_row[c][:rbits])
+                word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
+                m.d.comb += [rp.addr.eq(addr), wp.addr.eq(s3_row[l]), wp.data.eq(word + s3_p[l][c]),
+                             wp.en.eq(self.en[c * self.en_copies // C] & s3_ok[l])]
+                row.append(word)
             lane_rows.append(row)
             with m.If(self.en[0]):
                 for r in range(R):
