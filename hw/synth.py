@@ -22,7 +22,7 @@ from amaranth.hdl import Shape
 from vitaccel.sim.engine_config import ConfigError, EngineConfig
 from vitaccel.sim.errors import UserError
 
-from .sta import unit_timing
+from .sta import SdfError, unit_timing
 
 __all__ = ["generate", "synthesize", "retime", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
            "OPTIONAL_TOPS"]
@@ -273,7 +273,10 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
         res["pnr"] = parse_nextpnr_log(plog)
         if nextpnr_args:
             res["nextpnr_args"] = list(nextpnr_args)
-        res["pnr"]["timing_by_unit"] = unit_timing((out / f"{top}.sdf").read_text(), freq)
+        try:
+            res["pnr"]["timing_by_unit"] = unit_timing((out / f"{top}.sdf").read_text(), freq)
+        except SdfError as exc:      # e.g. a design without register-to-register paths
+            res["pnr"]["timing_by_unit"] = {"error": str(exc)}
     (out / "synth.json").write_text(json.dumps(res, indent=2))
     return res
 

@@ -80,6 +80,9 @@ def test_bad_sdf_text_is_named():
                 _net("x.l1/F", "x.l2/A", 100) + _net("x.l2/F", "x.l1/A", 100))
     with pytest.raises(SdfError, match="loop"):
         endpoint_delays(parse_sdf(loop))
+    comb_only = _sdf(_cell("TRELLIS_COMB", "x.l1", [("A", "F", 200)]), _net("x.l1/F", "x.l2/A", 100))
+    with pytest.raises(SdfError, match="no register-to-register"):   # synthesize() records this message
+        unit_timing(comb_only, 100.0)
 
 
 def test_timing_by_unit_script_names_a_directory_without_a_routed_design(tmp_path, capsys):
