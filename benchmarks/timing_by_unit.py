@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from vitaccel.hw.synth import retime
+from vitaccel.hw.sta import SdfError
+from vitaccel.hw.synth import SynthToolError, retime
 
 
 def table(name: str, t: dict) -> list[str]:
@@ -48,7 +49,11 @@ def main(argv=None) -> int:
         return 2
     out = {}
     for d in args.dirs:
-        out[str(d)] = t = retime(d, args.top, freq=args.freq)
+        try:
+            out[str(d)] = t = retime(d, args.top, freq=args.freq)
+        except (SynthToolError, SdfError) as exc:
+            print(f"error: {d}: {exc}", file=sys.stderr)
+            return 2
         print("\n".join(table(str(d), t)) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

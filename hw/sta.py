@@ -135,7 +135,7 @@ def unit_timing(sdf_text: str, target_mhz: float, top_paths: int = 10) -> dict:
     """Per-unit endpoint count, failing count and worst path at ``target_mhz``, from nextpnr's SDF.
 
     Returns ``{"target_mhz", "fmax_mhz", "endpoints", "failing", "histogram", "units", "worst"}``:
-    ``units[u]`` = ``{"endpoints", "failing", "worst_ns", "fmax_mhz", "worst_start"}`` for the paths
+    ``units[u]`` = ``{"endpoints", "failing", "worst_ns", "fmax_mhz", "worst_start", "worst_end"}`` for the paths
     that *end* in unit ``u``; ``histogram`` counts endpoints per Fmax band; ``worst`` lists the
     ``top_paths`` worst paths from distinct (start unit, end unit) pairs.
     """

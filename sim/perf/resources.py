@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 TABLE_PATH = Path(__file__).with_name("synth_table.json")
@@ -405,17 +405,14 @@ def engine_resources(rows: int, cols: int, a_bits: int, b_bits: int, *, cfg=None
     table = table or load_table()
     share = (cfg.get("requant_share", 1) if isinstance(cfg, dict) else getattr(cfg, "requant_share", 1)) \
         if cfg is not None else 1
-    rec = table.lookup(rows, cols, a_bits, b_bits, share) if share > 1 else None
-    notes: list[str] = []
-    if share > 1 and rec is None:
+    if share > 1 and table.lookup(rows, cols, a_bits, b_bits, share) is None:
         cfg = {**(cfg if isinstance(cfg, dict) else cfg.to_dict()), "requant_share": 1}
         base = engine_resources(rows, cols, a_bits, b_bits, cfg=cfg, table=table)
-        shared = _shared_resources(base, share, table)
-        if shared is not None:
-            return shared
-        notes.append(f"requant_share {share} not synthesized for this size: resources of the unshared build "
-                     "(an upper bound: sharing removes requantisers and drain lanes)")
-    rec = rec or table.lookup(rows, cols, a_bits, b_bits)
+        return _shared_resources(base, share, table) or replace(base, notes=(
+            *base.notes, f"requant_share {share} not synthesized for this size: resources of the unshared build "
+            "(an upper bound: sharing removes requantisers and drain lanes)"))
+    rec = table.lookup(rows, cols, a_bits, b_bits, share)
+    notes: list[str] = []
     if rec is not None:
         vals = dict(rec.values)
         missing = [k for k, v in vals.items() if v is None]
