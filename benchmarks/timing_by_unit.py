@@ -7,6 +7,7 @@ endpoint Fmax.  Runs without an SDF get one from nextpnr (the routed design relo
 minute each).
 
     .venv/bin/python benchmarks/timing_by_unit.py build/s29_8x8/8x8_w4a4 [more dirs] [--freq 150] [--json OUT]
+    .venv/bin/python benchmarks/timing_by_unit.py DIR --path 'mac.pe3_3_acc_TRELLIS_FF_Q_28/DI'   # one path, arc by arc
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitaccel.hw.sta import SdfError
+from vitaccel.hw.sta import SdfError, parse_sdf, worst_path
 from vitaccel.hw.synth import SynthToolError, retime
 
 
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top", default="layer_engine")
     ap.add_argument("--freq", type=float, default=150.0, help="target clock, MHz (default 150)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--path", metavar="PIN", help="print the longest path into this endpoint (instance/PIN, as in "
+                    "the tables' 'to' column) arc by arc instead of the tables")
     args = ap.parse_args(argv)
     missing = [d for d in args.dirs if not ((d / f"{args.top}.sdf").is_file() or (d / f"{args.top}_routed.json").is_file())]
     if missing:
@@ -47,6 +50,15 @@ def main(argv=None) -> int:
               f"{', '.join(map(str, missing))}: place and route it first (benchmarks/synth.py --pnr ...)",
               file=sys.stderr)
         return 2
+    if args.path:
+        try:
+            steps = worst_path(parse_sdf((args.dirs[0] / f"{args.top}.sdf").read_text()), args.path)
+        except (OSError, SdfError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for pin, d, t in steps:
+            print(f"{t:8.3f} ns  +{d:.3f}  {pin}")
+        return 0
     out = {}
     for d in args.dirs:
         try:

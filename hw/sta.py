@@ -30,7 +30,7 @@ import re
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-__all__ = ["SdfError", "TimingGraph", "parse_sdf", "endpoint_delays", "unit_timing", "unit_of"]
+__all__ = ["SdfError", "TimingGraph", "parse_sdf", "endpoint_delays", "worst_path", "unit_timing", "unit_of"]
 
 _CELL = re.compile(r'\(CELL\s*\(CELLTYPE\s+"([^"]*)"\)\s*\(INSTANCE\s*([^)]*)\)')
 _IOPATH = re.compile(r'\(IOPATH\s+(\S+)\s+(\S+)\s+\(([-\d.]+):([-\d.]+):([-\d.]+)\)')
@@ -94,18 +94,13 @@ def parse_sdf(text: str) -> TimingGraph:
     return g
 
 
-def endpoint_delays(g: TimingGraph) -> list[tuple[str, str, float]]:
-    """``(endpoint pin, start pin, delay ns)`` of the longest path into every clocked input.
-
-    The delay includes the start's clock-to-out and the endpoint's setup time, so ``1000 / delay``
-    is the Fmax that endpoint allows.  Pins no clocked output reaches are left out.
-    """
+def _arrivals(g: TimingGraph) -> tuple[dict, dict]:
+    """Longest-path arrival time of every pin a clocked output reaches, and its predecessor arc."""
     indeg = defaultdict(int)
     for p, outs in g.arcs.items():
         for q, _ in outs:
             indeg[q] += 1
-    arrival = dict(g.launch)
-    origin = {p: p for p in g.launch}
+    arrival, pred = dict(g.launch), {}
     nodes = set(g.arcs) | set(indeg) | set(g.launch)
     queue = deque(p for p in nodes if indeg[p] == 0)
     seen = 0
@@ -115,13 +110,45 @@ def endpoint_delays(g: TimingGraph) -> list[tuple[str, str, float]]:
         t = arrival.get(p)
         for q, d in g.arcs.get(p, ()):
             if t is not None and t + d > arrival.get(q, -1.0):
-                arrival[q], origin[q] = t + d, origin[p]
+                arrival[q], pred[q] = t + d, (p, d)
             indeg[q] -= 1
             if indeg[q] == 0:
                 queue.append(q)
     if seen != len(nodes):
         raise SdfError(f"combinational loop in the timing graph ({len(nodes) - seen} pins on or after it)")
-    return [(p, origin[p], arrival[p] + s) for p, s in g.setup.items() if p in arrival]
+    return arrival, pred
+
+
+def _start(pin: str, pred: dict) -> str:
+    while pin in pred:
+        pin = pred[pin][0]
+    return pin
+
+
+def endpoint_delays(g: TimingGraph) -> list[tuple[str, str, float]]:
+    """``(endpoint pin, start pin, delay ns)`` of the longest path into every clocked input.
+
+    The delay includes the start's clock-to-out and the endpoint's setup time, so ``1000 / delay``
+    is the Fmax that endpoint allows.  Pins no clocked output reaches are left out.
+    """
+    arrival, pred = _arrivals(g)
+    return [(p, _start(p, pred), arrival[p] + s) for p, s in g.setup.items() if p in arrival]
+
+
+def worst_path(g: TimingGraph, endpoint: str) -> list[tuple[str, float, float]]:
+    """The longest path into ``endpoint``: ``(pin, delay of the arc into it, arrival ns)`` from its
+    start (clock-to-out as the first delay) to the endpoint (its setup time added as a last step)."""
+    arrival, pred = _arrivals(g)
+    if endpoint not in g.setup or endpoint not in arrival:
+        raise SdfError(f"{endpoint} is not a timed endpoint of the SDF (give instance/PIN of a clocked input)")
+    steps, p = [], endpoint
+    while p in pred:
+        steps.append((p, pred[p][1], arrival[p]))
+        p = pred[p][0]
+    steps.append((p, g.launch[p], arrival[p]))
+    steps.reverse()
+    steps.append((f"{endpoint} (setup)", g.setup[endpoint], arrival[endpoint] + g.setup[endpoint]))
+    return steps
 
 
 def unit_of(pin: str) -> str:

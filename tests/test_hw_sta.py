@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitaccel.hw.sta import SdfError, endpoint_delays, parse_sdf, unit_of, unit_timing
+from vitaccel.hw.sta import SdfError, endpoint_delays, parse_sdf, unit_of, unit_timing, worst_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,16 @@ def test_longest_path_is_the_hand_sum_with_one_carry_delay_per_slice():
     arcs = dict(g.arcs[r"u.add$CCU2_COMB1/FCI"])
     assert arcs[r"u.add$CCU2_COMB1/FCO"] == 0.0
     assert dict(g.arcs[r"u.add$CCU2_COMB0/FCI"])[r"u.add$CCU2_COMB0/FCO"] == pytest.approx(0.07)
+
+
+def test_worst_path_lists_the_hand_summed_arcs():
+    steps = worst_path(parse_sdf(_design()), "v.b/DI")
+    assert [p for p, _, _ in steps] == ["u.a/Q", "u.lut/A", "u.lut/F", r"u.add$CCU2_COMB0/A", r"u.add$CCU2_COMB0/FCO",
+                                        r"u.add$CCU2_COMB1/FCI", r"u.add$CCU2_COMB1/F", "v.b/DI", "v.b/DI (setup)"]
+    assert [d for _, d, _ in steps] == pytest.approx([0.5, 1.0, 0.2, 0.3, 0.45, 0.0, 0.44, 0.6, 0.1])
+    assert steps[-1][2] == pytest.approx(3.59)
+    with pytest.raises(SdfError, match="not a timed endpoint"):
+        worst_path(parse_sdf(_design()), "u.lut/F")
 
 
 def test_unit_timing_groups_paths_by_the_unit_they_end_in():
