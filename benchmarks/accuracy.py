@@ -89,6 +89,10 @@ for _b in ("w4a4", "w6a6"):
     # lower POQ outlier thresholds (more elements on the sparse path; needs a larger --outlier-capacity)
     ROWS[f"adfq-a35:{_b}"] = ("adfq", _b, {"alpha_qkv": 3.0, "alpha_fc1": 5.0})
     ROWS[f"adfq-a47:{_b}"] = ("adfq", _b, {"alpha_qkv": 4.0, "alpha_fc1": 7.0})
+    # SQ-b (MPTQ's SmoothQuant with bias) in front of ADFQ's POQ (session 31)
+    ROWS[f"adfq-sq:{_b}"] = ("adfq", _b, {"smoothquant": True})
+    # OPT-m's search also clipping the large region (two exponents below the covering one; session 31)
+    ROWS[f"mptq-clip:{_b}"] = ("mptq", _b, {"fc2_clip": 2})
 
 
 @torch.no_grad()

@@ -70,6 +70,7 @@ class QuantConfig:
     sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)
     sq_center: str = "mean"           # SQ-b's mu: channel mean | midpoint of the channel's range
     fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
+    fc2_clip: int = 0                 # OPT-m: also try this many region-2 exponents below the covering one
     act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
@@ -99,6 +100,8 @@ class QuantConfig:
             raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.sq_center not in ("mean", "midpoint"):
             raise QuantizerError(f"unknown SQ-b centre {self.sq_center!r} (use 'mean' or 'midpoint')")
+        if int(self.fc2_clip) != self.fc2_clip or not 0 <= self.fc2_clip <= 15:
+            raise QuantizerError(f"fc2_clip must be an integer in 0..15, got {self.fc2_clip}")
         if self.fc2 not in ("uniform", "slq", "three_region"):
             raise QuantizerError(f"unknown FC2 input quantizer {self.fc2!r}")
 
@@ -146,7 +149,7 @@ def build_quantizer(cfg: QuantConfig, role: str, bits: int, name: str = ""):
         if cfg.fc2 == "slq":
             return ShiftLog2Quantizer(bits, base=cfg.slq_base, name=name)
         if cfg.fc2 == "three_region":
-            return ThreeRegionQuantizer(bits, name=name)
+            return ThreeRegionQuantizer(bits, name=name, m1_clip=cfg.fc2_clip)
         return UniformQuantizer(bits, method=cfg.act_method, name=name)
     if role in ("proj_in", "q", "embed_in", "head_in"):
         return UniformQuantizer(bits, method=cfg.act_method, name=name)

@@ -157,3 +157,32 @@ def test_bad_parameters_raise():
         make(4, 1.0, 0, 1).decode(torch.tensor([16]))
     with pytest.raises(QuantizerError, match="unsupported"):
         ThreeRegionQuantizer(5)
+
+
+@pytest.mark.parametrize("bits", F.BITS)
+def test_region2_clipping_search(bits):
+    """``m1_clip``: the candidates are the covering search's plus smaller ``m1``; on data with a few
+    large values the search clips region 2 and its error is below the covering search's."""
+    torch.manual_seed(3)
+    x = torch.cat([gelu_data(), torch.tensor([40.0, 55.0])])     # two far outliers
+    cover = ThreeRegionQuantizer(bits).calibrate(x)
+    clip = ThreeRegionQuantizer(bits, m1_clip=3).calibrate(x)
+    c0, c3 = cover.candidates(), clip.candidates()
+    assert set(c0) < set(c3)
+    by_s0 = {}
+    for s0, _, m1 in c3:
+        by_s0.setdefault(s0, set()).add(m1)
+    for s0, m1s in by_s0.items():
+        top = three_region_m1(55.0, s0, bits)
+        assert m1s == set(range(max(top - 3, 0), top + 1))
+    err = lambda q: float(((q.fake_quant(x).detach() - x) ** 2).mean())
+    assert err(clip) <= err(cover)                  # a superset of candidates
+    if bits == 4:                                   # 3 steps per positive region: clipping pays
+        assert err(clip) < err(cover)
+        assert clip.m1 < three_region_m1(55.0, float(clip.s0), bits)
+    with pytest.raises(QuantizerError, match="m1_clip"):
+        ThreeRegionQuantizer(4, m1_clip=-1)
+    from vitaccel.golden.presets import preset
+    assert preset("mptq", "w4a4", fc2_clip=2).fc2_clip == 2
+    with pytest.raises(QuantizerError, match="fc2_clip"):
+        preset("mptq", "w4a4", fc2_clip=16)

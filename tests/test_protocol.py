@@ -205,3 +205,41 @@ def test_poq_outlier_load_counts_tiles_of_a_tiny_model():
     for t, v in load["max_tile"].items():
         assert v == max(int(r["max_tile_outliers"][t]) for r in reps)
     assert load["max_tile"][min(load["max_tile"])] <= load["max_tile"][max(load["max_tile"])]
+
+
+def test_loss_groups_partition_the_quantizers_and_restore_them():
+    """benchmarks/loss_groups.py: the groups split a model's quantizers, each group is switched off
+    and on again, and "all" is the plain evaluation."""
+    import torch
+    from golden_helpers import calibrated, images
+
+    spec = importlib.util.spec_from_file_location("loss_groups", os.path.join(ROOT, "benchmarks", "loss_groups.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    qvit = calibrated("adfq", "w4a4")
+    names = [n for n, _ in qvit.quantizers()]
+    members = mod.group_members(names)
+    flat = [n for m in members.values() for n in m]
+    assert sorted(flat) == sorted(names)          # every quantizer in exactly one group
+    with pytest.raises(SystemExit, match="no quantizer matches"):
+        mod.group_members([n for n in names if "fc2.input" not in n])
+
+    x = images(6)
+    with torch.no_grad():
+        y = qvit(x).argmax(-1)                     # labels: the fully quantized model's own predictions
+    seen = []
+
+    def evaluate(model, xs, ys):
+        off = sorted(n for n, q in model.quantizers() if not q.enabled)
+        seen.append(off)
+        with torch.no_grad():
+            p = model(xs).argmax(-1)
+        return None, None, p
+
+    correct = mod.group_correct(qvit, x, y, members, evaluate)
+    assert seen == [[]] + [sorted(m) for m in members.values()]
+    assert bool(correct["all"].all())
+    assert all(q.enabled for _, q in qvit.quantizers())
+    assert mod.seed_average([{"diff": 1.0, "ci_low": -2.0, "ci_high": 4.0},
+                             {"diff": 3.0, "ci_low": 0.0, "ci_high": 6.0}]) == {"diff": 2.0, "ci_low": -1.0,
+                                                                              "ci_high": 5.0}

@@ -26,6 +26,10 @@ Calibration (OPT-m, MSE variant)
 3. ``m0`` in ``0..m1`` (and, with ``search_s0``, ``s0`` scaled by each factor of ``s0_factors``, ``m1``
    recomputed for it) chosen by the smallest mean squared quantization error on the sample.
 
+With ``m1_clip = d > 0`` the search also tries ``m1 - 1 .. m1 - d`` for every ``s0`` (region 2 then
+clips the largest values at ``P * s2``), i.e. a clipping search of the large region as PTQ4ViT's
+twin-uniform search does with its scale range; ``m1_clip = 0`` (the default) always covers ``x_up``.
+
 MPTQ-ViT selects the ratio with a Hessian-guided metric: ``QuantConfig.fc2_metric = "hessian"`` re-runs
 the same search (:meth:`ThreeRegionQuantizer.select`) with the FC2 layer's output error weighted by
 the squared task-loss gradient (``golden.calibrate.hessian_three_region``); the quantizer alone uses
@@ -108,6 +112,8 @@ class ThreeRegionQuantizer(Quantizer):
     learn_scale : bool
         Expose ``s0`` through :meth:`scale_parameters` (AMO learns it; the parameter is created with
         ``requires_grad=False`` and the optimiser switches it on).
+    m1_clip : int
+        Also try the ``m1_clip`` exponents below the one that covers ``x_up`` (clipping region 2).
 
     Export keys
     -----------
@@ -125,8 +131,12 @@ class ThreeRegionQuantizer(Quantizer):
         s0_factors=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5),
         max_samples: int = 1 << 16,
         learn_scale: bool = True,
+        m1_clip: int = 0,
     ):
         super().__init__(bits, name)
+        if int(m1_clip) != m1_clip or not 0 <= m1_clip <= M_MAX:
+            raise QuantizerError(f"m1_clip must be an integer in 0..{M_MAX}, got {m1_clip}")
+        self.m1_clip = int(m1_clip)
         self.search_s0 = bool(search_s0)
         self.s0_factors = tuple(float(f) for f in s0_factors)
         if not self.s0_factors or any(not (f > 0) for f in self.s0_factors):
@@ -184,8 +194,8 @@ class ThreeRegionQuantizer(Quantizer):
         """The ``(s0, m0, m1)`` grid OPT-m searches, from the observed range (set by :meth:`finalize`).
 
         ``s0`` is the initial ``|x_low| / (2^(k-1) - 1)`` times each of ``s0_factors`` (only 1.0
-        without ``search_s0``), ``m1`` the smallest exponent that covers ``x_up`` for that ``s0`` and
-        ``m0`` every integer in ``0..m1``.
+        without ``search_s0``), ``m1`` the smallest exponent that covers ``x_up`` for that ``s0`` (and
+        the ``m1_clip`` exponents below it, down to 0) and ``m0`` every integer in ``0..m1``.
         """
         if getattr(self, "range", None) is None:
             raise QuantizerError(f"three_region quantizer {self.name or ''}: candidates() before finalize()")
@@ -195,8 +205,9 @@ class ThreeRegionQuantizer(Quantizer):
         out = []
         for f in (self.s0_factors if self.search_s0 else (1.0,)):
             s0 = max(base * f, x_up / (p * 2.0 ** M_MAX), MIN_SCALE)
-            m1 = three_region_m1(x_up, s0, self.bits)
-            out += [(s0, m0, m1) for m0 in range(m1 + 1)]
+            cover = three_region_m1(x_up, s0, self.bits)
+            for m1 in range(cover, max(cover - self.m1_clip, 0) - 1, -1):
+                out += [(s0, m0, m1) for m0 in range(m1 + 1)]
         return out
 
     def select(self, metric) -> float:
