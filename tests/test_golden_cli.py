@@ -202,3 +202,23 @@ def test_cli_calibrate_block_amo(capsys, folder, tmp_path, monkeypatch):
             "--method", "adfq", "--amo-granularity", "layer", "-o", tmp_path / "p2")
     assert exc.value.code == 2 and "--amo-granularity: invalid choice" in capsys.readouterr().err
     assert not (tmp_path / "p2").exists()
+
+
+def test_cli_fc2_clip(capsys, folder, tmp_path, monkeypatch):
+    """--fc2-clip reaches the OPT-m search of an mptq program (recorded in the manifest); it is refused
+    where there is no three-region input, and out of range, with a one-line error and nothing written."""
+    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
+    data, cmap = folder
+    common = ["calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap, "--bits", "w4a4",
+              "--calib-size", "4", "--workers", "0"]
+    code, out = run(capsys, *common, "--method", "mptq", "--fc2-clip", "2", "-o", tmp_path / "prog")
+    assert code == 0, out.err
+    config = json.loads((tmp_path / "prog" / "manifest.json").read_text())["config"]
+    assert config["fc2_clip"] == 2 and config["fc2"] == "three_region"
+    for extra, msg in ((["--method", "adfq"], "only applies to the three-region FC2 input"),
+                       (["--method", "mptq", "--no-three-region"], "only applies to the three-region FC2 input"),
+                       (["--method", "mptq", "--fc2-clip", "16"], "fc2_clip must be an integer in 0..15")):
+        args = extra if "--fc2-clip" in extra else extra + ["--fc2-clip", "2"]
+        code, out = run(capsys, *common, *args, "-o", tmp_path / "bad")
+        assert code == 2 and msg in out.err and "Traceback" not in out.err, out.err
+        assert not (tmp_path / "bad").exists()
