@@ -93,6 +93,7 @@ for _b in ("w4a4", "w6a6"):
     ROWS[f"adfq-sq:{_b}"] = ("adfq", _b, {"smoothquant": True})
     # OPT-m's search also clipping the large region (two exponents below the covering one; session 31)
     ROWS[f"mptq-clip:{_b}"] = ("mptq", _b, {"fc2_clip": 2})
+    ROWS[f"mptq-clip-gptq:{_b}"] = ("mptq", _b, {"fc2_clip": 2, "weight_rounding": "gptq"})
 
 
 @torch.no_grad()
