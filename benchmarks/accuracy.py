@@ -382,9 +382,19 @@ def _parser():
 
 
 def _parse_set(items) -> dict:
+    """``KEY=VALUE`` overrides (values as JSON where they parse); unknown keys or a missing ``=`` are
+    refused before anything is loaded."""
+    from dataclasses import fields
+
+    from vitaccel.golden.presets import QuantConfig
+
+    known = {f.name for f in fields(QuantConfig)}
     out = {}
     for item in items:
-        k, _, v = item.partition("=")
+        k, eq, v = item.partition("=")
+        if not eq or k not in known:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE with KEY a QuantConfig field "
+                             f"({', '.join(sorted(known))})")
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:

@@ -100,12 +100,12 @@ def main(argv=None):
     if args.row not in acc.ROWS:
         ap.error(f"unknown row {args.row!r}; choose one of {', '.join(acc.ROWS)}")
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    a = acc._parser().parse_args([])
     sched = dict(CALIBRATION_PRESETS["fast"])
     calib_size = args.calib_size or sched.pop("calib_size")
     sched.pop("calib_size", None)
     method, bits, over = acc.ROWS[args.row]
     over = {**over, **(sched if method == "adfq" else {}), **acc._parse_set(args.set)}
+    a = acc._parser().parse_args([])   # the accuracy benchmark's model, data and split defaults
     cfg = preset(method, bits, **over)
 
     model = create_model(a.model, a.weights)
@@ -125,11 +125,12 @@ def main(argv=None):
             fp_cache[idx] = acc.evaluate(create_model(a.model, a.weights), x, y)[2] == y
         t0 = time.time()
         qvit = calibrate_model(create_model(a.model, a.weights), calib, cfg, a.model)
+        calib_seconds = round(time.time() - t0)
         members = group_members([n for n, _ in qvit.quantizers()])
         correct = group_correct(qvit, x, y, members, acc.evaluate)
         rows = {"fp": float(fp_cache[idx].float().mean() * 100), "all": float(correct["all"].float().mean() * 100)}
         paired = {g: paired_bootstrap(correct[g].numpy(), correct["all"].numpy()).to_dict() for g in members}
-        results["seeds"][str(seed)] = {"eval_images": len(idx), "calib_seconds": round(time.time() - t0),
+        results["seeds"][str(seed)] = {"eval_images": len(idx), "calib_seconds": calib_seconds,
                                        "top1": rows, "group_in_fp": paired,
                                        "group_sizes": {g: len(m) for g, m in members.items()}}
         print(f"seed {seed}: FP {rows['fp']:.1f} %, all quantized {rows['all']:.1f} % ({len(idx)} images)")

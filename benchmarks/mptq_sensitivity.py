@@ -5,6 +5,8 @@ drawn with ``--seed``, top-1 on that seed's *selection* images (pool images it d
 never on the evaluation set. Usage::
 
     .venv/bin/python benchmarks/mptq_sensitivity.py --bits w4a4 --threads 1 [--set key=value ...]
+
+``benchmarks/loss_groups.py`` measures the same on the evaluation images, paired per group, for any row.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import accuracy as acc
+from loss_groups import group_correct  # the same per-group evaluation, paired, on the evaluation images
 
 from vitaccel.golden.calibrate import calibrate_model
 from vitaccel.golden.models import create_model
@@ -60,11 +63,14 @@ def main():
     out = {"config": args.set, "bits": args.bits, "images": len(x)}
     qvit.set_quant(False, False)
     out["fp"] = acc.evaluate(qvit, x, y)[0]
-    for g, f in [("everything", lambda n: False)] + list(GROUPS.items()):
-        for (n, q) in qvit.quantizers():
-            q.enabled = not f(n)
-        out[f"all but {g}"] = acc.evaluate(qvit, x, y)[0]
-        print(g, round(out[f"all but {g}"], 1), flush=True)
+    qvit.set_quant(True, True)
+    names = [n for n, _ in qvit.quantizers()]
+    members = {g: [n for n in names if f(n)] for g, f in GROUPS.items()}
+    correct = group_correct(qvit, x, y, members, acc.evaluate)
+    for g, c in correct.items():
+        label = "everything" if g == "all" else g
+        out[f"all but {label}"] = 100 * c.float().mean().item()
+        print(label, round(out[f"all but {label}"], 1), flush=True)
     print(json.dumps(out))
 
 

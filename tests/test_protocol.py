@@ -152,6 +152,17 @@ def test_set_overrides_are_their_own_table_line_and_compare_ignores_them():
     assert acc._extra_set(own) == {}
 
 
+def test_set_overrides_parse_and_refuse_unknown_keys():
+    """``--set``: JSON values where they parse, strings otherwise; an unknown key or a missing ``=`` is a
+    one-line error naming the known keys (nothing is loaded or run)."""
+    acc = _accuracy_module()
+    assert acc._parse_set(["fc2_clip=2", "sq_center=midpoint", "smoothquant=true"]) == {
+        "fc2_clip": 2, "sq_center": "midpoint", "smoothquant": True}
+    for bad in ("fc2clip=2", "fc2_clip"):
+        with pytest.raises(SystemExit, match="expected KEY=VALUE with KEY a QuantConfig field.*fc2_clip"):
+            acc._parse_set([bad])
+
+
 def test_sim_check_records_agreement_with_the_integer_grid():
     """``--sim-row``: the program runs through the integer simulator; the record says how many logits
     are bit-identical to the integer-grid fake-quant model and which backend ran."""
