@@ -148,13 +148,15 @@ def fc2_output_gradients(qvit: QuantViT, images: torch.Tensor, layers: dict, bat
 
 
 @torch.no_grad()
-def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
+def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True,
+                         split: bool = False) -> dict:
     """Hessian-guided range search (PTQ4ViT / MPTQ-ViT) of every block linear's per-tensor input.
 
     Every :class:`golden.qlayers.QuantLinear` inside the blocks whose input quantizer is an
     asymmetric per-tensor :class:`UniformQuantizer` (q/k/v, proj, FC1, a uniform FC2) re-chooses its
     clipping ratio among the MSE search's candidates by ``sum (dL/dO)^2 (O^q - O)^2`` (see
-    :func:`hessian_three_region`), the same metric OPT-m uses. Returns ``name -> chosen metric``.
+    :func:`hessian_three_region`), the same metric OPT-m uses; ``split`` lets each end of the range
+    take its own ratio (:meth:`UniformQuantizer.select`). Returns ``name -> chosen metric``.
     """
     layers = {n: l for n, l in qvit.quant_layers().items()
               if "blocks." in n and type(l.input_quantizer) is UniformQuantizer}
@@ -167,7 +169,8 @@ def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int =
         w = layer.qweight().detach()
         ref = x @ w.t()
         g2 = g * g
-        chosen[n] = layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()))
+        chosen[n] = layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()),
+                                                 split=split)
     return chosen
 
 
@@ -249,7 +252,7 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
         hessian_weight_ranges(qvit, images, batch_size, progress)
     observe_activations(qvit, images, batch_size, progress)
     if config.act_metric == "hessian":
-        hessian_input_ranges(qvit, images, progress=progress)
+        hessian_input_ranges(qvit, images, progress=progress, split=config.act_range == "split")
     if config.fc2 == "three_region" and config.fc2_metric == "hessian":
         hessian_three_region(qvit, images, progress=progress)
     if config.weight_rounding == "gptq":

@@ -164,6 +164,9 @@ def cmd_calibrate(args) -> int:
     if getattr(args, "fc2_clip", None) and (args.method != "mptq" or getattr(args, "no_three_region", False)):
         raise UserError(f"--fc2-clip {args.fc2_clip} only applies to the three-region FC2 input of "
                         "--method mptq: drop it or use --method mptq without --no-three-region")
+    if getattr(args, "act_range", None) == "split" and args.method != "mptq":
+        raise UserError("--act-range split only applies to the Hessian-guided input range search of "
+                        "--method mptq: drop it or use --method mptq")
     if getattr(args, "gptq_source", None) is not None and getattr(args, "weight_rounding", None) != "gptq":
         raise UserError(f"--gptq-source {args.gptq_source} only applies to GPTQ rounding: "
                         "add --weight-rounding gptq (or drop --gptq-source)")
@@ -184,7 +187,7 @@ def cmd_calibrate(args) -> int:
         if getattr(args, flag, False):
             overrides.update(over)
     for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "weight_rounding",
-                "gptq_source", "mp_target_bits", "fc2_clip",
+                "gptq_source", "mp_target_bits", "fc2_clip", "act_range",
                 "amo_iters", "amo_granularity", "embed_bits", "head_bits"):
         v = getattr(args, key, None)
         if v is not None:
@@ -456,6 +459,10 @@ def add_subcommands(subparsers) -> None:
                    help="OPT-m (three-region FC2 input): also try the D region-2 exponents below the one "
                         "that covers the largest value, i.e. clip it (default 0; 2 measured best at W4A4, "
                         "docs/accuracy.md)")
+    p.add_argument("--act-range", choices=("joint", "split"), dest="act_range",
+                   help="Hessian-guided range search of the per-tensor block-linear inputs (--method mptq): one "
+                        "clipping ratio for both ends (default) or each end its own (split; measured at "
+                        "W4A4 in docs/accuracy.md)")
     p.add_argument("--embed-bits", type=int, choices=SF.BITS, dest="embed_bits")
     p.add_argument("--head-bits", type=int, choices=SF.BITS, dest="head_bits")
     p.add_argument("--mp-target-bits", type=float, dest="mp_target_bits")

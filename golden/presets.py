@@ -72,6 +72,7 @@ class QuantConfig:
     fc2_metric: str = "mse"           # OPT-m search metric for the three-region FC2 input: mse | hessian
     fc2_clip: int = 0                 # OPT-m: also try this many region-2 exponents below the covering one
     act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
+    act_range: str = "joint"          # hessian range search: one ratio for both ends | split (each end its own)
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
     layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
@@ -96,6 +97,8 @@ class QuantConfig:
             raise QuantizerError(f"unknown AMO granularity {self.amo_granularity!r} (use 'module' or 'block')")
         if self.act_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown activation range metric {self.act_metric!r} (use 'mse' or 'hessian')")
+        if self.act_range not in ("joint", "split"):
+            raise QuantizerError(f"unknown activation range search {self.act_range!r} (use 'joint' or 'split')")
         if self.fc2_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.sq_center not in ("mean", "midpoint"):

@@ -222,3 +222,19 @@ def test_cli_fc2_clip(capsys, folder, tmp_path, monkeypatch):
         code, out = run(capsys, *common, *args, "-o", tmp_path / "bad")
         assert code == 2 and msg in out.err and "Traceback" not in out.err, out.err
         assert not (tmp_path / "bad").exists()
+
+
+def test_cli_act_range(capsys, folder, tmp_path, monkeypatch):
+    """--act-range split reaches the Hessian-guided range search of an mptq program (recorded in the
+    manifest); with another method it is refused with a one-line error and nothing written."""
+    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
+    data, cmap = folder
+    common = ["calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap, "--bits", "w4a4",
+              "--calib-size", "4", "--workers", "0"]
+    code, out = run(capsys, *common, "--method", "mptq", "--act-range", "split", "-o", tmp_path / "prog")
+    assert code == 0, out.err
+    config = json.loads((tmp_path / "prog" / "manifest.json").read_text())["config"]
+    assert config["act_range"] == "split" and config["act_metric"] == "hessian"
+    code, out = run(capsys, *common, "--method", "adfq", "--act-range", "split", "-o", tmp_path / "bad")
+    assert code == 2 and "--act-range split only applies" in out.err and "Traceback" not in out.err, out.err
+    assert not (tmp_path / "bad").exists()

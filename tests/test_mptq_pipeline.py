@@ -8,6 +8,7 @@ import torch
 from vitaccel.golden.calibrate import calibrate_model
 from vitaccel.golden.mixed_precision import average_bits, linear_layers
 from vitaccel.golden.presets import preset
+from vitaccel.golden.quantizers import QuantizerError
 from vitaccel.golden.quantizers.three_region import ThreeRegionQuantizer
 
 
@@ -116,3 +117,45 @@ def test_hessian_input_ranges_minimise_the_weighted_output_error():
 
         errs = [err(*(float(t) for t in q._params(lo, hi))) for lo, hi in q.candidates()]
         assert err(float(q.scale), float(q.zero_point)) <= min(errs) * (1 + 1e-6)
+
+
+def test_split_range_search_is_coordinatewise_best():
+    """act_range=split: starting from the joint search, each end of the range takes its own clipping
+    ratio. On data with a few far positive outliers and a short negative side, the ends are clipped by
+    different ratios; the chosen pair is at least as good as every joint candidate and no single-end move on the
+    ratio grid improves it (checked here in float64 with an independent fake quantizer)."""
+    from vitaccel.golden.quantizers.uniform import UniformQuantizer
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(4000, generator=gen).abs() * -0.3,            # short negative side
+                   torch.randn(4000, generator=gen).abs() * 0.3,
+                   torch.tensor([6.0, 5.5, 5.0])])                          # far positive outliers
+    xd = x.double()
+
+    def err_of(q, lo, hi):
+        s, z = (float(t) for t in q._params(lo, hi))
+        xq = (torch.clamp(torch.floor(xd / s + 0.5) + z, q.qmin, q.qmax) - z) * s
+        return float(((xq - xd) ** 2).sum())
+
+    def metric(fq):
+        return float(((fq(x).double() - xd) ** 2).sum())
+
+    joint, split = UniformQuantizer(4, name="j"), UniformQuantizer(4, name="s")
+    for q in (joint, split):
+        q.observe(x)
+        q.finalize()
+    e_joint = joint.select(metric)
+    e_split = split.select(metric, split=True)
+    assert e_split < e_joint                                  # the split search found a better range
+    lo0, hi0 = split.range
+    lo, hi = split.chosen_range
+    assert abs(lo / lo0 - hi / hi0) > 0.1                     # the ends took different ratios
+    best = err_of(split, lo, hi)
+    assert abs(best - e_split) <= 1e-6 * best
+    assert min(err_of(split, a, b) for a, b in split.candidates()) >= best * (1 - 1e-9)
+    # no single-end move on the ratio grid is better: a coordinate-wise optimum
+    for r in torch.linspace(1.0, 0.2, 25).tolist():
+        assert err_of(split, lo0 * r, hi) >= best * (1 - 1e-9)
+        assert err_of(split, lo, hi0 * r) >= best * (1 - 1e-9)
+    with pytest.raises(QuantizerError, match="activation range search"):
+        preset("mptq", "w4a4", act_range="both")

@@ -124,20 +124,49 @@ class UniformQuantizer(Quantizer):
         ratios = torch.linspace(1.0, 0.2, 25).tolist() if ratios is None else ratios
         return [(lo * r, hi * r) for r in ratios]
 
-    def select(self, metric) -> float:
+    def select(self, metric, split: bool = False) -> float:
         """Set the candidate range with the smallest ``metric(fake_quant)``; returns that metric.
 
         ``fake_quant`` maps a tensor to its fake-quantized value under the candidate's scale and zero
         point (round half up, as :meth:`finalize`'s MSE search). Ties go to the wider range.
+
+        ``split=True`` (asymmetric quantizers only) then refines the two ends on their own: starting
+        from the best common ratio, a coordinate search tries every ratio of the low end with the high
+        end fixed, then every ratio of the high end with the low end fixed, and repeats while either
+        end moves (at most three rounds). The joint candidates are a subset of what it scores, so its
+        metric is never larger than the joint search's.
         """
+        scores: dict = {}
+
+        def score(lo, hi):
+            key = (lo, hi)
+            if key not in scores:
+                s, z = self._params(lo, hi)
+                scores[key] = (float(metric(lambda x, s=s, z=z: self._fq(x, s, z))), s, z)
+            return scores[key][0]
+
         best = None
         for lo, hi in self.candidates():
-            s, z = self._params(lo, hi)
-            err = float(metric(lambda x, s=s, z=z: self._fq(x, s, z)))
+            err = score(lo, hi)
             if best is None or err < best[0]:
-                best = (err, s, z)
-        self.scale = nn.Parameter(best[1].float(), requires_grad=False)
-        self.zero_point = best[2].float()
+                best = (err, lo, hi)
+        if split and not self.symmetric:
+            lo0, hi0 = self.range
+            ratios = torch.linspace(1.0, 0.2, 25).tolist()
+            for _ in range(3):
+                moved = False
+                for end in ("lo", "hi"):
+                    for r in ratios:
+                        lo, hi = (lo0 * r, best[2]) if end == "lo" else (best[1], hi0 * r)
+                        err = score(lo, hi)
+                        if err < best[0]:
+                            best, moved = (err, lo, hi), True
+                if not moved:
+                    break
+        _, s, z = scores[(best[1], best[2])]
+        self.chosen_range = (best[1], best[2])  #: the (lo, hi) candidate kept by the last select
+        self.scale = nn.Parameter(s.float(), requires_grad=False)
+        self.zero_point = z.float()
         self.calibrated = True
         return best[0]
 
