@@ -7,7 +7,8 @@ Steps (each switched by :class:`golden.presets.QuantConfig`):
    with average ``<= config.mp_target_bits`` (default: the preset's weight bits);
 3. wrap with quantizers (:func:`golden.qmodel.quantize_model`);
 4. weight scales (per channel; with ``weight_search="hessian"`` chosen by the expected output
-   error, from the second moments of each layer's input), then activation statistics over the
+   error, from the second moments of each layer's input; with ``"output"`` by the Hessian-guided
+   metric of each block linear's output), then activation statistics over the
    calibration images with the model in full precision (``observing``), then ``finalize`` of
    every activation quantizer (and the Hessian-guided range searches when configured);
 5. GPTQ weight rounding of the block linears (``config.weight_rounding == "gptq"``; ``golden.gptq``);
@@ -148,6 +149,31 @@ def fc2_output_gradients(qvit: QuantViT, images: torch.Tensor, layers: dict, bat
 
 
 @torch.no_grad()
+def output_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
+    """Re-choose every block linear's per-channel weight clipping by the Hessian-guided output metric.
+
+    For each :class:`golden.qlayers.QuantLinear` inside the blocks whose weight search is
+    ``"output"``, each output channel ``c`` takes the clipping ratio (the MSE search's candidates)
+    with the smallest ``sum_rows (dL/dO_c)^2 (x . (Q(w_c) - w_c))^2`` on the FP input rows ``x``
+    and the task-loss gradients of :func:`fc2_output_gradients`: PTQ4ViT's / MPTQ-ViT's metric
+    applied to the weights (the layer's full input, cross terms included, where ``"hessian"`` uses
+    only the diagonal ``E[x_i^2]``). Returns ``name -> summed chosen metric``.
+    """
+    layers = {n: l for n, l in qvit.quant_layers().items()
+              if "blocks." in n and not isinstance(l, QuantConv2d) and l.weight_quantizer.search == "output"}
+    if not layers:
+        return {}
+    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
+    chosen = {}
+    for n, layer in layers.items():
+        x, g = data[n]
+        g2 = g * g
+        err = layer.weight_quantizer.select(layer.weight, lambda dw: (g2 * (x @ dw.t()) ** 2).sum(dim=0))
+        chosen[n] = float(err.sum())
+    return chosen
+
+
+@torch.no_grad()
 def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True,
                          split: bool = False) -> dict:
     """Hessian-guided range search (PTQ4ViT / MPTQ-ViT) of every block linear's per-tensor input.
@@ -250,6 +276,8 @@ def calibrate_model(model: torch.nn.Module, images: torch.Tensor, config: QuantC
     qvit.calibrate_weights()
     if config.weight_search == "hessian":
         hessian_weight_ranges(qvit, images, batch_size, progress)
+    elif config.weight_search == "output":
+        output_weight_ranges(qvit, images, progress=progress)
     observe_activations(qvit, images, batch_size, progress)
     if config.act_metric == "hessian":
         hessian_input_ranges(qvit, images, progress=progress, split=config.act_range == "split")

@@ -446,9 +446,10 @@ def add_subcommands(subparsers) -> None:
                         "from a scale ladder (docs/datapath.md 8.1.1)")
     p.add_argument("--slq-base", choices=("2", "sqrt2"), dest="slq_base")
     p.add_argument("--act-method", choices=("minmax", "percentile", "mse"), dest="act_method")
-    p.add_argument("--weight-search", choices=("minmax", "mse", "hessian"), dest="weight_search",
-                   help="per-channel weight clipping: abs max, weight MSE (default), or expected output "
-                        "error weighted by the input second moments")
+    p.add_argument("--weight-search", choices=("minmax", "mse", "hessian", "output"), dest="weight_search",
+                   help="per-channel weight clipping: abs max, weight MSE (default), expected output "
+                        "error weighted by the input second moments, or the block linears' output error "
+                        "weighted by the squared task-loss gradient (output)")
     p.add_argument("--weight-rounding", choices=("nearest", "gptq"), dest="weight_rounding",
                    help="block linears' weight codes: nearest rounding (default) or GPTQ (error spread "
                         "through the layer's input Hessian; AMO's AdaRound then starts from it)")

@@ -49,7 +49,7 @@ class QuantConfig:
     embed_bits: int = 8
     head_bits: int = 8
     act_method: str = "mse"           # per-tensor range search: minmax | percentile | mse
-    weight_search: str = "mse"        # per-channel weight range: minmax | mse | hessian
+    weight_search: str = "mse"        # per-channel weight range: minmax | mse | hessian | output
     weight_rounding: str = "nearest"  # block linears' weight codes: nearest | gptq (golden.gptq)
     gptq_source: str = "target"       # GPTQ's rows / target: fp | quant | target (golden.gptq)
     poq: bool = False                 # ADFQ POQ on qkv / fc1 inputs
@@ -82,9 +82,9 @@ class QuantConfig:
             check_bits(b)
         if self.method not in METHODS:
             raise QuantizerError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if self.weight_search not in ("minmax", "mse", "hessian"):
+        if self.weight_search not in ("minmax", "mse", "hessian", "output"):
             raise QuantizerError(f"unknown weight range search {self.weight_search!r} "
-                                 "(use 'minmax', 'mse' or 'hessian')")
+                                 "(use 'minmax', 'mse', 'hessian' or 'output')")
         if self.weight_rounding not in ("nearest", "gptq"):
             raise QuantizerError(f"unknown weight rounding {self.weight_rounding!r} (use 'nearest' or 'gptq')")
         if self.gptq_source not in ("fp", "quant", "target"):

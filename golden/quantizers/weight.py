@@ -35,6 +35,9 @@ class PerChannelWeightQuantizer(Quantizer):
         diagonal of the layer-output Hessian ``E[x x^T]``, set with
         :meth:`set_input_second_moment`), so the clipping minimises the expected output error
         instead of the weight error. Without that moment it is the plain ``"mse"`` search.
+        ``"output"`` starts as ``"mse"``; :meth:`select` then re-chooses each channel's ratio by a
+        metric of the layer's output (``golden.calibrate.output_weight_ranges``: PTQ4ViT's
+        Hessian-guided metric on calibration rows).
 
     ``export()`` keys: ``fmt="sym"``, ``bits``, ``scale`` (float32, one per output channel),
     ``codes`` (int8, the weight's shape).
@@ -44,8 +47,9 @@ class PerChannelWeightQuantizer(Quantizer):
 
     def __init__(self, bits: int = 8, search: str = "mse", name: str = ""):
         super().__init__(bits, name)
-        if search not in ("minmax", "mse", "hessian"):
-            raise QuantizerError(f"unknown weight range search {search!r} (use 'minmax', 'mse' or 'hessian')")
+        if search not in ("minmax", "mse", "hessian", "output"):
+            raise QuantizerError(f"unknown weight range search {search!r} "
+                                 "(use 'minmax', 'mse', 'hessian' or 'output')")
         self.search = search
         self.qmax = 2 ** (self.bits - 1) - 1
         self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
@@ -74,7 +78,7 @@ class PerChannelWeightQuantizer(Quantizer):
         check_finite(w, f"weights of {self.name or 'layer'}")
         flat = w.reshape(w.shape[0], -1)
         absmax = flat.abs().amax(dim=1)
-        if self.search in ("mse", "hessian"):
+        if self.search in ("mse", "hessian", "output"):
             h = None
             if self.search == "hessian" and self.input_sq is not None:
                 if self.input_sq.numel() != flat.shape[1]:
@@ -95,6 +99,26 @@ class PerChannelWeightQuantizer(Quantizer):
         self.scale = nn.Parameter(scale, requires_grad=False)
         self.replacement = None
         self.calibrated = True
+
+    def select(self, w: torch.Tensor, metric) -> torch.Tensor:
+        """Re-choose each output channel's clipping ratio (the candidates of :meth:`finalize`) by
+        ``metric(dw)``, which maps the weight error ``dw = Q(w) - w`` (output channels x inputs) to one
+        error per output channel; returns the chosen errors. Ties go to the wider range."""
+        flat = w.detach().float().reshape(w.shape[0], -1)
+        absmax = flat.abs().amax(dim=1)
+        best_err = torch.full_like(absmax, float("inf"))
+        best = absmax.clone()
+        for ratio in torch.linspace(1.0, 0.55, 16):
+            s = safe_scale(absmax * ratio / self.qmax)
+            q = torch.clamp(round_half_up(flat / s[:, None]), -self.qmax, self.qmax)
+            err = metric(q * s[:, None] - flat)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, absmax * ratio, best)
+        self.scale = nn.Parameter(safe_scale(best / self.qmax), requires_grad=False)
+        self.replacement = None
+        self.calibrated = True
+        return best_err
 
     # -- AdaRound ------------------------------------------------------------------------------
     def init_adaround(self, w: torch.Tensor) -> None:
