@@ -99,6 +99,8 @@ for _b in ("w4a4", "w6a6"):
     ROWS[f"mptq-clip-gptq-split:{_b}"] = ("mptq", _b, {"fc2_clip": 2, "weight_rounding": "gptq", "act_range": "split"})
     # ... with the weight clipping by the Hessian-guided output metric (session 32)
     ROWS[f"mptq-clip-split-wo:{_b}"] = ("mptq", _b, {"fc2_clip": 2, "act_range": "split", "weight_search": "output"})
+    ROWS[f"mptq-split-wo:{_b}"] = ("mptq", _b, {"act_range": "split", "weight_search": "output"})
+    ROWS[f"adfq-wo:{_b}"] = ("adfq", _b, {"weight_search": "output"})
     # ... with SQ-b's migration strength 0.6 instead of the paper's 0.5 (session 32)
     ROWS[f"mptq-clip-split-a6:{_b}"] = ("mptq", _b, {"fc2_clip": 2, "act_range": "split", "sq_alpha": 0.6})
     ROWS[f"mptq-clip-gptq-split-a6:{_b}"] = ("mptq", _b, {"fc2_clip": 2, "weight_rounding": "gptq",
