@@ -148,6 +148,16 @@ def fc2_output_gradients(qvit: QuantViT, images: torch.Tensor, layers: dict, bat
     return out
 
 
+def _gradient_search(qvit: QuantViT, images: torch.Tensor, layers: dict, choose, batch_size: int,
+                     progress: bool) -> dict:
+    """Run ``choose(layer, x, g2)`` for every layer of ``layers`` on its FP input rows ``x`` and
+    squared output gradients ``g2`` (:func:`fc2_output_gradients`); returns ``name -> its result``."""
+    if not layers:
+        return {}
+    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
+    return {n: choose(layer, x, g * g) for n, layer in layers.items() for x, g in [data[n]]}
+
+
 @torch.no_grad()
 def output_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int = 8, progress: bool = True) -> dict:
     """Re-choose every block linear's per-channel weight clipping by the Hessian-guided output metric.
@@ -161,16 +171,10 @@ def output_weight_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int =
     """
     layers = {n: l for n, l in qvit.quant_layers().items()
               if "blocks." in n and not isinstance(l, QuantConv2d) and l.weight_quantizer.search == "output"}
-    if not layers:
-        return {}
-    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
-    chosen = {}
-    for n, layer in layers.items():
-        x, g = data[n]
-        g2 = g * g
-        err = layer.weight_quantizer.select(layer.weight, lambda dw: (g2 * (x @ dw.t()) ** 2).sum(dim=0))
-        chosen[n] = float(err.sum())
-    return chosen
+
+    def choose(layer, x, g2):
+        return float(layer.weight_quantizer.select(layer.weight, lambda dw: (g2 * (x @ dw.t()) ** 2).sum(dim=0)).sum())
+    return _gradient_search(qvit, images, layers, choose, batch_size, progress)
 
 
 @torch.no_grad()
@@ -186,18 +190,12 @@ def hessian_input_ranges(qvit: QuantViT, images: torch.Tensor, batch_size: int =
     """
     layers = {n: l for n, l in qvit.quant_layers().items()
               if "blocks." in n and type(l.input_quantizer) is UniformQuantizer}
-    if not layers:
-        return {}
-    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
-    chosen = {}
-    for n, layer in layers.items():
-        x, g = data[n]
+
+    def choose(layer, x, g2):
         w = layer.qweight().detach()
         ref = x @ w.t()
-        g2 = g * g
-        chosen[n] = layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()),
-                                                 split=split)
-    return chosen
+        return layer.input_quantizer.select(lambda fq: float((g2 * (fq(x) @ w.t() - ref) ** 2).sum()), split=split)
+    return _gradient_search(qvit, images, layers, choose, batch_size, progress)
 
 
 @torch.no_grad()
@@ -212,19 +210,14 @@ def hessian_three_region(qvit: QuantViT, images: torch.Tensor, batch_size: int =
     Returns ``name -> chosen metric``.
     """
     layers = {n: l for n, l in qvit.fc2_layers().items() if isinstance(l.input_quantizer, ThreeRegionQuantizer)}
-    if not layers:
-        return {}
-    data = fc2_output_gradients(qvit, images, layers, batch_size, progress=progress)
-    chosen = {}
-    for n, layer in layers.items():
-        x, g = data[n]
+
+    def choose(layer, x, g2):
         w = layer.qweight().detach()
         ref = x @ w.t()
-        g2 = g * g
         q = layer.input_quantizer
-        chosen[n] = q.select(lambda s0, m0, m1: float(
+        return q.select(lambda s0, m0, m1: float(
             (g2 * (three_region_fake_quant(x, s0, q.bits, m0, m1) @ w.t() - ref) ** 2).sum()))
-    return chosen
+    return _gradient_search(qvit, images, layers, choose, batch_size, progress)
 
 
 @torch.no_grad()

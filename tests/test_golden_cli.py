@@ -204,13 +204,18 @@ def test_cli_calibrate_block_amo(capsys, folder, tmp_path, monkeypatch):
     assert not (tmp_path / "p2").exists()
 
 
+def _tiny_calibrate_args(folder, monkeypatch) -> list:
+    """``vitaccel calibrate`` arguments for a tiny random ViT on the synthetic folder (W4A4, 4 images)."""
+    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
+    data, cmap = folder
+    return ["calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap, "--bits", "w4a4",
+            "--calib-size", "4", "--workers", "0"]
+
+
 def test_cli_fc2_clip(capsys, folder, tmp_path, monkeypatch):
     """--fc2-clip reaches the OPT-m search of an mptq program (recorded in the manifest); it is refused
     where there is no three-region input, and out of range, with a one-line error and nothing written."""
-    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
-    data, cmap = folder
-    common = ["calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap, "--bits", "w4a4",
-              "--calib-size", "4", "--workers", "0"]
+    common = _tiny_calibrate_args(folder, monkeypatch)
     code, out = run(capsys, *common, "--method", "mptq", "--fc2-clip", "2", "-o", tmp_path / "prog")
     assert code == 0, out.err
     config = json.loads((tmp_path / "prog" / "manifest.json").read_text())["config"]
@@ -227,10 +232,7 @@ def test_cli_fc2_clip(capsys, folder, tmp_path, monkeypatch):
 def test_cli_act_range(capsys, folder, tmp_path, monkeypatch):
     """--act-range split reaches the Hessian-guided range search of an mptq program (recorded in the
     manifest); with another method it is refused with a one-line error and nothing written."""
-    monkeypatch.setattr(golden_models, "create_model", lambda name, *a, **k: tiny_vit())
-    data, cmap = folder
-    common = ["calibrate", "--model", "vit_tiny_patch16_224", "--data", data, "--class-map", cmap, "--bits", "w4a4",
-              "--calib-size", "4", "--workers", "0"]
+    common = _tiny_calibrate_args(folder, monkeypatch)
     code, out = run(capsys, *common, "--method", "mptq", "--act-range", "split", "-o", tmp_path / "prog")
     assert code == 0, out.err
     config = json.loads((tmp_path / "prog" / "manifest.json").read_text())["config"]
