@@ -85,25 +85,20 @@ class PerChannelWeightQuantizer(Quantizer):
                     raise QuantizerError(f"{self.name or 'layer'}: input second moment has {self.input_sq.numel()} "
                                          f"values for {flat.shape[1]} weight columns")
                 h = (self.input_sq + 1e-12 * float(self.input_sq.max().clamp_min(1e-30)))[None, :]
-            best_err = torch.full_like(absmax, float("inf"))
-            best = absmax.clone()
-            for ratio in torch.linspace(1.0, 0.55, 16):
-                s = safe_scale(absmax * ratio / self.qmax)
-                q = torch.clamp(round_half_up(flat / s[:, None]), -self.qmax, self.qmax)
-                err = ((q * s[:, None] - flat) ** 2 * (h if h is not None else 1.0)).sum(dim=1)
-                better = err < best_err
-                best_err = torch.where(better, err, best_err)
-                best = torch.where(better, absmax * ratio, best)
-            absmax = best
+            weight = h if h is not None else 1.0
+            self.select(flat, lambda dw: (dw ** 2 * weight).sum(dim=1))
+            return
         scale = safe_scale(absmax / self.qmax)  # zero channels get MIN_SCALE, never 0 or NaN
         self.scale = nn.Parameter(scale, requires_grad=False)
         self.replacement = None
         self.calibrated = True
 
     def select(self, w: torch.Tensor, metric) -> torch.Tensor:
-        """Re-choose each output channel's clipping ratio (the candidates of :meth:`finalize`) by
+        """Choose each output channel's clipping ratio, ``r`` from 1.0 down to 0.55 in 16 steps, by
         ``metric(dw)``, which maps the weight error ``dw = Q(w) - w`` (output channels x inputs) to one
-        error per output channel; returns the chosen errors. Ties go to the wider range."""
+        error per output channel; returns the chosen errors. Ties go to the wider range. The
+        ``"mse"`` / ``"hessian"`` searches of :meth:`finalize` are this with the (weighted) squared
+        weight error; ``golden.calibrate.output_weight_ranges`` passes the layer-output metric."""
         flat = w.detach().float().reshape(w.shape[0], -1)
         absmax = flat.abs().amax(dim=1)
         best_err = torch.full_like(absmax, float("inf"))
@@ -115,7 +110,7 @@ class PerChannelWeightQuantizer(Quantizer):
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best = torch.where(better, absmax * ratio, best)
-        self.scale = nn.Parameter(safe_scale(best / self.qmax), requires_grad=False)
+        self.scale = nn.Parameter(safe_scale(best / self.qmax), requires_grad=False)  # zero channels: MIN_SCALE
         self.replacement = None
         self.calibrated = True
         return best_err
