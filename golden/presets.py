@@ -99,6 +99,9 @@ class QuantConfig:
             raise QuantizerError(f"unknown activation range metric {self.act_metric!r} (use 'mse' or 'hessian')")
         if self.act_range not in ("joint", "split"):
             raise QuantizerError(f"unknown activation range search {self.act_range!r} (use 'joint' or 'split')")
+        if self.act_range == "split" and self.act_metric != "hessian":
+            raise QuantizerError("act_range='split' refines the Hessian-guided range search: it needs "
+                                 "act_metric='hessian' (the mptq preset), or use act_range='joint'")
         if self.fc2_metric not in ("mse", "hessian"):
             raise QuantizerError(f"unknown OPT-m metric {self.fc2_metric!r} (use 'mse' or 'hessian')")
         if self.sq_center not in ("mean", "midpoint"):

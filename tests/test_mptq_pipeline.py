@@ -159,6 +159,8 @@ def test_split_range_search_is_coordinatewise_best():
         assert err_of(split, lo, hi0 * r) >= best * (1 - 1e-9)
     with pytest.raises(QuantizerError, match="activation range search"):
         preset("mptq", "w4a4", act_range="both")
+    with pytest.raises(QuantizerError, match="needs act_metric='hessian'"):  # would otherwise do nothing
+        preset("baseline", "w4a4", act_range="split")
 
 
 def test_output_weight_ranges_minimise_the_weighted_output_error():

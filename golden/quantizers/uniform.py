@@ -20,6 +20,9 @@ from .base import (Quantizer, QuantizerError, check_finite, round_half_up, round
                    sample_values)
 
 METHODS = ("minmax", "percentile", "mse")
+#: Clipping ratios of the range searches (the MSE search, the Hessian-guided candidates, each end of a
+#: split range): 1.0 down to 0.2 in 25 steps.
+CLIP_RATIOS = torch.linspace(1.0, 0.2, 25).tolist()
 
 
 class _RangeObserver:
@@ -105,7 +108,7 @@ class UniformQuantizer(Quantizer):
         elif self.method == "mse":
             smp = obs.sample()
             best, best_err = (lo, hi), float("inf")
-            for r in torch.linspace(1.0, 0.2, 25).tolist():
+            for r in CLIP_RATIOS:
                 s, z = self._params(lo * r, hi * r)
                 err = float(((self._fq(smp, s, z) - smp) ** 2).mean())
                 if err < best_err:
@@ -121,7 +124,7 @@ class UniformQuantizer(Quantizer):
         if getattr(self, "range", None) is None:
             raise QuantizerError(f"quantizer {self.name}: candidates() before finalize()")
         lo, hi = self.range
-        ratios = torch.linspace(1.0, 0.2, 25).tolist() if ratios is None else ratios
+        ratios = CLIP_RATIOS if ratios is None else ratios
         return [(lo * r, hi * r) for r in ratios]
 
     def select(self, metric, split: bool = False) -> float:
@@ -152,11 +155,10 @@ class UniformQuantizer(Quantizer):
                 best = (err, lo, hi)
         if split and not self.symmetric:
             lo0, hi0 = self.range
-            ratios = torch.linspace(1.0, 0.2, 25).tolist()
             for _ in range(3):
                 moved = False
                 for end in ("lo", "hi"):
-                    for r in ratios:
+                    for r in CLIP_RATIOS:
                         lo, hi = (lo0 * r, best[2]) if end == "lo" else (best[1], hi0 * r)
                         err = score(lo, hi)
                         if err < best[0]:

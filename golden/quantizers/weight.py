@@ -77,7 +77,6 @@ class PerChannelWeightQuantizer(Quantizer):
         del self._w
         check_finite(w, f"weights of {self.name or 'layer'}")
         flat = w.reshape(w.shape[0], -1)
-        absmax = flat.abs().amax(dim=1)
         if self.search in ("mse", "hessian", "output"):
             h = None
             if self.search == "hessian" and self.input_sq is not None:
@@ -88,7 +87,7 @@ class PerChannelWeightQuantizer(Quantizer):
             weight = h if h is not None else 1.0
             self.select(flat, lambda dw: (dw ** 2 * weight).sum(dim=1))
             return
-        scale = safe_scale(absmax / self.qmax)  # zero channels get MIN_SCALE, never 0 or NaN
+        scale = safe_scale(flat.abs().amax(dim=1) / self.qmax)  # zero channels get MIN_SCALE, never 0 or NaN
         self.scale = nn.Parameter(scale, requires_grad=False)
         self.replacement = None
         self.calibrated = True
