@@ -20,28 +20,33 @@ The PE multiplier ``|b| * mag`` is written as a shift-and-add over the ``b_bits 
 ``b`` (LUT logic; the FPGA's DSP blocks are left to the requantiser and the zero-point correction).
 
 Pipeline (all registers advance only when ``en`` is high -- the engine's global stall; ``en`` and the
-product-stage control come in ``en_copies`` identical copies, one per group of PEs, to bound fanout)::
+control registers come in ``en_copies`` identical copies, one per group of PEs (one PE per group in
+the engine, :data:`hw.stall.PES_PER_ENABLE`), to bound fanout)::
 
     cycle t   : triples + B row valid at the inputs (decoder register / B buffer row register);
                 at the edge magf = mag << sh[0:2], |b|, b < 0            -> broadcast registers
-    cycle t+1 : p = |b| * magf, sh[2:4], s = neg ^ (b < 0)              -> product register
-    cycle t+2 : q = p << 4 sh[2:4]; acc = acc +- q ;
-                last -> shadow                                          -> accumulator / shadow
+    cycle t+1 : first levels of the adder tree of |b| * magf, sh[2:4]
+                (0 when |b| = 0), s = neg ^ (b < 0)                      -> partial-sum registers
+    cycle t+2 : p = sum of the partial sums; q = (p << 4 sh[2:4]) ^ -s   -> product register q, s
+    cycle t+3 : acc = acc + q + s (one carry chain); last -> shadow;
+                the accumulator is cleared by its flip-flops' synchronous reset -> accumulator / shadow
+
+(``MAC_LATENCY = 5`` of :mod:`sim.engine_config` counts these four stages and the decoder register.)
+Issue #15 split the product over two stages and moved the one's complement and the coarse shift
+out of the accumulate stage: the 8 x 8 W4A4 array alone, placed and routed, went from 118.6 to
+150.4 MHz (docs/hardware.md, "Session 33").
 
 The broadcast registers hold one copy of a row's triple / a column's B code per enable group that
 uses it (with the group's ``valid`` / ``last``), so the long nets from the array edge end at a few
 registers and each group's PEs are driven by a local copy (docs/hardware.md, "Fmax").
-
-(the shift ``<< sh`` is split over the two stages; ``+-q`` is ``(q ^ -s) + s`` with the ``+ s`` as the
-carry-in of the accumulator's one carry chain).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacArray", "TripleLayout", "pe_product_abs", "adder_tree", "MAGF_BITS"]
+__all__ = ["MacArray", "TripleLayout", "adder_tree", "MAGF_BITS"]
 
 #: A decoded A operand as seen by the array (docs/datapath.md section 4).
 TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": unsigned(4)})
@@ -49,15 +54,6 @@ TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": 
 
 #: Width of a pre-shifted magnitude ``mag << sh[0:2]`` (9 + 3 bits).
 MAGF_BITS = 12
-
-
-def pe_product_abs(m: Module, absb, magf, name: str = "pe"):
-    """``absb * magf`` (both unsigned) as a shift-and-add over the bits of ``absb`` (LUTs and
-    carry chains, no DSP block); unsigned ``len(absb) + len(magf)`` bits."""
-    terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
-    prod = Signal(len(absb) + len(magf), name=f"{name}_prod")
-    m.d.comb += prod.eq(adder_tree(m, terms, f"{name}_sum"))
-    return prod
 
 
 def adder_tree(m: Module, terms: list, name: str = "sum"):
@@ -191,48 +187,79 @@ class MacArray(wiring.Component):
                     store[key] = regs
         return (lambda g, r: a_reg[g, r]), (lambda g, c: b_reg[g, c]), o_valid, o_last
 
+    def _control(self, m: Module, o_valid, o_last):
+        """``valid`` / ``last`` of each group delayed through the two product stages, and the
+        accumulators' synchronous clear (domain reset, or the group's ``last`` column accumulating)."""
+        E = self.en_copies
+        ctl = (o_valid, o_last)
+        for st in range(2):
+            nxt = ([Signal(name=f"p{st}_valid{g}") for g in range(E)], [Signal(name=f"p{st}_last{g}") for g in range(E)])
+            for g in range(E):
+                with m.If(self.en[g]):
+                    m.d.sync += [nxt[0][g].eq(ctl[0][g]), nxt[1][g].eq(ctl[1][g])]
+            ctl = nxt
+        p_valid, p_last = ctl
+        clear = [Signal(name=f"clear{g}") for g in range(E)]
+        m.d.comb += [clear[g].eq(ResetSignal() | (self.en[g] & p_valid[g] & p_last[g])) for g in range(E)]
+        return p_valid, p_last, clear
+
+    def _product(self, m: Module, en, a_ops, b_ops, nm: str):
+        """PE product stages: ``(q, s)`` registers with ``q = ((|b| * magf) << 4 coarse) ^ -s``.
+
+        Stage 1 registers the first half of the levels of the shift-and-add tree of ``|b| * magf``
+        (one carry chain at 4-bit ``b``, two at 8-bit), the coarse shift and the sign; stage 2 adds
+        the rest, applies the coarse shift and takes the one's complement of a negative product,
+        so the accumulate stage is a single carry chain from register to register.  The coarse-shift
+        register loads 0 when ``|b| = 0`` (the product is 0 whatever the shift): each PE's copy then
+        has its own input, so synthesis keeps one per PE instead of merging the copies of a group.
+        """
+        W = self.acc_bits
+        neg, magf, sh_c = a_ops
+        absb, bneg = b_ops
+        terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
+        for lv in range((max(1, (len(terms) - 1).bit_length()) + 1) // 2):
+            nxt = []
+            for i in range(0, len(terms) - 1, 2):
+                t = Signal((terms[i] + terms[i + 1]).shape(), name=f"{nm}_l{lv}_{i // 2}", attrs={"keep": 1})
+                m.d.comb += t.eq(terms[i] + terms[i + 1])
+                nxt.append(t)
+            terms = nxt + ([terms[-1]] if len(terms) % 2 else [])
+        part = [Signal(len(t), name=f"{nm}_pp{i}") for i, t in enumerate(terms)]
+        coarse = Signal(len(sh_c), name=f"{nm}_sh")
+        s1 = Signal(name=f"{nm}_s1")
+        q = Signal(W, name=f"{nm}_q")
+        s = Signal(name=f"{nm}_s")
+        prod = adder_tree(m, list(part), f"{nm}_sum") if len(part) > 1 else part[0]
+        shifted = (prod << Cat(Const(0, self.edge_sh), coarse))[:W]
+        with m.If(en):
+            m.d.sync += [p.eq(t) for p, t in zip(part, terms)]
+            m.d.sync += [coarse.eq(Mux(absb == 0, 0, sh_c)), s1.eq(neg ^ bneg)]
+            m.d.sync += [q.eq(shifted ^ s1.replicate(W)), s.eq(s1)]
+        return q, s
+
     def elaborate(self, platform):
         m = Module()
-        R, C, W, E = self.rows, self.cols, self.acc_bits, self.en_copies
+        R, C, W = self.rows, self.cols, self.acc_bits
         a_of, b_of, o_valid, o_last = self._broadcast(m)
-        # product stage control, one copy per enable group
-        p_valid = [Signal(name=f"p_valid{g}") for g in range(E)]
-        p_last = [Signal(name=f"p_last{g}") for g in range(E)]
-        for g in range(E):
-            with m.If(self.en[g]):
-                m.d.sync += [p_valid[g].eq(o_valid[g]), p_last[g].eq(o_last[g])]
-        shadows = []
+        p_valid, p_last, clear = self._control(m, o_valid, o_last)
+        shadows = [[None] * C for _ in range(R)]
         for r in range(R):
-            row_sh = []
             for c in range(C):
                 g = self.group_of(r, c)
-                en = self.en[g]
-                neg, magf, sh_c = a_of(g, r)
-                absb, bneg = b_of(g, c)
-                # (|b| * mag) << sh[0:2] = |b| * (mag << sh[0:2]); the coarse shift (sh[2:4],
-                # multiples of 4) is in the accumulate stage
-                prod = pe_product_abs(m, absb, magf, name=f"pe{r}_{c}")
-                fine = Signal(len(prod), name=f"pe{r}_{c}_p")
-                coarse = Signal(4 - self.edge_sh, name=f"pe{r}_{c}_sh")
-                sign = Signal(name=f"pe{r}_{c}_s")
-                acc = Signal(signed(W), name=f"pe{r}_{c}_acc")
+                q, s = self._product(m, self.en[g], a_of(g, r), b_of(g, c), f"pe{r}_{c}")
+                # the accumulator has no domain reset of its own: ``clear`` is its synchronous reset
+                # (the flip-flops' LSR input), so no multiplexer follows the carry chain
+                acc = Signal(signed(W), name=f"pe{r}_{c}_acc", reset_less=True)
                 shadow = Signal(signed(W), name=f"pe{r}_{c}_shadow")
-                # the product register loads every enabled cycle (a product without p_valid is unused)
-                with m.If(en):
-                    m.d.sync += [fine.eq(prod), coarse.eq(sh_c), sign.eq(neg ^ bneg)]
-                # +-p as a one's complement plus carry-in: base + (p ^ -s) + s
-                shifted = (fine << Cat(Const(0, self.edge_sh), coarse)) if len(coarse) else fine
-                px = shifted[:W] ^ sign.replicate(W)
-                base = acc           # 0 at the first column of every tile (cleared by ``last``)
-                # one W+1-bit carry chain: (2 base + s) + (2 px + s) = 2 (base + px + s)
-                total = (Cat(sign, base) + Cat(sign, px))[1:W + 1].as_signed()
-                with m.If(en & p_valid[g]):
-                    with m.If(p_last[g]):
-                        m.d.sync += [shadow.eq(total), acc.eq(0)]
-                    with m.Else():
-                        m.d.sync += acc.eq(total)
-                row_sh.append(shadow)
-            shadows.append(row_sh)
+                # acc + (+-p) = acc + (p ^ -s) + s: one W+1-bit carry chain, s as its carry-in
+                total = (Cat(s, acc) + Cat(s, q))[1:W + 1].as_signed()
+                with m.If(clear[g]):
+                    m.d.sync += acc.eq(0)
+                with m.Elif(self.en[g] & p_valid[g]):
+                    m.d.sync += acc.eq(total)
+                with m.If(self.en[g] & p_valid[g] & p_last[g]):
+                    m.d.sync += shadow.eq(total)
+                shadows[r][c] = shadow
         for c in range(C):
             with m.Switch(self.drain_row[c * self.drain_copies // C]):
                 for r in range(R):

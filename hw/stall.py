@@ -56,8 +56,11 @@ __all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_
 #: Payload bits per copy of a skid buffer's control (:class:`SkidBuffer`).
 SKID_SLICE_BITS = 64
 
-#: PEs per copy of the enable register (and of the product-stage control) in the MAC array.
-PES_PER_ENABLE = 4
+#: PEs per copy of the enable register (and of the product-stage control) in the MAC array.  One
+#: since issue #15's session 33: with four, the accumulators' clear and the shadow registers' load
+#: enable each drove 128 flip-flops of four PEs, the MAC array's slowest nets (122.3 MHz alone, 8 x 8
+#: W4A4, against 150.4 with one copy per PE; docs/hardware.md).
+PES_PER_ENABLE = 1
 
 
 def mac_en_groups(rows: int, cols: int) -> int:

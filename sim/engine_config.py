@@ -28,9 +28,9 @@ __all__ = [
 ]
 
 #: Register stages from issuing operand column ``k`` (A beat consumed, B row read address) to the PE
-#: accumulator: decoder register, operand broadcast register (one copy per group of PEs), product
-#: register, accumulator (or shadow) register.
-MAC_LATENCY = 4
+#: accumulator: decoder register, operand broadcast register (one copy per group of PEs), partial-sum
+#: register, product register, accumulator (or shadow) register (hw/mac_array.py).
+MAC_LATENCY = 5
 #: Window cycle at which the drain of the previous tile starts: the last product of a tile is in
 #: the shadow registers ``MAC_LATENCY - 1`` cycles after the window that issued it ends.
 DRAIN_OFFSET = MAC_LATENCY - 1

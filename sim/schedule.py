@@ -33,7 +33,7 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
 
    so for every layer with ``K >= S * R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - S * R``,
    ``W_s = K``: drain, requantisation, outliers and B loading are completely hidden.
-   (``DRAIN_OFFSET = 3``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 6``,
+   (``DRAIN_OFFSET = 4``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 6``,
    ``REQUANT_LATENCY = 10``, see :mod:`sim.engine_config`.)
 3. **Drain** of the last tile: ``DRAIN_OFFSET + S * m_last + PRE_REQUANT_LATENCY`` cycles plus
    ``requant = REQUANT_LATENCY`` cycles; the counter stops in the cycle the last output row enters
