@@ -13,45 +13,46 @@ from vitaccel.sim.schedule import layer_cycles, tile_cycles, tile_order, window_
 
 def test_single_tile_hand_computed():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40)
-    # fill K=10, one window W=max(10, 0+3)=10, drain 3 + 3 rows + 6, requant 10 -> 10+10+12+10
-    assert tile_cycles(cfg, 3, 10, 4) == 42
+    # fill K=10, one window W=max(10, 0+4)=10, drain 4 + 3 rows + 6, requant 10 -> 10+10+13+10
+    assert tile_cycles(cfg, 3, 10, 4) == 43
     b = layer_cycles(cfg, 3, 10, 4)
-    assert (b.fill, b.compute, b.overhead, b.outlier, b.drain, b.requant) == (10, 10, 0, 0, 12, 10)
+    assert (b.fill, b.compute, b.overhead, b.outlier, b.drain, b.requant) == (10, 10, 0, 0, 13, 10)
     assert b.total == b.fill + b.compute + b.overhead + b.outlier + b.drain + b.requant
 
 
 def test_windows_small_k_and_outliers():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2)
-    # DRAIN_OFFSET = 3 (MAC_LATENCY 4: decoder, broadcast, product, accumulator), OUTLIER_LATENCY = 3
-    assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 3) hidden under K
-    assert window_cycles(cfg, 3, 4, 0) == 7             # a = 1 -> 1 + 3 = 4; drain needs 4 + 3
-    assert window_cycles(cfg, 10, 4, 9) == 12           # 5 outlier beats after the drain: 4 + 3 + 5
-    assert window_cycles(cfg, 1, 0, 0) == 3             # first window lasts at least DRAIN_OFFSET
-    # two tiles of 4 rows, K = 3: fill 3, W0 = 3, W1 = 7, drain 3 + 4 + 6, requant 10
-    assert layer_cycles(cfg, 8, 3, 4).total == 3 + 3 + 7 + 13 + 10
-    # per-row-tile outlier counts: only the second tile pays (12 instead of 10)
+    # DRAIN_OFFSET = 4 (MAC_LATENCY 5: decoder, broadcast, partial sums, product, accumulator),
+    # OUTLIER_LATENCY = 3
+    assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 4) hidden under K
+    assert window_cycles(cfg, 3, 4, 0) == 8             # a = 1 -> 1 + 3 = 4; drain needs 4 + 4
+    assert window_cycles(cfg, 10, 4, 9) == 13           # 5 outlier beats after the drain: 4 + 4 + 5
+    assert window_cycles(cfg, 1, 0, 0) == 4             # first window lasts at least DRAIN_OFFSET
+    # two tiles of 4 rows, K = 3: fill 3, W0 = 4, W1 = 8, drain 4 + 4 + 6, requant 10
+    assert layer_cycles(cfg, 8, 3, 4).total == 3 + 4 + 8 + 14 + 10
+    # per-row-tile outlier counts: only the second tile pays (13 instead of 10)
     b = layer_cycles(cfg, 8, 10, 4, [0, 9])
-    assert b.outlier == 2 and b.total == layer_cycles(cfg, 8, 10, 4).total + 2
+    assert b.outlier == 3 and b.total == layer_cycles(cfg, 8, 10, 4).total + 3
 
 
 def test_shared_requantisers_stretch_the_drain():
     """``requant_share`` S: the drain of a tile lasts S * m cycles (hand-computed windows)."""
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2, requant_share=2)
-    assert window_cycles(cfg, 20, 4, 0) == 20           # drain 2 * 4 + 3 = 11 still hidden under K = 20
-    assert window_cycles(cfg, 4, 4, 0) == 11            # a = 8 - 4 = 4 -> 4 + 4 = 8; drain needs 8 + 3
-    assert window_cycles(cfg, 20, 4, 9) == 20           # 5 outlier beats after the drain: 8 + 3 + 5 = 16
-    assert window_cycles(cfg, 12, 4, 9) == 16
-    # two tiles of 4 rows, K = 4: fill 4, W0 = 4, W1 = 11, drain 3 + 8 + 6, requant 10 (unshared: 38)
-    assert layer_cycles(cfg, 8, 4, 4).total == 4 + 4 + 11 + 17 + 10
-    assert layer_cycles(EngineConfig(rows=4, cols=4, acc_bits=40), 8, 4, 4).total == 4 + 4 + 7 + 13 + 10
-    # DeiT-tiny shapes on 16 x 16: K >= 2 * 16 + 3 keeps every window at K with S = 2, only the last
+    assert window_cycles(cfg, 20, 4, 0) == 20           # drain 2 * 4 + 4 = 12 still hidden under K = 20
+    assert window_cycles(cfg, 4, 4, 0) == 12            # a = 8 - 4 = 4 -> 4 + 4 = 8; drain needs 8 + 4
+    assert window_cycles(cfg, 20, 4, 9) == 20           # 5 outlier beats after the drain: 8 + 4 + 5 = 17
+    assert window_cycles(cfg, 12, 4, 9) == 17
+    # two tiles of 4 rows, K = 4: fill 4, W0 = 4, W1 = 12, drain 4 + 8 + 6, requant 10 (unshared: 40)
+    assert layer_cycles(cfg, 8, 4, 4).total == 4 + 4 + 12 + 18 + 10
+    assert layer_cycles(EngineConfig(rows=4, cols=4, acc_bits=40), 8, 4, 4).total == 4 + 4 + 8 + 14 + 10
+    # DeiT-tiny shapes on 16 x 16: K >= 2 * 16 + 4 keeps every window at K with S = 2, only the last
     # tile's drain (5 of 197 rows) is 5 cycles longer; the K = 64 attention matmul pays with S = 4
-    # (4 * 16 + 3 = 67 > 64: 3 cycles after each of the 12 full row tiles of its 13 column blocks)
+    # (4 * 16 + 4 = 68 > 64: 4 cycles after each of the 12 full row tiles of its 13 column blocks)
     plain, s2, s4 = (EngineConfig(rows=16, cols=16, requant_share=s) for s in (1, 2, 4))
     for M, K, N in [(197, 192, 576), (197, 768, 192), (197, 64, 197), (197, 197, 64)]:
         assert layer_cycles(s2, M, K, N).total == layer_cycles(plain, M, K, N).total + 5
     assert layer_cycles(plain, 197, 64, 197).overhead == 0
-    assert layer_cycles(s4, 197, 64, 197).overhead == 12 * 13 * 3
+    assert layer_cycles(s4, 197, 64, 197).overhead == 12 * 13 * 4
 
 
 def test_tile_order_column_blocks_outer():
