@@ -19,8 +19,8 @@ Pipeline (registers advance only when ``en`` is high; ``OUTLIER_LATENCY = 3`` of
     cycle t   : beat issued: entries registered, B buffer read addresses = col (sync read ports)
     cycle t+1 : two partial products of val_l * b[col_l, c]          -> partial product registers
     cycle t+2 : p[l, c] = sum of the two partial products             -> product registers
-    cycle t+3 : corr_l[row_l - row0, c] += p[l, c]                    -> lane l's correction memories
-                (read-modify-write: asynchronous read, write at the clock edge)
+                and corr_l[row_l - row0, c] read (or forwarded from stage 3) -> word registers
+    cycle t+3 : corr_l[row_l - row0, c] = word + p[l, c]              -> lane l's correction memories
 
 The product is split in two stages so that each holds one carry chain (issue #15: the single-stage
 shift-and-add was the 8 x 8 engine's critical path, 12.6 ns).
@@ -197,7 +197,8 @@ class OutlierUnit(wiring.Component):
                     m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
         # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
-        self._corrections(m, s3_ok, s3_row, s3_p)
+        self._s1_row = s1_row
+        self._corrections(m, s2_ok, s2_row, s3_ok, s3_row, s3_p)
         # ---- error flags
         with m.If(self.clear):
             m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
@@ -208,17 +209,20 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += self.range_error.eq(1)
         return m
 
-    def _corrections(self, m: Module, s3_ok, s3_row, s3_p) -> None:
+    def _corrections(self, m: Module, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
         """Correction storage: one memory of ``rows`` words per lane and column (section 5).
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
         for a write port, whatever their rows; the correction of row ``r`` is the sum over the lanes.
-        Each memory has one write port and one asynchronous read port, shared by the read-modify-write
-        of stage 3 (when that lane's stage 3 holds an entry) and the drain (otherwise): the engine's
-        schedule never drains and accumulates in the same cycle (``OUTLIER_LATENCY <= DRAIN_OFFSET``).
-        A valid bit per lane and row replaces clearing the words: the drain clears the row's bits,
-        the first write of a tile reads the word as 0.  On ECP5 the memories map to distributed RAM
-        (``TRELLIS_DPR16X4``) instead of ``rows x cols`` registers and adders.
+        Each memory has one write port and one asynchronous read port.  The read-modify-write is
+        split over two cycles: stage 2 reads the word of its entry's row into a register (the
+        word being written by stage 3 in the same cycle is forwarded instead when the rows are
+        equal), stage 3 writes ``word + p``.  The read port serves the drain when stage 2 holds no
+        entry: the engine's schedule never drains while an entry is in stages 1 - 3
+        (``OUTLIER_LATENCY <= DRAIN_OFFSET``).  A valid bit per lane and row replaces clearing the
+        words: the drain clears the row's bits, and a word whose bit is clear reads as 0.  On ECP5 the
+        memories map to distributed RAM (``TRELLIS_DPR16X4``) instead of ``rows x cols`` registers
+        and adders.
         """
         R, C, L = self.rows, self.cols, self.lanes
         depth, rbits = max(2, R), max(1, (R - 1).bit_length())
@@ -226,14 +230,23 @@ class OutlierUnit(wiring.Component):
         vld = [Signal(depth, name=f"corr_vld{l}") for l in range(L)]
         lane_rows = []
         for l in range(L):
+            # stage 3 writes the row that stage 2 reads in the same cycle (registered a cycle ahead)
+            fwd = Signal(name=f"corr_fwd{l}")
+            with m.If(self.en[0]):
+                m.d.sync += fwd.eq(s2_ok[l] & (s2_row[l] == self._s1_row[l]))
             row = []
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
                 wp, rp = mem.write_port(), mem.read_port(domain="comb")
-                addr = Mux(s3_ok[l], s3_row[l], drain_row[c][:rbits])
+                addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
                 word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
-                m.d.comb += [rp.addr.eq(addr), wp.addr.eq(s3_row[l]), wp.data.eq(word + s3_p[l][c]),
-                             wp.en.eq(self.en[c * self.en_copies // C] & s3_ok[l])]
+                s3_word = Signal(signed(self.corr_bits), name=f"s3_word{l}_{c}")
+                new = Signal(signed(self.corr_bits), name=f"corr_new{l}_{c}")
+                en = self.en[c * self.en_copies // C]
+                m.d.comb += [rp.addr.eq(addr), new.eq(s3_word + s3_p[l][c]),
+                             wp.addr.eq(s3_row[l]), wp.data.eq(new), wp.en.eq(en & s3_ok[l])]
+                with m.If(en):
+                    m.d.sync += s3_word.eq(Mux(fwd, new, word))
                 row.append(word)
             lane_rows.append(row)
             with m.If(self.en[0]):
