@@ -205,7 +205,9 @@ def main(argv=None) -> int:
                     known={"layer_engine": res["engine"]} if target == "ecp5" and "engine" in res else None))
     tools = next((r["engine"].get("tools") for r in results.values() if "engine" in r), None) \
         or {"yosys": yosys_version()}
-    print(f"\ncommit {commit()}, seed {args.seed}, tools: "
+    # the commit each design was generated from (HEAD may have moved during a long run)
+    revs = sorted({r["engine"]["commit"] for r in results.values() if r.get("engine", {}).get("commit")})
+    print(f"\ncommit {', '.join(revs) or commit()}, seed {args.seed}, tools: "
           + ", ".join(f"yowasp-{k} {v}" for k, v in tools.items()) + "\n")
     with_engine = {k: v for k, v in results.items() if "engine" in v}
     if with_engine:
