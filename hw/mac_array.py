@@ -56,19 +56,22 @@ TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": 
 MAGF_BITS = 12
 
 
-def adder_tree(m: Module, terms: list, name: str = "sum"):
+def adder_tree(m: Module, terms: list, name: str = "sum", levels: int | None = None):
     """Balanced tree of two-input adds whose intermediate sums are ``keep`` signals.
 
     Without the ``keep`` wires yosys (``alumacc``) merges a multi-operand sum into one ``$macc`` cell
     and maps it to LUT logic (a single PE product took 124 LUT4 + 103 wide-mux cells instead of
     28 LUT4 + 10 CCU2C carry cells at W4A4).
+
+    With ``levels``, only that many levels of the tree are built and the list of partial sums is
+    returned (each a ``keep`` signal), to be registered before the rest of the tree.
     """
     level = 0
-    while len(terms) > 1:
+    while len(terms) > 1 and (levels is None or level < levels):
         nxt = []
         for i in range(0, len(terms) - 1, 2):
             s = terms[i] + terms[i + 1]
-            if len(terms) > 2:          # an intermediate sum: keep it a separate carry chain
+            if len(terms) > 2 or levels is not None:    # an intermediate sum: its own carry chain
                 sig = Signal(s.shape(), name=f"{name}_l{level}_{i // 2}", attrs={"keep": 1})
                 m.d.comb += sig.eq(s)
                 s = sig
@@ -77,7 +80,7 @@ def adder_tree(m: Module, terms: list, name: str = "sum"):
             nxt.append(terms[-1])
         terms = nxt
         level += 1
-    return terms[0]
+    return terms if levels is not None else terms[0]
 
 
 class MacArray(wiring.Component):
@@ -217,13 +220,7 @@ class MacArray(wiring.Component):
         neg, magf, sh_c = a_ops
         absb, bneg = b_ops
         terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
-        for lv in range((max(1, (len(terms) - 1).bit_length()) + 1) // 2):
-            nxt = []
-            for i in range(0, len(terms) - 1, 2):
-                t = Signal((terms[i] + terms[i + 1]).shape(), name=f"{nm}_l{lv}_{i // 2}", attrs={"keep": 1})
-                m.d.comb += t.eq(terms[i] + terms[i + 1])
-                nxt.append(t)
-            terms = nxt + ([terms[-1]] if len(terms) % 2 else [])
+        terms = adder_tree(m, terms, nm, levels=((len(terms) - 1).bit_length() + 1) // 2)
         part = [Signal(len(t), name=f"{nm}_pp{i}") for i, t in enumerate(terms)]
         coarse = Signal(len(sh_c), name=f"{nm}_sh")
         s1 = Signal(name=f"{nm}_s1")
