@@ -197,8 +197,7 @@ class OutlierUnit(wiring.Component):
                     m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
         # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
-        self._s1_row = s1_row
-        self._corrections(m, s2_ok, s2_row, s3_ok, s3_row, s3_p)
+        self._corrections(m, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
         # ---- error flags
         with m.If(self.clear):
             m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
@@ -209,7 +208,7 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += self.range_error.eq(1)
         return m
 
-    def _corrections(self, m: Module, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
+    def _corrections(self, m: Module, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
         """Correction storage: one memory of ``rows`` words per lane and column (section 5).
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
@@ -233,7 +232,7 @@ class OutlierUnit(wiring.Component):
             # stage 3 writes the row that stage 2 reads in the same cycle (registered a cycle ahead)
             fwd = Signal(name=f"corr_fwd{l}")
             with m.If(self.en[0]):
-                m.d.sync += fwd.eq(s2_ok[l] & (s2_row[l] == self._s1_row[l]))
+                m.d.sync += fwd.eq(s2_ok[l] & (s2_row[l] == s1_row[l]))
             row = []
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
