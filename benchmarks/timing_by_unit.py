@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from vitaccel.hw.sta import SdfError, parse_sdf, worst_path
+from vitaccel.hw.sta import SdfError, endpoint_delays, parse_sdf, register_groups, worst_path
 from vitaccel.hw.synth import SynthToolError, retime
 
 
@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--path", metavar="PIN", help="print the longest path into this endpoint (instance/PIN, as in "
                     "the tables' 'to' column) arc by arc instead of the tables")
+    ap.add_argument("--groups", type=int, metavar="N", help="print the N worst register families (endpoints "
+                    "grouped by instance name with numbers as '#', and pin) of the first directory instead")
     args = ap.parse_args(argv)
     missing = [d for d in args.dirs if not ((d / f"{args.top}.sdf").is_file() or (d / f"{args.top}_routed.json").is_file())]
     if missing:
@@ -58,6 +60,18 @@ def main(argv=None) -> int:
             return 2
         for pin, d, t in steps:
             print(f"{t:8.3f} ns  +{d:.3f}  {pin}")
+        return 0
+    if args.groups:
+        try:
+            g = parse_sdf((args.dirs[0] / f"{args.top}.sdf").read_text())
+        except (OSError, SdfError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"| register family | endpoints | miss {args.freq:g} MHz | worst ns | MHz | from |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in register_groups(endpoint_delays(g), args.freq)[:args.groups]:
+            print(f"| `{r['group']}` | {r['endpoints']} | {r['failing']} | {r['worst_ns']:.3f} | "
+                  f"{1000 / r['worst_ns']:.1f} | `{r['worst_start']}` |")
         return 0
     out = {}
     for d in args.dirs:

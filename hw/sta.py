@@ -197,3 +197,23 @@ def unit_timing(sdf_text: str, target_mhz: float, top_paths: int = 10) -> dict:
     return {"target_mhz": target_mhz, "fmax_mhz": round(1000.0 / dmax, 2), "endpoints": len(ends),
             "failing": sum(1 for _, _, d in ends if d > period), "histogram": hist,
             "units": dict(sorted(units.items(), key=lambda kv: -kv[1]["worst_ns"])), "worst": worst}
+
+
+def register_groups(endpoints, target_mhz: float) -> list[dict]:
+    """Endpoints grouped by register family: the instance name up to ``_TRELLIS`` with every number
+    replaced by ``#``, plus the pin (``pe#_#_acc/LSR``).  ``endpoints`` as :func:`endpoint_delays`
+    returns them; the groups come worst first, each with its count, the count missing
+    ``target_mhz``, and its worst delay and start."""
+    import re
+    limit = 1000.0 / target_mhz
+    groups: dict = {}
+    for end, start, ns in endpoints:
+        inst, _, pin = end.rpartition("/")
+        key = re.sub(r"\d+", "#", inst.split("_TRELLIS")[0]) + "/" + pin
+        g = groups.setdefault(key, {"group": key, "endpoints": 0, "failing": 0, "worst_ns": 0.0, "worst_start": ""})
+        g["endpoints"] += 1
+        g["failing"] += ns > limit
+        if ns > g["worst_ns"]:
+            g["worst_ns"], g["worst_start"] = round(ns, 3), start
+    return sorted(groups.values(), key=lambda g: -g["worst_ns"])
+

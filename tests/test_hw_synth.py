@@ -209,3 +209,15 @@ def test_tool_versions_skip_the_yowasp_first_run_notice(tmp_path):
                     "echo '\"nextpnr-ecp5\" -- Next Generation Place and Route (Version nextpnr-0.11.1)' >&2\n")
     fake.chmod(0o755)
     assert _tool_versions("", str(fake)) == {"nextpnr": "nextpnr-0.11.1"}
+
+
+def test_register_groups_fold_numbers_and_count_failing():
+    """Endpoints of one register family (numbers folded) are counted together, worst family first."""
+    from vitaccel.hw.sta import register_groups
+
+    eps = [("pe0_1_acc_TRELLIS_FF_Q_3/LSR", "a/Q", 8.0), ("pe2_7_acc_TRELLIS_FF_Q/LSR", "b/Q", 5.0),
+           ("pe0_1_acc_TRELLIS_FF_Q_3/DI", "c/Q", 7.0)]
+    g = register_groups(eps, 150.0)         # 6.667 ns
+    assert [x["group"] for x in g] == ["pe#_#_acc/LSR", "pe#_#_acc/DI"]
+    assert (g[0]["endpoints"], g[0]["failing"], g[0]["worst_ns"], g[0]["worst_start"]) == (2, 1, 8.0, "a/Q")
+    assert (g[1]["endpoints"], g[1]["failing"]) == (1, 1)
