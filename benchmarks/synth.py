@@ -67,11 +67,12 @@ def run_engine(cfg, out: Path, pnr: bool, args) -> dict:
     """The whole engine through synth_ecp5 (+ nextpnr when ``pnr``)."""
     def go():
         rev = commit()        # the design that is generated now (HEAD may move during a long run)
-        generate(cfg, out / "rtl", tops=["layer_engine"])
+        generate(cfg, out / "rtl", tops=["layer_engine"], dsp="ecp5")     # as hw synth
         res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=args.seed,
                          timeout=args.timeout, router=args.router, lut_mapper=args.lut_mapper,
                          freq=args.freq, nextpnr_args=tuple(args.nextpnr_arg))
         res["config"] = cfg.to_dict()
+        res["dsp"] = "ecp5"
         res["commit"] = rev
         res["command"] = (f".venv/bin/python benchmarks/synth.py --configs {label(cfg)}"
                           + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {args.seed} --router {args.router}"

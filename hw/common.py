@@ -17,7 +17,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import enum
 
 __all__ = ["CodeFormat", "OutFormat", "LogBase", "round_half", "round_shift", "saturate",
-           "partial_products", "sum_products", "leading_one", "bits_select"]
+           "partial_products", "partial_operands", "sum_products", "carry_save_sum", "carry_save",
+           "carry_save_add", "leading_one", "bits_select"]
 
 
 class CodeFormat(enum.Enum, shape=3):
@@ -102,15 +103,63 @@ def partial_products(a: Value, b: Value, chunk: int = 17) -> list[tuple[Value, i
     18 signed bits when ``chunk = 17``.  Register the products in one pipeline stage and add them
     with :func:`sum_products` in the next.
     """
-    return [(pa * pb, sa + sb) for pa, sa in _chunks(a, chunk) for pb, sb in _chunks(b, chunk)]
+    return [(pa * pb, sh) for pa, pb, sh in partial_operands(a, b, chunk)]
+
+
+def partial_operands(a: Value, b: Value, chunk: int = 17) -> list[tuple[Value, Value, int]]:
+    """The operand pairs of :func:`partial_products`: ``(a_piece, b_piece, shift)`` with
+    ``a * b == sum((a_piece * b_piece) << shift)`` (for registered DSP blocks, :mod:`hw.dsp`)."""
+    return [(pa, pb, sa + sb) for pa, sa in _chunks(a, chunk) for pb, sb in _chunks(b, chunk)]
 
 
 def sum_products(products: list[Value], shifts: list[int], extra: Value | int = 0) -> Value:
-    """``sum(p << s) + extra`` (exact: Amaranth widens every add)."""
-    acc = extra
-    for p, s in zip(products, shifts):
-        acc = acc + (p << s) if s else acc + p
-    return acc
+    """``sum(p << s) + extra``, exact, as one carry chain (:func:`carry_save_sum`)."""
+    terms = [Value.cast(p << s) if s else Value.cast(p) for p, s in zip(products, shifts)]
+    if not (isinstance(extra, int) and extra == 0):
+        terms.append(Value.cast(extra))
+    return carry_save_sum(terms)
+
+
+def carry_save_sum(terms: list[Value]) -> Value:
+    """``sum(terms)``, exact, with the shape Amaranth gives the plain sum, as :func:`carry_save` and one
+    carry chain, instead of one carry chain per term in series (issue #15)."""
+    if len(terms) < 3:
+        return sum(terms[1:], terms[0]) if terms else Const(0, 1)
+    x, y, shape = carry_save(terms)
+    return carry_save_add(x, y, shape)
+
+
+def carry_save(terms: list[Value]) -> tuple[Value, Value, object]:
+    """Reduce ``terms`` to two values ``(x, y)`` with ``x + y == sum(terms)`` modulo ``2^W``.
+
+    3:2 compressors (one LUT level each: ``a ^ b ^ c`` and the majority shifted left by one), no
+    carry chain.  ``W`` is the width of the shape Amaranth gives the plain sum (returned as the third
+    item); the sum fits it, so :func:`carry_save_add` of the two (registered or not) is exact.
+    """
+    plain = sum(terms[1:], terms[0])
+    shape = plain.shape()
+    w = shape.width
+
+    def ext(v: Value) -> Value:
+        pad = w - len(v)
+        if pad <= 0:
+            return v[:w]
+        return Cat(v, v[-1].replicate(pad) if v.shape().signed else Const(0, pad))
+
+    ts = [ext(Value.cast(t)) for t in terms]
+    if len(ts) == 1:
+        ts.append(Const(0, w))
+    while len(ts) > 2:
+        a, b, c = ts[:3]
+        maj = (a & b) | (a & c) | (b & c)
+        ts = ts[3:] + [(a ^ b ^ c)[:w], Cat(Const(0, 1), maj[:w - 1])]
+    return ts[0], ts[1], shape
+
+
+def carry_save_add(x: Value, y: Value, shape) -> Value:
+    """The final add of :func:`carry_save`: ``x + y`` modulo ``2^W`` read with ``shape``."""
+    total = (x + y)[:shape.width]
+    return total.as_signed() if shape.signed else total
 
 
 def leading_one(m: Module, v: Value) -> Value:

@@ -67,7 +67,7 @@ from vitaccel.sim.engine_config import EngineConfig
 from .decoders import OperandDecoder
 from .engine_buffers import BBuffer, ColumnParams, TileDescriptors
 from .engine_control import EngineController
-from .engine_drain import DrainPipeline, OutputStage
+from .engine_drain import REQUANT_EN_COPIES, DrainPipeline, OutputStage
 # the stream payload layouts and ZA_BITS are the engine's interface: import them from here
 # (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, drain_row_group, out_layout,
@@ -141,7 +141,7 @@ class LayerEngine(wiring.Component):
         # rowp's outlier count (for the schedule)
         deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
-        groups = {"mac": mac_en_groups(R, C), "col": C, "unit": 4}
+        groups = {"mac": mac_en_groups(R, C), "col": C, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 4}
         if cfg.has_outliers:
             groups["ou"] = R
         back = m.submodules.back_en = BackEndEnable(groups)
@@ -190,7 +190,7 @@ class LayerEngine(wiring.Component):
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
-            outs.en.eq(en_out), outs.en_col.eq(back.en.col), outs.clear.eq(late_start),
+            outs.en.eq(en_out), outs.en_rq.eq(back.en.rq), outs.clear.eq(late_start),
             *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
         ]
         self._operands(m, stall, ctl, bbuf, drain, back, late_start)

@@ -26,12 +26,17 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
-from .common import OutFormat, partial_products, sum_products
+from .common import OutFormat, partial_operands, sum_products
+from .dsp import dsp_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
                              drain_row_group, out_layout, row_bits)
 from .requantiser import Requantiser
 
-__all__ = ["DrainPipeline", "OutputStage"]
+__all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES"]
+
+#: Enable copies per requantiser (each drives the clock enables of ``LATENCY / 6`` = 2 stages, about
+#: 170 flip-flops and their DSP blocks' ``CE``; issue #15, session 34).
+REQUANT_EN_COPIES = 6
 
 
 def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
@@ -52,7 +57,8 @@ class DrainPipeline(wiring.Component):
     stage   register contents
     ======  ==========================================================================================
     D1      drained column group: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per lane
-    D2      partial products of ``za[r] * colsum[c]`` (18 x 18 DSP blocks)
+    D2      partial products of ``za[r] * colsum[c]`` (DSP blocks: D1 holds their operands in the
+            blocks' input registers, D2 is their output register, :mod:`hw.dsp`)
     D3      ``za[r] * colsum[c]`` (sum of the partial products)
     D4      ``acc_d = acc_raw - za * colsum``
     D5      ``(acc_d << FO) + corr`` at full width; lane inside the layer (``c < N - c0``)
@@ -139,20 +145,21 @@ class DrainPipeline(wiring.Component):
         # copy per lane (each feeds that lane's DSP blocks)
         d1_v, d1_row, d1_col, d1_last = row_stage([ctl.issue, (ctl.r0 + row)[:DIM_BITS],
                                                    (ctl.c0 + group * G)[:DIM_BITS], group == S - 1], "d1")
-        d1_za, d1_mr = col_stage([self.za] * G, "d1_za"), col_stage([self.mr] * G, "d1_mr")
+        d1_mr = col_stage([self.mr] * G, "d1_mr")
         d1_acc = col_stage(grouped([self.acc[c] for c in range(C)]), "d1_acc")
         d1_corr = col_stage(corr, "d1_corr")
-        d1_cs = col_stage(grouped([self.colsum[c] for c in range(C)]), "d1_cs")
         d1_cp = col_stage(grouped([self.params[c].as_value() for c in range(C)]), "d1_cp")
-        # D2: zero-point partial products za[r] * colsum[c] (18x18 DSP blocks)
-        zp_pp = [partial_products(d1_za[c], d1_cs[c]) for c in range(G)]
+        # D1, D2: zero-point partial products za[r] * colsum[c] in DSP blocks: their input registers
+        # are D1's za and colsum, their output registers D2 (hw/dsp.py)
+        zp_pp = [partial_operands(self.za, cs) for cs in grouped([self.colsum[c] for c in range(C)])]
         d2_v, d2_row, d2_col, d2_last = row_stage([d1_v, d1_row, d1_col, d1_last], "d2")
-        d2_pp = [_stage(m, [(p, self.en_col[c]) for p, _ in zp_pp[c]], f"d2_pp{c}") for c in range(G)]
+        d2_pp = [dsp_products(m, platform, [(a, b) for a, b, _ in zp_pp[c]], self.en_col[c], f"d2_pp{c}_")
+                 for c in range(G)]
         d2_acc, d2_corr, d2_cp, d2_mr = (col_stage(x, f"d2_{n}") for x, n in
                                          ((d1_acc, "acc"), (d1_corr, "corr"), (d1_cp, "cp"), (d1_mr, "mr")))
         # D3: zero-point product (sum of the partial products)
         d3_v, d3_row, d3_col, d3_last = row_stage([d2_v, d2_row, d2_col, d2_last], "d3")
-        d3_zp = col_stage([sum_products(d2_pp[c], [sh for _, sh in zp_pp[c]]) for c in range(G)], "d3_zp")
+        d3_zp = col_stage([sum_products(d2_pp[c], [sh for *_, sh in zp_pp[c]]) for c in range(G)], "d3_zp")
         d3_acc, d3_corr, d3_cp, d3_mr = (col_stage(x, f"d3_{n}") for x, n in
                                          ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
         # D4: acc_d = acc_raw - za * colsum
@@ -184,8 +191,9 @@ class DrainPipeline(wiring.Component):
 class OutputStage(wiring.Component):
     """``cols / S`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
 
-    Each requantiser advances with its lane's enable copy (``o.ready``; its input is always
-    valid).  Requantiser 0 carries the group's tag (valid, row, column, last); the first ``S - 1``
+    Each requantiser runs in lockstep (:class:`hw.requantiser.Requantiser` ``en_copies``) on
+    :data:`REQUANT_EN_COPIES` enable copies of its own (input ``en_rq``; its input is always valid,
+    the element's valid bit travels in the tag).  Requantiser 0 carries the group's tag (valid, row, column, last); the first ``S - 1``
     groups of a row wait in holding registers, and a valid tag of a row's last group at its output
     pushes the assembled row into the FIFO when the engine advances (the global stall keeps room for it from the
     FIFO ``level``, hw/stall.py ``fifo_threshold``).
@@ -198,8 +206,8 @@ class OutputStage(wiring.Component):
     ----------
     en : In(1)
         Global enable (FIFO push, ``acc_fault``).
-    en_col : In(cols)
-        Enable copy per column (lane ``j``'s requantiser ``o.ready`` uses copy ``j``).
+    en_rq : In(cols / S * REQUANT_EN_COPIES)
+        Enable copies of the requantisers: lane ``j`` takes copies ``j * REQUANT_EN_COPIES ..``.
     clear : In(1)
         Layer start: clears ``acc_fault`` and the requantisers' status.
     sr, z_out, out_fmt, out_k, n : In
@@ -218,7 +226,7 @@ class OutputStage(wiring.Component):
         self.cfg = cfg
         C = cfg.cols
         super().__init__({
-            "en": In(1), "en_col": In(C), "clear": In(1),
+            "en": In(1), "en_rq": In(cfg.drain_lanes * REQUANT_EN_COPIES), "clear": In(1),
             "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4), "n": In(DIM_BITS),
             "i": In(DrainedRowSignature(cfg.drain_lanes, cfg.acc_bits)),
             "out": Out(stream.Signature(out_layout(C))),
@@ -234,10 +242,12 @@ class OutputStage(wiring.Component):
         tag_bits = 2 + 2 * DIM_BITS
         outs = []
         for c in range(G):
-            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1)
+            k = REQUANT_EN_COPIES
+            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1,
+                                                           en_copies=k)
             cp = self.i.params[c]
             m.d.comb += [
-                rq.i.valid.eq(1), rq.o.ready.eq(self.en_col[c]),
+                rq.i.valid.eq(1), rq.en.eq(self.en_rq[c * k:(c + 1) * k]),
                 rq.i.payload.acc.eq(self.i.acc[c]), rq.i.payload.mr.eq(self.i.mr[c]),
                 rq.i.payload.mc.eq(cp.mc), rq.i.payload.sc.eq(cp.sc), rq.i.payload.bq.eq(cp.bq),
                 rq.sr.eq(self.sr), rq.z_out.eq(self.z_out), rq.out_fmt.eq(self.out_fmt), rq.bits.eq(self.out_k),

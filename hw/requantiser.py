@@ -13,18 +13,21 @@ state but its pipeline registers and the saturation counter.  ``Sr``, ``z_out``,
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import OutFormat, partial_products, round_half, sum_products
+from .common import OutFormat, carry_save, carry_save_add, partial_operands, round_half
+from .dsp import DSP_LATENCY, dsp_products
 
 __all__ = ["Requantiser", "requant_in_layout", "requant_out_layout", "LATENCY"]
 
-#: Register stages between input and output: row multiplier (partials, sum), ``>> Sr``, range
-#: check, column multiplier (partials, sum), ``>> Sc`` in two steps (coarse, fine), ``+ z_out`` with
-#: the range comparisons, saturate.
-LATENCY = 10
+#: Register stages between input and output: row multiplier (DSP input and output registers,
+#: carry-save terms, sum), ``>> Sr``, range check, column multiplier (DSP input and output
+#: registers, carry-save terms, sum), ``>> Sc`` in two steps (coarse, fine), ``+ z_out`` with the
+#: range comparisons, saturate.  (14 since issue #15's session 34 registered the DSP blocks' inputs,
+#: :mod:`hw.dsp`, and split each sum of partial products in two stages; 10 before.)
+LATENCY = 2 * (DSP_LATENCY + 2) + 2 + 2 + 2
 
 
 def requant_in_layout(acc_bits: int, tag_bits: int) -> data.StructLayout:
@@ -61,6 +64,13 @@ class Requantiser(wiring.Component):
     chunk : int
         Multiplier split width: each partial product is at most ``(chunk+1) x (chunk+1)`` signed bits
         (17 -> ECP5 18x18 DSP blocks).
+    en_copies : int
+        0 (default): a stream pipeline, ``i.ready = ~o.valid | o.ready``.  ``n >= 1``: *lockstep*, as
+        the layer engine drives it: input ``en`` (``n`` identical copies of the lane enable, each
+        driving the clock enables of a contiguous group of stages) advances the pipeline, ``i.valid``
+        must be held 1 (the element's own valid bit travels in ``tag``), ``o.ready`` is ignored and
+        ``i.ready = en[0]``; an element leaves :data:`LATENCY` enabled cycles after it entered.  No
+        enable logic then sits between the lane enable register and the stage registers (issue #15).
 
     Attributes
     ----------
@@ -85,18 +95,20 @@ class Requantiser(wiring.Component):
 
     Notes
     -----
-    Latency :data:`LATENCY` = 10 cycles, one element per cycle.  A stall (``o.valid & ~o.ready``)
+    Latency :data:`LATENCY` = 14 cycles, one element per cycle.  A stall (``o.valid & ~o.ready``)
     freezes the whole pipeline; ``i.ready = ~o.valid | o.ready``.  Config ports must be stable while
     elements are in flight.
     """
 
-    def __init__(self, acc_bits: int = 40, tag_bits: int = 8, chunk: int = 17):
+    def __init__(self, acc_bits: int = 40, tag_bits: int = 8, chunk: int = 17, en_copies: int = 0):
         if not 2 <= acc_bits <= 48:
             raise ValueError(f"Requantiser: acc_bits must be in 2..48, got {acc_bits}")
         if tag_bits < 1:
             raise ValueError("Requantiser: tag_bits must be >= 1")
-        self.acc_bits, self.tag_bits, self.chunk = acc_bits, tag_bits, chunk
-        super().__init__({
+        if not 0 <= en_copies <= LATENCY:
+            raise ValueError(f"Requantiser: en_copies must be in 0..{LATENCY}, got {en_copies}")
+        self.acc_bits, self.tag_bits, self.chunk, self.en_copies = acc_bits, tag_bits, chunk, en_copies
+        ports = {
             "i": In(stream.Signature(requant_in_layout(acc_bits, tag_bits))),
             "o": Out(stream.Signature(requant_out_layout(tag_bits))),
             "sr": In(5),
@@ -106,28 +118,44 @@ class Requantiser(wiring.Component):
             "sat_count": Out(32),
             "fault_seen": Out(1),
             "clear": In(1),
-        })
+        }
+        if en_copies:
+            ports["en"] = In(en_copies)
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         ab = self.acc_bits
-        en = Signal()
-        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        n = self.en_copies
+        if n:
+            # lockstep: stage s advances on copy (s - 1) * n // LATENCY of the engine's lane enable
+            en_of = [self.en[(s - 1) * n // LATENCY] for s in range(1, LATENCY + 1)]
+            m.d.comb += self.i.ready.eq(self.en[0])
+        else:
+            en = Signal()
+            m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+            en_of = [en] * LATENCY
+
+        def ens(s):
+            """Enable of stage ``s`` (1 .. LATENCY)."""
+            return en_of[s - 1]
 
         # valid bits of stages 1..LATENCY-1 (the last stage is the output register, o.valid)
         valid = [Signal(name=f"valid{s}") for s in range(1, LATENCY)]
-        with m.If(en):
-            m.d.sync += valid[0].eq(self.i.valid)
-            for s in range(1, len(valid)):
-                m.d.sync += valid[s].eq(valid[s - 1])
-            m.d.sync += self.o.valid.eq(valid[-1])
+        for s, (src, dst) in enumerate(zip([self.i.valid] + valid, valid + [self.o.valid]), start=1):
+            with m.If(ens(s)):
+                m.d.sync += dst.eq(src)
 
-        def stage(value, name):
-            """Register ``value`` (loaded when the pipeline advances)."""
+        def stage(value, name, s):
+            """Register ``value`` as stage ``s`` (loaded when that stage advances)."""
             reg = Signal.like(value, name=name) if isinstance(value, Signal) else Signal(value.shape(), name=name)
-            with m.If(en):
+            with m.If(ens(s)):
                 m.d.sync += reg.eq(value)
             return reg
+
+        def carry(values: dict, s):
+            """Stage ``s`` copies of the side values (``{name: value}``), named ``{name}{s}``."""
+            return {k: stage(v, f"{k}{s}", s) for k, v in values.items()}
 
         p = self.i.payload
         # config-derived constants, registered (config ports are stable while elements are in flight;
@@ -152,67 +180,71 @@ class Requantiser(wiring.Component):
         m.d.sync += [rh_row.eq(round_half(self.sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
                      lo_mz.eq(lo_c - self.z_out), hi_mz.eq(hi_c - self.z_out)]
 
+        def summed(products, pp, extra, s, name):
+            """``sum(p << shift) + extra``: carry-save terms registered in stage ``s``, their sum in ``s + 1``."""
+            terms = [Value.cast(q << sh) for q, (_, _, sh) in zip(products, pp)] + [Value.cast(extra)]
+            x, y, shape = carry_save(terms)
+            xs, ys = stage(x, f"{name}_cs_x", s), stage(y, f"{name}_cs_y", s)
+            return stage(carry_save_add(xs, ys, shape), name, s + 1)
+
         # ---- row stage: t = round_shift(acc * Mr, Sr)
-        # 1: partial products (18x18 DSP blocks)
-        pp1 = partial_products(p.acc, p.mr, self.chunk)
-        s1 = [stage(prod, f"row_pp{j}") for j, (prod, _) in enumerate(pp1)]
-        mc1, sc1, bq1, tag1 = (stage(p.mc, "mc1"), stage(p.sc, "sc1"), stage(p.bq, "bq1"), stage(p.tag, "tag1"))
-        # 2: sum + rounding constant; column rounding constant + bias precomputed alongside
-        sum1 = sum_products(s1, [sh for _, sh in pp1], rh_row)
-        prod_r2 = stage(sum1, "row_sum")
-        mc2, tag2 = stage(mc1, "mc2"), stage(tag1, "tag2")
-        sc2 = stage(sc1, "sc2")
-        bqr2 = stage(bq1 + round_half(sc1, 47), "bq_round2")
-        # 3: variable right shift by Sr (its own stage)
-        t_sh = stage(prod_r2 >> self.sr, "t_shifted")
-        mc3, sc3, bqr3, tag3 = stage(mc2, "mc3"), stage(sc2, "sc3"), stage(bqr2, "bq_round3"), stage(tag2, "tag3")
-        # 4: range check against acc_bits and clamp: t fits iff its bits from ab - 1 up are all equal
+        # 1, 2: partial products in DSP blocks (their input and output registers, hw/dsp.py)
+        pp1 = partial_operands(p.acc, p.mr, self.chunk)
+        row_pp = dsp_products(m, platform, [(a, b) for a, b, _ in pp1], ens(1), "row_pp")
+        side = carry({"mc": p.mc, "sc": p.sc, "bq": p.bq, "tag": p.tag}, 1)
+        side = carry({"mc": side["mc"], "sc": side["sc"], "tag": side["tag"],
+                      "bq_round": side["bq"] + round_half(side["sc"], 47)}, 2)
+        # 3, 4: sum + rounding constant (carry-save terms, then one carry chain)
+        row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
+        side = carry(carry(side, 3), 4)
+        # 5: variable right shift by Sr (its own stage)
+        t_sh = stage(row_sum >> self.sr, "t_shifted", 5)
+        side = carry(side, 5)
+        # 6: range check against acc_bits and clamp: t fits iff its bits from ab - 1 up are all equal
         # (a LUT reduction; comparisons with the bounds would be two carry chains in series)
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
         top = t_sh[ab - 1:]
         t_fault = ~(top.all() | ~top.any())
-        t4 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t")
-        fault4 = stage(t_fault, "fault4")
-        mc4, sc4, bqr4, tag4 = stage(mc3, "mc4"), stage(sc3, "sc4"), stage(bqr3, "bq_round4"), stage(tag3, "tag4")
+        t6 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
+        side = carry({**side, "fault": t_fault}, 6)
 
         # ---- column stage: v = round_shift(t * Mc + Bq, Sc)
-        # 5: partial products
-        pp2 = partial_products(t4, mc4, self.chunk)
-        s5 = [stage(prod, f"col_pp{j}") for j, (prod, _) in enumerate(pp2)]
-        sc5, bqr5 = stage(sc4, "sc5"), stage(bqr4, "bq_round5")
-        tag5, fault5 = stage(tag4, "tag5"), stage(fault4, "fault5")
-        # 6: sum (+ Bq + rounding constant)
-        sum2 = sum_products(s5, [sh for _, sh in pp2], bqr5)
-        s6 = stage(sum2, "col_sum")
-        sc6, tag6, fault6 = stage(sc5, "sc6"), stage(tag5, "tag6"), stage(fault5, "fault6")
-        # 7, 8: variable right shift by Sc, coarse (multiples of 8) then fine (0..7)
-        v7 = stage(s6 >> (sc6 & 0b111000), "v_coarse")
-        sc7, tag7, fault7 = stage(sc6[:3], "sc7"), stage(tag6, "tag7"), stage(fault6, "fault7")
-        v8 = stage(v7 >> sc7, "v")
-        tag8, fault8 = stage(tag7, "tag8"), stage(fault7, "fault8")
+        # 7, 8: partial products in DSP blocks
+        pp2 = partial_operands(t6, side["mc"], self.chunk)
+        col_pp = dsp_products(m, platform, [(a, b) for a, b, _ in pp2], ens(7), "col_pp")
+        side = carry({k: side[k] for k in ("sc", "bq_round", "tag", "fault")}, 7)
+        side = carry(side, 8)
+        # 9, 10: sum (+ Bq + rounding constant)
+        col_sum = summed(col_pp, pp2, side["bq_round"], 9, "col_sum")
+        side = carry(carry({k: side[k] for k in ("sc", "tag", "fault")}, 9), 10)
+        # 11, 12: variable right shift by Sc, coarse (multiples of 8) then fine (0..7)
+        v11 = stage(col_sum >> (side["sc"] & 0b111000), "v_coarse", 11)
+        side = carry({"sc": side["sc"][:3], "tag": side["tag"], "fault": side["fault"]}, 11)
+        v12 = stage(v11 >> side["sc"], "v", 12)
+        side = carry({k: side[k] for k in ("tag", "fault")}, 12)
 
-        # ---- 9: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
-        y9 = stage(v8[:32] + self.z_out, "y")       # only the low 32 bits are used (in range: no wrap)
+        # ---- 13: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
+        y13 = stage(v12[:32] + self.z_out, "y", 13)     # only the low 32 bits are used (in range: no wrap)
         # the bounds fit 34 signed bits: compare 34-bit values when v does too (one short carry chain),
         # else v's sign decides (a LUT reduction instead of a full-width comparison)
-        v_top = v8[33:]
+        v_top = v12[33:]
         v_fits = v_top.all() | ~v_top.any()
-        v34 = v8[:34].as_signed()
-        below9 = stage(Mux(v_fits, v34 < lo_mz, v8[-1]), "below")
-        above9 = stage(Mux(v_fits, v34 > hi_mz, ~v8[-1]), "above")
-        tag9, fault9 = stage(tag8, "tag9"), stage(fault8, "fault9")
-        # ---- 10: select
+        v34 = v12[:34].as_signed()
+        below13 = stage(Mux(v_fits, v34 < lo_mz, v12[-1]), "below", 13)
+        above13 = stage(Mux(v_fits, v34 > hi_mz, ~v12[-1]), "above", 13)
+        side = carry(side, 13)
+        # ---- 14: select
         out = self.o.payload
-        with m.If(en):
+        with m.If(ens(14)):
             m.d.sync += [
-                out.value.eq(Mux(below9, lo, Mux(above9, hi, y9))),
-                out.sat.eq(below9 | above9),
-                out.fault.eq(fault9),
-                out.tag.eq(tag9),
+                out.value.eq(Mux(below13, lo, Mux(above13, hi, y13))),
+                out.sat.eq(below13 | above13),
+                out.fault.eq(side["fault"]),
+                out.tag.eq(side["tag"]),
             ]
 
         # ---- status
-        fire = self.o.valid & self.o.ready
+        fire = self.o.valid & (ens(LATENCY) if n else self.o.ready)
         with m.If(self.clear):
             m.d.sync += [self.sat_count.eq(0), self.fault_seen.eq(0)]
         with m.Else():

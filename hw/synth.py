@@ -45,11 +45,13 @@ def _tops(cfg: EngineConfig, accel=None):
     from .engine import LayerEngine, mac_en_groups
     from .mac_array import MacArray
     from .outlier_unit import OutlierUnit
+    from .synth_units import engine_requantiser
     # the sub-blocks as the engine instantiates them (replicated enable / drain-row inputs)
     tops = {
         "layer_engine": lambda: LayerEngine(cfg),
         "mac_array": lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                       en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols),
+        "requantiser": lambda: engine_requantiser(cfg),
     }
     if cfg.has_outliers:
         tops["outlier_unit"] = lambda: OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
@@ -73,13 +75,17 @@ def _tops(cfg: EngineConfig, accel=None):
 OPTIONAL_TOPS = ("dynamic_per_patch_encoder", "accelerator")
 
 
-def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None, accel=None) -> dict:
+def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = None, accel=None,
+             dsp: str = "generic") -> dict:
     """Write ``<top>.v`` for each top plus ``summary.json`` and ``summary.md``; return the summary.
 
     ``tops=None`` writes the engine and its sub-blocks (every top but :data:`OPTIONAL_TOPS`).
     ``accel``: the :class:`sim.accelerator.AcceleratorConfig` of the ``accelerator`` top (default:
-    ``cfg`` with the default memory port and buffers).
+    ``cfg`` with the default memory port and buffers).  ``dsp``: the form of the registered
+    products (:mod:`hw.dsp`): ``generic`` (registers around ``*``, what the RTL tests simulate) or
+    ``ecp5`` (``MULT18X18D`` instances with their input / output registers, what ``hw synth`` builds).
     """
+    from .dsp import DspTarget
     from amaranth.back import verilog
     from vitaccel.sim.engine_config import acc_bits_at_max_k
     from vitaccel.sim.schedule import layer_cycles
@@ -88,13 +94,14 @@ def generate(cfg: EngineConfig, out_dir: str | Path, tops: list[str] | None = No
     out.mkdir(parents=True, exist_ok=True)
     summary = {"config": cfg.to_dict(), "derived": {
         "corr_bits": cfg.corr_bits, "colsum_bits": cfg.colsum_bits, "drain_latency": cfg.drain_latency,
-        "requant_latency": cfg.requant_latency, "acc_bits_at_max_k": acc_bits_at_max_k(cfg)}, "tops": {}}
+        "requant_latency": cfg.requant_latency, "acc_bits_at_max_k": acc_bits_at_max_k(cfg)}, "dsp": dsp,
+        "tops": {}}
     avail = _tops(cfg, accel)
     for name in tops or [n for n in avail if n not in OPTIONAL_TOPS]:
         if name not in avail:
             raise ConfigError(f"unknown top {name!r}; available: {sorted(avail)}")
         comp = avail[name]()
-        text = verilog.convert(comp, name=name, emit_src=False)
+        text = verilog.convert(comp, name=name, emit_src=False, platform=DspTarget(dsp))
         if name == "accelerator":
             from .accelerator import compact_memory_init
             text = compact_memory_init(text)

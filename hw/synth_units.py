@@ -6,7 +6,7 @@ unit") synthesise each unit of the engine as its own top, exactly as the engine 
 * ``mac_array`` -- the ``R x C`` PE array with the engine's enable / drain-row replication
   (per PE: divided by ``R * C``);
 * ``decoder`` -- the ``R``-lane A-operand decoder (:class:`hw.decoders.OperandDecoder`);
-* ``requantiser`` -- one requantiser at the engine's ``acc_bits`` (the engine has ``C``);
+* ``requantiser`` -- one requantiser as the engine instantiates it (the engine has ``cols / requant_share``);
 * ``outlier_unit`` -- the sparse outlier unit with its ``R x C`` correction registers;
 * ``layer_engine`` -- the whole engine.
 
@@ -47,14 +47,13 @@ def unit_components(cfg: EngineConfig) -> dict:
     from .engine import LayerEngine
     from .mac_array import MacArray
     from .outlier_unit import OutlierUnit
-    from .requantiser import Requantiser
     from .stall import mac_en_groups
     units = {
         "mac_array": (lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                        en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols), 1),
         "decoder": (lambda: OperandDecoder(lanes=cfg.rows), 1),
         # requantiser 0 of the engine carries the row tag (33 bits), the others only a valid bit
-        "requantiser": (lambda: Requantiser(acc_bits=cfg.acc_bits, tag_bits=1), cfg.cols),
+        "requantiser": (lambda: engine_requantiser(cfg), cfg.drain_lanes),
         "layer_engine": (lambda: LayerEngine(cfg), 1),
     }
     if cfg.has_outliers:
@@ -62,6 +61,13 @@ def unit_components(cfg: EngineConfig) -> dict:
             cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity, cfg.outlier_lanes, cfg.corr_bits,
             cfg.k_bits, en_copies=cfg.rows, drain_copies=cfg.cols), 1)
     return {k: units[k] for k in UNIT_TOPS if k in units}
+
+
+def engine_requantiser(cfg: EngineConfig):
+    """One requantiser as the engine's output stage instantiates it (lockstep, a valid-bit tag)."""
+    from .engine_drain import REQUANT_EN_COPIES
+    from .requantiser import Requantiser
+    return Requantiser(acc_bits=cfg.acc_bits, tag_bits=1, en_copies=REQUANT_EN_COPIES)
 
 
 def yosys_version() -> str:
@@ -139,8 +145,13 @@ def unit_report(cfg: EngineConfig, out_dir: str | Path, target: str = "asic", un
     units synthesised elsewhere (e.g. the ECP5 engine run), used instead of a new run.
     """
     from amaranth.back import verilog
+
+    from .dsp import DspTarget
     out = Path(out_dir)
     comps = unit_components(cfg)
+    # the ECP5 counts with the registered MULT18X18D blocks hw synth builds; the ASIC view with the
+    # generic registers (no DSP blocks)
+    platform = DspTarget("ecp5" if target == "ecp5" else "generic")
     todo = [u for u in (units or comps) if u in comps]
     key = "nand2_eq" if target == "asic" else "comb_est"
     rep = {"target": target, "config": cfg.to_dict(), "metric": key, "units": {}}
@@ -155,7 +166,7 @@ def unit_report(cfg: EngineConfig, out_dir: str | Path, target: str = "asic", un
         udir = out / top
         udir.mkdir(parents=True, exist_ok=True)
         vfile = udir / f"{top}.v"
-        vfile.write_text(verilog.convert(factory(), name=top, emit_src=False))
+        vfile.write_text(verilog.convert(factory(), name=top, emit_src=False, platform=platform))
         log(f"  {target}: {top} ...")
         if target == "asic":
             r = asic_area(vfile, top, udir, timeout=timeout)

@@ -46,7 +46,7 @@ assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows 
 #: truncation / range check.
 PRE_REQUANT_LATENCY = 6
 #: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
-REQUANT_LATENCY = 10
+REQUANT_LATENCY = 14
 #: Cycles by which the engine's back end (MAC array, outlier unit, column parameters, drain,
 #: requantisers, output FIFO) runs behind its front end (controller, stream buffers, decoder): every
 #: signal between them passes this many registers, so no enable or control net of the front end

@@ -130,7 +130,7 @@ def _file_lock(path: Path):
 # ----------------------------------------------------------------------------- Verilog
 
 def verilog_for(component_factory: Callable[..., Any], name: str,
-                params: Mapping[str, Any] | None = None) -> Path:
+                params: Mapping[str, Any] | None = None, platform: Any = None) -> Path:
     """Elaborate an Amaranth component to Verilog (cached) and return the ``.v`` path.
 
     Parameters
@@ -144,6 +144,9 @@ def verilog_for(component_factory: Callable[..., Any], name: str,
     params : mapping, optional
         Keyword arguments of the factory.  They, the ``hw/`` sources and the Amaranth version form
         the cache key.
+    platform : optional
+        Passed to elaboration (e.g. :data:`vitaccel.hw.dsp.ECP5_DSP` for the ``MULT18X18D`` form of
+        the registered products); its ``repr`` joins the cache key.
 
     Returns
     -------
@@ -154,7 +157,8 @@ def verilog_for(component_factory: Callable[..., Any], name: str,
         raise ValueError(f"verilog_for: {name!r} is not a valid Verilog module name")
     params = dict(params or {})
     factory_id = f"{getattr(component_factory, '__module__', '?')}.{getattr(component_factory, '__qualname__', repr(component_factory))}"
-    key = _digest(name, factory_id, params, _hw_sources_digest())
+    extra = [] if platform is None else [repr(platform)]
+    key = _digest(name, factory_id, params, _hw_sources_digest(), *extra)
     if key in _elaborated and _elaborated[key].exists():
         return _elaborated[key]
     out_dir = build_root() / "rtl" / f"{name}_{key}"
@@ -164,7 +168,7 @@ def verilog_for(component_factory: Callable[..., Any], name: str,
             from amaranth.back import verilog
 
             component = component_factory(**params)
-            text = verilog.convert(component, name=name, emit_src=False)
+            text = verilog.convert(component, name=name, emit_src=False, platform=platform)
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = out.with_suffix(".v.tmp")
             tmp.write_text(text)

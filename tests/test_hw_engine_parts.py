@@ -544,7 +544,7 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
             params = [(rng.getrandbits(rng.choice([4, 16])), rng.randint(0, 47) if out_fmt == 3 else rng.randint(0, 12),
                        _rs(rng.choice([8, 47]), rng)) for _ in range(G)]
             ctx.set(dut.en, en)
-            ctx.set(dut.en_col, (1 << C) - 1 if en else 0)
+            ctx.set(dut.en_rq, (1 << len(dut.en_rq)) - 1 if en else 0)
             ctx.set(dut.out.ready, ready)
             ctx.set(dut.clear, clear)
             for name, v in (("valid", valid), ("row", row), ("col", col), ("last", is_last), ("fault", dfault)):
