@@ -92,6 +92,8 @@ class Requantiser(wiring.Component):
         Sticky: some ``t`` overflowed ``acc_bits``.
     clear : In(1)
         Clears ``sat_count`` and ``fault_seen``.
+    en : In(en_copies)
+        Only with ``en_copies >= 1`` (lockstep): the stage enables, ``en_copies`` identical copies.
 
     Notes
     -----

@@ -31,7 +31,7 @@ def test_generate_writes_verilog_and_summary(tmp_path, capsys):
                                        outlier_capacity=2, outlier_lanes=2, max_k=16).to_dict()
     # default accumulator: enough for every 4-bit A format at K = max_k = 16 with outliers (section 6)
     assert s["config"]["acc_bits"] >= max(acc_bits_at_max_k(EngineConfig(**s["config"])).values())
-    assert set(s["tops"]) == {"layer_engine", "mac_array", "outlier_unit"}
+    assert set(s["tops"]) == {"layer_engine", "mac_array", "requantiser", "outlier_unit"}
     for top, t in s["tops"].items():
         text = (out / t["file"]).read_text()
         ports = _module_ports(text, top)
@@ -59,7 +59,7 @@ def test_generate_without_outlier_unit_and_config_file(tmp_path):
     assert vitaccel(["hw", "generate", "--config", str(cfg_file), "--outlier-capacity", "0", "-o", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["config"]["rows"] == 3 and s["config"]["a_bits"] == 6 and s["config"]["outlier_capacity"] == 0
-    assert set(s["tops"]) == {"layer_engine", "mac_array"}
+    assert set(s["tops"]) == {"layer_engine", "mac_array", "requantiser"}
     assert not (out / "outlier_unit.v").exists()
     assert "outl__payload" not in (out / "layer_engine.v").read_text()
 
@@ -142,3 +142,17 @@ def test_deprecated_wbits_abits_still_work_with_a_warning(tmp_path, capsys, monk
     cfg_old = json.loads((old / "s.json").read_text())["config"]
     cfg_new = json.loads((new / "s.json").read_text())["config"]
     assert cfg_old == cfg_new and (cfg_new["b_bits"], cfg_new["a_bits"]) == (6, 4)
+
+
+def test_generate_dsp_forms(tmp_path, capsys):
+    """``--dsp ecp5`` writes registered MULT18X18D blocks (engine and requantiser top), the default none."""
+    for dsp in ("generic", "ecp5"):
+        out = tmp_path / dsp
+        assert vitaccel(["hw", "generate", *SMALL, "--top", "layer_engine", "--top", "requantiser",
+                         "--dsp", dsp, "-o", str(out)]) == 0
+        s = json.loads((out / "summary.json").read_text())
+        assert s["dsp"] == dsp
+        for top in ("layer_engine", "requantiser"):
+            n = len(re.findall(r"^\s*MULT18X18D\s", (out / f"{top}.v").read_text(), re.M))
+            assert (n > 0) == (dsp == "ecp5"), (dsp, top, n)
+    capsys.readouterr()
