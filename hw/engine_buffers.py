@@ -19,6 +19,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, EngineConfig
+from .dsp import dsp_kind
 from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorControl, LoadSignature,
                              LoaderControl, StreamNeed, colp_layout, row_bits, rowp_layout)
 from .outlier_unit import outlier_beat_layout
@@ -106,22 +107,36 @@ class BBuffer(wiring.Component):
         cfg, kb = self.cfg, self.cfg.k_bits
         active, cnt, bank = self._loader(m)
         m.d.comb += [self.load.active.eq(active), self.load.first.eq(cnt == 0), self.load.row.eq(self.b)]
+        # no_rw_check: the schedule never uses a row read in the cycle it is written (the loader writes
+        # the bank no tile reads; in the fill window the read address runs one row ahead of the
+        # write), so yosys need not emulate read-first across the block RAM's ports (issue #15:
+        # that logic put the enable-dependent read address on a comparator path).  The generic
+        # (simulated) form checks the claim: a read that collides with a write returns its data
+        # inverted, so every RTL test would see a used collision (hw/dsp.py: DSP forms).
         mem = m.submodules.mem = Memory(shape=data.ArrayLayout(signed(cfg.b_bits), cfg.cols),
-                                        depth=2 * (1 << kb), init=[])
+                                        depth=2 * (1 << kb), init=[], attrs={"no_rw_check": 1})
         wp = mem.write_port()
-        rp_mac = mem.read_port(domain="sync")
-        m.d.comb += [wp.addr.eq(Cat(cnt[:kb], bank)), wp.data.eq(self.b), wp.en.eq(self.en & active),
-                     rp_mac.addr.eq(Cat(self.read.k, self.read.bank)), rp_mac.en.eq(1)]
+        m.d.comb += [wp.addr.eq(Cat(cnt[:kb], bank)), wp.data.eq(self.b), wp.en.eq(self.en & active)]
+
+        def read(addr, name):
+            rp = mem.read_port(domain="sync")
+            m.d.comb += [rp.addr.eq(addr), rp.en.eq(1)]
+            if dsp_kind(platform) != "generic":
+                return rp.data
+            collided = Signal(name=f"{name}_collided")
+            m.d.sync += collided.eq(wp.en & (wp.addr == addr))
+            return Mux(collided, ~rp.data.as_value(), rp.data.as_value())
+
+        row = read(Cat(self.read.k, self.read.bank), "rd_mac")
         with m.If(self.en):
-            m.d.sync += self.row.eq(rp_mac.data)
+            m.d.sync += self.row.eq(row)
         if cfg.has_outliers:
             for l in range(cfg.outlier_lanes):
                 # read one cycle ahead from the outlier buffer's next head (the outlier unit sees the
                 # same column one cycle later), register the row in the fabric
-                rp = mem.read_port(domain="sync")
-                m.d.comb += [rp.addr.eq(Cat(self.outl_next[l].col[:kb], self.read.bank)), rp.en.eq(1)]
+                data_l = read(Cat(self.outl_next[l].col[:kb], self.read.bank), f"rd_outl{l}")
                 with m.If(self.outl_en):
-                    m.d.sync += self.outl_rows[l].eq(rp.data)
+                    m.d.sync += self.outl_rows[l].eq(data_l)
         return m
 
 

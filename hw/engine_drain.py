@@ -6,7 +6,7 @@
       acc_d[r, c] = acc_raw[r, c] - za[r] * colsum[c]
       acc[r, c]   = (acc_d[r, c] << FO) + corr[r, c]        (corr: the outlier sum of section 5)
 
-  in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 6 register stages, then truncates to
+  in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 7 register stages, then truncates to
   ``acc_bits`` and flags values that do not fit (``acc_fault``; section 6, accumulator bound).
 * :class:`OutputStage` -- one :class:`hw.requantiser.Requantiser` per lane (section 7), the output
   row assembly and the output FIFO, and the sticky ``acc_fault`` flag.
@@ -51,15 +51,15 @@ def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
 
 
 class DrainPipeline(wiring.Component):
-    """Drain stages D1..D6 between the MAC array's shadow row and the requantisers (section 6).
+    """Drain stages D1..D6 (and D3b: seven) between the MAC array's shadow row and the requantisers (section 6).
 
     ======  ==========================================================================================
     stage   register contents
     ======  ==========================================================================================
     D1      drained column group: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per lane
-    D2      partial products of ``za[r] * colsum[c]`` (DSP blocks: D1 holds their operands in the
-            blocks' input registers, D2 is their output register, :mod:`hw.dsp`)
-    D3      ``za[r] * colsum[c]`` (sum of the partial products)
+    D2, D3  partial products of ``za[r] * colsum[c]`` (DSP blocks: D2 their input registers, D3 their
+            output registers, :mod:`hw.dsp`)
+    D3b     ``za[r] * colsum[c]`` (sum of the partial products)
     D4      ``acc_d = acc_raw - za * colsum``
     D5      ``(acc_d << FO) + corr`` at full width; lane inside the layer (``c < N - c0``)
     D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
@@ -149,23 +149,30 @@ class DrainPipeline(wiring.Component):
         d1_acc = col_stage(grouped([self.acc[c] for c in range(C)]), "d1_acc")
         d1_corr = col_stage(corr, "d1_corr")
         d1_cp = col_stage(grouped([self.params[c].as_value() for c in range(C)]), "d1_cp")
-        # D1, D2: zero-point partial products za[r] * colsum[c] in DSP blocks: their input registers
-        # are D1's za and colsum, their output registers D2 (hw/dsp.py)
-        zp_pp = [partial_operands(self.za, cs) for cs in grouped([self.colsum[c] for c in range(C)])]
-        d2_v, d2_row, d2_col, d2_last = row_stage([d1_v, d1_row, d1_col, d1_last], "d2")
-        d2_pp = [dsp_products(m, platform, [(a, b) for a, b, _ in zp_pp[c]], self.en_col[c], f"d2_pp{c}_")
+        # D1: za[r] (one register copy per lane) and colsum[c] in the fabric, beside the row multiplexers
+        d1_za = col_stage([self.za] * G, "d1_za")
+        d1_cs = col_stage(grouped([self.colsum[c] for c in range(C)]), "d1_cs")
+        # D2, D3: zero-point partial products za[r] * colsum[c] in DSP blocks (D2: their input
+        # registers, D3: their output registers, hw/dsp.py)
+        zp_pp = [partial_operands(d1_za[c], d1_cs[c]) for c in range(G)]
+        d3_pp = [dsp_products(m, platform, [(a, b) for a, b, _ in zp_pp[c]], self.en_col[c], f"d3_pp{c}_")
                  for c in range(G)]
+        d2_v, d2_row, d2_col, d2_last = row_stage([d1_v, d1_row, d1_col, d1_last], "d2")
         d2_acc, d2_corr, d2_cp, d2_mr = (col_stage(x, f"d2_{n}") for x, n in
                                          ((d1_acc, "acc"), (d1_corr, "corr"), (d1_cp, "cp"), (d1_mr, "mr")))
-        # D3: zero-point product (sum of the partial products)
         d3_v, d3_row, d3_col, d3_last = row_stage([d2_v, d2_row, d2_col, d2_last], "d3")
-        d3_zp = col_stage([sum_products(d2_pp[c], [sh for *_, sh in zp_pp[c]]) for c in range(G)], "d3_zp")
         d3_acc, d3_corr, d3_cp, d3_mr = (col_stage(x, f"d3_{n}") for x, n in
                                          ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
+        # D3b: zero-point product (sum of the partial products)
+        d3b_v, d3b_row, d3b_col, d3b_last = row_stage([d3_v, d3_row, d3_col, d3_last], "d3b")
+        d3b_zp = col_stage([sum_products(d3_pp[c], [sh for *_, sh in zp_pp[c]]) for c in range(G)], "d3b_zp")
+        d3b_acc, d3b_corr, d3b_cp, d3b_mr = (col_stage(x, f"d3b_{n}") for x, n in
+                                             ((d3_acc, "acc"), (d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
         # D4: acc_d = acc_raw - za * colsum
-        d4_v, d4_row, d4_col, d4_last = row_stage([d3_v, d3_row, d3_col, d3_last], "d4")
-        d4_diff = col_stage([d3_acc[c] - d3_zp[c] for c in range(G)], "d4_diff")
-        d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
+        d4_v, d4_row, d4_col, d4_last = row_stage([d3b_v, d3b_row, d3b_col, d3b_last], "d4")
+        d4_diff = col_stage([d3b_acc[c] - d3b_zp[c] for c in range(G)], "d4_diff")
+        d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
+                                                                      (d3b_mr, "mr")))
         # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer
         d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
         d5_full = col_stage([(d4_diff[c] << self.fo) + d4_corr[c] for c in range(G)], "d5_full")

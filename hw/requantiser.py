@@ -160,8 +160,13 @@ class Requantiser(wiring.Component):
             return {k: stage(v, f"{k}{s}", s) for k, v in values.items()}
 
         p = self.i.payload
-        # config-derived constants, registered (config ports are stable while elements are in flight;
-        # an element needs at least one cycle to reach the first stage that uses them)
+        # config ports registered, then the constants derived from them registered again (config
+        # ports are stable while elements are in flight; an element needs at least three cycles to
+        # reach the first stage that uses them): the config registers may sit far from the lanes
+        sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{n}") for x, n in
+                                    ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
+                                     (self.bits, "bits")))
+        m.d.sync += [sr.eq(self.sr), z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
         rh_row = Signal(16, name="rh_row")
         lo = Signal(signed(33), name="sat_lo")
         hi = Signal(signed(33), name="sat_hi")
@@ -169,18 +174,18 @@ class Requantiser(wiring.Component):
         hi_mz = Signal(signed(34), name="sat_hi_mz")   # hi - z_out
         lo_c = Signal(signed(33))
         hi_c = Signal(signed(33))
-        with m.Switch(self.out_fmt):
+        with m.Switch(out_fmt):
             with m.Case(OutFormat.UCODE):
-                m.d.comb += [lo_c.eq(0), hi_c.eq((Const(1, 9) << self.bits) - 1)]
+                m.d.comb += [lo_c.eq(0), hi_c.eq((Const(1, 9) << bits) - 1)]
             with m.Case(OutFormat.SCODE):
-                half = (Const(1, 9) << self.bits) >> 1
+                half = (Const(1, 9) << bits) >> 1
                 m.d.comb += [lo_c.eq(1 - half), hi_c.eq(half - 1)]
             with m.Case(OutFormat.FIXED16):
                 m.d.comb += [lo_c.eq(-(1 << 15)), hi_c.eq((1 << 15) - 1)]
             with m.Case(OutFormat.FIXED32):
                 m.d.comb += [lo_c.eq(-(1 << 31)), hi_c.eq((1 << 31) - 1)]
-        m.d.sync += [rh_row.eq(round_half(self.sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
-                     lo_mz.eq(lo_c - self.z_out), hi_mz.eq(hi_c - self.z_out)]
+        m.d.sync += [rh_row.eq(round_half(sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
+                     lo_mz.eq(lo_c - z_out), hi_mz.eq(hi_c - z_out)]
 
         def summed(products, pp, extra, s, name):
             """``sum(p << shift) + extra``: carry-save terms registered in stage ``s``, their sum in ``s + 1``."""
@@ -193,14 +198,15 @@ class Requantiser(wiring.Component):
         # 1, 2: partial products in DSP blocks (their input and output registers, hw/dsp.py)
         pp1 = partial_operands(p.acc, p.mr, self.chunk)
         row_pp = dsp_products(m, platform, [(a, b) for a, b, _ in pp1], ens(1), "row_pp")
-        side = carry({"mc": p.mc, "sc": p.sc, "bq": p.bq, "tag": p.tag}, 1)
+        # the column rounding constant 2^(Sc-1) decoded in stage 1, added to Bq in stage 2
+        side = carry({"mc": p.mc, "sc": p.sc, "bq": p.bq, "tag": p.tag, "sc_half": round_half(p.sc, 47)}, 1)
         side = carry({"mc": side["mc"], "sc": side["sc"], "tag": side["tag"],
-                      "bq_round": side["bq"] + round_half(side["sc"], 47)}, 2)
+                      "bq_round": side["bq"] + side["sc_half"]}, 2)
         # 3, 4: sum + rounding constant (carry-save terms, then one carry chain)
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
         # 5: variable right shift by Sr (its own stage)
-        t_sh = stage(row_sum >> self.sr, "t_shifted", 5)
+        t_sh = stage(row_sum >> sr, "t_shifted", 5)
         side = carry(side, 5)
         # 6: range check against acc_bits and clamp: t fits iff its bits from ab - 1 up are all equal
         # (a LUT reduction; comparisons with the bounds would be two carry chains in series)
@@ -226,7 +232,7 @@ class Requantiser(wiring.Component):
         side = carry({k: side[k] for k in ("tag", "fault")}, 12)
 
         # ---- 13: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
-        y13 = stage(v12[:32] + self.z_out, "y", 13)     # only the low 32 bits are used (in range: no wrap)
+        y13 = stage(v12[:32] + z_out, "y", 13)     # only the low 32 bits are used (in range: no wrap)
         # the bounds fit 34 signed bits: compare 34-bit values when v does too (one short carry chain),
         # else v's sign decides (a LUT reduction instead of a full-width comparison)
         v_top = v12[33:]

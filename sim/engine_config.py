@@ -42,9 +42,9 @@ DRAIN_OFFSET = MAC_LATENCY - 1
 OUTLIER_LATENCY = 3
 assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows DRAIN_OFFSET cycles late"
 #: Drain stages before the requantiser: row select, zero-point partial products ``za * colsum``
-#: (DSP blocks) and their sum, ``acc_d = acc_raw - za * colsum``, ``(acc_d << FO) + corr``,
-#: truncation / range check.
-PRE_REQUANT_LATENCY = 6
+#: (DSP blocks, input and output registers) and their sum, ``acc_d = acc_raw - za * colsum``,
+#: ``(acc_d << FO) + corr``, truncation / range check.  (7 since issue #15's session 34; 6 before.)
+PRE_REQUANT_LATENCY = 7
 #: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
 REQUANT_LATENCY = 14
 #: Cycles by which the engine's back end (MAC array, outlier unit, column parameters, drain,
