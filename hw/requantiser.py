@@ -160,9 +160,10 @@ class Requantiser(wiring.Component):
             return {k: stage(v, f"{k}{s}", s) for k, v in values.items()}
 
         p = self.i.payload
-        # config ports registered, then the constants derived from them registered again (config
-        # ports are stable while elements are in flight; an element needs at least three cycles to
-        # reach the first stage that uses them): the config registers may sit far from the lanes
+        # config ports registered, then the constants derived from them registered again (lo - z_out,
+        # hi - z_out a third time; config ports are stable while elements are in flight, and an
+        # element needs three cycles to reach the first stage that uses them, rh_row): the config
+        # registers may sit far from the lanes
         sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{n}") for x, n in
                                     ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
                                      (self.bits, "bits")))
@@ -185,7 +186,7 @@ class Requantiser(wiring.Component):
             with m.Case(OutFormat.FIXED32):
                 m.d.comb += [lo_c.eq(-(1 << 31)), hi_c.eq((1 << 31) - 1)]
         m.d.sync += [rh_row.eq(round_half(sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
-                     lo_mz.eq(lo_c - z_out), hi_mz.eq(hi_c - z_out)]
+                     lo_mz.eq(lo - z_out), hi_mz.eq(hi - z_out)]       # a cycle after lo / hi
 
         def summed(products, pp, extra, s, name):
             """``sum(p << shift) + extra``: carry-save terms registered in stage ``s``, their sum in ``s + 1``."""
