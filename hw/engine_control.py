@@ -155,6 +155,9 @@ class EngineController(wiring.Component):
         m_eff = Mux(cur["valid"], cur["m"], 0) << cfg.share_bits
         f = {
             "a_next": free(Mux(m_eff > lc.k, m_eff - lc.k, 0), "f_a_next"),       # a_off of the next window
+            # its negation modulo 2^k_bits, the first B row the next window reads (an own register, so
+            # no carry chain sits between it and the B buffer's read address)
+            "neg_a_next": free(Mux(m_eff > lc.k, lc.k - m_eff, 0)[:cfg.k_bits], "f_neg_a_next"),
             "a_end": free(Mux(m_eff > lc.k, m_eff, lc.k), "f_a_end"),             # its a_off + K
             "m2": free(m_eff + DRAIN_OFFSET, "f_m2"),                             # its o_start
             "base": free(Mux(m_eff + DRAIN_OFFSET > lc.k, m_eff + DRAIN_OFFSET, lc.k), "f_base"),  # W, no outliers
@@ -170,7 +173,7 @@ class EngineController(wiring.Component):
     def _advance(self, m, s, f, A):
         """Next state after an enabled cycle (window boundary: next tile; else count the window)."""
         cfg = self.cfg
-        R, C, kb, rbits = cfg.rows, cfg.cols, cfg.k_bits, row_bits(cfg.rows) + cfg.share_bits
+        R, C, rbits = cfg.rows, cfg.cols, row_bits(cfg.rows) + cfg.share_bits
         cur, prev, nxt = s.cur, s.prev, s.nxt
         nb = self.descriptors.nb                    # outlier beats of the next tile
         o_end_next = f["m2"] + nb
@@ -178,7 +181,7 @@ class EngineController(wiring.Component):
         w_next = Mux(f["base"] > w_out, f["base"], w_out)
         m.d.comb += A(s.commit).eq(0)
         with m.If(s.bnd):
-            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.bnd).eq(0), A(s.mac_rd).eq((-f["a_next"])[:kb]),
+            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
                          A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
             with m.If(s.epi):
                 m.d.comb += A(s.busy).eq(0)

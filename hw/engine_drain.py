@@ -173,9 +173,15 @@ class DrainPipeline(wiring.Component):
         d4_diff = col_stage([d3b_acc[c] - d3b_zp[c] for c in range(G)], "d4_diff")
         d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
                                                                       (d3b_mr, "mr")))
-        # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer
+        # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer.  FO is a layer constant;
+        # each lane shifts by its own copy (loaded with the lane's enable copy, so the copies stay
+        # distinct registers), not by one register routed to every lane
+        fo = [Signal.like(self.fo, name=f"fo{c}") for c in range(G)]
+        for c in range(G):
+            with m.If(self.en_col[c]):
+                m.d.sync += fo[c].eq(self.fo)
         d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
-        d5_full = col_stage([(d4_diff[c] << self.fo) + d4_corr[c] for c in range(G)], "d5_full")
+        d5_full = col_stage([(d4_diff[c] << fo[c]) + d4_corr[c] for c in range(G)], "d5_full")
         d5_in = col_stage([c < self.n - d4_col for c in range(G)], "d5_in")
         d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
