@@ -164,7 +164,7 @@ class Requantiser(wiring.Component):
         # hi - z_out a third time; config ports are stable while elements are in flight, and an
         # element needs three cycles to reach the first stage that uses them, rh_row): the config
         # registers may sit far from the lanes
-        sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{n}") for x, n in
+        sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{nm}") for x, nm in
                                     ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
                                      (self.bits, "bits")))
         m.d.sync += [sr.eq(self.sr), z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
