@@ -125,6 +125,39 @@ class Requantiser(wiring.Component):
             ports["en"] = In(en_copies)
         super().__init__(ports)
 
+    def _config(self, m):
+        """Config ports registered, then the constants derived from them registered again.
+
+        ``lo - z_out`` and ``hi - z_out`` are registered a cycle after ``lo`` / ``hi``.  Config ports
+        are stable while elements are in flight, and an element needs three cycles to reach the
+        first stage that uses them (``rh_row``), so the config registers may sit far from the lanes.
+        Returns ``(sr, z_out, rh_row, lo, hi, lo_mz, hi_mz)``.
+        """
+        sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{nm}") for x, nm in
+                                    ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
+                                     (self.bits, "bits")))
+        m.d.sync += [sr.eq(self.sr), z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
+        rh_row = Signal(16, name="rh_row")
+        lo = Signal(signed(33), name="sat_lo")
+        hi = Signal(signed(33), name="sat_hi")
+        lo_mz = Signal(signed(34), name="sat_lo_mz")   # lo - z_out
+        hi_mz = Signal(signed(34), name="sat_hi_mz")   # hi - z_out
+        lo_c = Signal(signed(33))
+        hi_c = Signal(signed(33))
+        with m.Switch(out_fmt):
+            with m.Case(OutFormat.UCODE):
+                m.d.comb += [lo_c.eq(0), hi_c.eq((Const(1, 9) << bits) - 1)]
+            with m.Case(OutFormat.SCODE):
+                half = (Const(1, 9) << bits) >> 1
+                m.d.comb += [lo_c.eq(1 - half), hi_c.eq(half - 1)]
+            with m.Case(OutFormat.FIXED16):
+                m.d.comb += [lo_c.eq(-(1 << 15)), hi_c.eq((1 << 15) - 1)]
+            with m.Case(OutFormat.FIXED32):
+                m.d.comb += [lo_c.eq(-(1 << 31)), hi_c.eq((1 << 31) - 1)]
+        m.d.sync += [rh_row.eq(round_half(sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
+                     lo_mz.eq(lo - z_out), hi_mz.eq(hi - z_out)]       # a cycle after lo / hi
+        return sr, z_out, rh_row, lo, hi, lo_mz, hi_mz
+
     def elaborate(self, platform):
         m = Module()
         ab = self.acc_bits
@@ -160,33 +193,7 @@ class Requantiser(wiring.Component):
             return {k: stage(v, f"{k}{s}", s) for k, v in values.items()}
 
         p = self.i.payload
-        # config ports registered, then the constants derived from them registered again (lo - z_out,
-        # hi - z_out a third time; config ports are stable while elements are in flight, and an
-        # element needs three cycles to reach the first stage that uses them, rh_row): the config
-        # registers may sit far from the lanes
-        sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{nm}") for x, nm in
-                                    ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
-                                     (self.bits, "bits")))
-        m.d.sync += [sr.eq(self.sr), z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
-        rh_row = Signal(16, name="rh_row")
-        lo = Signal(signed(33), name="sat_lo")
-        hi = Signal(signed(33), name="sat_hi")
-        lo_mz = Signal(signed(34), name="sat_lo_mz")   # lo - z_out
-        hi_mz = Signal(signed(34), name="sat_hi_mz")   # hi - z_out
-        lo_c = Signal(signed(33))
-        hi_c = Signal(signed(33))
-        with m.Switch(out_fmt):
-            with m.Case(OutFormat.UCODE):
-                m.d.comb += [lo_c.eq(0), hi_c.eq((Const(1, 9) << bits) - 1)]
-            with m.Case(OutFormat.SCODE):
-                half = (Const(1, 9) << bits) >> 1
-                m.d.comb += [lo_c.eq(1 - half), hi_c.eq(half - 1)]
-            with m.Case(OutFormat.FIXED16):
-                m.d.comb += [lo_c.eq(-(1 << 15)), hi_c.eq((1 << 15) - 1)]
-            with m.Case(OutFormat.FIXED32):
-                m.d.comb += [lo_c.eq(-(1 << 31)), hi_c.eq((1 << 31) - 1)]
-        m.d.sync += [rh_row.eq(round_half(sr, 16)), lo.eq(lo_c), hi.eq(hi_c),
-                     lo_mz.eq(lo - z_out), hi_mz.eq(hi - z_out)]       # a cycle after lo / hi
+        sr, z_out, rh_row, lo, hi, lo_mz, hi_mz = self._config(m)
 
         def summed(products, pp, extra, s, name):
             """``sum(p << shift) + extra``: carry-save terms registered in stage ``s``, their sum in ``s + 1``."""
