@@ -7,7 +7,10 @@ statements to a given :class:`amaranth.hdl.Module`; the components in :mod:`hw.d
 * :func:`round_half` / :func:`round_shift` -- the spec's one rounding rule, ``(x + 2^(s-1)) >> s``.
 * :func:`saturate` -- clamp with a "was clamped" flag (every saturation is counted).
 * :func:`partial_products` -- split a wide product into chunks that fit an 18x18 DSP block, so a
-  multiplier can be registered after the partial products and summed in the next stage.
+  multiplier can be registered after the partial products and summed in the next stage
+  (:func:`partial_operands`: the operand pairs, for the registered DSP blocks of :mod:`hw.dsp`).
+* :func:`carry_save` / :func:`carry_save_add` -- a sum of several terms as 3:2 compressors and one
+  carry chain (:func:`sum_products` and :func:`carry_save_sum` use them).
 * :func:`leading_one` -- priority encoder (``bit_length(v) - 1``) used by the log encoders.
 * :class:`CodeFormat`, :class:`OutFormat` -- run-time format selectors (config ports).
 """

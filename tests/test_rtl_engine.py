@@ -7,6 +7,7 @@ for every case.  Two small engines are built (max widths, run-time format / widt
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +21,15 @@ CFG_A = SMALL_ENGINE
 CFG_B = SMALL_ENGINE_2X3
 
 
-def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0) -> list[dict]:
-    v = verilog_for(build_engine, "layer_engine", cfg.to_dict())
+def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0, platform=None) -> list[dict]:
+    v = verilog_for(build_engine, "layer_engine", cfg.to_dict(), platform=platform)
+    sources = [v]
+    if platform is not None:         # the ECP5 form instantiates MULT18X18D: add the project's model
+        import vitaccel.tb as tbpkg
+        assert "MULT18X18D" in v.read_text()
+        sources.append(Path(tbpkg.__file__).parent / "csrc" / "mult18x18d_model.v")
     report = tmp_path / "cycles.json"
-    run_cocotb("layer_engine", [v], "vitaccel.tb.cocotb_engine", seed=seed,
+    run_cocotb("layer_engine", sources, "vitaccel.tb.cocotb_engine", seed=seed,
                data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
     res = json.loads(report.read_text())
     assert len(res) == len(cases)
@@ -85,6 +91,24 @@ def test_engine_2x3_single_lane(tmp_path):
                          out_fmt="scode", out_bits=8), 1.0, 1.0),
     ]
     _run(cfg, cases, tmp_path, seed=5)
+
+
+@pytest.mark.slow
+def test_engine_ecp5_form(tmp_path):
+    """The ECP5 form of the 2x3 engine (registered MULT18X18D blocks in the requantisers and the drain,
+    the B buffer without the collision check; what hw synth builds) with tb/csrc/mult18x18d_model.v:
+    exact rows and cycles, with outliers and random streams."""
+    from vitaccel.hw.dsp import ECP5_DSP
+
+    cfg = CFG_B
+    rng = np.random.default_rng(9)
+    cases = [
+        _bp(random_layer(cfg, rng, 7, 13, 4, fo=2, outliers_per_tile=3), 0.8, 0.7),
+        _bp(random_layer(cfg, rng, 5, 7, 8, a_kind="log2", a_bits=4, b_bits=4, out_fmt="ucode", out_bits=4), 0.6, 0.5),
+        _bp(random_layer(cfg, rng, 3, 25, 3, a_kind="shiftlog2", a_bits=8, b_bits=8, base="sqrt2",
+                         out_fmt="scode", out_bits=8), 1.0, 1.0),
+    ]
+    _run(cfg, cases, tmp_path, seed=11, platform=ECP5_DSP)
 
 
 @pytest.mark.slow
