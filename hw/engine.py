@@ -141,7 +141,7 @@ class LayerEngine(wiring.Component):
         # rowp's outlier count (for the schedule)
         deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
-        groups = {"mac": mac_en_groups(R, C), "col": C, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 4}
+        groups = {"mac": mac_en_groups(R, C), "col": C, "cp": C, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3}
         if cfg.has_outliers:
             groups["ou"] = R
         back = m.submodules.back_en = BackEndEnable(groups)
@@ -157,7 +157,7 @@ class LayerEngine(wiring.Component):
         en, lc, start = stall.en, ctl.layer, ctl.status.start
         late = _delayer(m)                                          # front end -> back end
         late_start = late(start, "start")
-        _, en_cols, en_drain, en_out = back.en.unit                  # [0]: the operand decoder's
+        _, en_drain, en_out = back.en.unit                  # [0]: the operand decoder's
 
         # front end: streams in, the controller's state and strobes to the units it schedules
         for name in streams:
@@ -172,7 +172,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [
             back.x_adv.eq(stall.x_adv), back.x_hold.eq(stall.x_hold), back.start.eq(start),
             ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b),
-            desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row.eq(0),
+            desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row_next.eq(0),
         ]
         # back end (BACK_END_DELAY cycles later): column parameters, drain, output stage
         wiring.connect(m, outs.out, wiring.flipped(self.out))
@@ -184,14 +184,14 @@ class LayerEngine(wiring.Component):
         drain_row, _ = drain_row_group(ctl.drain.pos, cfg.share_bits)
         connect_delayed(m, ctl.descriptors, desc.ctl, d, "desc_ctl", names=("load", "shift", "take"))
         m.d.comb += [
-            cols.en.eq(en_cols), cols.colp.eq(stall.head.colp),
+            cols.en.eq(back.en.cp), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
-            desc.rowp.eq(stall.head.rowp), desc.drain_row.eq(late(drain_row, "desc_row")),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row_next.eq(delay_line(m, drain_row, d - 1, "desc_row")),
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
             outs.en.eq(en_out), outs.en_rq.eq(back.en.rq), outs.clear.eq(late_start),
-            *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k", "n")],
+            *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k")],
         ]
         self._operands(m, stall, ctl, bbuf, drain, back, late_start)
         if cfg.has_outliers:

@@ -154,8 +154,9 @@ class ColumnParams(wiring.Component):
 
     Attributes
     ----------
-    en : In(1)
-        Global enable.
+    en : In(cols)
+        Enable copies, one per column (each drives only its column's registers: the clock enables
+        of the 2 x 560 bank bits of an 8 x 8 engine were one net before, issue #15).
     load : In(LoadSignature(b_bits, cols))
         The B row being loaded.
     colp : In(colp_layout(cols))
@@ -171,7 +172,7 @@ class ColumnParams(wiring.Component):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
-            "en": In(1), "load": In(LoadSignature(cfg.b_bits, cfg.cols)), "colp": In(colp_layout(cfg.cols)),
+            "en": In(cfg.cols), "load": In(LoadSignature(cfg.b_bits, cfg.cols)), "colp": In(colp_layout(cfg.cols)),
             "ctl": In(ColumnControl),
             "colsum": Out(data.ArrayLayout(signed(cfg.colsum_bits), cfg.cols)),
             "params": Out(colp_layout(cfg.cols)),
@@ -184,16 +185,15 @@ class ColumnParams(wiring.Component):
         scratch = Signal(colp_layout(C), name="colp_scratch")
         colsum_bank = [[Signal(signed(cb), name=f"colsum{bk}_{c}") for c in range(C)] for bk in range(2)]
         colp_bank = [Signal(colp_layout(C), name=f"colp{bk}") for bk in range(2)]
-        ld = self.load
-        with m.If(self.en & ld.active):
-            m.d.sync += [acc[c].eq(Mux(ld.first, 0, acc[c]) + ld.row[c]) for c in range(C)]
-            with m.If(ld.first):
-                m.d.sync += scratch.eq(self.colp)
-        with m.If(self.en & self.ctl.commit):
+        ld, ctl = self.load, self.ctl
+        for c in range(C):       # column c: its own enable copy
+            with m.If(self.en[c] & ld.active):
+                m.d.sync += acc[c].eq(Mux(ld.first, 0, acc[c]) + ld.row[c])
+                with m.If(ld.first):
+                    m.d.sync += scratch[c].eq(self.colp[c])
             for bk in range(2):
-                with m.If(self.ctl.commit_bank == bk):
-                    m.d.sync += colp_bank[bk].eq(scratch)
-                    m.d.sync += [colsum_bank[bk][c].eq(acc[c]) for c in range(C)]
+                with m.If(self.en[c] & ctl.commit & (ctl.commit_bank == bk)):
+                    m.d.sync += [colp_bank[bk][c].eq(scratch[c]), colsum_bank[bk][c].eq(acc[c])]
         sel = self.ctl.read_bank
         for c in range(C):
             m.d.comb += [self.colsum[c].eq(Mux(sel, colsum_bank[1][c], colsum_bank[0][c])),
@@ -206,8 +206,10 @@ class TileDescriptors(wiring.Component):
 
     ``ctl.load`` takes the ``rowp`` head as the next tile's descriptor (and its outlier beat count
     ``ceil(n_out / lanes)``, returned on ``ctl.nb``); ``ctl.shift`` moves current -> previous and,
-    with ``ctl.take``, next -> current.  The drain reads ``za`` and ``Mr`` of row ``drain_row`` of the
-    previous tile combinationally.
+    with ``ctl.take``, next -> current.  The drain reads ``za`` and ``Mr`` of the previous tile's row
+    ``drain_row`` from registers: they are selected a cycle ahead, with ``drain_row_next`` and the
+    previous tile as it will be after this cycle's shift, so no row multiplexer sits between the
+    drain position and the drain's per-lane copies (issue #15).
 
     Parameters
     ----------
@@ -221,17 +223,18 @@ class TileDescriptors(wiring.Component):
         Load / shift strobes (already qualified with the enable); ``nb`` out.
     cur_n_out : Out(16)
         Outlier count of the current tile (the outlier unit's capacity check).
-    drain_row : In(range(rows))
-        Row of the previous tile being drained.
+    drain_row_next : In(range(rows))
+        Row of the previous tile drained in the next cycle.
     za, mr : Out(ZA_BITS), Out(16)
-        ``za[drain_row]``, ``Mr[drain_row]`` of the previous tile.
+        ``za[drain_row]``, ``Mr[drain_row]`` of the previous tile (registers; ``drain_row`` is the
+        previous cycle's ``drain_row_next``).
     """
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
             "rowp": In(rowp_layout(cfg.rows)), "ctl": In(DescriptorControl), "cur_n_out": Out(DIM_BITS),
-            "drain_row": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
+            "drain_row_next": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
         })
 
     def elaborate(self, platform):
@@ -249,6 +252,9 @@ class TileDescriptors(wiring.Component):
             m.d.sync += prev.eq(cur)
             with m.If(self.ctl.take):
                 m.d.sync += cur.eq(nxt)
-        m.d.comb += [self.ctl.nb.eq(nb), self.cur_n_out.eq(cur.n_out),
-                     self.za.eq(prev.za[self.drain_row]), self.mr.eq(prev.mr[self.drain_row])]
+        # the previous tile after this cycle (the shift copies current -> previous), row of the next cycle
+        row = self.drain_row_next
+        m.d.sync += [self.za.eq(Mux(self.ctl.shift, cur.za[row], prev.za[row])),
+                     self.mr.eq(Mux(self.ctl.shift, cur.mr[row], prev.mr[row]))]
+        m.d.comb += [self.ctl.nb.eq(nb), self.cur_n_out.eq(cur.n_out)]
         return m

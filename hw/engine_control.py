@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -108,6 +108,7 @@ class EngineController(wiring.Component):
         s.busy = Signal(name="busy")
         s.wc = Signal(WC, name="wc")              # cycle within the current window
         s.wc1 = Signal(WC, name="wc1")            # wc + 1
+        s.wc2 = Signal(WC, name="wc2")            # wc + 2 (the flags compare it, no incrementer before them)
         s.wlen = Signal(WC, name="wlen")          # length of the current window
         s.bnd = Signal(name="bnd")                # last cycle of the window (wc + 1 == wlen)
         s.a_off = Signal(WC, name="a_off")        # MAC issue offset in the current window
@@ -124,6 +125,14 @@ class EngineController(wiring.Component):
                     "m": Signal(DIM_BITS, name=f"{prefix}_m"), "c0": Signal(DIM_BITS, name=f"{prefix}_c0"),
                     "bank": Signal(name=f"{prefix}_bank")}
         s.cur, s.prev, s.nxt = tile("cur"), tile("prev"), tile("nxt")
+        # drain cycles of the current tile: its rows times the requantiser sharing, 0 without a tile
+        # (a register, so no valid multiplexer sits before the window arithmetic)
+        s.m_eff = Signal(DIM_BITS + cfg.share_bits, name="cur_m_eff")
+        s.k_do = Signal(signed(DIM_BITS + 1), name="k_do")     # K - DRAIN_OFFSET of the layer (set at start)
+        # rows and columns left from the next tile on: M - nxt.r0, N - nxt.c0 (kept beside r0 / c0, so
+        # the next tile's arithmetic compares them with constants instead of subtracting first)
+        s.nxt_rem = Signal(DIM_BITS, name="nxt_rem")
+        s.nxt_ncrem = Signal(signed(DIM_BITS + 1), name="nxt_ncrem")
         # schedule decisions of the current cycle
         keys = ["a", "rowp", "colp", "drain"] + (["outl"] if cfg.has_outliers else [])
         s.need = {k: Signal(name=f"need_{k}") for k in keys}
@@ -136,7 +145,7 @@ class EngineController(wiring.Component):
         s.e_drain0 = Signal(name="e_drain0")      # wc1 == DRAIN_OFFSET (drain starts next cycle)
         s.e_onz = Signal(name="e_onz")            # o_end != o_start (the current tile has outliers)
         flags = [s.e_a_end, s.e_a_off, s.e_o_start, s.e_o_end, s.e_drain0, s.e_onz]
-        s.regs = [s.busy, s.wc, s.wc1, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
+        s.regs = [s.busy, s.wc, s.wc1, s.wc2, s.m_eff, s.nxt_rem, s.nxt_ncrem, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
                   s.mac_rd, s.drain_pos, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
                   *s.need.values(), *flags]
         return s
@@ -150,9 +159,8 @@ class EngineController(wiring.Component):
             reg = Signal(value.shape(), name=name)
             m.d.sync += reg.eq(value)
             return reg
-        cur, nxt = s.cur, s.nxt
-        # drain cycles of the tile that becomes ``prev``: its rows times the requantiser sharing
-        m_eff = Mux(cur["valid"], cur["m"], 0) << cfg.share_bits
+        nxt = s.nxt
+        m_eff = s.m_eff              # drain cycles of the tile that becomes ``prev``
         f = {
             "a_next": free(Mux(m_eff > lc.k, m_eff - lc.k, 0), "f_a_next"),       # a_off of the next window
             # its negation modulo 2^k_bits, the first B row the next window reads (an own register, so
@@ -160,11 +168,14 @@ class EngineController(wiring.Component):
             "neg_a_next": free(Mux(m_eff > lc.k, lc.k - m_eff, 0)[:cfg.k_bits], "f_neg_a_next"),
             "a_end": free(Mux(m_eff > lc.k, m_eff, lc.k), "f_a_end"),             # its a_off + K
             "m2": free(m_eff + DRAIN_OFFSET, "f_m2"),                             # its o_start
-            "base": free(Mux(m_eff + DRAIN_OFFSET > lc.k, m_eff + DRAIN_OFFSET, lc.k), "f_base"),  # W, no outliers
+            # W without outliers, max(m2, K), and its slack over m2 (compares against the layer's K - DRAIN_OFFSET
+            # register beside the additions, not after them)
+            "base": free(Mux(m_eff > s.k_do, m_eff + DRAIN_OFFSET, lc.k), "f_base"),
+            "slack": free(Mux(m_eff > s.k_do, 0, s.k_do - m_eff), "f_slack"),
             "w_epi": free(m_eff + DRAIN_OFFSET + cfg.drain_latency, "f_w_epi"),    # epilogue length
-            "nxt_m": free(Mux(lc.m - nxt["r0"] < R, lc.m - nxt["r0"], R), "f_nxt_m"),  # rows of the next tile
-            "last_rt": free(nxt["r0"] + R >= lc.m, "f_last_rt"),                   # next tile: last row tile
-            "more_cb": free(nxt["c0"] + C < lc.n, "f_more_cb"),                    # another column block follows
+            "nxt_m": free(Mux(s.nxt_rem < R, s.nxt_rem, R), "f_nxt_m"),           # rows of the next tile
+            "last_rt": free(s.nxt_rem <= R, "f_last_rt"),                          # next tile: last row tile
+            "more_cb": free(s.nxt_ncrem > C, "f_more_cb"),                         # another column block follows
             "a0": free(m_eff <= lc.k, "f_a0"),                                     # f_a_next == 0
             "r0z": free(nxt["r0"] == 0, "f_r0z"),                                  # next tile starts a block
         }
@@ -177,11 +188,11 @@ class EngineController(wiring.Component):
         cur, prev, nxt = s.cur, s.prev, s.nxt
         nb = self.descriptors.nb                    # outlier beats of the next tile
         o_end_next = f["m2"] + nb
-        w_out = Mux(nb != 0, o_end_next, 0)         # m + nb + DRAIN_OFFSET
-        w_next = Mux(f["base"] > w_out, f["base"], w_out)
+        # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
+        w_next = Mux(nb > f["slack"], o_end_next, f["base"])
         m.d.comb += A(s.commit).eq(0)
         with m.If(s.bnd):
-            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
+            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
                          A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
             with m.If(s.epi):
                 m.d.comb += A(s.busy).eq(0)
@@ -191,21 +202,24 @@ class EngineController(wiring.Component):
                 with m.If(nxt["valid"]):
                     m.d.comb += [
                         A(cur["valid"]).eq(1), A(cur["r0"]).eq(nxt["r0"]), A(cur["m"]).eq(f["nxt_m"]),
+                        A(s.m_eff).eq(f["nxt_m"][:DIM_BITS] << cfg.share_bits),
                         A(cur["c0"]).eq(nxt["c0"]), A(cur["bank"]).eq(nxt["bank"]), A(s.o_end).eq(o_end_next),
                         A(s.wlen).eq(w_next), A(s.a_off).eq(f["a_next"]), A(s.a_end).eq(f["a_end"]),
                     ]
                     # advance the next tile: row tiles inner, column blocks outer
                     with m.If(f["last_rt"]):
                         m.d.comb += [A(nxt["r0"]).eq(0), A(nxt["c0"]).eq(nxt["c0"] + C),
+                                     A(s.nxt_rem).eq(self.layer.m), A(s.nxt_ncrem).eq(s.nxt_ncrem - C),
                                      A(nxt["bank"]).eq(~nxt["bank"]), A(nxt["valid"]).eq(f["more_cb"])]
                     with m.Else():
-                        m.d.comb += A(nxt["r0"]).eq(nxt["r0"] + R)
+                        m.d.comb += [A(nxt["r0"]).eq(nxt["r0"] + R), A(s.nxt_rem).eq(s.nxt_rem - R)]
                     with m.If(f["r0z"]):             # first tile of a column block
                         m.d.comb += A(s.commit).eq(1)
                 with m.Else():
-                    m.d.comb += [A(cur["valid"]).eq(0), A(s.epi).eq(1), A(s.wlen).eq(f["w_epi"]), A(s.a_off).eq(0)]
+                    m.d.comb += [A(cur["valid"]).eq(0), A(s.m_eff).eq(0), A(s.epi).eq(1), A(s.wlen).eq(f["w_epi"]),
+                                 A(s.a_off).eq(0)]
         with m.Else():
-            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc1 + 1), A(s.bnd).eq(s.wc1 + 1 == s.wlen),
+            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc2 + 1), A(s.bnd).eq(s.wc2 == s.wlen),
                          A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
 
     def _needs(self, m, s, f, A, load_start):
@@ -229,10 +243,20 @@ class EngineController(wiring.Component):
             if cfg.has_outliers:
                 m.d.comb += A(need["outl"]).eq(Mux(need["outl"], ~s.e_o_end, cur["valid"] & s.e_onz & s.e_o_start))
         m.d.comb += A(need["colp"]).eq(load_start)
+
+        def hits(x):
+            """``A(wc1) == A(x)``: at a boundary wc1 becomes 1 (and x its new value); otherwise wc1
+            becomes wc2 and x (written only at boundaries) stays."""
+            return Mux(s.bnd, A(x) == 1, s.wc2 == x)
+        # A(o_end) != A(o_start): a boundary that takes a tile sets o_end = o_start + nb (mod 2^WC,
+        # nb < 2^WC), one without a tile sets o_start alone
+        f_m2 = f["m2"][:len(s.o_start)]
+        onz_bnd = Mux(nxt["valid"], self.descriptors.nb != 0, s.o_end != f_m2)
         m.d.comb += [
-            A(s.e_a_end).eq(A(s.wc1) == A(s.a_end)), A(s.e_a_off).eq(A(s.wc1) == A(s.a_off)),
-            A(s.e_o_start).eq(A(s.wc1) == A(s.o_start)), A(s.e_o_end).eq(A(s.wc1) == A(s.o_end)),
-            A(s.e_drain0).eq(A(s.wc1) == DRAIN_OFFSET), A(s.e_onz).eq(A(s.o_end) != A(s.o_start)),
+            A(s.e_a_end).eq(hits(s.a_end)), A(s.e_a_off).eq(hits(s.a_off)),
+            A(s.e_o_start).eq(hits(s.o_start)), A(s.e_o_end).eq(hits(s.o_end)),
+            A(s.e_drain0).eq(Mux(s.bnd, DRAIN_OFFSET == 1, s.wc2 == DRAIN_OFFSET)),
+            A(s.e_onz).eq(Mux(s.bnd & ~s.epi, onz_bnd, s.o_end != s.o_start)),
         ]
 
     def _registers(self, m, s, A, start):
@@ -241,10 +265,11 @@ class EngineController(wiring.Component):
         cmd, nxt = self.cmd.payload, s.nxt
         with m.If(start):
             m.d.sync += [
-                self.layer.eq(cmd), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.bnd.eq(0), s.epi.eq(0),
+                self.layer.eq(cmd), s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.bnd.eq(0), s.epi.eq(0),
                 s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > 2, cmd.k, 2)),
-                s.cur["valid"].eq(0), s.prev["valid"].eq(0),
+                s.cur["valid"].eq(0), s.m_eff.eq(0), s.prev["valid"].eq(0),
                 nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),
+                s.nxt_rem.eq(cmd.m), s.nxt_ncrem.eq(cmd.n),
                 s.commit.eq(0), s.mac_rd.eq(0), s.drain_pos.eq((-DRAIN_OFFSET) % (1 << rbits)),
                 self.cycles.eq(0),
                 # flags of the start state (wc1 = 1, a_off = 0); a_end / o_* are only used once a

@@ -39,6 +39,11 @@ __all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES"]
 REQUANT_EN_COPIES = 6
 
 
+def _low(x, bits: int):
+    """The low ``bits`` bits of ``x`` (sign-extended first), unsigned."""
+    return (x & ((1 << bits) - 1))[:bits]
+
+
 def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
     """Register ``values`` (a list of ``(value, enable)``) as the next drain stage."""
     regs = []
@@ -61,7 +66,8 @@ class DrainPipeline(wiring.Component):
             output registers, :mod:`hw.dsp`)
     D3b     ``za[r] * colsum[c]`` (sum of the partial products)
     D4      ``acc_d = acc_raw - za * colsum``
-    D5      ``(acc_d << FO) + corr`` at full width; lane inside the layer (``c < N - c0``)
+    D5      ``(acc_d << FO) + corr`` as two sums split at bit ``acc_bits`` (low part with its carry,
+            high part); lane inside the layer (``c < N - c0``)
     D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
     ======  ==========================================================================================
 
@@ -173,7 +179,7 @@ class DrainPipeline(wiring.Component):
         d4_diff = col_stage([d3b_acc[c] - d3b_zp[c] for c in range(G)], "d4_diff")
         d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
                                                                       (d3b_mr, "mr")))
-        # D5: acc = (acc_d << FO) + corr (full width); lanes inside the layer.  FO is a layer constant;
+        # D5: acc = (acc_d << FO) + corr (two halves); lanes inside the layer.  FO is a layer constant;
         # each lane shifts by its own copy (loaded with the lane's enable copy, so the copies stay
         # distinct registers), not by one register routed to every lane
         fo = [Signal.like(self.fo, name=f"fo{c}") for c in range(G)]
@@ -181,21 +187,28 @@ class DrainPipeline(wiring.Component):
             with m.If(self.en_col[c]):
                 m.d.sync += fo[c].eq(self.fo)
         d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
-        d5_full = col_stage([(d4_diff[c] << fo[c]) + d4_corr[c] for c in range(G)], "d5_full")
+        # split at bit W into two carry chains side by side (the full-width sum was one 57-bit chain
+        # after the shift, 8 x 8 W4A4): lo = low W bits of both (+ carry), hi = the rest of both
+        shifted = [d4_diff[c] << fo[c] for c in range(G)]
+        d5_lo = col_stage([_low(shifted[c], W) + _low(d4_corr[c], W) for c in range(G)], "d5_lo")
+        d5_hi = col_stage([(shifted[c] >> W) + (d4_corr[c] >> W) for c in range(G)], "d5_hi")
         d5_in = col_stage([c < self.n - d4_col for c in range(G)], "d5_in")
         d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
         d6_v, d6_row, d6_col, d6_last = row_stage([d5_v, d5_row, d5_col, d5_last], "d6")
-        d6_acc = col_stage([d5_full[c][:W].as_signed() for c in range(G)], "d6_acc")
-        d6_bad = col_stage([d5_v & d5_in[c] & ~((d5_full[c] >= -(1 << (W - 1))) & (d5_full[c] <= (1 << (W - 1)) - 1))
-                            for c in range(G)], "d6_bad")
+        # acc = hi * 2^W + lo fits acc_bits iff its bits from W - 1 up are equal: hi + lo[W] == -lo[W - 1]
+        d6_acc = col_stage([d5_lo[c][:W].as_signed() for c in range(G)], "d6_acc")
+        d6_bad = col_stage([d5_v & d5_in[c] & ((d5_hi[c] + d5_lo[c][W] + d5_lo[c][W - 1]) != 0) for c in range(G)],
+                           "d6_bad")
+        d6_in = col_stage(d5_in, "d6_in")
         d6_cp = col_stage(d5_cp, "d6_cp")
         d6_mr = col_stage(d5_mr, "d6_mr")
         fault = Signal()         # some lane of the drained row overflowed acc_bits (one cycle later)
         with m.If(self.en):
             m.d.sync += fault.eq(Cat(*d6_bad).any())
         o = self.o
-        m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.last.eq(d6_last), o.fault.eq(fault)]
+        m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.last.eq(d6_last), o.fault.eq(fault),
+                     o.inside.eq(Cat(*d6_in))]
         m.d.comb += [x for c in range(G)
                      for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
         return m
@@ -223,8 +236,8 @@ class OutputStage(wiring.Component):
         Enable copies of the requantisers: lane ``j`` takes copies ``j * REQUANT_EN_COPIES ..``.
     clear : In(1)
         Layer start: clears ``acc_fault`` and the requantisers' status.
-    sr, z_out, out_fmt, out_k, n : In
-        The layer's ``Sr``, ``z_out``, output format, output code width and ``N``.
+    sr, z_out, out_fmt, out_k : In
+        The layer's ``Sr``, ``z_out``, output format and output code width.
     i : In(DrainedRowSignature(cols / S, acc_bits))
         Drained column group from :class:`DrainPipeline`.
     out : Out(stream.Signature(out_layout(cols)))
@@ -232,7 +245,8 @@ class OutputStage(wiring.Component):
     fifo : Out(FifoFill)
         FIFO level, for the global stall.
     acc_fault : Out(1)
-        Sticky: a lane inside the layer did not fit ``acc_bits`` (drain or requantiser ``t``).
+        Sticky: a lane inside the layer did not fit ``acc_bits`` (drain or requantiser ``t``); a
+        lane's ``i.inside`` bit travels with it through its requantiser (in the tag).
     """
 
     def __init__(self, cfg: EngineConfig):
@@ -240,7 +254,7 @@ class OutputStage(wiring.Component):
         C = cfg.cols
         super().__init__({
             "en": In(1), "en_rq": In(cfg.drain_lanes * REQUANT_EN_COPIES), "clear": In(1),
-            "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4), "n": In(DIM_BITS),
+            "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4),
             "i": In(DrainedRowSignature(cfg.drain_lanes, cfg.acc_bits)),
             "out": Out(stream.Signature(out_layout(C))),
             "fifo": Out(FifoFill),
@@ -252,11 +266,12 @@ class OutputStage(wiring.Component):
         C, G, W, S = self.cfg.cols, self.cfg.drain_lanes, self.cfg.acc_bits, self.cfg.requant_share
         fifo = m.submodules.fifo = SyncFIFO(width=len(Signal(out_layout(C)).as_value()), depth=OUT_FIFO_DEPTH)
         m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data), fifo.r_en.eq(self.out.ready)]
-        tag_bits = 2 + 2 * DIM_BITS
+        # tag: lane 0 carries (valid, row, col, last, inside), the other lanes (valid, inside)
+        tag_bits = 3 + 2 * DIM_BITS
         outs = []
         for c in range(G):
             k = REQUANT_EN_COPIES
-            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 1,
+            rq = m.submodules[f"requant{c}"] = Requantiser(acc_bits=W, tag_bits=tag_bits if c == 0 else 2,
                                                            en_copies=k)
             cp = self.i.params[c]
             m.d.comb += [
@@ -265,8 +280,8 @@ class OutputStage(wiring.Component):
                 rq.i.payload.mc.eq(cp.mc), rq.i.payload.sc.eq(cp.sc), rq.i.payload.bq.eq(cp.bq),
                 rq.sr.eq(self.sr), rq.z_out.eq(self.z_out), rq.out_fmt.eq(self.out_fmt), rq.bits.eq(self.out_k),
                 rq.clear.eq(self.clear),
-                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col, self.i.last) if c == 0
-                                    else self.i.valid),
+                rq.i.payload.tag.eq(Cat(self.i.valid, self.i.row, self.i.col, self.i.last, self.i.inside[c]) if c == 0
+                                    else Cat(self.i.valid, self.i.inside[c])),
             ]
             outs.append(rq.o.payload)
         tag0 = outs[0].tag
@@ -286,8 +301,8 @@ class OutputStage(wiring.Component):
         m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(col - (S - 1) * G)]
         m.d.comb += [x for c in range(C) for x in (w.data[c].eq(lanes[c][0]), w.sat[c].eq(lanes[c][1]))]
         m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(w.as_value())]
-        ncols_valid = self.n - col
-        rq_fault_any = Cat(*[outs[c].fault & (c < ncols_valid) for c in range(G)]).any()
+        # a requantiser fault counts in a lane inside the layer (its tag's last bit)
+        rq_fault_any = Cat(*[outs[c].fault & outs[c].tag[-1] for c in range(G)]).any()
         with m.If(self.clear):
             m.d.sync += self.acc_fault.eq(0)
         with m.Elif(self.en & (self.i.fault | (valid & rq_fault_any))):

@@ -148,14 +148,16 @@ def DrainedRowSignature(lanes: int, acc_bits: int) -> wiring.Signature:
     ``valid`` / ``row`` / ``col``: a row of the layer, its absolute index and the group's first
     column; ``last``: the row's last column group (always 1 without requantiser sharing);
     ``acc``: ``acc[r, c]`` truncated to ``acc_bits``; ``mr``: ``Mr[r]`` per lane;
-    ``params``: ``Mc, Sc, Bq`` per lane; ``fault``: a lane inside the layer of the group of the
-    *previous* engine cycle did not fit ``acc_bits``.
+    ``params``: ``Mc, Sc, Bq`` per lane; ``inside``: per lane, its column is inside the layer
+    (``col + lane < N``); ``fault``: a lane inside the layer of the group of the *previous* engine
+    cycle did not fit ``acc_bits``.
     """
     return wiring.Signature({
         "valid": Out(1), "row": Out(DIM_BITS), "col": Out(DIM_BITS), "last": Out(1),
         "acc": Out(data.ArrayLayout(signed(acc_bits), lanes)),
         "mr": Out(data.ArrayLayout(unsigned(16), lanes)),
         "params": Out(colp_layout(lanes)),
+        "inside": Out(lanes),
         "fault": Out(1),
     })
 

@@ -125,18 +125,26 @@ class Requantiser(wiring.Component):
             ports["en"] = In(en_copies)
         super().__init__(ports)
 
-    def _config(self, m):
+    def _config(self, m, en_row, en_out):
         """Config ports registered, then the constants derived from them registered again.
 
         ``lo - z_out`` and ``hi - z_out`` are registered a cycle after ``lo`` / ``hi``.  Config ports
         are stable while elements are in flight, and an element needs three cycles to reach the
         first stage that uses them (``rh_row``), so the config registers may sit far from the lanes.
+        ``en_row`` / ``en_out`` load ``Sr`` / the output format, width and ``z_out`` (``None``: every
+        cycle).  In lockstep they are enable copies of this unit: a register loaded every cycle from
+        the same port is one register for synthesis, shared by every requantiser of the engine (8 x 8:
+        one ``cfg_sr`` drove the shifters of eight lanes, issue #15); an element reaches the first
+        stage using them after three enabled cycles, so the registers hold the new layer's values by then.
         Returns ``(sr, z_out, rh_row, lo, hi, lo_mz, hi_mz)``.
         """
         sr, z_out, out_fmt, bits = (Signal.like(x, name=f"cfg_{nm}") for x, nm in
                                     ((self.sr, "sr"), (self.z_out, "z_out"), (self.out_fmt, "out_fmt"),
                                      (self.bits, "bits")))
-        m.d.sync += [sr.eq(self.sr), z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
+        with m.If(Const(1, 1) if en_row is None else en_row):
+            m.d.sync += sr.eq(self.sr)
+        with m.If(Const(1, 1) if en_out is None else en_out):
+            m.d.sync += [z_out.eq(self.z_out), out_fmt.eq(self.out_fmt), bits.eq(self.bits)]
         rh_row = Signal(16, name="rh_row")
         lo = Signal(signed(33), name="sat_lo")
         hi = Signal(signed(33), name="sat_hi")
@@ -193,7 +201,8 @@ class Requantiser(wiring.Component):
             return {k: stage(v, f"{k}{s}", s) for k, v in values.items()}
 
         p = self.i.payload
-        sr, z_out, rh_row, lo, hi, lo_mz, hi_mz = self._config(m)
+        # lockstep: the config registers load with the enable copies of the stages using them
+        sr, z_out, rh_row, lo, hi, lo_mz, hi_mz = self._config(m, ens(3) if n else None, ens(13) if n else None)
 
         def summed(products, pp, extra, s, name):
             """``sum(p << shift) + extra``: carry-save terms registered in stage ``s``, their sum in ``s + 1``."""

@@ -53,11 +53,11 @@ from .engine_layouts import FifoFill, StatusSignature, StreamNeed
 __all__ = ["SkidBuffer", "enable_copies", "GlobalStall", "PES_PER_ENABLE", "mac_en_groups", "BACK_END_DELAY",
            "BackEndEnable", "delay_line", "connect_delayed", "fifo_threshold"]
 
-#: Payload bits per copy of a skid buffer's control (:class:`SkidBuffer`).  32 since issue #15's
-#: session 34 (64 before): the pop of one slice drove the clock enables of 64 payload flip-flops
-#: placed beside their consumers across the chip (`columns.colp` / `descriptors.rowp` load enables,
-#: 5 - 6 ns nets).
-SKID_SLICE_BITS = 32
+#: Payload bits per copy of a skid buffer's control (:class:`SkidBuffer`).  16 since issue #15's
+#: session 35 (32 in session 34, 64 before): the pop of one slice drives the clock enables of its
+#: payload flip-flops, placed beside their consumers across the chip (`columns.colp` /
+#: `descriptors.rowp` load enables: 5.2 ns nets with 32).
+SKID_SLICE_BITS = 16
 
 #: PEs per copy of the enable register (and of the product-stage control) in the MAC array.  One
 #: since issue #15's session 33: with four, the accumulators' clear and the shadow registers' load

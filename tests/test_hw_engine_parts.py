@@ -346,7 +346,7 @@ def test_column_params_sum_loaded_rows_and_swap_banks():
             row = [_rs(cfg.b_bits, rng) for _ in range(C)]
             colp = [(rng.getrandbits(16), rng.randint(0, 47), _rs(48, rng)) for _ in range(C)]
             commit, cbank, rbank = int(rng.random() < 0.1), rng.randint(0, 1), rng.randint(0, 1)
-            ctx.set(dut.en, en)
+            ctx.set(dut.en, (1 << C) - 1 if en else 0)      # every column's enable copy
             ctx.set(dut.load.active, active)
             ctx.set(dut.load.first, first)
             for c in range(C):
@@ -381,9 +381,11 @@ def test_tile_descriptors_next_current_previous():
     rng = random.Random(6)
     R, L = cfg.rows, cfg.outlier_lanes
     zero = {"mr": [0] * R, "za": [0] * R, "n_out": 0}
+    seen_shift_sel = [0]        # selections that see the shift of their own cycle
 
     async def bench(ctx):
         nxt, cur, prev, nb = zero, zero, zero, 0
+        sel = (0, 0)
         for _ in range(600):
             load, shift, take = (int(rng.random() < p) for p in (0.3, 0.3, 0.8))
             d = {"mr": [rng.getrandbits(16) for _ in range(R)], "za": [rng.getrandbits(24) for _ in range(R)],
@@ -395,9 +397,13 @@ def test_tile_descriptors_next_current_previous():
             ctx.set(dut.rowp.n_out, d["n_out"])
             for name, v in (("load", load), ("shift", shift), ("take", take)):
                 ctx.set(getattr(dut.ctl, name), v)
-            ctx.set(dut.drain_row, row)
+            ctx.set(dut.drain_row_next, row)
             assert ctx.get(dut.ctl.nb) == nb and ctx.get(dut.cur_n_out) == cur["n_out"]
-            assert (ctx.get(dut.za), ctx.get(dut.mr)) == (prev["za"][row], prev["mr"][row])
+            # za / Mr: registers, selected a cycle ahead from the previous tile after this cycle's shift
+            assert (ctx.get(dut.za), ctx.get(dut.mr)) == sel
+            after = cur if shift else prev
+            sel = (after["za"][row], after["mr"][row])
+            seen_shift_sel[0] += shift and cur != prev
             if shift:
                 prev, cur = cur, (nxt if take else cur)
             if load:
@@ -405,6 +411,7 @@ def test_tile_descriptors_next_current_previous():
             await ctx.tick()
 
     _simulate(dut, bench)
+    assert seen_shift_sel[0] > 50
 
 
 # ------------------------------------------------------------------------------------- drain pipeline
@@ -470,6 +477,7 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
                     assert (ctx.get(dut.o.row), ctx.get(dut.o.col), ctx.get(dut.o.last)) == \
                         (out["row"], out["col"], out["last"])
                     assert [ctx.get(dut.o.acc[j]) for j in range(G)] == out["acc"]
+                    assert ctx.get(dut.o.inside) == sum(int(j < n - out["col"]) << j for j in range(G))
                     assert [ctx.get(dut.o.mr[j]) for j in range(G)] == [out["mr"]] * G
                     assert [tuple(ctx.get(getattr(dut.o.params[j], f)) for f in ("mc", "sc", "bq"))
                             for j in range(G)] == out["params"]
@@ -527,7 +535,7 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
     got = {"rows": 0, "sat": 0, "faults": 0}
 
     async def bench(ctx):
-        for name, v in (("sr", sr), ("z_out", z_out), ("out_fmt", out_fmt), ("out_k", out_k), ("n", n)):
+        for name, v in (("sr", sr), ("z_out", z_out), ("out_fmt", out_fmt), ("out_k", out_k)):
             ctx.set(getattr(dut, name), v)
         ctx.set(dut.clear, 1)
         for _ in range(REQUANT_LATENCY + 2):          # the requantisers fill with invalid rows
@@ -554,6 +562,8 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
             ctx.set(dut.clear, clear)
             for name, v in (("valid", valid), ("row", row), ("col", col), ("last", is_last), ("fault", dfault)):
                 ctx.set(getattr(dut.i, name), v)
+            inside = [int(c < n - col) for c in range(G)]      # as the drain computes it
+            ctx.set(dut.i.inside, sum(b << c for c, b in enumerate(inside)))
             for c in range(G):
                 ctx.set(dut.i.acc[c], acc[c])
                 ctx.set(dut.i.mr[c], mr)
@@ -579,12 +589,12 @@ def test_output_stage_requantises_in_order_with_fifo_and_fault(out_fmt, out_k, z
                 elif last is not None and last["valid"] and S > 1:
                     held = held[1:] + [last["lanes"]]
                 valid_out = last is not None and last["valid"]
-                rq_fault = valid_out and any(f for c, (_, _, f) in enumerate(last["lanes"]) if c < n - last["col"])
+                rq_fault = valid_out and any(f for (_, _, f), ins in zip(last["lanes"], last["inside"]) if ins)
                 if (dfault or rq_fault) and not clear:
                     fault = 1
                     got["faults"] += 1
                 pipe.pop()
-                pipe.appendleft({"valid": valid, "row": row, "col": col, "last": is_last,
+                pipe.appendleft({"valid": valid, "row": row, "col": col, "last": is_last, "inside": inside,
                                  "lanes": [_requant(acc[c], mr, *params[c], sr, z_out, lo, hi, W) for c in range(G)]})
                 group = (group + valid) % S
             if clear:
