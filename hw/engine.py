@@ -134,6 +134,7 @@ class LayerEngine(wiring.Component):
         m = Module()
         cfg = self.cfg
         R, C, d = cfg.rows, cfg.cols, BACK_END_DELAY
+        assert d >= 2, "the tile descriptors select the drained row two cycles ahead (BACK_END_DELAY >= 2)"
         streams = {n: getattr(self, n).payload.shape() for n in STREAM_PORTS if hasattr(self, n)}
         # a, colp and rowp are read by the back end (operand decoder, column parameters, tile
         # descriptors): their buffers pop d cycles late, so their payload and occupancy registers sit
@@ -172,21 +173,21 @@ class LayerEngine(wiring.Component):
         m.d.comb += [
             back.x_adv.eq(stall.x_adv), back.x_hold.eq(stall.x_hold), back.start.eq(start),
             ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b),
-            desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row_next.eq(0),
+            desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row_ahead.eq(0),
         ]
         # back end (BACK_END_DELAY cycles later): column parameters, drain, output stage
         wiring.connect(m, outs.out, wiring.flipped(self.out))
         wiring.connect(m, outs.fifo, stall.fifo)
         wiring.connect(m, drain.o, outs.i)
-        connect_delayed(m, bbuf.load, cols.load, d, "load")
-        connect_delayed(m, ctl.columns, cols.ctl, d, "columns")
+        connect_delayed(m, bbuf.load, cols.load_ahead, d - 1, "load")        # ColumnParams adds the last register
+        connect_delayed(m, ctl.columns, cols.ctl_ahead, d - 1, "columns")
         connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
         drain_row, _ = drain_row_group(ctl.drain.pos, cfg.share_bits)
         connect_delayed(m, ctl.descriptors, desc.ctl, d, "desc_ctl", names=("load", "shift", "take"))
         m.d.comb += [
             cols.en.eq(back.en.cp), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),
-            desc.rowp.eq(stall.head.rowp), desc.drain_row_next.eq(delay_line(m, drain_row, d - 1, "desc_row")),
+            desc.rowp.eq(stall.head.rowp), desc.drain_row_ahead.eq(delay_line(m, drain_row, d - 2, "desc_row")),
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),

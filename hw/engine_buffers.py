@@ -13,7 +13,7 @@ All registers advance only with the engine's global enable (``en`` or strobes qu
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -22,9 +22,13 @@ from vitaccel.sim.engine_config import DIM_BITS, EngineConfig
 from .dsp import dsp_kind
 from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorControl, LoadSignature,
                              LoaderControl, StreamNeed, colp_layout, row_bits, rowp_layout)
+from .kept import kept_copies
 from .outlier_unit import outlier_beat_layout
 
-__all__ = ["BBuffer", "ColumnParams", "TileDescriptors"]
+__all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES"]
+
+#: Copies of the drained row in :class:`TileDescriptors`: one per 8 bits of ``za`` (24) and ``Mr`` (16).
+ROW_SELECT_COPIES = -(-ZA_BITS // 8) + 2
 
 
 class BBuffer(wiring.Component):
@@ -146,7 +150,10 @@ class ColumnParams(wiring.Component):
     While a block loads, ``colsum[c]`` accumulates the loaded B rows and the block's ``colp`` beat
     is captured with its first row; ``ctl.commit`` copies both into bank ``ctl.commit_bank`` (the
     first cycle of the block's first tile).  The drain reads bank ``ctl.read_bank`` (the previous
-    tile's) combinationally.
+    tile's) combinationally.  The load and control inputs arrive a cycle ahead (``load_ahead``,
+    ``ctl_ahead``) and are registered here, with the strobes the clock enables need already combined
+    (``active & first``, ``commit & commit_bank == bk``), so each column's clock enable is one LUT
+    after its enable copy (issue #15).
 
     Parameters
     ----------
@@ -157,12 +164,12 @@ class ColumnParams(wiring.Component):
     en : In(cols)
         Enable copies, one per column (each drives only its column's registers: the clock enables
         of the 2 x 560 bank bits of an 8 x 8 engine were one net before, issue #15).
-    load : In(LoadSignature(b_bits, cols))
-        The B row being loaded.
+    load_ahead : In(LoadSignature(b_bits, cols))
+        The B row loaded in the next cycle.
     colp : In(colp_layout(cols))
         Head of the ``colp`` stream (taken with the block's first row).
-    ctl : In(ColumnControl)
-        Commit / read bank.
+    ctl_ahead : In(ColumnControl)
+        Commit / read bank of the next cycle.
     colsum : Out(ArrayLayout(signed(colsum_bits), cols))
         ``colsum[c]`` of the read bank.
     params : Out(colp_layout(cols))
@@ -172,8 +179,8 @@ class ColumnParams(wiring.Component):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
-            "en": In(cfg.cols), "load": In(LoadSignature(cfg.b_bits, cfg.cols)), "colp": In(colp_layout(cfg.cols)),
-            "ctl": In(ColumnControl),
+            "en": In(cfg.cols), "load_ahead": In(LoadSignature(cfg.b_bits, cfg.cols)),
+            "colp": In(colp_layout(cfg.cols)), "ctl_ahead": In(ColumnControl),
             "colsum": Out(data.ArrayLayout(signed(cfg.colsum_bits), cfg.cols)),
             "params": Out(colp_layout(cfg.cols)),
         })
@@ -185,16 +192,20 @@ class ColumnParams(wiring.Component):
         scratch = Signal(colp_layout(C), name="colp_scratch")
         colsum_bank = [[Signal(signed(cb), name=f"colsum{bk}_{c}") for c in range(C)] for bk in range(2)]
         colp_bank = [Signal(colp_layout(C), name=f"colp{bk}") for bk in range(2)]
-        ld, ctl = self.load, self.ctl
+        la, ca = self.load_ahead, self.ctl_ahead
+        active, first, take, sel = (Signal(name=n) for n in ("ld_active", "ld_first", "ld_take", "read_bank"))
+        row = Signal.like(la.row, name="ld_row")
+        commit_to = [Signal(name=f"commit_to{bk}") for bk in range(2)]
+        m.d.sync += [active.eq(la.active), first.eq(la.first), take.eq(la.active & la.first), row.eq(la.row),
+                     sel.eq(ca.read_bank), *[commit_to[bk].eq(ca.commit & (ca.commit_bank == bk)) for bk in range(2)]]
         for c in range(C):       # column c: its own enable copy
-            with m.If(self.en[c] & ld.active):
-                m.d.sync += acc[c].eq(Mux(ld.first, 0, acc[c]) + ld.row[c])
-                with m.If(ld.first):
-                    m.d.sync += scratch[c].eq(self.colp[c])
+            with m.If(self.en[c] & active):
+                m.d.sync += acc[c].eq(Mux(first, 0, acc[c]) + row[c])
+            with m.If(self.en[c] & take):
+                m.d.sync += scratch[c].eq(self.colp[c])
             for bk in range(2):
-                with m.If(self.en[c] & ctl.commit & (ctl.commit_bank == bk)):
+                with m.If(self.en[c] & commit_to[bk]):
                     m.d.sync += [colp_bank[bk][c].eq(scratch[c]), colsum_bank[bk][c].eq(acc[c])]
-        sel = self.ctl.read_bank
         for c in range(C):
             m.d.comb += [self.colsum[c].eq(Mux(sel, colsum_bank[1][c], colsum_bank[0][c])),
                          self.params[c].eq(Mux(sel, colp_bank[1][c].as_value(), colp_bank[0][c].as_value()))]
@@ -207,9 +218,10 @@ class TileDescriptors(wiring.Component):
     ``ctl.load`` takes the ``rowp`` head as the next tile's descriptor (and its outlier beat count
     ``ceil(n_out / lanes)``, returned on ``ctl.nb``); ``ctl.shift`` moves current -> previous and,
     with ``ctl.take``, next -> current.  The drain reads ``za`` and ``Mr`` of the previous tile's row
-    ``drain_row`` from registers: they are selected a cycle ahead, with ``drain_row_next`` and the
+    ``drain_row`` from registers: they are selected a cycle ahead, with the next cycle's row and the
     previous tile as it will be after this cycle's shift, so no row multiplexer sits between the
-    drain position and the drain's per-lane copies (issue #15).
+    drain position and the drain's per-lane copies (issue #15).  The next cycle's row is held in
+    :data:`ROW_SELECT_COPIES` kept copies (:func:`hw.kept.kept_copies`), each selecting 8 of the 40 bits.
 
     Parameters
     ----------
@@ -223,18 +235,18 @@ class TileDescriptors(wiring.Component):
         Load / shift strobes (already qualified with the enable); ``nb`` out.
     cur_n_out : Out(16)
         Outlier count of the current tile (the outlier unit's capacity check).
-    drain_row_next : In(range(rows))
-        Row of the previous tile drained in the next cycle.
+    drain_row_ahead : In(range(rows))
+        Row of the previous tile drained two cycles later.
     za, mr : Out(ZA_BITS), Out(16)
-        ``za[drain_row]``, ``Mr[drain_row]`` of the previous tile (registers; ``drain_row`` is the
-        previous cycle's ``drain_row_next``).
+        ``za[drain_row]``, ``Mr[drain_row]`` of the previous tile (registers; ``drain_row`` is
+        ``drain_row_ahead`` of two cycles before).
     """
 
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
             "rowp": In(rowp_layout(cfg.rows)), "ctl": In(DescriptorControl), "cur_n_out": Out(DIM_BITS),
-            "drain_row_next": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
+            "drain_row_ahead": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
         })
 
     def elaborate(self, platform):
@@ -252,9 +264,14 @@ class TileDescriptors(wiring.Component):
             m.d.sync += prev.eq(cur)
             with m.If(self.ctl.take):
                 m.d.sync += cur.eq(nxt)
-        # the previous tile after this cycle (the shift copies current -> previous), row of the next cycle
-        row = self.drain_row_next
-        m.d.sync += [self.za.eq(Mux(self.ctl.shift, cur.za[row], prev.za[row])),
-                     self.mr.eq(Mux(self.ctl.shift, cur.mr[row], prev.mr[row]))]
+        # the previous tile after this cycle (the shift copies current -> previous), row of the next
+        # cycle: one kept copy of the row per 8 selected bits
+        rows = kept_copies(m, platform, self.drain_row_ahead, ROW_SELECT_COPIES, "row_next")
+        for out, field in ((self.za, "za"), (self.mr, "mr")):
+            for lo in range(0, len(out), 8):
+                row = rows.pop(0)
+                hi = min(lo + 8, len(out))
+                sel = [Value.cast(getattr(t, field)[row])[lo:hi] for t in (cur, prev)]
+                m.d.sync += out[lo:hi].eq(Mux(self.ctl.shift, *sel))
         m.d.comb += [self.ctl.nb.eq(nb), self.cur_n_out.eq(cur.n_out)]
         return m

@@ -28,6 +28,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
 from .engine_layouts import (BReadSignature, ColumnControl, DescriptorControl, DrainControl, LoaderControl,
                              MacControl, OutlierControl, StatusSignature, StreamNeed, cmd_layout, row_bits)
+from .kept import kept_copies
 
 __all__ = ["EngineController", "need_signature"]
 
@@ -150,8 +151,11 @@ class EngineController(wiring.Component):
                   *s.need.values(), *flags]
         return s
 
-    def _precompute(self, m, s):
-        """Free-running window arithmetic for the next boundary (registers ``f_*``, no enable)."""
+    def _precompute(self, m, s, m_effs):
+        """Free-running window arithmetic for the next boundary (registers ``f_*``, no enable).
+
+        ``m_effs``: four kept copies of ``s.m_eff`` (:func:`hw.kept.kept_copies`), each feeding two of
+        the eight results (one register feeding all of them was a 7.7 ns net in session 35)."""
         cfg, lc = self.cfg, self.layer
         R, C = cfg.rows, cfg.cols
 
@@ -160,23 +164,24 @@ class EngineController(wiring.Component):
             m.d.sync += reg.eq(value)
             return reg
         nxt = s.nxt
-        m_eff = s.m_eff              # drain cycles of the tile that becomes ``prev``
+        # drain cycles of the tile that becomes ``prev``
+        m_eff, m_eff1, m_eff2, m_eff3 = m_effs
         f = {
             "a_next": free(Mux(m_eff > lc.k, m_eff - lc.k, 0), "f_a_next"),       # a_off of the next window
             # its negation modulo 2^k_bits, the first B row the next window reads (an own register, so
             # no carry chain sits between it and the B buffer's read address)
             "neg_a_next": free(Mux(m_eff > lc.k, lc.k - m_eff, 0)[:cfg.k_bits], "f_neg_a_next"),
-            "a_end": free(Mux(m_eff > lc.k, m_eff, lc.k), "f_a_end"),             # its a_off + K
-            "m2": free(m_eff + DRAIN_OFFSET, "f_m2"),                             # its o_start
+            "a_end": free(Mux(m_eff1 > lc.k, m_eff1, lc.k), "f_a_end"),          # its a_off + K
+            "m2": free(m_eff2 + DRAIN_OFFSET, "f_m2"),                            # its o_start
             # W without outliers, max(m2, K), and its slack over m2 (compares against the layer's K - DRAIN_OFFSET
             # register beside the additions, not after them)
-            "base": free(Mux(m_eff > s.k_do, m_eff + DRAIN_OFFSET, lc.k), "f_base"),
-            "slack": free(Mux(m_eff > s.k_do, 0, s.k_do - m_eff), "f_slack"),
-            "w_epi": free(m_eff + DRAIN_OFFSET + cfg.drain_latency, "f_w_epi"),    # epilogue length
+            "base": free(Mux(m_eff3 > s.k_do, m_eff3 + DRAIN_OFFSET, lc.k), "f_base"),
+            "slack": free(Mux(m_eff3 > s.k_do, 0, s.k_do - m_eff3), "f_slack"),
+            "w_epi": free(m_eff2 + DRAIN_OFFSET + cfg.drain_latency, "f_w_epi"),  # epilogue length
             "nxt_m": free(Mux(s.nxt_rem < R, s.nxt_rem, R), "f_nxt_m"),           # rows of the next tile
             "last_rt": free(s.nxt_rem <= R, "f_last_rt"),                          # next tile: last row tile
             "more_cb": free(s.nxt_ncrem > C, "f_more_cb"),                         # another column block follows
-            "a0": free(m_eff <= lc.k, "f_a0"),                                     # f_a_next == 0
+            "a0": free(m_eff1 <= lc.k, "f_a0"),                                    # f_a_next == 0
             "r0z": free(nxt["r0"] == 0, "f_r0z"),                                  # next tile starts a block
         }
         return f
@@ -295,7 +300,9 @@ class EngineController(wiring.Component):
         en, busy, cur, prev, nxt, need = self.en, s.busy, s.cur, s.prev, s.nxt, s.need
         start = Signal()
         m.d.comb += [self.cmd.ready.eq(~busy), start.eq(self.cmd.valid & ~busy)]
-        f = self._precompute(m, s)
+        # copies of m_eff for the window arithmetic: loaded like m_eff itself (start, else the advance)
+        m_effs = kept_copies(m, platform, Mux(start, 0, A(s.m_eff)), 4, "m_eff_c", en=start | en)
+        f = self._precompute(m, s, m_effs)
         load_start = Signal()       # a boundary that starts loading the next column block
         m.d.comb += load_start.eq(s.bnd & ~s.epi & nxt["valid"] & f["r0z"] & f["more_cb"])
         self._advance(m, s, f, A)

@@ -20,7 +20,7 @@ that column's copy (fanout of the global enable, :mod:`hw.stall`).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -42,6 +42,11 @@ REQUANT_EN_COPIES = 6
 def _low(x, bits: int):
     """The low ``bits`` bits of ``x`` (sign-extended first), unsigned."""
     return (x & ((1 << bits) - 1))[:bits]
+
+
+def _fits_high(hi, carry, top):
+    """``hi + carry + top == 0`` (``carry``, ``top`` single bits) without an adder."""
+    return Mux(carry & top, hi == -2, Mux(carry | top, hi == -1, hi == 0))
 
 
 def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
@@ -196,9 +201,10 @@ class DrainPipeline(wiring.Component):
         d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
         d6_v, d6_row, d6_col, d6_last = row_stage([d5_v, d5_row, d5_col, d5_last], "d6")
-        # acc = hi * 2^W + lo fits acc_bits iff its bits from W - 1 up are equal: hi + lo[W] == -lo[W - 1]
+        # acc = hi * 2^W + lo fits acc_bits iff its bits from W - 1 up are equal: hi + lo[W] + lo[W - 1]
+        # == 0, i.e. hi equals 0, -1 or -2 (three equality reductions side by side, no carry chain)
         d6_acc = col_stage([d5_lo[c][:W].as_signed() for c in range(G)], "d6_acc")
-        d6_bad = col_stage([d5_v & d5_in[c] & ((d5_hi[c] + d5_lo[c][W] + d5_lo[c][W - 1]) != 0) for c in range(G)],
+        d6_bad = col_stage([d5_v & d5_in[c] & ~_fits_high(d5_hi[c], d5_lo[c][W], d5_lo[c][W - 1]) for c in range(G)],
                            "d6_bad")
         d6_in = col_stage(d5_in, "d6_in")
         d6_cp = col_stage(d5_cp, "d6_cp")

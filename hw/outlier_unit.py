@@ -119,7 +119,8 @@ class OutlierUnit(wiring.Component):
         (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
-        Sticky error flags, cleared by :attr:`clear`.
+        Sticky error flags, cleared by :attr:`clear`; ``range_error`` rises one enabled cycle after
+        the issue of the entry out of range.
     clear : In(1)
     """
 
@@ -198,13 +199,16 @@ class OutlierUnit(wiring.Component):
 
         # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
         self._corrections(m, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
-        # ---- error flags
+        # ---- error flags (an entry out of range is registered first, then sets the flag on the next
+        # enabled cycle: the range check's two carry chains and the flag's clock enable were one path)
+        bad_issue = Signal()
         with m.If(self.clear):
-            m.d.sync += [self.overflow.eq(0), self.range_error.eq(0)]
+            m.d.sync += [self.overflow.eq(0), self.range_error.eq(0), bad_issue.eq(0)]
         with m.Elif(en0):
             with m.If(self.tile_start & (self.tile_count > self.capacity)):
                 m.d.sync += self.overflow.eq(1)
-            with m.If(self.issue & Cat(*bad).any()):
+            m.d.sync += bad_issue.eq(self.issue & Cat(*bad).any())
+            with m.If(bad_issue):
                 m.d.sync += self.range_error.eq(1)
         return m
 

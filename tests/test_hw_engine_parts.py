@@ -332,6 +332,8 @@ def test_b_buffer_loader_and_read_ahead_rows():
 
 # ------------------------------------------------------------------------------------ column parameters
 def test_column_params_sum_loaded_rows_and_swap_banks():
+    """Column sums and parameters of the loaded block, committed to a bank and read from the other;
+    the load and control inputs apply one cycle after they are set (``load_ahead``, ``ctl_ahead``)."""
     cfg = BUF_CFG
     dut = ColumnParams(cfg)
     rng = random.Random(4)
@@ -341,32 +343,35 @@ def test_column_params_sum_loaded_rows_and_swap_banks():
     async def bench(ctx):
         acc, scratch = [0] * C, [(0, 0, 0)] * C
         banks = [([0] * C, [(0, 0, 0)] * C) for _ in range(2)]
+        applied = {"active": 0, "first": 0, "row": [0] * C, "commit": 0, "commit_bank": 0, "read_bank": 0}
         for _ in range(800):
-            en, active, first = (int(rng.random() < p) for p in (0.7, 0.8, 0.15))
-            row = [_rs(cfg.b_bits, rng) for _ in range(C)]
+            en = int(rng.random() < 0.7)
+            ahead = {"active": int(rng.random() < 0.8), "first": int(rng.random() < 0.15),
+                     "row": [_rs(cfg.b_bits, rng) for _ in range(C)], "commit": int(rng.random() < 0.1),
+                     "commit_bank": rng.randint(0, 1), "read_bank": rng.randint(0, 1)}
             colp = [(rng.getrandbits(16), rng.randint(0, 47), _rs(48, rng)) for _ in range(C)]
-            commit, cbank, rbank = int(rng.random() < 0.1), rng.randint(0, 1), rng.randint(0, 1)
             ctx.set(dut.en, (1 << C) - 1 if en else 0)      # every column's enable copy
-            ctx.set(dut.load.active, active)
-            ctx.set(dut.load.first, first)
+            ctx.set(dut.load_ahead.active, ahead["active"])
+            ctx.set(dut.load_ahead.first, ahead["first"])
             for c in range(C):
-                ctx.set(dut.load.row[c], row[c])
+                ctx.set(dut.load_ahead.row[c], ahead["row"][c])
                 ctx.set(dut.colp[c].mc, colp[c][0])
                 ctx.set(dut.colp[c].sc, colp[c][1])
                 ctx.set(dut.colp[c].bq, colp[c][2])
-            for name, v in (("commit", commit), ("commit_bank", cbank), ("read_bank", rbank)):
-                ctx.set(getattr(dut.ctl, name), v)
-            sums, params = banks[rbank]
+            for name in ("commit", "commit_bank", "read_bank"):
+                ctx.set(getattr(dut.ctl_ahead, name), ahead[name])
+            sums, params = banks[applied["read_bank"]]
             assert [ctx.get(dut.colsum[c]) for c in range(C)] == sums
             assert [(ctx.get(dut.params[c].mc), ctx.get(dut.params[c].sc), ctx.get(dut.params[c].bq))
                     for c in range(C)] == params
-            if en and commit:            # the bank takes the values before this edge
-                banks[cbank] = (list(acc), list(scratch))
+            if en and applied["commit"]:            # the bank takes the values before this edge
+                banks[applied["commit_bank"]] = (list(acc), list(scratch))
                 commits[0] += 1
-            if en and active:
-                acc = [_s((0 if first else acc[c]) + row[c], cb) for c in range(C)]
-                if first:
+            if en and applied["active"]:
+                acc = [_s((0 if applied["first"] else acc[c]) + applied["row"][c], cb) for c in range(C)]
+                if applied["first"]:
                     scratch = colp
+            applied = ahead
             await ctx.tick()
 
     _simulate(dut, bench)
@@ -385,7 +390,7 @@ def test_tile_descriptors_next_current_previous():
 
     async def bench(ctx):
         nxt, cur, prev, nb = zero, zero, zero, 0
-        sel = (0, 0)
+        sel, row_next = (0, 0), 0
         for _ in range(600):
             load, shift, take = (int(rng.random() < p) for p in (0.3, 0.3, 0.8))
             d = {"mr": [rng.getrandbits(16) for _ in range(R)], "za": [rng.getrandbits(24) for _ in range(R)],
@@ -397,12 +402,13 @@ def test_tile_descriptors_next_current_previous():
             ctx.set(dut.rowp.n_out, d["n_out"])
             for name, v in (("load", load), ("shift", shift), ("take", take)):
                 ctx.set(getattr(dut.ctl, name), v)
-            ctx.set(dut.drain_row_next, row)
+            ctx.set(dut.drain_row_ahead, row)
             assert ctx.get(dut.ctl.nb) == nb and ctx.get(dut.cur_n_out) == cur["n_out"]
             # za / Mr: registers, selected a cycle ahead from the previous tile after this cycle's shift
             assert (ctx.get(dut.za), ctx.get(dut.mr)) == sel
             after = cur if shift else prev
-            sel = (after["za"][row], after["mr"][row])
+            sel = (after["za"][row_next], after["mr"][row_next])
+            row_next = row                      # the row set now is selected in the next cycle
             seen_shift_sel[0] += shift and cur != prev
             if shift:
                 prev, cur = cur, (nxt if take else cur)
