@@ -195,10 +195,25 @@ class EngineController(wiring.Component):
         o_end_next = f["m2"] + nb
         # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
         w_next = Mux(nb > f["slack"], o_end_next, f["base"])
+        # the window boundary through kept copies of bnd: counters, tile state, next tile (each copy
+        # drives one group's clock enables; one bnd drove all of them, session 35)
+        b_count, b_tile, b_next = s.bnd_copies[:3]
         m.d.comb += A(s.commit).eq(0)
-        with m.If(s.bnd):
+        with m.If(b_count):
             m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
                          A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
+        with m.Else():
+            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc2 + 1), A(s.bnd).eq(s.wc2 == s.wlen),
+                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
+        with m.If(b_next & ~s.epi & nxt["valid"]):
+            # advance the next tile: row tiles inner, column blocks outer
+            with m.If(f["last_rt"]):
+                m.d.comb += [A(nxt["r0"]).eq(0), A(nxt["c0"]).eq(nxt["c0"] + C),
+                             A(s.nxt_rem).eq(self.layer.m), A(s.nxt_ncrem).eq(s.nxt_ncrem - C),
+                             A(nxt["bank"]).eq(~nxt["bank"]), A(nxt["valid"]).eq(f["more_cb"])]
+            with m.Else():
+                m.d.comb += [A(nxt["r0"]).eq(nxt["r0"] + R), A(s.nxt_rem).eq(s.nxt_rem - R)]
+        with m.If(b_tile):
             with m.If(s.epi):
                 m.d.comb += A(s.busy).eq(0)
             with m.Else():
@@ -211,27 +226,18 @@ class EngineController(wiring.Component):
                         A(cur["c0"]).eq(nxt["c0"]), A(cur["bank"]).eq(nxt["bank"]), A(s.o_end).eq(o_end_next),
                         A(s.wlen).eq(w_next), A(s.a_off).eq(f["a_next"]), A(s.a_end).eq(f["a_end"]),
                     ]
-                    # advance the next tile: row tiles inner, column blocks outer
-                    with m.If(f["last_rt"]):
-                        m.d.comb += [A(nxt["r0"]).eq(0), A(nxt["c0"]).eq(nxt["c0"] + C),
-                                     A(s.nxt_rem).eq(self.layer.m), A(s.nxt_ncrem).eq(s.nxt_ncrem - C),
-                                     A(nxt["bank"]).eq(~nxt["bank"]), A(nxt["valid"]).eq(f["more_cb"])]
-                    with m.Else():
-                        m.d.comb += [A(nxt["r0"]).eq(nxt["r0"] + R), A(s.nxt_rem).eq(s.nxt_rem - R)]
                     with m.If(f["r0z"]):             # first tile of a column block
                         m.d.comb += A(s.commit).eq(1)
                 with m.Else():
                     m.d.comb += [A(cur["valid"]).eq(0), A(s.m_eff).eq(0), A(s.epi).eq(1), A(s.wlen).eq(f["w_epi"]),
                                  A(s.a_off).eq(0)]
-        with m.Else():
-            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc2 + 1), A(s.bnd).eq(s.wc2 == s.wlen),
-                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
 
     def _needs(self, m, s, f, A, load_start):
         """Stream needs of the next cycle (only equality compares on registers) and the flags."""
         cfg, need = self.cfg, s.need
         cur, prev, nxt = s.cur, s.prev, s.nxt
-        with m.If(s.bnd):
+        bnd = s.bnd_copies[3]
+        with m.If(bnd):
             m.d.comb += [
                 A(need["a"]).eq(~s.epi & nxt["valid"] & f["a0"]),
                 A(need["rowp"]).eq(~s.epi & nxt["valid"] & (~f["last_rt"] | f["more_cb"])),
@@ -252,7 +258,7 @@ class EngineController(wiring.Component):
         def hits(x):
             """``A(wc1) == A(x)``: at a boundary wc1 becomes 1 (and x its new value); otherwise wc1
             becomes wc2 and x (written only at boundaries) stays."""
-            return Mux(s.bnd, A(x) == 1, s.wc2 == x)
+            return Mux(bnd, A(x) == 1, s.wc2 == x)
         # A(o_end) != A(o_start): a boundary that takes a tile sets o_end = o_start + nb (mod 2^WC,
         # nb < 2^WC), one without a tile sets o_start alone
         f_m2 = f["m2"][:len(s.o_start)]
@@ -260,8 +266,8 @@ class EngineController(wiring.Component):
         m.d.comb += [
             A(s.e_a_end).eq(hits(s.a_end)), A(s.e_a_off).eq(hits(s.a_off)),
             A(s.e_o_start).eq(hits(s.o_start)), A(s.e_o_end).eq(hits(s.o_end)),
-            A(s.e_drain0).eq(Mux(s.bnd, DRAIN_OFFSET == 1, s.wc2 == DRAIN_OFFSET)),
-            A(s.e_onz).eq(Mux(s.bnd & ~s.epi, onz_bnd, s.o_end != s.o_start)),
+            A(s.e_drain0).eq(Mux(bnd, DRAIN_OFFSET == 1, s.wc2 == DRAIN_OFFSET)),
+            A(s.e_onz).eq(Mux(bnd & ~s.epi, onz_bnd, s.o_end != s.o_start)),
         ]
 
     def _registers(self, m, s, A, start):
@@ -302,6 +308,7 @@ class EngineController(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(~busy), start.eq(self.cmd.valid & ~busy)]
         # copies of m_eff for the window arithmetic: loaded like m_eff itself (start, else the advance)
         m_effs = kept_copies(m, platform, Mux(start, 0, A(s.m_eff)), 4, "m_eff_c", en=start | en)
+        s.bnd_copies = kept_copies(m, platform, Mux(start, 0, A(s.bnd)), 4, "bnd_c", en=start | en)
         f = self._precompute(m, s, m_effs)
         load_start = Signal()       # a boundary that starts loading the next column block
         m.d.comb += load_start.eq(s.bnd & ~s.epi & nxt["valid"] & f["r0z"] & f["more_cb"])
