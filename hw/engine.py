@@ -158,7 +158,7 @@ class LayerEngine(wiring.Component):
         en, lc, start = stall.en, ctl.layer, ctl.status.start
         late = _delayer(m)                                          # front end -> back end
         late_start = late(start, "start")
-        _, en_drain, en_out = back.en.unit                  # [0]: the operand decoder's
+        _, en_drain, en_out = back.en.unit          # [0]: the operand decoder's
 
         # front end: streams in, the controller's state and strobes to the units it schedules
         for name in streams:
