@@ -17,7 +17,9 @@ nextpnr's own report prints).  A ``CCU2C`` carry slice is two ``TRELLIS_COMB`` h
 gives both halves a ``FCI -> FCO`` delay, nextpnr's timing (and its critical path report) counts it
 once per slice, on the first half: so does this analysis.  Paths through the contents of
 distributed RAM (write clock to read data) and from top-level ports are not timed, as in nextpnr's
-report of an out-of-context design.
+report of an out-of-context design.  A ``MULT18X18D`` with its registers (hw/dsp.py) launches from its
+``CLK0``-``CLK3`` pins (``CLK0 -> P*``) like any register; until session 36 only ``CLK``, ``CLKA``,
+``CLKB`` and ``WCK`` were clocks here, so paths starting at a DSP's output register were not timed.
 
 A *unit* is the first component of an instance name with yosys' ``$N`` suffixes removed
 (``mac``, ``drain``, ``output``, ``stall`` ...): the engine's submodule names (hw/engine.py), from
@@ -38,7 +40,7 @@ _SETUP = re.compile(r'\(SETUPHOLD\s+\((?:posedge|negedge)\s+(\S+)\)\s+\((?:posed
                     r'\(([-\d.]+):([-\d.]+):([-\d.]+)\)')
 _NET = re.compile(r'\(INTERCONNECT\s+(\S+)\s+(\S+)\s+\(([-\d.]+):([-\d.]+):([-\d.]+)\)')
 _TIMESCALE = re.compile(r'\(TIMESCALE\s+(\d+)\s*(ps|ns)\)')
-_CLOCK_PINS = ("CLK", "CLKA", "CLKB", "WCK")
+_CLOCK_PIN = re.compile(r"CLK[AB0-3]?|WCK")     # FF / DPR16X4 / DP16KD ports A, B / MULT18X18D CLK0-3
 
 
 class SdfError(ValueError):
@@ -80,7 +82,7 @@ def parse_sdf(text: str) -> TimingGraph:
         body = text[s:e]
         for a, b, _, _, worst in _IOPATH.findall(body):
             d = float(worst) * scale
-            if a in _CLOCK_PINS:
+            if _CLOCK_PIN.fullmatch(a):
                 g.launch[f"{inst}/{b}"] = max(g.launch.get(f"{inst}/{b}", 0.0), d)
             elif not (a == "FCI" and b == "FCO" and inst.endswith("$CCU2_COMB1")):
                 g.arcs[f"{inst}/{a}"].append((f"{inst}/{b}", d))

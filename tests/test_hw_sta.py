@@ -107,3 +107,15 @@ def test_timing_by_unit_script_names_a_directory_without_a_routed_design(tmp_pat
     assert mod.main([str(tmp_path), "--freq", "250", "--json", str(tmp_path / "t.json")]) == 0
     out = capsys.readouterr().out
     assert "2 endpoints, 1 miss 250 MHz" in out and "| `v` | 2 | 1 | 4.50 |" in out
+
+
+def test_a_registered_dsp_output_starts_a_timed_path():
+    """MULT18X18D with its output register: ``CLK0 -> P3`` is a clock-to-out, so d.m/P3 launches a
+    path (0.735 + 2.0 + 0.1 setup); its input ``A0`` is an endpoint with its own setup time."""
+    dsp = _cell("MULT18X18D", "d.m", [("CLK0", "P3", 735)], [("A0", 68)])
+    text = _sdf(FF("u.a") + FF("v.b") + dsp, _net("d.m/P3", "v.b/DI", 2000) + _net("u.a/Q", "d.m/A0", 500))
+    ends = {e: (s, d) for e, s, d in endpoint_delays(parse_sdf(text))}
+    assert ends["v.b/DI"] == ("d.m/P3", pytest.approx(0.735 + 2.0 + 0.1))
+    assert ends["d.m/A0"] == ("u.a/Q", pytest.approx(0.5 + 0.5 + 0.068))
+    t = unit_timing(text, target_mhz=400.0)
+    assert t["endpoints"] == 2 and t["fmax_mhz"] == pytest.approx(1000 / 2.835, abs=0.01)
