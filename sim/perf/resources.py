@@ -19,7 +19,8 @@ route, the cell counts and the command and commit that produced them. This modul
 * :func:`loo_errors` -- the model's error on each recorded configuration when that point is held back.
 
 A run that was synthesized but not placed has no ``TRELLIS_COMB``; :func:`resource_value` derives it
-from its ``LUT4 + 2 CCU2C`` and the packing ratio nextpnr showed on the placed runs (about 1.06).
+from its ``LUT4 + 2 CCU2C`` and the packing ratio nextpnr showed on the placed runs (:func:`packing_ratio`;
+docs/estimator.md quotes its current value).
 """
 from __future__ import annotations
 
