@@ -6,7 +6,8 @@
       acc_d[r, c] = acc_raw[r, c] - za[r] * colsum[c]
       acc[r, c]   = (acc_d[r, c] << FO) + corr[r, c]        (corr: the outlier sum of section 5)
 
-  in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 7 register stages, then truncates to
+  in :data:`sim.engine_config.PRE_REQUANT_LATENCY` = 7 register stages (8 with shared requantisers:
+  :attr:`sim.engine_config.EngineConfig.pre_requant_latency`), then truncates to
   ``acc_bits`` and flags values that do not fit (``acc_fault``; section 6, accumulator bound).
 * :class:`OutputStage` -- one :class:`hw.requantiser.Requantiser` per lane (section 7), the output
   row assembly and the output FIFO, and the sticky ``acc_fault`` flag.
@@ -66,6 +67,9 @@ class DrainPipeline(wiring.Component):
     ======  ==========================================================================================
     stage   register contents
     ======  ==========================================================================================
+    (D0)    only with ``requant_share > 1`` (:attr:`EngineConfig.gather_stage`): every column's
+            ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq`` of the drained row at that column; the
+            column group, ``za[r]``, ``Mr[r]`` per lane (D1 multiplexes from these registers)
     D1      drained column group: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per lane
     D2, D3  partial products of ``za[r] * colsum[c]`` (DSP blocks: D2 their input registers, D3 their
             output registers, :mod:`hw.dsp`)
@@ -106,6 +110,9 @@ class DrainPipeline(wiring.Component):
         Column data of the drained tile's block.
     rows : Out(ArrayLayout(unsigned(row_bits), cols))
         Drained row number, one register copy per column.
+    rows_nx : Out(ArrayLayout(unsigned(row_bits), cols))
+        Only with the gather stage: the value :attr:`rows` takes after this cycle (the outlier unit
+        registers its correction memories' read address from it).
     o : Out(DrainedRowSignature(cols / S, acc_bits))
         The column group entering the requantisers.
     """
@@ -123,6 +130,8 @@ class DrainPipeline(wiring.Component):
         }
         if cfg.has_outliers:
             ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
+        if cfg.gather_stage:
+            ports["rows_nx"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -145,24 +154,51 @@ class DrainPipeline(wiring.Component):
         def col_stage(values, prefix):
             return _stage(m, [(values[j], self.en_col[j]) for j in range(G)], prefix)
 
+        gather = self.cfg.gather_stage
+        if gather:
+            # D0 (requant_share > 1): the drained row's values registered at their columns, the column
+            # group and za / Mr per lane; D1 then multiplexes the lane's group from these registers
+            pos_nx = [Signal(pb, name=f"pos_nx{c}") for c in range(C)]
+            for c in range(C):   # the copies' next value (the outlier unit's registered read address)
+                m.d.comb += [pos_nx[c].eq(Mux(self.start, (-DRAIN_OFFSET) % (1 << pb),
+                                              Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
+                             self.rows_nx[c].eq(drain_row_group(pos_nx[c], sb)[0])]
+
+            def per_col(values, prefix):
+                return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)
+            sel = col_stage([drain_row_group(pos[j], sb)[1] for j in range(G)], "d0_grp")
+            src_acc = per_col([self.acc[c] for c in range(C)], "d0_acc")
+            src_corr = per_col([self.corr[c] for c in range(C)], "d0_corr") if self.cfg.has_outliers else None
+            src_cp = per_col([self.params[c].as_value() for c in range(C)], "d0_cp")
+            src_cs = per_col([self.colsum[c] for c in range(C)], "d0_cs")
+            src_za, src_mr = col_stage([self.za] * G, "d0_za"), col_stage([self.mr] * G, "d0_mr")
+        else:
+            sel = [drain_row_group(pos[j], sb)[1] for j in range(G)]
+            src_acc, src_cs = [self.acc[c] for c in range(C)], [self.colsum[c] for c in range(C)]
+            src_corr = [self.corr[c] for c in range(C)] if self.cfg.has_outliers else None
+            src_cp = [self.params[c].as_value() for c in range(C)]
+            src_za, src_mr = [self.za] * G, [self.mr] * G
+
         def grouped(values):
             """Lane ``j`` of the drained column group: column ``group * G + j`` (group from copy ``j``)."""
             if S == 1:
                 return list(values)
-            return [Array(values[g * G + j] for g in range(S))[drain_row_group(pos[j], sb)[1]] for j in range(G)]
-        corr = grouped([self.corr[c] for c in range(C)]) if self.cfg.has_outliers else [Const(0, 1)] * G
+            return [Array(values[g * G + j] for g in range(S))[sel[j]] for j in range(G)]
+        corr = grouped(src_corr) if self.cfg.has_outliers else [Const(0, 1)] * G
         row, group = drain_row_group(ctl.pos, sb)
         # D1: select the drained row (and column group); the row parameters za, Mr get one register
         # copy per lane (each feeds that lane's DSP blocks)
-        d1_v, d1_row, d1_col, d1_last = row_stage([ctl.issue, (ctl.r0 + row)[:DIM_BITS],
-                                                   (ctl.c0 + group * G)[:DIM_BITS], group == S - 1], "d1")
-        d1_mr = col_stage([self.mr] * G, "d1_mr")
-        d1_acc = col_stage(grouped([self.acc[c] for c in range(C)]), "d1_acc")
+        d1_in = [ctl.issue, (ctl.r0 + row)[:DIM_BITS], (ctl.c0 + group * G)[:DIM_BITS], group == S - 1]
+        if gather:
+            d1_in = row_stage(d1_in, "d0")
+        d1_v, d1_row, d1_col, d1_last = row_stage(d1_in, "d1")
+        d1_mr = col_stage(src_mr, "d1_mr")
+        d1_acc = col_stage(grouped(src_acc), "d1_acc")
         d1_corr = col_stage(corr, "d1_corr")
-        d1_cp = col_stage(grouped([self.params[c].as_value() for c in range(C)]), "d1_cp")
+        d1_cp = col_stage(grouped(src_cp), "d1_cp")
         # D1: za[r] (one register copy per lane) and colsum[c] in the fabric, beside the row multiplexers
-        d1_za = col_stage([self.za] * G, "d1_za")
-        d1_cs = col_stage(grouped([self.colsum[c] for c in range(C)]), "d1_cs")
+        d1_za = col_stage(src_za, "d1_za")
+        d1_cs = col_stage(grouped(src_cs), "d1_cs")
         # D2, D3: zero-point partial products za[r] * colsum[c] in DSP blocks (D2: their input
         # registers, D3: their output registers, hw/dsp.py)
         zp_pp = [partial_operands(d1_za[c], d1_cs[c]) for c in range(G)]

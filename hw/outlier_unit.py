@@ -95,6 +95,11 @@ class OutlierUnit(wiring.Component):
         (fanout of the enable).
     drain_copies : int
         Identical copies of :attr:`drain_row` (default 1).
+    addr_reg : bool
+        Drive each memory's read address from a register (default ``False``: a multiplexer of the
+        stage-2 row and :attr:`drain_row`); the register loads the value that multiplexer has in the
+        next cycle, computed from :attr:`drain_row_nx`.  The engine sets it with the drain's gather
+        stage (:attr:`sim.engine_config.EngineConfig.gather_stage`).
 
     Attributes
     ----------
@@ -117,6 +122,8 @@ class OutlierUnit(wiring.Component):
         accumulates in the same cycle); ``drain`` clears that row (when ``en``; the engine raises it
         with the row's last column group).  ``drain_copies`` identical copies of the row number
         (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain ``range(rows)`` port).
+    drain_row_nx : In(ArrayLayout(range(rows), drain_copies))
+        Only with ``addr_reg``: the value :attr:`drain_row` takes in the next cycle.
     corr_row : Out(ArrayLayout(signed(corr_bits), cols))
     overflow, range_error : Out(1)
         Sticky error flags, cleared by :attr:`clear`; ``range_error`` rises one enabled cycle after
@@ -125,12 +132,12 @@ class OutlierUnit(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, capacity: int, lanes: int, corr_bits: int,
-                 addr_bits: int, en_copies: int = 1, drain_copies: int = 1):
+                 addr_bits: int, en_copies: int = 1, drain_copies: int = 1, addr_reg: bool = False):
         if not 1 <= en_copies <= rows:
             raise ValueError(f"OutlierUnit: en_copies must be in 1..{rows}, got {en_copies}")
         if not 1 <= drain_copies <= cols:
             raise ValueError(f"OutlierUnit: drain_copies must be in 1..{cols}, got {drain_copies}")
-        self.en_copies, self.drain_copies = en_copies, drain_copies
+        self.en_copies, self.drain_copies, self.addr_reg = en_copies, drain_copies, addr_reg
         self.rows, self.cols, self.b_bits = rows, cols, b_bits
         self.capacity, self.lanes, self.corr_bits, self.addr_bits = capacity, lanes, corr_bits, addr_bits
         super().__init__({
@@ -146,6 +153,7 @@ class OutlierUnit(wiring.Component):
             "rd_data": In(data.ArrayLayout(data.ArrayLayout(signed(b_bits), cols), lanes)),
             "drain": In(1),
             "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies)),
+            **({"drain_row_nx": In(data.ArrayLayout(range(max(2, rows)), drain_copies))} if addr_reg else {}),
             "corr_row": Out(data.ArrayLayout(signed(corr_bits), cols)),
             "overflow": Out(1),
             "range_error": Out(1),
@@ -198,7 +206,7 @@ class OutlierUnit(wiring.Component):
                     m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
         # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
-        self._corrections(m, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
+        self._corrections(m, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
         # ---- error flags (an entry out of range is registered first, then sets the flag on the next
         # enabled cycle: the range check's two carry chains and the flag's clock enable were one path)
         bad_issue = Signal()
@@ -212,7 +220,7 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += self.range_error.eq(1)
         return m
 
-    def _corrections(self, m: Module, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
+    def _corrections(self, m: Module, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
         """Correction storage: one memory of ``rows`` words per lane and column (section 5).
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
@@ -242,6 +250,8 @@ class OutlierUnit(wiring.Component):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
                 wp, rp = mem.write_port(), mem.read_port(domain="comb")
                 addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
+                if self.addr_reg:   # the same address from a register loaded with its next value
+                    addr = self._next_address(m, l, c, (s1_ok[l], s1_row[l]), (s2_ok[l], s2_row[l]), rbits)
                 word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
                 s3_word = Signal(signed(self.corr_bits), name=f"s3_word{l}_{c}")
                 new = Signal(signed(self.corr_bits), name=f"corr_new{l}_{c}")
@@ -263,3 +273,15 @@ class OutlierUnit(wiring.Component):
             for l in range(1, L):
                 total = total + lane_rows[l][c]
             m.d.comb += self.corr_row[c].eq(total)
+
+    def _next_address(self, m: Module, l: int, c: int, s1, s2, rbits: int) -> Signal:
+        """Read address of lane ``l``'s column-``c`` memory as a register (``addr_reg``): loaded every
+        cycle with the value ``Mux(s2_ok, s2_row, drain_row)`` takes in the next cycle, so it equals
+        that multiplexer in every cycle and the memory's read address comes from a flip-flop beside
+        it, not from the drain position across the array (issue #15, session 37)."""
+        en0 = self.en[0]                                 # stage 2 loads stage 1 when en0 is high
+        nx = Mux(Mux(en0, s1[0], s2[0]), Mux(en0, s1[1], s2[1]),
+                 self.drain_row_nx[c * self.drain_copies // self.cols][:rbits])
+        addr = Signal(rbits, name=f"corr_ra{l}_{c}")
+        m.d.sync += addr.eq(nx)
+        return addr

@@ -23,7 +23,7 @@ from vitaccel.sim.errors import UserError
 
 __all__ = [
     "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
-    "PRE_REQUANT_LATENCY", "REQUANT_LATENCY", "BACK_END_DELAY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
+    "PRE_REQUANT_LATENCY", "GATHER_LATENCY", "REQUANT_LATENCY", "BACK_END_DELAY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
     "acc_bits_at_max_k", "check_acc_for_max_k", "default_acc_bits", "make_engine_config",
 ]
 
@@ -45,6 +45,13 @@ assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows 
 #: (DSP blocks, input and output registers) and their sum, ``acc_d = acc_raw - za * colsum``,
 #: ``(acc_d << FO) + corr``, truncation / range check.  (7 since issue #15's session 34; 6 before.)
 PRE_REQUANT_LATENCY = 7
+#: Extra drain stage of a build with shared requantisers (``requant_share > 1``): the drain's column
+#: gather (``C`` columns spread over the array -> ``C / S`` lanes) takes a register stage of its own
+#: (D0 at the columns, then the column-group multiplexer), and the outlier unit registers the read
+#: address of its correction memories (issue #15, session 37: the 16 x 16 ``requant_share 4`` engine's
+#: worst paths ran from the drain position through those multiplexers).  Builds without sharing are
+#: unchanged.
+GATHER_LATENCY = 1
 #: Cycles from the requantiser input to the output FIFO push (:data:`hw.requantiser.LATENCY`).
 REQUANT_LATENCY = 14
 #: Cycles by which the engine's back end (MAC array, outlier unit, column parameters, drain,
@@ -185,9 +192,21 @@ class EngineConfig:
         return REQUANT_LATENCY
 
     @property
+    def gather_stage(self) -> bool:
+        """Whether the drain has the gather stage D0 (and registered correction read addresses):
+        builds with ``requant_share > 1`` (:data:`GATHER_LATENCY`)."""
+        return self.requant_share > 1
+
+    @property
+    def pre_requant_latency(self) -> int:
+        """Drain stages before the requantisers: :data:`PRE_REQUANT_LATENCY`, plus
+        :data:`GATHER_LATENCY` with :attr:`gather_stage`."""
+        return PRE_REQUANT_LATENCY + (GATHER_LATENCY if self.gather_stage else 0)
+
+    @property
     def drain_latency(self) -> int:
         """Cycles from a drain issue until the output row enters the output FIFO."""
-        return PRE_REQUANT_LATENCY + self.requant_latency
+        return self.pre_requant_latency + self.requant_latency
 
     # ----------------------------------------------------------------------------------- I/O
     def to_dict(self) -> dict:

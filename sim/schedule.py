@@ -33,11 +33,12 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
 
    so for every layer with ``K >= S * R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - S * R``,
    ``W_s = K``: drain, requantisation, outliers and B loading are completely hidden.
-   (``DRAIN_OFFSET = 4``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 6``,
-   ``REQUANT_LATENCY = 10``, see :mod:`sim.engine_config`.)
-3. **Drain** of the last tile: ``DRAIN_OFFSET + S * m_last + PRE_REQUANT_LATENCY`` cycles plus
-   ``requant = REQUANT_LATENCY`` cycles; the counter stops in the cycle the last output row enters
-   the output FIFO.
+   (``DRAIN_OFFSET = 4``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 7``,
+   ``REQUANT_LATENCY = 14``, see :mod:`sim.engine_config`.)
+3. **Drain** of the last tile: ``DRAIN_OFFSET + S * m_last + P`` cycles plus
+   ``requant = REQUANT_LATENCY`` cycles, ``P = EngineConfig.pre_requant_latency``
+   (``PRE_REQUANT_LATENCY``, one more with ``S > 1``: the drain's gather stage); the counter
+   stops in the cycle the last output row enters the output FIFO.
 
 ``total = fill + sum_s W_s + drain + requant``; it is split as ``compute = n_tiles * K``,
 ``overhead = sum_s (W_s^0 - K)`` (window stretch when ``K`` is small; ``W_s^0`` is ``W_s`` with no
@@ -51,7 +52,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .engine_config import (DRAIN_OFFSET, OUTLIER_LATENCY, PRE_REQUANT_LATENCY, ConfigError, EngineConfig,
+from .engine_config import (DRAIN_OFFSET, OUTLIER_LATENCY, ConfigError, EngineConfig,
                      check_layer_shape)
 
 __all__ = ["CycleBreakdown", "tile_cycles", "layer_cycles", "window_cycles", "tile_order"]
@@ -145,7 +146,7 @@ def layer_cycles(cfg: EngineConfig, M: int, K: int, N: int,
         m_prev = m
     fill = max(K, 2)
     compute = len(tiles) * K
-    drain = DRAIN_OFFSET + cfg.requant_share * m_prev + PRE_REQUANT_LATENCY
+    drain = DRAIN_OFFSET + cfg.requant_share * m_prev + cfg.pre_requant_latency
     requant = cfg.requant_latency
     total = fill + windows + drain + requant
     macs = M * K * N

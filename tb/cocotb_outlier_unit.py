@@ -116,8 +116,10 @@ class OutlierUnitDriver:
     """Announce, issue and drain tiles with random ``en`` stalls and issue bubbles; model the B buffer."""
 
     def __init__(self, tb: Testbench, rows: int, cols: int, lanes: int, b_bits: int, corr_bits: int,
-                 addr_bits: int, en_prob: float, bubble_prob: float):
+                 addr_bits: int, en_prob: float, bubble_prob: float, addr_reg: bool = False):
         self.tb, self.dut = tb, tb.dut
+        self.addr_reg = addr_reg            # the unit reads drain_row_nx a cycle ahead (registered address)
+        self.row_now = self.row_nx = 0      # drain_row of this cycle and of the next one
         self.rows, self.cols, self.lanes = rows, cols, lanes
         self.ec = entry_codec(lanes)
         self.addr = PayloadCodec([Field("a", addr_bits)]).repeat(lanes)
@@ -132,6 +134,7 @@ class OutlierUnitDriver:
         await FallingEdge(self.tb.clk)
         addrs = self.addr.unpack(int(self.dut.rd_addr.value))
         await RisingEdge(self.tb.clk)
+        self.row_now = self.row_nx
         if en:
             words = {}
             for l in range(self.lanes):
@@ -141,14 +144,19 @@ class OutlierUnitDriver:
                     words[f"b[{l * self.cols + c}]"] = row[c]
             self.dut.rd_data.value = self.bcodec.pack(words)
 
-    def _idle_inputs(self) -> None:
+    def _idle_inputs(self, row_nx: int | None = None) -> None:
+        """Random inputs, nothing issued; ``drain_row`` is the row chosen a cycle earlier and the
+        next cycle's (``row_nx``, random if ``None``) is shown on ``drain_row_nx`` with ``addr_reg``."""
         r = self.rng
         self.dut.issue.value = 0
         self.dut.entries.value = r.getrandbits(self.ec.width)
         self.dut.tile_start.value = 0
         self.dut.tile_count.value = r.getrandbits(16)
         self.dut.drain.value = r.getrandbits(1)
-        self.dut.drain_row.value = r.randrange(self.rows)
+        self.row_nx = r.randrange(self.rows) if row_nx is None else row_nx
+        self.dut.drain_row.value = self.row_now
+        if self.addr_reg:
+            self.dut.drain_row_nx.value = self.row_nx
         self.dut.clear.value = 0
 
     def _en(self) -> bool:
@@ -199,7 +207,7 @@ class OutlierUnitDriver:
         # OUTLIER_LATENCY more enabled edges: partial products, products, then correction registers
         done = 0
         while done < OUTLIER_LATENCY:
-            self._idle_inputs()
+            self._idle_inputs(row_nx=0)             # the drain starts at row 0
             dut.drain.value = 0
             en = self._en()
             await self._cycle(en)
@@ -208,11 +216,10 @@ class OutlierUnitDriver:
         got = []
         r = 0
         while r < tile["m"]:
-            self._idle_inputs()
             en = self._en()
+            self._idle_inputs(row_nx=(r + int(en)) % self.rows)   # drain_row is r (chosen a cycle earlier)
             if en:
                 dut.drain.value = 1
-                dut.drain_row.value = r
                 await Timer(100, unit="ps")
                 vals = self.corr.unpack(int(dut.corr_row.value))
                 got.append([vals[f"c[{c}]"] for c in range(self.cols)])
@@ -238,7 +245,7 @@ async def rtl_outlier_unit(dut):
             board.expect({"tile": t["name"], "corr": exp_rows, **t["after"]})
         drv = OutlierUnitDriver(tb, int(data["rows"]), cols, int(data["lanes"]), int(data["b_bits"]),
                                 int(data["corr_bits"]), int(data["addr_bits"]), float(run["en_prob"]),
-                                float(run["bubble_prob"]))
+                                float(run["bubble_prob"]), bool(data.get("addr_reg", False)))
         dut.clear.value = 1
         await RisingEdge(tb.clk)
         dut.clear.value = 0

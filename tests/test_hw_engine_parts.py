@@ -19,7 +19,7 @@ from vitaccel.hw.engine_buffers import BBuffer, ColumnParams, TileDescriptors
 from vitaccel.hw.engine_control import EngineController
 from vitaccel.hw.engine_drain import DrainPipeline, OutputStage
 from vitaccel.hw.stall import GlobalStall
-from vitaccel.sim.engine_config import (DRAIN_OFFSET, PRE_REQUANT_LATENCY, REQUANT_LATENCY, EngineConfig)
+from vitaccel.sim.engine_config import (DRAIN_OFFSET, REQUANT_LATENCY, EngineConfig)
 from vitaccel.sim.schedule import layer_cycles
 
 
@@ -79,7 +79,7 @@ def _schedule(cfg: EngineConfig, M: int, K: int, N: int, counts: list[int]) -> l
                   outl=t["nb"] > 0 and DRAIN_OFFSET + mp <= w < DRAIN_OFFSET + mp + t["nb"])
         prev = t
     ev[-1].update(shift=True, take=False)             # into the epilogue
-    for w in range(DRAIN_OFFSET + S * prev["m"] + PRE_REQUANT_LATENCY + REQUANT_LATENCY):
+    for w in range(DRAIN_OFFSET + S * prev["m"] + cfg.pre_requant_latency + REQUANT_LATENCY):
         cycle(drain=(w - DRAIN_OFFSET, prev) if DRAIN_OFFSET <= w < DRAIN_OFFSET + S * prev["m"] else None)
     return ev
 
@@ -442,7 +442,7 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
     seen = {"valid": 0, "fault": 0, "groups": set()}
 
     async def bench(ctx):
-        pipe = deque([None] * PRE_REQUANT_LATENCY)       # rows in D1 .. D6
+        pipe = deque([None] * cfg.pre_requant_latency)   # rows in (D0,) D1 .. D6
         fault = 0
         pos_reg = 0                                     # the per-column copies of the drain position
         ctx.set(dut.fo, fo)
@@ -472,7 +472,7 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
                 ctx.set(dut.corr[c], corr[c])
                 for f, v in zip(("mc", "sc", "bq"), params[c]):
                     ctx.set(getattr(dut.params[c], f), v)
-            # outputs: the row that entered PRE_REQUANT_LATENCY enabled cycles ago
+            # outputs: the row that entered pre_requant_latency enabled cycles ago
             assert [ctx.get(dut.rows[c]) for c in range(C)] == [pos_reg >> sb] * C
             out = pipe[-1]
             assert ctx.get(dut.o.fault) == fault
@@ -501,6 +501,8 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
                 pos_reg = (-DRAIN_OFFSET) % (1 << pb)
             elif en:
                 pos_reg = pos_adv
+            if cfg.gather_stage:     # the copies' next value (the outlier unit's registered read address)
+                assert [ctx.get(dut.rows_nx[c]) for c in range(C)] == [pos_reg >> sb] * C
             if en:
                 fault = int(out is not None and out["bad"])
                 seen["fault"] += fault

@@ -63,16 +63,18 @@ def test_mac_array_rtl():
 
 
 @pytest.mark.slow
-def test_outlier_unit_rtl():
-    """OutlierUnit 4 x 4, L = 2 in Verilator: exact correction rows and overflow / range_error flags."""
+@pytest.mark.parametrize("addr_reg", [False, True], ids=["mux_address", "registered_address"])
+def test_outlier_unit_rtl(addr_reg):
+    """OutlierUnit 4 x 4, L = 2 in Verilator: exact correction rows and overflow / range_error flags
+    (with the memories' read address multiplexed, and registered from ``drain_row_nx``)."""
     from vitaccel.hw.outlier_unit import OutlierUnit
     from vitaccel.tb import cocotb_outlier_unit as tbm
 
     addr_bits = max(1, (OUTL["max_k"] - 1).bit_length())
     corr_bits = tbm.corr_bits_for(OUTL["capacity"], OUTL["b_bits"])
     params = dict(rows=OUTL["rows"], cols=OUTL["cols"], b_bits=OUTL["b_bits"], capacity=OUTL["capacity"],
-                  lanes=OUTL["lanes"], corr_bits=corr_bits, addr_bits=addr_bits)
-    v = verilog_for(OutlierUnit, "outlier_unit", params)
+                  lanes=OUTL["lanes"], corr_bits=corr_bits, addr_bits=addr_bits, addr_reg=addr_reg)
+    v = verilog_for(OutlierUnit, "outlier_unit" + ("_ra" if addr_reg else ""), params)
     tiles = tbm.make_tiles(1, OUTL["rows"], OUTL["cols"], OUTL["capacity"], OUTL["max_k"])
-    run_cocotb("outlier_unit", [v], "vitaccel.tb.cocotb_outlier_unit",
+    run_cocotb("outlier_unit" + ("_ra" if addr_reg else ""), [v], "vitaccel.tb.cocotb_outlier_unit",
                data={**params, "tiles": tiles, "runs": RUNS, "seed": 4})
