@@ -155,29 +155,8 @@ class DrainPipeline(wiring.Component):
             return _stage(m, [(values[j], self.en_col[j]) for j in range(G)], prefix)
 
         gather = self.cfg.gather_stage
-        if gather:
-            # D0 (requant_share > 1): the drained row's values registered at their columns, the column
-            # group and za / Mr per lane; D1 then multiplexes the lane's group from these registers
-            pos_nx = [Signal(pb, name=f"pos_nx{c}") for c in range(C)]
-            for c in range(C):   # the copies' next value (the outlier unit's registered read address)
-                m.d.comb += [pos_nx[c].eq(Mux(self.start, (-DRAIN_OFFSET) % (1 << pb),
-                                              Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
-                             self.rows_nx[c].eq(drain_row_group(pos_nx[c], sb)[0])]
-
-            def per_col(values, prefix):
-                return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)
-            sel = col_stage([drain_row_group(pos[j], sb)[1] for j in range(G)], "d0_grp")
-            src_acc = per_col([self.acc[c] for c in range(C)], "d0_acc")
-            src_corr = per_col([self.corr[c] for c in range(C)], "d0_corr") if self.cfg.has_outliers else None
-            src_cp = per_col([self.params[c].as_value() for c in range(C)], "d0_cp")
-            src_cs = per_col([self.colsum[c] for c in range(C)], "d0_cs")
-            src_za, src_mr = col_stage([self.za] * G, "d0_za"), col_stage([self.mr] * G, "d0_mr")
-        else:
-            sel = [drain_row_group(pos[j], sb)[1] for j in range(G)]
-            src_acc, src_cs = [self.acc[c] for c in range(C)], [self.colsum[c] for c in range(C)]
-            src_corr = [self.corr[c] for c in range(C)] if self.cfg.has_outliers else None
-            src_cp = [self.params[c].as_value() for c in range(C)]
-            src_za, src_mr = [self.za] * G, [self.mr] * G
+        sel, src = self._sources(m, pos, col_stage) if gather else self._direct(pos)
+        src_acc, src_corr, src_cp, src_cs, src_za, src_mr = (src[k] for k in ("acc", "corr", "cp", "cs", "za", "mr"))
 
         def grouped(values):
             """Lane ``j`` of the drained column group: column ``group * G + j`` (group from copy ``j``)."""
@@ -255,6 +234,34 @@ class DrainPipeline(wiring.Component):
                      for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
         return m
 
+    def _direct(self, pos):
+        """Without the gather stage: D1 selects from the ports (lane group from the position copies)."""
+        C, G, sb = self.cfg.cols, self.cfg.drain_lanes, self.cfg.share_bits
+        sel = [drain_row_group(pos[j], sb)[1] for j in range(G)]
+        return sel, {"acc": [self.acc[c] for c in range(C)], "cs": [self.colsum[c] for c in range(C)],
+                     "corr": [self.corr[c] for c in range(C)] if self.cfg.has_outliers else None,
+                     "cp": [self.params[c].as_value() for c in range(C)], "za": [self.za] * G, "mr": [self.mr] * G}
+
+    def _sources(self, m: Module, pos, col_stage):
+        """The gather stage D0 (``requant_share > 1``): the drained row's values registered at their
+        columns, the column group and ``za`` / ``Mr`` per lane (D1 multiplexes the lane's group from
+        these registers), and :attr:`rows_nx`, the position copies' next value (the outlier unit's
+        registered read address)."""
+        C, G, sb, ctl = self.cfg.cols, self.cfg.drain_lanes, self.cfg.share_bits, self.ctl
+        pb = len(pos[0])
+        for c in range(C):
+            nx = Signal(pb, name=f"pos_nx{c}")
+            m.d.comb += [nx.eq(Mux(self.start, (-DRAIN_OFFSET) % (1 << pb), Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
+                         self.rows_nx[c].eq(drain_row_group(nx, sb)[0])]
+
+        def per_col(values, prefix):
+            return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)
+        sel = col_stage([drain_row_group(pos[j], sb)[1] for j in range(G)], "d0_grp")
+        return sel, {"acc": per_col([self.acc[c] for c in range(C)], "d0_acc"),
+                     "corr": per_col([self.corr[c] for c in range(C)], "d0_corr") if self.cfg.has_outliers else None,
+                     "cp": per_col([self.params[c].as_value() for c in range(C)], "d0_cp"),
+                     "cs": per_col([self.colsum[c] for c in range(C)], "d0_cs"),
+                     "za": col_stage([self.za] * G, "d0_za"), "mr": col_stage([self.mr] * G, "d0_mr")}
 
 class OutputStage(wiring.Component):
     """``cols / S`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
