@@ -213,9 +213,10 @@ class LayerEngine(wiring.Component):
         later from the deferred ``a`` buffer; the decoder register is the array's first stage
         (``MAC_LATENCY``)."""
         cfg, lc, late = self.cfg, ctl.layer, _delayer(m)
-        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
+        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows, copies=cfg.a_copies)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
-                                          en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols)
+                                          en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols,
+                                          a_copies=cfg.a_copies)
         codes = Signal.like(dec.i.payload, name="a_codes")      # the deferred a buffer's head, d cycles later
         issue = late(ctl.mac.issue, "a_issue")
         m.d.comb += [codes[r].eq(Mux(issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
@@ -231,6 +232,8 @@ class LayerEngine(wiring.Component):
         for r in range(cfg.rows):
             d = dec.o.payload[r]
             m.d.comb += [mac.a[r].neg.eq(d.neg), mac.a[r].mag.eq(d.mag), mac.a[r].sh.eq(d.sh)]
+            for k in range(1, cfg.a_copies):        # the decoder's register copies of the triples
+                m.d.comb += mac.a[k * cfg.rows + r].eq(dec.o_copies[k - 1][r])
 
     def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
         """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""

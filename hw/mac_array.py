@@ -42,14 +42,13 @@ registers and each group's PEs are driven by a local copy (docs/hardware.md, "Fm
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacArray", "TripleLayout", "adder_tree", "MAGF_BITS"]
+from .decoders import TripleLayout     # a decoded A operand as seen by the array (section 4)
 
-#: A decoded A operand as seen by the array (docs/datapath.md section 4).
-TripleLayout = data.StructLayout({"neg": unsigned(1), "mag": unsigned(9), "sh": unsigned(4)})
+__all__ = ["MacArray", "TripleLayout", "adder_tree", "MAGF_BITS"]
 
 
 #: Width of a pre-shifted magnitude ``mag << sh[0:2]`` (9 + 3 bits).
@@ -98,6 +97,10 @@ class MacArray(wiring.Component):
         :func:`sim.engine_config.check_layer_acc`).
     drain_copies : int
         Number of (identical) copies of :attr:`drain_row` (default 1), to split its fanout.
+    a_copies : int
+        Number of (identical) copies of the decoded A column on :attr:`a` (default 1): column ``c``'s
+        broadcast registers load copy ``c * a_copies // cols``, so each copy's source register drives
+        ``cols / a_copies`` columns' registers of its row instead of all of them.
     en_copies : int
         Number of (identical) copies of the global enable driven into the array (default 1).  The
         PEs are split into ``en_copies`` groups of consecutive PEs (row-major); group ``g`` uses
@@ -113,8 +116,8 @@ class MacArray(wiring.Component):
         not needed by the datapath (the ``last`` column moves the sum to the shadow register and
         clears the accumulator, and reset clears it too, so every tile starts from 0); the port is
         kept for the interface and documentation of the operand stream.
-    a : In(ArrayLayout(TripleLayout, rows))
-        Decoded A column (one triple per row).
+    a : In(ArrayLayout(TripleLayout, rows * a_copies))
+        Decoded A column (one triple per row; copy ``k`` of row ``r`` at ``k * rows + r``).
     b : In(ArrayLayout(signed(b_bits), cols))
         B row.
     drain_row : In(ArrayLayout(range(rows), drain_copies))
@@ -126,8 +129,11 @@ class MacArray(wiring.Component):
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int, en_copies: int = 1,
-                 drain_copies: int = 1, edge_sh: int = 2):
+                 drain_copies: int = 1, edge_sh: int = 2, a_copies: int = 1):
         self.edge_sh = edge_sh
+        if not 1 <= a_copies <= cols:
+            raise ValueError(f"MacArray: a_copies must be in 1..{cols}, got {a_copies}")
+        self.a_copies = a_copies
         self.magf_bits = 9 + (1 << edge_sh) - 1
         if not 1 <= en_copies <= rows * cols:
             raise ValueError(f"MacArray: en_copies must be in 1..{rows * cols}, got {en_copies}")
@@ -140,7 +146,7 @@ class MacArray(wiring.Component):
             "valid": In(1),
             "first": In(1),
             "last": In(1),
-            "a": In(data.ArrayLayout(TripleLayout, rows)),
+            "a": In(data.ArrayLayout(TripleLayout, rows * a_copies)),
             "b": In(data.ArrayLayout(signed(b_bits), cols)),
             "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies)),
             "shadow_row": Out(data.ArrayLayout(signed(acc_bits), cols)),
@@ -170,8 +176,8 @@ class MacArray(wiring.Component):
             with m.If(self.en[g]):
                 m.d.sync += [o_valid[g].eq(self.valid), o_last[g].eq(self.last)]
         a_edge, b_edge = [], []
-        for r in range(R):
-            t = self.a[r]
+        for i in range(R * self.a_copies):       # copy i // R of row i % R
+            t = self.a[i]
             a_edge.append((t.neg, t.mag << t.sh[:self.edge_sh], t.sh[self.edge_sh:4]))
         for c in range(C):
             b = self.b[c]
@@ -179,8 +185,9 @@ class MacArray(wiring.Component):
         for r in range(R):
             for c in range(C):
                 g = self.group_of(r, c)
+                ai = (c * self.a_copies // C) * R + r
                 for key, edge, names, widths, store in (
-                        ((g, r), a_edge[r], ("neg", "magf", "sh"), (1, self.magf_bits, 4 - self.edge_sh), a_reg),
+                        ((g, r), a_edge[ai], ("neg", "magf", "sh"), (1, self.magf_bits, 4 - self.edge_sh), a_reg),
                         ((g, c), b_edge[c], ("absb", "bneg"), (B - 1, 1), b_reg)):
                     if key in store:
                         continue

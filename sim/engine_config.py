@@ -192,6 +192,14 @@ class EngineConfig:
         return REQUANT_LATENCY
 
     @property
+    def a_copies(self) -> int:
+        """Register copies of the decoded A column (the operand decoder's ``copies``, the MAC array's
+        ``a_copies``): one per four columns from 16 columns on, else one.  In the 16 x 16 engine one
+        decoder register drove the broadcast registers of all 16 columns of its row (8.8 ns nets,
+        issue #15, session 37); no cycle changes."""
+        return self.cols // 4 if self.cols >= 16 else 1
+
+    @property
     def gather_stage(self) -> bool:
         """Whether the drain has the gather stage D0 (and registered correction read addresses):
         builds with ``requant_share > 1`` (:data:`GATHER_LATENCY`)."""

@@ -123,10 +123,10 @@ class MacArrayDriver:
     """
 
     def __init__(self, tb: Testbench, rows: int, cols: int, b_bits: int, acc_bits: int,
-                 en_prob: float, bubble_prob: float):
+                 en_prob: float, bubble_prob: float, a_copies: int = 1):
         self.tb, self.dut = tb, tb.dut
-        self.rows, self.cols = rows, cols
-        self.tc, self.bc = triple_codec(rows), b_codec(cols, b_bits)
+        self.rows, self.cols, self.a_copies = rows, cols, a_copies
+        self.tc, self.bc = triple_codec(rows * a_copies), b_codec(cols, b_bits)
         self.sc = shadow_codec(cols, acc_bits)
         self.en_prob, self.bubble_prob = en_prob, bubble_prob
         self.rng = random.Random(tb.rng.random())
@@ -138,6 +138,15 @@ class MacArrayDriver:
         self.dut.valid.value = r.getrandbits(1)
         self.dut.first.value = r.getrandbits(1)
         self.dut.last.value = r.getrandbits(1)
+
+    def _copies(self, col: dict) -> dict:
+        """One A column's triples in every copy of the ``a`` port (copy ``k`` of row ``r`` at ``k * rows + r``)."""
+        out = {}
+        for key, v in col.items():
+            name, r = key[:-1].split("[")
+            for k in range(self.a_copies):
+                out[f"{name}[{k * self.rows + int(r)}]"] = v
+        return out
 
     async def _read_shadow(self, m: int, n: int) -> list[list[int]]:
         rows = []
@@ -168,7 +177,7 @@ class MacArrayDriver:
             if en and pos < len(issue) and self.rng.random() >= self.bubble_prob:
                 t, j = issue[pos]
                 tile = tiles[t]
-                self.dut.a.value = self.tc.pack(tile["cols"][j])
+                self.dut.a.value = self.tc.pack(self._copies(tile["cols"][j]))
                 self.dut.b.value = self.bc.pack(tile["brows"][j])
                 self.dut.valid.value = 1
                 self.dut.first.value = int(j == 0)
@@ -210,7 +219,7 @@ async def rtl_mac_array(dut):
         for t in data["tiles"]:
             board.expect({"tile": t["name"], "acc_raw": t["expected"]})
         drv = MacArrayDriver(tb, int(data["rows"]), int(data["cols"]), int(data["b_bits"]), int(data["acc_bits"]),
-                             float(run["en_prob"]), float(run["bubble_prob"]))
+                             float(run["en_prob"]), float(run["bubble_prob"]), int(data.get("a_copies", 1)))
         cycles = await drv.run(data["tiles"], board)
         board.result()
         total += board.matched

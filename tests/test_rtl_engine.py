@@ -113,6 +113,27 @@ def test_engine_ecp5_form(tmp_path):
 
 
 @pytest.mark.slow
+def test_engine_16_columns_ecp5_form(tmp_path):
+    """2 x 16 engine, ``requant_share`` 4, in its ECP5 form: the operand decoder's four kept register
+    copies of the A column (``EngineConfig.a_copies``, one per four columns), the drain's gather stage
+    and the registered correction read addresses (issue #15, session 37) with the project's
+    ``TRELLIS_FF`` / ``MULT18X18D`` models: exact rows and cycles, with outliers and random streams."""
+    from vitaccel.hw.dsp import ECP5_DSP
+
+    cfg = EngineConfig(rows=2, cols=16, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=4, outlier_lanes=1,
+                       max_k=24, requant_share=4)
+    assert cfg.a_copies == 4 and cfg.gather_stage
+    rng = np.random.default_rng(16)
+    cases = [
+        _bp(random_layer(cfg, rng, 5, 20, 23, a_bits=4, b_bits=4, fo=2, outliers_per_tile=2), 0.8, 0.7),
+        _bp(random_layer(cfg, rng, 3, 3, 16, a_kind="three_region", a_bits=4, b_bits=4), 1.0, 1.0),
+        _bp(random_layer(cfg, rng, 4, 9, 30, a_kind="log2", a_bits=4, b_bits=4, out_fmt="ucode", out_bits=4),
+            0.6, 0.5),
+    ]
+    _run(cfg, cases, tmp_path, seed=13, platform=ECP5_DSP)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("share", [2, 4])
 def test_engine_shared_requantisers(tmp_path, share):
     """3 x 4 engine with ``requant_share`` 2 / 4 (2 / 1 requantisers, the drain takes ``share`` cycles a

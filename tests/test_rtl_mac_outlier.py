@@ -51,15 +51,19 @@ def test_outlier_stimuli_cover_loads():
 
 
 @pytest.mark.slow
-def test_mac_array_rtl():
-    """MacArray 2 x 3 in Verilator: exact acc_raw for every A format / width under stalls and bubbles."""
+@pytest.mark.parametrize("a_copies", [1, 2])
+def test_mac_array_rtl(a_copies):
+    """MacArray 2 x 3 in Verilator: exact acc_raw for every A format / width under stalls and bubbles
+    (with one A column on ``a``, and with two copies of it: columns 0, 1 read copy 0, column 2 copy 1)."""
     from vitaccel.hw.mac_array import MacArray
     from vitaccel.tb import cocotb_mac_array as tbm
 
-    v = verilog_for(MacArray, "mac_array", MAC)
+    params = {**MAC, "a_copies": a_copies}
+    name = "mac_array" + ("" if a_copies == 1 else f"_a{a_copies}")
+    v = verilog_for(MacArray, name, params)
     tiles = tbm.make_tiles(1, MAC["rows"], MAC["cols"], acc_bits=MAC["acc_bits"])
-    run_cocotb("mac_array", [v], "vitaccel.tb.cocotb_mac_array",
-               data={**MAC, "tiles": tiles, "runs": RUNS, "seed": 3})
+    run_cocotb(name, [v], "vitaccel.tb.cocotb_mac_array",
+               data={**params, "tiles": tiles, "runs": RUNS, "seed": 3})
 
 
 @pytest.mark.slow
