@@ -225,7 +225,8 @@ class LayerEngine(wiring.Component):
             dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
                                         for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),
-            mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")), mac.drain_row.eq(drain.rows),
+            mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")),
+            mac.drain_row.eq(drain.rows_mac if cfg.gather_stage else drain.rows),
             drain.acc.eq(mac.shadow_row),
         ]
         connect_delayed(m, ctl.mac, mac, BACK_END_DELAY, "mac", names=("valid", "first", "last"))

@@ -31,6 +31,7 @@ from .common import OutFormat, partial_operands, sum_products
 from .dsp import dsp_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
                              drain_row_group, out_layout, row_bits)
+from .kept import kept_copies
 from .requantiser import Requantiser
 
 __all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES"]
@@ -113,6 +114,9 @@ class DrainPipeline(wiring.Component):
     rows_nx : Out(ArrayLayout(unsigned(row_bits), cols))
         Only with the gather stage: the value :attr:`rows` takes after this cycle (the outlier unit
         registers its correction memories' read address from it).
+    rows_mac : Out(ArrayLayout(unsigned(row_bits), cols))
+        Only with the gather stage: :attr:`rows` again, from kept register copies of their own (the
+        MAC array's shadow-row select).
     o : Out(DrainedRowSignature(cols / S, acc_bits))
         The column group entering the requantisers.
     """
@@ -132,6 +136,7 @@ class DrainPipeline(wiring.Component):
             ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
         if cfg.gather_stage:
             ports["rows_nx"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
+            ports["rows_mac"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -155,7 +160,7 @@ class DrainPipeline(wiring.Component):
             return _stage(m, [(values[j], self.en_col[j]) for j in range(G)], prefix)
 
         gather = self.cfg.gather_stage
-        sel, src = self._sources(m, pos, col_stage) if gather else self._direct(pos)
+        sel, src = self._sources(m, platform, pos, col_stage) if gather else self._direct(pos)
         src_acc, src_corr, src_cp, src_cs, src_za, src_mr = (src[k] for k in ("acc", "corr", "cp", "cs", "za", "mr"))
 
         def grouped(values):
@@ -242,17 +247,24 @@ class DrainPipeline(wiring.Component):
                      "corr": [self.corr[c] for c in range(C)] if self.cfg.has_outliers else None,
                      "cp": [self.params[c].as_value() for c in range(C)], "za": [self.za] * G, "mr": [self.mr] * G}
 
-    def _sources(self, m: Module, pos, col_stage):
+    def _sources(self, m: Module, platform, pos, col_stage):
         """The gather stage D0 (``requant_share > 1``): the drained row's values registered at their
         columns, the column group and ``za`` / ``Mr`` per lane (D1 multiplexes the lane's group from
-        these registers), and :attr:`rows_nx`, the position copies' next value (the outlier unit's
-        registered read address)."""
+        these registers); :attr:`rows_nx`, the position copies' next value (the outlier unit's
+        registered read address), and :attr:`rows_mac`, a kept register copy of each column's row
+        (:func:`hw.kept.kept_copies`) for the MAC array's shadow-row multiplexer, so that the
+        position copy and the multiplexer need not be placed together."""
         C, G, sb, ctl = self.cfg.cols, self.cfg.drain_lanes, self.cfg.share_bits, self.ctl
         pb = len(pos[0])
+        init = (-DRAIN_OFFSET) % (1 << pb)
         for c in range(C):
             nx = Signal(pb, name=f"pos_nx{c}")
-            m.d.comb += [nx.eq(Mux(self.start, (-DRAIN_OFFSET) % (1 << pb), Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
+            m.d.comb += [nx.eq(Mux(self.start, init, Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
                          self.rows_nx[c].eq(drain_row_group(nx, sb)[0])]
+            # loads exactly as pos[c] does (start, else the column's enable), row bits only
+            row_c, = kept_copies(m, platform, drain_row_group(Mux(self.start, init, ctl.pos_adv), sb)[0], 1,
+                                 f"mac_row{c}_", en=self.start | self.en_col[c])
+            m.d.comb += self.rows_mac[c].eq(row_c)
 
         def per_col(values, prefix):
             return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)

@@ -474,6 +474,8 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
                     ctx.set(getattr(dut.params[c], f), v)
             # outputs: the row that entered pre_requant_latency enabled cycles ago
             assert [ctx.get(dut.rows[c]) for c in range(C)] == [pos_reg >> sb] * C
+            if cfg.gather_stage:     # the MAC array's own register copies of the row
+                assert [ctx.get(dut.rows_mac[c]) for c in range(C)] == [pos_reg >> sb] * C
             out = pipe[-1]
             assert ctx.get(dut.o.fault) == fault
             if out is not None:
