@@ -275,6 +275,7 @@ class DrainPipeline(wiring.Component):
                      "cs": per_col([self.colsum[c] for c in range(C)], "d0_cs"),
                      "za": col_stage([self.za] * G, "d0_za"), "mr": col_stage([self.mr] * G, "d0_mr")}
 
+
 class OutputStage(wiring.Component):
     """``cols / S`` requantisers (section 7), output row assembly, output FIFO and the ``acc_fault`` flag.
 

@@ -249,9 +249,10 @@ class OutlierUnit(wiring.Component):
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
                 wp, rp = mem.write_port(), mem.read_port(domain="comb")
-                addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
                 if self.addr_reg:   # the same address from a register loaded with its next value
                     addr = self._next_address(m, l, c, (s1_ok[l], s1_row[l]), (s2_ok[l], s2_row[l]), rbits)
+                else:
+                    addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
                 word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
                 s3_word = Signal(signed(self.corr_bits), name=f"s3_word{l}_{c}")
                 new = Signal(signed(self.corr_bits), name=f"corr_new{l}_{c}")
