@@ -2,48 +2,21 @@
 
 Expected outputs come from ``sim/reference.py`` and expected cycle counts from ``sim/schedule.py``;
 the cocotb checker asserts exact rows, ``cycles == layer_cycles(...).total`` and the error flags
-for every case.  Two small engines are built (max widths, run-time format / width config).
+for every case.  Two small engines are built (max widths, run-time format / width config); the
+16-column engine is in tests/test_rtl_engine_wide.py, the helpers in tests/engine_helpers.py.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from engine_helpers import bp as _bp
+from engine_helpers import run as _run
 
 from vitaccel.sim.engine_config import EngineConfig
-from vitaccel.hw.engine import build_engine
 from vitaccel.tb.engine_streams import SMALL_ENGINE, SMALL_ENGINE_2X3, random_layer
-from vitaccel.tb.runner import run_cocotb, verilog_for
 
 CFG_A = SMALL_ENGINE
 CFG_B = SMALL_ENGINE_2X3
-
-
-def _run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0, platform=None) -> list[dict]:
-    v = verilog_for(build_engine, "layer_engine", cfg.to_dict(), platform=platform)
-    sources = [v]
-    if platform is not None:         # the ECP5 form instantiates MULT18X18D and TRELLIS_FF: add the project's models
-        import vitaccel.tb as tbpkg
-        text = v.read_text()
-        assert "MULT18X18D" in text and "TRELLIS_FF" in text
-        sources += [Path(tbpkg.__file__).parent / "csrc" / f for f in ("mult18x18d_model.v", "trellis_ff_model.v")]
-    report = tmp_path / "cycles.json"
-    run_cocotb("layer_engine", sources, "vitaccel.tb.cocotb_engine", seed=seed,
-               data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
-    res = json.loads(report.read_text())
-    assert len(res) == len(cases)
-    for r, c in zip(res, cases):  # the checker asserted this; keep it visible in the pytest report too
-        assert r["cycles"] == c["cycles"]
-    return res
-
-
-def _bp(case: dict, vp: float, rp: float, reset_after: int | None = None) -> dict:
-    case["valid_prob"], case["ready_prob"] = vp, rp
-    if reset_after:
-        case["reset_after"] = reset_after
-    return case
 
 
 @pytest.mark.slow
@@ -110,27 +83,6 @@ def test_engine_ecp5_form(tmp_path):
                          out_fmt="scode", out_bits=8), 1.0, 1.0),
     ]
     _run(cfg, cases, tmp_path, seed=11, platform=ECP5_DSP)
-
-
-@pytest.mark.slow
-def test_engine_16_columns_ecp5_form(tmp_path):
-    """2 x 16 engine, ``requant_share`` 4, in its ECP5 form: the operand decoder's four kept register
-    copies of the A column (``EngineConfig.a_copies``, one per four columns), the drain's gather stage
-    and the registered correction read addresses (issue #15, session 37) with the project's
-    ``TRELLIS_FF`` / ``MULT18X18D`` models: exact rows and cycles, with outliers and random streams."""
-    from vitaccel.hw.dsp import ECP5_DSP
-
-    cfg = EngineConfig(rows=2, cols=16, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=4, outlier_lanes=1,
-                       max_k=24, requant_share=4)
-    assert cfg.a_copies == 4 and cfg.gather_stage
-    rng = np.random.default_rng(16)
-    cases = [
-        _bp(random_layer(cfg, rng, 5, 20, 23, a_bits=4, b_bits=4, fo=2, outliers_per_tile=2), 0.8, 0.7),
-        _bp(random_layer(cfg, rng, 3, 3, 16, a_kind="three_region", a_bits=4, b_bits=4), 1.0, 1.0),
-        _bp(random_layer(cfg, rng, 4, 9, 30, a_kind="log2", a_bits=4, b_bits=4, out_fmt="ucode", out_bits=4),
-            0.6, 0.5),
-    ]
-    _run(cfg, cases, tmp_path, seed=13, platform=ECP5_DSP)
 
 
 @pytest.mark.slow
