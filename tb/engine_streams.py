@@ -199,9 +199,10 @@ def random_layer(cfg: EngineConfig, rng: np.random.Generator, M: int, K: int, N:
                 rows.append((r, k, int(rng.integers(-(1 << 15), 1 << 15))))
                 q[r, k] = za[r]
         outl = np.array(sorted(rows), np.int64).reshape(-1, 3)
-    # requantiser parameters: row gain <= 1, column gain scaled to the output range
+    # requantiser parameters: row gain in (1/2, 1] (a gain near 0 would make the outputs blind to A),
+    # column gain scaled to the output range
     sr = int(rng.integers(0, 17))
-    mr = rng.integers(0, (1 << sr) + 1, M) if per_patch else np.full(M, 1 << sr)
+    mr = rng.integers((1 << sr) // 2 + 1, (1 << sr) + 1, M) if per_patch else np.full(M, 1 << sr)
     mr = np.minimum(mr, (1 << 16) - 1)
     d = ref.decode(q, a_kind, a_bits, base=base, m0=m0, m1=m1)
     _r, _d, acc = ref.accumulate(d, b, za, fo, outl)
