@@ -36,7 +36,6 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS
-from .kept import kept_copies
 from .mac_array import adder_tree
 
 __all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout", "val_times_b_halves"]
@@ -99,9 +98,8 @@ class OutlierUnit(wiring.Component):
     addr_reg : bool
         Drive each memory's read address from a register (default ``False``: a multiplexer of the
         stage-2 row and :attr:`drain_row`); the register loads the value that multiplexer has in the
-        next cycle, computed from :attr:`drain_row_nx`; each column's memories also get their own kept
-        copy of the row valid bits (session 38).  The engine sets it with the drain's gather stage
-        (:attr:`sim.engine_config.EngineConfig.gather_stage`).
+        next cycle, computed from :attr:`drain_row_nx`.  The engine sets it with the drain's gather
+        stage (:attr:`sim.engine_config.EngineConfig.gather_stage`).
 
     Attributes
     ----------
@@ -208,7 +206,7 @@ class OutlierUnit(wiring.Component):
                     m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
 
         # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
-        self._corrections(m, platform, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
+        self._corrections(m, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
         # ---- error flags (an entry out of range is registered first, then sets the flag on the next
         # enabled cycle: the range check's two carry chains and the flag's clock enable were one path)
         bad_issue = Signal()
@@ -222,7 +220,7 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += self.range_error.eq(1)
         return m
 
-    def _corrections(self, m: Module, platform, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
+    def _corrections(self, m: Module, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
         """Correction storage: one memory of ``rows`` words per lane and column (section 5).
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
@@ -248,8 +246,6 @@ class OutlierUnit(wiring.Component):
             with m.If(self.en[0]):
                 m.d.sync += fwd.eq(s2_ok[l] & (s2_row[l] == s1_row[l]))
             row = []
-            vld_c = self._valid_copies(m, platform, l, vld[l], drain_row[0], s3_ok[l], s3_row[l]) if self.addr_reg \
-                else [vld[l]] * C
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
                 wp, rp = mem.write_port(), mem.read_port(domain="comb")
@@ -257,7 +253,7 @@ class OutlierUnit(wiring.Component):
                     addr = self._next_address(m, l, c, (s1_ok[l], s1_row[l]), (s2_ok[l], s2_row[l]), rbits)
                 else:
                     addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
-                word = Mux(vld_c[c].bit_select(addr, 1), rp.data, 0)
+                word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
                 s3_word = Signal(signed(self.corr_bits), name=f"s3_word{l}_{c}")
                 new = Signal(signed(self.corr_bits), name=f"corr_new{l}_{c}")
                 en = self.en[c * self.en_copies // C]
@@ -278,15 +274,6 @@ class OutlierUnit(wiring.Component):
             for l in range(1, L):
                 total = total + lane_rows[l][c]
             m.d.comb += self.corr_row[c].eq(total)
-
-    def _valid_copies(self, m: Module, platform, l: int, vld: Signal, drain_row, s3_ok, s3_row) -> list[Signal]:
-        """With ``addr_reg``: a kept register copy of lane ``l``'s row valid bits per column
-        (:func:`hw.kept.kept_copies`), loaded as the valid bits are, so each column's read
-        multiplexer has its own beside it (one register drove all columns, session 38)."""
-        R, C = self.rows, self.cols
-        nxt = Cat(*[Mux(self.drain & (drain_row == r), 0, Mux(s3_ok & (s3_row == r), 1, vld[r])) for r in range(R)],
-                  vld[R:])
-        return kept_copies(m, platform, nxt, C, f"corr_vld{l}_c", en=self.en[0])
 
     def _next_address(self, m: Module, l: int, c: int, s1, s2, rbits: int) -> Signal:
         """Read address of lane ``l``'s column-``c`` memory as a register (``addr_reg``): loaded every
