@@ -220,7 +220,7 @@ class LayerEngine(wiring.Component):
         dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols,
-                                          a_copies=cfg.a_copies, drain_split=cfg.row_select_split)
+                                          a_copies=cfg.a_copies)
         codes = Signal.like(dec.i.payload, name="a_codes")      # the deferred a buffer's head, d cycles later
         issue = late(ctl.mac.issue, "a_issue")
         m.d.comb += [codes[r].eq(Mux(issue, stall.head.a[r], 0)) for r in range(cfg.rows)]

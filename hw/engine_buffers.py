@@ -153,8 +153,7 @@ class ColumnParams(wiring.Component):
     tile's) combinationally.  The load and control inputs arrive a cycle ahead (``load_ahead``,
     ``ctl_ahead``) and are registered here, with the strobes the clock enables need already combined
     (``active & first``, ``commit & commit_bank == bk``), so each column's clock enable is one LUT
-    after its enable copy (issue #15).  From 16 columns on every column has its own kept copy of these
-    strobe registers (``EngineConfig.column_strobe_copies``, :func:`hw.kept.kept_copies`).
+    after its enable copy (issue #15).
 
     Parameters
     ----------
@@ -197,28 +196,19 @@ class ColumnParams(wiring.Component):
         active, first, take, sel = (Signal(name=n) for n in ("ld_active", "ld_first", "ld_take", "read_bank"))
         row = Signal.like(la.row, name="ld_row")
         commit_to = [Signal(name=f"commit_to{bk}") for bk in range(2)]
-        if self.cfg.column_strobe_copies > 1:     # one kept copy of the strobes per column (session 38)
-            nxt = Cat(la.active, la.first, la.active & la.first, ca.read_bank,
-                      *[ca.commit & (ca.commit_bank == bk) for bk in range(2)])
-            strobes = [tuple(q) for q in kept_copies(m, platform, nxt, C, "col_strobe")]
-            m.d.sync += row.eq(la.row)
-        else:
-            m.d.sync += [active.eq(la.active), first.eq(la.first), take.eq(la.active & la.first), row.eq(la.row),
-                         sel.eq(ca.read_bank), *[commit_to[bk].eq(ca.commit & (ca.commit_bank == bk)) for bk in range(2)]]
-            strobes = [(active, first, take, sel, *commit_to)] * C
+        m.d.sync += [active.eq(la.active), first.eq(la.first), take.eq(la.active & la.first), row.eq(la.row),
+                     sel.eq(ca.read_bank), *[commit_to[bk].eq(ca.commit & (ca.commit_bank == bk)) for bk in range(2)]]
         for c in range(C):       # column c: its own enable copy
-            active_c, first_c, take_c, sel_c, *commit_c = strobes[c]
-            with m.If(self.en[c] & active_c):
-                m.d.sync += acc[c].eq(Mux(first_c, 0, acc[c]) + row[c])
-            with m.If(self.en[c] & take_c):
+            with m.If(self.en[c] & active):
+                m.d.sync += acc[c].eq(Mux(first, 0, acc[c]) + row[c])
+            with m.If(self.en[c] & take):
                 m.d.sync += scratch[c].eq(self.colp[c])
             for bk in range(2):
-                with m.If(self.en[c] & commit_c[bk]):
+                with m.If(self.en[c] & commit_to[bk]):
                     m.d.sync += [colp_bank[bk][c].eq(scratch[c]), colsum_bank[bk][c].eq(acc[c])]
         for c in range(C):
-            sel_c = strobes[c][3]
-            m.d.comb += [self.colsum[c].eq(Mux(sel_c, colsum_bank[1][c], colsum_bank[0][c])),
-                         self.params[c].eq(Mux(sel_c, colp_bank[1][c].as_value(), colp_bank[0][c].as_value()))]
+            m.d.comb += [self.colsum[c].eq(Mux(sel, colsum_bank[1][c], colsum_bank[0][c])),
+                         self.params[c].eq(Mux(sel, colp_bank[1][c].as_value(), colp_bank[0][c].as_value()))]
         return m
 
 

@@ -114,10 +114,9 @@ class DrainPipeline(wiring.Component):
     rows_nx : Out(ArrayLayout(unsigned(row_bits), cols))
         Only with the gather stage: the value :attr:`rows` takes after this cycle (the outlier unit
         registers its correction memories' read address from it).
-    rows_mac : Out(ArrayLayout(unsigned(row_bits), cols * row_select_split))
+    rows_mac : Out(ArrayLayout(unsigned(row_bits), cols))
         Only with the gather stage: :attr:`rows` again, from kept register copies of their own (the
-        MAC array's shadow-row select; ``EngineConfig.row_select_split`` copies per column, copy ``j``
-        of column ``c`` at ``c * row_select_split + j``).
+        MAC array's shadow-row select).
     o : Out(DrainedRowSignature(cols / S, acc_bits))
         The column group entering the requantisers.
     """
@@ -137,7 +136,7 @@ class DrainPipeline(wiring.Component):
             ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
         if cfg.gather_stage:
             ports["rows_nx"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
-            ports["rows_mac"] = Out(data.ArrayLayout(row_bits(cfg.rows), C * cfg.row_select_split))
+            ports["rows_mac"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -252,10 +251,9 @@ class DrainPipeline(wiring.Component):
         """The gather stage D0 (``requant_share > 1``): the drained row's values registered at their
         columns, the column group and ``za`` / ``Mr`` per lane (D1 multiplexes the lane's group from
         these registers); :attr:`rows_nx`, the position copies' next value (the outlier unit's
-        registered read address), and :attr:`rows_mac`, kept register copies of each column's row
-        (:func:`hw.kept.kept_copies`; ``EngineConfig.row_select_split`` per column, each for part of the
-        bits) for the MAC array's shadow-row multiplexer, so that the position copy and the
-        multiplexer need not be placed together."""
+        registered read address), and :attr:`rows_mac`, a kept register copy of each column's row
+        (:func:`hw.kept.kept_copies`) for the MAC array's shadow-row multiplexer, so that the
+        position copy and the multiplexer need not be placed together."""
         C, G, sb, ctl = self.cfg.cols, self.cfg.drain_lanes, self.cfg.share_bits, self.ctl
         pb = len(pos[0])
         init = (-DRAIN_OFFSET) % (1 << pb)
@@ -264,10 +262,9 @@ class DrainPipeline(wiring.Component):
             m.d.comb += [nx.eq(Mux(self.start, init, Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
                          self.rows_nx[c].eq(drain_row_group(nx, sb)[0])]
             # loads exactly as pos[c] does (start, else the column's enable), row bits only
-            S = self.cfg.row_select_split
-            for j, row_c in enumerate(kept_copies(m, platform, drain_row_group(Mux(self.start, init, ctl.pos_adv), sb)[0],
-                                                  S, f"mac_row{c}_", en=self.start | self.en_col[c])):
-                m.d.comb += self.rows_mac[c * S + j].eq(row_c)
+            row_c, = kept_copies(m, platform, drain_row_group(Mux(self.start, init, ctl.pos_adv), sb)[0], 1,
+                                 f"mac_row{c}_", en=self.start | self.en_col[c])
+            m.d.comb += self.rows_mac[c].eq(row_c)
 
         def per_col(values, prefix):
             return _stage(m, [(values[c], self.en_col[c]) for c in range(C)], prefix)

@@ -42,7 +42,7 @@ registers and each group's PEs are driven by a local copy (docs/hardware.md, "Fm
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, Value, signed
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -97,10 +97,6 @@ class MacArray(wiring.Component):
         :func:`sim.engine_config.check_layer_acc`).
     drain_copies : int
         Number of (identical) copies of :attr:`drain_row` (default 1), to split its fanout.
-    drain_split : int
-        Further copies of :attr:`drain_row` per ``drain_copies`` copy (default 1): copy ``j`` selects
-        bits ``[j * acc_bits // drain_split, (j + 1) * acc_bits // drain_split)`` of
-        :attr:`shadow_row` (each drives part of a column's multiplexer, issue #15, session 38).
     a_copies : int
         Number of (identical) copies of the decoded A column on :attr:`a` (default 1): column ``c``'s
         broadcast registers load copy ``c * a_copies // cols``, so each copy's source register drives
@@ -124,16 +120,16 @@ class MacArray(wiring.Component):
         Decoded A column (one triple per row; copy ``k`` of row ``r`` at ``k * rows + r``).
     b : In(ArrayLayout(signed(b_bits), cols))
         B row.
-    drain_row : In(ArrayLayout(range(rows), drain_copies * drain_split))
-        Shadow row selected on :attr:`shadow_row` (combinational read), in ``drain_copies *
-        drain_split`` identical copies (bit slice ``j`` of column ``c`` uses copy ``(c * drain_copies
-        // cols) * drain_split + j``; one copy is a plain ``range(rows)`` port).
+    drain_row : In(ArrayLayout(range(rows), drain_copies))
+        Shadow row selected on :attr:`shadow_row` (combinational read), in ``drain_copies``
+        identical copies (column ``c`` uses copy ``c * drain_copies // cols``; one copy is a plain
+        ``range(rows)`` port).
     shadow_row : Out(ArrayLayout(signed(acc_bits), cols))
         ``acc_raw`` of the selected row of the last finished tile.
     """
 
     def __init__(self, rows: int, cols: int, b_bits: int, acc_bits: int, en_copies: int = 1,
-                 drain_copies: int = 1, edge_sh: int = 2, a_copies: int = 1, drain_split: int = 1):
+                 drain_copies: int = 1, edge_sh: int = 2, a_copies: int = 1):
         self.edge_sh = edge_sh
         if not 1 <= a_copies <= cols:
             raise ValueError(f"MacArray: a_copies must be in 1..{cols}, got {a_copies}")
@@ -144,9 +140,7 @@ class MacArray(wiring.Component):
         self.rows, self.cols, self.b_bits, self.acc_bits = rows, cols, b_bits, acc_bits
         if not 1 <= drain_copies <= cols:
             raise ValueError(f"MacArray: drain_copies must be in 1..{cols}, got {drain_copies}")
-        if not 1 <= drain_split <= acc_bits:
-            raise ValueError(f"MacArray: drain_split must be in 1..{acc_bits}, got {drain_split}")
-        self.en_copies, self.drain_copies, self.drain_split = en_copies, drain_copies, drain_split
+        self.en_copies, self.drain_copies = en_copies, drain_copies
         super().__init__({
             "en": In(en_copies),
             "valid": In(1),
@@ -154,7 +148,7 @@ class MacArray(wiring.Component):
             "last": In(1),
             "a": In(data.ArrayLayout(TripleLayout, rows * a_copies)),
             "b": In(data.ArrayLayout(signed(b_bits), cols)),
-            "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies * drain_split)),
+            "drain_row": In(data.ArrayLayout(range(max(2, rows)), drain_copies)),
             "shadow_row": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
 
@@ -270,18 +264,9 @@ class MacArray(wiring.Component):
                 with m.If(self.en[g] & p_valid[g] & p_last[g]):
                     m.d.sync += shadow.eq(total)
                 shadows[r][c] = shadow
-        S, W = self.drain_split, self.acc_bits
         for c in range(C):
-            if S == 1:
-                with m.Switch(self.drain_row[c * self.drain_copies // C]):
-                    for r in range(R):
-                        with m.Case(r):
-                            m.d.comb += self.shadow_row[c].eq(shadows[r][c])
-                continue
-            for j in range(S):
-                lo, hi = j * W // S, (j + 1) * W // S
-                with m.Switch(self.drain_row[(c * self.drain_copies // C) * S + j]):
-                    for r in range(R):
-                        with m.Case(r):
-                            m.d.comb += Value.cast(self.shadow_row[c])[lo:hi].eq(shadows[r][c][lo:hi])
+            with m.Switch(self.drain_row[c * self.drain_copies // C]):
+                for r in range(R):
+                    with m.Case(r):
+                        m.d.comb += self.shadow_row[c].eq(shadows[r][c])
         return m

@@ -193,26 +193,11 @@ class EngineConfig:
 
     @property
     def a_copies(self) -> int:
-        """Operand decoders, one per group of columns (each with its own register of the decoded A
-        column, the MAC array's ``a_copies``): one per four columns from 16 columns on, else one.  In
-        the 16 x 16 engine one decoder register drove the broadcast registers of all 16 columns of its
-        row (8.8 ns nets, issue #15, session 37), then one decoder's logic drove four register copies
-        across the chip (session 38); no cycle changes."""
+        """Register copies of the decoded A column (the operand decoder's ``copies``, the MAC array's
+        ``a_copies``): one per four columns from 16 columns on, else one.  In the 16 x 16 engine one
+        decoder register drove the broadcast registers of all 16 columns of its row (8.8 ns nets,
+        issue #15, session 37); no cycle changes."""
         return self.cols // 4 if self.cols >= 16 else 1
-
-    @property
-    def column_strobe_copies(self) -> int:
-        """Register copies of the column parameters' load / commit strobes (``hw.engine_buffers.
-        ColumnParams``): one per column from 16 columns on, else one (one strobe register was combined
-        with each column's enable copy across the 16 x 16 engine, session 38); no cycle changes."""
-        return self.cols if self.cols >= 16 else 1
-
-    @property
-    def row_select_split(self) -> int:
-        """With :attr:`gather_stage`: register copies of each column's drained-row select for the MAC
-        array's shadow-row multiplexer, each selecting ``acc_bits / row_select_split`` bits (one copy
-        drove a column's whole multiplexer, session 38); else 1."""
-        return 4 if self.gather_stage else 1
 
     @property
     def gather_stage(self) -> bool:

@@ -123,10 +123,9 @@ class MacArrayDriver:
     """
 
     def __init__(self, tb: Testbench, rows: int, cols: int, b_bits: int, acc_bits: int,
-                 en_prob: float, bubble_prob: float, a_copies: int = 1, drain_split: int = 1):
+                 en_prob: float, bubble_prob: float, a_copies: int = 1):
         self.tb, self.dut = tb, tb.dut
-        self.rows, self.cols, self.a_copies, self.drain_split = rows, cols, a_copies, drain_split
-        self.acc_bits, self.row_bits = acc_bits, max(1, (max(2, rows) - 1).bit_length())
+        self.rows, self.cols, self.a_copies = rows, cols, a_copies
         self.tc, self.bc = triple_codec(rows * a_copies), b_codec(cols, b_bits)
         self.sc = shadow_codec(cols, acc_bits)
         self.en_prob, self.bubble_prob = en_prob, bubble_prob
@@ -150,33 +149,11 @@ class MacArrayDriver:
         return out
 
     async def _read_shadow(self, m: int, n: int) -> list[list[int]]:
-        if self.drain_split > 1:
-            return await self._read_shadow_split(m, n)
         rows = []
         for r in range(m):
             self.dut.drain_row.value = r
             await Timer(100, unit="ps")
             vals = self.sc.unpack(int(self.dut.shadow_row.value))
-            rows.append([vals[f"acc[{c}]"] for c in range(n)])
-        return rows
-
-    async def _read_shadow_split(self, m: int, n: int) -> list[list[int]]:
-        """With ``drain_split`` copies of ``drain_row``: bit slice ``j`` of every column read with copy
-        ``j`` selecting row ``r`` and every other copy another row, so a slice that follows the
-        wrong copy reads the wrong row."""
-        S, W, rb = self.drain_split, self.acc_bits, self.row_bits
-        rows = []
-        for r in range(m):
-            words = [0] * self.cols
-            for j in range(S):
-                other = (r + 1) % self.rows
-                self.dut.drain_row.value = sum((r if i == j else other) << (i * rb) for i in range(S))
-                await Timer(100, unit="ps")
-                word = int(self.dut.shadow_row.value)
-                lo, hi = j * W // S, (j + 1) * W // S
-                for c in range(self.cols):
-                    words[c] |= ((word >> (c * W + lo)) & ((1 << (hi - lo)) - 1)) << lo
-            vals = self.sc.unpack(sum(w << (c * W) for c, w in enumerate(words)))
             rows.append([vals[f"acc[{c}]"] for c in range(n)])
         return rows
 
@@ -242,8 +219,7 @@ async def rtl_mac_array(dut):
         for t in data["tiles"]:
             board.expect({"tile": t["name"], "acc_raw": t["expected"]})
         drv = MacArrayDriver(tb, int(data["rows"]), int(data["cols"]), int(data["b_bits"]), int(data["acc_bits"]),
-                             float(run["en_prob"]), float(run["bubble_prob"]), int(data.get("a_copies", 1)),
-                             int(data.get("drain_split", 1)))
+                             float(run["en_prob"]), float(run["bubble_prob"]), int(data.get("a_copies", 1)))
         cycles = await drv.run(data["tiles"], board)
         board.result()
         total += board.matched
