@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.sim.formats import BITS
 
 from .common import CodeFormat
+from .kept import kept_copies
 
 __all__ = ["OperandDecoder", "DecodedLayout", "TripleLayout", "Decoded", "decode_uniform", "decode_log2",
            "decode_shiftlog2", "decode_three_region", "CODE_BITS", "MAG_BITS", "SH_BITS", "D_BITS"]
@@ -117,6 +118,11 @@ class OperandDecoder(wiring.Component):
     ----------
     lanes : int
         Codes per stream beat (one per MAC-array row), default 1.
+    copies : int
+        Register copies of the decoded triples (default 1: only :attr:`o`).  With ``copies > 1`` the
+        ``(neg, mag, sh)`` of every lane is also registered in ``copies - 1`` further copies
+        (:attr:`o_copies`) that synthesis keeps apart (:func:`hw.kept.kept_copies`): each drives its
+        own part of the MAC array's broadcast registers (issue #15, session 37).
 
     Attributes
     ----------
@@ -132,6 +138,8 @@ class OperandDecoder(wiring.Component):
         Code width ``k`` (4, 6 or 8; any other value marks every code invalid).
     m0, m1 : In(4)
         ``three_region`` exponents (``0 <= m0 <= m1 <= 15``).
+    o_copies : Out(ArrayLayout(ArrayLayout(TripleLayout, lanes), copies - 1))
+        Only with ``copies > 1``: the triples of :attr:`o` (``neg``, ``mag``, ``sh``), loaded with them.
     invalid_seen : Out(1)
         Sticky: an invalid code was decoded since reset / ``clear``.
     clear : In(1)
@@ -143,10 +151,13 @@ class OperandDecoder(wiring.Component):
     flight.  ``i.ready = ~o.valid | o.ready`` (combinational pass-through of back-pressure).
     """
 
-    def __init__(self, lanes: int = 1):
+    def __init__(self, lanes: int = 1, copies: int = 1):
         if lanes < 1:
             raise ValueError(f"OperandDecoder: lanes must be >= 1, got {lanes}")
-        self.lanes = lanes
+        if copies < 1:
+            raise ValueError(f"OperandDecoder: copies must be >= 1, got {copies}")
+        self.lanes, self.copies = lanes, copies
+        extra = {"o_copies": Out(data.ArrayLayout(data.ArrayLayout(TripleLayout, lanes), copies - 1))} if copies > 1 else {}
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(CODE_BITS), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(DecodedLayout, lanes))),
@@ -156,6 +167,7 @@ class OperandDecoder(wiring.Component):
             "m1": In(4),
             "invalid_seen": Out(1),
             "clear": In(1),
+            **extra,
         })
 
     def decode_lane(self, m: Module, code: Value) -> Signal:
@@ -206,6 +218,10 @@ class OperandDecoder(wiring.Component):
             with m.If(self.i.valid):
                 for lane, dec in enumerate(lanes_out):
                     m.d.sync += self.o.payload[lane].eq(dec)
+        if self.copies > 1:
+            triples = Cat(*[Cat(d.neg, d.mag, d.sh) for d in lanes_out])
+            for k, q in enumerate(kept_copies(m, platform, triples, self.copies - 1, "o_copy", en=en & self.i.valid)):
+                m.d.comb += self.o_copies[k].as_value().eq(q)
         with m.If(self.clear):
             m.d.sync += self.invalid_seen.eq(0)
         with m.Elif(en & self.i.valid & any_invalid):

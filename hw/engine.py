@@ -59,7 +59,7 @@ Stream order (what the host / DMA must send): tiles are visited column block out
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -72,7 +72,6 @@ from .engine_drain import REQUANT_EN_COPIES, DrainPipeline, OutputStage
 # (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, drain_row_group, out_layout,
                              rowp_layout)
-from .kept import kept_copies
 from .mac_array import MacArray
 from .outlier_unit import OutlierUnit, outlier_beat_layout
 from .stall import BACK_END_DELAY, BackEndEnable, GlobalStall, connect_delayed, delay_line, mac_en_groups
@@ -144,8 +143,6 @@ class LayerEngine(wiring.Component):
         deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
         groups = {"mac": mac_en_groups(R, C), "col": C, "cp": C, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3}
-        if cfg.a_copies > 1:
-            groups["dec"] = cfg.a_copies - 1
         if cfg.has_outliers:
             groups["ou"] = R
         back = m.submodules.back_en = BackEndEnable(groups)
@@ -197,7 +194,7 @@ class LayerEngine(wiring.Component):
             outs.en.eq(en_out), outs.en_rq.eq(back.en.rq), outs.clear.eq(late_start),
             *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k")],
         ]
-        self._operands(m, platform, stall, ctl, bbuf, drain, back, late_start)
+        self._operands(m, stall, ctl, bbuf, drain, back, late_start)
         if cfg.has_outliers:
             self._outliers(m, stall, ctl, bbuf, desc, drain, back, late_start)
         else:
@@ -209,15 +206,14 @@ class LayerEngine(wiring.Component):
         m.d.comb += [self.busy.eq(Cat(*busy).any()), self.cycles.eq(ctl.cycles), self.acc_fault.eq(outs.acc_fault)]
         return m
 
-    def _operands(self, m, platform, stall, ctl, bbuf, drain, back, late_start):
-        """Operand decoders and MAC array, both in the back end (docs/datapath.md sections 4 and 6).
+    def _operands(self, m, stall, ctl, bbuf, drain, back, late_start):
+        """Operand decoder and MAC array, both in the back end (docs/datapath.md sections 4 and 6).
 
         The A codes of an issue cycle (code 0 otherwise) reach the decoder ``BACK_END_DELAY`` cycles
         later from the deferred ``a`` buffer; the decoder register is the array's first stage
-        (``MAC_LATENCY``).  From 16 columns on (``EngineConfig.a_copies`` > 1) every group of columns
-        has its own decoder (:meth:`_operand_copies`)."""
+        (``MAC_LATENCY``)."""
         cfg, lc, late = self.cfg, ctl.layer, _delayer(m)
-        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows)
+        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows, copies=cfg.a_copies)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols,
                                           a_copies=cfg.a_copies)
@@ -227,7 +223,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [
             dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(back.en.unit[0]),
             dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
-                                        for k, f in DECODER_CONFIG],
+                                        for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),
             mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")),
             mac.drain_row.eq(drain.rows_mac if cfg.gather_stage else drain.rows),
@@ -237,31 +233,8 @@ class LayerEngine(wiring.Component):
         for r in range(cfg.rows):
             d = dec.o.payload[r]
             m.d.comb += [mac.a[r].neg.eq(d.neg), mac.a[r].mag.eq(d.mag), mac.a[r].sh.eq(d.sh)]
-        if cfg.a_copies > 1:
-            self._operand_copies(m, platform, stall, ctl, back, mac)
-
-    def _operand_copies(self, m, platform, stall, ctl, back, mac):
-        """Decoders 1 .. ``a_copies - 1``, one per group of columns (issue #15, session 38).
-
-        Each decodes the same codes as decoder 0 from its own copies of the issue strobe and the format
-        registers (kept apart by synthesis, :func:`hw.kept.kept_copies`: the last of their
-        ``BACK_END_DELAY`` registers) under its own copy of the back-end enable (``back.en.dec``), so
-        no decode logic drives registers across the chip; decoder 0 alone reports invalid codes."""
-        cfg, lc = self.cfg, ctl.layer
-        fields = [Value.cast(getattr(lc, f)) for _, f in DECODER_CONFIG]
-        pre = delay_line(m, Cat(ctl.mac.issue, *fields), BACK_END_DELAY - 1, "dec_copy_in")
-        for k, q in enumerate(kept_copies(m, platform, pre, cfg.a_copies - 1, "dec_copy"), start=1):
-            dec = m.submodules[f"decoder{k}"] = OperandDecoder(lanes=cfg.rows)
-            codes = Signal.like(dec.i.payload, name=f"a_codes{k}")
-            m.d.comb += [codes[r].eq(Mux(q[0], stall.head.a[r], 0)) for r in range(cfg.rows)]
-            lo = 1
-            for (p, _), f in zip(DECODER_CONFIG, fields):
-                m.d.comb += getattr(dec, p).eq(q[lo:lo + len(f)])
-                lo += len(f)
-            m.d.comb += [dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(back.en.dec[k - 1]), dec.clear.eq(0)]
-            for r in range(cfg.rows):
-                d, a = dec.o.payload[r], mac.a[k * cfg.rows + r]
-                m.d.comb += [a.neg.eq(d.neg), a.mag.eq(d.mag), a.sh.eq(d.sh)]
+            for k in range(1, cfg.a_copies):        # the decoder's register copies of the triples
+                m.d.comb += mac.a[k * cfg.rows + r].eq(dec.o_copies[k - 1][r])
 
     def _outliers(self, m, stall, ctl, bbuf, desc, drain, back, late_start):
         """Sparse outlier unit (back end; docs/datapath.md section 5) and its B buffer read ports."""
@@ -283,9 +256,6 @@ class LayerEngine(wiring.Component):
             ou.rd_data.eq(late(bbuf.outl_rows, "outl_rows")),
             drain.corr.eq(ou.corr_row), self.overflow.eq(ou.overflow), self.range_error.eq(ou.range_error),
         ]
-
-
-DECODER_CONFIG = (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))   # decoder port, layer field
 
 
 def _delayer(m: Module):

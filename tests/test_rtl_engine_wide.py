@@ -13,10 +13,9 @@ from vitaccel.tb.engine_streams import random_layer
 
 @pytest.mark.slow
 def test_engine_16_columns_ecp5_form(tmp_path):
-    """2 x 16 engine, ``requant_share`` 4, in its ECP5 form: four operand decoders, one per four columns
-    (``EngineConfig.a_copies``), each with its kept copies of the issue strobe and the format registers
-    (session 38), the drain's gather stage and the registered correction read addresses (issue #15,
-    session 37) with the project's
+    """2 x 16 engine, ``requant_share`` 4, in its ECP5 form: the operand decoder's four kept register
+    copies of the A column (``EngineConfig.a_copies``, one per four columns), the drain's gather stage
+    and the registered correction read addresses (issue #15, session 37) with the project's
     ``TRELLIS_FF`` / ``MULT18X18D`` models: exact rows and cycles, with outliers and random streams."""
     from vitaccel.hw.dsp import ECP5_DSP
 

@@ -36,15 +36,17 @@ def test_decoder_rtl():
                data={"groups": groups, "seed": 1})
 
 
-def test_decoder_amaranth_sim():
-    """OperandDecoder in the Amaranth simulator, every code of every format/width (fast)."""
+@pytest.mark.parametrize("copies", [1, 3])
+def test_decoder_amaranth_sim(copies):
+    """OperandDecoder in the Amaranth simulator, every code of every format/width (fast); with
+    ``copies = 3`` the two register copies of the triple (``o_copies``) too."""
     from amaranth.sim import Simulator
 
     from vitaccel.hw.common import CodeFormat
     from vitaccel.hw.decoders import OperandDecoder
     from vitaccel.tb import cocotb_decoders as tbm
 
-    dut = OperandDecoder(lanes=1)
+    dut = OperandDecoder(lanes=1, copies=copies)
     groups = tbm.make_groups(seed=2, lanes=1)
     errors = []
 
@@ -65,6 +67,10 @@ def test_decoder_amaranth_sim():
                 want = {k[:-3]: v for k, v in exp.items()}
                 if got != want:
                     errors.append((g["name"], inp, got, want))
+                for k in range(copies - 1):
+                    t = ctx.get(dut.o_copies[k])[0]
+                    if (t.neg, t.mag, t.sh) != (want["neg"], want["mag"], want["sh"]):
+                        errors.append((g["name"], inp, f"copy {k}", (t.neg, t.mag, t.sh), want))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -73,6 +79,51 @@ def test_decoder_amaranth_sim():
     n = sum(len(g["inputs"]) for g in groups)
     assert n > 5 * 3 * 256
     assert not errors, f"{len(errors)} mismatches, first: {errors[:3]}"
+
+
+def test_decoder_copies_follow_the_register_under_stalls():
+    """``o_copies`` load exactly when ``o.payload`` does (``i.valid`` and ``~o.valid | o.ready``): under
+    random valid / ready each copy holds the reference decode of the last code the decoder took."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    from vitaccel.hw.common import CodeFormat
+    from vitaccel.hw.decoders import OperandDecoder
+    from vitaccel.tb import cocotb_decoders as tbm
+
+    dut = OperandDecoder(lanes=1, copies=2)
+    g = next(g for g in tbm.make_groups(seed=4, lanes=1) if CodeFormat(g["config"]["fmt"]) == CodeFormat.THREE_REGION)
+    rng = random.Random(5)
+    seen = {"taken": 0, "held": 0}
+
+    async def bench(ctx):
+        cfg = g["config"]
+        for name in ("bits", "m0", "m1"):
+            ctx.set(getattr(dut, name), cfg[name])
+        ctx.set(dut.fmt, CodeFormat(cfg["fmt"]))
+        held = None
+        for inp, exp in zip(g["inputs"] * 2, g["expected"] * 2):
+            valid, ready = rng.random() < 0.6, rng.random() < 0.6
+            ctx.set(dut.i.payload, [inp["code[0]"]])
+            ctx.set(dut.i.valid, int(valid))
+            ctx.set(dut.o.ready, int(ready))
+            taken = valid and (not ctx.get(dut.o.valid) or ready)
+            await ctx.tick()
+            if taken:
+                held = (exp["neg[0]"], exp["mag[0]"], exp["sh[0]"])
+                seen["taken"] += 1
+            elif held is not None:
+                seen["held"] += 1
+            if held is not None:
+                t = ctx.get(dut.o_copies[0])[0]
+                assert (t.neg, t.mag, t.sh) == held
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["taken"] > 50 and seen["held"] > 50
 
 
 # ----------------------------------------------------------------------------- requantiser
