@@ -65,9 +65,9 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import EngineConfig
 from .decoders import OperandDecoder
-from .engine_buffers import BBuffer, ColumnParams, TileDescriptors
+from .engine_buffers import COLP_EN_COPIES, BBuffer, ColumnParams, TileDescriptors
 from .engine_control import EngineController
-from .engine_drain import REQUANT_EN_COPIES, DrainPipeline, OutputStage
+from .engine_drain import REQUANT_EN_COPIES, DrainPipeline, OutputStage, fifo_push_copies
 # the stream payload layouts and ZA_BITS are the engine's interface: import them from here
 # (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, drain_row_group, out_layout,
@@ -142,7 +142,8 @@ class LayerEngine(wiring.Component):
         # rowp's outlier count (for the schedule)
         deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
-        groups = {"mac": mac_en_groups(R, C), "col": C, "cp": C, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3}
+        groups = {"mac": mac_en_groups(R, C), "col": C, "cp": C * COLP_EN_COPIES, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3,
+                  "fifo": fifo_push_copies(C)}
         if cfg.has_outliers:
             groups["ou"] = R
         back = m.submodules.back_en = BackEndEnable(groups)
@@ -172,7 +173,7 @@ class LayerEngine(wiring.Component):
         wiring.connect(m, ctl.descriptors, desc_front.ctl)
         m.d.comb += [
             back.x_adv.eq(stall.x_adv), back.x_hold.eq(stall.x_hold), back.start.eq(start),
-            ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.k.eq(lc.k), bbuf.b.eq(stall.head.b),
+            ctl.en.eq(en.ctl), bbuf.en.eq(en.ctl), bbuf.b.eq(stall.head.b),
             desc_front.rowp.n_out.eq(stall.front.rowp.n_out), desc_front.drain_row_ahead.eq(0),
         ]
         # back end (BACK_END_DELAY cycles later): column parameters, drain, output stage
@@ -191,7 +192,7 @@ class LayerEngine(wiring.Component):
             drain.za.eq(desc.za), drain.mr.eq(desc.mr),
             drain.colsum.eq(cols.colsum), drain.params.eq(cols.params),
             drain.fo.eq(late(lc.fo, "fo")), drain.n.eq(late(lc.n, "n")),
-            outs.en.eq(en_out), outs.en_rq.eq(back.en.rq), outs.clear.eq(late_start),
+            outs.en.eq(en_out), outs.en_fifo.eq(back.en.fifo), outs.en_rq.eq(back.en.rq), outs.clear.eq(late_start),
             *[getattr(outs, k).eq(late(getattr(lc, k), k)) for k in ("sr", "z_out", "out_fmt", "out_k")],
         ]
         self._operands(m, stall, ctl, bbuf, drain, back, late_start)

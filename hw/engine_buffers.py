@@ -25,7 +25,10 @@ from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorC
 from .kept import kept_copies
 from .outlier_unit import outlier_beat_layout
 
-__all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES"]
+__all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES", "COLP_EN_COPIES"]
+
+#: Enable copies per column of :class:`ColumnParams`, each the clock enable of a part of its bits.
+COLP_EN_COPIES = 2
 
 #: Copies of the drained row in :class:`TileDescriptors`: one per 8 bits of ``za`` (24) and ``Mr`` (16).
 ROW_SELECT_COPIES = -(-ZA_BITS // 8) + 2
@@ -48,10 +51,8 @@ class BBuffer(wiring.Component):
     ----------
     en : In(1)
         Global enable.
-    k : In(16)
-        ``K`` of the running layer.
     ctl : In(LoaderControl)
-        Loader start / next block.
+        Loader start (with the layer's ``K``) / next block.
     need : Out(StreamNeed)
         The loader needs a ``b`` beat now / after an advance.
     b : In(ArrayLayout(signed(b_bits), cols))
@@ -73,7 +74,7 @@ class BBuffer(wiring.Component):
         self.cfg = cfg
         row = data.ArrayLayout(signed(cfg.b_bits), cfg.cols)
         ports = {
-            "en": In(1), "k": In(DIM_BITS), "ctl": In(LoaderControl), "need": Out(StreamNeed),
+            "en": In(1), "ctl": In(LoaderControl), "need": Out(StreamNeed),
             "b": In(row), "load": Out(LoadSignature(cfg.b_bits, cfg.cols)),
             "read": In(BReadSignature(cfg.k_bits)), "row": Out(row),
         }
@@ -83,9 +84,16 @@ class BBuffer(wiring.Component):
         super().__init__(ports)
 
     def _loader(self, m):
-        """Load counter in advance form; returns ``(active, count, bank)``."""
+        """Load counter in advance form; returns ``(active, count, bank)``.
+
+        ``last`` (``cnt + 1 == K``) after a cycle is one equality compare of two registers per case
+        of the count: ``K - 1`` and ``K - 2`` are registers loaded at the layer's start (issue #15:
+        ``cnt + 2 == K`` put a carry chain before the compare, the worst path of a 16 x 16 run).
+        """
         active, cnt, bank, last = Signal(name="ld_active"), Signal(DIM_BITS, name="ld_cnt"), \
             Signal(name="ld_bank"), Signal(name="e_ld_last")      # last: cnt + 1 == K
+        km1, km2 = Signal(signed(DIM_BITS + 1), name="ld_km1"), Signal(signed(DIM_BITS + 1), name="ld_km2")
+        k1 = Signal(name="ld_k1")                                 # K == 1
         regs = [active, cnt, bank, last]
         adv = {id(r): Signal.like(r, name=f"{r.name}_adv") for r in regs}
         A = lambda r: adv[id(r)]          # value after an enabled cycle
@@ -97,10 +105,12 @@ class BBuffer(wiring.Component):
         with m.If(self.ctl.block):       # the next column block overrides the progress
             m.d.comb += [A(active).eq(1), A(cnt).eq(0), A(bank).eq(self.ctl.bank)]
         # last after the cycle, A(cnt) + 1 == K, written as one compare per case of A(cnt) (0, cnt + 1,
-        # cnt) so the controller's block signal reaches only the final multiplexer, not an adder
-        m.d.comb += A(last).eq(Mux(self.ctl.block, self.k == 1, Mux(active, cnt + 2 == self.k, cnt + 1 == self.k)))
+        # cnt) so the controller's block signal reaches only the final multiplexer
+        m.d.comb += A(last).eq(Mux(self.ctl.block, k1, Mux(active, cnt == km2, cnt == km1)))
         with m.If(self.ctl.start):
-            m.d.sync += [active.eq(1), cnt.eq(0), bank.eq(0), last.eq(self.ctl.start_last)]
+            k = self.ctl.start_k
+            m.d.sync += [active.eq(1), cnt.eq(0), bank.eq(0), last.eq(k == 1),
+                         k1.eq(k == 1), km1.eq(k - 1), km2.eq(k - 2)]
         with m.Elif(self.en):
             m.d.sync += [r.eq(A(r)) for r in regs]
         m.d.comb += [self.need.now.eq(active), self.need.adv.eq(A(active))]
@@ -153,7 +163,9 @@ class ColumnParams(wiring.Component):
     tile's) combinationally.  The load and control inputs arrive a cycle ahead (``load_ahead``,
     ``ctl_ahead``) and are registered here, with the strobes the clock enables need already combined
     (``active & first``, ``commit & commit_bank == bk``), so each column's clock enable is one LUT
-    after its enable copy (issue #15).
+    after its enable copy (issue #15).  Every column has its own kept copy of these strobe registers
+    (:func:`hw.kept.kept_copies`) and :data:`COLP_EN_COPIES` enable copies, each the clock enable of a
+    part of the column's bits (session 39: one copy drove a column's 70 scratch bits and 140 bank bits).
 
     Parameters
     ----------
@@ -161,9 +173,10 @@ class ColumnParams(wiring.Component):
 
     Attributes
     ----------
-    en : In(cols)
-        Enable copies, one per column (each drives only its column's registers: the clock enables
-        of the 2 x 560 bank bits of an 8 x 8 engine were one net before, issue #15).
+    en : In(cols * COLP_EN_COPIES)
+        Enable copies, :data:`COLP_EN_COPIES` per column (copies ``c * COLP_EN_COPIES ..`` drive only
+        column ``c``'s registers: the clock enables of the 2 x 560 bank bits of an 8 x 8 engine were one
+        net before, issue #15).
     load_ahead : In(LoadSignature(b_bits, cols))
         The B row loaded in the next cycle.
     colp : In(colp_layout(cols))
@@ -179,7 +192,7 @@ class ColumnParams(wiring.Component):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         super().__init__({
-            "en": In(cfg.cols), "load_ahead": In(LoadSignature(cfg.b_bits, cfg.cols)),
+            "en": In(cfg.cols * COLP_EN_COPIES), "load_ahead": In(LoadSignature(cfg.b_bits, cfg.cols)),
             "colp": In(colp_layout(cfg.cols)), "ctl_ahead": In(ColumnControl),
             "colsum": Out(data.ArrayLayout(signed(cfg.colsum_bits), cfg.cols)),
             "params": Out(colp_layout(cfg.cols)),
@@ -187,26 +200,34 @@ class ColumnParams(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        C, cb = self.cfg.cols, self.cfg.colsum_bits
+        C, cb, k = self.cfg.cols, self.cfg.colsum_bits, COLP_EN_COPIES
         acc = [Signal(signed(cb), name=f"colsum_acc{c}") for c in range(C)]
         scratch = Signal(colp_layout(C), name="colp_scratch")
         colsum_bank = [[Signal(signed(cb), name=f"colsum{bk}_{c}") for c in range(C)] for bk in range(2)]
         colp_bank = [Signal(colp_layout(C), name=f"colp{bk}") for bk in range(2)]
         la, ca = self.load_ahead, self.ctl_ahead
-        active, first, take, sel = (Signal(name=n) for n in ("ld_active", "ld_first", "ld_take", "read_bank"))
         row = Signal.like(la.row, name="ld_row")
-        commit_to = [Signal(name=f"commit_to{bk}") for bk in range(2)]
-        m.d.sync += [active.eq(la.active), first.eq(la.first), take.eq(la.active & la.first), row.eq(la.row),
-                     sel.eq(ca.read_bank), *[commit_to[bk].eq(ca.commit & (ca.commit_bank == bk)) for bk in range(2)]]
-        for c in range(C):       # column c: its own enable copy
-            with m.If(self.en[c] & active):
+        m.d.sync += row.eq(la.row)
+        # the strobes of the next cycle, one kept register copy per column (active, first, take,
+        # read bank, commit to bank 0 / 1)
+        nxt = Cat(la.active, la.first, la.active & la.first, ca.read_bank,
+                  *[ca.commit & (ca.commit_bank == bk) for bk in range(2)])
+        strobes = [tuple(q) for q in kept_copies(m, platform, nxt, C, "col_strobe")]
+        for c in range(C):       # column c: its own strobes and enable copies, each copy for a part of its bits
+            active, first, take, sel, *commit_to = strobes[c]
+            en = self.en[c * k:(c + 1) * k]
+            with m.If(en[0] & active):
                 m.d.sync += acc[c].eq(Mux(first, 0, acc[c]) + row[c])
-            with m.If(self.en[c] & take):
-                m.d.sync += scratch[c].eq(self.colp[c])
-            for bk in range(2):
-                with m.If(self.en[c] & commit_to[bk]):
-                    m.d.sync += [colp_bank[bk][c].eq(scratch[c]), colsum_bank[bk][c].eq(acc[c])]
-        for c in range(C):
+            w = len(scratch[c].as_value())
+            for j in range(k):
+                lo, hi = j * w // k, (j + 1) * w // k
+                with m.If(en[j] & take):
+                    m.d.sync += scratch[c].as_value()[lo:hi].eq(self.colp[c].as_value()[lo:hi])
+                for bk in range(2):
+                    with m.If(en[j] & commit_to[bk]):
+                        m.d.sync += colp_bank[bk][c].as_value()[lo:hi].eq(scratch[c].as_value()[lo:hi])
+                        if j == k - 1:
+                            m.d.sync += colsum_bank[bk][c].eq(acc[c])
             m.d.comb += [self.colsum[c].eq(Mux(sel, colsum_bank[1][c], colsum_bank[0][c])),
                          self.params[c].eq(Mux(sel, colp_bank[1][c].as_value(), colp_bank[0][c].as_value()))]
         return m

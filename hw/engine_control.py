@@ -325,7 +325,7 @@ class EngineController(wiring.Component):
               for x in (getattr(self.need, k).now.eq(need[k]), getattr(self.need, k).adv.eq(A(need[k])))],
             self.descriptors.load.eq(body & need["rowp"]), self.descriptors.shift.eq(body & s.bnd & ~s.epi),
             self.descriptors.take.eq(nxt["valid"]),
-            self.loader.start.eq(start), self.loader.start_last.eq(self.cmd.payload.k == 1),
+            self.loader.start.eq(start), self.loader.start_k.eq(self.cmd.payload.k),
             self.loader.block.eq(load_start), self.loader.bank.eq(~nxt["bank"]),
             self.columns.commit.eq(s.commit), self.columns.commit_bank.eq(cur["bank"]),
             self.columns.read_bank.eq(prev["bank"]),

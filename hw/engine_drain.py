@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
@@ -32,13 +31,19 @@ from .dsp import dsp_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
                              drain_row_group, out_layout, row_bits)
 from .kept import kept_copies
+from .push_fifo import PushFifo, push_chunks
 from .requantiser import Requantiser
 
-__all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES"]
+__all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES", "fifo_push_copies"]
 
 #: Enable copies per requantiser (each drives the clock enables of ``LATENCY / 6`` = 2 stages, about
 #: 170 flip-flops and their DSP blocks' ``CE``; issue #15, session 34).
 REQUANT_EN_COPIES = 6
+
+
+def fifo_push_copies(cols: int) -> int:
+    """Enable copies of the output FIFO's push strobes (:func:`hw.push_fifo.push_chunks` of a row)."""
+    return push_chunks(len(Signal(out_layout(cols)).as_value()))
 
 
 def _low(x, bits: int):
@@ -284,7 +289,8 @@ class OutputStage(wiring.Component):
     the element's valid bit travels in the tag).  Requantiser 0 carries the group's tag (valid, row, column, last); the first ``S - 1``
     groups of a row wait in holding registers, and a valid tag of a row's last group at its output
     pushes the assembled row into the FIFO when the engine advances (the global stall keeps room for it from the
-    FIFO ``level``, hw/stall.py ``fifo_threshold``).
+    FIFO ``level``, hw/stall.py ``fifo_threshold``, so the FIFO never refuses a write: :class:`hw.push_fifo.PushFifo`,
+    one push strobe per storage chunk, each from its own enable copy ``en_fifo``).
 
     Parameters
     ----------
@@ -293,7 +299,9 @@ class OutputStage(wiring.Component):
     Attributes
     ----------
     en : In(1)
-        Global enable (FIFO push, ``acc_fault``).
+        Global enable (row assembly, ``acc_fault``).
+    en_fifo : In(fifo_push_copies(cols))
+        Enable copies of the FIFO's push strobes, one per storage chunk.
     en_rq : In(cols / S * REQUANT_EN_COPIES)
         Enable copies of the requantisers: lane ``j`` takes copies ``j * REQUANT_EN_COPIES ..``.
     clear : In(1)
@@ -315,7 +323,8 @@ class OutputStage(wiring.Component):
         self.cfg = cfg
         C = cfg.cols
         super().__init__({
-            "en": In(1), "en_rq": In(cfg.drain_lanes * REQUANT_EN_COPIES), "clear": In(1),
+            "en": In(1), "en_fifo": In(fifo_push_copies(C)), "en_rq": In(cfg.drain_lanes * REQUANT_EN_COPIES),
+            "clear": In(1),
             "sr": In(5), "z_out": In(8), "out_fmt": In(OutFormat), "out_k": In(4),
             "i": In(DrainedRowSignature(cfg.drain_lanes, cfg.acc_bits)),
             "out": Out(stream.Signature(out_layout(C))),
@@ -326,8 +335,8 @@ class OutputStage(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         C, G, W, S = self.cfg.cols, self.cfg.drain_lanes, self.cfg.acc_bits, self.cfg.requant_share
-        fifo = m.submodules.fifo = SyncFIFO(width=len(Signal(out_layout(C)).as_value()), depth=OUT_FIFO_DEPTH)
-        m.d.comb += [self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data), fifo.r_en.eq(self.out.ready)]
+        fifo = m.submodules.fifo = PushFifo(len(Signal(out_layout(C)).as_value()), OUT_FIFO_DEPTH)
+        wiring.connect(m, fifo.r, wiring.flipped(self.out))
         # tag: lane 0 carries (valid, row, col, last, inside), the other lanes (valid, inside)
         tag_bits = 3 + 2 * DIM_BITS
         outs = []
@@ -357,12 +366,11 @@ class OutputStage(wiring.Component):
                 src = groups[g + 1] if g + 1 < S - 1 else [(o.value, o.sat) for o in outs]
                 m.d.sync += [x.eq(y) for (hv, hs), (sv, ss) in zip(groups[g], src) for x, y in ((hv, sv), (hs, ss))]
         lanes = [lane for g in groups for lane in g] + [(o.value, o.sat) for o in outs]
-        push = Signal()
-        m.d.comb += [push.eq(self.en & valid & last), self.fifo.level.eq(fifo.level)]
+        m.d.comb += [fifo.push.eq(Cat(*[e & valid & last for e in self.en_fifo])), self.fifo.level.eq(fifo.level)]
         w = Signal(out_layout(C))
         m.d.comb += [w.row.eq(tag0[1:1 + DIM_BITS]), w.col.eq(col - (S - 1) * G)]
         m.d.comb += [x for c in range(C) for x in (w.data[c].eq(lanes[c][0]), w.sat[c].eq(lanes[c][1]))]
-        m.d.comb += [fifo.w_en.eq(push), fifo.w_data.eq(w.as_value())]
+        m.d.comb += fifo.w_data.eq(w.as_value())
         # a requantiser fault counts in a lane inside the layer (its tag's last bit)
         rq_fault_any = Cat(*[outs[c].fault & outs[c].tag[-1] for c in range(G)]).any()
         with m.If(self.clear):

@@ -89,10 +89,9 @@ DescriptorControl = wiring.Signature({
     "load": Out(1), "shift": Out(1), "take": Out(1), "nb": In(DIM_BITS),
 })
 
-#: Loader commands (:class:`hw.engine_buffers.BBuffer`): ``start`` a layer (load block 0 into bank 0;
-#: ``start_last``: its ``K`` is 1), or at a window boundary start loading the next column ``block``
-#: into ``bank``.
-LoaderControl = wiring.Signature({"start": Out(1), "start_last": Out(1), "block": Out(1), "bank": Out(1)})
+#: Loader commands (:class:`hw.engine_buffers.BBuffer`): ``start`` a layer of ``start_k`` rows (load
+#: block 0 into bank 0), or at a window boundary start loading the next column ``block`` into ``bank``.
+LoaderControl = wiring.Signature({"start": Out(1), "start_k": Out(DIM_BITS), "block": Out(1), "bank": Out(1)})
 
 
 def LoadSignature(b_bits: int, cols: int) -> wiring.Signature:
