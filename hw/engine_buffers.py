@@ -206,15 +206,15 @@ class ColumnParams(wiring.Component):
         colsum_bank = [[Signal(signed(cb), name=f"colsum{bk}_{c}") for c in range(C)] for bk in range(2)]
         colp_bank = [Signal(colp_layout(C), name=f"colp{bk}") for bk in range(2)]
         la, ca = self.load_ahead, self.ctl_ahead
-        row = Signal.like(la.row, name="ld_row")
-        m.d.sync += row.eq(la.row)
+        row, sel = Signal.like(la.row, name="ld_row"), Signal(name="read_bank")
+        m.d.sync += [row.eq(la.row), sel.eq(ca.read_bank)]
         # the strobes of the next cycle, one kept register copy per column (active, first, take,
-        # read bank, commit to bank 0 / 1)
-        nxt = Cat(la.active, la.first, la.active & la.first, ca.read_bank,
-                  *[ca.commit & (ca.commit_bank == bk) for bk in range(2)])
+        # commit to bank 0 / 1); the drain's bank select stays one register (a copy per column was
+        # placed with the strobes, away from the column's multiplexer: session 39)
+        nxt = Cat(la.active, la.first, la.active & la.first, *[ca.commit & (ca.commit_bank == bk) for bk in range(2)])
         strobes = [tuple(q) for q in kept_copies(m, platform, nxt, C, "col_strobe")]
         for c in range(C):       # column c: its own strobes and enable copies, each copy for a part of its bits
-            active, first, take, sel, *commit_to = strobes[c]
+            active, first, take, *commit_to = strobes[c]
             en = self.en[c * k:(c + 1) * k]
             with m.If(en[0] & active):
                 m.d.sync += acc[c].eq(Mux(first, 0, acc[c]) + row[c])
