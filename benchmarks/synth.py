@@ -160,6 +160,7 @@ def record(results: dict) -> None:
                  "lut_mapper": e["lut_mapper"],
                  "tools": ", ".join(f"yowasp-{k} {v}" for k, v in e.get("tools", {}).items()),
                  "commit": e["commit"].replace("+dirty", ""), "command": e["command"],
+                 **({"nextpnr_args": list(e["nextpnr_args"])} if p and e.get("nextpnr_args") else {}),
                  "doc": "docs/hardware.md, 'Synthesis table' (benchmarks/synth.py)"}
         def key(x):
             return tuple(x[k] for k in ("rows", "cols", "a_bits", "b_bits")) + (x.get("requant_share", 1),)
