@@ -20,9 +20,10 @@ passed to elaboration (:func:`dsp_kind`):
   own shape, so an unsigned 17-bit chunk stays positive).  ``tests/test_hw_dsp.py`` simulates this
   form in Verilator with the behavioural model ``tb/csrc/mult18x18d_model.v`` against the generic form.
 
-The same choice selects the form of the B buffer's read ports (:class:`hw.engine_buffers.BBuffer`):
-its block RAM carries ``no_rw_check`` (a read in the cycle its row is written is never used), and the
-generic form checks that claim in every simulation by inverting the data of a colliding read.
+The same choice selects the form of the B buffer's block RAM (:mod:`hw.bram`, used by
+:class:`hw.engine_buffers.BBuffer`): ``DP16KD`` blocks with their output registers in the ECP5 form;
+the generic form checks in every simulation that no read in the cycle its row is written is used
+(``no_rw_check``) by inverting the data of a colliding read.
 
 Neither form resets the three registers (the DSP block's registers have no reset here): a product
 is meaningful only once its operands have passed, which every user tracks with its own valid bits.

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, EngineConfig
-from .dsp import dsp_kind
+from .bram import RegisteredReadMemory
 from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorControl, LoadSignature,
                              LoaderControl, StreamNeed, colp_layout, row_bits, rowp_layout)
 from .kept import kept_copies
@@ -41,7 +40,8 @@ class BBuffer(wiring.Component):
     into one bank, started by :attr:`ctl` (``start``: block 0 into bank 0; ``block``: the next
     block into ``bank``).  Its state is kept in advance form (``need.adv`` is the need after an
     enabled cycle, :mod:`hw.engine_control`).  Reads are one cycle ahead: the memory is addressed
-    with the row of the next cycle and the row is registered in the fabric when ``en`` is high.
+    with the row of the next cycle and the row is registered when ``en`` is high (in the fabric, or in
+    the block RAM's output register in the ECP5 form, :func:`hw.bram.registered_reads`).
 
     Parameters
     ----------
@@ -125,32 +125,20 @@ class BBuffer(wiring.Component):
         # the bank no tile reads; in the fill window the read address runs one row ahead of the
         # write), so yosys need not emulate read-first across the block RAM's ports (issue #15:
         # that logic put the enable-dependent read address on a comparator path).  The generic
-        # (simulated) form checks the claim: a read that collides with a write returns its data
-        # inverted, so every RTL test would see a used collision (hw/dsp.py: DSP forms).
-        mem = m.submodules.mem = Memory(shape=data.ArrayLayout(signed(cfg.b_bits), cfg.cols),
-                                        depth=2 * (1 << kb), init=[], attrs={"no_rw_check": 1})
-        wp = mem.write_port()
-        m.d.comb += [wp.addr.eq(Cat(cnt[:kb], bank)), wp.data.eq(self.b), wp.en.eq(self.en & active)]
-
-        def read(addr, name):
-            rp = mem.read_port(domain="sync")
-            m.d.comb += [rp.addr.eq(addr), rp.en.eq(1)]
-            if dsp_kind(platform) != "generic":
-                return rp.data
-            collided = Signal(name=f"{name}_collided")
-            m.d.sync += collided.eq(wp.en & (wp.addr == addr))
-            return Mux(collided, ~rp.data.as_value(), rp.data.as_value())
-
-        row = read(Cat(self.read.k, self.read.bank), "rd_mac")
-        with m.If(self.en):
-            m.d.sync += self.row.eq(row)
+        # (simulated) form checks the claim (hw/bram.py).  Each read port's row register is the block
+        # RAM's own output register in the ECP5 form (session 40: the read without it was 5.83 ns).
+        width = len(Signal(data.ArrayLayout(signed(cfg.b_bits), cfg.cols)).as_value())
+        reads = [(Cat(self.read.k, self.read.bank), self.en)]
         if cfg.has_outliers:
-            for l in range(cfg.outlier_lanes):
-                # read one cycle ahead from the outlier buffer's next head (the outlier unit sees the
-                # same column one cycle later), register the row in the fabric
-                data_l = read(Cat(self.outl_next[l].col[:kb], self.read.bank), f"rd_outl{l}")
-                with m.If(self.outl_en):
-                    m.d.sync += self.outl_rows[l].eq(data_l)
+            # read one cycle ahead from the outlier buffer's next head (the outlier unit sees the
+            # same column one cycle later), registered with the outlier rows' enable
+            reads += [(Cat(self.outl_next[l].col[:kb], self.read.bank), self.outl_en) for l in range(cfg.outlier_lanes)]
+        mem = m.submodules.mem = RegisteredReadMemory(width, 2 * (1 << kb), len(reads))
+        m.d.comb += [mem.w_addr.eq(Cat(cnt[:kb], bank)), mem.w_data.eq(self.b.as_value()), mem.w_en.eq(self.en & active),
+                     *[x for j, (addr, oce) in enumerate(reads) for x in (mem.r_addr[j].eq(addr), mem.oce[j].eq(oce))],
+                     self.row.as_value().eq(mem.r_data[0])]
+        for l in range(len(reads) - 1):
+            m.d.comb += self.outl_rows[l].as_value().eq(mem.r_data[1 + l])
         return m
 
 

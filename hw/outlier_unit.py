@@ -36,6 +36,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS
+from .common import carry_save
 from .mac_array import adder_tree
 
 __all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout", "val_times_b_halves"]
@@ -70,6 +71,17 @@ def val_times_b_halves(m: Module, val, b, b_bits: int, name: str = "outl_p"):
     rest = terms[half:]
     hi = (adder_tree(m, rest, f"{name}_hi") - neg) if rest else -neg
     return lo, hi
+
+
+def _below_end(row, row0, m):
+    """``row - row0 < m`` as the sign of ``row + ~row0 + ~m + 2`` (modulo ``2^W``): one carry-save level
+    and one carry chain, not the subtraction's chain followed by the compare's (issue #15)."""
+    W = DIM_BITS + 2                 # |row - row0 - m| < 2^(DIM_BITS + 1)
+
+    def ext(v):
+        return Cat(v, Const(0, W - len(v)))
+    x, y, _ = carry_save([ext(row), ~ext(row0), ~ext(m), Const(2, W)])
+    return (x[:W] + y[:W])[W - 1]
 
 
 class OutlierUnit(wiring.Component):
@@ -175,7 +187,7 @@ class OutlierUnit(wiring.Component):
             e = self.entries[l]
             m.d.comb += [
                 rel[l].eq(e.row - self.row0),
-                ok[l].eq(e.valid & (e.row >= self.row0) & (rel[l] < self.m) & (e.col < self.k)),
+                ok[l].eq(e.valid & (e.row >= self.row0) & _below_end(e.row, self.row0, self.m) & (e.col < self.k)),
                 self.rd_addr[l].eq(e.col[:self.addr_bits]),
             ]
             bad.append(e.valid & ~ok[l])

@@ -13,11 +13,11 @@ from vitaccel.tb.runner import run_cocotb, verilog_for
 def run(cfg: EngineConfig, cases: list[dict], tmp_path, seed: int = 0, platform=None) -> list[dict]:
     v = verilog_for(build_engine, "layer_engine", cfg.to_dict(), platform=platform)
     sources = [v]
-    if platform is not None:         # the ECP5 form instantiates MULT18X18D and TRELLIS_FF: add the project's models
+    if platform is not None:         # the ECP5 form instantiates MULT18X18D, TRELLIS_FF, DP16KD: add the project's models
         import vitaccel.tb as tbpkg
         text = v.read_text()
-        assert "MULT18X18D" in text and "TRELLIS_FF" in text
-        sources += [Path(tbpkg.__file__).parent / "csrc" / f for f in ("mult18x18d_model.v", "trellis_ff_model.v")]
+        assert "MULT18X18D" in text and "TRELLIS_FF" in text and "DP16KD" in text
+        sources += [Path(tbpkg.__file__).parent / "csrc" / f for f in ("mult18x18d_model.v", "trellis_ff_model.v", "dp16kd_model.v")]
     report = tmp_path / "cycles.json"
     run_cocotb("layer_engine", sources, "vitaccel.tb.cocotb_engine", seed=seed,
                data={"cols": cfg.cols, "seed": seed, "cases": cases, "report": str(report)})
