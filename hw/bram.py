@@ -3,7 +3,8 @@
 An ECP5 ``DP16KD`` read without its output register (``REGMODE = "NOREG"``, what yosys' memory
 mapping always builds) gives the data 5.83 ns after the clock edge (nextpnr's timing model of the
 LFE5U-85F, speed grade 6), so any fabric register after it is at least that plus the route away:
-the worst path of the 8 x 8 engine once the drain's shift had left it (docs/hardware.md "Session 40").
+the worst path of several 8 x 8 runs of sessions 39 and 40 (docs/hardware.md "Session 40"), and a
+bound near 130 - 146 MHz on any engine that reads through it.
 Every read port here ends in a register with its own clock enable, built in one of two equivalent
 forms chosen by the elaboration platform (:func:`hw.dsp.dsp_kind`, the same choice as the DSP form):
 
