@@ -12,10 +12,12 @@ forms chosen by the elaboration platform (:func:`hw.dsp.dsp_kind`, the same choi
   address registered every cycle) and a fabric register loaded from it when the port's ``oce`` is
   high.  The memory carries ``no_rw_check`` (its users never read a row in the cycle it is written);
   this form checks that claim in every simulation by returning the inverted data of a colliding read.
-* ``ecp5``: one ``DP16KD`` per read port and ``slice_width`` bits of data, port A writing (every copy
-  gets every write), port B reading with ``REGMODE_B = "OUTREG"``: ``CEB = 1`` (the address register,
+* ``ecp5``: one ``DP16KD`` per read port and slice of data (9 bits at 2 048 rows, :func:`dp16kd_shape`),
+  port A writing (every copy gets every write), port B reading with ``REGMODE_B = "OUTREG"``: ``CEB = 1`` (the address register,
   as in the generic form) and ``OCEB = oce`` (the output register, in place of the fabric register).
-  ``tb/csrc/dp16kd_model.v`` is the project's model of this configuration for the RTL tests.
+  ``tb/csrc/dp16kd_model.v`` is the project's model of this configuration for the RTL tests.  A memory
+  deeper than one block (more than 16 384 rows, ``max_k`` above 8 192) keeps the generic form, which
+  yosys maps to cascaded blocks without their output registers.
 
 Both forms: ``data(t + 1) = mem[addr(t - 1)]`` when ``oce(t)``, else ``data(t)``; the register has no
 reset (a read is used only after its address was issued, which every user tracks).
@@ -76,7 +78,7 @@ def registered_reads(m: Module, platform, *, width: int, depth: int, write, read
         The data register of each read port (``width`` bits, unsigned).
     """
     w_addr, w_data, w_en = (Value.cast(v) for v in write)
-    if dsp_kind(platform) == "generic":
+    if dsp_kind(platform) == "generic" or depth > DP16KD_BITS:
         return _generic(m, width, depth, w_addr, w_data, w_en, reads, name)
     return _ecp5(m, width, depth, w_addr, w_data, w_en, reads, name)
 
@@ -134,7 +136,6 @@ def _ecp5(m, width, depth, w_addr, w_data, w_en, reads, name):
                 p_WRITEMODE_A="NORMAL", p_WRITEMODE_B="NORMAL", p_GSR="DISABLED", **ports)
         out.append(data)
     return out
-
 
 
 class RegisteredReadMemory(wiring.Component):

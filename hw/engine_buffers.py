@@ -127,7 +127,7 @@ class BBuffer(wiring.Component):
         # that logic put the enable-dependent read address on a comparator path).  The generic
         # (simulated) form checks the claim (hw/bram.py).  Each read port's row register is the block
         # RAM's own output register in the ECP5 form (session 40: the read without it was 5.83 ns).
-        width = len(Signal(data.ArrayLayout(signed(cfg.b_bits), cfg.cols)).as_value())
+        width = len(self.row.as_value())
         reads = [(Cat(self.read.k, self.read.bank), self.en)]
         if cfg.has_outliers:
             # read one cycle ahead from the outlier buffer's next head (the outlier unit sees the

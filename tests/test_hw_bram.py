@@ -114,6 +114,12 @@ def test_ecp5_form_is_dp16kd_with_output_register(width, depth, reads, per_read,
     assert "DP16KD" not in generic and "reg [" in generic
 
 
+def test_ecp5_form_deeper_than_one_block_keeps_the_memory():
+    """More than 16 384 rows (``max_k`` above 8 192): no DP16KD instance, the memory is left to yosys."""
+    text = verilog.convert(RegisteredReadMemory(8, 32768, 1), name="top", emit_src=False, platform=ECP5_DSP)
+    assert "DP16KD" not in text and "reg [7:0] mem" in text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("width, depth, reads", [(32, 2048, 2), (20, 1024, 1), (5, 4096, 2)])
 def test_ecp5_form_rtl(width, depth, reads):
