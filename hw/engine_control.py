@@ -25,7 +25,7 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
+from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, FILL_MIN, EngineConfig
 from .engine_layouts import (BReadSignature, ColumnControl, DescriptorControl, DrainControl, LoaderControl,
                              MacControl, OutlierControl, StatusSignature, StreamNeed, cmd_layout, row_bits)
 from .kept import kept_copies
@@ -184,6 +184,18 @@ class EngineController(wiring.Component):
             "a0": free(m_eff1 <= lc.k, "f_a0"),                                    # f_a_next == 0
             "r0z": free(nxt["r0"] == 0, "f_r0z"),                                  # next tile starts a block
         }
+        # the next tile's outlier window from its beat count ``nb`` (the descriptor register loaded in
+        # the window's first cycle): a second free-running stage, valid from the window's third cycle,
+        # so ``nb`` and the additions after it never sit before a boundary's registers (every window
+        # lasts >= 3 cycles: fill max(K, 3), tile windows >= DRAIN_OFFSET)
+        nb = self.descriptors.nb
+        WC = len(s.o_end)
+        o_end_next = f["m2"] + nb
+        f["o_end"] = free(o_end_next, "f_o_end")                                   # its o_end
+        f["o_end1"] = free(o_end_next[:WC] == 1, "f_o_end1")                       # its o_end == 1
+        # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
+        f["w"] = free(Mux(nb > f["slack"], o_end_next, f["base"]), "f_w")          # its window length
+        f["onz"] = free(nb != 0, "f_onz")                                          # it has outliers
         return f
 
     def _advance(self, m, s, f, A):
@@ -191,10 +203,6 @@ class EngineController(wiring.Component):
         cfg = self.cfg
         R, C, rbits = cfg.rows, cfg.cols, row_bits(cfg.rows) + cfg.share_bits
         cur, prev, nxt = s.cur, s.prev, s.nxt
-        nb = self.descriptors.nb                    # outlier beats of the next tile
-        o_end_next = f["m2"] + nb
-        # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
-        w_next = Mux(nb > f["slack"], o_end_next, f["base"])
         # the window boundary through kept copies of bnd: counters, tile state, next tile (each copy
         # drives one group's clock enables; one bnd drove all of them, session 35)
         b_count, b_tile, b_next = s.bnd_copies[:3]
@@ -223,8 +231,8 @@ class EngineController(wiring.Component):
                     m.d.comb += [
                         A(cur["valid"]).eq(1), A(cur["r0"]).eq(nxt["r0"]), A(cur["m"]).eq(f["nxt_m"]),
                         A(s.m_eff).eq(f["nxt_m"][:DIM_BITS] << cfg.share_bits),
-                        A(cur["c0"]).eq(nxt["c0"]), A(cur["bank"]).eq(nxt["bank"]), A(s.o_end).eq(o_end_next),
-                        A(s.wlen).eq(w_next), A(s.a_off).eq(f["a_next"]), A(s.a_end).eq(f["a_end"]),
+                        A(cur["c0"]).eq(nxt["c0"]), A(cur["bank"]).eq(nxt["bank"]), A(s.o_end).eq(f["o_end"]),
+                        A(s.wlen).eq(f["w"]), A(s.a_off).eq(f["a_next"]), A(s.a_end).eq(f["a_end"]),
                     ]
                     with m.If(f["r0z"]):             # first tile of a column block
                         m.d.comb += A(s.commit).eq(1)
@@ -262,10 +270,13 @@ class EngineController(wiring.Component):
         # A(o_end) != A(o_start): a boundary that takes a tile sets o_end = o_start + nb (mod 2^WC,
         # nb < 2^WC), one without a tile sets o_start alone
         f_m2 = f["m2"][:len(s.o_start)]
-        onz_bnd = Mux(nxt["valid"], self.descriptors.nb != 0, s.o_end != f_m2)
+        takes = ~s.epi & nxt["valid"]               # a boundary now takes the next tile
+        onz_bnd = Mux(nxt["valid"], f["onz"], s.o_end != f_m2)
         m.d.comb += [
             A(s.e_a_end).eq(hits(s.a_end)), A(s.e_a_off).eq(hits(s.a_off)),
-            A(s.e_o_start).eq(hits(s.o_start)), A(s.e_o_end).eq(hits(s.o_end)),
+            A(s.e_o_start).eq(hits(s.o_start)),
+            # hits(o_end) with A(o_end) == 1 precomputed (f_o_end1) where the boundary loads it
+            A(s.e_o_end).eq(Mux(bnd, Mux(takes, f["o_end1"], s.o_end == 1), s.wc2 == s.o_end)),
             A(s.e_drain0).eq(Mux(bnd, DRAIN_OFFSET == 1, s.wc2 == DRAIN_OFFSET)),
             A(s.e_onz).eq(Mux(bnd & ~s.epi, onz_bnd, s.o_end != s.o_start)),
         ]
@@ -277,7 +288,7 @@ class EngineController(wiring.Component):
         with m.If(start):
             m.d.sync += [
                 self.layer.eq(cmd), s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.bnd.eq(0), s.epi.eq(0),
-                s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > 2, cmd.k, 2)),
+                s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > FILL_MIN, cmd.k, FILL_MIN)),
                 s.cur["valid"].eq(0), s.m_eff.eq(0), s.prev["valid"].eq(0),
                 nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),
                 s.nxt_rem.eq(cmd.m), s.nxt_ncrem.eq(cmd.n),

@@ -22,7 +22,7 @@ from vitaccel.sim import formats as F
 from vitaccel.sim.errors import UserError
 
 __all__ = [
-    "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "OUTLIER_LATENCY",
+    "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "FILL_MIN", "OUTLIER_LATENCY",
     "PRE_REQUANT_LATENCY", "GATHER_LATENCY", "REQUANT_LATENCY", "BACK_END_DELAY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
     "acc_bits_at_max_k", "check_acc_for_max_k", "default_acc_bits", "make_engine_config",
 ]
@@ -41,6 +41,13 @@ DRAIN_OFFSET = MAC_LATENCY - 1
 #: ``OUTLIER_LATENCY <= DRAIN_OFFSET``, so the window formula of :mod:`sim.schedule` is unchanged.)
 OUTLIER_LATENCY = 3
 assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows DRAIN_OFFSET cycles late"
+#: Shortest fill window (``fill = max(K, FILL_MIN)``): the first tile's descriptor is read in the
+#: fill's first cycle, its outlier beat count is registered in the second, and the controller's
+#: second precompute stage (the first window's length and outlier end) is ready from the third, the
+#: earliest boundary.  Every tile window is at least ``DRAIN_OFFSET`` long.  (3 since issue #15's
+#: session 41; 2 before, which made ``K <= 2`` layers one cycle shorter.)
+FILL_MIN = 3
+assert FILL_MIN <= DRAIN_OFFSET, "hw.engine_control's second precompute stage needs windows of >= 3 cycles"
 #: Drain stages before the requantiser: row select, zero-point partial products ``za * colsum``
 #: (DSP blocks, input and output registers) and their sum, ``acc_d = acc_raw - za * colsum``,
 #: ``(acc_d << FO) + corr``, truncation / range check.  (7 since issue #15's session 34; 6 before.)

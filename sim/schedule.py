@@ -14,7 +14,7 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
 (``K x C`` codes) is loaded once and reused by every row tile.  Tile ``s`` has ``m_s <= R`` rows.
 
 1. **Fill** (once per layer): ``K`` cycles loading B block 0 into the B buffer
-   (one B row per cycle) while the first tile descriptor is read, ``fill = max(K, 2)``.
+   (one B row per cycle) while the first tile descriptor is read, ``fill = max(K, FILL_MIN)`` (``FILL_MIN = 3``).
 2. **Windows**: one window of ``W_s`` cycles per tile ``s``.  In window ``s``
 
    * the MAC array issues ``K`` operand columns of tile ``s`` (one A beat = ``R`` codes per cycle)
@@ -52,7 +52,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .engine_config import (DRAIN_OFFSET, OUTLIER_LATENCY, ConfigError, EngineConfig,
+from .engine_config import (DRAIN_OFFSET, FILL_MIN, OUTLIER_LATENCY, ConfigError, EngineConfig,
                      check_layer_shape)
 
 __all__ = ["CycleBreakdown", "tile_cycles", "layer_cycles", "window_cycles", "tile_order"]
@@ -144,7 +144,7 @@ def layer_cycles(cfg: EngineConfig, M: int, K: int, N: int,
         windows += window_cycles(cfg, K, m_prev, counts[r0 // cfg.rows])
         windows0 += window_cycles(cfg, K, m_prev, 0)
         m_prev = m
-    fill = max(K, 2)
+    fill = max(K, FILL_MIN)
     compute = len(tiles) * K
     drain = DRAIN_OFFSET + cfg.requant_share * m_prev + cfg.pre_requant_latency
     requant = cfg.requant_latency

@@ -46,7 +46,7 @@ def _rs(bits: int, rng) -> int:
 def _schedule(cfg: EngineConfig, M: int, K: int, N: int, counts: list[int]) -> list[dict]:
     """What the engine does in each enabled cycle of a layer (docs/hardware.md, "Dataflow and schedule").
 
-    Fill window ``max(K, 2)`` (B block 0, first descriptor), one window per tile (MAC issue from
+    Fill window ``max(K, 3)`` (B block 0, first descriptor), one window per tile (MAC issue from
     ``a_s = max(0, d_prev - K)``, drain of the previous tile from ``DRAIN_OFFSET``, ``d_prev =
     requant_share * m_prev`` cycles, one drain position ``row * requant_share + group`` per cycle, the
     tile's outlier beats after the drain), the epilogue (drain of the last tile + drain and
@@ -62,7 +62,7 @@ def _schedule(cfg: EngineConfig, M: int, K: int, N: int, counts: list[int]) -> l
              "commit": False, "tile_start": False, "shift": False, "take": False, "block": None, "cur": None}
         d.update(kw)
         ev.append(d)
-    for w in range(max(K, 2)):
+    for w in range(max(K, 3)):
         cycle(rowp=w == 0, colp=w == 0)
     prev = None
     for s, t in enumerate(tiles):

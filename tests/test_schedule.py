@@ -28,6 +28,10 @@ def test_windows_small_k_and_outliers():
     assert window_cycles(cfg, 3, 4, 0) == 8             # a = 1 -> 1 + 3 = 4; drain needs 4 + 4
     assert window_cycles(cfg, 10, 4, 9) == 13           # 5 outlier beats after the drain: 4 + 4 + 5
     assert window_cycles(cfg, 1, 0, 0) == 4             # first window lasts at least DRAIN_OFFSET
+    # K <= 2: the fill still lasts FILL_MIN = 3 cycles (descriptor read, beat count registered, the
+    # controller's second precompute stage); 3 + W0 = max(2, 0 + 4) + drain 4 + 4 + 7 + requant 14
+    assert layer_cycles(cfg, 4, 2, 4).fill == 3 and layer_cycles(cfg, 4, 2, 4).total == 3 + 4 + 15 + 14
+    assert layer_cycles(cfg, 4, 1, 4).fill == 3 and layer_cycles(cfg, 4, 3, 4).fill == 3
     # two tiles of 4 rows, K = 3: fill 3, W0 = 4, W1 = 8, drain 4 + 4 + 7, requant 14
     assert layer_cycles(cfg, 8, 3, 4).total == 3 + 4 + 8 + 15 + 14
     # per-row-tile outlier counts: only the second tile pays (13 instead of 10)
