@@ -14,8 +14,10 @@ advance form: ``A(x)`` is the value ``x`` takes when the engine advances in this
 value when it stalls), so the stream needs of the next cycle -- and therefore the registered enable
 of :class:`hw.stall.GlobalStall` -- are known one cycle ahead.  The window arithmetic (lengths,
 offsets, tile bounds) is precomputed in free-running registers ``f_*`` from state that is stable for
-at least two cycles before a window boundary (windows last >= 2 cycles), so the boundary logic only
-compares for equality; the equality flags ``e_*`` are registers too.
+at least two cycles before a window boundary, and what depends on the next tile's outlier beat count
+(loaded in a window's first cycle) in a second stage after them (windows last >= 3 cycles,
+``FILL_MIN``), so the boundary logic only loads and compares registers; the equality flags ``e_*``
+are registers too.
 """
 from __future__ import annotations
 
