@@ -65,6 +65,8 @@ class QuantConfig:
     amo_batch_size: int | None = None
     amo_input_drop: float | None = None  # QDrop probability in AMO (None: AMOConfig default, 0.5)
     amo_granularity: str | None = None  # AMO units: module (MHA / MLP, the paper) | block (None: module)
+    amo_learn_weight_scales: bool | None = None  # AMO also learns the weights' dequantisation scales
+    amo_lr_weight_scale: float | None = None     # ... with this Adam learning rate (None: AMOConfig's)
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
     sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)

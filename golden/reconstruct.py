@@ -84,6 +84,13 @@ class AMOConfig:
         Optimise rounding (otherwise only activation scales).
     learn_scales : bool
         Optimise activation-quantizer scales.
+    learn_weight_scales : bool
+        Also learn a per-output-channel factor of each weight's dequantisation scale (Adam on the
+        factor, from 1, learning rate ``lr_weight_scale``). The codes still come from the calibrated
+        scale (nearest or AdaRound); at the end of the module the factor is folded into the exported
+        scale (:meth:`PerChannelWeightQuantizer.fold_dequant_scale`), no code changes.
+    lr_weight_scale : float
+        Adam learning rate of those factors (a relative step: 1e-3 moves a scale by ~0.1 % per step).
     forward_batch : int
         Images per forward pass when collecting inputs/targets.
     revert_if_worse : bool
@@ -124,6 +131,8 @@ class AMOConfig:
     kl_weight: float = 1.0
     adaround: bool = True
     learn_scales: bool = True
+    learn_weight_scales: bool = False
+    lr_weight_scale: float = 1e-3
     forward_batch: int = 32
     revert_if_worse: bool = True
     ln_weighted: bool = False
@@ -641,14 +650,18 @@ def adaround_beta(cfg: AMOConfig, it: int, warm: int) -> float:
 
 
 def optimise_unit(job: _UnitJob, cfg: AMOConfig, layers: list[nn.Module], scale_params: list[torch.Tensor],
-                  round_params: list[torch.Tensor], gen: torch.Generator, report: UnitReport) -> None:
-    """Adam on the AdaRound variables and activation scales for ``cfg.iters`` mini-batches (sampled with
-    ``gen``); appends the losses to ``report`` (``losses``, ``rec_losses``, ``loss_first/last``)."""
+                  round_params: list[torch.Tensor], gen: torch.Generator, report: UnitReport,
+                  wscale_params: list[torch.Tensor] = ()) -> None:
+    """Adam on the AdaRound variables, activation scales and (``wscale_params``) the weights' learned
+    dequantisation factors for ``cfg.iters`` mini-batches (sampled with ``gen``); appends the losses
+    to ``report`` (``losses``, ``rec_losses``, ``loss_first/last``)."""
     groups = []
     if round_params:
         groups.append({"params": round_params, "lr": cfg.lr_round})
     if scale_params:
         groups.append({"params": scale_params, "lr": cfg.lr_scale})
+    if wscale_params:
+        groups.append({"params": list(wscale_params), "lr": cfg.lr_weight_scale})
     if not groups or cfg.iters <= 0:
         return
     n_round = sum(p.numel() for p in round_params)
@@ -678,6 +691,8 @@ def optimise_unit(job: _UnitJob, cfg: AMOConfig, layers: list[nn.Module], scale_
         with torch.no_grad():  # scales stay positive
             for p in scale_params:
                 p.clamp_(min=1e-8)
+            for p in wscale_params:  # a factor, not a scale: keep it well away from 0
+                p.clamp_(min=0.1)
         report.losses.append(loss.item())
         if it % 20 == 0:
             inner.set_postfix(loss=f"{report.losses[-1]:.4g}")
@@ -700,9 +715,21 @@ def harden_rounding(layers: list[nn.Module], n_round: int) -> float | None:
     return float(sum(soft)) / n_round if soft and n_round else None
 
 
+def _weight_scale_parameters(layers: list[nn.Module]) -> list[torch.Tensor]:
+    """New learned dequantisation factors (``m = 1``) of the layers' enabled weight quantizers."""
+    params = []
+    for l in layers:
+        wq = l.weight_quantizer
+        if wq.enabled and hasattr(wq, "init_dequant_scale"):
+            wq.init_dequant_scale()
+            params.extend(wq.dequant_scale_parameters())
+    return params
+
+
 def restore_initial_state(layers: list[nn.Module], scale_params: list[torch.Tensor],
                           scale_backup: list[torch.Tensor]) -> None:
-    """Undo a reconstruction: the initial activation scales and nearest rounding of the weights."""
+    """Undo a reconstruction: the initial activation scales, nearest rounding of the weights and their
+    calibrated dequantisation scales."""
     with torch.no_grad():
         for p, b in zip(scale_params, scale_backup):
             p.copy_(b)
@@ -711,6 +738,8 @@ def restore_initial_state(layers: list[nn.Module], scale_params: list[torch.Tens
         if getattr(wq, "alpha", None) is not None:
             wq.alpha = None
             wq.soft = False
+        if hasattr(wq, "drop_dequant_scale"):
+            wq.drop_dequant_scale()
 
 
 def reconstruct_unit(s: _Setup, name: str, kind: str, gen: torch.Generator) -> UnitReport:
@@ -736,19 +765,23 @@ def reconstruct_unit(s: _Setup, name: str, kind: str, gen: torch.Generator) -> U
     scale_params = _scale_parameters(act_quants) if cfg.learn_scales else []
     scale_backup = [p.detach().clone() for p in scale_params]  # for a revert
     round_params = _rounding_parameters(layers) if cfg.adaround else []
-    for p in scale_params + round_params:
+    wscale_params = _weight_scale_parameters(layers) if cfg.learn_weight_scales else []
+    for p in scale_params + round_params + wscale_params:
         p.requires_grad_(True)
     report = UnitReport(name, kind, mse0, mse0, kl0, kl0, ln_weighted=ln_ok, readout_rows=rows)
-    optimise_unit(job, cfg, layers, scale_params, round_params, gen, report)
+    optimise_unit(job, cfg, layers, scale_params, round_params, gen, report, wscale_params)
     report.seconds_optimize = time.time() - t_opt
     report.rounding_soft_fraction = harden_rounding(layers, sum(p.numel() for p in round_params))
-    for p in scale_params + round_params:
+    for p in scale_params + round_params + wscale_params:
         p.requires_grad_(False)
     report.mse_after, report.kl_after = evaluate_unit(job)
     if cfg.revert_if_worse and report.mse_after > report.mse_before:
         restore_initial_state(layers, scale_params, scale_backup)
         report.mse_after, report.kl_after = evaluate_unit(job)
         report.reverted = True
+    for l in layers:  # the learned factors become the exported scales (codes unchanged)
+        if hasattr(l.weight_quantizer, "fold_dequant_scale"):
+            l.weight_quantizer.fold_dequant_scale(l.weight.detach())
     report.seconds = time.time() - t0
     return report
 

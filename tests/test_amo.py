@@ -301,3 +301,63 @@ def test_block_granularity_reconstructs_whole_blocks():
     from vitaccel.golden.presets import QuantConfig
     with pytest.raises(QuantizerError, match="granularity"):
         QuantConfig(method="adfq", amo_granularity="layer")
+
+
+def test_learned_weight_scales_keep_codes_and_fold_into_the_scale():
+    """learn_weight_scales: AMO learns a factor of each weight channel's dequantisation scale while the
+    codes come from the calibrated scale (AdaRound); the factor is folded into the exported scale and
+    the exported codes are the ones AdaRound chose (the same rounding decisions with and without the
+    factor, checked against the codes the fold saw), the fake-quant weight is exactly codes x scale."""
+    qvit, fp, x = quantized(seed=4)
+    lin = qvit.model.blocks[0].mlp.fc1
+    wq = lin.weight_quantizer
+    s0 = wq.scale.detach().clone()
+    seen = {}
+    fold = type(wq).fold_dequant_scale
+
+    def spy(self, w):  # the codes and factor just before the fold (hardened AdaRound, calibrated scale)
+        if self is wq:
+            seen["codes"] = torch.floor(w / s0[:, None]) + (self.h() >= 0.5).to(w.dtype)
+            seen["m"] = self.dmul.detach().clone()
+        fold(self, w)
+    type(wq).fold_dequant_scale = spy
+    try:
+        reps = reconstruct_amo(qvit, x, fp_model=fp, units=[("blocks.0.mlp", "mlp")], iters=40, batch_size=8,
+                               progress=False, revert_if_worse=False, learn_weight_scales=True,
+                               lr_weight_scale=1e-2)
+    finally:
+        type(wq).fold_dequant_scale = fold
+    assert len(reps) == 1 and not reps[0].reverted
+    want_codes = seen["codes"].clamp(-wq.qmax, wq.qmax)
+    assert not torch.equal(seen["m"], torch.ones_like(seen["m"]))  # the factors moved ...
+    assert torch.allclose(wq.scale.detach(), s0 * seen["m"])       # ... and are now the scale
+    assert wq.dmul is None and wq.alpha is None
+    codes = wq.quantize(lin.weight)
+    assert torch.equal(codes, want_codes.to(torch.int64))
+    assert torch.equal(wq.fake_quant(lin.weight), codes.float() * wq.scale.detach()[:, None])
+    exp = wq.export_with(lin.weight)
+    assert (exp["codes"] == want_codes.numpy()).all() and (exp["scale"] == wq.scale.detach().numpy()).all()
+    # a quantizer whose factor is not folded yet refuses to export
+    other = qvit.model.blocks[1].mlp.fc1.weight_quantizer
+    other.init_dequant_scale()
+    with pytest.raises(QuantizerError, match="not folded"):
+        other.export_with(qvit.model.blocks[1].mlp.fc1.weight)
+    other.drop_dequant_scale()
+    # the setting reaches AMO from the QuantConfig (amo_* fields)
+    qvit2, _, x2 = quantized(seed=4)
+    before = {n: q.scale.detach().clone() for n, q in qvit2.weight_quantizers() if "blocks" in n}
+    reconstruct(qvit2, x2, config=preset("adfq", "w4a4", amo_learn_weight_scales=True, amo_lr_weight_scale=1e-2),
+                progress=False, iters=5, batch_size=4, revert_if_worse=False)
+    after = dict(qvit2.weight_quantizers())
+    assert all(after[n].dmul is None for n in before)
+    assert all(not torch.equal(after[n].scale.detach(), s) for n, s in before.items())
+    # the exported program (learned scales) is what the integer grid of the model computes
+    from vitaccel.golden.int_eval import ProgramRunner
+    from vitaccel.golden.program import export_program
+    prog = export_program(qvit2)
+    runner = ProgramRunner(prog, backend="reference")
+    with torch.no_grad():
+        qvit2.use_integer_grid(prog)
+        grid = qvit2(x2[:2])
+        qvit2.use_float_fakequant()
+    assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x2[:2]]))

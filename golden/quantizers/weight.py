@@ -8,6 +8,12 @@ AdaRound (Nagel et al. 2020) replaces nearest rounding by ``floor(w / s) + h(V)`
 sigmoid ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)``, ``zeta = 1.1``, ``gamma = -0.1``;
 the regulariser is ``sum(1 - |2 h(V) - 1| ** beta)``. After optimisation (``soft = False``) the
 rounding is hard, ``floor(w / s) + (h(V) >= 0.5)``, so codes stay on the same integer grid.
+
+Learned dequantisation scale (AMO's ``learn_weight_scales``): the codes keep coming from the fixed
+scale ``s`` (nearest or AdaRound), but the dequantised weight is ``b * s * m`` with a learnable
+per-channel factor ``m`` (initially 1). :meth:`fold_dequant_scale` ends it: the exported scale
+becomes ``s * m`` and the codes stay exactly what they were, so the integer program is the same
+kind of program (one scale per output channel, folded into the requantiser).
 """
 from __future__ import annotations
 
@@ -59,6 +65,8 @@ class PerChannelWeightQuantizer(Quantizer):
         #: GPTQ's compensated weight (``golden.gptq``): when set, it is rounded instead of the layer's
         #: weight (nearest rounding of it gives GPTQ's codes); cleared when the scales are re-chosen.
         self.replacement = None
+        #: learned per-channel dequantisation factor ``m`` (``init_dequant_scale``), or None
+        self.dmul = None
 
     def set_input_second_moment(self, sq: torch.Tensor) -> None:
         """``E[x_i^2]`` per input feature of the layer (one value per weight column), for ``"hessian"``."""
@@ -135,6 +143,34 @@ class PerChannelWeightQuantizer(Quantizer):
     def scale_parameters(self) -> list[torch.Tensor]:
         return [self.scale]
 
+    # -- learned dequantisation scale -------------------------------------------------------------
+    def init_dequant_scale(self) -> None:
+        """Start learning the per-channel factor ``m`` of the dequantisation scale (``m = 1``)."""
+        self.dmul = nn.Parameter(torch.ones_like(self.scale.detach()))
+
+    def dequant_scale_parameters(self) -> list[torch.Tensor]:
+        return [self.dmul] if self.dmul is not None else []
+
+    def drop_dequant_scale(self) -> None:
+        """Forget the learned factor (dequantise with ``s`` again)."""
+        self.dmul = None
+
+    def fold_dequant_scale(self, w: torch.Tensor) -> None:
+        """Make the learned factor permanent without changing a code: the scale becomes ``s * m``
+        and the rounded weight becomes ``b * s * m`` (its nearest rounding at the new scale is ``b``);
+        AdaRound's variables are dropped (the codes are in the rounded weight). No-op without ``m``."""
+        if self.dmul is None:
+            return
+        with torch.no_grad():
+            codes = self._int(w, ste=False)
+            self.scale = nn.Parameter(safe_scale(self.scale.detach() * self.dmul.detach()), requires_grad=False)
+            self.replacement = codes * self._bscale(w)
+        self.dmul = None
+        self.alpha = None
+        self.soft = False
+        if not torch.equal(self._int(w, ste=False), codes):
+            raise QuantizerError(f"{self.name or 'layer'}: folding the learned scale changed a code")
+
     def rounding_loss(self, beta: float) -> torch.Tensor:
         if self.alpha is None:
             return torch.zeros(())
@@ -168,11 +204,17 @@ class PerChannelWeightQuantizer(Quantizer):
         with torch.no_grad():
             return self._int(w, ste=False).to(torch.int64)
 
+    def _dscale(self, w: torch.Tensor) -> torch.Tensor:
+        """The dequantisation scale: ``s``, or ``s * m`` while a factor is learned."""
+        s = self._bscale(w)
+        m = getattr(self, "dmul", None)  # absent in models pickled before it existed
+        return s if m is None else s * m.reshape(s.shape)
+
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes.to(self.scale.dtype) * self._bscale(codes)
+        return codes.to(self.scale.dtype) * self._dscale(codes)
 
     def fake_quant(self, w: torch.Tensor) -> torch.Tensor:
-        return self._int(w, ste=True) * self._bscale(w)
+        return self._int(w, ste=True) * self._dscale(w)
 
     def harden(self) -> None:
         """End AdaRound optimisation: hard rounding from now on."""
@@ -180,6 +222,9 @@ class PerChannelWeightQuantizer(Quantizer):
 
     def export_with(self, w: torch.Tensor) -> dict:
         """``export()`` for weight ``w`` (weights are not stored in the quantizer)."""
+        if getattr(self, "dmul", None) is not None:
+            raise QuantizerError(f"{self.name or 'layer'}: a learned dequantisation scale is not folded yet "
+                                 "(fold_dequant_scale)")
         codes = self.quantize(w).cpu().numpy()
         if np.abs(codes).max(initial=0) > self.qmax:
             raise QuantizerError("weight code outside the sym range")
