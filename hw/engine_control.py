@@ -205,9 +205,9 @@ class EngineController(wiring.Component):
         cfg = self.cfg
         R, C, rbits = cfg.rows, cfg.cols, row_bits(cfg.rows) + cfg.share_bits
         cur, prev, nxt = s.cur, s.prev, s.nxt
-        # the window boundary through kept copies of bnd: counters, tile state, next tile (each copy
+        # the window boundary through kept copies of bnd: counters, tile state (each copy
         # drives one group's clock enables; one bnd drove all of them, session 35)
-        b_count, b_tile, b_next = s.bnd_copies[:3]
+        b_count, b_tile = s.bnd_copies[:2]
         m.d.comb += A(s.commit).eq(0)
         with m.If(b_count):
             m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
@@ -215,7 +215,7 @@ class EngineController(wiring.Component):
         with m.Else():
             m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc2 + 1), A(s.bnd).eq(s.wc2 == s.wlen),
                          A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
-        with m.If(b_next & ~s.epi & nxt["valid"]):
+        with m.If(s.adv_nxt):                      # bnd & ~epi & nxt_valid, its own register
             # advance the next tile: row tiles inner, column blocks outer
             with m.If(f["last_rt"]):
                 m.d.comb += [A(nxt["r0"]).eq(0), A(nxt["c0"]).eq(nxt["c0"] + C),
@@ -246,7 +246,7 @@ class EngineController(wiring.Component):
         """Stream needs of the next cycle (only equality compares on registers) and the flags."""
         cfg, need = self.cfg, s.need
         cur, prev, nxt = s.cur, s.prev, s.nxt
-        bnd = s.bnd_copies[3]
+        bnd = s.bnd_copies[2]
         with m.If(bnd):
             m.d.comb += [
                 A(need["a"]).eq(~s.epi & nxt["valid"] & f["a0"]),
@@ -321,10 +321,15 @@ class EngineController(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(~busy), start.eq(self.cmd.valid & ~busy)]
         # copies of m_eff for the window arithmetic: loaded like m_eff itself (start, else the advance)
         m_effs = kept_copies(m, platform, Mux(start, 0, A(s.m_eff)), 4, "m_eff_c", en=start | en)
-        s.bnd_copies = kept_copies(m, platform, Mux(start, 0, A(s.bnd)), 4, "bnd_c", en=start | en)
+        s.bnd_copies = kept_copies(m, platform, Mux(start, 0, A(s.bnd)), 3, "bnd_c", en=start | en)
+        # a boundary that advances the next tile (bnd & ~epi & nxt_valid) as one register of its own, loaded
+        # like bnd: the next tile's clock enables hang on it alone (session 41: nxt_valid -> those enables
+        # through a LUT was a 10.4 ns net at 16 x 16)
+        (s.adv_nxt,) = kept_copies(m, platform, Mux(start, 0, A(s.bnd) & ~A(s.epi) & A(nxt["valid"])), 1, "adv_nxt_c",
+                                   en=start | en)
         f = self._precompute(m, s, m_effs)
         load_start = Signal()       # a boundary that starts loading the next column block
-        m.d.comb += load_start.eq(s.bnd & ~s.epi & nxt["valid"] & f["r0z"] & f["more_cb"])
+        m.d.comb += load_start.eq(s.adv_nxt & f["r0z"] & f["more_cb"])
         self._advance(m, s, f, A)
         self._needs(m, s, f, A, load_start)
         self._registers(m, s, A, start)
