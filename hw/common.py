@@ -21,6 +21,7 @@ from amaranth.lib import enum
 
 __all__ = ["CodeFormat", "OutFormat", "LogBase", "round_half", "round_shift", "saturate",
            "partial_products", "partial_operands", "sum_products", "carry_save_sum", "carry_save",
+           "carry_save_difference",
            "carry_save_add", "leading_one", "bits_select"]
 
 
@@ -157,6 +158,29 @@ def carry_save(terms: list[Value]) -> tuple[Value, Value, object]:
         maj = (a & b) | (a & c) | (b & c)
         ts = ts[3:] + [(a ^ b ^ c)[:w], Cat(Const(0, 1), maj[:w - 1])]
     return ts[0], ts[1], shape
+
+
+def carry_save_difference(a: Value, products: list[Value], shifts: list[int]) -> tuple[Value, Value, object]:
+    """``a - sum(p << s)`` as two values ``(x, y)`` with ``x + y`` equal to it modulo ``2^W``: 3:2
+    compressors only, no carry chain (the final add, :func:`carry_save_add`, can be registered apart).
+
+    ``W`` is the width of the shape Amaranth gives ``a - sum(p << s)`` (returned as the third item).
+    Each subtrahend ``t`` enters as ``~t`` (``-t - 1`` modulo ``2^W``) and the constant ``n`` (the number
+    of subtrahends) restores the ``-1``s: ``a + sum(~t) + n == a - sum(t)`` modulo ``2^W``.
+    """
+    ts = [Value.cast(p << sh) if sh else Value.cast(p) for p, sh in zip(products, shifts)]
+    shape = (a - sum(ts[1:], ts[0])).shape() if ts else Value.cast(a).shape()
+    w = shape.width
+
+    def ext(v: Value) -> Value:
+        pad = w - len(v)
+        if pad <= 0:
+            return v[:w]
+        return Cat(v, v[-1].replicate(pad) if v.shape().signed else Const(0, pad))
+
+    terms = [ext(Value.cast(a))] + [~ext(t) for t in ts] + ([Const(len(ts), w)] if ts else [])
+    x, y, _ = carry_save(terms)
+    return x[:w], y[:w], shape
 
 
 def carry_save_add(x: Value, y: Value, shape) -> Value:

@@ -123,6 +123,14 @@ class OperandDecoder(wiring.Component):
         ``(neg, mag, sh)`` of every lane is also registered in ``copies - 1`` further copies
         (:attr:`o_copies`) that synthesis keeps apart (:func:`hw.kept.kept_copies`): each drives its
         own part of the MAC array's broadcast registers (issue #15, session 37).
+    config_copies : int
+        0 (default): the config ports decode directly.  ``n > 0``: they are registered first, in ``n``
+        kept copies (:func:`hw.kept.kept_copies`; lane ``j`` uses copy ``j * n // lanes``), so a
+        config change takes effect one cycle after it reaches the ports, and no single config
+        register drives every lane's decode (issue #15, session 43: the width register's fanout was
+        the 8 x 8 W4A4 engine's worst path, 6.1 ns of routing).
+    zero_port : bool
+        Add the :attr:`zero` input (default ``False``).
 
     Attributes
     ----------
@@ -142,22 +150,33 @@ class OperandDecoder(wiring.Component):
         Only with ``copies > 1``: the triples of :attr:`o` (``neg``, ``mag``, ``sh``), loaded with them.
     invalid_seen : Out(1)
         Sticky: an invalid code was decoded since reset / ``clear``.
+    zero : In(1)
+        Only with ``zero_port``: the beat decodes to the zero triple ``(0, 0, 0)`` with ``invalid`` 0,
+        whatever its codes.  The layer engine drives it with "no issue in this cycle" instead of
+        masking the codes to 0 in front of the decode, so its issue register enters at the decode's
+        last multiplexer (issue #15, session 43: the masked codes put that register's fanout in
+        front of the whole decode, 8.96 ns in the 8 x 8 W8A8 engine).
     clear : In(1)
         Clears ``invalid_seen``.
 
     Notes
     -----
     Latency 1 cycle (registered output).  Config ports must be held stable while beats are in
-    flight.  ``i.ready = ~o.valid | o.ready`` (combinational pass-through of back-pressure).
+    flight (with ``config_copies``, from one cycle before the first beat on).
+    ``i.ready = ~o.valid | o.ready`` (combinational pass-through of back-pressure).
     """
 
-    def __init__(self, lanes: int = 1, copies: int = 1):
+    def __init__(self, lanes: int = 1, copies: int = 1, config_copies: int = 0, zero_port: bool = False):
         if lanes < 1:
             raise ValueError(f"OperandDecoder: lanes must be >= 1, got {lanes}")
         if copies < 1:
             raise ValueError(f"OperandDecoder: copies must be >= 1, got {copies}")
-        self.lanes, self.copies = lanes, copies
+        if not 0 <= config_copies <= lanes:
+            raise ValueError(f"OperandDecoder: config_copies must be in 0..{lanes}, got {config_copies}")
+        self.lanes, self.copies, self.config_copies, self.zero_port = lanes, copies, config_copies, zero_port
         extra = {"o_copies": Out(data.ArrayLayout(data.ArrayLayout(TripleLayout, lanes), copies - 1))} if copies > 1 else {}
+        if zero_port:
+            extra["zero"] = In(1)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(CODE_BITS), lanes))),
             "o": Out(stream.Signature(data.ArrayLayout(DecodedLayout, lanes))),
@@ -170,15 +189,18 @@ class OperandDecoder(wiring.Component):
             **extra,
         })
 
-    def decode_lane(self, m: Module, code: Value) -> Signal:
-        """Combinational decode of one lane under the run-time config; returns a DecodedLayout view."""
+    def decode_lane(self, m: Module, code: Value, idle: Value = Const(0, 1), config=None) -> Signal:
+        """Combinational decode of one lane under the run-time config (``config``: ``(fmt, bits, m0,
+        m1)``, default the ports); returns a DecodedLayout view (the zero triple with ``invalid`` 0
+        when ``idle``)."""
+        fmt, bits, m0, m1 = config if config is not None else (self.fmt, self.bits, self.m0, self.m1)
         out = Signal(DecodedLayout)
         neg = Signal()
         mag = Signal(MAG_BITS)
         sh = Signal(SH_BITS)
         invalid = Signal()
         m.d.comb += invalid.eq(1)  # unsupported bits / format
-        with m.Switch(self.bits):
+        with m.Switch(bits):
             for k in BITS:
                 with m.Case(k):
                     cases = {
@@ -186,21 +208,36 @@ class OperandDecoder(wiring.Component):
                         CodeFormat.LOG2: decode_log2(code, k),
                         CodeFormat.SHIFTLOG2_BASE2: decode_shiftlog2(code, k, "2"),
                         CodeFormat.SHIFTLOG2_SQRT2: decode_shiftlog2(code, k, "sqrt2"),
-                        CodeFormat.THREE_REGION: decode_three_region(code, k, self.m0, self.m1),
+                        CodeFormat.THREE_REGION: decode_three_region(code, k, m0, m1),
                     }
-                    with m.Switch(self.fmt):
-                        for fmt, dec in cases.items():
-                            with m.Case(fmt):
+                    with m.Switch(fmt):
+                        for case, dec in cases.items():
+                            with m.Case(case):
                                 m.d.comb += [neg.eq(dec.neg), mag.eq(dec.mag), sh.eq(dec.sh),
                                              invalid.eq(dec.invalid)]
-        mag_v = Mux(invalid, 0, mag)
-        neg_v = Mux(invalid, 0, neg)
-        sh_v = Mux(invalid, 0, sh)
+        kill = invalid | idle
+        mag_v = Mux(kill, 0, mag)
+        neg_v = Mux(kill, 0, neg)
+        sh_v = Mux(kill, 0, sh)
         shifted = (mag_v << sh_v)[:D_BITS - 1]
         m.d.comb += [
-            out.neg.eq(neg_v), out.mag.eq(mag_v), out.sh.eq(sh_v), out.invalid.eq(invalid),
+            out.neg.eq(neg_v), out.mag.eq(mag_v), out.sh.eq(sh_v), out.invalid.eq(invalid & ~idle),
             out.d.eq(Mux(neg_v, -shifted, shifted)),
         ]
+        return out
+
+    def _configs(self, m: Module, platform) -> list:
+        """With ``config_copies``: that many kept register copies of ``(fmt, bits, m0, m1)``
+        (:func:`hw.kept.kept_copies`), lane ``j`` decoding with copy ``j * config_copies // lanes``."""
+        if not self.config_copies:
+            return []
+        cat = Cat(self.fmt, self.bits, self.m0, self.m1)
+        out = []
+        for q in kept_copies(m, platform, cat, self.config_copies, "cfg_copy"):
+            fmt = Signal(CodeFormat, name=f"{q.name}_fmt")
+            w = len(Value.cast(fmt))
+            m.d.comb += Value.cast(fmt).eq(q[:w])
+            out.append((fmt, q[w:w + 4], q[w + 4:w + 8], q[w + 8:w + 12]))
         return out
 
     def elaborate(self, platform):
@@ -209,8 +246,10 @@ class OperandDecoder(wiring.Component):
         m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
         any_invalid = Signal()
         lanes_out = []
+        configs = self._configs(m, platform)
         for lane in range(self.lanes):
-            dec = self.decode_lane(m, self.i.payload[lane])
+            dec = self.decode_lane(m, self.i.payload[lane], self.zero if self.zero_port else Const(0, 1),
+                                   configs[lane * len(configs) // self.lanes] if configs else None)
             lanes_out.append(dec)
         m.d.comb += any_invalid.eq(Cat(*[d.invalid for d in lanes_out]).any())
         with m.If(en):

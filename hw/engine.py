@@ -59,7 +59,7 @@ Stream order (what the host / DMA must send): tiles are visited column block out
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -210,20 +210,24 @@ class LayerEngine(wiring.Component):
     def _operands(self, m, stall, ctl, bbuf, drain, back, late_start):
         """Operand decoder and MAC array, both in the back end (docs/datapath.md sections 4 and 6).
 
-        The A codes of an issue cycle (code 0 otherwise) reach the decoder ``BACK_END_DELAY`` cycles
+        The A codes of an issue cycle (the zero triple otherwise) reach the decoder ``BACK_END_DELAY`` cycles
         later from the deferred ``a`` buffer; the decoder register is the array's first stage
         (``MAC_LATENCY``)."""
         cfg, lc, late = self.cfg, ctl.layer, _delayer(m)
-        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows, copies=cfg.a_copies)
+        # the layer's A format registered inside the decoder, one kept copy per lane: BACK_END_DELAY - 1
+        # registers here, the copy is the last
+        dec = m.submodules.decoder = OperandDecoder(lanes=cfg.rows, copies=cfg.a_copies, config_copies=cfg.rows,
+                                                    zero_port=True)
         mac = m.submodules.mac = MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                           en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols,
                                           a_copies=cfg.a_copies)
-        codes = Signal.like(dec.i.payload, name="a_codes")      # the deferred a buffer's head, d cycles later
+        # the deferred a buffer's head, d cycles later; a cycle without an issue decodes to the zero
+        # triple (the decoder's zero input, at the decode's last multiplexer)
         issue = late(ctl.mac.issue, "a_issue")
-        m.d.comb += [codes[r].eq(Mux(issue, stall.head.a[r], 0)) for r in range(cfg.rows)]
         m.d.comb += [
-            dec.i.valid.eq(1), dec.i.payload.eq(codes), dec.o.ready.eq(back.en.unit[0]),
-            dec.clear.eq(late_start), *[getattr(dec, k).eq(late(getattr(lc, f), f"dec_{k}"))
+            dec.i.valid.eq(1), dec.zero.eq(~issue), dec.o.ready.eq(back.en.unit[0]),
+            *[dec.i.payload[r].eq(stall.head.a[r]) for r in range(cfg.rows)],       # a_bits-bit codes, zero-extended
+            dec.clear.eq(late_start), *[getattr(dec, k).eq(delay_line(m, getattr(lc, f), BACK_END_DELAY - 1, f"dec_{k}"))
                                         for k, f in (("fmt", "a_fmt"), ("bits", "a_k"), ("m0", "m0"), ("m1", "m1"))],
             self.invalid_code.eq(dec.invalid_seen),
             mac.en.eq(back.en.mac), mac.b.eq(late(bbuf.row, "mac_b")),

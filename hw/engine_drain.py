@@ -26,7 +26,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, DRAIN_OFFSET, EngineConfig
-from .common import OutFormat, partial_operands, sum_products
+from .common import OutFormat, carry_save_add, carry_save_difference, partial_operands, sum_products
 from .dsp import dsp_products
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, DrainControl, DrainedRowSignature, FifoFill, colp_layout,
                              drain_row_group, out_layout, row_bits)
@@ -79,8 +79,11 @@ class DrainPipeline(wiring.Component):
     D1      drained column group: ``acc_raw``, ``corr``, ``colsum``, ``Mc/Sc/Bq``; ``za[r]``, ``Mr[r]`` per lane
     D2, D3  partial products of ``za[r] * colsum[c]`` (DSP blocks: D2 their input registers, D3 their
             output registers, :mod:`hw.dsp`)
-    D3b     ``za[r] * colsum[c]`` (sum of the partial products)
-    D4      ``acc_d = acc_raw - za * colsum``
+    D3b     ``za[r] * colsum[c]`` (the sum of its two partial products, B codes up to 6 bits); with four
+            (8-bit B codes), ``acc_raw - za[r] * colsum[c]`` as two carry-save vectors
+            (:func:`hw.common.carry_save_difference`: 3:2 compressors from the DSP outputs, no carry
+            chain)
+    D4      ``acc_d = acc_raw - za * colsum`` (one carry chain)
     D5      ``(acc_d << FO) + corr`` as two sums split at bit ``acc_bits`` (low part with its carry,
             high part); lane inside the layer (``c < N - c0``)
     D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
@@ -199,14 +202,25 @@ class DrainPipeline(wiring.Component):
         d3_v, d3_row, d3_col, d3_last = row_stage([d2_v, d2_row, d2_col, d2_last], "d3")
         d3_acc, d3_corr, d3_cp, d3_mr = (col_stage(x, f"d3_{n}") for x, n in
                                          ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
-        # D3b: zero-point product (sum of the partial products)
+        # D3b: with up to two partial products (4- and 6-bit B codes) their sum (one carry chain) and
+        # acc_raw; with more (8-bit B codes: four), acc_raw - za * colsum as two carry-save vectors (3:2
+        # compressors from the DSP outputs, no carry chain: the route out of the DSP row is about 4.7 ns
+        # of the cycle, and the sum of four products after it was the 8 x 8 W8A8 engine's second-worst
+        # path, session 43).  D4: acc_d = acc_raw - za * colsum, one carry chain either way
         d3b_v, d3b_row, d3b_col, d3b_last = row_stage([d3_v, d3_row, d3_col, d3_last], "d3b")
-        d3b_zp = col_stage([sum_products(d3_pp[c], [sh for *_, sh in zp_pp[c]]) for c in range(G)], "d3b_zp")
-        d3b_acc, d3b_corr, d3b_cp, d3b_mr = (col_stage(x, f"d3b_{n}") for x, n in
-                                             ((d3_acc, "acc"), (d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
-        # D4: acc_d = acc_raw - za * colsum
+        shifts = [[sh for *_, sh in zp_pp[c]] for c in range(G)]
+        if all(len(pp) <= 2 for pp in d3_pp):
+            d3b_acc = col_stage(d3_acc, "d3b_acc")
+            d3b_zp = col_stage([sum_products(d3_pp[c], shifts[c]) for c in range(G)], "d3b_zp")
+            diff = [d3b_acc[c] - d3b_zp[c] for c in range(G)]
+        else:
+            zd = [carry_save_difference(d3_acc[c], d3_pp[c], shifts[c]) for c in range(G)]
+            d3b_dx = col_stage([x for x, _, _ in zd], "d3b_dx")
+            d3b_dy = col_stage([y for _, y, _ in zd], "d3b_dy")
+            diff = [carry_save_add(d3b_dx[c], d3b_dy[c], zd[c][2]) for c in range(G)]
+        d3b_corr, d3b_cp, d3b_mr = (col_stage(x, f"d3b_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
         d4_v, d4_row, d4_col, d4_last = row_stage([d3b_v, d3b_row, d3b_col, d3b_last], "d4")
-        d4_diff = col_stage([d3b_acc[c] - d3b_zp[c] for c in range(G)], "d4_diff")
+        d4_diff = col_stage(diff, "d4_diff")
         d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
                                                                       (d3b_mr, "mr")))
         # D5: acc = (acc_d << FO) + corr (two halves); lanes inside the layer.  FO is a layer constant;

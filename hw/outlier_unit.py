@@ -13,8 +13,8 @@ a tile that announces more raises the sticky :attr:`OutlierUnit.overflow` flag -
 still consumed and added, never dropped.  An entry whose row is outside the tile or whose column is
 ``>= K`` raises :attr:`OutlierUnit.range_error` and is not added.
 
-Pipeline (registers advance only when ``en`` is high; ``OUTLIER_LATENCY = 3`` of
-:mod:`sim.engine_config`)::
+Pipeline (registers advance only when ``en`` is high; ``latency`` =
+:func:`sim.engine_config.outlier_latency` = 3 for B codes up to 4 bits)::
 
     cycle t   : beat issued: entries registered, B buffer read addresses = col (sync read ports)
     cycle t+1 : two partial products of val_l * b[col_l, c]          -> partial product registers
@@ -23,7 +23,11 @@ Pipeline (registers advance only when ``en`` is high; ``OUTLIER_LATENCY = 3`` of
     cycle t+3 : corr_l[row_l - row0, c] = word + p[l, c]              -> lane l's correction memories
 
 The product is split in two stages so that each holds one carry chain (issue #15: the single-stage
-shift-and-add was the 8 x 8 engine's critical path, 12.6 ns).
+shift-and-add was the 8 x 8 engine's critical path, 12.6 ns).  Wider B codes (``latency`` 4) take
+the product from a DSP block with its input and output registers (cycles t+1, t+2) and register it
+once more in the fabric (t+3: the route out of the DSP row alone is about 4.7 ns); the read of the
+correction word moves to cycle t+3 and the write to t+4 (issue #15, session 43: the combinational
+``MULT18X18D`` was the 8 x 8 W8A8 engine's worst path).
 
 The B rows come from read ports of the engine's B buffer: :attr:`rd_addr` is driven in cycle ``t``,
 :attr:`rd_data` must hold the row in cycle ``t+1``.
@@ -35,8 +39,9 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.sim.engine_config import DIM_BITS
+from vitaccel.sim.engine_config import DIM_BITS, OUTLIER_LUT_PRODUCT_BITS, outlier_latency
 from .common import carry_save
+from .dsp import dsp_products
 from .mac_array import adder_tree
 
 __all__ = ["OutlierUnit", "OutlierEntryLayout", "outlier_beat_layout", "val_times_b_halves"]
@@ -152,6 +157,8 @@ class OutlierUnit(wiring.Component):
         self.en_copies, self.drain_copies, self.addr_reg = en_copies, drain_copies, addr_reg
         self.rows, self.cols, self.b_bits = rows, cols, b_bits
         self.capacity, self.lanes, self.corr_bits, self.addr_bits = capacity, lanes, corr_bits, addr_bits
+        #: Register stages after a beat is issued, minus one (:func:`sim.engine_config.outlier_latency`).
+        self.latency = outlier_latency(b_bits)
         super().__init__({
             "en": In(en_copies),
             "issue": In(1),
@@ -174,7 +181,7 @@ class OutlierUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, L = self.rows, self.cols, self.lanes
+        R, L = self.rows, self.lanes
         en0 = self.en[0]
 
         rbits = max(1, (R - 1).bit_length())
@@ -199,26 +206,17 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += [s1_ok[l].eq(self.issue & ok[l]), s1_row[l].eq(rel[l][:rbits]),
                              s1_val[l].eq(self.entries[l].val)]
 
-        # ---- stage 1: partial products of val * b[col, c]; stage 2: their sum
-        pbits = 16 + self.b_bits
-        s2_ok = [Signal(name=f"s2_ok{l}") for l in range(L)]
-        s2_row = [Signal(rbits, name=f"s2_row{l}") for l in range(L)]
-        s3_ok = [Signal(name=f"s3_ok{l}") for l in range(L)]
-        s3_row = [Signal(rbits, name=f"s3_row{l}") for l in range(L)]
-        s3_p = [[Signal(signed(pbits), name=f"s3_p{l}_{c}") for c in range(C)] for l in range(L)]
+        # ---- the product val * b[col, c] (registered in stage N = latency), the entries' row and
+        # valid bit beside it (stages 1 .. N); the correction memories read in stage N - 1, write in N
+        N = self.latency
+        ok_s = [s1_ok] + [[Signal(name=f"s{i}_ok{l}") for l in range(L)] for i in range(2, N + 1)]
+        row_s = [s1_row] + [[Signal(rbits, name=f"s{i}_row{l}") for l in range(L)] for i in range(2, N + 1)]
         with m.If(en0):
-            for l in range(L):
-                m.d.sync += [s2_ok[l].eq(s1_ok[l]), s2_row[l].eq(s1_row[l]),
-                             s3_ok[l].eq(s2_ok[l]), s3_row[l].eq(s2_row[l])]
-                for c in range(C):
-                    lo, hi = val_times_b_halves(m, s1_val[l], self.rd_data[l][c], self.b_bits,
-                                                f"outl_p{l}_{c}")
-                    s2_lo = Signal(signed(pbits), name=f"s2_lo{l}_{c}")
-                    s2_hi = Signal(signed(pbits), name=f"s2_hi{l}_{c}")
-                    m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), s3_p[l][c].eq(s2_lo + s2_hi)]
-
-        # ---- stage 3: accumulate into the correction memories; the drain reads and clears a row
-        self._corrections(m, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p)
+            for i in range(1, N):
+                for l in range(L):
+                    m.d.sync += [ok_s[i][l].eq(ok_s[i - 1][l]), row_s[i][l].eq(row_s[i - 1][l])]
+        p_last = [self._product(m, platform, l, s1_val[l], en0) for l in range(L)]
+        self._corrections(m, ok_s[N - 3], row_s[N - 3], ok_s[N - 2], row_s[N - 2], ok_s[N - 1], row_s[N - 1], p_last)
         # ---- error flags (an entry out of range is registered first, then sets the flag on the next
         # enabled cycle: the range check's two carry chains and the flag's clock enable were one path)
         bad_issue = Signal()
@@ -232,17 +230,48 @@ class OutlierUnit(wiring.Component):
                 m.d.sync += self.range_error.eq(1)
         return m
 
-    def _corrections(self, m: Module, s1_ok, s1_row, s2_ok, s2_row, s3_ok, s3_row, s3_p) -> None:
+    def _product(self, m: Module, platform, l: int, val, en) -> list[Signal]:
+        """Lane ``l``'s products ``val * b[col, c]`` for every column ``c``, registered in stage
+        :attr:`latency` (``val`` is the stage-1 entry value, :attr:`rd_data` holds the B row then).
+
+        B codes up to :data:`~sim.engine_config.OUTLIER_LUT_PRODUCT_BITS` bits: shift-and-add in LUTs,
+        two partial products (stage 2, :func:`val_times_b_halves`) and their sum (stage 3).  Wider
+        codes: a DSP block with its input and output registers (stages 2 and 3, :func:`hw.dsp.dsp_products`;
+        the ``generic`` form is plain registers around ``*``) and a fabric register of the product
+        (stage 4), so that neither the multiplier nor the route out of the DSP row meets the
+        correction memories' read-modify-write in one cycle.
+        """
+        pbits = 16 + self.b_bits
+        out = []
+        for c in range(self.cols):
+            b = self.rd_data[l][c]
+            p = Signal(signed(pbits), name=f"s{self.latency}_p{l}_{c}")
+            if self.b_bits <= OUTLIER_LUT_PRODUCT_BITS:
+                lo, hi = val_times_b_halves(m, val, b, self.b_bits, f"outl_p{l}_{c}")
+                s2_lo = Signal(signed(pbits), name=f"s2_lo{l}_{c}")
+                s2_hi = Signal(signed(pbits), name=f"s2_hi{l}_{c}")
+                with m.If(en):
+                    m.d.sync += [s2_lo.eq(lo), s2_hi.eq(hi), p.eq(s2_lo + s2_hi)]
+            else:
+                prod, = dsp_products(m, platform, [(val, b)], en, f"outl_p{l}_{c}_")
+                with m.If(en):
+                    m.d.sync += p.eq(prod)
+            out.append(p)
+        return out
+
+    def _corrections(self, m: Module, pre_ok, pre_row, rd_ok, rd_row, wr_ok, wr_row, p) -> None:
         """Correction storage: one memory of ``rows`` words per lane and column (section 5).
 
         Lane ``l``'s products go only to its own memories, so the entries of one beat never compete
         for a write port, whatever their rows; the correction of row ``r`` is the sum over the lanes.
         Each memory has one write port and one asynchronous read port.  The read-modify-write is
-        split over two cycles: stage 2 reads the word of its entry's row into a register (the
-        word being written by stage 3 in the same cycle is forwarded instead when the rows are
-        equal), stage 3 writes ``word + p``.  The read port serves the drain when stage 2 holds no
-        entry: the engine's schedule never drains while an entry is in stages 1 - 3
-        (``OUTLIER_LATENCY <= DRAIN_OFFSET``).  A valid bit per lane and row replaces clearing the
+        split over two cycles: the stage before the product's (``N - 1``, ``N`` = :attr:`latency`;
+        ``rd_ok`` / ``rd_row``) reads the word of its entry's row into a register (the word being
+        written by stage ``N`` in the same cycle is forwarded instead when the rows are equal; the
+        comparison is registered a cycle ahead from ``pre_ok`` / ``pre_row``, stage ``N - 2``), stage
+        ``N`` (``wr_ok`` / ``wr_row``) writes ``word + p``.  The read port serves the drain when stage
+        ``N - 1`` holds no entry: the engine's schedule never drains while an entry is in stages
+        1 - ``N`` (``latency <= DRAIN_OFFSET``).  A valid bit per lane and row replaces clearing the
         words: the drain clears the row's bits, and a word whose bit is clear reads as 0.  On ECP5 the
         memories map to distributed RAM (``TRELLIS_DPR16X4``) instead of ``rows x cols`` registers
         and adders.
@@ -253,24 +282,24 @@ class OutlierUnit(wiring.Component):
         vld = [Signal(depth, name=f"corr_vld{l}") for l in range(L)]
         lane_rows = []
         for l in range(L):
-            # stage 3 writes the row that stage 2 reads in the same cycle (registered a cycle ahead)
+            # stage N writes the row that stage N - 1 reads in the same cycle (registered a cycle ahead)
             fwd = Signal(name=f"corr_fwd{l}")
             with m.If(self.en[0]):
-                m.d.sync += fwd.eq(s2_ok[l] & (s2_row[l] == s1_row[l]))
+                m.d.sync += fwd.eq(rd_ok[l] & (rd_row[l] == pre_row[l]))
             row = []
             for c in range(C):
                 mem = m.submodules[f"corr{l}_{c}"] = Memory(shape=signed(self.corr_bits), depth=depth, init=[])
                 wp, rp = mem.write_port(), mem.read_port(domain="comb")
                 if self.addr_reg:   # the same address from a register loaded with its next value
-                    addr = self._next_address(m, l, c, (s1_ok[l], s1_row[l]), (s2_ok[l], s2_row[l]), rbits)
+                    addr = self._next_address(m, l, c, (pre_ok[l], pre_row[l]), (rd_ok[l], rd_row[l]), rbits)
                 else:
-                    addr = Mux(s2_ok[l], s2_row[l], drain_row[c][:rbits])
+                    addr = Mux(rd_ok[l], rd_row[l], drain_row[c][:rbits])
                 word = Mux(vld[l].bit_select(addr, 1), rp.data, 0)
-                s3_word = Signal(signed(self.corr_bits), name=f"s3_word{l}_{c}")
+                s3_word = Signal(signed(self.corr_bits), name=f"s{self.latency}_word{l}_{c}")
                 new = Signal(signed(self.corr_bits), name=f"corr_new{l}_{c}")
                 en = self.en[c * self.en_copies // C]
-                m.d.comb += [rp.addr.eq(addr), new.eq(s3_word + s3_p[l][c]),
-                             wp.addr.eq(s3_row[l]), wp.data.eq(new), wp.en.eq(en & s3_ok[l])]
+                m.d.comb += [rp.addr.eq(addr), new.eq(s3_word + p[l][c]),
+                             wp.addr.eq(wr_row[l]), wp.data.eq(new), wp.en.eq(en & wr_ok[l])]
                 with m.If(en):
                     m.d.sync += s3_word.eq(Mux(fwd, new, word))
                 row.append(word)
@@ -279,7 +308,7 @@ class OutlierUnit(wiring.Component):
                 for r in range(R):
                     with m.If(self.drain & (drain_row[0] == r)):
                         m.d.sync += vld[l][r].eq(0)
-                    with m.Elif(s3_ok[l] & (s3_row[l] == r)):
+                    with m.Elif(wr_ok[l] & (wr_row[l] == r)):
                         m.d.sync += vld[l][r].eq(1)
         for c in range(C):
             total = lane_rows[0][c]
@@ -289,10 +318,11 @@ class OutlierUnit(wiring.Component):
 
     def _next_address(self, m: Module, l: int, c: int, s1, s2, rbits: int) -> Signal:
         """Read address of lane ``l``'s column-``c`` memory as a register (``addr_reg``): loaded every
-        cycle with the value ``Mux(s2_ok, s2_row, drain_row)`` takes in the next cycle, so it equals
+        cycle with the value ``Mux(rd_ok, rd_row, drain_row)`` (``s2`` = the reading stage ``N - 1``,
+        ``s1`` the stage before it) takes in the next cycle, so it equals
         that multiplexer in every cycle and the memory's read address comes from a flip-flop beside
         it, not from the drain position across the array (issue #15, session 37)."""
-        en0 = self.en[0]                                 # stage 2 loads stage 1 when en0 is high
+        en0 = self.en[0]                                 # stage N - 1 loads stage N - 2 when en0 is high
         nx = Mux(Mux(en0, s1[0], s2[0]), Mux(en0, s1[1], s2[1]),
                  self.drain_row_nx[c * self.drain_copies // self.cols][:rbits])
         addr = Signal(rbits, name=f"corr_ra{l}_{c}")

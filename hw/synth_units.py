@@ -51,7 +51,7 @@ def unit_components(cfg: EngineConfig) -> dict:
     units = {
         "mac_array": (lambda: MacArray(cfg.rows, cfg.cols, cfg.b_bits, cfg.acc_bits,
                                        en_copies=mac_en_groups(cfg.rows, cfg.cols), drain_copies=cfg.cols), 1),
-        "decoder": (lambda: OperandDecoder(lanes=cfg.rows), 1),
+        "decoder": (lambda: OperandDecoder(lanes=cfg.rows, copies=cfg.a_copies, config_copies=cfg.rows), 1),
         # requantiser 0 of the engine carries the row tag (33 bits), the others only a valid bit
         "requantiser": (lambda: engine_requantiser(cfg), cfg.drain_lanes),
         "layer_engine": (lambda: LayerEngine(cfg), 1),

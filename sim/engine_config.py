@@ -22,7 +22,7 @@ from vitaccel.sim import formats as F
 from vitaccel.sim.errors import UserError
 
 __all__ = [
-    "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "FILL_MIN", "OUTLIER_LATENCY",
+    "ConfigError", "EngineConfig", "MAC_LATENCY", "DRAIN_OFFSET", "FILL_MIN", "OUTLIER_LATENCY", "OUTLIER_LUT_PRODUCT_BITS", "outlier_latency",
     "PRE_REQUANT_LATENCY", "GATHER_LATENCY", "REQUANT_LATENCY", "BACK_END_DELAY", "DIM_BITS", "check_layer_shape", "check_layer_acc",
     "acc_bits_at_max_k", "check_acc_for_max_k", "default_acc_bits", "make_engine_config",
 ]
@@ -34,12 +34,27 @@ MAC_LATENCY = 5
 #: Window cycle at which the drain of the previous tile starts: the last product of a tile is in
 #: the shadow registers ``MAC_LATENCY - 1`` cycles after the window that issued it ends.
 DRAIN_OFFSET = MAC_LATENCY - 1
-#: Register stages after an outlier beat is issued (B row read / entry register, partial product
-#: registers, product register, correction register) minus one: the window must last
-#: ``OUTLIER_LATENCY`` cycles after the last outlier beat so that the next drain sees every
-#: correction.  (3 since issue #15 split the product; the engine's controller relies on
-#: ``OUTLIER_LATENCY <= DRAIN_OFFSET``, so the window formula of :mod:`sim.schedule` is unchanged.)
-OUTLIER_LATENCY = 3
+#: Widest B code whose outlier product ``val * b`` is a shift-and-add in LUTs (two partial products,
+#: then their sum); wider codes use a DSP block with its input and output registers
+#: (:mod:`hw.dsp`) and one fabric register after it (issue #15, session 43: the combinational
+#: ``MULT18X18D`` was the 8 x 8 W8A8 engine's worst path, 10.05 ns).
+OUTLIER_LUT_PRODUCT_BITS = 4
+
+
+def outlier_latency(b_bits: int) -> int:
+    """Register stages after an outlier beat is issued (entry register, the product's stages, the
+    correction register) minus one: the window must last this many cycles after the last outlier beat
+    so that the next drain sees every correction.  3 for ``b_bits <= 4`` (partial product registers,
+    product register), 4 for wider B codes (DSP input, output and fabric product registers).  The
+    engine's controller relies on ``outlier_latency <= DRAIN_OFFSET`` (it ends outlier windows
+    ``DRAIN_OFFSET`` cycles late), so the window formula of :mod:`sim.schedule` is the same for every
+    build."""
+    return 3 if b_bits <= OUTLIER_LUT_PRODUCT_BITS else 4
+
+
+#: The longest :func:`outlier_latency` (8-bit B codes).  (3 since issue #15 split the product; 4 for
+#: B codes wider than 4 bits since session 43.)
+OUTLIER_LATENCY = outlier_latency(8)
 assert OUTLIER_LATENCY <= DRAIN_OFFSET, "hw.engine_control ends outlier windows DRAIN_OFFSET cycles late"
 #: Shortest fill window (``fill = max(K, FILL_MIN)``): the first tile's descriptor is read in the
 #: fill's first cycle, its outlier beat count is registered in the second, and the controller's
@@ -187,6 +202,11 @@ class EngineConfig:
     def share_bits(self) -> int:
         """``log2(requant_share)``: bits of the drain's column-group phase."""
         return self.requant_share.bit_length() - 1
+
+    @property
+    def outlier_latency(self) -> int:
+        """:func:`outlier_latency` of this build's ``b_bits``."""
+        return outlier_latency(self.b_bits)
 
     @property
     def drain_lanes(self) -> int:

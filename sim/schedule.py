@@ -29,11 +29,11 @@ The output is tiled into ``R x C`` tiles; tiles are visited column block by colu
    With ``m_{-1} = 0`` and ``a_s = max(0, d_{s-1} - K)``::
 
        W_s = max(a_s + K,  d_{s-1} + DRAIN_OFFSET,
-                 d_{s-1} + nb_s + max(DRAIN_OFFSET, OUTLIER_LATENCY)  if nb_s > 0)
+                 d_{s-1} + nb_s + max(DRAIN_OFFSET, outlier_latency)  if nb_s > 0)
 
-   so for every layer with ``K >= S * R + DRAIN_OFFSET`` and ``nb_s + OUTLIER_LATENCY <= K - S * R``,
+   so for every layer with ``K >= S * R + DRAIN_OFFSET`` and ``nb_s + DRAIN_OFFSET <= K - S * R``,
    ``W_s = K``: drain, requantisation, outliers and B loading are completely hidden.
-   (``DRAIN_OFFSET = 4``, ``OUTLIER_LATENCY = 3``, ``PRE_REQUANT_LATENCY = 7``,
+   (``DRAIN_OFFSET = 4``, ``outlier_latency`` 3 (B codes up to 4 bits) or 4, ``PRE_REQUANT_LATENCY = 7``,
    ``REQUANT_LATENCY = 14``, see :mod:`sim.engine_config`.)
 3. **Drain** of the last tile: ``DRAIN_OFFSET + S * m_last + P`` cycles plus
    ``requant = REQUANT_LATENCY`` cycles, ``P = EngineConfig.pre_requant_latency``
@@ -52,7 +52,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .engine_config import (DRAIN_OFFSET, FILL_MIN, OUTLIER_LATENCY, ConfigError, EngineConfig,
+from .engine_config import (DRAIN_OFFSET, FILL_MIN, ConfigError, EngineConfig,
                      check_layer_shape)
 
 __all__ = ["CycleBreakdown", "tile_cycles", "layer_cycles", "window_cycles", "tile_order"]
@@ -101,7 +101,7 @@ def window_cycles(cfg: EngineConfig, k: int, m_prev: int, n_outliers: int) -> in
     w = max(a + k, d + DRAIN_OFFSET)
     nb = _ceil_div(n_outliers, cfg.outlier_lanes)
     if nb:
-        w = max(w, d + DRAIN_OFFSET + nb, d + nb + OUTLIER_LATENCY)
+        w = max(w, d + DRAIN_OFFSET + nb, d + nb + cfg.outlier_latency)
     return w
 
 

@@ -28,7 +28,7 @@ from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
 from vitaccel.tb.bench import Field, PayloadCodec, Scoreboard, Testbench
 from vitaccel.tb.runner import read_test_data
-from vitaccel.sim.engine_config import OUTLIER_LATENCY
+from vitaccel.sim.engine_config import outlier_latency
 
 
 def entry_codec(lanes: int) -> PayloadCodec:
@@ -41,7 +41,7 @@ def corr_bits_for(capacity: int, b_bits: int) -> int:
     return (max(1, capacity) * (1 << 15) * ((1 << (b_bits - 1)) - 1)).bit_length() + 1
 
 
-def _tile(rng, name, *, rows, cols, k, m, row0, b_bits, count, vmax=1 << 15, extreme=False, announce=None,
+def _make_tile(rng, name, *, rows, cols, k, m, row0, b_bits, count, vmax=1 << 15, extreme=False, announce=None,
           bad=()) -> dict:
     """One tile: ``count`` unique sorted in-range entries (+ ``bad`` out-of-range ones) and expected rows."""
     from vitaccel.sim import formats as F
@@ -66,14 +66,18 @@ def _tile(rng, name, *, rows, cols, k, m, row0, b_bits, count, vmax=1 << 15, ext
             "expected": [[int(x) for x in row] for row in acc], "bad": len(bad)}
 
 
-def make_tiles(seed: int, rows: int, cols: int, capacity: int, max_k: int) -> list[dict]:
+def make_tiles(seed: int, rows: int, cols: int, capacity: int, max_k: int, max_b_bits: int = 8) -> list[dict]:
     """Tiles: zero / full / over-capacity loads, extreme values, partial tiles, 4/6/8-bit B, range errors.
 
     Each tile carries ``after`` (expected sticky flags once it is drained) and ``clear`` (pulse the
-    unit's ``clear`` before it).
+    unit's ``clear`` before it).  B codes are at most ``max_b_bits`` wide (a unit built for narrower
+    codes gets each tile's codes at its own width).
     """
     rng = np.random.default_rng(seed)
     tiles = []
+
+    def _tile(*a, b_bits, **k):
+        return _make_tile(*a, b_bits=min(b_bits, max_b_bits), **k)
     kw = dict(rows=rows, cols=cols)
     tiles.append(_tile(rng, "zero", k=9, m=rows, row0=0, b_bits=8, count=0, **kw))
     tiles.append(_tile(rng, "full_extreme_w8", k=5, m=rows, row0=rows, b_bits=8, count=capacity, extreme=True, **kw))
@@ -120,7 +124,7 @@ class OutlierUnitDriver:
         self.tb, self.dut = tb, tb.dut
         self.addr_reg = addr_reg            # the unit reads drain_row_nx a cycle ahead (registered address)
         self.row_now = self.row_nx = 0      # drain_row of this cycle and of the next one
-        self.rows, self.cols, self.lanes = rows, cols, lanes
+        self.rows, self.cols, self.lanes, self.b_bits = rows, cols, lanes, b_bits
         self.ec = entry_codec(lanes)
         self.addr = PayloadCodec([Field("a", addr_bits)]).repeat(lanes)
         self.bcodec = PayloadCodec([Field("b", b_bits, True)]).repeat(cols * lanes)
@@ -204,9 +208,9 @@ class OutlierUnitDriver:
                 if en:
                     pos += 1
             await self._cycle(en)
-        # OUTLIER_LATENCY more enabled edges: partial products, products, then correction registers
+        # outlier_latency(b_bits) more enabled edges: the product's stages, then the correction registers
         done = 0
-        while done < OUTLIER_LATENCY:
+        while done < outlier_latency(self.b_bits):
             self._idle_inputs(row_nx=0)             # the drain starts at row 0
             dut.drain.value = 0
             en = self._en()

@@ -67,18 +67,23 @@ def test_mac_array_rtl(a_copies):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("addr_reg", [False, True], ids=["mux_address", "registered_address"])
-def test_outlier_unit_rtl(addr_reg):
+@pytest.mark.parametrize("addr_reg, b_bits", [(False, 4), (True, 8)],
+                         ids=["mux_address_lut_product_w4", "registered_address_dsp_product_w8"])
+def test_outlier_unit_rtl(addr_reg, b_bits):
     """OutlierUnit 4 x 4, L = 2 in Verilator: exact correction rows and overflow / range_error flags
-    (with the memories' read address multiplexed, and registered from ``drain_row_nx``)."""
+    (4-bit B: the shift-and-add product, the memories' read address multiplexed; 8-bit B: the product
+    of a registered DSP block and one more register, ``outlier_latency`` 4, the read address
+    registered from ``drain_row_nx``)."""
     from vitaccel.hw.outlier_unit import OutlierUnit
     from vitaccel.tb import cocotb_outlier_unit as tbm
 
     addr_bits = max(1, (OUTL["max_k"] - 1).bit_length())
-    corr_bits = tbm.corr_bits_for(OUTL["capacity"], OUTL["b_bits"])
-    params = dict(rows=OUTL["rows"], cols=OUTL["cols"], b_bits=OUTL["b_bits"], capacity=OUTL["capacity"],
+    corr_bits = tbm.corr_bits_for(OUTL["capacity"], b_bits)
+    params = dict(rows=OUTL["rows"], cols=OUTL["cols"], b_bits=b_bits, capacity=OUTL["capacity"],
                   lanes=OUTL["lanes"], corr_bits=corr_bits, addr_bits=addr_bits, addr_reg=addr_reg)
-    v = verilog_for(OutlierUnit, "outlier_unit" + ("_ra" if addr_reg else ""), params)
-    tiles = tbm.make_tiles(1, OUTL["rows"], OUTL["cols"], OUTL["capacity"], OUTL["max_k"])
-    run_cocotb("outlier_unit" + ("_ra" if addr_reg else ""), [v], "vitaccel.tb.cocotb_outlier_unit",
+    name = f"outlier_unit_w{b_bits}" + ("_ra" if addr_reg else "")
+    v = verilog_for(OutlierUnit, name, params)
+    tiles = tbm.make_tiles(1, OUTL["rows"], OUTL["cols"], OUTL["capacity"], OUTL["max_k"], max_b_bits=b_bits)
+    assert max(max(abs(x) for row in t["b"] for x in row) for t in tiles) < 1 << (b_bits - 1)
+    run_cocotb(name, [v], "vitaccel.tb.cocotb_outlier_unit",
                data={**params, "tiles": tiles, "runs": RUNS, "seed": 4})

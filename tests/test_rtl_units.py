@@ -36,17 +36,18 @@ def test_decoder_rtl():
                data={"groups": groups, "seed": 1})
 
 
-@pytest.mark.parametrize("copies", [1, 3])
-def test_decoder_amaranth_sim(copies):
+@pytest.mark.parametrize("copies, config_copies", [(1, 0), (3, 0), (1, 1)])
+def test_decoder_amaranth_sim(copies, config_copies):
     """OperandDecoder in the Amaranth simulator, every code of every format/width (fast); with
-    ``copies = 3`` the two register copies of the triple (``o_copies``) too."""
+    ``copies = 3`` the two register copies of the triple (``o_copies``) too; with ``config_copies``
+    the config registered inside (set a cycle before each group's first code, as the engine does)."""
     from amaranth.sim import Simulator
 
     from vitaccel.hw.common import CodeFormat
     from vitaccel.hw.decoders import OperandDecoder
     from vitaccel.tb import cocotb_decoders as tbm
 
-    dut = OperandDecoder(lanes=1, copies=copies)
+    dut = OperandDecoder(lanes=1, copies=copies, config_copies=config_copies)
     groups = tbm.make_groups(seed=2, lanes=1)
     errors = []
 
@@ -58,6 +59,9 @@ def test_decoder_amaranth_sim(copies):
             ctx.set(dut.bits, cfg["bits"])
             ctx.set(dut.m0, cfg["m0"])
             ctx.set(dut.m1, cfg["m1"])
+            if config_copies:           # the config registers load; no beat in this cycle
+                ctx.set(dut.i.valid, 0)
+                await ctx.tick()
             for inp, exp in zip(g["inputs"], g["expected"]):
                 ctx.set(dut.i.payload, [inp["code[0]"]])
                 ctx.set(dut.i.valid, 1)
@@ -124,6 +128,55 @@ def test_decoder_copies_follow_the_register_under_stalls():
     sim.add_testbench(bench)
     sim.run()
     assert seen["taken"] > 50 and seen["held"] > 50
+
+
+def test_decoder_zero_port():
+    """``zero_port`` (the engine's cycles without an issue): a beat with ``zero`` high decodes to the
+    zero triple with ``invalid`` 0 in ``o`` and every copy and leaves ``invalid_seen`` alone; other
+    beats decode as the reference does (invalid codes included)."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    from vitaccel.hw.common import CodeFormat
+    from vitaccel.hw.decoders import OperandDecoder
+    from vitaccel.tb import cocotb_decoders as tbm
+
+    dut = OperandDecoder(lanes=1, copies=2, config_copies=1, zero_port=True)
+    g = next(g for g in tbm.make_groups(seed=6, lanes=1)
+             if CodeFormat(g["config"]["fmt"]) == CodeFormat.LOG2 and g["after"]["invalid_seen"])
+    rng = random.Random(8)
+    seen = {"zero": 0, "decoded": 0, "invalid": 0}
+
+    async def bench(ctx):
+        cfg = g["config"]
+        for name in ("bits", "m0", "m1"):
+            ctx.set(getattr(dut, name), cfg[name])
+        ctx.set(dut.fmt, CodeFormat(cfg["fmt"]))
+        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.zero, 1)
+        await ctx.tick()                      # the config copy loads
+        seen_flag = 0
+        for inp, exp in zip(g["inputs"], g["expected"]):
+            zero = rng.random() < 0.4
+            ctx.set(dut.i.payload, [inp["code[0]"]])
+            ctx.set(dut.zero, int(zero))
+            await ctx.tick()
+            want = (0, 0, 0, 0) if zero else (exp["neg[0]"], exp["mag[0]"], exp["sh[0]"], exp["invalid[0]"])
+            seen_flag |= want[3]
+            o, t = ctx.get(dut.o.payload)[0], ctx.get(dut.o_copies[0])[0]
+            assert (o.neg, o.mag, o.sh, o.invalid) == want, (inp, zero)
+            assert (t.neg, t.mag, t.sh) == want[:3]
+            assert ctx.get(dut.invalid_seen) == seen_flag
+            seen["zero" if zero else "decoded"] += 1
+            seen["invalid"] += int(bool(exp["invalid[0]"]) and zero)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["zero"] > 50 and seen["decoded"] > 50 and seen["invalid"] > 5   # invalid codes masked too
 
 
 # ----------------------------------------------------------------------------- requantiser

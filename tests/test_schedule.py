@@ -23,10 +23,13 @@ def test_single_tile_hand_computed():
 def test_windows_small_k_and_outliers():
     cfg = EngineConfig(rows=4, cols=4, acc_bits=40, outlier_lanes=2)
     # DRAIN_OFFSET = 4 (MAC_LATENCY 5: decoder, broadcast, partial sums, product, accumulator),
-    # OUTLIER_LATENCY = 3
+    # outlier_latency 4 (8-bit B codes: DSP product stages), 3 with 4-bit B codes: never longer than
+    # DRAIN_OFFSET, so the same windows for both
     assert window_cycles(cfg, 10, 4, 0) == 10           # drain (4 rows + 4) hidden under K
     assert window_cycles(cfg, 3, 4, 0) == 8             # a = 1 -> 1 + 3 = 4; drain needs 4 + 4
     assert window_cycles(cfg, 10, 4, 9) == 13           # 5 outlier beats after the drain: 4 + 4 + 5
+    assert cfg.outlier_latency == 4 and cfg.replace(b_bits=4).outlier_latency == 3
+    assert window_cycles(cfg.replace(b_bits=4), 10, 4, 9) == 13
     assert window_cycles(cfg, 1, 0, 0) == 4             # first window lasts at least DRAIN_OFFSET
     # K <= 2: the fill still lasts FILL_MIN = 3 cycles (descriptor read, beat count registered, the
     # controller's second precompute stage); 3 + W0 = max(2, 0 + 4) + drain 4 + 4 + 7 + requant 14
