@@ -65,7 +65,8 @@ def val_times_b_halves(m: Module, val, b, b_bits: int, name: str = "outl_p"):
     For ``b_bits <= 4`` a shift-and-add in LUTs (faster than the ECP5 DSP block's combinational
     multiplier), split so that each half is one carry chain: ``lo`` sums the terms of the low half of
     ``b``'s magnitude bits, ``hi`` the remaining terms minus the sign term (weight ``-2^(k-1)``).
-    Wider ``b`` uses ``*`` (a DSP block) for ``lo`` and ``hi = 0``.
+    Wider ``b``: ``lo = val * b`` and ``hi = 0`` (the outlier unit itself takes wider codes' products
+    from a registered DSP block instead, :meth:`OutlierUnit._product`).
     """
     if b_bits > 4:
         return val * b, Const(0, 1)

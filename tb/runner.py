@@ -84,16 +84,27 @@ def build_root() -> Path:
     return Path(os.environ.get(BUILD_DIR_ENV) or Path.cwd() / "build").resolve()
 
 
+def design_sources() -> list[Path]:
+    """The files every design hash covers: each ``hw/*.py`` and ``sim/*.py`` (the gateware takes
+    constants from ``sim/``, such as ``sim.engine_config.outlier_latency``: a change there must not
+    reuse Verilog built before it)."""
+    import vitaccel.hw
+    import vitaccel.sim
+
+    out = []
+    for pkg in (vitaccel.hw, vitaccel.sim):
+        out += sorted(Path(pkg.__file__).resolve().parent.rglob("*.py"))
+    return out
+
+
 def _hw_sources_digest() -> str:
-    """Digest of every ``hw/*.py`` file plus the Amaranth version (part of each design hash)."""
+    """Digest of :func:`design_sources` plus the Amaranth version (part of each design hash)."""
     import amaranth
 
     h = hashlib.sha256(str(getattr(amaranth, "__version__", "")).encode())
-    import vitaccel.hw
-
-    hw_dir = Path(vitaccel.hw.__file__).resolve().parent
-    for path in sorted(hw_dir.rglob("*.py")):
-        h.update(str(path.relative_to(hw_dir)).encode())
+    root = Path(__file__).resolve().parent.parent
+    for path in design_sources():
+        h.update(str(path.relative_to(root) if path.is_relative_to(root) else path).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -142,8 +153,8 @@ def verilog_for(component_factory: Callable[..., Any], name: str,
         Verilog module name of the top level (also the cocotb ``toplevel``).  Must be a valid
         Verilog identifier.
     params : mapping, optional
-        Keyword arguments of the factory.  They, the ``hw/`` sources and the Amaranth version form
-        the cache key.
+        Keyword arguments of the factory.  They, the ``hw/`` and ``sim/`` sources
+        (:func:`design_sources`) and the Amaranth version form the cache key.
     platform : optional
         Passed to elaboration (e.g. :data:`vitaccel.hw.dsp.ECP5_DSP` for the ``MULT18X18D`` form of
         the registered products); its ``repr`` joins the cache key.

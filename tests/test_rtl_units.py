@@ -389,3 +389,15 @@ def test_dynamic_per_patch_encoder_amaranth_sim():
         assert res["o"] == exp["expected"] and res["outl"] == exp["expected_outl"]
         assert res["rowp"] == exp["expected_rowp"]
         assert cycles == [m * k + k - 1 + DYNAMIC_LATENCY], (k, cycles)
+
+
+def test_design_hash_covers_sim_constants():
+    """The Verilog cache key covers ``sim/`` too: the gateware takes constants from
+    ``sim/engine_config.py`` (e.g. ``outlier_latency``), so a change there must rebuild."""
+    from pathlib import Path
+
+    from vitaccel.tb.runner import design_sources
+
+    names = {(p.parent.name, p.name) for p in design_sources()}
+    assert ("sim", "engine_config.py") in names and ("hw", "outlier_unit.py") in names
+    assert all(Path(p).suffix == ".py" for p in design_sources())
