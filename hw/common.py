@@ -133,6 +133,14 @@ def carry_save_sum(terms: list[Value]) -> Value:
     return carry_save_add(x, y, shape)
 
 
+def _extend(v: Value, w: int) -> Value:
+    """``v`` as a ``w``-bit vector: sign- or zero-extended by its own shape, or its low ``w`` bits."""
+    pad = w - len(v)
+    if pad <= 0:
+        return v[:w]
+    return Cat(v, v[-1].replicate(pad) if v.shape().signed else Const(0, pad))
+
+
 def carry_save(terms: list[Value]) -> tuple[Value, Value, object]:
     """Reduce ``terms`` to two values ``(x, y)`` with ``x + y == sum(terms)`` modulo ``2^W``.
 
@@ -143,14 +151,7 @@ def carry_save(terms: list[Value]) -> tuple[Value, Value, object]:
     plain = sum(terms[1:], terms[0])
     shape = plain.shape()
     w = shape.width
-
-    def ext(v: Value) -> Value:
-        pad = w - len(v)
-        if pad <= 0:
-            return v[:w]
-        return Cat(v, v[-1].replicate(pad) if v.shape().signed else Const(0, pad))
-
-    ts = [ext(Value.cast(t)) for t in terms]
+    ts = [_extend(Value.cast(t), w) for t in terms]
     if len(ts) == 1:
         ts.append(Const(0, w))
     while len(ts) > 2:
@@ -171,14 +172,7 @@ def carry_save_difference(a: Value, products: list[Value], shifts: list[int]) ->
     ts = [Value.cast(p << sh) if sh else Value.cast(p) for p, sh in zip(products, shifts)]
     shape = (a - sum(ts[1:], ts[0])).shape() if ts else Value.cast(a).shape()
     w = shape.width
-
-    def ext(v: Value) -> Value:
-        pad = w - len(v)
-        if pad <= 0:
-            return v[:w]
-        return Cat(v, v[-1].replicate(pad) if v.shape().signed else Const(0, pad))
-
-    terms = [ext(Value.cast(a))] + [~ext(t) for t in ts] + ([Const(len(ts), w)] if ts else [])
+    terms = [_extend(Value.cast(a), w)] + [~_extend(t, w) for t in ts] + ([Const(len(ts), w)] if ts else [])
     x, y, _ = carry_save(terms)
     return x[:w], y[:w], shape
 
