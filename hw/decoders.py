@@ -149,7 +149,8 @@ class OperandDecoder(wiring.Component):
     o_copies : Out(ArrayLayout(ArrayLayout(TripleLayout, lanes), copies - 1))
         Only with ``copies > 1``: the triples of :attr:`o` (``neg``, ``mag``, ``sh``), loaded with them.
     invalid_seen : Out(1)
-        Sticky: an invalid code was decoded since reset / ``clear``.
+        Sticky: an invalid code was decoded since reset / ``clear`` (set one cycle after the beat
+        carrying it enters ``o``).
     zero : In(1)
         Only with ``zero_port``: the beat decodes to the zero triple ``(0, 0, 0)`` with ``invalid`` 0,
         whatever its codes.  The layer engine drives it with "no issue in this cycle" instead of
@@ -244,14 +245,12 @@ class OperandDecoder(wiring.Component):
         m = Module()
         en = Signal()
         m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
-        any_invalid = Signal()
         lanes_out = []
         configs = self._configs(m, platform)
         for lane in range(self.lanes):
             dec = self.decode_lane(m, self.i.payload[lane], self.zero if self.zero_port else Const(0, 1),
                                    configs[lane * len(configs) // self.lanes] if configs else None)
             lanes_out.append(dec)
-        m.d.comb += any_invalid.eq(Cat(*[d.invalid for d in lanes_out]).any())
         with m.If(en):
             m.d.sync += self.o.valid.eq(self.i.valid)
             with m.If(self.i.valid):
@@ -261,9 +260,15 @@ class OperandDecoder(wiring.Component):
             triples = Cat(*[Cat(d.neg, d.mag, d.sh) for d in lanes_out])
             for k, q in enumerate(kept_copies(m, platform, triples, self.copies - 1, "o_copy", en=en & self.i.valid)):
                 m.d.comb += self.o_copies[k].as_value().eq(q)
+        # the sticky flag a cycle after the decode: one registered hit per lane, then their OR (the
+        # decode logic and the OR of every lane in front of the flag's enable was among the 8 x 8 W8A8
+        # engine's worst paths, issue #15 session 43); a code decoded while ``clear`` is high does not
+        # count, as before
+        hits = Signal(self.lanes, name="invalid_hit")
+        m.d.sync += hits.eq(Mux(en & self.i.valid & ~self.clear, Cat(*[d.invalid for d in lanes_out]), 0))
         with m.If(self.clear):
             m.d.sync += self.invalid_seen.eq(0)
-        with m.Elif(en & self.i.valid & any_invalid):
+        with m.Elif(hits.any()):
             m.d.sync += self.invalid_seen.eq(1)
         return m
 

@@ -65,9 +65,9 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import EngineConfig
 from .decoders import OperandDecoder
-from .engine_buffers import COLP_EN_COPIES, BBuffer, ColumnParams, TileDescriptors
+from .engine_buffers import COLP_EN_COPIES, BBuffer, ColumnParams, TileDescriptors, desc_strobe_copies
 from .engine_control import EngineController
-from .engine_drain import REQUANT_EN_COPIES, DrainPipeline, OutputStage, fifo_push_copies
+from .engine_drain import DRAIN_EN_COPIES, REQUANT_EN_COPIES, DrainPipeline, OutputStage, fifo_push_copies
 # the stream payload layouts and ZA_BITS are the engine's interface: import them from here
 # (``from vitaccel.hw.engine import cmd_layout``); hw/synth.py imports mac_en_groups from here
 from .engine_layouts import (OUT_FIFO_DEPTH, ZA_BITS, cmd_layout, colp_layout, drain_row_group, out_layout,
@@ -142,7 +142,7 @@ class LayerEngine(wiring.Component):
         # rowp's outlier count (for the schedule)
         deferred = {"a": (), "colp": (), "rowp": ("n_out",)}
         stall = m.submodules.stall = GlobalStall(streams, OUT_FIFO_DEPTH, d, deferred=deferred, full_rate=("a",))
-        groups = {"mac": mac_en_groups(R, C), "col": C, "cp": C * COLP_EN_COPIES, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3,
+        groups = {"mac": mac_en_groups(R, C), "col": C * DRAIN_EN_COPIES, "cp": C * COLP_EN_COPIES, "rq": cfg.drain_lanes * REQUANT_EN_COPIES, "unit": 3,
                   "fifo": fifo_push_copies(C)}
         if cfg.has_outliers:
             groups["ou"] = R
@@ -153,7 +153,7 @@ class LayerEngine(wiring.Component):
         # the tile descriptors live in the back end; the front-end copy only provides the controller
         # with the next tile's outlier beat count (synthesis removes its unused registers)
         desc_front = m.submodules.descriptors_nb = TileDescriptors(cfg)
-        desc = m.submodules.descriptors = TileDescriptors(cfg)
+        desc = m.submodules.descriptors = TileDescriptors(cfg, strobe_copies=desc_strobe_copies(cfg))
         drain = m.submodules.drain = DrainPipeline(cfg)
         outs = m.submodules.output = OutputStage(cfg)
         en, lc, start = stall.en, ctl.layer, ctl.status.start
@@ -184,7 +184,8 @@ class LayerEngine(wiring.Component):
         connect_delayed(m, ctl.columns, cols.ctl_ahead, d - 1, "columns")
         connect_delayed(m, ctl.drain, drain.ctl, d, "drain_ctl")
         drain_row, _ = drain_row_group(ctl.drain.pos, cfg.share_bits)
-        connect_delayed(m, ctl.descriptors, desc.ctl, d, "desc_ctl", names=("load", "shift", "take"))
+        # the descriptors register their strobes in kept copies (a cycle ahead here: same timing)
+        connect_delayed(m, ctl.descriptors, desc.ctl, d - 1, "desc_ctl", names=("load", "shift", "take"))
         m.d.comb += [
             cols.en.eq(back.en.cp), cols.colp.eq(stall.head.colp),
             drain.en.eq(en_drain), drain.en_col.eq(back.en.col), drain.start.eq(late_start),

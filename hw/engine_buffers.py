@@ -24,7 +24,7 @@ from .engine_layouts import (ZA_BITS, BReadSignature, ColumnControl, DescriptorC
 from .kept import kept_copies
 from .outlier_unit import outlier_beat_layout
 
-__all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES", "COLP_EN_COPIES"]
+__all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES", "COLP_EN_COPIES", "desc_strobe_copies"]
 
 #: Enable copies per column of :class:`ColumnParams`, each the clock enable of a part of its bits.
 COLP_EN_COPIES = 2
@@ -221,6 +221,15 @@ class ColumnParams(wiring.Component):
         return m
 
 
+#: Descriptor bits loaded by one kept copy of the tile descriptors' strobes (issue #15, session 44).
+DESC_BITS_PER_STROBE = 96
+
+
+def desc_strobe_copies(cfg: EngineConfig) -> int:
+    """Strobe copies of the engine's :class:`TileDescriptors`: one per :data:`DESC_BITS_PER_STROBE` bits."""
+    return -(-len(Signal(rowp_layout(cfg.rows)).as_value()) // DESC_BITS_PER_STROBE)
+
+
 class TileDescriptors(wiring.Component):
     """Tile descriptors (``Mr[r]``, ``za[r]``, outlier count) of the next, current and previous tile.
 
@@ -235,13 +244,19 @@ class TileDescriptors(wiring.Component):
     Parameters
     ----------
     cfg : EngineConfig
+    strobe_copies : int
+        0 (default): the strobes act in the cycle they arrive.  ``n >= 1``: they arrive a cycle
+        ahead and are registered in ``n`` kept copies (:func:`hw.kept.kept_copies`), each loading
+        ``1 / n`` of the descriptor registers (one strobe register drove the clock enables of all 336
+        bits of the current descriptor in the 8 x 8 engine, issue #15 session 43); same behaviour.
 
     Attributes
     ----------
     rowp : In(rowp_layout(rows))
         Head of the ``rowp`` stream.
     ctl : In(DescriptorControl)
-        Load / shift strobes (already qualified with the enable); ``nb`` out.
+        Load / shift strobes (already qualified with the enable; a cycle ahead with
+        ``strobe_copies``); ``nb`` out.
     cur_n_out : Out(16)
         Outlier count of the current tile (the outlier unit's capacity check).
     drain_row_ahead : In(range(rows))
@@ -251,8 +266,10 @@ class TileDescriptors(wiring.Component):
         ``drain_row_ahead`` of two cycles before).
     """
 
-    def __init__(self, cfg: EngineConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: EngineConfig, strobe_copies: int = 0):
+        if strobe_copies < 0:
+            raise ValueError(f"TileDescriptors: strobe_copies must be >= 0, got {strobe_copies}")
+        self.cfg, self.strobe_copies = cfg, strobe_copies
         super().__init__({
             "rowp": In(rowp_layout(cfg.rows)), "ctl": In(DescriptorControl), "cur_n_out": Out(DIM_BITS),
             "drain_row_ahead": In(row_bits(cfg.rows)), "za": Out(ZA_BITS), "mr": Out(16),
@@ -265,14 +282,25 @@ class TileDescriptors(wiring.Component):
         nxt, cur, prev = Signal(layout, name="nxt_desc"), Signal(layout, name="cur_desc"), Signal(layout,
                 name="prev_desc")
         nb = Signal(DIM_BITS, name="nxt_nb")            # outlier beats of the next tile
-        with m.If(self.ctl.load):
-            m.d.sync += nxt.eq(self.rowp)
+        if self.strobe_copies:
+            strobes = [(q[0], q[1], q[2]) for q in kept_copies(
+                m, platform, Cat(self.ctl.load, self.ctl.shift, self.ctl.take), self.strobe_copies, "strobe")]
+        else:
+            strobes = [(self.ctl.load, self.ctl.shift, self.ctl.take)]
+        load, shift, _ = strobes[0]
+        with m.If(load):
             if cfg.has_outliers:
                 m.d.sync += nb.eq((self.rowp.n_out + (L - 1)) >> (L.bit_length() - 1))
-        with m.If(self.ctl.shift):
-            m.d.sync += prev.eq(cur)
-            with m.If(self.ctl.take):
-                m.d.sync += cur.eq(nxt)
+        width = len(nxt.as_value())
+        for j, (load, shift, take) in enumerate(strobes):     # copy j loads its share of the bits
+            lo, hi = j * width // len(strobes), (j + 1) * width // len(strobes)
+            with m.If(load):
+                m.d.sync += nxt.as_value()[lo:hi].eq(self.rowp.as_value()[lo:hi])
+            with m.If(shift):
+                m.d.sync += prev.as_value()[lo:hi].eq(cur.as_value()[lo:hi])
+                with m.If(take):
+                    m.d.sync += cur.as_value()[lo:hi].eq(nxt.as_value()[lo:hi])
+        shift = strobes[-1][1]
         # the previous tile after this cycle (the shift copies current -> previous), row of the next
         # cycle: one kept copy of the row per 8 selected bits
         rows = kept_copies(m, platform, self.drain_row_ahead, ROW_SELECT_COPIES, "row_next")
@@ -281,6 +309,6 @@ class TileDescriptors(wiring.Component):
                 row = rows.pop(0)
                 hi = min(lo + 8, len(out))
                 sel = [Value.cast(getattr(t, field)[row])[lo:hi] for t in (cur, prev)]
-                m.d.sync += out[lo:hi].eq(Mux(self.ctl.shift, *sel))
+                m.d.sync += out[lo:hi].eq(Mux(shift, *sel))
         m.d.comb += [self.ctl.nb.eq(nb), self.cur_n_out.eq(cur.n_out)]
         return m

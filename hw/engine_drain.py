@@ -21,7 +21,7 @@ that column's copy (fanout of the global enable, :mod:`hw.stall`).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,7 +34,15 @@ from .kept import kept_copies
 from .push_fifo import PushFifo, push_chunks
 from .requantiser import Requantiser
 
-__all__ = ["DrainPipeline", "OutputStage", "REQUANT_EN_COPIES", "fifo_push_copies"]
+__all__ = ["DrainPipeline", "OutputStage", "DRAIN_EN_COPIES", "FO_COPY_BITS", "REQUANT_EN_COPIES", "fifo_push_copies"]
+
+#: Enable copies per drain column: copy 0 drives the position, D0 - D3 and the zero-point DSP blocks,
+#: copy 1 drives D3b - D6 and ``FO`` (each about 350 flip-flops of the 8 x 8 W8A8 engine instead of 700;
+#: one copy's clock-enable net was among its worst paths, issue #15, session 44).
+DRAIN_EN_COPIES = 2
+
+#: Bits of D5's shifted ``acc_d`` per kept copy of ``FO`` (the shift's select lines; issue #15, session 44).
+FO_COPY_BITS = 16
 
 #: Enable copies per requantiser (each drives the clock enables of ``LATENCY / 6`` = 2 stages, about
 #: 170 flip-flops and their DSP blocks' ``CE``; issue #15, session 34).
@@ -51,9 +59,15 @@ def _low(x, bits: int):
     return (x & ((1 << bits) - 1))[:bits]
 
 
-def _fits_high(hi, carry, top):
-    """``hi + carry + top == 0`` (``carry``, ``top`` single bits) without an adder."""
-    return Mux(carry & top, hi == -2, Mux(carry | top, hi == -1, hi == 0))
+def _high_flags(hi):
+    """``hi == 0``, ``hi == -1``, ``hi == -2`` (three equality reductions side by side)."""
+    return Cat(hi == 0, hi == -1, hi == -2)
+
+
+def _fits_high(flags, carry, top):
+    """``hi + carry + top == 0`` (``carry``, ``top`` single bits; ``flags``: :func:`_high_flags` of ``hi``)
+    without an adder."""
+    return Mux(carry & top, flags[2], Mux(carry | top, flags[1], flags[0]))
 
 
 def _stage(m: Module, values: list, prefix: str) -> list[Signal]:
@@ -101,8 +115,9 @@ class DrainPipeline(wiring.Component):
     ----------
     en : In(1)
         Enable copy of the per-row stage registers.
-    en_col : In(cols)
-        Enable copy per column.
+    en_col : In(cols * DRAIN_EN_COPIES)
+        Enable copies per column: ``en_col[c]`` for the position and D0 - D3 of column / lane ``c``,
+        ``en_col[cols + c]`` for its D3b - D6 (:data:`DRAIN_EN_COPIES`).
     start : In(1)
         Layer start (resets :attr:`rows`).
     ctl : In(DrainControl(rows, share_bits))
@@ -133,7 +148,7 @@ class DrainPipeline(wiring.Component):
         self.cfg = cfg
         C, G = cfg.cols, cfg.drain_lanes
         ports = {
-            "en": In(1), "en_col": In(C), "start": In(1), "ctl": In(DrainControl(cfg.rows, cfg.share_bits)),
+            "en": In(1), "en_col": In(C * DRAIN_EN_COPIES), "start": In(1), "ctl": In(DrainControl(cfg.rows, cfg.share_bits)),
             "fo": In(3), "n": In(DIM_BITS), "za": In(ZA_BITS), "mr": In(16),
             "acc": In(data.ArrayLayout(signed(cfg.acc_bits), C)),
             "colsum": In(data.ArrayLayout(signed(cfg.colsum_bits), C)), "params": In(colp_layout(C)),
@@ -164,8 +179,12 @@ class DrainPipeline(wiring.Component):
         def row_stage(values, prefix):
             return _stage(m, [(v, self.en) for v in values], prefix)
 
-        def col_stage(values, prefix):
-            return _stage(m, [(values[j], self.en_col[j]) for j in range(G)], prefix)
+        def col_stage(values, prefix, late=False):
+            """Per-lane stage on the lane's enable copy (``late``: the copy of D3b - D6)."""
+            return _stage(m, [(values[j], self.en_col[C * late + j]) for j in range(G)], prefix)
+
+        def late_stage(values, prefix):
+            return col_stage(values, prefix, late=True)
 
         gather = self.cfg.gather_stage
         sel, src = self._sources(m, platform, pos, col_stage) if gather else self._direct(pos)
@@ -188,14 +207,7 @@ class DrainPipeline(wiring.Component):
         d1_acc = col_stage(grouped(src_acc), "d1_acc")
         d1_corr = col_stage(corr, "d1_corr")
         d1_cp = col_stage(grouped(src_cp), "d1_cp")
-        # D1: za[r] (one register copy per lane) and colsum[c] in the fabric, beside the row multiplexers
-        d1_za = col_stage(src_za, "d1_za")
-        d1_cs = col_stage(grouped(src_cs), "d1_cs")
-        # D2, D3: zero-point partial products za[r] * colsum[c] in DSP blocks (D2: their input
-        # registers, D3: their output registers, hw/dsp.py)
-        zp_pp = [partial_operands(d1_za[c], d1_cs[c]) for c in range(G)]
-        d3_pp = [dsp_products(m, platform, [(a, b) for a, b, _ in zp_pp[c]], self.en_col[c], f"d3_pp{c}_")
-                 for c in range(G)]
+        d3_pp, shifts = self._zero_point_products(m, platform, src_za, grouped(src_cs), col_stage)
         d2_v, d2_row, d2_col, d2_last = row_stage([d1_v, d1_row, d1_col, d1_last], "d2")
         d2_acc, d2_corr, d2_cp, d2_mr = (col_stage(x, f"d2_{n}") for x, n in
                                          ((d1_acc, "acc"), (d1_corr, "corr"), (d1_cp, "cp"), (d1_mr, "mr")))
@@ -204,59 +216,91 @@ class DrainPipeline(wiring.Component):
                                          ((d2_acc, "acc"), (d2_corr, "corr"), (d2_cp, "cp"), (d2_mr, "mr")))
         # D3b: with up to two partial products (4- and 6-bit B codes) their sum (one carry chain) and
         # acc_raw; with more (8-bit B codes: four), acc_raw - za * colsum as two carry-save vectors (3:2
-        # compressors from the DSP outputs, no carry chain: the route out of the DSP row is about 4.7 ns
-        # of the cycle, and the sum of four products after it was the 8 x 8 W8A8 engine's second-worst
-        # path, session 43).  D4: acc_d = acc_raw - za * colsum, one carry chain either way
+        # compressors, no carry chain: the sum of four products after the route out of the DSP row was
+        # the 8 x 8 W8A8 engine's second-worst path, session 43).  D4: acc_d = acc_raw - za * colsum,
+        # one carry chain either way
         d3b_v, d3b_row, d3b_col, d3b_last = row_stage([d3_v, d3_row, d3_col, d3_last], "d3b")
-        shifts = [[sh for *_, sh in zp_pp[c]] for c in range(G)]
         if all(len(pp) <= 2 for pp in d3_pp):
-            d3b_acc = col_stage(d3_acc, "d3b_acc")
-            d3b_zp = col_stage([sum_products(d3_pp[c], shifts[c]) for c in range(G)], "d3b_zp")
+            d3b_acc = late_stage(d3_acc, "d3b_acc")
+            d3b_zp = late_stage([sum_products(d3_pp[c], shifts[c]) for c in range(G)], "d3b_zp")
             diff = [d3b_acc[c] - d3b_zp[c] for c in range(G)]
         else:
             zd = [carry_save_difference(d3_acc[c], d3_pp[c], shifts[c]) for c in range(G)]
-            d3b_dx = col_stage([x for x, _, _ in zd], "d3b_dx")
-            d3b_dy = col_stage([y for _, y, _ in zd], "d3b_dy")
+            d3b_dx = late_stage([x for x, _, _ in zd], "d3b_dx")
+            d3b_dy = late_stage([y for _, y, _ in zd], "d3b_dy")
             diff = [carry_save_add(d3b_dx[c], d3b_dy[c], zd[c][2]) for c in range(G)]
-        d3b_corr, d3b_cp, d3b_mr = (col_stage(x, f"d3b_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"), (d3_mr, "mr")))
+        d3b_corr, d3b_cp, d3b_mr = (late_stage(x, f"d3b_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"),
+                                                                           (d3_mr, "mr")))
         d4_v, d4_row, d4_col, d4_last = row_stage([d3b_v, d3b_row, d3b_col, d3b_last], "d4")
-        d4_diff = col_stage(diff, "d4_diff")
-        d4_corr, d4_cp, d4_mr = (col_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
-                                                                      (d3b_mr, "mr")))
+        d4_diff = late_stage(diff, "d4_diff")
+        d4_corr, d4_cp, d4_mr = (late_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
+                                                                       (d3b_mr, "mr")))
         # D5: acc = (acc_d << FO) + corr (two halves); lanes inside the layer.  FO is a layer constant;
-        # each lane shifts by its own copy (loaded with the lane's enable copy, so the copies stay
-        # distinct registers), not by one register routed to every lane
-        fo = [Signal.like(self.fo, name=f"fo{c}") for c in range(G)]
-        for c in range(G):
-            with m.If(self.en_col[c]):
-                m.d.sync += fo[c].eq(self.fo)
+        # each lane shifts by kept copies of its own, one per FO_COPY_BITS bits of the shifted value
+        # (the select lines of a whole lane's shifter from one register were among the 8 x 8 W8A8
+        # engine's worst paths, session 43), not by one register routed to every lane
         d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
         # split at bit W into two carry chains side by side (the full-width sum was one 57-bit chain
         # after the shift, 8 x 8 W4A4): lo = low W bits of both (+ carry), hi = the rest of both
-        shifted = [d4_diff[c] << fo[c] for c in range(G)]
-        d5_lo = col_stage([_low(shifted[c], W) + _low(d4_corr[c], W) for c in range(G)], "d5_lo")
-        d5_hi = col_stage([(shifted[c] >> W) + (d4_corr[c] >> W) for c in range(G)], "d5_hi")
-        d5_in = col_stage([c < self.n - d4_col for c in range(G)], "d5_in")
-        d5_cp, d5_mr = (col_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
+        shifted = [self._fo_shift(m, platform, d4_diff[c], c) for c in range(G)]
+        d5_lo = late_stage([_low(shifted[c], W) + _low(d4_corr[c], W) for c in range(G)], "d5_lo")
+        d5_hi = late_stage([(shifted[c] >> W) + (d4_corr[c] >> W) for c in range(G)], "d5_hi")
+        d5_in = late_stage([c < self.n - d4_col for c in range(G)], "d5_in")
+        d5_cp, d5_mr = (late_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
         d6_v, d6_row, d6_col, d6_last = row_stage([d5_v, d5_row, d5_col, d5_last], "d6")
         # acc = hi * 2^W + lo fits acc_bits iff its bits from W - 1 up are equal: hi + lo[W] + lo[W - 1]
-        # == 0, i.e. hi equals 0, -1 or -2 (three equality reductions side by side, no carry chain)
-        d6_acc = col_stage([d5_lo[c][:W].as_signed() for c in range(G)], "d6_acc")
-        d6_bad = col_stage([d5_v & d5_in[c] & ~_fits_high(d5_hi[c], d5_lo[c][W], d5_lo[c][W - 1]) for c in range(G)],
-                           "d6_bad")
-        d6_in = col_stage(d5_in, "d6_in")
-        d6_cp = col_stage(d5_cp, "d6_cp")
-        d6_mr = col_stage(d5_mr, "d6_mr")
+        # == 0, i.e. hi equals 0, -1 or -2: D6 registers the three equality reductions (no carry chain)
+        # and lo[W]; the choice among them and the OR over the lanes load the fault register (the whole
+        # decision in D6 was among the 8 x 8 W8A8 engine's worst paths, session 43)
+        d6_acc = late_stage([d5_lo[c][:W].as_signed() for c in range(G)], "d6_acc")
+        d6_fit = late_stage([Cat(_high_flags(d5_hi[c]), d5_lo[c][W]) for c in range(G)], "d6_fit")
+        d6_in = late_stage(d5_in, "d6_in")
+        d6_cp = late_stage(d5_cp, "d6_cp")
+        d6_mr = late_stage(d5_mr, "d6_mr")
         fault = Signal()         # some lane of the drained row overflowed acc_bits (one cycle later)
+        bad = [d6_v & d6_in[c] & ~_fits_high(d6_fit[c][:3], d6_fit[c][3], d6_acc[c][W - 1]) for c in range(G)]
         with m.If(self.en):
-            m.d.sync += fault.eq(Cat(*d6_bad).any())
+            m.d.sync += fault.eq(Cat(*bad).any())
         o = self.o
         m.d.comb += [o.valid.eq(d6_v), o.row.eq(d6_row), o.col.eq(d6_col), o.last.eq(d6_last), o.fault.eq(fault),
                      o.inside.eq(Cat(*d6_in))]
         m.d.comb += [x for c in range(G)
                      for x in (o.acc[c].eq(d6_acc[c]), o.mr[c].eq(d6_mr[c]), o.params[c].eq(d6_cp[c]))]
         return m
+
+    def _zero_point_products(self, m: Module, platform, za, cs, col_stage):
+        """Partial products of ``za[r] * colsum[c]`` per lane at D3 and their shifts.
+
+        Up to two products (B codes up to 6 bits): D1 registers ``za`` (one copy per lane) and
+        ``colsum`` in the fabric, D2 / D3 are the DSP blocks' input / output registers.  With more
+        (8-bit B codes: four), the DSP blocks' input registers take D1's place (fed from the same
+        sources D1 would register), their output registers are D2, and D3 is a fabric register of each
+        product, which the placer can put beside its DSP block: the route out of the DSP row no longer
+        shares a cycle with D3b's compressors (session 43's worst path of the 8 x 8 W8A8 engine).
+        Same register count on the path, so the drain's latency is unchanged."""
+        G = self.cfg.drain_lanes
+        probe = partial_operands(Signal.like(za[0]), Signal.like(cs[0]))
+        if len(probe) <= 2:
+            # D1: za[r] (one register copy per lane) and colsum[c] in the fabric, beside the row multiplexers
+            za, cs = col_stage(za, "d1_za"), col_stage(cs, "d1_cs")
+        pp = [partial_operands(za[c], cs[c]) for c in range(G)]
+        products = [dsp_products(m, platform, [(a, b) for a, b, _ in pp[c]], self.en_col[c], f"d3_pp{c}_")
+                    for c in range(G)]
+        if len(probe) > 2:
+            products = [_stage(m, [(p, self.en_col[c]) for p in products[c]], f"d3_pq{c}") for c in range(G)]
+        return products, [[sh for *_, sh in pp[c]] for c in range(G)]
+
+    def _fo_shift(self, m: Module, platform, diff, c: int):
+        """``diff << FO`` for lane ``c``, each :data:`FO_COPY_BITS` output bits selected by a kept copy of
+        ``FO`` of their own (:func:`hw.kept.kept_copies`, loaded with the lane's late enable copy)."""
+        width = len(diff) + 7
+        n = -(-width // FO_COPY_BITS)
+        fo = kept_copies(m, platform, self.fo, n, f"fo{c}_", en=self.en_col[self.cfg.cols + c])
+        wide = Value.cast(diff).as_signed() if Value.cast(diff).shape().signed else Value.cast(diff)
+        parts = [(wide << fo[k])[k * FO_COPY_BITS:min(width, (k + 1) * FO_COPY_BITS)] for k in range(n)]
+        out = Cat(*parts)
+        return out.as_signed() if Value.cast(diff).shape().signed else out
 
     def _direct(self, pos):
         """Without the gather stage: D1 selects from the ports (lane group from the position copies)."""

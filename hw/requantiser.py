@@ -13,7 +13,7 @@ state but its pipeline registers and the saturation counter.  ``Sr``, ``z_out``,
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -50,6 +50,14 @@ def requant_out_layout(tag_bits: int) -> data.StructLayout:
         "fault": unsigned(1),      # t did not fit acc_bits (Mr > 2^Sr: a config fault); t was clamped
         "tag": unsigned(tag_bits),
     })
+
+
+def _equal_from(v: Value, k: int) -> Value:
+    """Bits ``k`` and up of signed ``v`` all equal (``v >> k`` is 0 or -1); 1 when ``k`` is at or past the top."""
+    top = len(v) - 1
+    if k >= top:
+        return Const(1, 1)
+    return Cat(*[~(v[j] ^ v[top]) for j in range(k, top)]).all()
 
 
 class Requantiser(wiring.Component):
@@ -222,14 +230,17 @@ class Requantiser(wiring.Component):
         # 3, 4: sum + rounding constant (carry-save terms, then one carry chain)
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
-        # 5: variable right shift by Sr (its own stage)
+        # 5: variable right shift by Sr (its own stage), and beside it the range check's terms: t =
+        # row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal, so
+        # fit[k] = "bits from ab - 1 + k up all equal" for every Sr value k (LUT reductions)
         t_sh = stage(row_sum >> sr, "t_shifted", 5)
+        fit = stage(Cat(*[_equal_from(row_sum, ab - 1 + k) for k in range(1 << len(sr))]), "t_fit", 5)
         side = carry(side, 5)
-        # 6: range check against acc_bits and clamp: t fits iff its bits from ab - 1 up are all equal
-        # (a LUT reduction; comparisons with the bounds would be two carry chains in series)
+        # 6: clamp: fit[Sr] (a multiplexer; the reduction over the shifted value here was among the
+        # engine's worst paths, issue #15 session 43), comparisons with the bounds would be two carry
+        # chains in series
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        top = t_sh[ab - 1:]
-        t_fault = ~(top.all() | ~top.any())
+        t_fault = ~fit.bit_select(sr, 1)
         t6 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
         side = carry({**side, "fault": t_fault}, 6)
 

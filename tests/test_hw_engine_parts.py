@@ -379,10 +379,13 @@ def test_column_params_sum_loaded_rows_and_swap_banks():
 
 
 # ------------------------------------------------------------------------------------ tile descriptors
-def test_tile_descriptors_next_current_previous():
+@pytest.mark.parametrize("strobe_copies", [0, 3])
+def test_tile_descriptors_next_current_previous(strobe_copies):
+    """Next / current / previous descriptors and the drained row's ``za`` / ``Mr``; with ``strobe_copies``
+    the strobes arrive a cycle ahead (registered in kept copies, each loading a third of the bits)."""
     cfg = EngineConfig(rows=3, cols=2, a_bits=4, b_bits=4, acc_bits=24, outlier_capacity=4, outlier_lanes=2,
                        max_k=8)
-    dut = TileDescriptors(cfg)
+    dut = TileDescriptors(cfg, strobe_copies=strobe_copies)
     rng = random.Random(6)
     R, L = cfg.rows, cfg.outlier_lanes
     zero = {"mr": [0] * R, "za": [0] * R, "n_out": 0}
@@ -391,8 +394,11 @@ def test_tile_descriptors_next_current_previous():
     async def bench(ctx):
         nxt, cur, prev, nb = zero, zero, zero, 0
         sel, row_next = (0, 0), 0
+        ahead = (0, 0, 0)                       # strobes set a cycle ago (they act now with copies)
         for _ in range(600):
-            load, shift, take = (int(rng.random() < p) for p in (0.3, 0.3, 0.8))
+            strobes = tuple(int(rng.random() < p) for p in (0.3, 0.3, 0.8))
+            load, shift, take = ahead if strobe_copies else strobes
+            ahead = strobes
             d = {"mr": [rng.getrandbits(16) for _ in range(R)], "za": [rng.getrandbits(24) for _ in range(R)],
                  "n_out": rng.choice([0, 1, 2, 3, 7, 8, rng.getrandbits(16)])}
             row = rng.randint(0, R - 1)
@@ -400,7 +406,7 @@ def test_tile_descriptors_next_current_previous():
                 ctx.set(dut.rowp.mr[r], d["mr"][r])
                 ctx.set(dut.rowp.za[r], d["za"][r])
             ctx.set(dut.rowp.n_out, d["n_out"])
-            for name, v in (("load", load), ("shift", shift), ("take", take)):
+            for name, v in zip(("load", "shift", "take"), strobes):
                 ctx.set(getattr(dut.ctl, name), v)
             ctx.set(dut.drain_row_ahead, row)
             assert ctx.get(dut.ctl.nb) == nb and ctx.get(dut.cur_n_out) == cur["n_out"]
@@ -430,11 +436,14 @@ def _shared(cfg: EngineConfig, share: int) -> EngineConfig:
     return cfg if share == 1 else EngineConfig(**{**cfg.to_dict(), "cols": 2 * share, "requant_share": share})
 
 
-@pytest.mark.parametrize("fo, n, share", [(2, 7, 1), (0, 3, 1), (2, 5, 2)])
-def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
+@pytest.mark.parametrize("fo, n, share, b_bits", [(2, 7, 1, 4), (0, 3, 1, 4), (2, 5, 2, 4), (7, 6, 1, 8), (3, 5, 2, 8)])
+def test_drain_pipeline_zero_point_fo_outliers(fo, n, share, b_bits):
     """acc = ((acc_raw - za * colsum) << FO) + corr, truncated to acc_bits, with the range flag (section 6);
-    with ``requant_share`` 2, lane ``j`` of drain position ``row * 2 + group`` carries column ``group * 2 + j``."""
-    cfg = _shared(DRAIN_CFG, share)
+    with ``requant_share`` 2, lane ``j`` of drain position ``row * 2 + group`` carries column ``group * 2 + j``.
+    8-bit B codes with ``max_k`` 1024: ``colsum`` is wider than one DSP operand, so ``za * colsum`` has
+    four partial products (the DSP blocks take D1's place, D3 registers the products, D3b is carry-save)."""
+    cfg = _shared(DRAIN_CFG if b_bits == 4 else EngineConfig(**{**DRAIN_CFG.to_dict(), "b_bits": b_bits, "max_k": 1024, "acc_bits": 32}),
+                  share)
     dut = DrainPipeline(cfg)
     rng = random.Random(fo * 10 + n)
     C, G, S, sb, W = cfg.cols, cfg.drain_lanes, cfg.requant_share, cfg.share_bits, cfg.acc_bits
@@ -465,7 +474,7 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share):
             ctx.set(dut.mr, mr)
             ctx.set(dut.start, start)
             ctx.set(dut.en, en)
-            ctx.set(dut.en_col, (1 << C) - 1 if en else 0)
+            ctx.set(dut.en_col, (1 << len(dut.en_col)) - 1 if en else 0)
             for c in range(C):
                 ctx.set(dut.acc[c], acc[c])
                 ctx.set(dut.colsum[c], colsum[c])

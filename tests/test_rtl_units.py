@@ -146,7 +146,7 @@ def test_decoder_zero_port():
     g = next(g for g in tbm.make_groups(seed=6, lanes=1)
              if CodeFormat(g["config"]["fmt"]) == CodeFormat.LOG2 and g["after"]["invalid_seen"])
     rng = random.Random(8)
-    seen = {"zero": 0, "decoded": 0, "invalid": 0}
+    seen = {"zero": 0, "decoded": 0, "invalid": 0, "cleared": 0}
 
     async def bench(ctx):
         cfg = g["config"]
@@ -157,18 +157,21 @@ def test_decoder_zero_port():
         ctx.set(dut.o.ready, 1)
         ctx.set(dut.zero, 1)
         await ctx.tick()                      # the config copy loads
-        seen_flag = 0
-        for inp, exp in zip(g["inputs"], g["expected"]):
+        seen_flag = pending = 0              # model: the sticky flag, the hit of the last beat
+        for j, (inp, exp) in enumerate(zip(g["inputs"], g["expected"])):
             zero = rng.random() < 0.4
+            clear = int(j % 97 == 50)       # clears wipe the flag and the hit in flight, and mask their beat
             ctx.set(dut.i.payload, [inp["code[0]"]])
             ctx.set(dut.zero, int(zero))
+            ctx.set(dut.clear, clear)
             await ctx.tick()
             want = (0, 0, 0, 0) if zero else (exp["neg[0]"], exp["mag[0]"], exp["sh[0]"], exp["invalid[0]"])
-            seen_flag |= want[3]
+            seen["cleared"] += clear and int(bool(seen_flag | pending))
+            seen_flag, pending = (0, 0) if clear else (seen_flag | pending, want[3])
             o, t = ctx.get(dut.o.payload)[0], ctx.get(dut.o_copies[0])[0]
             assert (o.neg, o.mag, o.sh, o.invalid) == want, (inp, zero)
             assert (t.neg, t.mag, t.sh) == want[:3]
-            assert ctx.get(dut.invalid_seen) == seen_flag
+            assert ctx.get(dut.invalid_seen) == seen_flag      # the flag follows a cycle after the beat
             seen["zero" if zero else "decoded"] += 1
             seen["invalid"] += int(bool(exp["invalid[0]"]) and zero)
 
@@ -177,6 +180,7 @@ def test_decoder_zero_port():
     sim.add_testbench(bench)
     sim.run()
     assert seen["zero"] > 50 and seen["decoded"] > 50 and seen["invalid"] > 5   # invalid codes masked too
+    assert seen["cleared"] >= 1                                                  # a set flag was cleared
 
 
 # ----------------------------------------------------------------------------- requantiser
@@ -228,6 +232,37 @@ def test_requantiser_amaranth_sim():
                                ["value", "sat", "fault", "tag"],
                                {"sr": 0, "z_out": 0, "out_fmt": OutFormat.FIXED32, "bits": 8})
     assert got == [{"value": (1 << 31) - 1, "sat": 1, "fault": 1, "tag": 7}]
+
+
+def test_requantiser_row_clamp_every_shift():
+    """The row stage's range check and clamp (an ``Mr > 2^Sr`` config fault) for every ``Sr``, against
+    Python integers: ``t = (acc * Mr + 2^(Sr-1)) >> Sr`` clamped to 32 bits, ``fault`` when it was.
+    ``Mc = 1, Sc = 0, Bq = 0`` and ``fixed32`` pass ``t`` to the output unchanged."""
+    import random
+
+    from vitaccel.hw.common import OutFormat
+    from vitaccel.hw.requantiser import Requantiser
+
+    ab = 32
+    rng = random.Random(12)
+    seen = {"fault": 0, "fits": 0}
+    for sr in range(17):                     # Sr is 0..16 (docs/datapath.md section 7)
+        elems, want = [], []
+        for j in range(24):
+            mr = rng.randint(1, (1 << 16) - 1)
+            edge = rng.choice([1, -1]) * (1 << (ab - 1)) + rng.randint(-3, 3)      # t near either bound
+            acc = (edge << sr) // mr + rng.randint(-2, 2) if j % 3 else rng.randint(-(1 << (ab - 1)), (1 << (ab - 1)) - 1)
+            acc = max(-(1 << (ab - 1)), min((1 << (ab - 1)) - 1, acc))
+            t = (acc * mr + ((1 << (sr - 1)) if sr else 0)) >> sr
+            fits = -(1 << (ab - 1)) <= t < (1 << (ab - 1))
+            clamped = t if fits else (-(1 << (ab - 1)) if t < 0 else (1 << (ab - 1)) - 1)
+            elems.append({"acc": acc, "mr": mr, "mc": 1, "sc": 0, "bq": 0, "tag": j})
+            want.append({"value": clamped, "sat": 0, "fault": int(not fits), "tag": j})
+            seen["fits" if fits else "fault"] += 1
+        got = amaranth_stream_run(Requantiser(acc_bits=ab, tag_bits=8), elems, ["value", "sat", "fault", "tag"],
+                                  {"sr": sr, "z_out": 0, "out_fmt": OutFormat.FIXED32, "bits": 8})
+        assert got == want, sr
+    assert seen["fault"] > 100 and seen["fits"] > 100
 
 
 # ----------------------------------------------------------------------------- encoders
