@@ -150,7 +150,7 @@ class OperandDecoder(wiring.Component):
         Only with ``copies > 1``: the triples of :attr:`o` (``neg``, ``mag``, ``sh``), loaded with them.
     invalid_seen : Out(1)
         Sticky: an invalid code was decoded since reset / ``clear`` (set one cycle after the beat
-        carrying it enters ``o``).
+        carrying it enters ``o``; a beat decoded in the cycle of ``clear`` counts after it).
     zero : In(1)
         Only with ``zero_port``: the beat decodes to the zero triple ``(0, 0, 0)`` with ``invalid`` 0,
         whatever its codes.  The layer engine drives it with "no issue in this cycle" instead of
@@ -262,10 +262,10 @@ class OperandDecoder(wiring.Component):
                 m.d.comb += self.o_copies[k].as_value().eq(q)
         # the sticky flag a cycle after the decode: one registered hit per lane, then their OR (the
         # decode logic and the OR of every lane in front of the flag's enable was among the 8 x 8 W8A8
-        # engine's worst paths, issue #15 session 43); a code decoded while ``clear`` is high does not
-        # count, as before
+        # engine's worst paths, issue #15 session 43); a code decoded in the cycle of ``clear`` counts
+        # after the clear
         hits = Signal(self.lanes, name="invalid_hit")
-        m.d.sync += hits.eq(Mux(en & self.i.valid & ~self.clear, Cat(*[d.invalid for d in lanes_out]), 0))
+        m.d.sync += hits.eq(Mux(en & self.i.valid, Cat(*[d.invalid for d in lanes_out]), 0))
         with m.If(self.clear):
             m.d.sync += self.invalid_seen.eq(0)
         with m.Elif(hits.any()):

@@ -248,9 +248,10 @@ class LayerEngine(wiring.Component):
         _, group = drain_row_group(ctl.drain.pos, cfg.share_bits)
         ou = m.submodules.outliers = OutlierUnit(cfg.rows, cfg.cols, cfg.b_bits, cfg.outlier_capacity,
                                                  cfg.outlier_lanes, cfg.corr_bits, cfg.k_bits,
-                                                 en_copies=cfg.rows, drain_copies=cfg.cols, addr_reg=cfg.gather_stage)
-        if cfg.gather_stage:
-            m.d.comb += ou.drain_row_nx.eq(drain.rows_nx)
+                                                 en_copies=cfg.rows, drain_copies=cfg.cols, addr_reg=True)
+        # the correction memories' read address from registers beside them (with requant_share = 1 too
+        # since session 44: the drain position's route into the memories was an 8 x 8 W8A8 worst path)
+        m.d.comb += ou.drain_row_nx.eq(drain.rows_nx)
         connect_delayed(m, ctl.outliers, ou, BACK_END_DELAY, "outl", names=("issue", "row0", "m", "tile_start"))
         m.d.comb += [
             ou.en.eq(back.en.ou), ou.entries.eq(late(stall.head.outl, "outl_entries")), ou.k.eq(late(ctl.layer.k, "k")),

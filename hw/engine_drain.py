@@ -135,8 +135,8 @@ class DrainPipeline(wiring.Component):
     rows : Out(ArrayLayout(unsigned(row_bits), cols))
         Drained row number, one register copy per column.
     rows_nx : Out(ArrayLayout(unsigned(row_bits), cols))
-        Only with the gather stage: the value :attr:`rows` takes after this cycle (the outlier unit
-        registers its correction memories' read address from it).
+        The value :attr:`rows` takes after this cycle (the outlier unit registers its correction
+        memories' read address from it; with the gather stage since session 37, always since session 44).
     rows_mac : Out(ArrayLayout(unsigned(row_bits), cols))
         Only with the gather stage: :attr:`rows` again, from kept register copies of their own (the
         MAC array's shadow-row select).
@@ -157,8 +157,8 @@ class DrainPipeline(wiring.Component):
         }
         if cfg.has_outliers:
             ports["corr"] = In(data.ArrayLayout(signed(cfg.corr_bits), C))
+        ports["rows_nx"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
         if cfg.gather_stage:
-            ports["rows_nx"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
             ports["rows_mac"] = Out(data.ArrayLayout(row_bits(cfg.rows), C))
         super().__init__(ports)
 
@@ -169,9 +169,13 @@ class DrainPipeline(wiring.Component):
         pb = row_bits(self.cfg.rows) + sb
         ctl = self.ctl
         pos = [Signal(pb, name=f"pos{c}") for c in range(C)]
+        init = (-DRAIN_OFFSET) % (1 << pb)
         for c in range(C):       # one copy of the drain position per column (shadow / correction row muxes)
+            nx = Signal(pb, name=f"pos_nx{c}")          # its value after this cycle
+            m.d.comb += [nx.eq(Mux(self.start, init, Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
+                         self.rows_nx[c].eq(drain_row_group(nx, sb)[0])]
             with m.If(self.start):
-                m.d.sync += pos[c].eq((-DRAIN_OFFSET) % (1 << pb))
+                m.d.sync += pos[c].eq(init)
             with m.Elif(self.en_col[c]):
                 m.d.sync += pos[c].eq(ctl.pos_adv)
             m.d.comb += self.rows[c].eq(drain_row_group(pos[c], sb)[0])
@@ -321,9 +325,6 @@ class DrainPipeline(wiring.Component):
         pb = len(pos[0])
         init = (-DRAIN_OFFSET) % (1 << pb)
         for c in range(C):
-            nx = Signal(pb, name=f"pos_nx{c}")
-            m.d.comb += [nx.eq(Mux(self.start, init, Mux(self.en_col[c], ctl.pos_adv, pos[c]))),
-                         self.rows_nx[c].eq(drain_row_group(nx, sb)[0])]
             # loads exactly as pos[c] does (start, else the column's enable), row bits only
             row_c, = kept_copies(m, platform, drain_row_group(Mux(self.start, init, ctl.pos_adv), sb)[0], 1,
                                  f"mac_row{c}_", en=self.start | self.en_col[c])

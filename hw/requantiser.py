@@ -52,14 +52,6 @@ def requant_out_layout(tag_bits: int) -> data.StructLayout:
     })
 
 
-def _equal_from(v: Value, k: int) -> Value:
-    """Bits ``k`` and up of signed ``v`` all equal (``v >> k`` is 0 or -1); 1 when ``k`` is at or past the top."""
-    top = len(v) - 1
-    if k >= top:
-        return Const(1, 1)
-    return Cat(*[~(v[j] ^ v[top]) for j in range(k, top)]).all()
-
-
 class Requantiser(wiring.Component):
     """Two-stage integer requantiser (section 7), pipelined, with a saturation counter.
 
@@ -230,17 +222,21 @@ class Requantiser(wiring.Component):
         # 3, 4: sum + rounding constant (carry-save terms, then one carry chain)
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
-        # 5: variable right shift by Sr (its own stage), and beside it the range check's terms: t =
-        # row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal, so
-        # fit[k] = "bits from ab - 1 + k up all equal" for every Sr value k (LUT reductions)
+        # 5: variable right shift by Sr (its own stage), and beside it the range check: t = row_sum >> Sr
+        # fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal (to its sign), i.e.
+        # every bit ab - 1 + i is equal or masked by the layer's i < Sr (a LUT reduction; comparisons
+        # with the bounds would be two carry chains in series)
         t_sh = stage(row_sum >> sr, "t_shifted", 5)
-        fit = stage(Cat(*[_equal_from(row_sum, ab - 1 + k) for k in range(1 << len(sr))]), "t_fit", 5)
+        top = len(row_sum) - 1
+        sr_mask = Signal(max(1, top - ab + 1), name="sr_mask")     # bit i: i < Sr (a layer constant,
+        m.d.sync += sr_mask.eq(Cat(*[sr > i for i in range(len(sr_mask))]))    # registered as rh_row is)
+        t_over = stage(~Cat(*[~(row_sum[ab - 1 + i] ^ row_sum[top]) | sr_mask[i] for i in range(top - ab + 1)]).all(),
+                       "t_over", 5)
         side = carry(side, 5)
-        # 6: clamp: fit[Sr] (a multiplexer; the reduction over the shifted value here was among the
-        # engine's worst paths, issue #15 session 43), comparisons with the bounds would be two carry
-        # chains in series
+        # 6: clamp (the range check's reduction here, over the shifted value, was among the engine's
+        # worst paths, issue #15 session 43)
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        t_fault = ~fit.bit_select(sr, 1)
+        t_fault = t_over
         t6 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
         side = carry({**side, "fault": t_fault}, 6)
 

@@ -512,8 +512,8 @@ def test_drain_pipeline_zero_point_fo_outliers(fo, n, share, b_bits):
                 pos_reg = (-DRAIN_OFFSET) % (1 << pb)
             elif en:
                 pos_reg = pos_adv
-            if cfg.gather_stage:     # the copies' next value (the outlier unit's registered read address)
-                assert [ctx.get(dut.rows_nx[c]) for c in range(C)] == [pos_reg >> sb] * C
+            # the copies' next value (the outlier unit's registered read address)
+            assert [ctx.get(dut.rows_nx[c]) for c in range(C)] == [pos_reg >> sb] * C
             if en:
                 fault = int(out is not None and out["bad"])
                 seen["fault"] += fault

@@ -160,14 +160,14 @@ def test_decoder_zero_port():
         seen_flag = pending = 0              # model: the sticky flag, the hit of the last beat
         for j, (inp, exp) in enumerate(zip(g["inputs"], g["expected"])):
             zero = rng.random() < 0.4
-            clear = int(j % 97 == 50)       # clears wipe the flag and the hit in flight, and mask their beat
+            clear = int(j % 97 == 50)       # clears wipe the flag and the hit in flight; their beat counts
             ctx.set(dut.i.payload, [inp["code[0]"]])
             ctx.set(dut.zero, int(zero))
             ctx.set(dut.clear, clear)
             await ctx.tick()
             want = (0, 0, 0, 0) if zero else (exp["neg[0]"], exp["mag[0]"], exp["sh[0]"], exp["invalid[0]"])
             seen["cleared"] += clear and int(bool(seen_flag | pending))
-            seen_flag, pending = (0, 0) if clear else (seen_flag | pending, want[3])
+            seen_flag, pending = 0 if clear else seen_flag | pending, want[3]
             o, t = ctx.get(dut.o.payload)[0], ctx.get(dut.o_copies[0])[0]
             assert (o.neg, o.mag, o.sh, o.invalid) == want, (inp, zero)
             assert (t.neg, t.mag, t.sh) == want[:3]
