@@ -201,8 +201,8 @@ class DrainPipeline(wiring.Component):
             return [Array(values[g * G + j] for g in range(S))[sel[j]] for j in range(G)]
         corr = grouped(src_corr) if self.cfg.has_outliers else [Const(0, 1)] * G
         row, group = drain_row_group(ctl.pos, sb)
-        # D1: select the drained row (and column group); the row parameters za, Mr get one register
-        # copy per lane (each feeds that lane's DSP blocks)
+        # D1: select the drained row (and column group); Mr gets one register copy per lane, za too
+        # (or the lane's DSP input registers take it directly: _zero_point_products)
         d1_in = [ctl.issue, (ctl.r0 + row)[:DIM_BITS], (ctl.c0 + group * G)[:DIM_BITS], group == S - 1]
         if gather:
             d1_in = row_stage(d1_in, "d0")
