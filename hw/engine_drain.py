@@ -284,27 +284,26 @@ class DrainPipeline(wiring.Component):
         shares a cycle with D3b's compressors (session 43's worst path of the 8 x 8 W8A8 engine).
         Same register count on the path, so the drain's latency is unchanged."""
         G = self.cfg.drain_lanes
-        probe = partial_operands(Signal.like(za[0]), Signal.like(cs[0]))
-        if len(probe) <= 2:
+        four = len(partial_operands(Signal.like(za[0]), Signal.like(cs[0]))) > 2
+        if not four:
             # D1: za[r] (one register copy per lane) and colsum[c] in the fabric, beside the row multiplexers
             za, cs = col_stage(za, "d1_za"), col_stage(cs, "d1_cs")
         pp = [partial_operands(za[c], cs[c]) for c in range(G)]
         products = [dsp_products(m, platform, [(a, b) for a, b, _ in pp[c]], self.en_col[c], f"d3_pp{c}_")
                     for c in range(G)]
-        if len(probe) > 2:
+        if four:
             products = [_stage(m, [(p, self.en_col[c]) for p in products[c]], f"d3_pq{c}") for c in range(G)]
         return products, [[sh for *_, sh in pp[c]] for c in range(G)]
 
     def _fo_shift(self, m: Module, platform, diff, c: int):
         """``diff << FO`` for lane ``c``, each :data:`FO_COPY_BITS` output bits selected by a kept copy of
         ``FO`` of their own (:func:`hw.kept.kept_copies`, loaded with the lane's late enable copy)."""
+        diff = Value.cast(diff)
         width = len(diff) + 7
         n = -(-width // FO_COPY_BITS)
         fo = kept_copies(m, platform, self.fo, n, f"fo{c}_", en=self.en_col[self.cfg.cols + c])
-        wide = Value.cast(diff).as_signed() if Value.cast(diff).shape().signed else Value.cast(diff)
-        parts = [(wide << fo[k])[k * FO_COPY_BITS:min(width, (k + 1) * FO_COPY_BITS)] for k in range(n)]
-        out = Cat(*parts)
-        return out.as_signed() if Value.cast(diff).shape().signed else out
+        out = Cat(*[(diff << fo[k])[k * FO_COPY_BITS:min(width, (k + 1) * FO_COPY_BITS)] for k in range(n)])
+        return out.as_signed() if diff.shape().signed else out
 
     def _direct(self, pos):
         """Without the gather stage: D1 selects from the ports (lane group from the position copies)."""

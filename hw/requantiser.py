@@ -236,9 +236,8 @@ class Requantiser(wiring.Component):
         # 6: clamp (the range check's reduction here, over the shifted value, was among the engine's
         # worst paths, issue #15 session 43)
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        t_fault = t_over
-        t6 = stage(Mux(t_fault, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
-        side = carry({**side, "fault": t_fault}, 6)
+        t6 = stage(Mux(t_over, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
+        side = carry({**side, "fault": t_over}, 6)
 
         # ---- column stage: v = round_shift(t * Mc + Bq, Sc)
         # 7, 8: partial products in DSP blocks
