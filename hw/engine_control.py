@@ -17,7 +17,7 @@ offsets, tile bounds) is precomputed in free-running registers ``f_*`` from stat
 at least two cycles before a window boundary, and what depends on the next tile's outlier beat count
 (loaded in a window's first cycle) in a second stage after them (windows last >= 3 cycles,
 ``FILL_MIN``), so the boundary logic only loads and compares registers; the equality flags ``e_*``
-are registers too.
+and the next cycle's window boundary (``bnd_pre``) are registers too.
 """
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ from .engine_layouts import (BReadSignature, ColumnControl, DescriptorControl, D
 from .kept import kept_copies
 
 __all__ = ["EngineController", "need_signature"]
+
+# bnd_pre is 0 after a boundary: wc + 2 = 2 never equals a window length
+assert FILL_MIN >= 3, "hw.engine_control's bnd_pre needs windows of >= 3 cycles"
 
 
 def need_signature(has_outliers: bool) -> wiring.Signature:
@@ -112,8 +115,13 @@ class EngineController(wiring.Component):
         s.wc = Signal(WC, name="wc")              # cycle within the current window
         s.wc1 = Signal(WC, name="wc1")            # wc + 1
         s.wc2 = Signal(WC, name="wc2")            # wc + 2 (the flags compare it, no incrementer before them)
+        s.wc3 = Signal(WC, name="wc3")            # wc + 3 (bnd_pre compares it)
         s.wlen = Signal(WC, name="wlen")          # length of the current window
         s.bnd = Signal(name="bnd")                # last cycle of the window (wc + 1 == wlen)
+        # wc + 2 == wlen: bnd of the next cycle, registered a cycle ahead so no comparison with wlen
+        # sits before bnd and adv_nxt (wlen -> adv_nxt was the worst path of session 44's 8 x 8 W8A8 engine,
+        # issue #15); windows last >= FILL_MIN = 3 cycles, so it is 0 after a boundary
+        s.bnd_pre = Signal(name="bnd_pre")
         s.a_off = Signal(WC, name="a_off")        # MAC issue offset in the current window
         s.a_end = Signal(WC, name="a_end")        # a_off + K
         s.o_start = Signal(WC, name="o_start")    # DRAIN_OFFSET + rows of the previous tile
@@ -148,7 +156,7 @@ class EngineController(wiring.Component):
         s.e_drain0 = Signal(name="e_drain0")      # wc1 == DRAIN_OFFSET (drain starts next cycle)
         s.e_onz = Signal(name="e_onz")            # o_end != o_start (the current tile has outliers)
         flags = [s.e_a_end, s.e_a_off, s.e_o_start, s.e_o_end, s.e_drain0, s.e_onz]
-        s.regs = [s.busy, s.wc, s.wc1, s.wc2, s.m_eff, s.nxt_rem, s.nxt_ncrem, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
+        s.regs = [s.busy, s.wc, s.wc1, s.wc2, s.wc3, s.bnd_pre, s.m_eff, s.nxt_rem, s.nxt_ncrem, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
                   s.mac_rd, s.drain_pos, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
                   *s.need.values(), *flags]
         return s
@@ -210,10 +218,12 @@ class EngineController(wiring.Component):
         b_count, b_tile = s.bnd_copies[:2]
         m.d.comb += A(s.commit).eq(0)
         with m.If(b_count):
-            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.bnd).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
+            m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.wc3).eq(3), A(s.bnd).eq(0),
+                         A(s.bnd_pre).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
                          A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
         with m.Else():
-            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc2 + 1), A(s.bnd).eq(s.wc2 == s.wlen),
+            m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc3), A(s.wc3).eq(s.wc3 + 1),
+                         A(s.bnd).eq(s.bnd_pre), A(s.bnd_pre).eq(s.wc3 == s.wlen),
                          A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
         with m.If(s.adv_nxt):                      # bnd & ~epi & nxt_valid, its own register
             # advance the next tile: row tiles inner, column blocks outer
@@ -289,7 +299,8 @@ class EngineController(wiring.Component):
         cmd, nxt = self.cmd.payload, s.nxt
         with m.If(start):
             m.d.sync += [
-                self.layer.eq(cmd), s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.bnd.eq(0), s.epi.eq(0),
+                self.layer.eq(cmd), s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.wc3.eq(3), s.bnd.eq(0),
+                s.bnd_pre.eq(0), s.epi.eq(0),
                 s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > FILL_MIN, cmd.k, FILL_MIN)),
                 s.cur["valid"].eq(0), s.m_eff.eq(0), s.prev["valid"].eq(0),
                 nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),

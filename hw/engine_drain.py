@@ -97,9 +97,10 @@ class DrainPipeline(wiring.Component):
             (8-bit B codes), ``acc_raw - za[r] * colsum[c]`` as two carry-save vectors
             (:func:`hw.common.carry_save_difference`: 3:2 compressors from the DSP outputs, no carry
             chain)
-    D4      ``acc_d = acc_raw - za * colsum`` (one carry chain)
-    D5      ``(acc_d << FO) + corr`` as two sums split at bit ``acc_bits`` (low part with its carry,
-            high part); lane inside the layer (``c < N - c0``)
+    D4      ``acc_d << FO[0]``, ``acc_d = acc_raw - za * colsum`` (one carry chain, a 2:1 multiplexer)
+    D5      ``(acc_d << FO) + corr`` (the rest of the shift, by ``FO[2:1]``, a 4:1 multiplexer) as two sums
+            split at bit ``acc_bits`` (low part with its carry, high part); lane inside the layer
+            (``c < N - c0``)
     D6      ``acc`` truncated to ``acc_bits``; lane out of range (-> ``o.fault`` one cycle later)
     ======  ==========================================================================================
 
@@ -236,17 +237,20 @@ class DrainPipeline(wiring.Component):
         d3b_corr, d3b_cp, d3b_mr = (late_stage(x, f"d3b_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"),
                                                                            (d3_mr, "mr")))
         d4_v, d4_row, d4_col, d4_last = row_stage([d3b_v, d3b_row, d3b_col, d3b_last], "d4")
-        d4_diff = late_stage(diff, "d4_diff")
+        # acc_d << FO[0] (one 2:1 multiplexer after the carry chain; the rest of the shift in D5)
+        d4_diff = late_stage([self._fo_shift(m, platform, diff[c], c, 0, 1) for c in range(G)], "d4_diff")
         d4_corr, d4_cp, d4_mr = (late_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
                                                                        (d3b_mr, "mr")))
         # D5: acc = (acc_d << FO) + corr (two halves); lanes inside the layer.  FO is a layer constant;
         # each lane shifts by kept copies of its own, one per FO_COPY_BITS bits of the shifted value
         # (the select lines of a whole lane's shifter from one register were among the 8 x 8 W8A8
-        # engine's worst paths, session 43), not by one register routed to every lane
+        # engine's worst paths, session 43), not by one register routed to every lane; D4 did the
+        # shift by FO[0] (the whole 8:1 shift before the sums was the worst path of session 44's
+        # 8 x 8 W4A4 engine, 3 - 4 LUT levels before a carry chain)
         d5_v, d5_row, d5_col, d5_last = row_stage([d4_v, d4_row, d4_col, d4_last], "d5")
         # split at bit W into two carry chains side by side (the full-width sum was one 57-bit chain
         # after the shift, 8 x 8 W4A4): lo = low W bits of both (+ carry), hi = the rest of both
-        shifted = [self._fo_shift(m, platform, d4_diff[c], c) for c in range(G)]
+        shifted = [self._fo_shift(m, platform, d4_diff[c], c, 1, 3) for c in range(G)]
         d5_lo = late_stage([_low(shifted[c], W) + _low(d4_corr[c], W) for c in range(G)], "d5_lo")
         d5_hi = late_stage([(shifted[c] >> W) + (d4_corr[c] >> W) for c in range(G)], "d5_hi")
         d5_in = late_stage([c < self.n - d4_col for c in range(G)], "d5_in")
@@ -295,14 +299,16 @@ class DrainPipeline(wiring.Component):
             products = [_stage(m, [(p, self.en_col[c]) for p in products[c]], f"d3_pq{c}") for c in range(G)]
         return products, [[sh for *_, sh in pp[c]] for c in range(G)]
 
-    def _fo_shift(self, m: Module, platform, diff, c: int):
-        """``diff << FO`` for lane ``c``, each :data:`FO_COPY_BITS` output bits selected by a kept copy of
-        ``FO`` of their own (:func:`hw.kept.kept_copies`, loaded with the lane's late enable copy)."""
+    def _fo_shift(self, m: Module, platform, diff, c: int, lo: int, hi: int):
+        """``diff << (FO & mask)`` for lane ``c``, the mask taking bits ``lo .. hi - 1`` of ``FO``; each
+        :data:`FO_COPY_BITS` output bits selected by a kept copy of those bits of their own
+        (:func:`hw.kept.kept_copies`, loaded with the lane's late enable copy)."""
         diff = Value.cast(diff)
-        width = len(diff) + 7
+        width = len(diff) + (((1 << (hi - lo)) - 1) << lo)
         n = -(-width // FO_COPY_BITS)
-        fo = kept_copies(m, platform, self.fo, n, f"fo{c}_", en=self.en_col[self.cfg.cols + c])
-        out = Cat(*[(diff << fo[k])[k * FO_COPY_BITS:min(width, (k + 1) * FO_COPY_BITS)] for k in range(n)])
+        fo = kept_copies(m, platform, self.fo[lo:hi], n, f"fo{lo}_{c}_", en=self.en_col[self.cfg.cols + c])
+        out = Cat(*[(diff << Cat(Const(0, lo), fo[k]))[k * FO_COPY_BITS:min(width, (k + 1) * FO_COPY_BITS)]
+                    for k in range(n)])
         return out.as_signed() if diff.shape().signed else out
 
     def _direct(self, pos):

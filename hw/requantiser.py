@@ -228,8 +228,12 @@ class Requantiser(wiring.Component):
         # with the bounds would be two carry chains in series)
         t_sh = stage(row_sum >> sr, "t_shifted", 5)
         top = len(row_sum) - 1
-        sr_mask = Signal(max(1, top - ab + 1), name="sr_mask")     # bit i: i < Sr (a layer constant,
-        m.d.sync += sr_mask.eq(Cat(*[sr > i for i in range(len(sr_mask))]))    # registered as rh_row is)
+        # bit i of the mask: i < Sr, a layer constant loaded from the port like cfg_sr (from cfg_sr,
+        # yosys shared its comparisons with rh_row's decoder: cfg_sr -> rh_row -> sr_mask was among the
+        # 8 x 8 engines' worst paths, session 44)
+        sr_mask = Signal(max(1, top - ab + 1), name="sr_mask")
+        with m.If(ens(3) if n else Const(1, 1)):
+            m.d.sync += sr_mask.eq(Cat(*[self.sr > i for i in range(len(sr_mask))]))
         t_over = stage(~Cat(*[~(row_sum[ab - 1 + i] ^ row_sum[top]) | sr_mask[i] for i in range(top - ab + 1)]).all(),
                        "t_over", 5)
         side = carry(side, 5)
