@@ -26,8 +26,9 @@ from .outlier_unit import outlier_beat_layout
 
 __all__ = ["BBuffer", "ColumnParams", "TileDescriptors", "ROW_SELECT_COPIES", "COLP_EN_COPIES", "desc_strobe_copies"]
 
-#: Enable copies per column of :class:`ColumnParams`, each the clock enable of a part of its bits.
-COLP_EN_COPIES = 2
+#: Enable copies per column of :class:`ColumnParams`, each the clock enable of a part of its bits (4 since
+#: session 45: with 2, one copy's clock-enable net was among the 8 x 8 W4A4 engine's worst paths).
+COLP_EN_COPIES = 4
 
 #: Copies of the drained row in :class:`TileDescriptors`: one per 8 bits of ``za`` (24) and ``Mr`` (16).
 ROW_SELECT_COPIES = -(-ZA_BITS // 8) + 2

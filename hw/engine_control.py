@@ -206,6 +206,9 @@ class EngineController(wiring.Component):
         # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
         f["w"] = free(Mux(nb > f["slack"], o_end_next, f["base"]), "f_w")          # its window length
         f["onz"] = free(nb != 0, "f_onz")                                          # it has outliers
+        # a boundary without a next tile: o_start becomes m2, o_end stays (o_end changes only at
+        # boundaries, so this register is valid from a window's third cycle like the ones above)
+        f["o_ne"] = free(s.o_end != f["m2"][:WC], "f_o_ne")
         return f
 
     def _advance(self, m, s, f, A):
@@ -280,17 +283,19 @@ class EngineController(wiring.Component):
             becomes wc2 and x (written only at boundaries) stays."""
             return Mux(bnd, A(x) == 1, s.wc2 == x)
         # A(o_end) != A(o_start): a boundary that takes a tile sets o_end = o_start + nb (mod 2^WC,
-        # nb < 2^WC), one without a tile sets o_start alone
-        f_m2 = f["m2"][:len(s.o_start)]
+        # nb < 2^WC), one without a tile sets o_start alone; between boundaries neither changes, so
+        # e_onz holds (before the first boundary it is 0 whatever stale o_end / o_start say: no tile
+        # is current then, and need_outl asks cur_valid).  Only registers enter here (the comparisons
+        # with o_start / m2 in this cycle were the 8 x 8 W4A4 engine's fourth-worst path, session 44)
         takes = ~s.epi & nxt["valid"]               # a boundary now takes the next tile
-        onz_bnd = Mux(nxt["valid"], f["onz"], s.o_end != f_m2)
+        onz_bnd = Mux(nxt["valid"], f["onz"], f["o_ne"])
         m.d.comb += [
             A(s.e_a_end).eq(hits(s.a_end)), A(s.e_a_off).eq(hits(s.a_off)),
             A(s.e_o_start).eq(hits(s.o_start)),
             # hits(o_end) with A(o_end) == 1 precomputed (f_o_end1) where the boundary loads it
             A(s.e_o_end).eq(Mux(bnd, Mux(takes, f["o_end1"], s.o_end == 1), s.wc2 == s.o_end)),
             A(s.e_drain0).eq(Mux(bnd, DRAIN_OFFSET == 1, s.wc2 == DRAIN_OFFSET)),
-            A(s.e_onz).eq(Mux(bnd & ~s.epi, onz_bnd, s.o_end != s.o_start)),
+            A(s.e_onz).eq(Mux(bnd & ~s.epi, onz_bnd, s.e_onz)),
         ]
 
     def _registers(self, m, s, A, start):

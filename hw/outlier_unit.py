@@ -40,7 +40,6 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.sim.engine_config import DIM_BITS, OUTLIER_LUT_PRODUCT_BITS, outlier_latency
-from .common import carry_save
 from .dsp import dsp_products
 from .mac_array import adder_tree
 
@@ -77,17 +76,6 @@ def val_times_b_halves(m: Module, val, b, b_bits: int, name: str = "outl_p"):
     rest = terms[half:]
     hi = (adder_tree(m, rest, f"{name}_hi") - neg) if rest else -neg
     return lo, hi
-
-
-def _below_end(row, row0, m):
-    """``row - row0 < m`` as the sign of ``row + ~row0 + ~m + 2`` (modulo ``2^W``): one carry-save level
-    and one carry chain, not the subtraction's chain followed by the compare's (issue #15)."""
-    W = DIM_BITS + 2                 # |row - row0 - m| < 2^(DIM_BITS + 1)
-
-    def ext(v):
-        return Cat(v, Const(0, W - len(v)))
-    x, y, _ = carry_save([ext(row), ~ext(row0), ~ext(m), Const(2, W)])
-    return (x[:W] + y[:W])[W - 1]
 
 
 class OutlierUnit(wiring.Component):
@@ -129,7 +117,10 @@ class OutlierUnit(wiring.Component):
     row0 : In(16)
         First row of the current tile (entries carry absolute rows).
     m : In(16), k : In(16)
-        Rows of the current tile and the layer's ``K`` (range check).
+        Rows of the current tile and the layer's ``K`` (range check).  ``row0`` and ``m`` must be
+        stable from the cycle before the tile's first issue (the unit registers ``row0 + m``; the
+        engine sets them at the window's start, its announce cycle, at least ``DRAIN_OFFSET`` cycles
+        before).
     tile_start : In(1), tile_count : In(16)
         A new tile announces its outlier count (checked against ``capacity``).
     rd_addr : Out(ArrayLayout(addr_bits, lanes)), rd_data : In(ArrayLayout(ArrayLayout(signed(b_bits), cols), lanes))
@@ -191,11 +182,16 @@ class OutlierUnit(wiring.Component):
         rel = [Signal(DIM_BITS + 1, name=f"rel{l}") for l in range(L)]
         ok = [Signal(name=f"ok{l}") for l in range(L)]
         bad = []
+        # the tile's end row, registered: row0 and m are stable from the tile's announce cycle on, so
+        # the range check is comparisons side by side (row - row0 < m in this cycle was the worst path
+        # of the 8 x 8 W4A4 engine in session 45, through a carry-save level and a carry chain)
+        row_end = Signal(DIM_BITS + 1, name="row_end")
+        m.d.sync += row_end.eq(self.row0 + self.m)
         for l in range(L):
             e = self.entries[l]
             m.d.comb += [
                 rel[l].eq(e.row - self.row0),
-                ok[l].eq(e.valid & (e.row >= self.row0) & _below_end(e.row, self.row0, self.m) & (e.col < self.k)),
+                ok[l].eq(e.valid & (e.row >= self.row0) & (e.row < row_end) & (e.col < self.k)),
                 self.rd_addr[l].eq(e.col[:self.addr_bits]),
             ]
             bad.append(e.valid & ~ok[l])

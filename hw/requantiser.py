@@ -222,11 +222,11 @@ class Requantiser(wiring.Component):
         # 3, 4: sum + rounding constant (carry-save terms, then one carry chain)
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
-        # 5: variable right shift by Sr (its own stage), and beside it the range check: t = row_sum >> Sr
-        # fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal (to its sign), i.e.
+        # 5: variable right shift by Sr's multiple of 4 (the rest in stage 6), and beside it the range
+        # check: t = row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal (to its sign), i.e.
         # every bit ab - 1 + i is equal or masked by the layer's i < Sr (a LUT reduction; comparisons
         # with the bounds would be two carry chains in series)
-        t_sh = stage(row_sum >> sr, "t_shifted", 5)
+        t_sh = stage(row_sum >> Cat(Const(0, 2), sr[2:]), "t_coarse", 5)     # by Sr's multiple of 4
         top = len(row_sum) - 1
         # bit i of the mask: i < Sr, a layer constant loaded from the port like cfg_sr (from cfg_sr,
         # yosys shared its comparisons with rh_row's decoder: cfg_sr -> rh_row -> sr_mask was among the
@@ -237,10 +237,11 @@ class Requantiser(wiring.Component):
         t_over = stage(~Cat(*[~(row_sum[ab - 1 + i] ^ row_sum[top]) | sr_mask[i] for i in range(top - ab + 1)]).all(),
                        "t_over", 5)
         side = carry(side, 5)
-        # 6: clamp (the range check's reduction here, over the shifted value, was among the engine's
-        # worst paths, issue #15 session 43)
+        # 6: the rest of the shift (Sr mod 4) and the clamp (the range check's reduction here, over the
+        # shifted value, was among the engine's worst paths, issue #15 session 43; the whole shift in
+        # stage 5 among the 8 x 8 W4A4 engine's, session 44)
         t_lo, t_hi = -(1 << (ab - 1)), (1 << (ab - 1)) - 1
-        t6 = stage(Mux(t_over, Mux(t_sh[-1], t_lo, t_hi), t_sh)[:ab].as_signed(), "t", 6)
+        t6 = stage(Mux(t_over, Mux(t_sh[-1], t_lo, t_hi), t_sh >> sr[:2])[:ab].as_signed(), "t", 6)
         side = carry({**side, "fault": t_over}, 6)
 
         # ---- column stage: v = round_shift(t * Mc + Bq, Sc)
