@@ -129,6 +129,9 @@ class EngineController(wiring.Component):
         s.epi = Signal(name="epi")                # current window is the epilogue (drain of the last tile)
         s.commit = Signal(name="commit")          # commit the loaded column data (first cycle of a block)
         s.mac_rd = Signal(cfg.k_bits, name="mac_rd")            # B row of the MAC issue: wc - a_off
+        # mac_rd + 1, so the B memories' read address (the next cycle's mac_rd) has no incrementer
+        # (mac_rd -> + 1 -> the B memory's address was among the 8 x 8 W8A8 engine's worst paths, session 44)
+        s.mac_rd1 = Signal(cfg.k_bits, name="mac_rd1")
         s.drain_pos = Signal(row_bits(cfg.rows) + cfg.share_bits, name="drain_pos")  # drain: shadow row, group
 
         def tile(prefix):
@@ -157,15 +160,15 @@ class EngineController(wiring.Component):
         s.e_onz = Signal(name="e_onz")            # o_end != o_start (the current tile has outliers)
         flags = [s.e_a_end, s.e_a_off, s.e_o_start, s.e_o_end, s.e_drain0, s.e_onz]
         s.regs = [s.busy, s.wc, s.wc1, s.wc2, s.wc3, s.bnd_pre, s.m_eff, s.nxt_rem, s.nxt_ncrem, s.wlen, s.bnd, s.a_off, s.a_end, s.o_start, s.o_end, s.epi, s.commit,
-                  s.mac_rd, s.drain_pos, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
+                  s.mac_rd, s.mac_rd1, s.drain_pos, *s.cur.values(), *s.prev.values(), *s.nxt.values(),
                   *s.need.values(), *flags]
         return s
 
     def _precompute(self, m, s, m_effs):
         """Free-running window arithmetic for the next boundary (registers ``f_*``, no enable).
 
-        ``m_effs``: four kept copies of ``s.m_eff`` (:func:`hw.kept.kept_copies`), each feeding two of
-        the eight results (one register feeding all of them was a 7.7 ns net in session 35)."""
+        ``m_effs``: four kept copies of ``s.m_eff`` (:func:`hw.kept.kept_copies`), each feeding two or
+        three of the nine results (one register feeding all of them was a 7.7 ns net in session 35)."""
         cfg, lc = self.cfg, self.layer
         R, C = cfg.rows, cfg.cols
 
@@ -181,6 +184,7 @@ class EngineController(wiring.Component):
             # its negation modulo 2^k_bits, the first B row the next window reads (an own register, so
             # no carry chain sits between it and the B buffer's read address)
             "neg_a_next": free(Mux(m_eff > lc.k, lc.k - m_eff, 0)[:cfg.k_bits], "f_neg_a_next"),
+            "neg_a_next1": free((Mux(m_eff1 > lc.k, lc.k - m_eff1, 0) + 1)[:cfg.k_bits], "f_neg_a_next1"),  # + 1
             "a_end": free(Mux(m_eff1 > lc.k, m_eff1, lc.k), "f_a_end"),          # its a_off + K
             "m2": free(m_eff2 + DRAIN_OFFSET, "f_m2"),                            # its o_start
             # W without outliers, max(m2, K), and its slack over m2 (compares against the layer's K - DRAIN_OFFSET
@@ -223,11 +227,12 @@ class EngineController(wiring.Component):
         with m.If(b_count):
             m.d.comb += [A(s.wc).eq(0), A(s.wc1).eq(1), A(s.wc2).eq(2), A(s.wc3).eq(3), A(s.bnd).eq(0),
                          A(s.bnd_pre).eq(0), A(s.mac_rd).eq(f["neg_a_next"]),
+                         A(s.mac_rd1).eq(f["neg_a_next1"]),
                          A(s.drain_pos).eq((-DRAIN_OFFSET) % (1 << rbits))]
         with m.Else():
             m.d.comb += [A(s.wc).eq(s.wc1), A(s.wc1).eq(s.wc2), A(s.wc2).eq(s.wc3), A(s.wc3).eq(s.wc3 + 1),
                          A(s.bnd).eq(s.bnd_pre), A(s.bnd_pre).eq(s.wc3 == s.wlen),
-                         A(s.mac_rd).eq(s.mac_rd + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
+                         A(s.mac_rd).eq(s.mac_rd1), A(s.mac_rd1).eq(s.mac_rd1 + 1), A(s.drain_pos).eq((s.wc1 - DRAIN_OFFSET)[:rbits])]
         with m.If(s.adv_nxt):                      # bnd & ~epi & nxt_valid, its own register
             # advance the next tile: row tiles inner, column blocks outer
             with m.If(f["last_rt"]):
@@ -310,7 +315,7 @@ class EngineController(wiring.Component):
                 s.cur["valid"].eq(0), s.m_eff.eq(0), s.prev["valid"].eq(0),
                 nxt["valid"].eq(1), nxt["r0"].eq(0), nxt["c0"].eq(0), nxt["bank"].eq(0),
                 s.nxt_rem.eq(cmd.m), s.nxt_ncrem.eq(cmd.n),
-                s.commit.eq(0), s.mac_rd.eq(0), s.drain_pos.eq((-DRAIN_OFFSET) % (1 << rbits)),
+                s.commit.eq(0), s.mac_rd.eq(0), s.mac_rd1.eq(1), s.drain_pos.eq((-DRAIN_OFFSET) % (1 << rbits)),
                 self.cycles.eq(0),
                 # flags of the start state (wc1 = 1, a_off = 0); a_end / o_* are only used once a
                 # tile is current, after the first boundary has set them
