@@ -97,7 +97,8 @@ class DrainPipeline(wiring.Component):
             (8-bit B codes), ``acc_raw - za[r] * colsum[c]`` as two carry-save vectors
             (:func:`hw.common.carry_save_difference`: 3:2 compressors from the DSP outputs, no carry
             chain)
-    D4      ``acc_d << FO[0]``, ``acc_d = acc_raw - za * colsum`` (one carry chain, a 2:1 multiplexer)
+    D4      ``acc_d << FO[0]``, ``acc_d = acc_raw - za * colsum`` (one carry chain, a 2:1 multiplexer);
+            ``N - c0`` of the drained column group
     D5      ``(acc_d << FO) + corr`` (the rest of the shift, by ``FO[2:1]``, a 4:1 multiplexer) as two sums
             split at bit ``acc_bits`` (low part with its carry, high part); lane inside the layer
             (``c < N - c0``)
@@ -237,6 +238,9 @@ class DrainPipeline(wiring.Component):
         d3b_corr, d3b_cp, d3b_mr = (late_stage(x, f"d3b_{n}") for x, n in ((d3_corr, "corr"), (d3_cp, "cp"),
                                                                            (d3_mr, "mr")))
         d4_v, d4_row, d4_col, d4_last = row_stage([d3b_v, d3b_row, d3b_col, d3b_last], "d4")
+        # columns of the layer from the group's first on, N - col (signed), for D5's inside bits (the
+        # subtraction and the lanes' compares in one cycle were the worst path of session 45's (Q8))
+        (d4_rem,) = row_stage([self.n - d3b_col], "d4_rem")
         # acc_d << FO[0] (one 2:1 multiplexer after the carry chain; the rest of the shift in D5)
         d4_diff = late_stage([self._fo_shift(m, platform, diff[c], c, 0, 1) for c in range(G)], "d4_diff")
         d4_corr, d4_cp, d4_mr = (late_stage(x, f"d4_{n}") for x, n in ((d3b_corr, "corr"), (d3b_cp, "cp"),
@@ -253,7 +257,7 @@ class DrainPipeline(wiring.Component):
         shifted = [self._fo_shift(m, platform, d4_diff[c], c, 1, 3) for c in range(G)]
         d5_lo = late_stage([_low(shifted[c], W) + _low(d4_corr[c], W) for c in range(G)], "d5_lo")
         d5_hi = late_stage([(shifted[c] >> W) + (d4_corr[c] >> W) for c in range(G)], "d5_hi")
-        d5_in = late_stage([c < self.n - d4_col for c in range(G)], "d5_in")
+        d5_in = late_stage([c < d4_rem for c in range(G)], "d5_in")
         d5_cp, d5_mr = (late_stage(x, f"d5_{n}") for x, n in ((d4_cp, "cp"), (d4_mr, "mr")))
         # D6: truncate to acc_bits, range check (acc_fault)
         d6_v, d6_row, d6_col, d6_last = row_stage([d5_v, d5_row, d5_col, d5_last], "d6")
