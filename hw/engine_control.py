@@ -167,8 +167,8 @@ class EngineController(wiring.Component):
     def _precompute(self, m, s, m_effs):
         """Free-running window arithmetic for the next boundary (registers ``f_*``, no enable).
 
-        ``m_effs``: four kept copies of ``s.m_eff`` (:func:`hw.kept.kept_copies`), each feeding two or
-        three of the nine results (one register feeding all of them was a 7.7 ns net in session 35)."""
+        ``m_effs``: four kept copies of ``s.m_eff`` (:func:`hw.kept.kept_copies`), each feeding two of
+        the eight results (one register feeding all of them was a 7.7 ns net in session 35)."""
         cfg, lc = self.cfg, self.layer
         R, C = cfg.rows, cfg.cols
 
@@ -184,7 +184,6 @@ class EngineController(wiring.Component):
             # its negation modulo 2^k_bits, the first B row the next window reads (an own register, so
             # no carry chain sits between it and the B buffer's read address)
             "neg_a_next": free(Mux(m_eff > lc.k, lc.k - m_eff, 0)[:cfg.k_bits], "f_neg_a_next"),
-            "neg_a_next1": free((Mux(m_eff1 > lc.k, lc.k - m_eff1, 0) + 1)[:cfg.k_bits], "f_neg_a_next1"),  # + 1
             "a_end": free(Mux(m_eff1 > lc.k, m_eff1, lc.k), "f_a_end"),          # its a_off + K
             "m2": free(m_eff2 + DRAIN_OFFSET, "f_m2"),                            # its o_start
             # W without outliers, max(m2, K), and its slack over m2 (compares against the layer's K - DRAIN_OFFSET
@@ -210,6 +209,9 @@ class EngineController(wiring.Component):
         # max(base, nb ? m2 + nb : 0) = max(base, m2 + nb) (base >= m2): m2 + nb > base <=> nb > slack
         f["w"] = free(Mux(nb > f["slack"], o_end_next, f["base"]), "f_w")          # its window length
         f["onz"] = free(nb != 0, "f_onz")                                          # it has outliers
+        # the next window's first B row + 1 (mac_rd1 after the boundary), a stage after f_neg_a_next (in
+        # the same stage, the subtraction and the increment were two carry chains: session 45's (S8))
+        f["neg_a_next1"] = free((f["neg_a_next"] + 1)[:cfg.k_bits], "f_neg_a_next1")
         # a boundary without a next tile: o_start becomes m2, o_end stays (o_end changes only at
         # boundaries, so this register is valid from a window's third cycle like the ones above)
         f["o_ne"] = free(s.o_end != f["m2"][:WC], "f_o_ne")
