@@ -166,6 +166,15 @@ class Requantiser(wiring.Component):
                      lo_mz.eq(lo - z_out), hi_mz.eq(hi - z_out)]       # a cycle after lo / hi
         return sr, z_out, rh_row, lo, hi, lo_mz, hi_mz
 
+    def _sr_mask(self, m, width, en):
+        """``width`` bits, bit ``i`` = ``i < Sr``: a layer constant loaded from the ``sr`` port like
+        ``cfg_sr`` (from ``cfg_sr``, yosys shared its comparisons with ``rh_row``'s decoder: ``cfg_sr``
+        -> ``rh_row`` -> ``sr_mask`` was among the 8 x 8 engines' worst paths, session 44)."""
+        sr_mask = Signal(width, name="sr_mask")
+        with m.If(en):
+            m.d.sync += sr_mask.eq(Cat(*[self.sr > i for i in range(width)]))
+        return sr_mask
+
     def elaborate(self, platform):
         m = Module()
         ab = self.acc_bits
@@ -228,12 +237,7 @@ class Requantiser(wiring.Component):
         # with the bounds would be two carry chains in series)
         t_sh = stage(row_sum >> Cat(Const(0, 2), sr[2:]), "t_coarse", 5)     # by Sr's multiple of 4
         top = len(row_sum) - 1
-        # bit i of the mask: i < Sr, a layer constant loaded from the port like cfg_sr (from cfg_sr,
-        # yosys shared its comparisons with rh_row's decoder: cfg_sr -> rh_row -> sr_mask was among the
-        # 8 x 8 engines' worst paths, session 44)
-        sr_mask = Signal(max(1, top - ab + 1), name="sr_mask")
-        with m.If(ens(3) if n else Const(1, 1)):
-            m.d.sync += sr_mask.eq(Cat(*[self.sr > i for i in range(len(sr_mask))]))
+        sr_mask = self._sr_mask(m, max(1, top - ab + 1), ens(3) if n else Const(1, 1))
         t_over = stage(~Cat(*[~(row_sum[ab - 1 + i] ^ row_sum[top]) | sr_mask[i] for i in range(top - ab + 1)]).all(),
                        "t_over", 5)
         side = carry(side, 5)
