@@ -232,9 +232,9 @@ class Requantiser(wiring.Component):
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
         # 5: variable right shift by Sr's multiple of 4 (the rest in stage 6), and beside it the range
-        # check: t = row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all equal (to its sign), i.e.
-        # every bit ab - 1 + i is equal or masked by the layer's i < Sr (a LUT reduction; comparisons
-        # with the bounds would be two carry chains in series)
+        # check: t = row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all
+        # equal (to its sign), i.e. every bit ab - 1 + i is equal or masked by the layer's i < Sr (a LUT
+        # reduction; comparisons with the bounds would be two carry chains in series)
         t_sh = stage(row_sum >> Cat(Const(0, 2), sr[2:]), "t_coarse", 5)     # by Sr's multiple of 4
         top = len(row_sum) - 1
         sr_mask = self._sr_mask(m, max(1, top - ab + 1), ens(3) if n else Const(1, 1))
