@@ -91,6 +91,8 @@ for _b in ("w4a4", "w6a6"):
     ROWS[f"adfq-a47:{_b}"] = ("adfq", _b, {"alpha_qkv": 4.0, "alpha_fc1": 7.0})
     # ... with AMO also learning the weights' per-channel dequantisation scales (session 42)
     ROWS[f"adfq-a47-ws:{_b}"] = ("adfq", _b, {"alpha_qkv": 4.0, "alpha_fc1": 7.0, "amo_learn_weight_scales": True})
+    # ... with AMO correcting each module's last bias by its mean output error (session 46)
+    ROWS[f"adfq-a47-bc:{_b}"] = ("adfq", _b, {"alpha_qkv": 4.0, "alpha_fc1": 7.0, "amo_bias_correction": True})
     # SQ-b (MPTQ's SmoothQuant with bias) in front of ADFQ's POQ (session 31)
     ROWS[f"adfq-sq:{_b}"] = ("adfq", _b, {"smoothquant": True})
     # OPT-m's search also clipping the large region (two exponents below the covering one; session 31)

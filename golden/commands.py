@@ -170,9 +170,10 @@ def cmd_calibrate(args) -> int:
     if getattr(args, "gptq_source", None) is not None and getattr(args, "weight_rounding", None) != "gptq":
         raise UserError(f"--gptq-source {args.gptq_source} only applies to GPTQ rounding: "
                         "add --weight-rounding gptq (or drop --gptq-source)")
-    if getattr(args, "amo_learn_weight_scales", None) and (args.method != "adfq" or getattr(args, "no_amo", False)):
-        raise UserError("--learn-weight-scales only applies to AMO reconstruction (--method adfq): drop it or "
-                        "use --method adfq without --no-amo")
+    for key, flag in (("amo_learn_weight_scales", "--learn-weight-scales"), ("amo_bias_correction", "--bias-correction")):
+        if getattr(args, key, None) and (args.method != "adfq" or getattr(args, "no_amo", False)):
+            raise UserError(f"{flag} only applies to AMO reconstruction (--method adfq): drop it or "
+                            "use --method adfq without --no-amo")
     check_output_dir(args.output, force=args.force, what="program directory")
     check_output_file(args.json, what="--json file", not_inside=[args.output])
     _threads()
@@ -191,7 +192,8 @@ def cmd_calibrate(args) -> int:
             overrides.update(over)
     for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "weight_rounding",
                 "gptq_source", "mp_target_bits", "fc2_clip", "act_range",
-                "amo_iters", "amo_granularity", "amo_learn_weight_scales", "embed_bits", "head_bits"):
+                "amo_iters", "amo_granularity", "amo_learn_weight_scales", "amo_bias_correction", "embed_bits",
+                "head_bits"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -477,6 +479,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--learn-weight-scales", action="store_const", const=True, dest="amo_learn_weight_scales",
                    help="AMO also learns each weight channel's dequantisation scale (codes unchanged; the "
                         "learned scale is exported; measured in docs/accuracy.md)")
+    p.add_argument("--bias-correction", action="store_const", const=True, dest="amo_bias_correction",
+                   help="AMO shifts the bias of each module's last linear (proj / FC2) by the module's mean "
+                        "output error per channel after its rounding is fixed (measured in docs/accuracy.md)")
     p.add_argument("--outlier-capacity", type=nonneg_int, default=None,
                    help="outliers per row tile the hardware holds (default: unlimited in the bound)")
     for flag in ("no-poq", "no-slq", "no-amo", "no-qdrop", "no-sq", "no-three-region", "no-mp"):

@@ -397,7 +397,8 @@ def layer_agreement(qvit, prog: Program, runner: ProgramRunner) -> dict:
             lin = mods[mname]
             w = lin.weight_quantizer.fake_quant(lin.weight.detach())
             w = w.reshape(w.shape[0], -1)
-            bias = lin.bias.detach() if lin.bias is not None else None
+            bias = lin.exported_bias()
+            bias = bias.detach() if bias is not None else None
             if part is not None:
                 n = w.shape[0] // 3
                 w = w[part * n:(part + 1) * n]

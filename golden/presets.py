@@ -67,6 +67,7 @@ class QuantConfig:
     amo_granularity: str | None = None  # AMO units: module (MHA / MLP, the paper) | block (None: module)
     amo_learn_weight_scales: bool | None = None  # AMO also learns the weights' dequantisation scales
     amo_lr_weight_scale: float | None = None     # ... with this Adam learning rate (None: AMOConfig's)
+    amo_bias_correction: bool | None = None      # AMO shifts each module's last bias by its mean output error
     smoothquant: bool = False         # MPTQ SQ-b
     sq_alpha: float = 0.5
     sq_bias: bool = True              # SQ-b's mean shift mu (False: plain SmoothQuant, the Table 2 "SQ" row)

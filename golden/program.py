@@ -423,7 +423,8 @@ class _Exporter:
 
     def linear(self, name, layer, rows, out, rows_sel=None, qname_in=None, qname_out=None):
         w = layer.weight.detach()
-        b = layer.bias.detach() if layer.bias is not None else None
+        b = layer.exported_bias()
+        b = b.detach() if b is not None else None
         if w.dim() == 4:
             w = w.reshape(w.shape[0], -1)
         wexp = layer.weight_quantizer.export_with(w)

@@ -44,6 +44,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
+        self.bias_shift = None  # AMO's bias correction (quantized path only; see qbias)
         self.name = name
         self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
         self.input_quantizer = input_quantizer
@@ -60,10 +61,22 @@ class QuantLinear(nn.Module):
             self.calibrate_weight()
         return wq.fake_quant(self.weight)
 
+    def exported_bias(self) -> torch.Tensor | None:
+        """The quantized layer's bias: the shared FP bias plus AMO's bias correction (``bias_shift``,
+        :func:`golden.reconstruct.correct_output_bias`), what the integer program exports."""
+        if self.bias is None or self.bias_shift is None:
+            return self.bias
+        return self.bias + self.bias_shift
+
+    def qbias(self) -> torch.Tensor | None:
+        """The bias of the forward pass: :meth:`exported_bias` while the weight quantizer is on; the FP
+        bias with it off (the FP reference path of the same model stays the FP model)."""
+        return self.exported_bias() if self.weight_quantizer.enabled else self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "grid", None):
             return integer_grid.linear_forward(self, x)
-        return F.linear(self.input_quantizer(x), self.qweight(), self.bias)
+        return F.linear(self.input_quantizer(x), self.qweight(), self.qbias())
 
     def extra_repr(self) -> str:
         return f"{self.name}: in={self.in_features}, out={self.out_features}"
@@ -80,6 +93,7 @@ class QuantConv2d(QuantLinear):
         self.in_features = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
         self.out_features = conv.out_channels
         self.weight, self.bias = conv.weight, conv.bias
+        self.bias_shift = None
         self.stride = conv.stride
         self.name = name
         self.weight_quantizer = PerChannelWeightQuantizer(w_bits, search=weight_search, name=name + ".weight")
@@ -89,7 +103,7 @@ class QuantConv2d(QuantLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "grid", None):
             return integer_grid.patch_embed_forward(self, x)
-        return F.conv2d(self.input_quantizer(x), self.qweight(), self.bias, stride=self.stride)
+        return F.conv2d(self.input_quantizer(x), self.qweight(), self.qbias(), stride=self.stride)
 
 
 class QuantMatMul(nn.Module):

@@ -91,6 +91,12 @@ class AMOConfig:
         scale (:meth:`PerChannelWeightQuantizer.fold_dequant_scale`), no code changes.
     lr_weight_scale : float
         Adam learning rate of those factors (a relative step: 1e-3 moves a scale by ~0.1 % per step).
+    bias_correction : bool
+        After a module's rounding is hard, shift the bias of its last linear (proj / FC2) by the
+        per-channel mean of target minus output over all calibration images
+        (:func:`correct_output_bias`: the constant per channel that minimises the output MSE). The
+        shift lives in the layer's ``bias_shift``: the quantized path and the exported program use
+        it, the FP reference path of the same model does not.
     forward_batch : int
         Images per forward pass when collecting inputs/targets.
     revert_if_worse : bool
@@ -133,6 +139,7 @@ class AMOConfig:
     learn_scales: bool = True
     learn_weight_scales: bool = False
     lr_weight_scale: float = 1e-3
+    bias_correction: bool = False
     forward_batch: int = 32
     revert_if_worse: bool = True
     ln_weighted: bool = False
@@ -174,6 +181,7 @@ class UnitReport:
     ln_weighted: bool = False  #: the error was weighted by the next LayerNorm (AMOConfig.ln_weighted)
     readout_rows: list | None = None  #: token rows reconstructed (readout_last_block); None: all
     reverted: bool = False
+    bias_shift: float | None = None  #: mean |bias correction| of the last linear (bias_correction)
     seconds: float = 0.0  #: total time of this module (collection, evaluation, optimisation)
     seconds_optimize: float = 0.0  #: time of the Adam iterations
     losses: list = field(default_factory=list, repr=False)  #: total loss per iteration
@@ -610,6 +618,40 @@ def evaluate_unit(job: _UnitJob) -> tuple[float, float | None]:
     return se / count, (kl_sum / count if job.use_kl else None)
 
 
+def correct_output_bias(job: _UnitJob, layers: list[nn.Module]) -> float | None:
+    """Bias correction of the module's last linear (``layers[-1]`` with a ``bias_shift``: proj / FC2).
+
+    Adds to its ``bias_shift`` the per-output-channel mean of ``target - output`` over all calibration
+    images (weighted like the MSE: LayerNorm / read-out row weights), the constant per channel that
+    minimises the module's output MSE when the output is that linear's output plus terms the bias
+    does not reach. Undone if the MSE does not fall (an output that is not linear in that bias).
+    Returns the mean absolute shift applied, or ``None`` (no such linear, kept nothing)."""
+    last = [l for l in layers if getattr(l, "bias", None) is not None and hasattr(l, "bias_shift")]
+    if not last:
+        return None
+    lin, data = last[-1], job.data
+    num = den = None
+    with torch.no_grad():
+        for start in range(0, job.n_img, job.forward_batch):
+            idx = list(range(start, min(job.n_img, start + job.forward_batch)))
+            args, tgt, _, wts = data.batch(idx, job.device)
+            out = job.qunit(*args, **(data.kwargs or {}))
+            if out.shape[-1] != lin.out_features:
+                return None
+            w = torch.ones_like(tgt) if wts is None else wts
+            r = ((tgt - out) * w).double().reshape(-1, out.shape[-1]).sum(0)
+            c = w.double().reshape(-1, out.shape[-1]).sum(0)
+            num, den = (r, c) if num is None else (num + r, den + c)
+        delta = torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num)).to(lin.bias.dtype)
+        before = evaluate_unit(job)[0]
+        old = lin.bias_shift
+        lin.bias_shift = delta if old is None else old + delta
+        if evaluate_unit(job)[0] > before:
+            lin.bias_shift = old
+            return None
+    return float(delta.abs().mean())
+
+
 def _scale_parameters(act_quants: list[Quantizer]) -> list[torch.Tensor]:
     """The distinct floating-point scale tensors of the activation quantizers, in module order."""
     params, seen = [], set()
@@ -779,6 +821,9 @@ def reconstruct_unit(s: _Setup, name: str, kind: str, gen: torch.Generator) -> U
         restore_initial_state(layers, scale_params, scale_backup)
         report.mse_after, report.kl_after = evaluate_unit(job)
         report.reverted = True
+    if cfg.bias_correction:
+        report.bias_shift = correct_output_bias(job, layers)
+        report.mse_after, report.kl_after = evaluate_unit(job)
     for l in layers:  # the learned factors become the exported scales (codes unchanged)
         if hasattr(l.weight_quantizer, "fold_dequant_scale"):
             l.weight_quantizer.fold_dequant_scale(l.weight.detach())

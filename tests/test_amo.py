@@ -361,3 +361,60 @@ def test_learned_weight_scales_keep_codes_and_fold_into_the_scale():
         grid = qvit2(x2[:2])
         qvit2.use_float_fakequant()
     assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x2[:2]]))
+
+
+def test_bias_correction_zeroes_the_mean_error_on_the_quantized_path_only():
+    """bias_correction: after a module's rounding is hard, the bias of its last linear (FC2 here) is
+    shifted so that the mean output error per channel over the calibration images is 0 (recomputed
+    here from the module's own inputs and FP targets), the output MSE falls, the FP path of the same
+    model keeps the FP bias, and the exported program (corrected bias) is what the integer grid computes."""
+    qvit, fp, x = quantized(seed=5)
+    fc2 = qvit.model.blocks[0].mlp.fc2
+    bias0 = fc2.bias.detach().clone()
+    reps = reconstruct_amo(qvit, x, units=[("blocks.0.mlp", "mlp")], iters=20, batch_size=8, progress=False,
+                           revert_if_worse=False, bias_correction=True, input_drop=0.0)
+    assert reps[0].bias_shift is not None and reps[0].bias_shift > 0
+    assert fc2.bias_shift is not None and torch.equal(fc2.bias.detach(), bias0)  # the FP bias is untouched
+    seen = {}
+
+    def grab(key):
+        def hook(_m, args, out):
+            seen[key] = (args[0].detach(), out.detach())
+        return hook
+    h1 = qvit.model.blocks[0].mlp.register_forward_hook(grab("q"))
+    h2 = fp.blocks[0].mlp.register_forward_hook(grab("fp"))
+    with torch.no_grad():
+        qvit.model(x)
+        fp(x)
+    h1.remove()
+    h2.remove()
+    q_out, fp_out = seen["q"][1], seen["fp"][1]
+    err = (fp_out - q_out).reshape(-1, q_out.shape[-1])
+    assert err.mean(0).abs().max() < 1e-4 * err.abs().mean() + 1e-6
+    with torch.no_grad():  # without the shift the same inputs give a larger error, off by a constant per channel
+        shift, fc2.bias_shift = fc2.bias_shift, None
+        raw = qvit.model.blocks[0].mlp(seen["q"][0])
+        fc2.bias_shift = shift
+    assert ((fp_out - raw) ** 2).mean() > ((fp_out - q_out) ** 2).mean()
+    assert torch.allclose(raw + shift, q_out, atol=1e-5)
+    # the FP reference path (quantizers off) uses the FP bias
+    from vitaccel.golden.reconstruct import _set_enabled
+    saved = _set_enabled(qvit, False)
+    with torch.no_grad():
+        off = qvit.model.blocks[0].mlp(seen["fp"][0])
+    _set_enabled(qvit, None, saved)
+    assert torch.allclose(off, fp_out, atol=1e-5)
+    # the exported program carries the corrected bias: the integer grid equals the program runner
+    from vitaccel.golden.int_eval import ProgramRunner
+    from vitaccel.golden.program import export_program
+    prog = export_program(qvit)
+    runner = ProgramRunner(prog, backend="reference")
+    with torch.no_grad():
+        qvit.use_integer_grid(prog)
+        grid = qvit(x[:2])
+        qvit.use_float_fakequant()
+    assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x[:2]]))
+    fc2.bias_shift, shift = None, fc2.bias_shift  # ... and that program differs from the uncorrected one
+    plain = ProgramRunner(export_program(qvit), backend="reference").run_image(x[0])
+    fc2.bias_shift = shift
+    assert not torch.equal(plain, grid[0])

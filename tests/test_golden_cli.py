@@ -242,22 +242,23 @@ def test_cli_act_range(capsys, folder, tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists()
 
 
-def test_cli_learn_weight_scales(capsys, folder, tmp_path, monkeypatch):
-    """--learn-weight-scales reaches AMO (recorded in the manifest; what it does is tested in
-    tests/test_amo.py); without AMO the flag is refused with a one-line error and nothing written."""
+@pytest.mark.parametrize("flag, key", [("--learn-weight-scales", "learn_weight_scales"),
+                                       ("--bias-correction", "bias_correction")])
+def test_cli_amo_flags(capsys, folder, tmp_path, monkeypatch, flag, key):
+    """--learn-weight-scales / --bias-correction reach AMO (recorded in the manifest; what they do is
+    tested in tests/test_amo.py); without AMO the flag is refused with a one-line error and nothing written."""
     from vitaccel.golden import reconstruct as rec
     common = _tiny_calibrate_args(folder, monkeypatch)
     seen = []
     real = rec.reconstruct_amo
-    monkeypatch.setattr(rec, "reconstruct_amo", lambda *a, **k: seen.append(k["config"].learn_weight_scales)
+    monkeypatch.setattr(rec, "reconstruct_amo", lambda *a, **k: seen.append(getattr(k["config"], key))
                         or real(*a, **k))
-    code, out = run(capsys, *common, "--method", "adfq", "--amo-iters", "3", "--learn-weight-scales",
-                    "-o", tmp_path / "prog")
+    code, out = run(capsys, *common, "--method", "adfq", "--amo-iters", "3", flag, "-o", tmp_path / "prog")
     assert code == 0, out.err
     assert seen == [True]
     config = json.loads((tmp_path / "prog" / "manifest.json").read_text())["config"]
-    assert config["amo_learn_weight_scales"] is True
+    assert config[f"amo_{key}"] is True
     for extra in (["--method", "mptq"], ["--method", "adfq", "--no-amo"]):
-        code, out = run(capsys, *common, *extra, "--learn-weight-scales", "-o", tmp_path / "bad")
-        assert code == 2 and "--learn-weight-scales only applies to AMO" in out.err and "Traceback" not in out.err
+        code, out = run(capsys, *common, *extra, flag, "-o", tmp_path / "bad")
+        assert code == 2 and f"{flag} only applies to AMO" in out.err and "Traceback" not in out.err
         assert not (tmp_path / "bad").exists()
