@@ -259,19 +259,26 @@ class Requantiser(wiring.Component):
         side = carry(carry({k: side[k] for k in ("sc", "tag", "fault")}, 9), 10)
         # 11, 12: variable right shift by Sc, coarse (multiples of 8) then fine (0..7)
         v11 = stage(col_sum >> (side["sc"] & 0b111000), "v_coarse", 11)
-        side = carry({"sc": side["sc"][:3], "tag": side["tag"], "fault": side["fault"]}, 11)
+        # the fine shift's thermometer code (bit i: i < Sc mod 8) for the range check in stage 12
+        side = carry({"sc": side["sc"][:3], "sc_th": Cat(*[side["sc"][:3] > i for i in range(7)]),
+                      "tag": side["tag"], "fault": side["fault"]}, 11)
         v12 = stage(v11 >> side["sc"], "v", 12)
+        # beside the fine shift: v = v11 >> (Sc mod 8) fits 34 signed bits iff the bits of v11 from
+        # 33 + (Sc mod 8) up are all equal (to its sign), i.e. every bit 33 + i is equal or masked by
+        # i < Sc mod 8 (a LUT reduction, registered: computed from v in stage 13 it put two wide
+        # multiplexers behind the bounds' carry chain, the 8 x 8 W4A4 engine's worst path, session 45)
+        vtop = len(v11) - 1
+        v_fits12 = stage(Cat(*[~(v11[33 + i] ^ v11[vtop]) | (side["sc_th"][i] if i < 7 else 0)
+                               for i in range(vtop - 33)]).all(), "v_fits", 12)
         side = carry({k: side[k] for k in ("tag", "fault")}, 12)
 
         # ---- 13: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
         y13 = stage(v12[:32] + z_out, "y", 13)     # only the low 32 bits are used (in range: no wrap)
         # the bounds fit 34 signed bits: compare 34-bit values when v does too (one short carry chain),
-        # else v's sign decides (a LUT reduction instead of a full-width comparison)
-        v_top = v12[33:]
-        v_fits = v_top.all() | ~v_top.any()
+        # else v's sign decides
         v34 = v12[:34].as_signed()
-        below13 = stage(Mux(v_fits, v34 < lo_mz, v12[-1]), "below", 13)
-        above13 = stage(Mux(v_fits, v34 > hi_mz, ~v12[-1]), "above", 13)
+        below13 = stage(Mux(v_fits12, v34 < lo_mz, v12[-1]), "below", 13)
+        above13 = stage(Mux(v_fits12, v34 > hi_mz, ~v12[-1]), "above", 13)
         side = carry(side, 13)
         # ---- 14: select
         out = self.o.payload
