@@ -265,6 +265,40 @@ def test_requantiser_row_clamp_every_shift():
     assert seen["fault"] > 100 and seen["fits"] > 100
 
 
+def test_requantiser_output_range_every_column_shift():
+    """The output stage's saturation when ``v`` is near and beyond 34 bits (where the bounds'
+    comparison hands over to ``v``'s sign, the range check registered beside the fine shift) for every
+    ``Sc`` the 40-bit accumulator reaches, in fixed32 and ucode with a zero point, against
+    ``sim.reference.requantize`` (``ref_requantize``)."""
+    import random
+
+    from vitaccel.hw.common import OutFormat
+    from vitaccel.hw.requantiser import Requantiser
+    from vitaccel.tb import cocotb_requantiser as tbm
+
+    ab, rng = 40, random.Random(45)
+    amax = (1 << (ab - 1)) - 1
+    seen = {"sat": 0, "in": 0}
+    for sc in range(24):
+        for fmt, bits, z_out in (("fixed32", 8, 0), ("ucode", 8, 77)):
+            elems = []
+            for j in range(24):
+                mc = rng.randint(1, (1 << 16) - 1)
+                k = rng.choice([0, 0, 1, 2, 4, 8, 14]) if j % 4 else None
+                v0 = rng.choice([1, -1]) * ((1 << (33 + k)) if k is not None else rng.randint(0, 300))
+                v0 += rng.randint(-3, 3)
+                acc = max(-amax - 1, min(amax, (v0 << sc) // mc))
+                bq = max(-(1 << 47) + 1, min((1 << 47) - 1, (v0 << sc) - acc * mc + rng.randint(-2, 2)))
+                elems.append({"acc": acc, "mr": 1, "mc": mc, "sc": sc, "bq": bq, "tag": j})
+            want = [tbm.ref_requantize(e, 0, z_out, fmt, bits) for e in elems]
+            for w in want:
+                seen["sat" if w["sat"] else "in"] += 1
+            got = amaranth_stream_run(Requantiser(acc_bits=ab, tag_bits=8), elems, ["value", "sat", "fault", "tag"],
+                                      {"sr": 0, "z_out": z_out, "out_fmt": OutFormat[fmt.upper()], "bits": bits})
+            assert got == want, (sc, fmt)
+    assert seen["sat"] > 300 and seen["in"] > 100
+
+
 # ----------------------------------------------------------------------------- encoders
 
 def test_encoder_groups_cover_edge_cases():
