@@ -356,6 +356,10 @@ class EngineController(wiring.Component):
         self._advance(m, s, f, A)
         self._needs(m, s, f, A, load_start)
         self._registers(m, s, A, start)
+        # need_rowp again, for the front-end descriptors' load alone (need_rowp -> a LUT shared with the
+        # stall's rowp pop -> both clock enables was among the 8 x 8 W4A4 engine's worst paths, session 45)
+        (need_rowp_d,) = kept_copies(m, platform, Mux(start, s.need_at_start["rowp"], A(need["rowp"])), 1,
+                                     "need_rowp_c", en=start | en)
         mac_v, mac_f, mac_l = Signal(), Signal(), Signal()     # operand column reaching the array
         with m.If(en):
             m.d.sync += [mac_v.eq(need["a"]), mac_f.eq(s.wc == s.a_off), mac_l.eq(s.e_a_end)]
@@ -364,14 +368,17 @@ class EngineController(wiring.Component):
             self.status.start.eq(start), self.status.busy.eq(busy), self.status.busy_adv.eq(A(busy)),
             *[x for k in self.need.signature.members
               for x in (getattr(self.need, k).now.eq(need[k]), getattr(self.need, k).adv.eq(A(need[k])))],
-            self.descriptors.load.eq(body & need["rowp"]), self.descriptors.shift.eq(body & s.bnd & ~s.epi),
+            self.descriptors.load.eq(body & need_rowp_d), self.descriptors.shift.eq(body & s.bnd & ~s.epi),
             self.descriptors.take.eq(nxt["valid"]),
             self.loader.start.eq(start), self.loader.start_k.eq(self.cmd.payload.k),
             self.loader.block.eq(load_start), self.loader.bank.eq(~nxt["bank"]),
             self.columns.commit.eq(s.commit), self.columns.commit_bank.eq(cur["bank"]),
             self.columns.read_bank.eq(prev["bank"]),
-            # read one cycle ahead: the address of the next cycle's state
-            self.b_read.k.eq(Mux(start, 0, Mux(en, A(s.mac_rd), s.mac_rd))),
+            # read one cycle ahead: the address of the next cycle's state.  A start cycle's read is not
+            # used (no MAC issue in the cycle after a start: need_a starts at 0), so the start (from
+            # busy) is not in front of the address (busy -> the B memories' read address was among the
+            # 8 x 8 W8A8 engine's worst paths, session 45)
+            self.b_read.k.eq(Mux(en, A(s.mac_rd), s.mac_rd)),
             self.b_read.bank.eq(Mux(en, A(cur["bank"]), cur["bank"])),
             self.mac.issue.eq(need["a"]), self.mac.valid.eq(mac_v), self.mac.first.eq(mac_f),
             self.mac.last.eq(mac_l),
