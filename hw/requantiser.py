@@ -274,11 +274,12 @@ class Requantiser(wiring.Component):
 
         # ---- 13: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
         y13 = stage(v12[:32] + z_out, "y", 13)     # only the low 32 bits are used (in range: no wrap)
-        # the bounds fit 34 signed bits: compare 34-bit values when v does too (one short carry chain),
-        # else v's sign decides
+        # the bounds fit 34 signed bits: compare 34-bit values when v does too, else v's sign decides.
+        # Each comparison is the sign of a 35-bit difference (one carry chain; yosys's signed `<` had a
+        # second chain for the overflow behind it, the 8 x 8 W4A4 engine's worst path, session 46)
         v34 = v12[:34].as_signed()
-        below13 = stage(Mux(v_fits12, v34 < lo_mz, v12[-1]), "below", 13)
-        above13 = stage(Mux(v_fits12, v34 > hi_mz, ~v12[-1]), "above", 13)
+        below13 = stage(Mux(v_fits12, (v34 - lo_mz)[-1], v12[-1]), "below", 13)
+        above13 = stage(Mux(v_fits12, (hi_mz - v34)[-1], ~v12[-1]), "above", 13)
         side = carry(side, 13)
         # ---- 14: select
         out = self.o.payload
