@@ -48,7 +48,7 @@ from amaranth.lib.wiring import In, Out
 
 from .decoders import TripleLayout     # a decoded A operand as seen by the array (section 4)
 
-__all__ = ["MacArray", "TripleLayout", "adder_tree", "MAGF_BITS"]
+__all__ = ["MacArray", "TripleLayout", "adder_tree", "booth_terms", "MAGF_BITS"]
 
 
 #: Width of a pre-shifted magnitude ``mag << sh[0:2]`` (9 + 3 bits).
@@ -80,6 +80,36 @@ def adder_tree(m: Module, terms: list, name: str = "sum", levels: int | None = N
         terms = nxt
         level += 1
     return terms if levels is not None else terms[0]
+
+
+def booth_terms(magf, absb, width: int) -> list:
+    """Radix-4 Booth terms of ``|b| * magf`` modulo ``2^width`` (``absb`` unsigned, ``magf`` unsigned).
+
+    ``|b|`` with a 0 above its top bit is recoded into digits ``d_j = -2 b[2j+1] + b[2j] + b[2j-1]`` in
+    ``{-2 .. 2}`` (``b[-1] = 0``; the top digit is never negative), so ``|b| = sum d_j 4^j`` with half
+    as many terms as bits.  Term ``j`` is ``|d_j| * magf`` (``magf`` or ``magf << 1``), its one's
+    complement when ``d_j < 0``, shifted by ``2 j``; the ``+1`` that completes the two's complement
+    of term ``j`` is bit ``2 j`` of term ``j + 1`` (a bit that term leaves 0).  Each term bit is a
+    function of two ``magf`` bits and three ``b`` bits (one LUT5), and the terms sum to
+    ``|b| * magf mod 2^width``.
+    """
+    nb = len(absb)
+    ndig = (nb + 2) // 2
+    bits = [Const(0, 1)] + [absb[i] for i in range(nb)] + [Const(0, 1)] * (2 * ndig + 1 - nb)
+    terms, prev_neg = [], None
+    for j in range(ndig):
+        bm1, b0, b1 = bits[2 * j], bits[2 * j + 1], bits[2 * j + 2]
+        one = b0 ^ bm1
+        two = (b1 & ~b0 & ~bm1) | (~b1 & b0 & bm1)
+        neg = b1 & ~(b0 & bm1)
+        mag = Mux(two, magf << 1, Mux(one, magf, 0))
+        t = ((Cat(mag, Const(0, max(0, width - len(mag)))) ^ neg.replicate(width)) << (2 * j))[:width]
+        if prev_neg is not None:       # the previous term's +1, at a bit this term leaves 0
+            t = t | (prev_neg << (2 * j - 2))
+        terms.append(t)
+        prev_neg = neg
+    assert nb + 1 <= 2 * ndig    # the top digit reads the 0 above |b|: never negative, no +1 left over
+    return terms
 
 
 class MacArray(wiring.Component):
@@ -138,6 +168,10 @@ class MacArray(wiring.Component):
         if not 1 <= en_copies <= rows * cols:
             raise ValueError(f"MacArray: en_copies must be in 1..{rows * cols}, got {en_copies}")
         self.rows, self.cols, self.b_bits, self.acc_bits = rows, cols, b_bits, acc_bits
+        #: radix-4 Booth terms (:func:`booth_terms`) at 6- and 8-bit B: 3 / 4 terms instead of 5 / 7,
+        #: so the product's first stage is one carry chain (two in series at 8-bit B were the 8 x 8
+        #: W8A8 engine's worst path, session 45); at 4-bit B the 3 plain terms are kept
+        self.booth = b_bits >= 6
         if not 1 <= drain_copies <= cols:
             raise ValueError(f"MacArray: drain_copies must be in 1..{cols}, got {drain_copies}")
         self.en_copies, self.drain_copies = en_copies, drain_copies
@@ -217,7 +251,8 @@ class MacArray(wiring.Component):
         """PE product stages: ``(q, s)`` registers with ``q = ((|b| * magf) << 4 coarse) ^ -s``.
 
         Stage 1 registers the first half of the levels of the shift-and-add tree of ``|b| * magf``
-        (one carry chain at 4-bit ``b``, two at 8-bit), the coarse shift and the sign; stage 2 adds
+        (one carry chain: the 3 plain shift-and-add terms at 4-bit ``b``, the radix-4 Booth terms of
+        :func:`booth_terms` at 6 and 8 bits), the coarse shift and the sign; stage 2 adds
         the rest, applies the coarse shift and takes the one's complement of a negative product,
         so the accumulate stage is a single carry chain from register to register.  The coarse-shift
         register loads 0 when ``|b| = 0`` (the product is 0 whatever the shift): each PE's copy then
@@ -226,14 +261,19 @@ class MacArray(wiring.Component):
         W = self.acc_bits
         neg, magf, sh_c = a_ops
         absb, bneg = b_ops
-        terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
+        pw = len(magf) + len(absb)          # |b| * magf < 2^pw
+        if self.booth:
+            terms = booth_terms(magf, absb, pw)
+        else:
+            terms = [Mux(absb[i], magf << i, 0) for i in range(len(absb))]
         terms = adder_tree(m, terms, nm, levels=((len(terms) - 1).bit_length() + 1) // 2)
-        part = [Signal(len(t), name=f"{nm}_pp{i}") for i, t in enumerate(terms)]
+        part = [Signal(min(len(t), pw), name=f"{nm}_pp{i}") for i, t in enumerate(terms)]
         coarse = Signal(len(sh_c), name=f"{nm}_sh")
         s1 = Signal(name=f"{nm}_s1")
         q = Signal(W, name=f"{nm}_q")
         s = Signal(name=f"{nm}_s")
-        prod = adder_tree(m, list(part), f"{nm}_sum") if len(part) > 1 else part[0]
+        # Booth terms sum modulo 2^pw (their carries out of pw bits are dropped)
+        prod = (adder_tree(m, list(part), f"{nm}_sum") if len(part) > 1 else part[0])[:pw]
         shifted = (prod << Cat(Const(0, self.edge_sh), coarse))[:W]
         with m.If(en):
             m.d.sync += [p.eq(t) for p, t in zip(part, terms)]

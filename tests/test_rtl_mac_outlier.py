@@ -87,3 +87,42 @@ def test_outlier_unit_rtl(addr_reg, b_bits):
     assert max(max(abs(x) for row in t["b"] for x in row) for t in tiles) < 1 << (b_bits - 1)
     run_cocotb(name, [v], "vitaccel.tb.cocotb_outlier_unit",
                data={**params, "tiles": tiles, "runs": RUNS, "seed": 4})
+
+
+@pytest.mark.parametrize("mag_bits", [3, 5, 7], ids=["b4", "b6", "b8"])
+def test_booth_terms_sum_to_the_product(mag_bits):
+    """``booth_terms``: for every ``|b|`` of a 4-, 6- and 8-bit B code and ``magf`` at its edges and
+    random values, the radix-4 terms sum (modulo ``2^(12 + mag_bits)``, as the PE adds them) to
+    ``|b| * magf`` (Python integers); half as many terms as ``|b|`` has bits, rounded up."""
+    import random
+
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from vitaccel.hw.mac_array import MAGF_BITS, booth_terms
+
+    pw = MAGF_BITS + mag_bits
+    m = Module()
+    magf, absb, total = Signal(MAGF_BITS), Signal(mag_bits), Signal(pw)
+    terms = booth_terms(magf, absb, pw)
+    assert len(terms) == (mag_bits + 2) // 2
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    m.d.comb += total.eq(acc[:pw])
+    rng = random.Random(mag_bits)
+    mags = [0, 1, 2, 3, (1 << MAGF_BITS) - 1, (1 << MAGF_BITS) - 2] + [rng.randrange(1 << MAGF_BITS) for _ in range(6)]
+    bad = []
+
+    async def bench(ctx):
+        for b in range(1 << mag_bits):
+            for mg in mags:
+                ctx.set(absb, b)
+                ctx.set(magf, mg)
+                if ctx.get(total) != b * mg:
+                    bad.append((b, mg, ctx.get(total)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad, bad[:5]
