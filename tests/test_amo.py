@@ -33,6 +33,21 @@ def quantized(seed=0, n=16, **cfg):
     return qvit, fp, x
 
 
+def assert_grid_is_program(qvit, x):
+    """The model's integer grid (its exported program) gives the program runner's logits on ``x``;
+    returns them."""
+    from vitaccel.golden.int_eval import ProgramRunner
+    from vitaccel.golden.program import export_program
+    prog = export_program(qvit)
+    runner = ProgramRunner(prog, backend="reference")
+    with torch.no_grad():
+        qvit.use_integer_grid(prog)
+        grid = qvit(x)
+        qvit.use_float_fakequant()
+    assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x]))
+    return grid
+
+
 def test_units_in_order():
     qvit, _, _ = quantized()
     assert find_amo_units(qvit) == [("blocks.0.attn", "mha"), ("blocks.0.mlp", "mlp"),
@@ -352,15 +367,7 @@ def test_learned_weight_scales_keep_codes_and_fold_into_the_scale():
     assert all(after[n].dmul is None for n in before)
     assert all(not torch.equal(after[n].scale.detach(), s) for n, s in before.items())
     # the exported program (learned scales) is what the integer grid of the model computes
-    from vitaccel.golden.int_eval import ProgramRunner
-    from vitaccel.golden.program import export_program
-    prog = export_program(qvit2)
-    runner = ProgramRunner(prog, backend="reference")
-    with torch.no_grad():
-        qvit2.use_integer_grid(prog)
-        grid = qvit2(x2[:2])
-        qvit2.use_float_fakequant()
-    assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x2[:2]]))
+    assert_grid_is_program(qvit2, x2[:2])
 
 
 def test_bias_correction_zeroes_the_mean_error_on_the_quantized_path_only():
@@ -405,15 +412,9 @@ def test_bias_correction_zeroes_the_mean_error_on_the_quantized_path_only():
     _set_enabled(qvit, None, saved)
     assert torch.allclose(off, fp_out, atol=1e-5)
     # the exported program carries the corrected bias: the integer grid equals the program runner
+    grid = assert_grid_is_program(qvit, x[:2])
     from vitaccel.golden.int_eval import ProgramRunner
     from vitaccel.golden.program import export_program
-    prog = export_program(qvit)
-    runner = ProgramRunner(prog, backend="reference")
-    with torch.no_grad():
-        qvit.use_integer_grid(prog)
-        grid = qvit(x[:2])
-        qvit.use_float_fakequant()
-    assert torch.equal(grid, torch.stack([runner.run_image(img) for img in x[:2]]))
     fc2.bias_shift, shift = None, fc2.bias_shift  # ... and that program differs from the uncorrected one
     plain = ProgramRunner(export_program(qvit), backend="reference").run_image(x[0])
     fc2.bias_shift = shift
