@@ -32,9 +32,6 @@ from .engine_layouts import (BReadSignature, ColumnControl, DescriptorControl, D
                              MacControl, OutlierControl, StatusSignature, StreamNeed, cmd_layout, row_bits)
 from .kept import kept_copies
 
-#: Slices of the layer command register, each loaded by a start from its own kept copy of ``busy``.
-LAYER_COPIES = 4
-
 __all__ = ["EngineController", "need_signature"]
 
 # bnd_pre is 0 after a boundary: wc + 2 = 2 never equals a window length
@@ -314,7 +311,7 @@ class EngineController(wiring.Component):
         cmd, nxt = self.cmd.payload, s.nxt
         with m.If(start):
             m.d.sync += [
-                s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.wc3.eq(3), s.bnd.eq(0),
+                self.layer.eq(cmd), s.k_do.eq(cmd.k - DRAIN_OFFSET), s.busy.eq(1), s.wc.eq(0), s.wc1.eq(1), s.wc2.eq(2), s.wc3.eq(3), s.bnd.eq(0),
                 s.bnd_pre.eq(0), s.epi.eq(0),
                 s.a_off.eq(0), s.wlen.eq(Mux(cmd.k > FILL_MIN, cmd.k, FILL_MIN)),
                 s.cur["valid"].eq(0), s.m_eff.eq(0), s.prev["valid"].eq(0),
@@ -331,17 +328,6 @@ class EngineController(wiring.Component):
         with m.Elif(self.en):
             m.d.sync += [r.eq(A(r)) for r in s.regs]
             m.d.sync += self.cycles.eq(self.cycles + 1)
-
-    def _layer_register(self, m, platform, s, A, start):
-        """The layer command register, loaded at a start: in ``LAYER_COPIES`` slices, each with its own
-        kept copy of ``busy`` for its start (``cmd.valid & ~busy``: the one start net to every bit's clock
-        enable was among the 8 x 8 W4A4 engine's worst paths, session 46)."""
-        copies = kept_copies(m, platform, Mux(start, 1, A(s.busy)), LAYER_COPIES, "busy_c", en=start | self.en)
-        bits, width = self.cmd.payload.as_value(), len(self.layer.as_value())
-        for j, idle_busy in enumerate(copies):
-            lo, hi = j * width // LAYER_COPIES, (j + 1) * width // LAYER_COPIES
-            with m.If(self.cmd.valid & ~idle_busy):
-                m.d.sync += self.layer.as_value()[lo:hi].eq(bits[lo:hi])
 
     def elaborate(self, platform):
         m = Module()
@@ -370,7 +356,6 @@ class EngineController(wiring.Component):
         self._advance(m, s, f, A)
         self._needs(m, s, f, A, load_start)
         self._registers(m, s, A, start)
-        self._layer_register(m, platform, s, A, start)
         # need_rowp again, for the front-end descriptors' load alone (need_rowp -> a LUT shared with the
         # stall's rowp pop -> both clock enables was among the 8 x 8 W4A4 engine's worst paths, session 45)
         (need_rowp_d,) = kept_copies(m, platform, Mux(start, s.need_at_start["rowp"], A(need["rowp"])), 1,
