@@ -17,7 +17,9 @@ Each PE has a *shadow* register: the last product of a tile goes to ``shadow = a
 the drain (one shadow row per cycle, :attr:`MacArray.drain_row`) overlaps the next tile's compute.
 
 The PE multiplier ``|b| * mag`` is written as a shift-and-add over the ``b_bits - 1`` magnitude bits of
-``b`` (LUT logic; the FPGA's DSP blocks are left to the requantiser and the zero-point correction).
+``b`` at 4-bit B, and over radix-4 Booth digits of ``|b|`` at 6- and 8-bit B (:func:`booth_terms`: half
+as many terms) (LUT logic; the FPGA's DSP blocks are left to the requantiser and the zero-point
+correction).
 
 Pipeline (all registers advance only when ``en`` is high -- the engine's global stall; ``en`` and the
 control registers come in ``en_copies`` identical copies, one per group of PEs (one PE per group in

@@ -52,6 +52,14 @@ def requant_out_layout(tag_bits: int) -> data.StructLayout:
     })
 
 
+def fits_after_shift(v: Value, mask: Value, lo: int) -> Value:
+    """``v >> s`` fits ``lo + 1`` signed bits, for the shift ``s`` whose thermometer code is ``mask``
+    (bit ``i``: ``i < s``): the bits of ``v`` from ``lo + s`` up all equal its sign, i.e. every bit
+    ``lo + i`` is equal to the sign or masked by ``i < s`` (one LUT reduction, no comparison)."""
+    top = len(v) - 1
+    return Cat(*[~(v[lo + i] ^ v[top]) | (mask[i] if i < len(mask) else 0) for i in range(top - lo)]).all()
+
+
 class Requantiser(wiring.Component):
     """Two-stage integer requantiser (section 7), pipelined, with a saturation counter.
 
@@ -232,14 +240,12 @@ class Requantiser(wiring.Component):
         row_sum = summed(row_pp, pp1, rh_row, 3, "row_sum")
         side = carry(carry(side, 3), 4)
         # 5: variable right shift by Sr's multiple of 4 (the rest in stage 6), and beside it the range
-        # check: t = row_sum >> Sr fits acc_bits iff the bits of row_sum from ab - 1 + Sr up are all
-        # equal (to its sign), i.e. every bit ab - 1 + i is equal or masked by the layer's i < Sr (a LUT
+        # check, t = row_sum >> Sr fits acc_bits, from the layer's mask of Sr (fits_after_shift: a LUT
         # reduction; comparisons with the bounds would be two carry chains in series)
         t_sh = stage(row_sum >> Cat(Const(0, 2), sr[2:]), "t_coarse", 5)     # by Sr's multiple of 4
         top = len(row_sum) - 1
         sr_mask = self._sr_mask(m, max(1, top - ab + 1), ens(3) if n else Const(1, 1))
-        t_over = stage(~Cat(*[~(row_sum[ab - 1 + i] ^ row_sum[top]) | sr_mask[i] for i in range(top - ab + 1)]).all(),
-                       "t_over", 5)
+        t_over = stage(~fits_after_shift(row_sum, sr_mask, ab - 1), "t_over", 5)
         side = carry(side, 5)
         # 6: the rest of the shift (Sr mod 4) and the clamp (the range check's reduction here, over the
         # shifted value, was among the engine's worst paths, issue #15 session 43; the whole shift in
@@ -263,13 +269,9 @@ class Requantiser(wiring.Component):
         side = carry({"sc": side["sc"][:3], "sc_th": Cat(*[side["sc"][:3] > i for i in range(7)]),
                       "tag": side["tag"], "fault": side["fault"]}, 11)
         v12 = stage(v11 >> side["sc"], "v", 12)
-        # beside the fine shift: v = v11 >> (Sc mod 8) fits 34 signed bits iff the bits of v11 from
-        # 33 + (Sc mod 8) up are all equal (to its sign), i.e. every bit 33 + i is equal or masked by
-        # i < Sc mod 8 (a LUT reduction, registered: computed from v in stage 13 it put two wide
-        # multiplexers behind the bounds' carry chain, the 8 x 8 W4A4 engine's worst path, session 45)
-        vtop = len(v11) - 1
-        v_fits12 = stage(Cat(*[~(v11[33 + i] ^ v11[vtop]) | (side["sc_th"][i] if i < 7 else 0)
-                               for i in range(vtop - 33)]).all(), "v_fits", 12)
+        # beside the fine shift: v fits 34 signed bits (registered: computed from v in stage 13 it put two
+        # wide multiplexers behind the bounds' carry chain, the 8 x 8 W4A4 engine's worst path, session 45)
+        v_fits12 = stage(fits_after_shift(v11, side["sc_th"], 33), "v_fits", 12)
         side = carry({k: side[k] for k in ("tag", "fault")}, 12)
 
         # ---- 13: output: saturate(v + z_out, lo, hi)   (v + z_out < lo  <=>  v < lo - z_out)
