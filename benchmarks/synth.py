@@ -68,14 +68,14 @@ def run_engine(cfg, out: Path, pnr: bool, args) -> dict:
     def go():
         rev = commit()        # the design that is generated now (HEAD may move during a long run)
         generate(cfg, out / "rtl", tops=["layer_engine"], dsp="ecp5")     # as hw synth
-        res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=args.seed,
+        res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=tuple(args.seed),
                          timeout=args.timeout, router=args.router, lut_mapper=args.lut_mapper,
                          freq=args.freq, nextpnr_args=tuple(args.nextpnr_arg))
         res["config"] = cfg.to_dict()
         res["dsp"] = "ecp5"
         res["commit"] = rev
         res["command"] = (f".venv/bin/python benchmarks/synth.py --configs {label(cfg)}"
-                          + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {args.seed} --router {args.router}"
+                          + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {' '.join(map(str, args.seed))} --router {args.router}"
                           + (f" --lut-mapper {args.lut_mapper}" if args.lut_mapper != "abc9" else "")
                           + "".join(f" --nextpnr-arg={a}" for a in args.nextpnr_arg)
                           + f" -o {args.output}")
@@ -109,6 +109,9 @@ def engine_table(results: dict) -> list[str]:
         path = (f"{cp.get('from')} -> {cp.get('to')} ({cp.get('logic_ns')} ns logic, "
                 f"{cp.get('routing_ns')} ns routing)") if cp else "-"
         fmax = f"**{p['fmax_mhz']:g} MHz**" if p.get("fmax_mhz") else "not placed"
+        if e.get("seed_sweep"):         # the best run of a seed sweep, every seed's Fmax beside it
+            fmax += f" (seed {e['seed']}; seeds " + " / ".join(str(x["seed"]) for x in e["seed_sweep"]) + ": " \
+                + " / ".join(f"{x['fmax_mhz']:g}" if x["fmax_mhz"] else "-" for x in e["seed_sweep"]) + ")"
         lines.append(f"| {lab} | {cfg['acc_bits']} | {_fmt(c.get('LUT4'))} | {_fmt(c.get('CCU2C'))} | "
                      f"{_fmt(c.get('TRELLIS_FF'))} | {_fmt(c.get('MULT18X18D', 0))} | {_fmt(c.get('DP16KD', 0))} | "
                      f"{comb_txt} | {per_pe:.0f} | {fmax} | {path} |")
@@ -156,6 +159,8 @@ def record(results: dict) -> None:
                  "TRELLIS_COMB": comb["used"] if comb else None, "FF": c.get("TRELLIS_FF"),
                  "DSP": c.get("MULT18X18D", 0), "BRAM": c.get("DP16KD", 0), "device": "LFE5U-85F",
                  "package": e["package"], "placed": bool(p.get("fmax_mhz")), "seed": e.get("seed"),
+                 **({"fmax_by_seed": {str(x["seed"]): x["fmax_mhz"] for x in e["seed_sweep"]}}
+                    if e.get("seed_sweep") else {}),
                  "target_mhz": e["target_mhz"] if p else None, "router": e.get("router"),
                  "lut_mapper": e["lut_mapper"],
                  "tools": ", ".join(f"yowasp-{k} {v}" for k, v in e.get("tools", {}).items()),
@@ -177,7 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--units", action="store_true", help="synth_ecp5 of every unit (yosys only)")
     ap.add_argument("--asic", action="store_true", help="technology-independent area of every unit")
     ap.add_argument("--no-engine", action="store_true", help="skip the whole-engine ECP5 run")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, nargs="+", default=[1], metavar="N",
+                    help="nextpnr seed; several: a seed sweep (the best run recorded, every seed's Fmax beside it)")
     ap.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock, MHz (default 150)")
     ap.add_argument("--router", choices=("router1", "router2"), default="router1")
     ap.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9")
@@ -209,7 +215,7 @@ def main(argv=None) -> int:
         or {"yosys": yosys_version()}
     # the commit each design was generated from (HEAD may have moved during a long run)
     revs = sorted({r["engine"]["commit"] for r in results.values() if r.get("engine", {}).get("commit")})
-    print(f"\ncommit {', '.join(revs) or commit()}, seed {args.seed}, tools: "
+    print(f"\ncommit {', '.join(revs) or commit()}, seed {' '.join(map(str, args.seed))}, tools: "
           + ", ".join(f"yowasp-{k} {v}" for k, v in tools.items()) + "\n")
     with_engine = {k: v for k, v in results.items() if "engine" in v}
     if with_engine:

@@ -71,7 +71,7 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
           f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
     res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=freq,
                      pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
-                     lut_mapper=args.lut_mapper, seed=args.seed, nextpnr_args=tuple(args.nextpnr_arg))
+                     lut_mapper=args.lut_mapper, seed=tuple(args.seed), nextpnr_args=tuple(args.nextpnr_arg))
     res["config"] = cfg.to_dict()
     res["dsp"] = "as in --verilog" if args.verilog else args.dsp
     return res
@@ -83,6 +83,10 @@ def _synth(args) -> int:
     _check_outputs(args)
     cfg = engine_config_from_args(args)
     freq = freq_mhz_from_args(args)
+    if len(set(args.seed)) != len(args.seed) or min(args.seed) < 0:
+        raise UserError(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
+    if len(args.seed) > 1 and args.no_pnr:
+        raise UserError("several --seed values sweep the place and route: drop --no-pnr or give one seed")
     if args.verilog and not args.verilog.is_file():
         raise UserError(f"Verilog file {args.verilog} does not exist")
     units = None
@@ -184,7 +188,10 @@ def add_subcommands(sub) -> None:
     s.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9",
                    help="yosys LUT mapper: synth_ecp5's abc9 (default) or classic abc (workaround for "
                         "an abc9 assertion in yosys 0.70 on some large netlists)")
-    s.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
+    s.add_argument("--seed", type=int, nargs="+", default=[1], metavar="N",
+                   help="nextpnr placer seed (default 1); several seeds are a seed sweep: one netlist, one "
+                        "nextpnr run per seed in DIR/seed<N>, the best run reported with every seed's Fmax "
+                        "(seed_sweep in synth.json)")
     s.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
                    help="extra nextpnr option, recorded in synth.json (repeatable; give options as "
                         "--nextpnr-arg=--placer-heap-timingweight=40)")

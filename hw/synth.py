@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from vitaccel.sim.errors import UserError
 from .sta import SdfError, unit_timing
 
 __all__ = ["generate", "synthesize", "retime", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
-           "OPTIONAL_TOPS"]
+           "OPTIONAL_TOPS", "seed_list"]
 
 
 def ports_of(component) -> list[dict]:
@@ -227,7 +228,7 @@ def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
 
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
                package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
-               timeout: float | None = None, seed: int = 1, router: str = "router2",
+               timeout: float | None = None, seed: int | tuple = 1, router: str = "router2",
                lut_mapper: str = "abc9", nextpnr_args: tuple = ()) -> dict:
     """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results.
 
@@ -240,6 +241,11 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     timing of every register-to-register path grouped by the unit it ends in (:mod:`hw.sta`).
     ``nextpnr_args`` are passed on unchanged (placer options, for example) and recorded.
 
+    ``seed`` may be several seeds (a *seed sweep*: one yosys netlist, one nextpnr run per seed, each in
+    ``seed<N>/``): the result is the run with the highest Fmax (its log, SDF and routed netlist are
+    copied into ``out_dir``; ``seed`` is that run's), and ``seed_sweep`` lists every seed's Fmax,
+    failing endpoints and time, so the spread is reported beside the best run.
+
     ``lut_mapper="abc"`` replaces the LUT mapping step of ``synth_ecp5`` (``abc9 -W 300``) by the
     classic ``abc -lut 4:7 -dress`` (the script runs ``synth_ecp5 -run begin:map_luts``, the
     mapper, then ``synth_ecp5 -run map_cells:``): a workaround for yosys 0.70's data-dependent
@@ -247,6 +253,7 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     """
     if lut_mapper not in ("abc9", "abc"):
         raise ValueError(f"lut_mapper must be 'abc9' or 'abc', got {lut_mapper!r}")
+    seeds = seed_list(seed)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     src = Path(verilog_file).resolve()
@@ -269,24 +276,57 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
          out / "yosys_stdout.log", timeout, cwd=out, tool_log=out / "yosys.log")
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
-           "lut_mapper": lut_mapper, "seed": seed if pnr else None, "router": router if pnr else None,
+           "lut_mapper": lut_mapper, "seed": seeds[0] if pnr else None, "router": router if pnr else None,
            "tools": _tool_versions(yosys, nextpnr if pnr else None),
            "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
     if pnr:
-        t1 = time.monotonic()
-        plog = _run([nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,
-                     "--write", f"{top}_routed.json", "--seed", str(seed), "--timing-allow-fail",
-                     "--out-of-context", "--router", router, "--sdf", f"{top}.sdf", *nextpnr_args],
-                    out / "nextpnr.log", timeout, cwd=out)
-        res["nextpnr_s"] = round(time.monotonic() - t1, 1)
-        res["pnr"] = parse_nextpnr_log(plog)
+        pnr_cmd = [nextpnr, f"--{device}", "--package", package, "--freq", str(freq), "--json", netlist,
+                   "--write", f"{top}_routed.json", "--timing-allow-fail", "--out-of-context",
+                   "--router", router, "--sdf", f"{top}.sdf", *nextpnr_args]
+        if len(seeds) == 1:
+            res.update(_place_and_route(pnr_cmd, seeds[0], out, top, freq, timeout))
+        else:
+            runs = []
+            for s in seeds:
+                run_dir = out / f"seed{s}"
+                run_dir.mkdir(exist_ok=True)
+                shutil.copyfile(out / netlist, run_dir / netlist)
+                print(f"nextpnr seed {s} ({len(runs) + 1} of {len(seeds)}) ...", flush=True)
+                runs.append(_place_and_route(pnr_cmd, s, run_dir, top, freq, timeout))
+                (run_dir / netlist).unlink()
+            best = max(runs, key=lambda r: r["pnr"].get("fmax_mhz") or 0.0)
+            for name in ("nextpnr.log", f"{top}.sdf", f"{top}_routed.json"):
+                if (out / f"seed{best['seed']}" / name).is_file():
+                    shutil.copyfile(out / f"seed{best['seed']}" / name, out / name)
+            res.update(best)
+            res["nextpnr_s"] = round(sum(r["nextpnr_s"] for r in runs), 1)
+            res["seed_sweep"] = [{"seed": r["seed"], "fmax_mhz": r["pnr"].get("fmax_mhz"),
+                                  "failing": r["pnr"]["timing_by_unit"].get("failing"),
+                                  "nextpnr_s": r["nextpnr_s"], "dir": f"seed{r['seed']}"} for r in runs]
         if nextpnr_args:
             res["nextpnr_args"] = list(nextpnr_args)
-        try:
-            res["pnr"]["timing_by_unit"] = unit_timing((out / f"{top}.sdf").read_text(), freq)
-        except SdfError as exc:      # e.g. a design without register-to-register paths
-            res["pnr"]["timing_by_unit"] = {"error": str(exc)}
     (out / "synth.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def seed_list(seed) -> tuple[int, ...]:
+    """nextpnr seeds of a run or a seed sweep: one int or several distinct non-negative ints."""
+    seeds = (seed,) if isinstance(seed, int) else tuple(seed)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct non-negative integers, got {seed!r}")
+    return seeds
+
+
+def _place_and_route(cmd: list[str], seed: int, out: Path, top: str, freq: float,
+                     timeout: float | None) -> dict:
+    """One nextpnr run (``cmd`` plus ``--seed``) in ``out``: its seed, time and parsed results."""
+    t1 = time.monotonic()
+    plog = _run([*cmd, "--seed", str(seed)], out / "nextpnr.log", timeout, cwd=out)
+    res = {"seed": seed, "nextpnr_s": round(time.monotonic() - t1, 1), "pnr": parse_nextpnr_log(plog)}
+    try:
+        res["pnr"]["timing_by_unit"] = unit_timing((out / f"{top}.sdf").read_text(), freq)
+    except SdfError as exc:      # e.g. a design without register-to-register paths
+        res["pnr"]["timing_by_unit"] = {"error": str(exc)}
     return res
 
 

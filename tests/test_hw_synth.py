@@ -42,6 +42,37 @@ def test_bad_arguments_are_rejected(tmp_path):
         synthesize(v, "tiny", tmp_path / "out", lut_mapper="abc8")
     with pytest.raises(FileNotFoundError, match="not found"):
         synthesize(tmp_path / "missing.v", "tiny", tmp_path / "out")
+    for seeds in ((1, 1), (), (2, -1)):
+        with pytest.raises(ValueError, match="distinct non-negative"):
+            synthesize(v, "tiny", tmp_path / "out", seed=seeds)
+
+
+@pytest.mark.parametrize("argv, msg", [(["--seed", "1", "1"], "give distinct non-negative seeds"),
+                                       (["--seed", "1", "2", "--no-pnr"], "drop --no-pnr or give one seed")])
+def test_cli_rejects_bad_seed_sweeps(tmp_path, capsys, argv, msg):
+    from vitaccel.cli import main as vitaccel
+    out = tmp_path / "out"
+    assert vitaccel(["hw", "synth", "--rows", "2", "--cols", "2", "--bits", "w4a4", *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_seed_sweep_reports_the_best_seed_and_every_seeds_fmax(tmp_path):
+    """Several seeds: one yosys netlist, one nextpnr run per seed in seed<N>/, the best run's files in
+    the output directory and every seed's Fmax (read back from its own nextpnr log) in seed_sweep."""
+    v = tmp_path / "tiny.v"
+    v.write_text(TINY_V)
+    out = tmp_path / "sweep"
+    res = synthesize(v, "tiny", out, router="router1", seed=(3, 1, 2))
+    sweep = res["seed_sweep"]
+    assert [x["seed"] for x in sweep] == [3, 1, 2]
+    logged = {s: parse_nextpnr_log((out / f"seed{s}" / "nextpnr.log").read_text())["fmax_mhz"] for s in (1, 2, 3)}
+    assert {x["seed"]: x["fmax_mhz"] for x in sweep} == logged
+    assert res["pnr"]["fmax_mhz"] == max(logged.values()) and logged[res["seed"]] == max(logged.values())
+    assert (out / "tiny.sdf").read_bytes() == (out / f"seed{res['seed']}" / "tiny.sdf").read_bytes()
+    assert not list(out.glob("seed*/tiny.json"))        # the netlist is not left in every seed's directory
+    assert json.loads((out / "synth.json").read_text())["seed_sweep"] == sweep
 
 
 @pytest.mark.slow

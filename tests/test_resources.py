@@ -82,6 +82,16 @@ def test_modelled_clock_is_the_nearest_measured_configuration():
     assert R.engine_clock(64, 64, 4, 4, table=t).source == "assumed"
 
 
+def test_a_seed_sweep_is_quoted_as_its_best_seed_with_the_others_beside_it():
+    e = _entry(8, 8, fmax=140.5, LUT4=1)
+    e.update(seed=3, fmax_by_seed={"1": 133.8, "2": 128.0, "3": 140.5})
+    c = R.engine_clock(8, 8, 4, 4, table=_table([e]))
+    assert (c.source, c.mhz) == ("measured", 140.5)
+    assert "best of seeds 1, 2, 3: seed 3 (the others 133.8 / 128 MHz)" in c.text
+    e.update(fmax_by_seed=None)        # a single run keeps the plain wording
+    assert "placed and routed, seed 3," in R.engine_clock(8, 8, 4, 4, table=_table([e])).text
+
+
 # ----------------------------------------------------------------------------------------- model
 
 def test_fit_recovers_fixed_per_pe_per_row_per_col_terms():

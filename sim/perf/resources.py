@@ -79,6 +79,7 @@ class SynthRecord:
     command: str
     doc: str = ""
     requant_share: int = 1
+    fmax_by_seed: dict | None = None    # a seed sweep's Fmax of every seed ({"1": MHz, ...}); fmax_mhz is the best
 
     @property
     def label(self) -> str:
@@ -91,7 +92,11 @@ class SynthRecord:
     @property
     def origin(self) -> str:
         """Short provenance: tools, seed and commit."""
-        if self.placed:
+        if self.placed and self.fmax_by_seed and len(self.fmax_by_seed) > 1:
+            others = [f"{v:g}" for k, v in self.fmax_by_seed.items() if k != str(self.seed) and v]
+            how = (f"placed and routed, best of seeds {', '.join(self.fmax_by_seed)}: seed {self.seed}"
+                   f" (the others {' / '.join(others) or '-'} MHz)")
+        elif self.placed:
             how = f"placed and routed, seed {self.seed}"
         else:
             how = "yosys cell counts, not placed" + (f" (nextpnr seed {self.seed} stopped in the placer)"
@@ -125,7 +130,7 @@ class SynthTable:
                 fmax_mhz=e.get("fmax_mhz"), values={k: e.get(k) for k in RESOURCES}, device=e["device"],
                 placed=bool(e.get("placed")), lut_mapper=e.get("lut_mapper", ""), seed=e.get("seed"),
                 commit=e.get("commit", ""), command=e.get("command", ""), doc=e.get("doc", ""),
-                requant_share=e.get("requant_share", 1)))
+                requant_share=e.get("requant_share", 1), fmax_by_seed=e.get("fmax_by_seed")))
         return cls(tuple(recs), dict(doc.get("devices", {})), path)
 
     def preferred(self, requant_share: int = 1) -> dict:
