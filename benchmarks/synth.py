@@ -194,6 +194,8 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="write engine results to sim/perf/synth_table.json")
     ap.add_argument("-o", "--output", type=Path, default=Path("build/synth_table"))
     args = ap.parse_args(argv)
+    if len(set(args.seed)) != len(args.seed) or min(args.seed) < 0:
+        ap.error(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
     pnr = {label(parse_config(c)) for c in args.pnr}
     results = {}
     for text in args.configs:
