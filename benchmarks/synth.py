@@ -29,7 +29,7 @@ from checkout import use_this_checkout
 
 use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
-from vitaccel.hw.synth import generate, synthesize
+from vitaccel.hw.synth import generate, seed_list, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
 from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.engine_config import make_engine_config
@@ -194,7 +194,9 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="write engine results to sim/perf/synth_table.json")
     ap.add_argument("-o", "--output", type=Path, default=Path("build/synth_table"))
     args = ap.parse_args(argv)
-    if len(set(args.seed)) != len(args.seed) or min(args.seed) < 0:
+    try:
+        seed_list(args.seed)
+    except ValueError:
         ap.error(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
     pnr = {label(parse_config(c)) for c in args.pnr}
     results = {}

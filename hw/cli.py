@@ -78,13 +78,15 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
 
 
 def _synth(args) -> int:
-    from .synth import SynthToolError
+    from .synth import SynthToolError, seed_list
     from .synth_units import UNIT_TOPS
     _check_outputs(args)
     cfg = engine_config_from_args(args)
     freq = freq_mhz_from_args(args)
-    if len(set(args.seed)) != len(args.seed) or min(args.seed) < 0:
-        raise UserError(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
+    try:
+        seed_list(args.seed)
+    except ValueError:
+        raise UserError(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds") from None
     if len(args.seed) > 1 and args.no_pnr:
         raise UserError("several --seed values sweep the place and route: drop --no-pnr or give one seed")
     if args.verilog and not args.verilog.is_file():
