@@ -33,20 +33,26 @@ from vitaccel.hw.synth import generate, seed_list, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
 from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.engine_config import make_engine_config
+from vitaccel.sim.errors import UserError
 
 TABLE = ROOT / "sim" / "perf" / "synth_table.json"
 
 
 def parse_config(text: str):
     """``"8x8:w4a4"`` -> an EngineConfig with the default acc_bits / capacity / max_k;
-    ``"16x16:w4a4:s2"`` with ``requant_share = 2``."""
+    ``"16x16:w4a4:s2"`` with ``requant_share = 2``.  Raises ValueError naming the problem."""
     size, _, rest = text.partition(":")
     bits, _, share = rest.partition(":")
-    r, c = (int(x) for x in size.lower().split("x"))
-    w, a = parse_bits(bits or "w4a4")
-    if share and not (share[:1] == "s" and share[1:].isdigit()):
-        raise SystemExit(f"synth.py: bad configuration {text!r}: expected RxC:wXaY or RxC:wXaY:sN (N = requant_share)")
-    return make_engine_config(rows=r, cols=c, a_bits=a, b_bits=w, requant_share=int(share[1:]) if share else 1)
+    dims = size.lower().split("x")
+    if len(dims) != 2 or not all(d.isdigit() for d in dims) or (share and not (share[:1] == "s" and share[1:].isdigit())):
+        raise ValueError(f"bad configuration {text!r}: expected RxC:wXaY or RxC:wXaY:sN (N = requant_share), "
+                         "e.g. 8x8:w4a4 or 16x16:w4a4:s4")
+    try:
+        w, a = parse_bits(bits or "w4a4")
+        return make_engine_config(rows=int(dims[0]), cols=int(dims[1]), a_bits=a, b_bits=w,
+                                  requant_share=int(share[1:]) if share else 1)
+    except (UserError, ValueError) as exc:
+        raise ValueError(f"bad configuration {text!r}: {exc}") from None
 
 
 def label(cfg) -> str:
@@ -198,10 +204,13 @@ def main(argv=None) -> int:
         seed_list(args.seed)
     except ValueError:
         ap.error(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
-    pnr = {label(parse_config(c)) for c in args.pnr}
+    try:           # every configuration checked before anything runs
+        configs = [parse_config(c) for c in args.configs]
+        pnr = {label(parse_config(c)) for c in args.pnr}
+    except ValueError as exc:
+        ap.error(str(exc))
     results = {}
-    for text in args.configs:
-        cfg = parse_config(text)
+    for cfg in configs:
         lab = label(cfg)
         out = args.output / lab.replace(":", "_")
         print(f"== {lab} (acc_bits {cfg.acc_bits})", flush=True)

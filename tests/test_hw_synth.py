@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from vitaccel.hw.synth import parse_nextpnr_log, parse_yosys_stat, synthesize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A small registered design: an accumulator with a variable shift (carry chain + LUT logic + FFs).
 TINY_V = """
@@ -55,6 +60,19 @@ def test_cli_rejects_bad_seed_sweeps(tmp_path, capsys, argv, msg):
     assert vitaccel(["hw", "synth", "--rows", "2", "--cols", "2", "--bits", "w4a4", *argv, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("config, msg", [("8_w8a8", "expected RxC:wXaY"), ("8x8:w9a9", "unsupported weight width 9"),
+                                         ("8x8:w4a4:x", "RxC:wXaY:sN"), ("0x8:w4a4", "rows must be in")])
+def test_synth_benchmark_rejects_bad_configurations(tmp_path, config, msg):
+    """benchmarks/synth.py: a bad ``--configs`` / ``--pnr`` entry is an argument error naming it (exit 2, no
+    traceback, nothing written), found before any configuration is synthesized."""
+    out = tmp_path / "out"
+    for argv in (["--configs", "2x2:w4a4", config], ["--configs", "2x2:w4a4", "--pnr", config]):
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synth.py"), *argv, "-o", str(out)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and msg in run.stderr and repr(config) in run.stderr
+        assert "Traceback" not in run.stderr and not out.exists()
 
 
 @pytest.mark.slow
