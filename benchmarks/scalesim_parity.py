@@ -53,6 +53,32 @@ RECORD_SHAPES = {(197, 64, 197), (197, 197, 64), (49, 32, 49), (49, 49, 32), (19
 SCALESIM_PIN = ("scalesim==3.0.0", "numpy<2")
 
 
+def dims(count: int, what: str):
+    """argparse type: ``AxB`` (``count`` positive integers joined by ``x``) as a tuple."""
+    form = "x".join("RC" if count == 2 else "MKN")
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.lower().split("x")
+        if len(parts) != count or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"bad {what} {text!r}: expected {form} with positive integers, "
+                                             f"e.g. {'x'.join(['16'] * count)}")
+        return tuple(int(p) for p in parts)
+    return parse
+
+
+def check_models(ap: argparse.ArgumentParser, models) -> None:
+    """Stop with an argument error naming every model that is not a timm model (before anything runs)."""
+    import timm
+
+    from vitaccel.sim.perf.shapes import suggest_models
+
+    known = set(timm.list_models())
+    for m in models:
+        if m not in known:
+            close = suggest_models(m)
+            ap.error(f"--models: {m!r} is not a timm model" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+
+
 def ensure_scalesim(python: str | None) -> str:
     """Interpreter with SCALE-Sim 3.0.0 (create ``build/scalesim-venv`` on first use)."""
     if python:
@@ -175,26 +201,34 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
-    ap.add_argument("--arrays", nargs="+", default=["8x8", "16x16", "32x32", "32x16"])
+    ap.add_argument("--arrays", nargs="+", type=dims(2, "array"), default=[(8, 8), (16, 16), (32, 32), (32, 16)],
+                    help="RxC arrays (default 8x8 16x16 32x32 32x16)")
     ap.add_argument("--dataflows", nargs="+", default=["os", "ws", "is"], choices=("os", "ws", "is"))
     ap.add_argument("--max-cycles", type=int, default=60000,
                     help="run a shape on an array/dataflow only if its predicted cycles are at most this")
-    ap.add_argument("--always", nargs="*", default=["197x384x384"],
+    ap.add_argument("--always", nargs="*", type=dims(3, "shape"), default=[(197, 384, 384)],
                     help="MxKxN shapes run on every array whatever --max-cycles (default: DeiT-S q/k/v/proj)")
     ap.add_argument("--scalesim-python", help="interpreter with scalesim 3.0.0 (default: build/scalesim-venv)")
     ap.add_argument("--json", type=Path, default=Path("build/scalesim_parity.json"), help="all records")
     ap.add_argument("--record", type=Path, help="write the small shapes' SCALE-Sim reports as test data")
     ap.add_argument("--table-from", type=Path, metavar="JSON", help="only print the table of an earlier --json")
     args = ap.parse_args(argv)
+    if args.max_cycles < 1:
+        ap.error(f"--max-cycles must be >= 1, got {args.max_cycles}")
     if args.table_from:
-        doc = json.loads(args.table_from.read_text())
-        print(f"{doc['command']}\n\n{table(doc['results'])}")
+        try:
+            doc = json.loads(args.table_from.read_text())
+            text = f"{doc['command']}\n\n{table(doc['results'])}"
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--table-from {args.table_from}: not a JSON written by --json ({type(e).__name__}: {e})")
+        print(text)
         return 0
-    arrays = [tuple(int(x) for x in a.lower().split("x")) for a in args.arrays]
+    check_models(ap, args.models)
+    arrays = args.arrays
     py = ensure_scalesim(args.scalesim_python)
     shapes = model_shapes(args.models)
     jobs = [(4, 4, df, list(HAND_LAYERS), []) for df in args.dataflows]
-    always = {tuple(int(x) for x in a.lower().split("x")) for a in args.always}
+    always = set(args.always)
     jobs += plan(shapes, arrays, args.dataflows, args.max_cycles, always)
     results, t_all = [], time.perf_counter()
     for r, c, df, run, skip in jobs:

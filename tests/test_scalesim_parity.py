@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from vitaccel.sim.perf.estimate import Hardware, estimate, estimate_layer
 from vitaccel.sim.perf.scalesim import DATAFLOWS, SCALESIM_VERSION, paper_cycles, sram_requests
 from vitaccel.sim.perf.shapes import Gemm
 
+ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data" / "scalesim_parity.json"
 
 
@@ -85,3 +89,22 @@ def test_per_head_instances_add_up():
     g = Gemm("qk", "qk", "qk", 197, 64, 197, count=6)
     est = estimate([g], Hardware(rows=16, cols=16, dataflow="os", dram_bw=1e12, sram_kib=float(1 << 20)))
     assert est.compute_cycles == 6 * rec["total_cycles"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--arrays", "8_8"], "bad array '8_8': expected RxC"),
+    (["--arrays", "16x16", "0x8"], "bad array '0x8'"),
+    (["--arrays", "8x8x8"], "bad array '8x8x8'"),
+    (["--always", "197x384"], "bad shape '197x384': expected MxKxN"),
+    (["--models", "deit_tiny_patch16_224", "deit_tinny_patch16_224"], "'deit_tinny_patch16_224' is not a timm model"),
+    (["--max-cycles", "0"], "--max-cycles must be >= 1"),
+    (["--table-from", "missing.json"], "--table-from missing.json: not a JSON written by --json"),
+])
+def test_parity_benchmark_rejects_bad_arguments(tmp_path, argv, msg):
+    """benchmarks/scalesim_parity.py: a bad argument is an argument error naming it (exit 2, no traceback),
+    found before SCALE-Sim is installed or run and before anything is written."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scalesim_parity.py"), *argv,
+                          "--json", "out.json"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "VITACCEL_BUILD_DIR": str(tmp_path / "build")})
+    assert run.returncode == 2 and msg in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and sorted(p.name for p in tmp_path.iterdir()) == []
