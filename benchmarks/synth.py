@@ -29,7 +29,7 @@ from checkout import use_this_checkout
 
 use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
-from vitaccel.hw.synth import generate, seed_list, synthesize
+from vitaccel.hw.synth import SYNTH_OPTIONS, generate, seed_list, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
 from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.engine_config import make_engine_config
@@ -76,13 +76,15 @@ def run_engine(cfg, out: Path, pnr: bool, args) -> dict:
         generate(cfg, out / "rtl", tops=["layer_engine"], dsp="ecp5")     # as hw synth
         res = synthesize(out / "rtl" / "layer_engine.v", "layer_engine", out, pnr=pnr, seed=tuple(args.seed),
                          timeout=args.timeout, router=args.router, lut_mapper=args.lut_mapper,
-                         freq=args.freq, nextpnr_args=tuple(args.nextpnr_arg))
+                         freq=args.freq, nextpnr_args=tuple(args.nextpnr_arg),
+                         synth_options=tuple(args.synth_option))
         res["config"] = cfg.to_dict()
         res["dsp"] = "ecp5"
         res["commit"] = rev
         res["command"] = (f".venv/bin/python benchmarks/synth.py --configs {label(cfg)}"
                           + (f" --pnr {label(cfg)}" if pnr else "") + f" --seed {' '.join(map(str, args.seed))} --router {args.router}"
                           + (f" --lut-mapper {args.lut_mapper}" if args.lut_mapper != "abc9" else "")
+                          + "".join(f" --synth-option={o}" for o in args.synth_option)
                           + "".join(f" --nextpnr-arg={a}" for a in args.nextpnr_arg)
                           + f" -o {args.output}")
         return res
@@ -169,6 +171,7 @@ def record(results: dict) -> None:
                     if e.get("seed_sweep") else {}),
                  "target_mhz": e["target_mhz"] if p else None, "router": e.get("router"),
                  "lut_mapper": e["lut_mapper"],
+                 **({"synth_options": list(e["synth_options"])} if e.get("synth_options") else {}),
                  "tools": ", ".join(f"yowasp-{k} {v}" for k, v in e.get("tools", {}).items()),
                  "commit": e["commit"].replace("+dirty", ""), "command": e["command"],
                  **({"nextpnr_args": list(e["nextpnr_args"])} if p and e.get("nextpnr_args") else {}),
@@ -193,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=float, default=150.0, help="nextpnr target clock, MHz (default 150)")
     ap.add_argument("--router", choices=("router1", "router2"), default="router1")
     ap.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9")
+    ap.add_argument("--synth-option", action="append", default=[], choices=SYNTH_OPTIONS, metavar="OPT",
+                    help=f"extra synth_ecp5 option (repeatable; one of {', '.join(SYNTH_OPTIONS)}), "
+                         "e.g. --synth-option=-nowidelut")
     ap.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
                     help="extra nextpnr option (repeatable), e.g. --nextpnr-arg=--placer-heap-timingweight=40")
     ap.add_argument("--timeout", type=float, default=None)

@@ -11,6 +11,10 @@ from vitaccel.sim.outputs import atomic_output_dir, check_output_dir, check_outp
 
 __all__ = ["add_subcommands"]
 
+#: hw.synth.SYNTH_OPTIONS, spelled out so that building the parser does not import amaranth
+#: (tests/test_hw_synth.py checks the two agree).
+SYNTH_OPTION_CHOICES = ("-nowidelut", "-widelut", "-dff", "-noccu2", "-nodffe", "-cmp2softlogic")
+
 
 def _check_outputs(args) -> None:
     """Output directory and ``--json`` file, checked before any work (vitaccel.sim.outputs)."""
@@ -71,7 +75,8 @@ def _synth_ecp5(args, cfg, freq, out) -> dict:
           f"LFE5U-{args.device.upper()} {args.package} @ {freq} MHz ...", flush=True)
     res = synthesize(vfile, args.top, out, device=args.device, package=args.package, freq=freq,
                      pnr=not args.no_pnr, timeout=args.timeout, router=args.router,
-                     lut_mapper=args.lut_mapper, seed=tuple(args.seed), nextpnr_args=tuple(args.nextpnr_arg))
+                     lut_mapper=args.lut_mapper, seed=tuple(args.seed), nextpnr_args=tuple(args.nextpnr_arg),
+                     synth_options=tuple(args.synth_option))
     res["config"] = cfg.to_dict()
     res["dsp"] = "as in --verilog" if args.verilog else args.dsp
     return res
@@ -190,6 +195,9 @@ def add_subcommands(sub) -> None:
     s.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9",
                    help="yosys LUT mapper: synth_ecp5's abc9 (default) or classic abc (workaround for "
                         "an abc9 assertion in yosys 0.70 on some large netlists)")
+    s.add_argument("--synth-option", action="append", default=[], choices=SYNTH_OPTION_CHOICES, metavar="OPT",
+                   help="extra synth_ecp5 option, recorded in synth.json (repeatable; one of "
+                        f"{', '.join(SYNTH_OPTION_CHOICES)}; give it as --synth-option=-nowidelut)")
     s.add_argument("--seed", type=int, nargs="+", default=[1], metavar="N",
                    help="nextpnr placer seed (default 1); several seeds are a seed sweep: one netlist, one "
                         "nextpnr run per seed in DIR/seed<N>, the best run reported with every seed's Fmax "

@@ -26,7 +26,7 @@ from vitaccel.sim.errors import UserError
 from .sta import SdfError, unit_timing
 
 __all__ = ["generate", "synthesize", "retime", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
-           "OPTIONAL_TOPS", "seed_list"]
+           "OPTIONAL_TOPS", "seed_list", "SYNTH_OPTIONS"]
 
 
 def ports_of(component) -> list[dict]:
@@ -226,10 +226,17 @@ def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
     return out
 
 
+#: ``synth_ecp5`` options a run may add (``synth_options``; yosys ``help synth_lattice``): the LUT
+#: structure (``-nowidelut``: LUT4 only, no PFU multiplexers; ``-widelut``), ``abc9 -dff``
+#: (``-dff``), no carry chains or clock-enable flip-flops (``-noccu2``, ``-nodffe``), constant
+#: compares in soft logic (``-cmp2softlogic``).
+SYNTH_OPTIONS = ("-nowidelut", "-widelut", "-dff", "-noccu2", "-nodffe", "-cmp2softlogic")
+
+
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
                package: str = "CABGA381", freq: float = 150.0, pnr: bool = True,
                timeout: float | None = None, seed: int | tuple = 1, router: str = "router2",
-               lut_mapper: str = "abc9", nextpnr_args: tuple = ()) -> dict:
+               lut_mapper: str = "abc9", nextpnr_args: tuple = (), synth_options: tuple = ()) -> dict:
     """Synthesise ``verilog_file`` for ECP5 and (optionally) place and route it; return the results.
 
     Place and route is out of context (``--out-of-context``: the engine's wide stream ports need no
@@ -250,9 +257,17 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     classic ``abc -lut 4:7 -dress`` (the script runs ``synth_ecp5 -run begin:map_luts``, the
     mapper, then ``synth_ecp5 -run map_cells:``): a workaround for yosys 0.70's data-dependent
     ``abc9`` assertion (``ABC_OPS_REINTEGRATE``) on some netlists.
+
+    ``synth_options`` (each one of :data:`SYNTH_OPTIONS`) are added to every ``synth_ecp5`` call and
+    recorded.
     """
     if lut_mapper not in ("abc9", "abc"):
         raise ValueError(f"lut_mapper must be 'abc9' or 'abc', got {lut_mapper!r}")
+    bad = [o for o in synth_options if o not in SYNTH_OPTIONS]
+    if bad:
+        raise ValueError(f"unsupported synth_ecp5 option(s) {', '.join(map(repr, bad))}; "
+                         f"choose from {', '.join(SYNTH_OPTIONS)}")
+    opts = "".join(f" {o}" for o in synth_options)
     seeds = seed_list(seed)
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -268,15 +283,16 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     src_rel = os.path.relpath(src, out)
     t0 = time.monotonic()
     if lut_mapper == "abc9":
-        flow = f"synth_ecp5 -top {top} -json {netlist}"
+        flow = f"synth_ecp5 -top {top}{opts} -json {netlist}"
     else:
-        flow = (f"synth_ecp5 -top {top} -run begin:map_luts; techmap -map +/lattice/latches_map.v; "
-                f"abc -lut 4:7 -dress; clean; synth_ecp5 -top {top} -json {netlist} -run map_cells:")
+        flow = (f"synth_ecp5 -top {top}{opts} -run begin:map_luts; techmap -map +/lattice/latches_map.v; "
+                f"abc -lut 4:7 -dress; clean; synth_ecp5 -top {top}{opts} -json {netlist} -run map_cells:")
     _run([yosys, "-q", "-l", "yosys.log", "-p", f"read_verilog {src_rel}; {flow}; stat"],
          out / "yosys_stdout.log", timeout, cwd=out, tool_log=out / "yosys.log")
     ylog = (out / "yosys.log").read_text(errors="replace")
     res = {"top": top, "device": f"LFE5U-{device.upper()}", "package": package, "target_mhz": freq,
-           "lut_mapper": lut_mapper, "seed": seeds[0] if pnr else None, "router": router if pnr else None,
+           "lut_mapper": lut_mapper, **({"synth_options": list(synth_options)} if synth_options else {}),
+           "seed": seeds[0] if pnr else None, "router": router if pnr else None,
            "tools": _tool_versions(yosys, nextpnr if pnr else None),
            "yosys_s": round(time.monotonic() - t0, 1), "cells": parse_yosys_stat(ylog)}
     if pnr:

@@ -50,6 +50,37 @@ def test_bad_arguments_are_rejected(tmp_path):
     for seeds in ((1, 1), (), (2, -1)):
         with pytest.raises(ValueError, match="distinct non-negative"):
             synthesize(v, "tiny", tmp_path / "out", seed=seeds)
+    with pytest.raises(ValueError, match="unsupported synth_ecp5 option.*'-abc2'"):
+        synthesize(v, "tiny", tmp_path / "out", synth_options=("-nowidelut", "-abc2"))
+
+
+def test_cli_synth_option_choices_are_the_librarys():
+    """The CLI spells the synth_ecp5 options out (no amaranth import to build its parser)."""
+    from vitaccel.hw.cli import SYNTH_OPTION_CHOICES
+    from vitaccel.hw.synth import SYNTH_OPTIONS
+    assert SYNTH_OPTION_CHOICES == SYNTH_OPTIONS
+
+
+# An 8 : 1 multiplexer per output bit: synth_ecp5 maps it to LUT4s joined by PFU multiplexers.
+MUX_V = """
+module wide(input clk, input [7:0] a, input [7:0] b, input [2:0] s, output reg [1:0] y);
+  always @(posedge clk) y <= {a[s], b[s]};
+endmodule
+"""
+
+
+@pytest.mark.slow
+def test_synth_options_reach_synth_ecp5(tmp_path):
+    """``-nowidelut`` removes the PFU multiplexers the default mapping uses, and is recorded."""
+    v = tmp_path / "wide.v"
+    v.write_text(MUX_V)
+    wide = synthesize(v, "wide", tmp_path / "default", pnr=False)["cells"]
+    res = synthesize(v, "wide", tmp_path / "narrow", pnr=False, synth_options=("-nowidelut",))
+    assert wide.get("PFUMX", 0) + wide.get("L6MUX21", 0) > 0 and "synth_options" not in (tmp_path / "default" /
+                                                                                           "synth.json").read_text()
+    assert res["cells"].get("PFUMX", 0) + res["cells"].get("L6MUX21", 0) == 0
+    assert res["cells"]["LUT4"] > 0 and res["synth_options"] == ["-nowidelut"]
+    assert "synth_ecp5 -top wide -nowidelut" in (tmp_path / "narrow" / "yosys.log").read_text()
 
 
 @pytest.mark.parametrize("argv, msg", [(["--seed", "1", "1"], "give distinct non-negative seeds"),
