@@ -96,6 +96,8 @@ def _synth(args) -> int:
         raise UserError("several --seed values sweep the place and route: drop --no-pnr or give one seed")
     if args.verilog and not args.verilog.is_file():
         raise UserError(f"Verilog file {args.verilog} does not exist")
+    if args.target == "asic" and args.synth_option:
+        raise UserError("--synth-option sets synth_ecp5 options: drop it with --target asic (generic synthesis)")
     units = None
     if args.target == "asic" or args.units:
         units = args.units.split(",") if args.units and args.units != "all" else list(UNIT_TOPS)

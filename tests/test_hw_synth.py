@@ -84,6 +84,7 @@ def test_synth_options_reach_synth_ecp5(tmp_path):
 
 
 @pytest.mark.parametrize("argv, msg", [(["--seed", "1", "1"], "give distinct non-negative seeds"),
+                                       (["--target", "asic", "--synth-option=-dff"], "drop it with --target asic"),
                                        (["--seed", "1", "2", "--no-pnr"], "drop --no-pnr or give one seed")])
 def test_cli_rejects_bad_seed_sweeps(tmp_path, capsys, argv, msg):
     from vitaccel.cli import main as vitaccel
