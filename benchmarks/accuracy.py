@@ -80,6 +80,11 @@ ROWS["mptq-mse-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0, "fc2_metric
 ROWS["mptq-mse-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0, "fc2_metric": "mse", "act_metric": "mse"})
 ROWS["mptq-mp6:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0})
 ROWS["mptq-mp5:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0})
+# Table 3's "all modules": the LayerNorm and softmax inputs quantized too (float fake-quant only, session 50)
+ROWS["mptq-mp6-all:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 6.0, "all_modules": True})
+ROWS["mptq-mp5-all:w6a6"] = ("mptq", "w6a6", {"mp_target_bits": 5.0, "all_modules": True})
+for _b in ("w4a4", "w6a6"):
+    ROWS[f"mptq-all:{_b}"] = ("mptq", _b, {"all_modules": True})
 # the mptq preset with per-channel weight clipping by the expected output error (Hessian diagonal)
 ROWS["mptq-wh:w4a4"] = ("mptq", "w4a4", {"weight_search": "hessian"})
 # GPTQ weight rounding of the block linears (golden/gptq.py; session 28), on either preset
@@ -250,10 +255,14 @@ def split_table(results) -> str:
     for key, by_seed in groups.items():
         es = [by_seed[s] for s in sorted(by_seed, key=lambda s: (s is None, s))]
         extra = "" if key[6] == "{}" else " [" + " ".join(f"{k}={v}" for k, v in json.loads(key[6]).items()) + "]"
-        if any(e.get("float_only") for e in es):  # exploration rows: float fake-quant only
+        if any(e.get("float_only") for e in es):  # exploration rows and all_modules: float fake-quant only
             f = mean_spread(e["top1"] for e in es)
+            base = fp.get(key[1:3])
+            drop = "" if base is None else f"{base - f['mean']:.1f} (float)"
+            spread = f" +- {f['std']:.1f}" if f["n"] > 1 else ""
             lines.append(f"| {key[0]}{extra} (float only) | {es[0].get('bits')} | {key[2]} | "
-                         f"{','.join(str(e.get('seed')) for e in es)} | not measured | | | {f['mean']:.1f} | | |")
+                         f"{','.join(str(e.get('seed')) for e in es)} | not measured | | {drop} "
+                         f"| {f['mean']:.1f}{spread} | | |")
             continue
         g = mean_spread(e["grid_top1"] for e in es)
         f = mean_spread(e["top1"] for e in es)
@@ -513,7 +522,7 @@ def main(argv=None):
                         calib_size=len(calib), calib_indices=list(calib_idx), top1=t1, top5=t5,
                         float_correct=_bits(fpred == y), calib_seconds=round(tc),
                         outlier_ratio={n: r["outlier_ratio"] for n, r in qvit.outlier_report().items()})
-            if not args.float_only:
+            if not args.float_only and not cfg.all_modules:  # all_modules: no integer program exists
                 from vitaccel.golden.program import export_program
 
                 prog = export_program(qvit)
@@ -525,7 +534,7 @@ def main(argv=None):
                 base.update(grid_top1=None, grid_top5=None, grid_correct=None, float_only=True)
             base["seconds"] = round(time.time() - t0)
             _record(results, args.out, base)
-            if row == args.sim_row and args.sim_images and not args.float_only:
+            if row == args.sim_row and args.sim_images and not base.get("float_only"):
                 _sim_check(f"{row} seed {seed}", prog, qvit, x, y, pred, fpred, args.sim_images,
                            lambda e: _record(results, args.out, {**e, "protocol": 2, "eval_on": args.eval_on,
                                                                  "seed": seed}))

@@ -193,7 +193,7 @@ def cmd_calibrate(args) -> int:
     for key in ("alpha_qkv", "alpha_fc1", "poq_mode", "slq_base", "act_method", "weight_search", "weight_rounding",
                 "gptq_source", "mp_target_bits", "fc2_clip", "act_range",
                 "amo_iters", "amo_granularity", "amo_learn_weight_scales", "amo_bias_correction", "embed_bits",
-                "head_bits"):
+                "head_bits", "all_modules"):
         v = getattr(args, key, None)
         if v is not None:
             overrides[key] = v
@@ -482,6 +482,10 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--bias-correction", action="store_const", const=True, dest="amo_bias_correction",
                    help="AMO shifts the bias of each module's last linear (proj / FC2) by the module's mean "
                         "output error per channel after its rounding is fixed (measured in docs/accuracy.md)")
+    p.add_argument("--all-modules", action="store_const", const=True, dest="all_modules",
+                   help="also quantize every LayerNorm input (power-of-two factor per channel) and softmax "
+                        "input (MPTQ-ViT's Table 3 \"all modules\"); fake-quant only: no integer program is "
+                        "exported (docs/accuracy.md)")
     p.add_argument("--outlier-capacity", type=nonneg_int, default=None,
                    help="outliers per row tile the hardware holds (default: unlimited in the bound)")
     for flag in ("no-poq", "no-slq", "no-amo", "no-qdrop", "no-sq", "no-three-region", "no-mp"):

@@ -925,6 +925,9 @@ def attach_integer_grid(qvit, prog):
 
     Returns ``prog``. :func:`detach_integer_grid` returns to float fake-quant.
     """
+    from .program import check_integer_path
+
+    check_integer_path(qvit, IntegerGridError)
     mods = dict(qvit.model.named_modules())
     man, ten = prog.manifest, prog.tensors
     detach_integer_grid(qvit)

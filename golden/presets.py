@@ -23,7 +23,10 @@ Every component is a switch of :class:`QuantConfig` (ablation rows: ``--no-poq``
 
 Operand roles (``build_quantizer(config, role, bits, name)``):
 ``qkv_in``, ``fc1_in`` (post-LayerNorm), ``fc2_in`` (post-GELU), ``proj_in`` (attn @ v output),
-``q`` (A of q @ k^T), ``k`` / ``v`` (B operands), ``softmax`` (A of attn @ v), ``embed_in``, ``head_in``.
+``q`` (A of q @ k^T), ``k`` / ``v`` (B operands), ``softmax`` (A of attn @ v), ``embed_in``, ``head_in``;
+with ``all_modules`` (fake-quant only) also ``softmax_in`` (the scaled attention logits, per-tensor
+uniform) and ``ln_in`` (every LayerNorm input, power-of-two factor per channel,
+``golden.quantizers.ptf``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from vitaccel.sim.cli_args import parse_bits
 
 from .quantizers import (Log2Quantizer, PerPatchOutlierQuantizer, QuantizerError, ShiftLog2Quantizer,
                          SymmetricQuantizer, UniformQuantizer, check_bits)
+from .quantizers.ptf import PowerOfTwoFactorQuantizer
 from .quantizers.three_region import ThreeRegionQuantizer
 
 METHODS = ("baseline", "adfq", "mptq")
@@ -76,6 +80,8 @@ class QuantConfig:
     fc2_clip: int = 0                 # OPT-m: also try this many region-2 exponents below the covering one
     act_metric: str = "mse"           # range search of block linears' per-tensor uniform inputs: mse | hessian
     act_range: str = "joint"          # hessian range search: one ratio for both ends | split (each end its own)
+    all_modules: bool = False         # also quantize the LayerNorm and softmax inputs (MPTQ-ViT Table 3's
+                                      # "all modules"; fake-quant only: no integer program, docs/accuracy.md)
     mixed_precision: bool = False     # MPTQ greedy mixed precision
     mp_target_bits: float | None = None
     layer_bits: dict = field(default_factory=dict)   # layer name -> {"w": bits, "a": bits} overrides
@@ -166,6 +172,10 @@ def build_quantizer(cfg: QuantConfig, role: str, bits: int, name: str = ""):
         return SymmetricQuantizer(bits, method=cfg.act_method, name=name)
     if role == "softmax":
         return Log2Quantizer(bits, name=name)
+    if role == "softmax_in":  # the scaled attention logits (all_modules only)
+        return UniformQuantizer(bits, method=cfg.act_method, name=name)
+    if role == "ln_in":  # the residual stream in front of a LayerNorm (all_modules only)
+        return PowerOfTwoFactorQuantizer(bits, name=name)
     raise QuantizerError(f"unknown operand role {role!r}")
 
 

@@ -532,9 +532,22 @@ class _Exporter:
                            "patch_size": p, "in_chans": pq.weight.shape[1], "num_classes": m.head.out_features}
 
 
+def check_integer_path(qvit, error=None) -> None:
+    """Raise ``error`` (default :class:`ProgramError`) when ``qvit`` quantizes an operand no integer
+    program holds: the LayerNorm and softmax inputs of ``QuantConfig.all_modules`` (docs/datapath.md
+    section 9 keeps both on the host in float32)."""
+    if getattr(qvit.config, "all_modules", False):
+        raise (error or ProgramError)(
+            "this model quantizes the LayerNorm and softmax inputs (all_modules, MPTQ-ViT's Table 3 setting): "
+            "the integer datapath keeps both on the host in float32 (docs/datapath.md section 9), so there is "
+            "no integer program or integer grid for it; evaluate it in float fake-quant, or calibrate without "
+            "--all-modules")
+
+
 def export_program(qvit, data_config: dict | None = None, outlier_capacity: int | None = None,
                    tile_rows: int = TILE_ROWS) -> Program:
     """Build the integer :class:`Program` of a calibrated QuantViT (ViT/DeiT only)."""
+    check_integer_path(qvit, ProgramError)
     ex = _Exporter(qvit, outlier_capacity, tile_rows)
     with torch.no_grad():
         ex.run()

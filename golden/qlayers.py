@@ -5,7 +5,9 @@
 * :class:`QuantConv2d` -- the patch-embedding convolution as a GEMM over patches;
 * :class:`QuantMatMul` -- activation x activation GEMM (``q @ k^T``, ``attn @ v``);
 * :class:`QuantAttention` / :class:`QuantWindowAttention` -- explicit multi-head attention (timm
-  ``Attention`` / Swin ``WindowAttention``) built from the above.
+  ``Attention`` / Swin ``WindowAttention``) built from the above;
+* :class:`QuantLayerNorm` -- ``nn.LayerNorm`` behind an input quantizer (only with
+  ``QuantConfig.all_modules``, fake-quant only, as the softmax input quantizer of the attention).
 
 Each GEMM computes in float fake quantization, or on the integer grid when a program layer is attached
 to it (``.grid``, set by :func:`golden.integer_grid.attach_integer_grid`). The whole model wrapper is
@@ -24,7 +26,7 @@ from .quantizers.base import Quantizer
 from .quantizers.weight import PerChannelWeightQuantizer
 
 __all__ = ["UnsupportedModelError", "QuantLinear", "QuantConv2d", "QuantMatMul", "QuantAttention",
-           "QuantWindowAttention"]
+           "QuantWindowAttention", "QuantLayerNorm"]
 
 
 class UnsupportedModelError(UserError, ValueError):
@@ -136,6 +138,8 @@ class QuantAttention(nn.Module):
         self.head_dim = getattr(attn, "head_dim", qkv.out_features // 3 // attn.num_heads)
         self.scale = attn.scale
         self.qkv, self.proj, self.qk, self.av = qkv, proj, qk, av
+        #: Softmax input quantizer (MPTQ-ViT's "all modules" setting, fake-quant only; None: host float)
+        self.softmax_quantizer = None
         self.q_norm = getattr(attn, "q_norm", nn.Identity())
         self.k_norm = getattr(attn, "k_norm", nn.Identity())
         self.norm = getattr(attn, "norm", nn.Identity())
@@ -144,6 +148,8 @@ class QuantAttention(nn.Module):
         attn = self.qk(q, k.transpose(-2, -1))
         if not getattr(self.qk, "grid", None):  # on the integer grid the scale is folded into Mc
             attn = attn * self.scale
+        if self.softmax_quantizer is not None:  # the scaled logits; Swin's position bias and mask follow
+            attn = self.softmax_quantizer(attn)
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
@@ -189,3 +195,25 @@ class QuantWindowAttention(QuantAttention):
         o = self.attention(q, k, v, bias)
         o = o.transpose(1, 2).reshape(b, n, -1)
         return self.proj(o)
+
+
+class QuantLayerNorm(nn.Module):
+    """``nn.LayerNorm`` with its input fake-quantized (MPTQ-ViT's "all modules" setting).
+
+    The LayerNorm itself (its affine parameters, shared with the wrapped module) stays float32; only
+    its input passes ``input_quantizer`` (:class:`golden.quantizers.ptf.PowerOfTwoFactorQuantizer`).
+    No integer program holds this quantizer (docs/datapath.md section 9: LayerNorm is a host operation).
+    """
+
+    def __init__(self, norm: nn.LayerNorm, input_quantizer: Quantizer, name: str = ""):
+        super().__init__()
+        self.norm = norm
+        self.name = name
+        self.input_quantizer = input_quantizer
+        input_quantizer.name = input_quantizer.name or name + ".input"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.input_quantizer(x))
+
+    def extra_repr(self) -> str:
+        return self.name

@@ -14,7 +14,9 @@ A timm model is converted in place (:func:`quantize_model`):
   :class:`QuantLinear` (8 bits by default, spec section "Bit widths").
 
 Host operations (LayerNorm, softmax, GELU, residual adds, embeddings) stay in float32 exactly as
-timm computes them.
+timm computes them. With ``config.all_modules`` (MPTQ-ViT's Table 3 setting, fake-quant only) the
+inputs of every LayerNorm (:class:`QuantLayerNorm`) and of every softmax
+(``QuantAttention.softmax_quantizer``) are quantized too; such a model has no integer program.
 
 Quantizers are built by :func:`golden.presets.build_quantizer` from a
 :class:`golden.presets.QuantConfig`; any quantizer can be swapped afterwards, e.g.
@@ -31,8 +33,8 @@ from torch import nn
 from . import integer_grid
 from .presets import build_quantizer
 from .program import export_program
-from .qlayers import (QuantAttention, QuantConv2d, QuantLinear, QuantMatMul, QuantWindowAttention,
-                      UnsupportedModelError)
+from .qlayers import (QuantAttention, QuantConv2d, QuantLayerNorm, QuantLinear, QuantMatMul,
+                      QuantWindowAttention, UnsupportedModelError)
 from .quantizers.base import Quantizer
 from .quantizers.weight import PerChannelWeightQuantizer
 
@@ -155,6 +157,17 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
+def _quantize_host_inputs(model: nn.Module, config) -> None:
+    """MPTQ-ViT's "all modules" setting (``config.all_modules``, fake-quant only): every softmax input
+    (the scaled ``q @ k^T``) and every LayerNorm input also pass a quantizer of ``config.a_bits`` bits."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QuantAttention):
+            m.softmax_quantizer = build_quantizer(config, "softmax_in", config.a_bits, f"{name}.softmax_in")
+        elif isinstance(m, nn.LayerNorm):
+            _set_module(model, name, QuantLayerNorm(m, build_quantizer(config, "ln_in", config.a_bits, f"{name}.input"),
+                                                    name))
+
+
 def quantize_model(model: nn.Module, config, model_name: str = "") -> QuantViT:
     """Convert a timm ViT/DeiT/Swin to a :class:`QuantViT` (in place) with quantizers from ``config``.
 
@@ -182,6 +195,8 @@ def quantize_model(model: nn.Module, config, model_name: str = "") -> QuantViT:
         _set_module(model, name, cls(m, qkv, proj, qk, av, name))
     if n_attn == 0:
         raise UnsupportedModelError("no timm Attention/WindowAttention modules found: not a ViT/DeiT/Swin model")
+    if getattr(config, "all_modules", False):
+        _quantize_host_inputs(model, config)
     for name, m in list(model.named_modules()):
         if isinstance(m, nn.Linear) and (name.endswith("mlp.fc1") or name.endswith("mlp.fc2")):
             role = "fc1_in" if name.endswith("fc1") else "fc2_in"

@@ -242,6 +242,28 @@ def test_cli_act_range(capsys, folder, tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists()
 
 
+def test_cli_all_modules_writes_the_fake_quant_model_only(capsys, folder, tmp_path, monkeypatch):
+    """--all-modules (MPTQ-ViT's Table 3 setting, with Greedy MP) calibrates and saves the fake-quant
+    model with the LayerNorm / softmax input quantizers; no integer program is written, and the
+    command says so (a warning and the last line), exit 0; `eval` then runs it in float fake-quant."""
+    common = _tiny_calibrate_args(folder, monkeypatch)
+    code, out = run(capsys, *common[:-6], "--bits", "w6a6", "--calib-size", "4", "--workers", "0", "--method", "mptq",
+                    "--mp-target-bits", "6", "--all-modules", "-o", tmp_path / "prog", "--json", tmp_path / "c.json")
+    assert code == 0, out.err
+    assert "integer program not exported" in out.err and "all_modules" in out.err and "Traceback" not in out.err
+    assert "(fake-quant model only)" in out.out
+    assert (tmp_path / "prog" / "fakequant.pt").is_file() and not (tmp_path / "prog" / "manifest.json").exists()
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["config"]["all_modules"] is True and report["config"]["mixed_precision"] is True
+    assert "no integer program" in report["program"]
+    qvit = torch.load(tmp_path / "prog" / "fakequant.pt", weights_only=False)
+    assert any(n.endswith("norm1.input_quantizer") for n, _ in qvit.activation_quantizers())
+    code, out = run(capsys, "eval", "--program", tmp_path / "prog", "--data", folder[0], "--class-map", folder[1],
+                    "--workers", "0", "--json", tmp_path / "e.json")
+    assert code == 0, out.err
+    assert json.loads((tmp_path / "e.json").read_text())["fakequant_mode"] == "float"
+
+
 @pytest.mark.parametrize("flag, key", [("--learn-weight-scales", "learn_weight_scales"),
                                        ("--bias-correction", "bias_correction")])
 def test_cli_amo_flags(capsys, folder, tmp_path, monkeypatch, flag, key):

@@ -136,6 +136,21 @@ def test_compare_selects_rows_by_calibration_size():
         acc.compare(results, "a:w4a4@calib", "a:w4a4")
 
 
+def test_float_only_rows_report_float_mean_spread_and_drop():
+    """A row without an integer grid (``all_modules``, or ``--float-only``) shows its float fake-quant
+    mean +- std and drop against FP; ``--compare-mode float`` pairs it with another row."""
+    acc = _accuracy_module()
+    rows = [_entry("c:w6a6", 0, [1, 1, 0, 0]), _entry("c:w6a6", 1, [1, 1, 1, 0])]
+    for e in rows:
+        e.update(grid_top1=None, grid_top5=None, grid_correct=None, float_only=True)
+    results = [_entry("fp", None, [1, 1, 1, 1]), *rows, _entry("b:w6a6", 0, [1, 0, 0, 0]),
+               _entry("b:w6a6", 1, [1, 0, 0, 0])]
+    text = acc.split_table(results)
+    assert "| c:w6a6 (float only) | w4a4 | 4 | 0,1 | not measured | | 37.5 (float) | 62.5 +- 17.7 | | |" in text
+    assert "mean over 2 seeds): +37.5 points" in acc.compare(results, "c:w6a6", "b:w6a6", mode="float")[2]
+    assert acc.ROWS["mptq-mp5-all:w6a6"][2] == {"mp_target_bits": 5.0, "all_modules": True}
+
+
 def test_set_overrides_are_their_own_table_line_and_compare_ignores_them():
     """An exploration entry run with ``--set`` (overrides beyond its row's own) neither replaces the
     row's recorded entry of the same seed nor is compared in its place."""

@@ -11,7 +11,9 @@ class                                  spec format                 used for
 ``Log2Quantizer``                      ``log2`` (4.2)              post-softmax
 =====================================  ==========================  =====================
 
-``golden.quantizers.three_region`` (MPTQ-ViT OPT-m, spec 4.4) follows the same protocol.
+``golden.quantizers.three_region`` (MPTQ-ViT OPT-m, spec 4.4) follows the same protocol, as does
+``golden.quantizers.ptf`` (the LayerNorm inputs of MPTQ-ViT's "all modules" setting; fake-quant only,
+no spec format).
 """
 from .base import MIN_SCALE, Quantizer, QuantizerError, check_bits, round_half_up, round_ste
 from .log2 import Log2Quantizer
