@@ -29,7 +29,7 @@ from checkout import use_this_checkout
 
 use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
-from vitaccel.hw.synth import SYNTH_OPTIONS, generate, seed_list, synthesize
+from vitaccel.hw.synth import SYNTH_OPTIONS, generate, seed_list, synth_options_error, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
 from vitaccel.sim.cli_args import parse_bits
 from vitaccel.sim.engine_config import make_engine_config
@@ -210,6 +210,8 @@ def main(argv=None) -> int:
         seed_list(args.seed)
     except ValueError:
         ap.error(f"--seed {' '.join(map(str, args.seed))}: give distinct non-negative seeds")
+    if synth_options_error(args.synth_option):
+        ap.error(f"--synth-option: {synth_options_error(args.synth_option)}")
     try:           # every configuration checked before anything runs
         configs = [parse_config(c) for c in args.configs]
         pnr = {label(parse_config(c)) for c in args.pnr}

@@ -98,6 +98,12 @@ def _synth(args) -> int:
         raise UserError(f"Verilog file {args.verilog} does not exist")
     if args.target == "asic" and args.synth_option:
         raise UserError("--synth-option sets synth_ecp5 options: drop it with --target asic (generic synthesis)")
+    if args.synth_option:
+        from .synth import synth_options_error
+
+        msg = synth_options_error(args.synth_option)
+        if msg:
+            raise UserError(f"--synth-option: {msg}")
     units = None
     if args.target == "asic" or args.units:
         units = args.units.split(",") if args.units and args.units != "all" else list(UNIT_TOPS)

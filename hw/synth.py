@@ -26,7 +26,7 @@ from vitaccel.sim.errors import UserError
 from .sta import SdfError, unit_timing
 
 __all__ = ["generate", "synthesize", "retime", "ports_of", "parse_yosys_stat", "parse_nextpnr_log",
-           "OPTIONAL_TOPS", "seed_list", "SYNTH_OPTIONS"]
+           "OPTIONAL_TOPS", "seed_list", "SYNTH_OPTIONS", "synth_options_error"]
 
 
 def ports_of(component) -> list[dict]:
@@ -231,6 +231,25 @@ def _tool_versions(yosys: str, nextpnr: str | None) -> dict:
 #: (``-dff``), no carry chains or clock-enable flip-flops (``-noccu2``, ``-nodffe``), constant
 #: compares in soft logic (``-cmp2softlogic``).
 SYNTH_OPTIONS = ("-nowidelut", "-widelut", "-dff", "-noccu2", "-nodffe", "-cmp2softlogic")
+#: Pairs of :data:`SYNTH_OPTIONS` that contradict each other (yosys would silently keep the last one).
+CONFLICTING_SYNTH_OPTIONS = (("-nowidelut", "-widelut"),)
+
+
+def synth_options_error(options) -> str | None:
+    """Why ``options`` cannot be added to ``synth_ecp5`` (an unknown, repeated or contradictory
+    option), or ``None`` when they can."""
+    options = list(options)
+    bad = [o for o in options if o not in SYNTH_OPTIONS]
+    if bad:
+        return (f"unsupported synth_ecp5 option(s) {', '.join(map(repr, bad))}; "
+                f"choose from {', '.join(SYNTH_OPTIONS)}")
+    twice = sorted({o for o in options if options.count(o) > 1})
+    if twice:
+        return f"synth_ecp5 option(s) {', '.join(twice)} given more than once: give each once"
+    for a, b in CONFLICTING_SYNTH_OPTIONS:
+        if a in options and b in options:
+            return f"synth_ecp5 options {a} and {b} contradict each other (yosys would keep the last): give one"
+    return None
 
 
 def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, device: str = "85k",
@@ -258,15 +277,14 @@ def synthesize(verilog_file: str | Path, top: str, out_dir: str | Path, *, devic
     mapper, then ``synth_ecp5 -run map_cells:``): a workaround for yosys 0.70's data-dependent
     ``abc9`` assertion (``ABC_OPS_REINTEGRATE``) on some netlists.
 
-    ``synth_options`` (each one of :data:`SYNTH_OPTIONS`) are added to every ``synth_ecp5`` call and
-    recorded.
+    ``synth_options`` (each one of :data:`SYNTH_OPTIONS`, at most once, no contradictory pair:
+    :func:`synth_options_error`) are added to every ``synth_ecp5`` call and recorded.
     """
     if lut_mapper not in ("abc9", "abc"):
         raise ValueError(f"lut_mapper must be 'abc9' or 'abc', got {lut_mapper!r}")
-    bad = [o for o in synth_options if o not in SYNTH_OPTIONS]
-    if bad:
-        raise ValueError(f"unsupported synth_ecp5 option(s) {', '.join(map(repr, bad))}; "
-                         f"choose from {', '.join(SYNTH_OPTIONS)}")
+    msg = synth_options_error(synth_options)
+    if msg:
+        raise ValueError(msg)
     opts = "".join(f" {o}" for o in synth_options)
     seeds = seed_list(seed)
     out = Path(out_dir).resolve()

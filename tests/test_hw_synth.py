@@ -52,6 +52,10 @@ def test_bad_arguments_are_rejected(tmp_path):
             synthesize(v, "tiny", tmp_path / "out", seed=seeds)
     with pytest.raises(ValueError, match="unsupported synth_ecp5 option.*'-abc2'"):
         synthesize(v, "tiny", tmp_path / "out", synth_options=("-nowidelut", "-abc2"))
+    with pytest.raises(ValueError, match="-dff given more than once"):
+        synthesize(v, "tiny", tmp_path / "out", synth_options=("-dff", "-nowidelut", "-dff"))
+    with pytest.raises(ValueError, match="-nowidelut and -widelut contradict"):
+        synthesize(v, "tiny", tmp_path / "out", synth_options=("-widelut", "-nowidelut"))
 
 
 def test_cli_synth_option_choices_are_the_librarys():
@@ -85,6 +89,9 @@ def test_synth_options_reach_synth_ecp5(tmp_path):
 
 @pytest.mark.parametrize("argv, msg", [(["--seed", "1", "1"], "give distinct non-negative seeds"),
                                        (["--target", "asic", "--synth-option=-dff"], "drop it with --target asic"),
+                                       (["--synth-option=-dff", "--synth-option=-dff"], "-dff given more than once"),
+                                       (["--synth-option=-widelut", "--synth-option=-nowidelut"],
+                                        "-nowidelut and -widelut contradict each other"),
                                        (["--seed", "1", "2", "--no-pnr"], "drop --no-pnr or give one seed")])
 def test_cli_rejects_bad_seed_sweeps(tmp_path, capsys, argv, msg):
     from vitaccel.cli import main as vitaccel
@@ -105,6 +112,18 @@ def test_synth_benchmark_rejects_bad_configurations(tmp_path, config, msg):
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and msg in run.stderr and repr(config) in run.stderr
         assert "Traceback" not in run.stderr and not out.exists()
+
+
+def test_synth_benchmark_rejects_repeated_or_contradictory_synth_options(tmp_path):
+    """benchmarks/synth.py: a repeated or contradictory ``--synth-option`` is an argument error (exit 2,
+    nothing written), as in ``vitaccel hw synth``."""
+    out = tmp_path / "out"
+    for opts, msg in ((["-dff", "-dff"], "-dff given more than once"),
+                      (["-nowidelut", "-widelut"], "contradict each other")):
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synth.py"), "--configs", "2x2:w4a4",
+                              *[f"--synth-option={o}" for o in opts], "-o", str(out)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and msg in run.stderr and "Traceback" not in run.stderr and not out.exists()
 
 
 @pytest.mark.slow
