@@ -29,9 +29,9 @@ from checkout import use_this_checkout
 
 use_this_checkout(ROOT)     # the design synthesized is this checkout's, also from a worktree
 
-from vitaccel.hw.synth import SYNTH_OPTIONS, generate, seed_list, synth_options_error, synthesize
+from vitaccel.hw.synth import SYNTH_OPTIONS, SynthToolError, generate, seed_list, synth_options_error, synthesize
 from vitaccel.hw.synth_units import UNIT_TOPS, unit_report, yosys_version
-from vitaccel.sim.cli_args import parse_bits
+from vitaccel.sim.cli_args import parse_bits, positive_seconds
 from vitaccel.sim.engine_config import make_engine_config
 from vitaccel.sim.errors import UserError
 
@@ -183,6 +183,26 @@ def record(results: dict) -> None:
     print(f"wrote {TABLE}")
 
 
+def _run_configs(configs, pnr, args) -> dict:
+    """Every configuration's engine (and unit) runs, cached per configuration under ``args.output``."""
+    results = {}
+    for cfg in configs:
+        lab = label(cfg)
+        out = args.output / lab.replace(":", "_")
+        print(f"== {lab} (acc_bits {cfg.acc_bits})", flush=True)
+        res = results[lab] = {}
+        if not args.no_engine or (out / "engine.json").is_file():
+            res["engine"] = run_engine(cfg, out, lab in pnr, args)
+        for target, on in (("ecp5", args.units), ("asic", args.asic)):
+            path = out / f"units_{target}.json"
+            if on or path.is_file():
+                res[f"units_{target}"] = _cached(path, args.force and on, lambda: unit_report(
+                    cfg, out / f"units_{target}", target=target, units=list(UNIT_TOPS),
+                    timeout=args.timeout, lut_mapper=args.lut_mapper,
+                    known={"layer_engine": res["engine"]} if target == "ecp5" and "engine" in res else None))
+    return results
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="*", default=["8x8:w4a4", "16x16:w4a4", "8x8:w8a8", "16x16:w8a8"],
@@ -201,7 +221,9 @@ def main(argv=None) -> int:
                          "e.g. --synth-option=-nowidelut")
     ap.add_argument("--nextpnr-arg", action="append", default=[], metavar="ARG",
                     help="extra nextpnr option (repeatable), e.g. --nextpnr-arg=--placer-heap-timingweight=40")
-    ap.add_argument("--timeout", type=float, default=None)
+    ap.add_argument("--timeout", type=positive_seconds, default=None, metavar="S",
+                    help="seconds per yosys / nextpnr run: a run still going then is stopped and reported "
+                         "(default: no limit)")
     ap.add_argument("--force", action="store_true", help="re-run cached steps")
     ap.add_argument("--record", action="store_true", help="write engine results to sim/perf/synth_table.json")
     ap.add_argument("-o", "--output", type=Path, default=Path("build/synth_table"))
@@ -217,21 +239,11 @@ def main(argv=None) -> int:
         pnr = {label(parse_config(c)) for c in args.pnr}
     except ValueError as exc:
         ap.error(str(exc))
-    results = {}
-    for cfg in configs:
-        lab = label(cfg)
-        out = args.output / lab.replace(":", "_")
-        print(f"== {lab} (acc_bits {cfg.acc_bits})", flush=True)
-        res = results[lab] = {}
-        if not args.no_engine or (out / "engine.json").is_file():
-            res["engine"] = run_engine(cfg, out, lab in pnr, args)
-        for target, on in (("ecp5", args.units), ("asic", args.asic)):
-            path = out / f"units_{target}.json"
-            if on or path.is_file():
-                res[f"units_{target}"] = _cached(path, args.force and on, lambda: unit_report(
-                    cfg, out / f"units_{target}", target=target, units=list(UNIT_TOPS),
-                    timeout=args.timeout, lut_mapper=args.lut_mapper,
-                    known={"layer_engine": res["engine"]} if target == "ecp5" and "engine" in res else None))
+    try:
+        results = _run_configs(configs, pnr, args)
+    except SynthToolError as exc:  # a tool failed or hit --timeout: say which, no traceback (finished configs stay cached)
+        print(f"synth.py: error: {exc}", file=sys.stderr)
+        return 1
     tools = next((r["engine"].get("tools") for r in results.values() if "engine" in r), None) \
         or {"yosys": yosys_version()}
     # the commit each design was generated from (HEAD may have moved during a long run)

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from vitaccel.sim.cli_args import (add_engine_args, add_force_arg, add_freq_arg, add_json_arg, engine_config_from_args,
-                                   freq_mhz_from_args)
+                                   freq_mhz_from_args, positive_seconds)
 from vitaccel.sim.errors import UserError
 from vitaccel.sim.outputs import atomic_output_dir, check_output_dir, check_output_file, write_text_atomic
 
@@ -197,7 +197,8 @@ def add_subcommands(sub) -> None:
                         "instances with their input/output registers and TRELLIS_FF copies (default) or generic "
                         "registers (yosys then maps a product to a DSP block without its registers and merges "
                         "equal register copies)")
-    s.add_argument("--timeout", type=float, help="seconds per tool run")
+    s.add_argument("--timeout", type=positive_seconds, metavar="S",
+                   help="seconds per tool run: a run still going then is stopped and reported (default: no limit)")
     s.add_argument("--router", choices=("router1", "router2"), default="router2",
                    help="nextpnr router (default router2, faster on large designs)")
     s.add_argument("--lut-mapper", choices=("abc9", "abc"), default="abc9",

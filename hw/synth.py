@@ -192,10 +192,18 @@ class SynthToolError(UserError, RuntimeError):
 def _run(cmd: list[str], log_path: Path, timeout: float | None, cwd: Path | None = None,
          tool_log: Path | None = None) -> str:
     """Run ``cmd`` with its output in ``log_path``; on failure raise :class:`SynthToolError` with the
-    ERROR lines of ``tool_log`` (the tool's own ``-l`` log, when it writes one) or of the output."""
+    ERROR lines of ``tool_log`` (the tool's own ``-l`` log, when it writes one) or of the output, and
+    when ``timeout`` (seconds) passes first, with the last line of the output (the tool is killed)."""
     t0 = time.monotonic()
-    with open(log_path, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
+    try:
+        with open(log_path, "w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:      # subprocess.run has killed the tool
+        last = next((ln.strip() for ln in reversed(log_path.read_text(errors="replace").splitlines())
+                     if ln.strip()), "no output")
+        raise SynthToolError(f"{Path(cmd[0]).name} stopped: not finished within the time limit of {timeout:g} s "
+                             f"(last line of its log: {last[:160]}); raise --timeout or leave it unset",
+                             log_path) from None
     text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         log = tool_log if tool_log is not None and tool_log.is_file() else log_path

@@ -14,6 +14,7 @@ This module sits in ``vitaccel.sim`` (the ground floor) so that every layer's CL
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -72,6 +73,14 @@ def nonneg_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0 (tool time limits)."""
+    v = _number(text)
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
     return v
 
 

